@@ -92,7 +92,12 @@ impl IntrinsicCall {
     }
 
     /// Evaluates the call.
-    pub fn eval(&self, input: &Value, env: &dyn Env, rng: &mut dyn RandomSource) -> Result<Value, IntrinsicFailure> {
+    pub fn eval(
+        &self,
+        input: &Value,
+        env: &dyn Env,
+        rng: &mut dyn RandomSource,
+    ) -> Result<Value, IntrinsicFailure> {
         todo!("{input}{}{}", env.context(), rng.next_u64())
     }
 }

@@ -27,7 +27,11 @@ pub struct ValidationError {
 impl std::fmt::Display for ValidationError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.line, self.column) {
-            (Some(l), Some(c)) => write!(f, "{}:{}: {} [{}] {}", l, c, self.pointer, self.code, self.message),
+            (Some(l), Some(c)) => write!(
+                f,
+                "{}:{}: {} [{}] {}",
+                l, c, self.pointer, self.code, self.message
+            ),
             _ => write!(f, "{} [{}] {}", self.pointer, self.code, self.message),
         }
     }

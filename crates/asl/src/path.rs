@@ -106,7 +106,11 @@ impl ReadPath {
     /// variables. A definite path returns the node (borrowed when possible)
     /// or [`PathMiss`] when absent; an indefinite path returns an array of
     /// every match (possibly empty).
-    pub fn resolve<'a>(&self, input: &'a Value, env: &'a dyn Env) -> Result<Cow<'a, Value>, PathMiss> {
+    pub fn resolve<'a>(
+        &self,
+        input: &'a Value,
+        env: &'a dyn Env,
+    ) -> Result<Cow<'a, Value>, PathMiss> {
         todo!("{input}{}", env.context())
     }
 }

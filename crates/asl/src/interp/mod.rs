@@ -28,7 +28,9 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_payload_bytes: 256 * 1024 }
+        Options {
+            max_payload_bytes: 256 * 1024,
+        }
     }
 }
 
@@ -60,7 +62,12 @@ impl Execution {
     /// commands to `out`. Events about unknown or already answered tasks and
     /// timers (duplicates, late answers) produce no command. Events after
     /// the execution completed produce no command.
-    pub fn apply(&mut self, at: Timestamp, event: Event, out: &mut Vec<Command>) -> Result<(), ApplyError> {
+    pub fn apply(
+        &mut self,
+        at: Timestamp,
+        event: Event,
+        out: &mut Vec<Command>,
+    ) -> Result<(), ApplyError> {
         todo!("{at}{event:?}{out:?}{:?}{:?}", self.machine, self.options)
     }
 
