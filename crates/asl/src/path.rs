@@ -141,8 +141,9 @@ impl ReadPath {
             Compiled::Definite(segs.into_boxed_slice())
         } else {
             let rendered = render(&pieces);
-            let jp = JsonPath::parse(&rendered).map_err(|e| {
-                PathSyntaxError::new(text, format!("not a valid JSONPath expression: {e}"))
+            let jp = JsonPath::parse(&rendered).map_err(|e| match dot_function(text) {
+                Some(name) => PathSyntaxError::new(text, functions_unsupported(name)),
+                None => PathSyntaxError::new(text, format!("not a valid JSONPath expression: {e}")),
             })?;
             Compiled::Indefinite(Box::new(jp))
         };
@@ -230,7 +231,7 @@ impl ReadPath {
                 Ok(Cow::Borrowed(cur))
             }
             Compiled::Indefinite(jp) => {
-                let matches: Vec<Value> = jp.query(start).iter().map(|v| (*v).clone()).collect();
+                let matches: Vec<Value> = jp.query(start).all().into_iter().cloned().collect();
                 Ok(Cow::Owned(Value::Array(matches)))
             }
         }
@@ -503,9 +504,15 @@ fn ends_name(c: char) -> bool {
 /// Parses the segments of `text` starting at byte `pos`.
 fn tokenize(text: &str, mut pos: usize) -> Result<Vec<Piece<'_>>, PathSyntaxError> {
     let mut pieces = Vec::new();
-    while let Some(rest) = text.get(pos..) {
-        let mut chars = rest.chars();
-        let Some(c) = chars.next() else { break };
+    loop {
+        // `pos` only ever advances past whole characters.
+        let Some(rest) = text.get(pos..) else {
+            return Err(PathSyntaxError::new(
+                text,
+                format!("position {pos} is inside a character"),
+            ));
+        };
+        let Some(c) = rest.chars().next() else { break };
         match c {
             '.' => {
                 if rest.starts_with("..") {
@@ -580,13 +587,7 @@ fn dot_name(text: &str, start: usize) -> Result<(&str, usize), PathSyntaxError> 
     }
     match rest.get(len..).and_then(|r| r.chars().next()) {
         None | Some('.') | Some('[') => Ok((name, len)),
-        Some('(') => Err(PathSyntaxError::new(
-            text,
-            format!(
-                "JSONPath functions such as '{name}()' are not supported; \
-                 use an intrinsic function (e.g. States.ArrayLength) instead"
-            ),
-        )),
+        Some('(') => Err(PathSyntaxError::new(text, functions_unsupported(name))),
         Some(c) => Err(PathSyntaxError::new(
             text,
             format!(
@@ -596,6 +597,48 @@ fn dot_name(text: &str, start: usize) -> Result<(&str, usize), PathSyntaxError> 
             ),
         )),
     }
+}
+
+/// The message for Jayway-style path functions (`$.a.length()`).
+fn functions_unsupported(name: &str) -> String {
+    format!(
+        "JSONPath functions such as '{name}()' are not supported; \
+         use an intrinsic function (e.g. States.ArrayLength) instead"
+    )
+}
+
+/// The name of the first Jayway-style function call (`.name(`) outside
+/// quoted strings, if any.
+fn dot_function(text: &str) -> Option<&str> {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '.' => {
+                let rest = text.get(i + 1..)?;
+                let len = rest
+                    .bytes()
+                    .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                    .count();
+                if len > 0 && rest.as_bytes().get(len) == Some(&b'(') {
+                    return rest.get(..len);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// A bracketed segment starting at byte `start` (on `[`): returns the piece
@@ -817,6 +860,7 @@ fn truncated_json(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     struct TestEnv {
@@ -834,77 +878,587 @@ mod tests {
     }
 
     fn env() -> TestEnv {
-        let vars = match json!({"orderId": "o-1", "order": {"total": 42, "lines": [1, 2, 3]}}) {
-            Value::Object(m) => m,
-            _ => Map::new(),
+        let Value::Object(vars) = json!({
+            "orderId": "o-1",
+            "order": {"total": 42, "lines": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 3}]},
+            "_x9": null
+        }) else {
+            unreachable!()
         };
         TestEnv {
-            context: json!({"Execution": {"Id": "exec-1", "Input": {"x": 7}},
-                            "Map": {"Item": {"Index": 2, "Value": "v"}}}),
+            context: json!({
+                "Execution": {"Id": "exec-1", "Input": {"x": 7, "list": [1, 2]}},
+                "State": {"Name": "Charge", "RetryCount": 0},
+                "Map": {"Item": {"Index": 2, "Value": {"id": "v"}}}
+            }),
             vars,
         }
     }
 
+    fn rp(path: &str) -> ReadPath {
+        match ReadPath::parse(path) {
+            Ok(p) => p,
+            Err(e) => panic!("{path} should parse: {e}"),
+        }
+    }
+
     fn read(path: &str, input: &Value) -> Result<Value, PathMiss> {
-        let p = ReadPath::parse(path).map_err(|e| PathMiss {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        rp(path).resolve(input, &env()).map(Cow::into_owned)
+    }
+
+    fn sample() -> Value {
+        json!({
+            "store": {
+                "book": [
+                    {"title": "A", "price": 8, "tags": ["x"]},
+                    {"title": "B", "price": 12},
+                    {"title": "C", "price": 30, "isbn": "123"}
+                ],
+                "bicycle": {"color": "red", "price": 20}
+            },
+            "x y": 1,
+            "a.b": 2,
+            "it's": 3,
+            "order-id": "o-9",
+            "ns:key": "k",
+            "détail": "é",
+            "empty": {},
+            "n": null
+        })
+    }
+
+    #[test]
+    fn identity_is_borrowed_and_identity() {
+        let input = sample();
+        let p = ReadPath::identity();
+        assert!(p.is_identity());
+        assert!(p.is_definite());
+        assert_eq!(p.as_str(), "$");
+        assert_eq!(p.root(), &PathRoot::Input);
         let e = env();
-        p.resolve(input, &e).map(Cow::into_owned)
+        let got = p.resolve(&input, &e).unwrap();
+        assert!(matches!(got, Cow::Borrowed(v) if std::ptr::eq(v, &input)));
+        assert_eq!(rp("$"), p);
+        assert!(rp("$").is_identity());
+        assert!(!rp("$$").is_identity());
+        assert!(!rp("$['a']").is_identity());
+        assert!(!rp("$x").is_identity());
     }
 
     #[test]
-    fn definite_basics() {
-        let input = json!({"a": {"b": [10, 20, {"c": true}]}, "x y": 1, "a.b": 2});
-        assert_eq!(read("$", &input), Ok(input.clone()));
-        assert_eq!(read("$.a.b[0]", &input), Ok(json!(10)));
-        assert_eq!(read("$.a.b[-1].c", &input), Ok(json!(true)));
-        assert_eq!(read("$['x y']", &input), Ok(json!(1)));
-        assert_eq!(read("$[\"a.b\"]", &input), Ok(json!(2)));
+    fn definite_selection_is_borrowed() {
+        let input = sample();
+        let e = env();
+        let got = rp("$.store.book[1].title").resolve(&input, &e).unwrap();
+        match got {
+            Cow::Borrowed(v) => assert!(std::ptr::eq(v, &input["store"]["book"][1]["title"])),
+            Cow::Owned(_) => panic!("definite path must borrow"),
+        }
+    }
+
+    #[test]
+    fn definite_paths() {
+        let input = sample();
+        let cases: &[(&str, Value)] = &[
+            ("$.store.bicycle.color", json!("red")),
+            ("$.store.book[0].title", json!("A")),
+            ("$.store.book[2].isbn", json!("123")),
+            ("$.store.book[-1].title", json!("C")),
+            ("$.store.book[-3].title", json!("A")),
+            ("$.store.book[0].tags[0]", json!("x")),
+            ("$['x y']", json!(1)),
+            ("$[\"x y\"]", json!(1)),
+            ("$['a.b']", json!(2)),
+            ("$[ 'a.b' ]", json!(2)),
+            ("$['it\\'s']", json!(3)),
+            ("$[\"it's\"]", json!(3)),
+            ("$['store']['book'][1]['price']", json!(12)),
+            ("$.store['bicycle'].price", json!(20)),
+            ("$.order-id", json!("o-9")),
+            ("$.ns:key", json!("k")),
+            ("$.détail", json!("é")),
+            ("$['d\\u00e9tail']", json!("é")),
+            ("$.empty", json!({})),
+            ("$.n", Value::Null),
+        ];
+        for (path, want) in cases {
+            let p = rp(path);
+            assert!(p.is_definite(), "{path} should be definite");
+            assert_eq!(read(path, &input).as_ref(), Ok(want), "{path}");
+        }
+    }
+
+    #[test]
+    fn every_root() {
+        let input = json!({"x": 1});
+        assert_eq!(rp("$.x").root(), &PathRoot::Input);
+        assert_eq!(rp("$$").root(), &PathRoot::Context);
+        assert_eq!(rp("$$.Execution.Id").root(), &PathRoot::Context);
+        assert_eq!(
+            rp("$order.total").root(),
+            &PathRoot::Variable("order".into())
+        );
+        assert_eq!(rp("$order").variable_name(), Some("order"));
+        assert_eq!(rp("$$.x").variable_name(), None);
+        assert_eq!(rp("$.x").variable_name(), None);
+
+        assert_eq!(read("$$", &input), Ok(env().context));
         assert_eq!(read("$$.Execution.Id", &input), Ok(json!("exec-1")));
-        assert_eq!(read("$order.total", &input), Ok(json!(42)));
+        assert_eq!(read("$$.Execution.Input.x", &input), Ok(json!(7)));
+        assert_eq!(read("$$.Execution.Input.list[1]", &input), Ok(json!(2)));
+        assert_eq!(read("$$.Map.Item.Value.id", &input), Ok(json!("v")));
+        assert_eq!(read("$$['State']['Name']", &input), Ok(json!("Charge")));
+
         assert_eq!(read("$orderId", &input), Ok(json!("o-1")));
-        let miss = read("$.nope", &input).unwrap_err();
-        assert!(
-            miss.message
-                .starts_with("The JSONPath '$.nope' could not be found in the input '{")
-        );
-        let unset = read("$missing.a", &input).unwrap_err();
-        assert_eq!(unset.message, "The variable 'missing' is not defined");
+        assert_eq!(read("$order.total", &input), Ok(json!(42)));
+        assert_eq!(read("$order.lines[1].sku", &input), Ok(json!("b")));
+        assert_eq!(read("$order['lines'][-1].qty", &input), Ok(json!(3)));
+        assert_eq!(read("$_x9", &input), Ok(Value::Null));
+        assert_eq!(read("$order.lines[*].sku", &input), Ok(json!(["a", "b"])));
+        assert_eq!(read("$$..Id", &input), Ok(json!(["exec-1"])));
     }
 
     #[test]
-    fn indefinite_basics() {
-        let input = json!({"items": [{"price": 5}, {"price": 15}, {"price": 25}]});
-        assert_eq!(
-            read("$.items[?(@.price > 10)]", &input),
-            Ok(json!([{"price": 15}, {"price": 25}]))
-        );
-        assert_eq!(
-            read("$.items[?@.price > 10].price", &input),
-            Ok(json!([15, 25]))
-        );
-        assert_eq!(read("$.items[*].price", &input), Ok(json!([5, 15, 25])));
-        assert_eq!(read("$..price", &input), Ok(json!([5, 15, 25])));
-        assert_eq!(read("$.items[0:2].price", &input), Ok(json!([5, 15])));
-        assert_eq!(read("$.items[0,2].price", &input), Ok(json!([5, 25])));
-        assert_eq!(read("$.nothing[*]", &input), Ok(json!([])));
+    fn unset_variable_is_a_miss() {
+        let input = json!({});
+        for path in ["$missing", "$missing.a", "$missing[*]", "$Order"] {
+            let miss = read(path, &input).unwrap_err();
+            let name = rp(path).variable_name().unwrap().to_owned();
+            assert_eq!(
+                miss.message,
+                format!("The variable '{name}' is not defined")
+            );
+            assert_eq!(miss.path, path);
+        }
     }
 
     #[test]
-    fn write_basics() {
-        let w = |p: &str, t: Value, v: Value| ReferencePath::parse(p).unwrap().write(t, v);
-        assert_eq!(w("$", json!({"a": 1}), json!(2)), Ok(json!(2)));
-        assert_eq!(w("$.a.b", json!({}), json!(2)), Ok(json!({"a": {"b": 2}})));
+    fn variable_names() {
+        let ok80 = format!("$a{}", "b".repeat(79));
+        assert!(ReadPath::parse(&ok80).is_ok());
+        let long = format!("$a{}", "b".repeat(80));
+        let err = ReadPath::parse(&long).unwrap_err();
+        assert!(err.message.contains("at most 80"), "{}", err.message);
+        for bad in ["$1", "$-a", "$a-b", "$ a", "$é", "$a b"] {
+            assert!(ReadPath::parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn misses() {
+        let input = sample();
+        let cases = [
+            "$.nope",
+            "$.store.nope.deeper",
+            "$.store.book[3]",
+            "$.store.book[-4]",
+            "$.store.bicycle[0]",
+            "$.store.book.title",
+            "$.store.bicycle.color.x",
+            "$.n.x",
+            "$[0]",
+        ];
+        for path in cases {
+            let miss = read(path, &input).unwrap_err();
+            assert_eq!(miss.path, path);
+            let prefix = format!("The JSONPath '{path}' could not be found in the input '{{");
+            assert!(miss.message.starts_with(&prefix), "{}", miss.message);
+            assert!(
+                miss.message.ends_with("...'"),
+                "long input is cut: {}",
+                miss.message
+            );
+        }
+        let small = json!({"a": 1});
         assert_eq!(
-            w("$.a[1]", json!({"a": [0, 0]}), json!(2)),
-            Ok(json!({"a": [0, 2]}))
+            read("$.b", &small).unwrap_err().message,
+            "The JSONPath '$.b' could not be found in the input '{\"a\":1}'"
         );
-        let err = w("$.a.b", json!("abc"), json!(1)).unwrap_err();
         assert_eq!(
-            err.message,
+            read("$.a", &json!("abc")).unwrap_err().message,
+            "The JSONPath '$.a' could not be found in the input '\"abc\"'"
+        );
+        assert_eq!(
+            read("$$.Nope", &small).unwrap_err().path,
+            "$$.Nope",
+            "context misses are misses too"
+        );
+        assert!(read("$order.nope", &small).is_err());
+    }
+
+    #[test]
+    fn truncation_respects_characters() {
+        let long = Value::String("é".repeat(500));
+        let text = truncated_json(&long);
+        assert!(text.ends_with("..."));
+        assert!(text.len() <= MESSAGE_JSON_LIMIT + 3);
+        assert!(text.starts_with("\"éé"));
+        assert_eq!(truncated_json(&json!([1, 2])), "[1,2]");
+    }
+
+    #[test]
+    fn filters_both_syntaxes() {
+        let input = sample();
+        let want = json!([{"title": "B", "price": 12}, {"title": "C", "price": 30, "isbn": "123"}]);
+        assert_eq!(
+            read("$.store.book[?(@.price > 10)]", &input),
+            Ok(want.clone())
+        );
+        assert_eq!(read("$.store.book[?@.price > 10]", &input), Ok(want));
+        assert_eq!(
+            read("$.store.book[?(@.price > 10)].title", &input),
+            Ok(json!(["B", "C"]))
+        );
+        assert_eq!(
+            read("$.store.book[?(@.title == 'A')].price", &input),
+            Ok(json!([8]))
+        );
+        assert_eq!(
+            read("$.store.book[?(@.isbn)].title", &input),
+            Ok(json!(["C"]))
+        );
+        assert_eq!(
+            read(
+                "$.store.book[?(@.price > 10 && @.price < 20)].title",
+                &input
+            ),
+            Ok(json!(["B"]))
+        );
+        assert_eq!(
+            read("$.store.book[?(@.price > 100)]", &input),
+            Ok(json!([]))
+        );
+        assert!(!rp("$.store.book[?(@.price > 10)]").is_definite());
+        // A filter on a variable.
+        assert_eq!(
+            read("$order.lines[?(@.qty > 1)].sku", &input),
+            Ok(json!(["b"]))
+        );
+    }
+
+    #[test]
+    fn wildcards_slices_descent_unions() {
+        let input = sample();
+        let cases: &[(&str, Value)] = &[
+            ("$.store.book[*].title", json!(["A", "B", "C"])),
+            ("$.store.book.*.price", json!([8, 12, 30])),
+            ("$.store.bicycle.*", json!(["red", 20])),
+            ("$.store.book[0:2].title", json!(["A", "B"])),
+            ("$.store.book[1:].title", json!(["B", "C"])),
+            ("$.store.book[-2:].title", json!(["B", "C"])),
+            ("$.store.book[::2].title", json!(["A", "C"])),
+            ("$.store.book[0,2].title", json!(["A", "C"])),
+            ("$.store.bicycle['color','price']", json!(["red", 20])),
+            ("$..isbn", json!(["123"])),
+            ("$.store..price", json!([8, 12, 30, 20])),
+            ("$..['x y']", json!([1])),
+            ("$..order-id", json!(["o-9"])),
+            ("$.store.book[*].nope", json!([])),
+            ("$.nope[*]", json!([])),
+        ];
+        for (path, want) in cases {
+            let p = rp(path);
+            assert!(!p.is_definite(), "{path} should be indefinite");
+            let e = env();
+            let got = p.resolve(&input, &e).unwrap();
+            assert!(matches!(got, Cow::Owned(_)));
+            assert_eq!(&got.into_owned(), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn rejected_read_paths() {
+        let cases: &[(&str, &str)] = &[
+            ("", "must start with '$'"),
+            ("a.b", "must start with '$'"),
+            (" $.a", "must start with '$'"),
+            ("$.", "expected a field name"),
+            ("$..", "'..'"),
+            ("$...a", "'..'"),
+            ("$.a.", "expected a field name"),
+            ("$.a b", "unexpected character"),
+            ("$.a ", "unexpected character"),
+            ("$a.b c", "unexpected character"),
+            ("$[", "not closed"),
+            ("$['a'", "not closed"),
+            ("$['a]", "not closed"),
+            ("$[]", "empty brackets"),
+            ("$['a\\q']", "invalid quoted name"),
+            ("$x", ""), // valid: a variable
+            (
+                "$.a.length()",
+                "functions such as 'length()' are not supported",
+            ),
+            ("$.a[?(@.b.length() > 1)]", "functions such as 'length()'"),
+            ("$.a[?(@.b >)]", "not a valid JSONPath expression"),
+            ("$.a[1:2:3:4]", "not a valid JSONPath expression"),
+            ("$.a[foo]", "not a valid JSONPath expression"),
+            (
+                "$.a[99999999999999999999]",
+                "not a valid JSONPath expression",
+            ),
+            ("$.a]", "unexpected character"),
+            ("$$$", "unexpected character"),
+            ("$.a(", "functions"),
+        ];
+        for (path, fragment) in cases {
+            let result = ReadPath::parse(path);
+            if fragment.is_empty() {
+                assert!(result.is_ok(), "{path}");
+                continue;
+            }
+            let err = result.expect_err(path);
+            assert_eq!(err.path, *path);
+            assert!(err.message.contains(fragment), "{path}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn equality_is_textual() {
+        assert_eq!(rp("$.a"), rp("$.a"));
+        assert_ne!(rp("$.a"), rp("$['a']"));
+        assert_eq!(rp("$.a").clone(), rp("$.a"));
+        assert_eq!(rp("$.a[*]").to_string(), "$.a[*]");
+    }
+
+    fn refp(path: &str) -> ReferencePath {
+        match ReferencePath::parse(path) {
+            Ok(p) => p,
+            Err(e) => panic!("{path} should parse: {e}"),
+        }
+    }
+
+    #[test]
+    fn reference_path_accepts() {
+        for path in [
+            "$",
+            "$.a",
+            "$.a.b",
+            "$['a b']",
+            "$['a b'][0]",
+            "$.a[2].b",
+            "$.order-id",
+            "$[\"x\"].y",
+            "$[0]",
+        ] {
+            let p = refp(path);
+            assert_eq!(p.as_str(), path);
+            assert_eq!(p.is_identity(), path == "$");
+        }
+        assert!(ReferencePath::identity().is_identity());
+        assert_eq!(ReferencePath::identity(), refp("$"));
+    }
+
+    #[test]
+    fn reference_path_rejects() {
+        for path in [
+            "$$",
+            "$$.Execution.Id",
+            "$var",
+            "$var.a",
+            "$.a[*]",
+            "$.a.*",
+            "$..a",
+            "$.a[-1]",
+            "$.a[0:1]",
+            "$.a[0,1]",
+            "$['a','b']",
+            "$.a[?(@.b)]",
+        ] {
+            let err = ReferencePath::parse(path).expect_err(path);
+            assert!(
+                err.message.contains("ResultPath must be a reference path"),
+                "{path}: {}",
+                err.message
+            );
+        }
+        for path in ["", "a", "$.", "$.a b", "$["] {
+            assert!(ReferencePath::parse(path).is_err(), "{path}");
+        }
+    }
+
+    fn write(path: &str, target: Value, value: Value) -> Result<Value, PathWriteError> {
+        refp(path).write(target, value)
+    }
+
+    #[test]
+    fn write_root_and_fields() {
+        assert_eq!(write("$", json!({"a": 1}), json!("x")), Ok(json!("x")));
+        assert_eq!(write("$", json!("abc"), json!(null)), Ok(Value::Null));
+        assert_eq!(
+            write("$.r", json!({"a": 1}), json!(2)),
+            Ok(json!({"a": 1, "r": 2}))
+        );
+        assert_eq!(
+            write("$.a", json!({"a": 1}), json!([5])),
+            Ok(json!({"a": [5]}))
+        );
+        assert_eq!(
+            write("$.a.b.c", json!({"z": 0}), json!(1)),
+            Ok(json!({"z": 0, "a": {"b": {"c": 1}}}))
+        );
+        assert_eq!(
+            write("$.a.b", json!({"a": {"k": true}}), json!(1)),
+            Ok(json!({"a": {"k": true, "b": 1}}))
+        );
+        assert_eq!(
+            write("$['x y']['p.q']", json!({}), json!(1)),
+            Ok(json!({"x y": {"p.q": 1}}))
+        );
+        // Key order is preserved: replaced keys stay in place.
+        let out = write("$.a", json!({"a": 1, "b": 2}), json!(3)).unwrap();
+        assert_eq!(out.to_string(), r#"{"a":3,"b":2}"#);
+    }
+
+    #[test]
+    fn write_arrays() {
+        assert_eq!(
+            write("$.a[1]", json!({"a": [0, 0, 0]}), json!(9)),
+            Ok(json!({"a": [0, 9, 0]}))
+        );
+        assert_eq!(
+            write("$.a[0].b", json!({"a": [{"c": 1}]}), json!(2)),
+            Ok(json!({"a": [{"c": 1, "b": 2}]}))
+        );
+        assert_eq!(
+            write("$.a[0].b.c", json!({"a": [{}]}), json!(2)),
+            Ok(json!({"a": [{"b": {"c": 2}}]}))
+        );
+        assert_eq!(write("$[1]", json!([1, 2]), json!(0)), Ok(json!([1, 0])));
+        for (path, target) in [
+            ("$.a[3]", json!({"a": [0, 0, 0]})),
+            ("$.a[0]", json!({"a": {"0": 1}})),
+            ("$.a[0]", json!({})),
+            ("$.a.b[0]", json!({})),
+            ("$.a[0].b", json!({"a": []})),
+            ("$[0]", json!({"a": 1})),
+        ] {
+            let err = write(path, target.clone(), json!(1)).expect_err(path);
+            assert_eq!(err.path, path);
+            assert_eq!(
+                err.message,
+                format!("Unable to apply ReferencePath {path} to input {target}"),
+                "the target is reported unchanged"
+            );
+        }
+    }
+
+    #[test]
+    fn write_into_non_objects() {
+        for target in [
+            json!("abc"),
+            json!(1),
+            json!(true),
+            json!(null),
+            json!([1, 2]),
+        ] {
+            let err = write("$.a.b", target.clone(), json!(1)).unwrap_err();
+            assert_eq!(
+                err.message,
+                format!("Unable to apply ReferencePath $.a.b to input {target}")
+            );
+        }
+        assert_eq!(
+            write("$.a.b", json!("abc"), json!(1)).unwrap_err().message,
             "Unable to apply ReferencePath $.a.b to input \"abc\""
         );
+        for inner in [json!("s"), json!(3), json!(false), json!(null), json!([])] {
+            let target = json!({"a": inner});
+            assert!(write("$.a.b", target, json!(1)).is_err());
+        }
+        let big = json!({"a": "x".repeat(1000)});
+        let msg = write("$.a.b", big, json!(1)).unwrap_err().message;
+        assert!(msg.len() < 300 && msg.ends_with("..."), "{msg}");
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            "[a-z '.\\-é]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map("[a-c x.'-]{0,3}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Paths built from pieces that are likely to be (almost) valid.
+    fn arb_path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just(".a".to_owned()),
+            Just(".b".to_owned()),
+            Just("['a']".to_owned()),
+            Just("[\"x y\"]".to_owned()),
+            Just("[0]".to_owned()),
+            Just("[-1]".to_owned()),
+            Just("[1]".to_owned()),
+            Just("[*]".to_owned()),
+            Just(".*".to_owned()),
+            Just("..a".to_owned()),
+            Just("[0:2]".to_owned()),
+            Just("[0,1]".to_owned()),
+            Just("[?(@.a > 1)]".to_owned()),
+            Just("[?@ == 'x']".to_owned()),
+            "[\\[\\]().'\"*?@,:a-c0-9 \\-]{0,3}",
+        ];
+        let root = prop_oneof![Just("$"), Just("$$"), Just("$v"), Just("$u")];
+        (root, prop::collection::vec(piece, 0..5))
+            .prop_map(|(r, pieces)| format!("{r}{}", pieces.concat()))
+    }
+
+    fn prop_env(v: Value) -> TestEnv {
+        let mut vars = Map::new();
+        vars.insert("v".to_owned(), v.clone());
+        TestEnv { context: v, vars }
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,40}") {
+            let _ = ReadPath::parse(&text);
+            let _ = ReferencePath::parse(&text);
+        }
+
+        #[test]
+        fn parse_never_panics_on_path_like_text(text in "[$\\[\\]().'\"*?@,:a-c0-9 \\-\\\\é]{0,24}") {
+            if let Ok(p) = ReadPath::parse(&text) {
+                prop_assert_eq!(p.as_str(), text.as_str());
+            }
+            if let Ok(p) = ReferencePath::parse(&text) {
+                prop_assert_eq!(p.as_str(), text.as_str());
+                // Every reference path is a definite read path.
+                let read = ReadPath::parse(&text);
+                prop_assert!(read.is_ok_and(|r| r.is_definite()));
+            }
+        }
+
+        #[test]
+        fn resolve_and_write_never_panic(path in arb_path(), input in arb_json(), ctx in arb_json()) {
+            if let Ok(p) = ReadPath::parse(&path) {
+                let e = prop_env(ctx);
+                match p.resolve(&input, &e) {
+                    Ok(v) => if !p.is_definite() { prop_assert!(v.is_array()) },
+                    Err(miss) => prop_assert_eq!(miss.path, path.clone()),
+                }
+            }
+            if let Ok(r) = ReferencePath::parse(&path) {
+                if let Ok(out) = r.write(input.clone(), json!("W")) {
+                    // What was written can be read back.
+                    let back = ReadPath::parse(&path);
+                    prop_assert!(back.is_ok());
+                    if let Ok(back) = back {
+                        let e = prop_env(Value::Null);
+                        let got = back.resolve(&out, &e).map(Cow::into_owned);
+                        prop_assert_eq!(got, Ok(json!("W")));
+                    }
+                }
+            }
+        }
     }
 }
