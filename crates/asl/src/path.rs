@@ -1447,16 +1447,16 @@ mod tests {
                     Err(miss) => prop_assert_eq!(miss.path, path.clone()),
                 }
             }
-            if let Ok(r) = ReferencePath::parse(&path) {
-                if let Ok(out) = r.write(input.clone(), json!("W")) {
-                    // What was written can be read back.
-                    let back = ReadPath::parse(&path);
-                    prop_assert!(back.is_ok());
-                    if let Ok(back) = back {
-                        let e = prop_env(Value::Null);
-                        let got = back.resolve(&out, &e).map(Cow::into_owned);
-                        prop_assert_eq!(got, Ok(json!("W")));
-                    }
+            if let Ok(r) = ReferencePath::parse(&path)
+                && let Ok(out) = r.write(input.clone(), json!("W"))
+            {
+                // What was written can be read back.
+                let back = ReadPath::parse(&path);
+                prop_assert!(back.is_ok());
+                if let Ok(back) = back {
+                    let e = prop_env(Value::Null);
+                    let got = back.resolve(&out, &e).map(Cow::into_owned);
+                    prop_assert_eq!(got, Ok(json!("W")));
                 }
             }
         }
