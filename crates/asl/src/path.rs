@@ -10,6 +10,18 @@
 //! speed; everything else (wildcards, filters, `..`, slices, unions) goes to
 //! `serde_json_path` (RFC 9535). A definite path selects at most one node; an
 //! indefinite one selects a list, returned as a JSON array.
+//!
+//! Compatibility notes (AWS evaluates paths with Jayway JsonPath):
+//! - dot-notation names are lenient like Jayway's (`$.order-id`,
+//!   `$.ns:key`, `$.détail`); such names also work inside indefinite paths
+//!   (they are rewritten to bracket notation before `serde_json_path`),
+//!   but not inside filter expressions, which follow RFC 9535;
+//! - filters accept both the classic `[?(@.price > 10)]` and the RFC 9535
+//!   `[?@.price > 10]` forms; Jayway-only operators (`=~`, `in`, ...) and
+//!   path functions (`.length()`) are rejected when parsed, as AWS does not
+//!   support functions either;
+//! - a definite path that selects nothing is a [`PathMiss`]; an indefinite
+//!   one that selects nothing gives `[]`.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -1153,6 +1165,9 @@ mod tests {
             ("$.store..price", json!([8, 12, 30, 20])),
             ("$..['x y']", json!([1])),
             ("$..order-id", json!(["o-9"])),
+            ("$..['it\\'s']", json!([3])),
+            ("$..[\"a.b\"]", json!([2])),
+            ("$.store..['tags'][0]", json!(["x"])),
             ("$.store.book[*].nope", json!([])),
             ("$.nope[*]", json!([])),
         ];
@@ -1211,6 +1226,16 @@ mod tests {
             assert_eq!(err.path, *path);
             assert!(err.message.contains(fragment), "{path}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn rendering_escapes_names_for_serde_json_path() {
+        let input = json!({"a\nb": {"q'\\": [1, 2]}, "c": 0});
+        assert_eq!(read("$['a\\nb']['q\\'\\\\'][*]", &input), Ok(json!([1, 2])));
+        assert_eq!(read("$..['q\\'\\\\'][-1]", &input), Ok(json!([2])));
+        assert_eq!(read("$['a\\nb']['q\\'\\\\'][-1]", &input), Ok(json!(2)));
+        let pieces = tokenize("$.x-y['it\\'s'][-2].*", 1).unwrap();
+        assert_eq!(render(&pieces), "$['x-y']['it\\'s'][-2][*]");
     }
 
     #[test]
