@@ -88,12 +88,15 @@ fn eval_arg(
         Arg::Number(x) => Value::Number(x.clone()),
         Arg::Bool(b) => Value::Bool(*b),
         Arg::Null => Value::Null,
-        Arg::Path(path) => path.resolve(input, env).map(Cow::into_owned).map_err(|miss| {
-            fail(
-                f,
-                format!("argument {n} ({}): {}", path.as_str(), miss.message),
-            )
-        })?,
+        Arg::Path(path) => path
+            .resolve(input, env)
+            .map(Cow::into_owned)
+            .map_err(|miss| {
+                fail(
+                    f,
+                    format!("argument {n} ({}): {}", path.as_str(), miss.message),
+                )
+            })?,
         Arg::Call(call) => call.eval(input, env, rng)?,
     })
 }
@@ -331,12 +334,28 @@ fn string_to_json(args: &Args) -> Result<Value, IntrinsicFailure> {
     if s.trim().is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_str(s).map_err(|e| {
+    let mut v = serde_json::from_str(s).map_err(|e| {
         fail(
             Function::StringToJson,
             format!("the string is not valid JSON ({e})"),
         )
-    })
+    })?;
+    negative_zero_to_integer(&mut v);
+    Ok(v)
+}
+
+/// serde_json reads `-0` as the float `-0.0`; AWS (Jackson) reads it as the
+/// integer 0 (recorded by LocalStack: `StringToJson('-0')` is `0`). We turn
+/// every `-0.0` into `0`, which also covers the rare `-0.0` text.
+fn negative_zero_to_integer(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative()) => {
+            *v = Value::from(0);
+        }
+        Value::Array(items) => items.iter_mut().for_each(negative_zero_to_integer),
+        Value::Object(map) => map.values_mut().for_each(negative_zero_to_integer),
+        _ => {}
+    }
 }
 
 fn json_merge(args: &Args) -> Result<Value, IntrinsicFailure> {
@@ -370,14 +389,20 @@ fn json_merge(args: &Args) -> Result<Value, IntrinsicFailure> {
 fn array_partition(args: &Args) -> Result<Value, IntrinsicFailure> {
     let array = args.array(1)?;
     let size = args.integer(2)?;
-    let size = usize::try_from(size).ok().filter(|s| *s > 0).ok_or_else(|| {
-        fail(
-            Function::ArrayPartition,
-            format!("the chunk size must be a positive integer, got {size}"),
-        )
-    })?;
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| {
+            fail(
+                Function::ArrayPartition,
+                format!("the chunk size must be a positive integer, got {size}"),
+            )
+        })?;
     Ok(Value::Array(
-        array.chunks(size).map(|c| Value::Array(c.to_vec())).collect(),
+        array
+            .chunks(size)
+            .map(|c| Value::Array(c.to_vec()))
+            .collect(),
     ))
 }
 

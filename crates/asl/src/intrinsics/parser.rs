@@ -31,7 +31,9 @@ pub(super) fn parse(text: &str) -> Result<IntrinsicCall, IntrinsicSyntaxError> {
     p.skip_ws();
     if p.pos < text.len() {
         let rest = excerpt(&text[p.pos..]);
-        return Err(p.error(format!("unexpected text '{rest}' after the end of the call")));
+        return Err(p.error(format!(
+            "unexpected text '{rest}' after the end of the call"
+        )));
     }
     Ok(call)
 }
@@ -218,9 +220,9 @@ impl<'a> Parser<'a> {
             Some('"') => Err(self.error(
                 "string literals use single quotes in intrinsic functions: 'text', not \"text\"",
             )),
-            Some(c) => Err(self.error(format!(
-                "unexpected character '{c}': expected argument {n}"
-            ))),
+            Some(c) => {
+                Err(self.error(format!("unexpected character '{c}': expected argument {n}")))
+            }
         }
     }
 
@@ -298,6 +300,8 @@ impl<'a> Parser<'a> {
         // serde_json gives integers when they fit in 64 bits, floats
         // otherwise; it rejects leading zeros ("01") as JSON does.
         match serde_json::from_str::<serde_json::Number>(token) {
+            // "-0" is read as the float -0.0; it is the integer 0.
+            Ok(_) if token == "-0" => Ok(serde_json::Number::from(0)),
             Ok(n) => Ok(n),
             Err(e) => Err(self.error_at(start, format!("invalid number '{token}': {e}"))),
         }
@@ -385,7 +389,10 @@ fn check_call(call: &IntrinsicCall) -> Result<(), String> {
             return Err(format!("{f} takes {min} or {max} arguments, got {got}"));
         }
         None if got < min => {
-            return Err(format!("{f} takes at least {min} {}, got {got}", plural(min)));
+            return Err(format!(
+                "{f} takes at least {min} {}, got {got}",
+                plural(min)
+            ));
         }
         _ => {}
     }
@@ -393,7 +400,7 @@ fn check_call(call: &IntrinsicCall) -> Result<(), String> {
         Function::Format => match call.args.first() {
             Some(Arg::Number(_) | Arg::Bool(_) | Arg::Null) => {
                 return Err(
-                    "the first argument of States.Format must be a string template".to_string()
+                    "the first argument of States.Format must be a string template".to_string(),
                 );
             }
             Some(Arg::String(_)) => {
@@ -440,9 +447,11 @@ fn check_call(call: &IntrinsicCall) -> Result<(), String> {
                     .to_string());
             }
             Some(Arg::String(_) | Arg::Number(_) | Arg::Null) => {
-                return Err("the third argument of States.JsonMerge must be the boolean false \
+                return Err(
+                    "the third argument of States.JsonMerge must be the boolean false \
                             (shallow merge)"
-                    .to_string());
+                        .to_string(),
+                );
             }
             _ => {}
         },
