@@ -857,6 +857,29 @@ fn paths_to_context_and_variables() {
 }
 
 #[test]
+fn calls_built_with_new() {
+    let call = IntrinsicCall::new(
+        Function::Format,
+        vec![
+            Arg::String("{}-{}".to_string()),
+            Arg::Number(1.into()),
+            Arg::Bool(true),
+        ],
+    );
+    let v = call.eval(&json!({}), &TestEnv::new(), &mut SplitMix64::new(1));
+    assert_eq!(v, Ok(json!("1-true")));
+    // Wrong arity is reported at evaluation, not by a panic.
+    let call = IntrinsicCall::new(Function::ArrayGetItem, vec![]);
+    let e = call
+        .eval(&json!({}), &TestEnv::new(), &mut SplitMix64::new(1))
+        .err();
+    assert_eq!(
+        e.map(|e| e.message),
+        Some("States.ArrayGetItem: argument 1 is missing".to_string())
+    );
+}
+
+#[test]
 fn failure_in_nested_call_propagates() {
     let m = failure(
         "States.Array(1, States.ArrayGetItem($.a, 5))",
