@@ -192,6 +192,20 @@ impl IntrinsicCall {
         text.trim_start().starts_with("States.")
     }
 
+    /// A call built from its parts (for code that does not start from text).
+    ///
+    /// A `States.Format` template given here as [`Arg::String`] is used as
+    /// it is: every `{}` in it is a placeholder (there are no escapes, since
+    /// the text was never a string literal). Arity and literal arguments are
+    /// not checked; [`IntrinsicCall::eval`] reports what is wrong.
+    pub fn new(function: Function, args: Vec<Arg>) -> IntrinsicCall {
+        IntrinsicCall {
+            function,
+            args,
+            format_template: None,
+        }
+    }
+
     /// Parses a call such as `States.Format('Hello, {}', $.name)`.
     ///
     /// Checks the syntax (string literals and their escapes, numbers,

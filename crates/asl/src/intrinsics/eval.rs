@@ -334,12 +334,28 @@ fn string_to_json(args: &Args) -> Result<Value, IntrinsicFailure> {
     if s.trim().is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_str(s).map_err(|e| {
+    let mut v = serde_json::from_str(s).map_err(|e| {
         fail(
             Function::StringToJson,
             format!("the string is not valid JSON ({e})"),
         )
-    })
+    })?;
+    negative_zero_to_integer(&mut v);
+    Ok(v)
+}
+
+/// serde_json reads `-0` as the float `-0.0`; AWS (Jackson) reads it as the
+/// integer 0 (recorded by LocalStack: `StringToJson('-0')` is `0`). We turn
+/// every `-0.0` into `0`, which also covers the rare `-0.0` text.
+fn negative_zero_to_integer(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative()) => {
+            *v = Value::from(0);
+        }
+        Value::Array(items) => items.iter_mut().for_each(negative_zero_to_integer),
+        Value::Object(map) => map.values_mut().for_each(negative_zero_to_integer),
+        _ => {}
+    }
 }
 
 fn json_merge(args: &Args) -> Result<Value, IntrinsicFailure> {

@@ -300,6 +300,8 @@ impl<'a> Parser<'a> {
         // serde_json gives integers when they fit in 64 bits, floats
         // otherwise; it rejects leading zeros ("01") as JSON does.
         match serde_json::from_str::<serde_json::Number>(token) {
+            // "-0" is read as the float -0.0; it is the integer 0.
+            Ok(_) if token == "-0" => Ok(serde_json::Number::from(0)),
             Ok(n) => Ok(n),
             Err(e) => Err(self.error_at(start, format!("invalid number '{token}': {e}"))),
         }
