@@ -606,13 +606,15 @@ impl StateParser<'_, '_, '_, '_> {
             );
             self.ok = false;
         }
-        for extra in present.iter().skip(1) {
-            self.ctx.err(
-                child(p, extra),
-                codes::CONFLICTING_FIELDS,
-                format!("'{extra}' cannot be used together with '{}'", present[0]),
-            );
-            self.ok = false;
+        if let Some((first, extras)) = present.split_first() {
+            for extra in extras {
+                self.ctx.err(
+                    child(p, extra),
+                    codes::CONFLICTING_FIELDS,
+                    format!("'{extra}' cannot be used together with '{first}'"),
+                );
+                self.ok = false;
+            }
         }
         let seconds = self.ctx.opt_int(o, p, "Seconds", 0, MAX_SECONDS);
         let seconds = self.keep(seconds).flatten().map(Wait::Seconds);
