@@ -23,12 +23,20 @@ pub struct RuntimeOptions {
     /// Largest state input/output or task result, in bytes of JSON (AWS:
     /// 256 KiB); larger fails the state with `States.DataLimitExceeded`.
     pub max_payload_bytes: usize,
+    /// Most states an execution may enter (AWS's history quota is 25,000
+    /// events); beyond it the execution fails with `States.Runtime`.
+    pub max_state_transitions: u64,
+    /// Keep state inputs and outputs in the history's records.
+    pub record_payloads: bool,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
+        let d = interp::Options::default();
         RuntimeOptions {
-            max_payload_bytes: interp::Options::default().max_payload_bytes,
+            max_payload_bytes: d.max_payload_bytes,
+            max_state_transitions: d.max_state_transitions,
+            record_payloads: d.record_payloads,
         }
     }
 }
@@ -38,6 +46,8 @@ impl RuntimeOptions {
     pub fn interp_options(&self) -> interp::Options {
         interp::Options {
             max_payload_bytes: self.max_payload_bytes,
+            max_state_transitions: self.max_state_transitions,
+            record_payloads: self.record_payloads,
         }
     }
 }
