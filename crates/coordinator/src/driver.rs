@@ -232,3 +232,164 @@ impl Coordinator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use futures::future::BoxFuture;
+    use sagaflow_asl::interp::Record;
+    use sagaflow_asl::parse::parse_definition;
+    use sagaflow_participant::stubs::Stubs;
+    use sagaflow_participant::{Handler, TaskContext, TaskError};
+    use serde_json::json;
+
+    use super::*;
+    use crate::clock::VirtualClock;
+    use crate::dispatch::EmbeddedDispatcher;
+
+    fn info(name: &str) -> ExecutionInfo {
+        ExecutionInfo {
+            execution_id: format!("exec:{name}"),
+            execution_name: name.into(),
+            state_machine_id: "sm".into(),
+            state_machine_name: "sm".into(),
+            role_arn: String::new(),
+            seed: 3,
+        }
+    }
+
+    fn machine(text: &str) -> Arc<StateMachine> {
+        Arc::new(parse_definition(text).unwrap())
+    }
+
+    /// Never answers; notes when it is dropped (aborted).
+    struct Hang(Arc<AtomicBool>);
+    impl Handler for Hang {
+        fn call(&self, _: Value, _: TaskContext) -> BoxFuture<'_, Result<Value, TaskError>> {
+            struct Flag(Arc<AtomicBool>);
+            impl Drop for Flag {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let flag = Flag(Arc::clone(&self.0));
+            Box::pin(async move {
+                let _flag = flag;
+                std::future::pending::<()>().await;
+                Ok(Value::Null)
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_branch_cancels_its_sibling() {
+        let m = machine(
+            r#"{"StartAt": "P", "States": {"P": {"Type": "Parallel", "End": true, "Branches": [
+                {"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "hang", "End": true}}},
+                {"StartAt": "B", "States": {"B": {"Type": "Task", "Resource": "boom", "End": true}}}
+            ]}}}"#,
+        );
+        let dropped = Arc::new(AtomicBool::new(false));
+        let stubs =
+            Stubs::from_str(r#"{"boom": {"throws": {"error": "Boom"}, "delaySeconds": 5}}"#)
+                .unwrap();
+        let mut handlers: Vec<(String, Arc<dyn Handler>)> = stubs.handlers().collect();
+        handlers.push(("hang".into(), Arc::new(Hang(Arc::clone(&dropped)))));
+        let dispatcher = Arc::new(EmbeddedDispatcher::new(handlers));
+        let start: Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
+        let c = Coordinator::new(
+            Arc::new(VirtualClock::new(start)),
+            dispatcher.clone(),
+            RuntimeOptions::default(),
+        );
+        let run = c.run(m, info("p"), json!({})).await.unwrap();
+        match &run.outcome {
+            Outcome::Failed { error, .. } => assert_eq!(error, "Boom"),
+            other => panic!("unexpected outcome {other:?}"),
+        }
+        tokio::task::yield_now().await;
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the hanging branch was not cancelled"
+        );
+        assert_eq!(dispatcher.running(), 0);
+        // The history starts with the start event and ends with Complete,
+        // five virtual seconds later.
+        assert!(matches!(
+            run.history.first().map(|h| &h.item),
+            Some(HistoryItem::Event(Event::ExecutionStarted { .. }))
+        ));
+        let last = run.history.last().unwrap();
+        assert!(matches!(
+            last.item,
+            HistoryItem::Command(Command::Complete(_))
+        ));
+        assert_eq!(last.at, "2024-01-01T00:00:05Z".parse().unwrap());
+        assert!(run.history.iter().any(|h| matches!(
+            &h.item,
+            HistoryItem::Command(Command::Record(Record::StateEntered { name, .. })) if name == "P"
+        )));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn executions_run_side_by_side() {
+        let m = machine(
+            r#"{"StartAt": "W", "States": {
+                "W": {"Type": "Wait", "SecondsPath": "$.wait", "Next": "T"},
+                "T": {"Type": "Task", "Resource": "t", "End": true}}}"#,
+        );
+        let stubs = Stubs::from_str(r#"{"t": {"echo": true}}"#).unwrap();
+        let dispatcher = Arc::new(EmbeddedDispatcher::new(stubs.handlers()));
+        let start: Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
+        let c = Coordinator::new(
+            Arc::new(VirtualClock::new(start)),
+            dispatcher.clone(),
+            RuntimeOptions::default(),
+        );
+        let t0 = tokio::time::Instant::now();
+        let (a, b) = tokio::join!(
+            c.run(Arc::clone(&m), info("a"), json!({"wait": 100, "who": "a"})),
+            c.run(Arc::clone(&m), info("b"), json!({"wait": 50, "who": "b"}))
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(
+            a.outcome,
+            Outcome::Succeeded {
+                output: json!({"wait": 100, "who": "a"})
+            }
+        );
+        assert_eq!(
+            b.outcome,
+            Outcome::Succeeded {
+                output: json!({"wait": 50, "who": "b"})
+            }
+        );
+        assert_eq!(t0.elapsed(), Duration::from_secs(100));
+        let calls = dispatcher.calls();
+        assert_eq!(calls.len(), 2);
+        // b waited less, so it called first.
+        assert_eq!(calls[0].execution_id, "exec:b");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn task_timeout_cancels_the_handler() {
+        let m = machine(
+            r#"{"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "hang", "TimeoutSeconds": 3, "End": true}}}"#,
+        );
+        let dropped = Arc::new(AtomicBool::new(false));
+        let handlers: Vec<(String, Arc<dyn Handler>)> =
+            vec![("hang".into(), Arc::new(Hang(Arc::clone(&dropped))))];
+        let dispatcher = Arc::new(EmbeddedDispatcher::new(handlers));
+        let c = Coordinator::new(
+            Arc::new(VirtualClock::new(Timestamp::UNIX_EPOCH)),
+            dispatcher.clone(),
+            RuntimeOptions::default(),
+        );
+        let run = c.run(m, info("t"), json!({})).await.unwrap();
+        assert!(matches!(&run.outcome, Outcome::Failed { error, .. } if error == "States.Timeout"));
+        tokio::task::yield_now().await;
+        assert!(dropped.load(Ordering::SeqCst));
+    }
+}

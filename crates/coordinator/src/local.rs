@@ -409,4 +409,63 @@ mod tests {
             "{m}"
         );
     }
+
+    fn request(definition: &str, stubs: &str) -> RunRequest {
+        RunRequest {
+            definition: definition.to_string(),
+            input: serde_json::json!({"items": [1, 2]}),
+            stubs: Stubs::from_str(stubs).unwrap(),
+            execution_name: None,
+            virtual_clock: true,
+            seed: Some(1),
+            start_time: None,
+        }
+    }
+
+    const NESTED: &str = r#"{"StartAt": "P", "States": {"P": {"Type": "Parallel", "Next": "M", "Branches": [
+        {"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "arn:aws:lambda:r:1:function:a", "End": true}}}]},
+      "M": {"Type": "Map", "ItemsPath": "$[0].items", "End": true, "ItemProcessor": {"StartAt": "B", "States": {
+        "B": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke", "Parameters": {"FunctionName": "b", "Payload.$": "$"}, "End": true}}}}}}"#;
+
+    #[test]
+    fn missing_stubs_are_found_in_nested_graphs() {
+        match run_blocking(request(NESTED, "{}")) {
+            Err(RunError::MissingStubs(m)) => {
+                let keys: Vec<&str> = m.iter().map(|s| s.key.as_str()).collect();
+                assert_eq!(keys.len(), 2, "{keys:?}");
+                assert!(keys.contains(&"a") && keys.contains(&"b"), "{keys:?}");
+            }
+            other => panic!("expected missing stubs, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nested_run_reports_calls() {
+        let r = run_blocking(request(
+            NESTED,
+            r#"{"a": {"echo": true}, "b": {"returns": "ok"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(r.status, RunStatus::Succeeded, "{}", r.to_json());
+        assert_eq!(r.calls.get("a"), Some(&1));
+        assert_eq!(r.calls.get("b"), Some(&2));
+        assert_eq!(r.call_order.len(), 3);
+        assert!(!r.history.is_empty());
+    }
+
+    #[test]
+    fn invalid_definition_and_bad_name() {
+        let r = run_blocking(request("{}", "{}")).unwrap();
+        assert_eq!(r.status, RunStatus::InvalidDefinition);
+        assert!(!r.errors.unwrap_or_default().is_empty());
+        let mut req = request(
+            r#"{"StartAt": "S", "States": {"S": {"Type": "Succeed"}}}"#,
+            "{}",
+        );
+        req.execution_name = Some("a/b".into());
+        assert!(matches!(
+            run_blocking(req),
+            Err(RunError::InvalidExecutionName { .. })
+        ));
+    }
 }
