@@ -108,7 +108,12 @@ impl Fixture {
 
 fn count_entered(out: &[Command]) -> usize {
     out.iter()
-        .filter(|c| matches!(c, Command::Record(sagaflow_asl::interp::Record::StateEntered { .. })))
+        .filter(|c| {
+            matches!(
+                c,
+                Command::Record(sagaflow_asl::interp::Record::StateEntered { .. })
+            )
+        })
         .count()
 }
 
@@ -116,7 +121,10 @@ fn summary(fixture: &Fixture) {
     println!();
     println!("== summary: pure interpreter, one thread ==");
     for (label, options) in [
-        ("history records with payloads (default)", Options::default()),
+        (
+            "history records with payloads (default)",
+            Options::default(),
+        ),
         (
             "records without payloads",
             Options {

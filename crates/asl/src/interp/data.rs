@@ -133,7 +133,12 @@ pub(crate) fn select(
         Ok(v) => Ok(v.into_owned()),
         Err(miss) => Err(Failure::runtime(
             state,
-            format!("Invalid path '{}' for the field '{}': {}", path.as_str(), field, miss),
+            format!(
+                "Invalid path '{}' for the field '{}': {}",
+                path.as_str(),
+                field,
+                miss
+            ),
         )),
     }
 }

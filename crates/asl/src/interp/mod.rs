@@ -70,8 +70,8 @@ pub use types::*;
 use crate::choice;
 use crate::errors;
 use crate::model::{
-    Catcher, Count, FailField, Graph, ItemBatcher, Percentage, ResultPath, Retrier,
-    Seconds, State, StateId, StateKind, StateMachine, Template, Transition, Wait,
+    Catcher, Count, FailField, Graph, ItemBatcher, Percentage, ResultPath, Retrier, Seconds, State,
+    StateId, StateKind, StateMachine, Template, Transition, Wait,
 };
 use crate::path::{Env, ReadPath};
 use crate::rand::{CellRandom, RandomSource, SplitMix64};
@@ -417,19 +417,29 @@ impl Execution {
     }
 
     fn frame(&self, id: FrameId) -> &Frame {
-        self.frames[id].as_ref().expect("frame ids handed out are live")
+        self.frames[id]
+            .as_ref()
+            .expect("frame ids handed out are live")
     }
 
     fn frame_mut(&mut self, id: FrameId) -> &mut Frame {
-        self.frames[id].as_mut().expect("frame ids handed out are live")
+        self.frames[id]
+            .as_mut()
+            .expect("frame ids handed out are live")
     }
 
     fn active(&self, id: FrameId) -> &Active {
-        self.frame(id).active.as_ref().expect("the frame has an active state")
+        self.frame(id)
+            .active
+            .as_ref()
+            .expect("the frame has an active state")
     }
 
     fn active_mut(&mut self, id: FrameId) -> &mut Active {
-        self.frame_mut(id).active.as_mut().expect("the frame has an active state")
+        self.frame_mut(id)
+            .active
+            .as_mut()
+            .expect("the frame has an active state")
     }
 
     /// The graph a frame runs and the state it is in, from a machine handle
@@ -520,12 +530,12 @@ impl Execution {
             }
             StateKind::Fail(fail) => return Flow::Done(Err(self.run_fail(f, state, fail))),
             StateKind::Parallel(parallel) => {
-                let start = self.input_path(f, state).and_then(|effective| {
-                    match &parallel.parameters {
-                        Some(t) => self.eval(f, t, &effective, state, None),
-                        None => Ok(effective),
-                    }
-                });
+                let start =
+                    self.input_path(f, state)
+                        .and_then(|effective| match &parallel.parameters {
+                            Some(t) => self.eval(f, t, &effective, state, None),
+                            None => Ok(effective),
+                        });
                 match start {
                     Ok(effective) => {
                         let inputs = vec![effective; parallel.branches.len()];
@@ -548,7 +558,12 @@ impl Execution {
 
     // ------------------------------------------------------------------ Pass
 
-    fn run_pass(&self, f: FrameId, state: &State, pass: &crate::model::Pass) -> Result<Value, Failure> {
+    fn run_pass(
+        &self,
+        f: FrameId,
+        state: &State,
+        pass: &crate::model::Pass,
+    ) -> Result<Value, Failure> {
         let effective = self.input_path(f, state)?;
         let effective = match &pass.parameters {
             Some(t) => self.eval(f, t, &effective, state, None)?,
@@ -574,7 +589,13 @@ impl Execution {
             let active = self.active(f);
             (active.step, active.retry_count)
         };
-        let task_id = format!("{}{}@{}#{}", self.frame(f).prefix, state.name, step, retry_count);
+        let task_id = format!(
+            "{}{}@{}#{}",
+            self.frame(f).prefix,
+            state.name,
+            step,
+            retry_count
+        );
         if task.resource.ends_with(".waitForTaskToken") {
             let token = self.task_token(&task_id);
             self.active_mut(f).task_token = Some(token);
@@ -644,7 +665,11 @@ impl Execution {
     /// names its execution and task (base64url, no padding).
     fn task_token(&self, task_id: &str) -> String {
         let mut rng = CellRandom(&self.rng);
-        let execution_id = self.started.as_ref().map(|s| s.info.execution_id.as_str()).unwrap_or("");
+        let execution_id = self
+            .started
+            .as_ref()
+            .map(|s| s.info.execution_id.as_str())
+            .unwrap_or("");
         let raw = format!(
             "{execution_id}\n{task_id}\n{:016x}{:016x}",
             rng.next_u64(),
@@ -658,7 +683,11 @@ impl Execution {
     fn take_task(&mut self, task_id: &str, out: &mut Vec<Command>) -> Option<FrameId> {
         let f = self.tasks.remove(task_id)?;
         let active = self.frames.get_mut(f)?.as_mut()?.active.as_mut()?;
-        let Waiting::Task { task_id: waiting_for, timeout_timer } = &mut active.waiting else {
+        let Waiting::Task {
+            task_id: waiting_for,
+            timeout_timer,
+        } = &mut active.waiting
+        else {
             return None;
         };
         if waiting_for != task_id {
@@ -811,7 +840,12 @@ impl Execution {
             }
         };
         let active = self.active(f);
-        let timer_id = format!("{}{}@{}:wait", self.frame(f).prefix, state.name, active.step);
+        let timer_id = format!(
+            "{}{}@{}:wait",
+            self.frame(f).prefix,
+            state.name,
+            active.step
+        );
         self.timers.insert(timer_id.clone(), TimerRole::State(f));
         self.active_mut(f).waiting = Waiting::WaitTimer {
             timer_id: timer_id.clone(),
@@ -865,7 +899,12 @@ impl Execution {
 
     // ------------------------------------------------------- Parallel and Map
 
-    fn prepare_map(&self, f: FrameId, state: &State, map: &crate::model::Map) -> Result<Fanout, Failure> {
+    fn prepare_map(
+        &self,
+        f: FrameId,
+        state: &State,
+        map: &crate::model::Map,
+    ) -> Result<Fanout, Failure> {
         let effective = self.input_path(f, state)?;
         let env = self.env(f, state, None);
         let items = select(&map.items_path, "ItemsPath", &effective, &env, &state.name)?;
@@ -893,7 +932,13 @@ impl Execution {
             Some(Percentage::Fixed(p)) => Some(*p),
             Some(Percentage::Path(path)) => {
                 let env = self.env(f, state, None);
-                let v = select(path, "ToleratedFailurePercentagePath", &effective, &env, &state.name)?;
+                let v = select(
+                    path,
+                    "ToleratedFailurePercentagePath",
+                    &effective,
+                    &env,
+                    &state.name,
+                )?;
                 match v.as_f64() {
                     Some(p) if (0.0..=100.0).contains(&p) => Some(p),
                     _ => {
@@ -956,7 +1001,9 @@ impl Execution {
         let mut current_bytes = 0usize;
         for item in items {
             let size = serde_json::to_string(&item).map(|s| s.len()).unwrap_or(0) + 1;
-            if !current.is_empty() && (current.len() >= max_items || current_bytes + size > max_bytes) {
+            if !current.is_empty()
+                && (current.len() >= max_items || current_bytes + size > max_bytes)
+            {
                 batches.push(std::mem::take(&mut current));
                 current_bytes = 0;
             }
@@ -1061,12 +1108,19 @@ impl Execution {
         queue: &mut VecDeque<(FrameId, Flow)>,
     ) {
         let machine = self.machine.clone();
-        let Some(state_id) = self.frames.get(f).and_then(|fr| fr.as_ref()).and_then(|fr| fr.active.as_ref()).map(|a| a.state) else {
+        let Some(state_id) = self
+            .frames
+            .get(f)
+            .and_then(|fr| fr.as_ref())
+            .and_then(|fr| fr.active.as_ref())
+            .map(|a| a.state)
+        else {
             return;
         };
         let state = Self::state_of(&machine, &self.frame(f).loc, state_id);
         let path = format!("{}{}", self.frame(f).prefix, state.name);
-        let Some(Waiting::Fanout(fan)) = self.frame_mut(f).active.as_mut().map(|a| &mut a.waiting) else {
+        let Some(Waiting::Fanout(fan)) = self.frame_mut(f).active.as_mut().map(|a| &mut a.waiting)
+        else {
             return;
         };
         fan.children[index] = None;
@@ -1076,7 +1130,10 @@ impl Execution {
             Ok(value) => {
                 fan.results[index] = Some(value);
                 if is_map {
-                    out.push(Command::Record(Record::MapIterationSucceeded { path, index }));
+                    out.push(Command::Record(Record::MapIterationSucceeded {
+                        path,
+                        index,
+                    }));
                 }
                 None
             }
@@ -1089,7 +1146,8 @@ impl Execution {
                     }));
                 }
                 let tolerant = fan.tolerated_count.is_some() || fan.tolerated_percentage.is_some();
-                let terminal = failure.error == errors::RUNTIME || failure.error == errors::DATA_LIMIT_EXCEEDED;
+                let terminal = failure.error == errors::RUNTIME
+                    || failure.error == errors::DATA_LIMIT_EXCEEDED;
                 if tolerant && !terminal {
                     fan.failures += 1;
                     fan.results[index] = Some(failure.error_output());
@@ -1126,11 +1184,16 @@ impl Execution {
             return;
         }
         self.start_children(f, state, queue, out);
-        let Some(Waiting::Fanout(fan)) = self.frame_mut(f).active.as_mut().map(|a| &mut a.waiting) else {
+        let Some(Waiting::Fanout(fan)) = self.frame_mut(f).active.as_mut().map(|a| &mut a.waiting)
+        else {
             return;
         };
         if fan.running == 0 && fan.next_to_start >= fan.inputs.len() {
-            let results: Vec<Value> = fan.results.iter_mut().map(|r| r.take().unwrap_or(Value::Null)).collect();
+            let results: Vec<Value> = fan
+                .results
+                .iter_mut()
+                .map(|r| r.take().unwrap_or(Value::Null))
+                .collect();
             self.active_mut(f).waiting = Waiting::Nothing;
             let flow = self.state_succeeded(at, f, Value::Array(results), out);
             queue.push_back((f, flow));
@@ -1159,7 +1222,12 @@ impl Execution {
                 if self.tasks.remove(&task_id).is_none() {
                     return;
                 }
-                let seconds = match self.frames.get_mut(frame).and_then(|fr| fr.as_mut()).and_then(|fr| fr.active.as_mut()) {
+                let seconds = match self
+                    .frames
+                    .get_mut(frame)
+                    .and_then(|fr| fr.as_mut())
+                    .and_then(|fr| fr.active.as_mut())
+                {
                     Some(active) => {
                         active.waiting = Waiting::Nothing;
                         Some(())
@@ -1169,7 +1237,9 @@ impl Execution {
                 if seconds.is_none() {
                     return;
                 }
-                out.push(Command::CancelTask { task_id: task_id.clone() });
+                out.push(Command::CancelTask {
+                    task_id: task_id.clone(),
+                });
                 let failure = Failure::new(
                     errors::TIMEOUT,
                     format!("The task '{task_id}' did not complete within its TimeoutSeconds."),
@@ -1178,14 +1248,22 @@ impl Execution {
                 self.drive(at, VecDeque::from([(frame, flow)]), out);
             }
             TimerRole::State(f) => {
-                let Some(active) = self.frames.get_mut(f).and_then(|fr| fr.as_mut()).and_then(|fr| fr.active.as_mut()) else {
+                let Some(active) = self
+                    .frames
+                    .get_mut(f)
+                    .and_then(|fr| fr.as_mut())
+                    .and_then(|fr| fr.active.as_mut())
+                else {
                     return;
                 };
                 let flow = match std::mem::replace(&mut active.waiting, Waiting::Nothing) {
-                    Waiting::WaitTimer { timer_id: id, effective } if id == timer_id => {
-                        self.wait_over(f, effective, out)
+                    Waiting::WaitTimer {
+                        timer_id: id,
+                        effective,
+                    } if id == timer_id => self.wait_over(f, effective, out),
+                    Waiting::RetryTimer { timer_id: id } if id == timer_id => {
+                        self.attempt(at, f, out)
                     }
-                    Waiting::RetryTimer { timer_id: id } if id == timer_id => self.attempt(at, f, out),
                     other => {
                         active.waiting = other;
                         return;
@@ -1222,7 +1300,13 @@ impl Execution {
 
     /// Output processing after a Pass result, a task result or the results
     /// of a Parallel/Map: ResultSelector, ResultPath, OutputPath, Assign.
-    fn state_succeeded(&mut self, at: Timestamp, f: FrameId, result: Value, out: &mut Vec<Command>) -> Flow {
+    fn state_succeeded(
+        &mut self,
+        at: Timestamp,
+        f: FrameId,
+        result: Value,
+        out: &mut Vec<Command>,
+    ) -> Flow {
         let machine = self.machine.clone();
         let state = Self::state_of(&machine, &self.frame(f).loc, self.active(f).state);
         let (result_selector, result_path, can_recover) = match &state.kind {
@@ -1301,7 +1385,13 @@ impl Execution {
 
     /// Error handling: the first matching retrier, else the first matching
     /// catcher, else the frame fails.
-    fn state_failed(&mut self, at: Timestamp, f: FrameId, failure: Failure, out: &mut Vec<Command>) -> Flow {
+    fn state_failed(
+        &mut self,
+        at: Timestamp,
+        f: FrameId,
+        failure: Failure,
+        out: &mut Vec<Command>,
+    ) -> Flow {
         let machine = self.machine.clone();
         let state = Self::state_of(&machine, &self.frame(f).loc, self.active(f).state);
         let (retry, catch): (&[Retrier], &[Catcher]) = match &state.kind {
@@ -1311,7 +1401,10 @@ impl Execution {
             _ => (&[], &[]),
         };
         let path = format!("{}{}", self.frame(f).prefix, state.name);
-        if let Some(index) = retry.iter().position(|r| errors::matches(&r.error_equals, &failure.error)) {
+        if let Some(index) = retry
+            .iter()
+            .position(|r| errors::matches(&r.error_equals, &failure.error))
+        {
             let retrier = &retry[index];
             let active = self.active_mut(f);
             if active.retrier_attempts.len() < retry.len() {
@@ -1323,7 +1416,8 @@ impl Execution {
                 active.retry_count += 1;
                 let attempt = active.retry_count;
                 let step = active.step;
-                let mut delay = retrier.interval_seconds as f64 * retrier.backoff_rate.powi(done as i32);
+                let mut delay =
+                    retrier.interval_seconds as f64 * retrier.backoff_rate.powi(done as i32);
                 if let Some(max) = retrier.max_delay_seconds {
                     delay = delay.min(max as f64);
                 }
@@ -1356,7 +1450,10 @@ impl Execution {
                 return Flow::Blocked;
             }
         }
-        if let Some(catcher) = catch.iter().find(|c| errors::matches(&c.error_equals, &failure.error)) {
+        if let Some(catcher) = catch
+            .iter()
+            .find(|c| errors::matches(&c.error_equals, &failure.error))
+        {
             let error_output = failure.error_output();
             let assigned = match &catcher.assign {
                 Some(t) => match self.eval(f, t, &error_output, state, None) {
@@ -1370,13 +1467,21 @@ impl Execution {
                 ResultPath::Discard => raw_input,
                 ResultPath::Path(p) => match p.write(raw_input, error_output) {
                     Ok(v) => v,
-                    Err(e) => return Flow::Done(Err(Failure::new(errors::RESULT_PATH_MATCH_FAILURE, e.message))),
+                    Err(e) => {
+                        return Flow::Done(Err(Failure::new(
+                            errors::RESULT_PATH_MATCH_FAILURE,
+                            e.message,
+                        )));
+                    }
                 },
             };
             if let Some(values) = assigned {
                 self.assign(f, values);
             }
-            let next_name = graph_at(&machine, &self.frame(f).loc).state(catcher.next).name.clone();
+            let next_name = graph_at(&machine, &self.frame(f).loc)
+                .state(catcher.next)
+                .name
+                .clone();
             out.push(Command::Record(Record::Caught {
                 path,
                 error: failure.error,
@@ -1393,12 +1498,20 @@ impl Execution {
 
     /// Cancels everything a frame's active state waits on, recursively.
     fn abort_frame(&mut self, f: FrameId, out: &mut Vec<Command>) {
-        let Some(active) = self.frames.get_mut(f).and_then(|fr| fr.as_mut()).and_then(|fr| fr.active.as_mut()) else {
+        let Some(active) = self
+            .frames
+            .get_mut(f)
+            .and_then(|fr| fr.as_mut())
+            .and_then(|fr| fr.active.as_mut())
+        else {
             return;
         };
         match std::mem::replace(&mut active.waiting, Waiting::Nothing) {
             Waiting::Nothing => {}
-            Waiting::Task { task_id, timeout_timer } => {
+            Waiting::Task {
+                task_id,
+                timeout_timer,
+            } => {
                 self.tasks.remove(&task_id);
                 out.push(Command::CancelTask { task_id });
                 if let Some(timer_id) = timeout_timer {
@@ -1417,7 +1530,12 @@ impl Execution {
     }
 
     fn abort_children(&mut self, f: FrameId, out: &mut Vec<Command>) {
-        let Some(active) = self.frames.get_mut(f).and_then(|fr| fr.as_mut()).and_then(|fr| fr.active.as_mut()) else {
+        let Some(active) = self
+            .frames
+            .get_mut(f)
+            .and_then(|fr| fr.as_mut())
+            .and_then(|fr| fr.active.as_mut())
+        else {
             return;
         };
         if let Waiting::Fanout(mut fan) = std::mem::replace(&mut active.waiting, Waiting::Nothing) {
@@ -1429,7 +1547,8 @@ impl Execution {
         let machine = self.machine.clone();
         let path = {
             let frame = self.frame(f);
-            let state = graph_at(&machine, &frame.loc).state(frame.active.as_ref().map(|a| a.state).unwrap_or(StateId(0)));
+            let state = graph_at(&machine, &frame.loc)
+                .state(frame.active.as_ref().map(|a| a.state).unwrap_or(StateId(0)));
             format!("{}{}", frame.prefix, state.name)
         };
         for (index, child) in fan.children.iter_mut().enumerate() {
@@ -1459,7 +1578,12 @@ impl Execution {
 
     // ------------------------------------------------------------ evaluation
 
-    fn env<'a>(&'a self, f: FrameId, state: &'a State, map_item: Option<(usize, &'a Value)>) -> FrameEnv<'a> {
+    fn env<'a>(
+        &'a self,
+        f: FrameId,
+        state: &'a State,
+        map_item: Option<(usize, &'a Value)>,
+    ) -> FrameEnv<'a> {
         FrameEnv {
             exec: self,
             frame: f,
@@ -1505,14 +1629,28 @@ impl Execution {
         }
     }
 
-    fn seconds(&self, f: FrameId, state: &State, s: &Seconds, field: &str, effective: &Value) -> Result<u64, Failure> {
+    fn seconds(
+        &self,
+        f: FrameId,
+        state: &State,
+        s: &Seconds,
+        field: &str,
+        effective: &Value,
+    ) -> Result<u64, Failure> {
         match s {
             Seconds::Fixed(n) => Ok(*n),
             Seconds::Path(path) => self.positive_integer(f, state, path, field, effective, 1),
         }
     }
 
-    fn count(&self, f: FrameId, state: &State, c: &Count, field: &str, effective: &Value) -> Result<u64, Failure> {
+    fn count(
+        &self,
+        f: FrameId,
+        state: &State,
+        c: &Count,
+        field: &str,
+        effective: &Value,
+    ) -> Result<u64, Failure> {
         match c {
             Count::Fixed(n) => Ok(*n),
             Count::Path(path) => self.positive_integer(f, state, path, field, effective, 0),
@@ -1610,7 +1748,8 @@ fn graph_at<'m>(machine: &'m StateMachine, loc: &GraphLoc) -> &'m Graph {
 }
 
 fn add_seconds(at: Timestamp, seconds: f64) -> Timestamp {
-    let duration = jiff::SignedDuration::try_from_secs_f64(seconds).unwrap_or(jiff::SignedDuration::MAX);
+    let duration =
+        jiff::SignedDuration::try_from_secs_f64(seconds).unwrap_or(jiff::SignedDuration::MAX);
     at.checked_add(duration).unwrap_or(jiff::Timestamp::MAX)
 }
 
@@ -1631,21 +1770,47 @@ impl Env for FrameEnv<'_> {
             let mut root = Map::new();
             if let Some(started) = &exec.started {
                 let mut execution = Map::new();
-                execution.insert("Id".into(), Value::String(started.info.execution_id.clone()));
+                execution.insert(
+                    "Id".into(),
+                    Value::String(started.info.execution_id.clone()),
+                );
                 execution.insert("Input".into(), started.input.clone());
-                execution.insert("Name".into(), Value::String(started.info.execution_name.clone()));
-                execution.insert("RoleArn".into(), Value::String(started.info.role_arn.clone()));
-                execution.insert("StartTime".into(), Value::String(format_timestamp(started.start_time)));
+                execution.insert(
+                    "Name".into(),
+                    Value::String(started.info.execution_name.clone()),
+                );
+                execution.insert(
+                    "RoleArn".into(),
+                    Value::String(started.info.role_arn.clone()),
+                );
+                execution.insert(
+                    "StartTime".into(),
+                    Value::String(format_timestamp(started.start_time)),
+                );
                 execution.insert("RedriveCount".into(), Value::from(0));
                 root.insert("Execution".into(), Value::Object(execution));
                 let mut machine = Map::new();
-                machine.insert("Id".into(), Value::String(started.info.state_machine_id.clone()));
-                machine.insert("Name".into(), Value::String(started.info.state_machine_name.clone()));
+                machine.insert(
+                    "Id".into(),
+                    Value::String(started.info.state_machine_id.clone()),
+                );
+                machine.insert(
+                    "Name".into(),
+                    Value::String(started.info.state_machine_name.clone()),
+                );
                 root.insert("StateMachine".into(), Value::Object(machine));
             }
-            if let Some(active) = exec.frames.get(self.frame).and_then(|f| f.as_ref()).and_then(|f| f.active.as_ref()) {
+            if let Some(active) = exec
+                .frames
+                .get(self.frame)
+                .and_then(|f| f.as_ref())
+                .and_then(|f| f.active.as_ref())
+            {
                 let mut state = Map::new();
-                state.insert("EnteredTime".into(), Value::String(format_timestamp(active.entered_at)));
+                state.insert(
+                    "EnteredTime".into(),
+                    Value::String(format_timestamp(active.entered_at)),
+                );
                 state.insert("Name".into(), Value::String(self.state.name.clone()));
                 state.insert("RetryCount".into(), Value::from(active.retry_count));
                 root.insert("State".into(), Value::Object(state));

@@ -88,12 +88,15 @@ fn eval_arg(
         Arg::Number(x) => Value::Number(x.clone()),
         Arg::Bool(b) => Value::Bool(*b),
         Arg::Null => Value::Null,
-        Arg::Path(path) => path.resolve(input, env).map(Cow::into_owned).map_err(|miss| {
-            fail(
-                f,
-                format!("argument {n} ({}): {}", path.as_str(), miss.message),
-            )
-        })?,
+        Arg::Path(path) => path
+            .resolve(input, env)
+            .map(Cow::into_owned)
+            .map_err(|miss| {
+                fail(
+                    f,
+                    format!("argument {n} ({}): {}", path.as_str(), miss.message),
+                )
+            })?,
         Arg::Call(call) => call.eval(input, env, rng)?,
     })
 }
@@ -370,14 +373,20 @@ fn json_merge(args: &Args) -> Result<Value, IntrinsicFailure> {
 fn array_partition(args: &Args) -> Result<Value, IntrinsicFailure> {
     let array = args.array(1)?;
     let size = args.integer(2)?;
-    let size = usize::try_from(size).ok().filter(|s| *s > 0).ok_or_else(|| {
-        fail(
-            Function::ArrayPartition,
-            format!("the chunk size must be a positive integer, got {size}"),
-        )
-    })?;
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| {
+            fail(
+                Function::ArrayPartition,
+                format!("the chunk size must be a positive integer, got {size}"),
+            )
+        })?;
     Ok(Value::Array(
-        array.chunks(size).map(|c| Value::Array(c.to_vec())).collect(),
+        array
+            .chunks(size)
+            .map(|c| Value::Array(c.to_vec()))
+            .collect(),
     ))
 }
 

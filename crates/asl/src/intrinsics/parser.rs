@@ -31,7 +31,9 @@ pub(super) fn parse(text: &str) -> Result<IntrinsicCall, IntrinsicSyntaxError> {
     p.skip_ws();
     if p.pos < text.len() {
         let rest = excerpt(&text[p.pos..]);
-        return Err(p.error(format!("unexpected text '{rest}' after the end of the call")));
+        return Err(p.error(format!(
+            "unexpected text '{rest}' after the end of the call"
+        )));
     }
     Ok(call)
 }
@@ -218,9 +220,9 @@ impl<'a> Parser<'a> {
             Some('"') => Err(self.error(
                 "string literals use single quotes in intrinsic functions: 'text', not \"text\"",
             )),
-            Some(c) => Err(self.error(format!(
-                "unexpected character '{c}': expected argument {n}"
-            ))),
+            Some(c) => {
+                Err(self.error(format!("unexpected character '{c}': expected argument {n}")))
+            }
         }
     }
 
@@ -385,7 +387,10 @@ fn check_call(call: &IntrinsicCall) -> Result<(), String> {
             return Err(format!("{f} takes {min} or {max} arguments, got {got}"));
         }
         None if got < min => {
-            return Err(format!("{f} takes at least {min} {}, got {got}", plural(min)));
+            return Err(format!(
+                "{f} takes at least {min} {}, got {got}",
+                plural(min)
+            ));
         }
         _ => {}
     }
@@ -393,7 +398,7 @@ fn check_call(call: &IntrinsicCall) -> Result<(), String> {
         Function::Format => match call.args.first() {
             Some(Arg::Number(_) | Arg::Bool(_) | Arg::Null) => {
                 return Err(
-                    "the first argument of States.Format must be a string template".to_string()
+                    "the first argument of States.Format must be a string template".to_string(),
                 );
             }
             Some(Arg::String(_)) => {
@@ -440,9 +445,11 @@ fn check_call(call: &IntrinsicCall) -> Result<(), String> {
                     .to_string());
             }
             Some(Arg::String(_) | Arg::Number(_) | Arg::Null) => {
-                return Err("the third argument of States.JsonMerge must be the boolean false \
+                return Err(
+                    "the third argument of States.JsonMerge must be the boolean false \
                             (shallow merge)"
-                    .to_string());
+                        .to_string(),
+                );
             }
             _ => {}
         },
