@@ -176,7 +176,7 @@ fn read_stubs(path: &Path) -> anyhow::Result<Stubs> {
 /// `FILE:LINE:COL: /pointer [CODE] message` (or `FILE: ...` without a position).
 fn located(file: &Path, e: &ValidationError) -> String {
     let pointer = if e.pointer.is_empty() {
-        "/"
+        "(root)"
     } else {
         &e.pointer
     };
