@@ -1,1 +1,252 @@
-fn main() {}
+//! `sagaflow`: run a state machine locally against stub participants, or
+//! validate a definition.
+//!
+//! Exit codes: 0 — the command did its job (for `run`: an execution ran,
+//! whatever its status; for `validate`: the definition is valid);
+//! 2 — the definition is invalid; 3 — anything else (usage errors, unreadable
+//! or malformed files, missing stubs, runtime errors).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use sagaflow_asl::parse::{ValidationError, parse_definition};
+use sagaflow_coordinator::local::{RunRequest, RunStatus, run_blocking};
+use sagaflow_participant::stubs::{Stubs, StubsError};
+
+/// The definition is invalid.
+const EXIT_INVALID: u8 = 2;
+/// Usage, file or runtime error.
+const EXIT_ERROR: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sagaflow",
+    version,
+    about = "Sagaflow: sagas in the Amazon States Language"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one execution in-process against stub participants and print the
+    /// report (one line of JSON).
+    Run(RunArgs),
+    /// Check a definition and list every problem with its location.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The state machine definition (ASL JSON).
+    #[arg(long, value_name = "DEF.json")]
+    definition: PathBuf,
+    /// The execution input: inline JSON, or a file to read when the argument
+    /// is not JSON. Default: {}.
+    #[arg(long, value_name = "IN.json|JSON")]
+    input: Option<String>,
+    /// The stubs file (see docs/local-runner.md).
+    #[arg(long, value_name = "STUBS.json")]
+    stubs: PathBuf,
+    /// `$$.Execution.Name` (default: a UUID derived from the seed).
+    #[arg(long, value_name = "NAME")]
+    execution_name: Option<String>,
+    /// Run on a virtual clock: Wait states, retry backoffs, timeouts and stub
+    /// delays take no real time.
+    #[arg(long)]
+    virtual_clock: bool,
+    /// The execution's random seed (States.UUID, States.MathRandom, jitter).
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// The execution's start time (RFC 3339), e.g. 2024-01-01T00:00:00Z.
+    #[arg(long, value_name = "TIMESTAMP")]
+    start_time: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ValidateArgs {
+    /// The state machine definition (ASL JSON).
+    #[arg(value_name = "DEF.json")]
+    definition: PathBuf,
+    /// Print {"valid": bool, "errors": [...]} instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors; every usage error exits 3
+            // (clap's default, 2, means "invalid definition" here).
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_ERROR)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Validate(args) => validate(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Writes a line to stdout; a closed stdout is not worth a panic.
+fn out(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
+fn err(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Reads a file as UTF-8 text, naming the file in every error.
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow!(
+            "{}: invalid UTF-8 at byte {}",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Parses JSON text, naming its origin with line and column on error.
+fn parse_json(text: &str, origin: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(text)
+        .map_err(|e| anyhow!("{origin}:{}:{}: malformed JSON: {e}", e.line(), e.column()))
+}
+
+fn read_input(arg: Option<&str>) -> anyhow::Result<Value> {
+    let Some(arg) = arg else {
+        return Ok(Value::Object(serde_json::Map::new()));
+    };
+    if let Ok(v) = serde_json::from_str::<Value>(arg) {
+        return Ok(v);
+    }
+    let path = Path::new(arg);
+    if !path.exists() {
+        bail!("--input: '{arg}' is neither JSON nor an existing file");
+    }
+    let text = read_text(path)?;
+    parse_json(&text, &path.display().to_string())
+}
+
+fn read_stubs(path: &Path) -> anyhow::Result<Stubs> {
+    let text = read_text(path)?;
+    Stubs::from_str(&text).map_err(|e| match e {
+        StubsError::Syntax {
+            line,
+            column,
+            message,
+        } => anyhow!(
+            "{}:{line}:{column}: malformed JSON: {message}",
+            path.display()
+        ),
+        StubsError::Invalid { pointer, message } => {
+            let pointer = if pointer.is_empty() {
+                "(root)"
+            } else {
+                &pointer
+            };
+            anyhow!("{}: {pointer}: {message}", path.display())
+        }
+    })
+}
+
+/// `FILE:LINE:COL: /pointer [CODE] message` (or `FILE: ...` without a position).
+fn located(file: &Path, e: &ValidationError) -> String {
+    let pointer = if e.pointer.is_empty() {
+        "(root)"
+    } else {
+        &e.pointer
+    };
+    match (e.line, e.column) {
+        (Some(l), Some(c)) => format!(
+            "{}:{l}:{c}: {pointer} [{}] {}",
+            file.display(),
+            e.code,
+            e.message
+        ),
+        _ => format!("{}: {pointer} [{}] {}", file.display(), e.code, e.message),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let definition = read_text(&args.definition)?;
+    let input = read_input(args.input.as_deref())?;
+    let stubs = read_stubs(&args.stubs)?;
+    let start_time = args
+        .start_time
+        .as_deref()
+        .map(|t| {
+            t.parse::<jiff::Timestamp>()
+                .map_err(|e| anyhow!("--start-time '{t}': {e}"))
+        })
+        .transpose()?;
+    let report = run_blocking(RunRequest {
+        definition,
+        input,
+        stubs,
+        execution_name: args.execution_name,
+        virtual_clock: args.virtual_clock,
+        seed: args.seed,
+        start_time,
+    })?;
+    out(&report.to_json());
+    if report.status == RunStatus::InvalidDefinition {
+        let errors = report.errors.as_deref().unwrap_or_default();
+        err(&format!(
+            "{}: invalid definition ({} error(s)):",
+            args.definition.display(),
+            errors.len()
+        ));
+        for e in errors {
+            err(&located(&args.definition, e));
+        }
+        return Ok(ExitCode::from(EXIT_INVALID));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let text = read_text(&args.definition)?;
+    let errors = match parse_definition(&text) {
+        Ok(_) => Vec::new(),
+        Err(invalid) => invalid.errors,
+    };
+    if args.json {
+        let body = serde_json::json!({ "valid": errors.is_empty(), "errors": errors });
+        out(&body.to_string());
+    } else if errors.is_empty() {
+        out(&format!("{}: valid", args.definition.display()));
+    } else {
+        for e in &errors {
+            out(&located(&args.definition, e));
+        }
+    }
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INVALID)
+    })
+}
