@@ -17,7 +17,7 @@ pub trait RandomSource {
 }
 
 /// SplitMix64: a tiny, fast, well-distributed generator (Vigna, 2014).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SplitMix64 {
     state: u64,
 }
@@ -26,6 +26,20 @@ impl SplitMix64 {
     /// A generator from a seed.
     pub fn new(seed: u64) -> SplitMix64 {
         SplitMix64 { state: seed }
+    }
+}
+
+/// A [`RandomSource`] over a generator kept in a [`std::cell::Cell`], so that
+/// code holding shared borrows (an evaluation environment) can still draw.
+#[derive(Debug)]
+pub struct CellRandom<'a>(pub &'a std::cell::Cell<SplitMix64>);
+
+impl RandomSource for CellRandom<'_> {
+    fn next_u64(&mut self) -> u64 {
+        let mut generator = self.0.get();
+        let value = generator.next_u64();
+        self.0.set(generator);
+        value
     }
 }
 

@@ -9,14 +9,73 @@
 //! ```
 //!
 //! Same definition + same events (with the same timestamps) = same commands.
+//!
+//! Inside, an execution is a tree of *frames*. A frame runs one graph: the
+//! machine's top level, a Parallel branch or a Map iteration. Each frame has
+//! at most one *active* state; a state that waits (a task, a timer, child
+//! frames) leaves the frame blocked until the matching event arrives. Work is
+//! processed from a FIFO queue, never by recursion, so deep or long
+//! definitions cannot exhaust the stack.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use sagaflow_asl::interp::{Command, Event, Execution, ExecutionInfo, Options};
+//! use serde_json::json;
+//!
+//! let machine = sagaflow_asl::parse::parse_definition(r#"{
+//!   "StartAt": "Reserve",
+//!   "States": {
+//!     "Reserve": {"Type": "Task", "Resource": "reserve", "ResultPath": "$.booking", "End": true}
+//!   }
+//! }"#).unwrap();
+//! let mut execution = Execution::new(Arc::new(machine), Options::default());
+//! let now: jiff::Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
+//! let info = ExecutionInfo {
+//!     execution_id: "exec-1".into(),
+//!     execution_name: "exec-1".into(),
+//!     state_machine_id: "trip".into(),
+//!     state_machine_name: "trip".into(),
+//!     role_arn: String::new(),
+//!     seed: 7,
+//! };
+//! let mut out = Vec::new();
+//! execution.apply(now, Event::ExecutionStarted { info, input: json!({"trip": 1}) }, &mut out).unwrap();
+//! let task = out.iter().find_map(|c| match c {
+//!     Command::ScheduleTask(t) => Some(t.clone()),
+//!     _ => None,
+//! }).unwrap();
+//! assert_eq!(task.resource, "reserve");
+//!
+//! out.clear();
+//! let answer = Event::TaskSucceeded { task_id: task.task_id, output: json!("B-42") };
+//! execution.apply(now, answer, &mut out).unwrap();
+//! assert!(matches!(
+//!     execution.outcome(),
+//!     Some(sagaflow_asl::interp::Outcome::Succeeded { output }) if output == &json!({"trip": 1, "booking": "B-42"})
+//! ));
+//! ```
 
+mod data;
 mod types;
 
+use std::cell::{Cell, OnceCell};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
 
 pub use types::*;
 
-use crate::model::StateMachine;
+use crate::choice;
+use crate::errors;
+use crate::model::{
+    Catcher, Count, FailField, Graph, ItemBatcher, Percentage, ResultPath, Retrier, Seconds, State,
+    StateId, StateKind, StateMachine, Template, Transition, Wait,
+};
+use crate::path::{Env, ReadPath};
+use crate::rand::{CellRandom, RandomSource, SplitMix64};
+use data::{Failure, eval_expr, eval_template, exceeds_size, format_timestamp, select};
 
 /// Limits and knobs of the interpreter.
 #[derive(Debug, Clone)]
@@ -24,12 +83,22 @@ pub struct Options {
     /// Largest state input/output or task result, in bytes of JSON
     /// (AWS: 256 KiB). Larger fails with `States.DataLimitExceeded`.
     pub max_payload_bytes: usize,
+    /// Most states an execution may enter (AWS's history quota is 25,000
+    /// events). Beyond it the execution fails with `States.Runtime`; this
+    /// also stops a Pass/Choice loop that never waits.
+    pub max_state_transitions: u64,
+    /// Put state inputs and outputs into [`Record::StateEntered`] and
+    /// [`Record::StateExited`] (as Step Functions' history shows them).
+    /// Off, the records carry `null` and the interpreter copies less.
+    pub record_payloads: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             max_payload_bytes: 256 * 1024,
+            max_state_transitions: 25_000,
+            record_payloads: true,
         }
     }
 }
@@ -46,16 +115,139 @@ pub enum ApplyError {
     AlreadyStarted,
 }
 
+type FrameId = usize;
+
+/// Where a frame's graph is: the chain of (Parallel/Map state, branch index)
+/// from the machine's top-level graph.
+type GraphLoc = Vec<(StateId, usize)>;
+
+struct Frame {
+    loc: GraphLoc,
+    /// Prefix of every id made in this frame: "" at the top level,
+    /// `Fanout@1#0[2]/` inside the third branch of state `Fanout`.
+    prefix: String,
+    parent: Option<(FrameId, usize)>,
+    steps: u32,
+    active: Option<Active>,
+    vars: Option<HashMap<String, Value>>,
+}
+
+struct Active {
+    state: StateId,
+    step: u32,
+    entered_at: Timestamp,
+    raw_input: Value,
+    retry_count: u32,
+    retrier_attempts: Vec<u32>,
+    task_token: Option<String>,
+    waiting: Waiting,
+}
+
+enum Waiting {
+    Nothing,
+    Task {
+        task_id: String,
+        timeout_timer: Option<String>,
+    },
+    WaitTimer {
+        timer_id: String,
+        effective: Value,
+    },
+    RetryTimer {
+        timer_id: String,
+    },
+    Fanout(Box<Fanout>),
+}
+
+struct Fanout {
+    is_map: bool,
+    inputs: Vec<Value>,
+    children: Vec<Option<FrameId>>,
+    results: Vec<Option<Value>>,
+    next_to_start: usize,
+    running: usize,
+    max_concurrency: usize,
+    failures: usize,
+    tolerated_count: Option<u64>,
+    tolerated_percentage: Option<f64>,
+}
+
+#[derive(Clone)]
+enum TimerRole {
+    /// The active state of this frame is waiting on it (Wait or retry).
+    State(FrameId),
+    /// A task's TimeoutSeconds.
+    TaskTimeout { frame: FrameId, task_id: String },
+    /// The machine's TimeoutSeconds.
+    Execution,
+}
+
+enum Flow {
+    /// Enter this state of the frame with this raw input.
+    Enter(StateId, Value),
+    /// The frame waits for an event.
+    Blocked,
+    /// The frame waits for these child frames, which start now.
+    Fork(Vec<(FrameId, Flow)>),
+    /// The frame's graph ended.
+    Done(Result<Value, Failure>),
+}
+
+struct Started {
+    info: ExecutionInfo,
+    input: Value,
+    start_time: Timestamp,
+}
+
 /// One execution of a state machine.
 pub struct Execution {
     machine: Arc<StateMachine>,
     options: Options,
+    started: Option<Started>,
+    frames: Vec<Option<Frame>>,
+    free: Vec<FrameId>,
+    tasks: HashMap<String, FrameId>,
+    timers: HashMap<String, TimerRole>,
+    transitions: u64,
+    rng: Cell<SplitMix64>,
+    outcome: Option<Outcome>,
 }
 
 impl Execution {
     /// A new execution, waiting for [`Event::ExecutionStarted`].
     pub fn new(machine: Arc<StateMachine>, options: Options) -> Execution {
-        Execution { machine, options }
+        Execution {
+            machine,
+            options,
+            started: None,
+            frames: Vec::new(),
+            free: Vec::new(),
+            tasks: HashMap::new(),
+            timers: HashMap::new(),
+            transitions: 0,
+            rng: Cell::new(SplitMix64::new(0)),
+            outcome: None,
+        }
+    }
+
+    /// The state machine this execution runs.
+    pub fn machine(&self) -> &Arc<StateMachine> {
+        &self.machine
+    }
+
+    /// The outcome, once the execution has completed.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        self.outcome.as_ref()
+    }
+
+    /// Ids of the tasks scheduled and not yet answered, in no order.
+    pub fn pending_tasks(&self) -> impl Iterator<Item = &str> {
+        self.tasks.keys().map(String::as_str)
+    }
+
+    /// Ids of the timers started and not yet fired or cancelled, in no order.
+    pub fn pending_timers(&self) -> impl Iterator<Item = &str> {
+        self.timers.keys().map(String::as_str)
     }
 
     /// Applies one event that happened at `at`, appending the resulting
@@ -68,11 +260,1590 @@ impl Execution {
         event: Event,
         out: &mut Vec<Command>,
     ) -> Result<(), ApplyError> {
-        todo!("{at}{event:?}{out:?}{:?}{:?}", self.machine, self.options)
+        if self.started.is_none() {
+            return match event {
+                Event::ExecutionStarted { info, input } => {
+                    self.start(at, info, input, out);
+                    Ok(())
+                }
+                Event::TaskSucceeded { .. } => Err(ApplyError::NotStarted("TaskSucceeded")),
+                Event::TaskFailed { .. } => Err(ApplyError::NotStarted("TaskFailed")),
+                Event::TimerFired { .. } => Err(ApplyError::NotStarted("TimerFired")),
+                Event::StopRequested { .. } => Err(ApplyError::NotStarted("StopRequested")),
+            };
+        }
+        if self.outcome.is_some() {
+            return match event {
+                Event::ExecutionStarted { .. } => Err(ApplyError::AlreadyStarted),
+                _ => Ok(()),
+            };
+        }
+        match event {
+            Event::ExecutionStarted { .. } => return Err(ApplyError::AlreadyStarted),
+            Event::TaskSucceeded { task_id, output } => {
+                if let Some(frame) = self.take_task(&task_id, out) {
+                    let flow = self.task_result(at, frame, Ok(output), out);
+                    self.drive(at, VecDeque::from([(frame, flow)]), out);
+                }
+            }
+            Event::TaskFailed {
+                task_id,
+                error,
+                cause,
+            } => {
+                if let Some(frame) = self.take_task(&task_id, out) {
+                    let flow = self.task_result(at, frame, Err(Failure::new(error, cause)), out);
+                    self.drive(at, VecDeque::from([(frame, flow)]), out);
+                }
+            }
+            Event::TimerFired { timer_id } => self.timer_fired(at, &timer_id, out),
+            Event::StopRequested { error, cause } => {
+                self.abort_all(out);
+                self.complete(Outcome::Aborted { error, cause }, out);
+            }
+        }
+        Ok(())
     }
 
-    /// The outcome, once the execution has completed.
-    pub fn outcome(&self) -> Option<&Outcome> {
-        todo!()
+    // ----------------------------------------------------------------- start
+
+    fn start(&mut self, at: Timestamp, info: ExecutionInfo, input: Value, out: &mut Vec<Command>) {
+        self.rng.set(SplitMix64::new(info.seed));
+        self.started = Some(Started {
+            info,
+            input: input.clone(),
+            start_time: at,
+        });
+        if let Some(seconds) = self.machine.timeout_seconds {
+            let timer_id = "execution-timeout".to_string();
+            let fire_at = add_seconds(at, seconds as f64);
+            self.timers.insert(timer_id.clone(), TimerRole::Execution);
+            out.push(Command::StartTimer {
+                timer_id,
+                fire_at,
+                purpose: TimerPurpose::ExecutionTimeout,
+            });
+        }
+        let root = self.alloc(Frame {
+            loc: Vec::new(),
+            prefix: String::new(),
+            parent: None,
+            steps: 0,
+            active: None,
+            vars: None,
+        });
+        let flow = if exceeds_size(&input, self.options.max_payload_bytes) {
+            Flow::Done(Err(Failure::new(
+                errors::DATA_LIMIT_EXCEEDED,
+                "The execution input exceeds the maximum payload size.",
+            )))
+        } else {
+            Flow::Enter(self.machine.graph.start_at, input)
+        };
+        self.drive(at, VecDeque::from([(root, flow)]), out);
+    }
+
+    // ------------------------------------------------------------ the driver
+
+    fn drive(
+        &mut self,
+        at: Timestamp,
+        mut queue: VecDeque<(FrameId, Flow)>,
+        out: &mut Vec<Command>,
+    ) {
+        while let Some((frame, flow)) = queue.pop_front() {
+            if self.outcome.is_some() {
+                return;
+            }
+            match flow {
+                Flow::Blocked => {}
+                Flow::Fork(children) => queue.extend(children),
+                Flow::Enter(state, input) => {
+                    let next = self.enter(at, frame, state, input, out);
+                    queue.push_back((frame, next));
+                }
+                Flow::Done(result) => {
+                    let parent = self.frame(frame).parent;
+                    self.release(frame);
+                    match parent {
+                        None => {
+                            let outcome = match result {
+                                Ok(output) => Outcome::Succeeded { output },
+                                Err(f) => Outcome::Failed {
+                                    error: f.error,
+                                    cause: f.cause,
+                                },
+                            };
+                            self.abort_all(out);
+                            self.complete(outcome, out);
+                        }
+                        Some((parent, index)) => {
+                            self.child_done(at, parent, index, result, out, &mut queue);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, outcome: Outcome, out: &mut Vec<Command>) {
+        if self.timers.remove("execution-timeout").is_some() {
+            out.push(Command::CancelTimer {
+                timer_id: "execution-timeout".to_string(),
+            });
+        }
+        self.outcome = Some(outcome.clone());
+        out.push(Command::Complete(outcome));
+    }
+
+    // ---------------------------------------------------------------- frames
+
+    fn alloc(&mut self, frame: Frame) -> FrameId {
+        if let Some(id) = self.free.pop() {
+            self.frames[id] = Some(frame);
+            id
+        } else {
+            self.frames.push(Some(frame));
+            self.frames.len() - 1
+        }
+    }
+
+    fn release(&mut self, id: FrameId) {
+        if let Some(slot) = self.frames.get_mut(id)
+            && slot.take().is_some()
+        {
+            self.free.push(id);
+        }
+    }
+
+    fn frame(&self, id: FrameId) -> &Frame {
+        self.frames[id]
+            .as_ref()
+            .expect("frame ids handed out are live")
+    }
+
+    fn frame_mut(&mut self, id: FrameId) -> &mut Frame {
+        self.frames[id]
+            .as_mut()
+            .expect("frame ids handed out are live")
+    }
+
+    fn active(&self, id: FrameId) -> &Active {
+        self.frame(id)
+            .active
+            .as_ref()
+            .expect("the frame has an active state")
+    }
+
+    fn active_mut(&mut self, id: FrameId) -> &mut Active {
+        self.frame_mut(id)
+            .active
+            .as_mut()
+            .expect("the frame has an active state")
+    }
+
+    /// The graph a frame runs and the state it is in, from a machine handle
+    /// that does not borrow `self`.
+    fn state_of<'m>(machine: &'m StateMachine, loc: &GraphLoc, id: StateId) -> &'m State {
+        graph_at(machine, loc).state(id)
+    }
+
+    // ------------------------------------------------------- entering states
+
+    fn enter(
+        &mut self,
+        at: Timestamp,
+        f: FrameId,
+        state_id: StateId,
+        input: Value,
+        out: &mut Vec<Command>,
+    ) -> Flow {
+        self.transitions += 1;
+        let machine = self.machine.clone();
+        let state = Self::state_of(&machine, &self.frame(f).loc, state_id);
+        if self.transitions > self.options.max_state_transitions {
+            return Flow::Done(Err(Failure::runtime(
+                &state.name,
+                format!(
+                    "The execution exceeded the limit of {} state transitions.",
+                    self.options.max_state_transitions
+                ),
+            )));
+        }
+        let frame = self.frame_mut(f);
+        let step = frame.steps;
+        frame.steps += 1;
+        let path = format!("{}{}", frame.prefix, state.name);
+        out.push(Command::Record(Record::StateEntered {
+            path,
+            name: state.name.clone(),
+            state_type: state.kind.type_name().to_string(),
+            input: if self.options.record_payloads {
+                input.clone()
+            } else {
+                Value::Null
+            },
+        }));
+        self.frame_mut(f).active = Some(Active {
+            state: state_id,
+            step,
+            entered_at: at,
+            raw_input: input,
+            retry_count: 0,
+            retrier_attempts: Vec::new(),
+            task_token: None,
+            waiting: Waiting::Nothing,
+        });
+        self.attempt(at, f, out)
+    }
+
+    /// Runs the active state of `f` (again, for a retry).
+    fn attempt(&mut self, at: Timestamp, f: FrameId, out: &mut Vec<Command>) -> Flow {
+        let machine = self.machine.clone();
+        let state = Self::state_of(&machine, &self.frame(f).loc, self.active(f).state);
+        let result = match &state.kind {
+            StateKind::Pass(pass) => self.run_pass(f, state, pass),
+            StateKind::Task(task) => {
+                return match self.run_task(at, f, state, task, out) {
+                    Ok(()) => Flow::Blocked,
+                    Err(failure) => self.state_failed(at, f, failure, out),
+                };
+            }
+            StateKind::Choice(choice) => return self.run_choice(f, state, choice, out),
+            StateKind::Wait(wait) => {
+                return match self.run_wait(at, f, state, wait, out) {
+                    Ok(()) => Flow::Blocked,
+                    Err(failure) => self.state_failed(at, f, failure, out),
+                };
+            }
+            StateKind::Succeed => {
+                return match self.input_path(f, state) {
+                    Ok(effective) => match self.output_path(f, state, effective) {
+                        Ok(output) => {
+                            self.exited(f, state, &output, out);
+                            Flow::Done(Ok(output))
+                        }
+                        Err(failure) => Flow::Done(Err(failure)),
+                    },
+                    Err(failure) => Flow::Done(Err(failure)),
+                };
+            }
+            StateKind::Fail(fail) => return Flow::Done(Err(self.run_fail(f, state, fail))),
+            StateKind::Parallel(parallel) => {
+                let start =
+                    self.input_path(f, state)
+                        .and_then(|effective| match &parallel.parameters {
+                            Some(t) => self.eval(f, t, &effective, state, None),
+                            None => Ok(effective),
+                        });
+                match start {
+                    Ok(effective) => {
+                        let inputs = vec![effective; parallel.branches.len()];
+                        let fanout = Fanout::new(false, inputs, 0, None, None);
+                        return self.start_fanout(at, f, state, fanout, out);
+                    }
+                    Err(failure) => Err(failure),
+                }
+            }
+            StateKind::Map(map) => match self.prepare_map(f, state, map) {
+                Ok(fanout) => return self.start_fanout(at, f, state, fanout, out),
+                Err(failure) => Err(failure),
+            },
+        };
+        match result {
+            Ok(value) => self.state_succeeded(at, f, value, out),
+            Err(failure) => self.state_failed(at, f, failure, out),
+        }
+    }
+
+    // ------------------------------------------------------------------ Pass
+
+    fn run_pass(
+        &self,
+        f: FrameId,
+        state: &State,
+        pass: &crate::model::Pass,
+    ) -> Result<Value, Failure> {
+        let effective = self.input_path(f, state)?;
+        let effective = match &pass.parameters {
+            Some(t) => self.eval(f, t, &effective, state, None)?,
+            None => effective,
+        };
+        Ok(match &pass.result {
+            Some(result) => result.clone(),
+            None => effective,
+        })
+    }
+
+    // ------------------------------------------------------------------ Task
+
+    fn run_task(
+        &mut self,
+        at: Timestamp,
+        f: FrameId,
+        state: &State,
+        task: &crate::model::Task,
+        out: &mut Vec<Command>,
+    ) -> Result<(), Failure> {
+        let (step, retry_count) = {
+            let active = self.active(f);
+            (active.step, active.retry_count)
+        };
+        let task_id = format!(
+            "{}{}@{}#{}",
+            self.frame(f).prefix,
+            state.name,
+            step,
+            retry_count
+        );
+        if task.resource.ends_with(".waitForTaskToken") {
+            let token = self.task_token(&task_id);
+            self.active_mut(f).task_token = Some(token);
+        }
+        let effective = self.input_path(f, state)?;
+        let effective = match &task.parameters {
+            Some(t) => self.eval(f, t, &effective, state, None)?,
+            None => effective,
+        };
+        let timeout_seconds = match &task.timeout {
+            Some(s) => Some(self.seconds(f, state, s, "TimeoutSecondsPath", &effective)?),
+            None => None,
+        };
+        let heartbeat_seconds = match &task.heartbeat {
+            Some(s) => Some(self.seconds(f, state, s, "HeartbeatSecondsPath", &effective)?),
+            None => None,
+        };
+        if exceeds_size(&effective, self.options.max_payload_bytes) {
+            return Err(Failure::new(
+                errors::DATA_LIMIT_EXCEEDED,
+                format!(
+                    "The input of the task '{}' exceeds the maximum payload size of {} bytes.",
+                    state.name, self.options.max_payload_bytes
+                ),
+            ));
+        }
+        let timeout_timer = timeout_seconds.map(|seconds| {
+            let timer_id = format!("{task_id}:timeout");
+            self.timers.insert(
+                timer_id.clone(),
+                TimerRole::TaskTimeout {
+                    frame: f,
+                    task_id: task_id.clone(),
+                },
+            );
+            out.push(Command::StartTimer {
+                timer_id: timer_id.clone(),
+                fire_at: add_seconds(at, seconds as f64),
+                purpose: TimerPurpose::TaskTimeout {
+                    task_id: task_id.clone(),
+                },
+            });
+            timer_id
+        });
+        self.tasks.insert(task_id.clone(), f);
+        let active = self.active_mut(f);
+        let task_token = active.task_token.clone();
+        active.waiting = Waiting::Task {
+            task_id: task_id.clone(),
+            timeout_timer,
+        };
+        out.push(Command::ScheduleTask(TaskRequest {
+            task_id,
+            state_name: state.name.clone(),
+            resource: task.resource.clone(),
+            input: effective,
+            attempt: retry_count,
+            timeout_seconds,
+            heartbeat_seconds,
+            task_token,
+            credentials: task.credentials.clone(),
+        }));
+        Ok(())
+    }
+
+    /// A deterministic, unguessable-without-the-seed callback token that
+    /// names its execution and task (base64url, no padding).
+    fn task_token(&self, task_id: &str) -> String {
+        let mut rng = CellRandom(&self.rng);
+        let execution_id = self
+            .started
+            .as_ref()
+            .map(|s| s.info.execution_id.as_str())
+            .unwrap_or("");
+        let raw = format!(
+            "{execution_id}\n{task_id}\n{:016x}{:016x}",
+            rng.next_u64(),
+            rng.next_u64()
+        );
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Removes a task from the pending set, cancelling its timeout timer.
+    /// `None` when the task is unknown (a duplicate or late answer).
+    fn take_task(&mut self, task_id: &str, out: &mut Vec<Command>) -> Option<FrameId> {
+        let f = self.tasks.remove(task_id)?;
+        let active = self.frames.get_mut(f)?.as_mut()?.active.as_mut()?;
+        let Waiting::Task {
+            task_id: waiting_for,
+            timeout_timer,
+        } = &mut active.waiting
+        else {
+            return None;
+        };
+        if waiting_for != task_id {
+            return None;
+        }
+        if let Some(timer_id) = timeout_timer.take() {
+            self.timers.remove(&timer_id);
+            out.push(Command::CancelTimer { timer_id });
+        }
+        active.waiting = Waiting::Nothing;
+        Some(f)
+    }
+
+    fn task_result(
+        &mut self,
+        at: Timestamp,
+        f: FrameId,
+        result: Result<Value, Failure>,
+        out: &mut Vec<Command>,
+    ) -> Flow {
+        match result {
+            Ok(output) => {
+                if exceeds_size(&output, self.options.max_payload_bytes) {
+                    let machine = self.machine.clone();
+                    let state = Self::state_of(&machine, &self.frame(f).loc, self.active(f).state);
+                    let failure = Failure::new(
+                        errors::DATA_LIMIT_EXCEEDED,
+                        format!(
+                            "The state/task '{}' returned a result with a size exceeding the maximum number of bytes service limit.",
+                            state.name
+                        ),
+                    );
+                    return self.state_failed(at, f, failure, out);
+                }
+                self.state_succeeded(at, f, output, out)
+            }
+            Err(failure) => self.state_failed(at, f, failure, out),
+        }
+    }
+
+    // ---------------------------------------------------------------- Choice
+
+    fn run_choice(
+        &mut self,
+        f: FrameId,
+        state: &State,
+        choice: &crate::model::Choice,
+        out: &mut Vec<Command>,
+    ) -> Flow {
+        let effective = match self.input_path(f, state) {
+            Ok(v) => v,
+            Err(failure) => return Flow::Done(Err(failure)),
+        };
+        let env = self.env(f, state, None);
+        let mut chosen = None;
+        for rule in &choice.choices {
+            match choice::evaluate(&rule.condition, &effective, &env) {
+                Ok(true) => {
+                    chosen = Some((rule.next, rule.assign.as_ref()));
+                    break;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    return Flow::Done(Err(Failure::runtime(&state.name, e.message)));
+                }
+            }
+        }
+        drop(env);
+        let (next, rule_assign) = match chosen {
+            Some(found) => found,
+            None => match choice.default {
+                Some(default) => (default, None),
+                None => {
+                    return Flow::Done(Err(Failure::new(
+                        errors::NO_CHOICE_MATCHED,
+                        format!(
+                            "No Matches! The state '{}' found no rule matching its input and has no Default.",
+                            state.name
+                        ),
+                    )));
+                }
+            },
+        };
+        let mut assigned = Vec::new();
+        for template in [rule_assign, state.assign.as_ref()].into_iter().flatten() {
+            match self.eval(f, template, &effective, state, None) {
+                Ok(v) => assigned.push(v),
+                Err(failure) => return Flow::Done(Err(failure)),
+            }
+        }
+        let output = match self.output_path(f, state, effective) {
+            Ok(v) => v,
+            Err(failure) => return Flow::Done(Err(failure)),
+        };
+        for values in assigned {
+            self.assign(f, values);
+        }
+        self.exited(f, state, &output, out);
+        self.frame_mut(f).active = None;
+        Flow::Enter(next, output)
+    }
+
+    // ------------------------------------------------------------------ Wait
+
+    fn run_wait(
+        &mut self,
+        at: Timestamp,
+        f: FrameId,
+        state: &State,
+        wait: &Wait,
+        out: &mut Vec<Command>,
+    ) -> Result<(), Failure> {
+        let effective = self.input_path(f, state)?;
+        let fire_at = match wait {
+            Wait::Seconds(s) => add_seconds(at, *s as f64),
+            Wait::Timestamp(ts) => *ts,
+            Wait::SecondsPath(path) => {
+                let env = self.env(f, state, None);
+                let v = select(path, "SecondsPath", &effective, &env, &state.name)?;
+                match v.as_u64() {
+                    Some(s) => add_seconds(at, s as f64),
+                    None => {
+                        return Err(Failure::runtime(
+                            &state.name,
+                            format!(
+                                "The SecondsPath '{}' must select a non-negative integer, got {}",
+                                path.as_str(),
+                                data::truncate_json(&v)
+                            ),
+                        ));
+                    }
+                }
+            }
+            Wait::TimestampPath(path) => {
+                let env = self.env(f, state, None);
+                let v = select(path, "TimestampPath", &effective, &env, &state.name)?;
+                match v.as_str().and_then(choice::parse_timestamp) {
+                    Some(ts) => ts,
+                    None => {
+                        return Err(Failure::runtime(
+                            &state.name,
+                            format!(
+                                "The TimestampPath '{}' must select an ISO-8601 timestamp, got {}",
+                                path.as_str(),
+                                data::truncate_json(&v)
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        let active = self.active(f);
+        let timer_id = format!(
+            "{}{}@{}:wait",
+            self.frame(f).prefix,
+            state.name,
+            active.step
+        );
+        self.timers.insert(timer_id.clone(), TimerRole::State(f));
+        self.active_mut(f).waiting = Waiting::WaitTimer {
+            timer_id: timer_id.clone(),
+            effective,
+        };
+        out.push(Command::StartTimer {
+            timer_id,
+            fire_at,
+            purpose: TimerPurpose::Wait {
+                state_name: state.name.clone(),
+            },
+        });
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ Fail
+
+    fn run_fail(&self, f: FrameId, state: &State, fail: &crate::model::Fail) -> Failure {
+        let input = &self.active(f).raw_input;
+        let field = |field: &Option<FailField>, name: &str| -> Result<String, Failure> {
+            match field {
+                None => Ok(String::new()),
+                Some(FailField::Literal(s)) => Ok(s.clone()),
+                Some(FailField::Expr(expr)) => {
+                    let env = self.env(f, state, None);
+                    let mut rng = CellRandom(&self.rng);
+                    let v = eval_expr(expr, name, input, &env, &mut rng, &state.name)?;
+                    match v {
+                        Value::String(s) => Ok(s),
+                        other => Err(Failure::runtime(
+                            &state.name,
+                            format!(
+                                "The {name} must select a string, got {}",
+                                data::truncate_json(&other)
+                            ),
+                        )),
+                    }
+                }
+            }
+        };
+        let error = match field(&fail.error, "ErrorPath") {
+            Ok(e) => e,
+            Err(failure) => return failure,
+        };
+        let cause = match field(&fail.cause, "CausePath") {
+            Ok(c) => c,
+            Err(failure) => return failure,
+        };
+        Failure::new(error, cause)
+    }
+
+    // ------------------------------------------------------- Parallel and Map
+
+    fn prepare_map(
+        &self,
+        f: FrameId,
+        state: &State,
+        map: &crate::model::Map,
+    ) -> Result<Fanout, Failure> {
+        let effective = self.input_path(f, state)?;
+        let env = self.env(f, state, None);
+        let items = select(&map.items_path, "ItemsPath", &effective, &env, &state.name)?;
+        let Value::Array(items) = items else {
+            return Err(Failure::runtime(
+                &state.name,
+                format!(
+                    "Items of the Map state must be an array; ItemsPath '{}' selected {}",
+                    map.items_path.as_str(),
+                    data::truncate_json(&items)
+                ),
+            ));
+        };
+        drop(env);
+        let max_concurrency = match &map.max_concurrency {
+            None => 0,
+            Some(c) => self.count(f, state, c, "MaxConcurrencyPath", &effective)? as usize,
+        };
+        let tolerated_count = match &map.tolerated_failure_count {
+            None => None,
+            Some(c) => Some(self.count(f, state, c, "ToleratedFailureCountPath", &effective)?),
+        };
+        let tolerated_percentage = match &map.tolerated_failure_percentage {
+            None => None,
+            Some(Percentage::Fixed(p)) => Some(*p),
+            Some(Percentage::Path(path)) => {
+                let env = self.env(f, state, None);
+                let v = select(
+                    path,
+                    "ToleratedFailurePercentagePath",
+                    &effective,
+                    &env,
+                    &state.name,
+                )?;
+                match v.as_f64() {
+                    Some(p) if (0.0..=100.0).contains(&p) => Some(p),
+                    _ => {
+                        return Err(Failure::runtime(
+                            &state.name,
+                            format!(
+                                "ToleratedFailurePercentagePath '{}' must select a number between 0 and 100, got {}",
+                                path.as_str(),
+                                data::truncate_json(&v)
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        let mut inputs = Vec::with_capacity(items.len());
+        for (index, item) in items.into_iter().enumerate() {
+            let input = match &map.item_selector {
+                Some(t) => self.eval(f, t, &effective, state, Some((index, &item)))?,
+                None => item,
+            };
+            inputs.push(input);
+        }
+        if let Some(batcher) = &map.item_batcher {
+            inputs = self.batch(f, state, batcher, &effective, inputs)?;
+        }
+        Ok(Fanout::new(
+            true,
+            inputs,
+            max_concurrency,
+            tolerated_count,
+            tolerated_percentage,
+        ))
+    }
+
+    fn batch(
+        &self,
+        f: FrameId,
+        state: &State,
+        batcher: &ItemBatcher,
+        effective: &Value,
+        items: Vec<Value>,
+    ) -> Result<Vec<Value>, Failure> {
+        let max_items = match &batcher.max_items_per_batch {
+            Some(c) => Some(self.count(f, state, c, "MaxItemsPerBatchPath", effective)?),
+            None => None,
+        };
+        let max_bytes = match &batcher.max_input_bytes_per_batch {
+            Some(c) => Some(self.count(f, state, c, "MaxInputBytesPerBatchPath", effective)?),
+            None => None,
+        };
+        let batch_input = match &batcher.batch_input {
+            Some(t) => Some(self.eval(f, t, effective, state, None)?),
+            None => None,
+        };
+        let max_items = max_items.filter(|n| *n > 0).unwrap_or(u64::MAX) as usize;
+        let max_bytes = max_bytes.filter(|n| *n > 0).unwrap_or(u64::MAX) as usize;
+        let mut batches = Vec::new();
+        let mut current: Vec<Value> = Vec::new();
+        let mut current_bytes = 0usize;
+        for item in items {
+            let size = serde_json::to_string(&item).map(|s| s.len()).unwrap_or(0) + 1;
+            if !current.is_empty()
+                && (current.len() >= max_items || current_bytes + size > max_bytes)
+            {
+                batches.push(std::mem::take(&mut current));
+                current_bytes = 0;
+            }
+            current_bytes += size;
+            current.push(item);
+        }
+        if !current.is_empty() {
+            batches.push(current);
+        }
+        Ok(batches
+            .into_iter()
+            .map(|items| {
+                let mut map = Map::with_capacity(2);
+                if let Some(input) = &batch_input {
+                    map.insert("BatchInput".to_string(), input.clone());
+                }
+                map.insert("Items".to_string(), Value::Array(items));
+                Value::Object(map)
+            })
+            .collect())
+    }
+
+    fn start_fanout(
+        &mut self,
+        at: Timestamp,
+        f: FrameId,
+        state: &State,
+        fanout: Fanout,
+        out: &mut Vec<Command>,
+    ) -> Flow {
+        if fanout.inputs.is_empty() {
+            return self.state_succeeded(at, f, Value::Array(Vec::new()), out);
+        }
+        self.active_mut(f).waiting = Waiting::Fanout(Box::new(fanout));
+        let mut queue = VecDeque::new();
+        self.start_children(f, state, &mut queue, out);
+        Flow::Fork(queue.into())
+    }
+
+    /// Starts as many children as the concurrency limit allows.
+    fn start_children(
+        &mut self,
+        f: FrameId,
+        state: &State,
+        queue: &mut VecDeque<(FrameId, Flow)>,
+        out: &mut Vec<Command>,
+    ) {
+        loop {
+            let (loc, prefix, index, input, is_map) = {
+                let frame = self.frame(f);
+                let active = frame.active.as_ref().expect("active fan-out state");
+                let Waiting::Fanout(fan) = &active.waiting else {
+                    return;
+                };
+                if fan.next_to_start >= fan.inputs.len()
+                    || (fan.max_concurrency > 0 && fan.running >= fan.max_concurrency)
+                {
+                    return;
+                }
+                let index = fan.next_to_start;
+                let mut loc = frame.loc.clone();
+                loc.push((active.state, if fan.is_map { 0 } else { index }));
+                let prefix = format!(
+                    "{}{}@{}#{}[{}]/",
+                    frame.prefix, state.name, active.step, active.retry_count, index
+                );
+                (loc, prefix, index, fan.inputs[index].clone(), fan.is_map)
+            };
+            let start_at = graph_at(&self.machine, &loc).start_at;
+            let child = self.alloc(Frame {
+                loc,
+                prefix,
+                parent: Some((f, index)),
+                steps: 0,
+                active: None,
+                vars: None,
+            });
+            if let Some(Waiting::Fanout(fan)) =
+                self.frame_mut(f).active.as_mut().map(|a| &mut a.waiting)
+            {
+                fan.children[index] = Some(child);
+                fan.next_to_start += 1;
+                fan.running += 1;
+            }
+            if is_map {
+                out.push(Command::Record(Record::MapIterationStarted {
+                    path: format!("{}{}", self.frame(f).prefix, state.name),
+                    index,
+                }));
+            }
+            queue.push_back((child, Flow::Enter(start_at, input)));
+        }
+    }
+
+    fn child_done(
+        &mut self,
+        at: Timestamp,
+        f: FrameId,
+        index: usize,
+        result: Result<Value, Failure>,
+        out: &mut Vec<Command>,
+        queue: &mut VecDeque<(FrameId, Flow)>,
+    ) {
+        let machine = self.machine.clone();
+        let Some(state_id) = self
+            .frames
+            .get(f)
+            .and_then(|fr| fr.as_ref())
+            .and_then(|fr| fr.active.as_ref())
+            .map(|a| a.state)
+        else {
+            return;
+        };
+        let state = Self::state_of(&machine, &self.frame(f).loc, state_id);
+        let path = format!("{}{}", self.frame(f).prefix, state.name);
+        let Some(Waiting::Fanout(fan)) = self.frame_mut(f).active.as_mut().map(|a| &mut a.waiting)
+        else {
+            return;
+        };
+        fan.children[index] = None;
+        fan.running -= 1;
+        let is_map = fan.is_map;
+        let failure = match result {
+            Ok(value) => {
+                fan.results[index] = Some(value);
+                if is_map {
+                    out.push(Command::Record(Record::MapIterationSucceeded {
+                        path,
+                        index,
+                    }));
+                }
+                None
+            }
+            Err(failure) => {
+                if is_map {
+                    out.push(Command::Record(Record::MapIterationFailed {
+                        path,
+                        index,
+                        error: failure.error.clone(),
+                    }));
+                }
+                let tolerant = fan.tolerated_count.is_some() || fan.tolerated_percentage.is_some();
+                let terminal = failure.error == errors::RUNTIME
+                    || failure.error == errors::DATA_LIMIT_EXCEEDED;
+                if tolerant && !terminal {
+                    fan.failures += 1;
+                    fan.results[index] = Some(failure.error_output());
+                    let total = fan.inputs.len();
+                    let over_count = fan.tolerated_count.is_some_and(|c| fan.failures as u64 > c);
+                    let over_pct = fan
+                        .tolerated_percentage
+                        .is_some_and(|p| fan.failures as f64 * 100.0 > p * total as f64);
+                    let over = match (fan.tolerated_count, fan.tolerated_percentage) {
+                        (Some(_), Some(_)) => over_count || over_pct,
+                        (Some(_), None) => over_count,
+                        _ => over_pct,
+                    };
+                    if over {
+                        Some(Failure::new(
+                            errors::EXCEED_TOLERATED_FAILURE_THRESHOLD,
+                            format!(
+                                "The Map state '{}' failed because {} of {} items failed, more than it tolerates.",
+                                state.name, fan.failures, total
+                            ),
+                        ))
+                    } else {
+                        None
+                    }
+                } else {
+                    Some(failure)
+                }
+            }
+        };
+        if let Some(failure) = failure {
+            self.abort_children(f, out);
+            let flow = self.state_failed(at, f, failure, out);
+            queue.push_back((f, flow));
+            return;
+        }
+        self.start_children(f, state, queue, out);
+        let Some(Waiting::Fanout(fan)) = self.frame_mut(f).active.as_mut().map(|a| &mut a.waiting)
+        else {
+            return;
+        };
+        if fan.running == 0 && fan.next_to_start >= fan.inputs.len() {
+            let results: Vec<Value> = fan
+                .results
+                .iter_mut()
+                .map(|r| r.take().unwrap_or(Value::Null))
+                .collect();
+            self.active_mut(f).waiting = Waiting::Nothing;
+            let flow = self.state_succeeded(at, f, Value::Array(results), out);
+            queue.push_back((f, flow));
+        }
+    }
+
+    // ------------------------------------------------------- timers
+
+    fn timer_fired(&mut self, at: Timestamp, timer_id: &str, out: &mut Vec<Command>) {
+        let Some(role) = self.timers.remove(timer_id) else {
+            return;
+        };
+        match role {
+            TimerRole::Execution => {
+                self.abort_all(out);
+                let seconds = self.machine.timeout_seconds.unwrap_or(0);
+                self.complete(
+                    Outcome::TimedOut {
+                        error: errors::TIMEOUT.to_string(),
+                        cause: format!("The execution timed out after {seconds} seconds."),
+                    },
+                    out,
+                );
+            }
+            TimerRole::TaskTimeout { frame, task_id } => {
+                if self.tasks.remove(&task_id).is_none() {
+                    return;
+                }
+                let seconds = match self
+                    .frames
+                    .get_mut(frame)
+                    .and_then(|fr| fr.as_mut())
+                    .and_then(|fr| fr.active.as_mut())
+                {
+                    Some(active) => {
+                        active.waiting = Waiting::Nothing;
+                        Some(())
+                    }
+                    None => None,
+                };
+                if seconds.is_none() {
+                    return;
+                }
+                out.push(Command::CancelTask {
+                    task_id: task_id.clone(),
+                });
+                let failure = Failure::new(
+                    errors::TIMEOUT,
+                    format!("The task '{task_id}' did not complete within its TimeoutSeconds."),
+                );
+                let flow = self.state_failed(at, frame, failure, out);
+                self.drive(at, VecDeque::from([(frame, flow)]), out);
+            }
+            TimerRole::State(f) => {
+                let Some(active) = self
+                    .frames
+                    .get_mut(f)
+                    .and_then(|fr| fr.as_mut())
+                    .and_then(|fr| fr.active.as_mut())
+                else {
+                    return;
+                };
+                let flow = match std::mem::replace(&mut active.waiting, Waiting::Nothing) {
+                    Waiting::WaitTimer {
+                        timer_id: id,
+                        effective,
+                    } if id == timer_id => self.wait_over(f, effective, out),
+                    Waiting::RetryTimer { timer_id: id } if id == timer_id => {
+                        self.attempt(at, f, out)
+                    }
+                    other => {
+                        active.waiting = other;
+                        return;
+                    }
+                };
+                self.drive(at, VecDeque::from([(f, flow)]), out);
+            }
+        }
+    }
+
+    fn wait_over(&mut self, f: FrameId, effective: Value, out: &mut Vec<Command>) -> Flow {
+        let machine = self.machine.clone();
+        let state = Self::state_of(&machine, &self.frame(f).loc, self.active(f).state);
+        let assigned = match &state.assign {
+            Some(t) => match self.eval(f, t, &effective, state, None) {
+                Ok(v) => Some(v),
+                Err(failure) => return Flow::Done(Err(failure)),
+            },
+            None => None,
+        };
+        let output = match self.output_path(f, state, effective) {
+            Ok(v) => v,
+            Err(failure) => return Flow::Done(Err(failure)),
+        };
+        if let Some(values) = assigned {
+            self.assign(f, values);
+        }
+        self.exited(f, state, &output, out);
+        self.frame_mut(f).active = None;
+        transition(state, output)
+    }
+
+    // ---------------------------------------------------- results and errors
+
+    /// Output processing after a Pass result, a task result or the results
+    /// of a Parallel/Map: ResultSelector, ResultPath, OutputPath, Assign.
+    fn state_succeeded(
+        &mut self,
+        at: Timestamp,
+        f: FrameId,
+        result: Value,
+        out: &mut Vec<Command>,
+    ) -> Flow {
+        let machine = self.machine.clone();
+        let state = Self::state_of(&machine, &self.frame(f).loc, self.active(f).state);
+        let (result_selector, result_path, can_recover) = match &state.kind {
+            StateKind::Task(t) => (
+                t.result_selector.as_ref(),
+                Some(&t.result_path),
+                !t.retry.is_empty() || !t.catch.is_empty(),
+            ),
+            StateKind::Parallel(p) => (
+                p.result_selector.as_ref(),
+                Some(&p.result_path),
+                !p.retry.is_empty() || !p.catch.is_empty(),
+            ),
+            StateKind::Map(m) => (
+                m.result_selector.as_ref(),
+                Some(&m.result_path),
+                !m.retry.is_empty() || !m.catch.is_empty(),
+            ),
+            StateKind::Pass(p) => (None, Some(&p.result_path), false),
+            _ => (None, None, false),
+        };
+        let result = match result_selector {
+            Some(t) => match self.eval(f, t, &result, state, None) {
+                Ok(v) => v,
+                Err(failure) => return self.state_failed(at, f, failure, out),
+            },
+            None => result,
+        };
+        let assigned = match &state.assign {
+            Some(t) => match self.eval(f, t, &result, state, None) {
+                Ok(v) => Some(v),
+                Err(failure) => return self.state_failed(at, f, failure, out),
+            },
+            None => None,
+        };
+        // A write into the input can fail (States.ResultPathMatchFailure); a
+        // catcher then needs the raw input again, so keep a copy only then.
+        let write_can_fail = matches!(result_path, Some(ResultPath::Path(p)) if !p.is_identity());
+        let raw_input = if can_recover && write_can_fail {
+            self.active(f).raw_input.clone()
+        } else {
+            std::mem::take(&mut self.active_mut(f).raw_input)
+        };
+        let merged = match result_path {
+            None => result,
+            Some(ResultPath::Discard) => raw_input,
+            Some(ResultPath::Path(path)) => match path.write(raw_input, result) {
+                Ok(v) => v,
+                Err(e) => {
+                    let failure = Failure::new(errors::RESULT_PATH_MATCH_FAILURE, e.message);
+                    return self.state_failed(at, f, failure, out);
+                }
+            },
+        };
+        let output = match self.output_path(f, state, merged) {
+            Ok(v) => v,
+            Err(failure) => return self.state_failed(at, f, failure, out),
+        };
+        if exceeds_size(&output, self.options.max_payload_bytes) {
+            let failure = Failure::new(
+                errors::DATA_LIMIT_EXCEEDED,
+                format!(
+                    "The output of the state '{}' exceeds the maximum payload size of {} bytes.",
+                    state.name, self.options.max_payload_bytes
+                ),
+            );
+            return self.state_failed(at, f, failure, out);
+        }
+        if let Some(values) = assigned {
+            self.assign(f, values);
+        }
+        self.exited(f, state, &output, out);
+        self.frame_mut(f).active = None;
+        transition(state, output)
+    }
+
+    /// Error handling: the first matching retrier, else the first matching
+    /// catcher, else the frame fails.
+    fn state_failed(
+        &mut self,
+        at: Timestamp,
+        f: FrameId,
+        failure: Failure,
+        out: &mut Vec<Command>,
+    ) -> Flow {
+        let machine = self.machine.clone();
+        let state = Self::state_of(&machine, &self.frame(f).loc, self.active(f).state);
+        let (retry, catch): (&[Retrier], &[Catcher]) = match &state.kind {
+            StateKind::Task(t) => (&t.retry, &t.catch),
+            StateKind::Parallel(p) => (&p.retry, &p.catch),
+            StateKind::Map(m) => (&m.retry, &m.catch),
+            _ => (&[], &[]),
+        };
+        let path = format!("{}{}", self.frame(f).prefix, state.name);
+        if let Some(index) = retry
+            .iter()
+            .position(|r| errors::matches(&r.error_equals, &failure.error))
+        {
+            let retrier = &retry[index];
+            let active = self.active_mut(f);
+            if active.retrier_attempts.len() < retry.len() {
+                active.retrier_attempts.resize(retry.len(), 0);
+            }
+            let done = active.retrier_attempts[index];
+            if done < retrier.max_attempts {
+                active.retrier_attempts[index] = done + 1;
+                active.retry_count += 1;
+                let attempt = active.retry_count;
+                let step = active.step;
+                let mut delay =
+                    retrier.interval_seconds as f64 * retrier.backoff_rate.powi(done as i32);
+                if let Some(max) = retrier.max_delay_seconds {
+                    delay = delay.min(max as f64);
+                }
+                if !delay.is_finite() {
+                    delay = retrier.max_delay_seconds.unwrap_or(31_622_400) as f64;
+                }
+                if retrier.jitter == crate::model::Jitter::Full {
+                    delay *= CellRandom(&self.rng).next_f64();
+                }
+                let delay = (delay * 1000.0).round() / 1000.0;
+                let timer_id = format!("{}@{}#{}:retry", path, step, attempt);
+                self.timers.insert(timer_id.clone(), TimerRole::State(f));
+                self.active_mut(f).waiting = Waiting::RetryTimer {
+                    timer_id: timer_id.clone(),
+                };
+                out.push(Command::Record(Record::RetryScheduled {
+                    path,
+                    error: failure.error,
+                    attempt,
+                    delay_seconds: delay,
+                }));
+                out.push(Command::StartTimer {
+                    timer_id,
+                    fire_at: add_seconds(at, delay),
+                    purpose: TimerPurpose::Retry {
+                        state_name: state.name.clone(),
+                        delay_seconds: delay,
+                    },
+                });
+                return Flow::Blocked;
+            }
+        }
+        if let Some(catcher) = catch
+            .iter()
+            .find(|c| errors::matches(&c.error_equals, &failure.error))
+        {
+            let error_output = failure.error_output();
+            let assigned = match &catcher.assign {
+                Some(t) => match self.eval(f, t, &error_output, state, None) {
+                    Ok(v) => Some(v),
+                    Err(failure) => return Flow::Done(Err(failure)),
+                },
+                None => None,
+            };
+            let raw_input = std::mem::take(&mut self.active_mut(f).raw_input);
+            let output = match &catcher.result_path {
+                ResultPath::Discard => raw_input,
+                ResultPath::Path(p) => match p.write(raw_input, error_output) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return Flow::Done(Err(Failure::new(
+                            errors::RESULT_PATH_MATCH_FAILURE,
+                            e.message,
+                        )));
+                    }
+                },
+            };
+            if let Some(values) = assigned {
+                self.assign(f, values);
+            }
+            let next_name = graph_at(&machine, &self.frame(f).loc)
+                .state(catcher.next)
+                .name
+                .clone();
+            out.push(Command::Record(Record::Caught {
+                path,
+                error: failure.error,
+                cause: failure.cause,
+                next: next_name,
+            }));
+            self.frame_mut(f).active = None;
+            return Flow::Enter(catcher.next, output);
+        }
+        Flow::Done(Err(failure))
+    }
+
+    // ------------------------------------------------------------- aborting
+
+    /// Cancels everything a frame's active state waits on, recursively.
+    fn abort_frame(&mut self, f: FrameId, out: &mut Vec<Command>) {
+        let Some(active) = self
+            .frames
+            .get_mut(f)
+            .and_then(|fr| fr.as_mut())
+            .and_then(|fr| fr.active.as_mut())
+        else {
+            return;
+        };
+        match std::mem::replace(&mut active.waiting, Waiting::Nothing) {
+            Waiting::Nothing => {}
+            Waiting::Task {
+                task_id,
+                timeout_timer,
+            } => {
+                self.tasks.remove(&task_id);
+                out.push(Command::CancelTask { task_id });
+                if let Some(timer_id) = timeout_timer {
+                    self.timers.remove(&timer_id);
+                    out.push(Command::CancelTimer { timer_id });
+                }
+            }
+            Waiting::WaitTimer { timer_id, .. } | Waiting::RetryTimer { timer_id } => {
+                self.timers.remove(&timer_id);
+                out.push(Command::CancelTimer { timer_id });
+            }
+            Waiting::Fanout(mut fan) => {
+                self.abort_fanout(f, &mut fan, out);
+            }
+        }
+    }
+
+    fn abort_children(&mut self, f: FrameId, out: &mut Vec<Command>) {
+        let Some(active) = self
+            .frames
+            .get_mut(f)
+            .and_then(|fr| fr.as_mut())
+            .and_then(|fr| fr.active.as_mut())
+        else {
+            return;
+        };
+        if let Waiting::Fanout(mut fan) = std::mem::replace(&mut active.waiting, Waiting::Nothing) {
+            self.abort_fanout(f, &mut fan, out);
+        }
+    }
+
+    fn abort_fanout(&mut self, f: FrameId, fan: &mut Fanout, out: &mut Vec<Command>) {
+        let machine = self.machine.clone();
+        let path = {
+            let frame = self.frame(f);
+            let state = graph_at(&machine, &frame.loc)
+                .state(frame.active.as_ref().map(|a| a.state).unwrap_or(StateId(0)));
+            format!("{}{}", frame.prefix, state.name)
+        };
+        for (index, child) in fan.children.iter_mut().enumerate() {
+            if let Some(child) = child.take() {
+                self.abort_frame(child, out);
+                self.release(child);
+                out.push(Command::Record(Record::BranchAborted {
+                    path: path.clone(),
+                    index,
+                }));
+            }
+        }
+        fan.running = 0;
+    }
+
+    fn abort_all(&mut self, out: &mut Vec<Command>) {
+        let roots: Vec<FrameId> = (0..self.frames.len())
+            .filter(|&id| matches!(&self.frames[id], Some(fr) if fr.parent.is_none()))
+            .collect();
+        for root in roots {
+            self.abort_frame(root, out);
+        }
+        // Anything left (there should be nothing) is dropped silently.
+        self.tasks.clear();
+        self.timers.retain(|id, _| id == "execution-timeout");
+    }
+
+    // ------------------------------------------------------------ evaluation
+
+    fn env<'a>(
+        &'a self,
+        f: FrameId,
+        state: &'a State,
+        map_item: Option<(usize, &'a Value)>,
+    ) -> FrameEnv<'a> {
+        FrameEnv {
+            exec: self,
+            frame: f,
+            state,
+            map_item,
+            context: OnceCell::new(),
+        }
+    }
+
+    fn eval(
+        &self,
+        f: FrameId,
+        template: &Template,
+        input: &Value,
+        state: &State,
+        map_item: Option<(usize, &Value)>,
+    ) -> Result<Value, Failure> {
+        let env = self.env(f, state, map_item);
+        let mut rng = CellRandom(&self.rng);
+        eval_template(template, input, &env, &mut rng, &state.name)
+    }
+
+    fn input_path(&self, f: FrameId, state: &State) -> Result<Value, Failure> {
+        let raw = &self.active(f).raw_input;
+        match &state.input_path {
+            None => Ok(Value::Object(Map::new())),
+            Some(p) if p.is_identity() => Ok(raw.clone()),
+            Some(p) => {
+                let env = self.env(f, state, None);
+                select(p, "InputPath", raw, &env, &state.name)
+            }
+        }
+    }
+
+    fn output_path(&self, f: FrameId, state: &State, value: Value) -> Result<Value, Failure> {
+        match &state.output_path {
+            None => Ok(Value::Object(Map::new())),
+            Some(p) if p.is_identity() => Ok(value),
+            Some(p) => {
+                let env = self.env(f, state, None);
+                select(p, "OutputPath", &value, &env, &state.name)
+            }
+        }
+    }
+
+    fn seconds(
+        &self,
+        f: FrameId,
+        state: &State,
+        s: &Seconds,
+        field: &str,
+        effective: &Value,
+    ) -> Result<u64, Failure> {
+        match s {
+            Seconds::Fixed(n) => Ok(*n),
+            Seconds::Path(path) => self.positive_integer(f, state, path, field, effective, 1),
+        }
+    }
+
+    fn count(
+        &self,
+        f: FrameId,
+        state: &State,
+        c: &Count,
+        field: &str,
+        effective: &Value,
+    ) -> Result<u64, Failure> {
+        match c {
+            Count::Fixed(n) => Ok(*n),
+            Count::Path(path) => self.positive_integer(f, state, path, field, effective, 0),
+        }
+    }
+
+    fn positive_integer(
+        &self,
+        f: FrameId,
+        state: &State,
+        path: &ReadPath,
+        field: &str,
+        effective: &Value,
+        min: u64,
+    ) -> Result<u64, Failure> {
+        let env = self.env(f, state, None);
+        let v = select(path, field, effective, &env, &state.name)?;
+        match v.as_u64() {
+            Some(n) if n >= min => Ok(n),
+            _ => Err(Failure::runtime(
+                &state.name,
+                format!(
+                    "The {field} '{}' must select an integer of at least {min}, got {}",
+                    path.as_str(),
+                    data::truncate_json(&v)
+                ),
+            )),
+        }
+    }
+
+    fn assign(&mut self, f: FrameId, values: Value) {
+        if let Value::Object(map) = values {
+            let vars = self.frame_mut(f).vars.get_or_insert_with(HashMap::new);
+            for (k, v) in map {
+                vars.insert(k, v);
+            }
+        }
+    }
+
+    fn exited(&self, f: FrameId, state: &State, output: &Value, out: &mut Vec<Command>) {
+        out.push(Command::Record(Record::StateExited {
+            path: format!("{}{}", self.frame(f).prefix, state.name),
+            name: state.name.clone(),
+            state_type: state.kind.type_name().to_string(),
+            output: if self.options.record_payloads {
+                output.clone()
+            } else {
+                Value::Null
+            },
+        }));
     }
 }
+
+impl Fanout {
+    fn new(
+        is_map: bool,
+        inputs: Vec<Value>,
+        max_concurrency: usize,
+        tolerated_count: Option<u64>,
+        tolerated_percentage: Option<f64>,
+    ) -> Fanout {
+        let n = inputs.len();
+        Fanout {
+            is_map,
+            inputs,
+            children: vec![None; n],
+            results: vec![None; n],
+            next_to_start: 0,
+            running: 0,
+            max_concurrency,
+            failures: 0,
+            tolerated_count,
+            tolerated_percentage,
+        }
+    }
+}
+
+fn transition(state: &State, output: Value) -> Flow {
+    match state.transition {
+        Transition::Next(next) => Flow::Enter(next, output),
+        Transition::End | Transition::None => Flow::Done(Ok(output)),
+    }
+}
+
+fn graph_at<'m>(machine: &'m StateMachine, loc: &GraphLoc) -> &'m Graph {
+    let mut graph = &machine.graph;
+    for (state, branch) in loc {
+        graph = match &graph.state(*state).kind {
+            StateKind::Parallel(p) => &p.branches[*branch],
+            StateKind::Map(m) => &m.processor,
+            _ => unreachable!("a frame location only names Parallel and Map states"),
+        };
+    }
+    graph
+}
+
+fn add_seconds(at: Timestamp, seconds: f64) -> Timestamp {
+    let duration =
+        jiff::SignedDuration::try_from_secs_f64(seconds).unwrap_or(jiff::SignedDuration::MAX);
+    at.checked_add(duration).unwrap_or(jiff::Timestamp::MAX)
+}
+
+/// The evaluation environment of a state: the context object (built only
+/// when a path asks for `$$`) and the variables visible from its frame.
+struct FrameEnv<'a> {
+    exec: &'a Execution,
+    frame: FrameId,
+    state: &'a State,
+    map_item: Option<(usize, &'a Value)>,
+    context: OnceCell<Value>,
+}
+
+impl Env for FrameEnv<'_> {
+    fn context(&self) -> &Value {
+        self.context.get_or_init(|| {
+            let exec = self.exec;
+            let mut root = Map::new();
+            if let Some(started) = &exec.started {
+                let mut execution = Map::new();
+                execution.insert(
+                    "Id".into(),
+                    Value::String(started.info.execution_id.clone()),
+                );
+                execution.insert("Input".into(), started.input.clone());
+                execution.insert(
+                    "Name".into(),
+                    Value::String(started.info.execution_name.clone()),
+                );
+                execution.insert(
+                    "RoleArn".into(),
+                    Value::String(started.info.role_arn.clone()),
+                );
+                execution.insert(
+                    "StartTime".into(),
+                    Value::String(format_timestamp(started.start_time)),
+                );
+                execution.insert("RedriveCount".into(), Value::from(0));
+                root.insert("Execution".into(), Value::Object(execution));
+                let mut machine = Map::new();
+                machine.insert(
+                    "Id".into(),
+                    Value::String(started.info.state_machine_id.clone()),
+                );
+                machine.insert(
+                    "Name".into(),
+                    Value::String(started.info.state_machine_name.clone()),
+                );
+                root.insert("StateMachine".into(), Value::Object(machine));
+            }
+            if let Some(active) = exec
+                .frames
+                .get(self.frame)
+                .and_then(|f| f.as_ref())
+                .and_then(|f| f.active.as_ref())
+            {
+                let mut state = Map::new();
+                state.insert(
+                    "EnteredTime".into(),
+                    Value::String(format_timestamp(active.entered_at)),
+                );
+                state.insert("Name".into(), Value::String(self.state.name.clone()));
+                state.insert("RetryCount".into(), Value::from(active.retry_count));
+                root.insert("State".into(), Value::Object(state));
+                if let Some(token) = &active.task_token {
+                    let mut task = Map::new();
+                    task.insert("Token".into(), Value::String(token.clone()));
+                    root.insert("Task".into(), Value::Object(task));
+                }
+            }
+            if let Some((index, value)) = self.map_item {
+                let mut item = Map::new();
+                item.insert("Index".into(), Value::from(index));
+                item.insert("Value".into(), value.clone());
+                let mut map = Map::new();
+                map.insert("Item".into(), Value::Object(item));
+                root.insert("Map".into(), Value::Object(map));
+            }
+            Value::Object(root)
+        })
+    }
+
+    fn variable(&self, name: &str) -> Option<&Value> {
+        let mut current = Some(self.frame);
+        while let Some(id) = current {
+            let frame = self.exec.frames.get(id)?.as_ref()?;
+            if let Some(v) = frame.vars.as_ref().and_then(|vars| vars.get(name)) {
+                return Some(v);
+            }
+            current = frame.parent.map(|(p, _)| p);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;

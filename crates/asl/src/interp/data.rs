@@ -1,0 +1,266 @@
+//! Input and output processing helpers: templates, payload sizes, the error
+//! object, timestamps.
+
+use serde_json::{Map, Value};
+
+use crate::errors;
+use crate::model::{Expr, Template, TemplateField};
+use crate::path::{Env, ReadPath};
+use crate::rand::RandomSource;
+
+/// An error raised while executing a state: the `Error` and `Cause` that
+/// Retry and Catch match and that end up in the error object.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Failure {
+    pub error: String,
+    pub cause: String,
+}
+
+impl Failure {
+    pub fn new(error: impl Into<String>, cause: impl Into<String>) -> Failure {
+        Failure {
+            error: error.into(),
+            cause: cause.into(),
+        }
+    }
+
+    /// `States.Runtime` for a state: never retried, never caught.
+    pub fn runtime(state: &str, message: impl std::fmt::Display) -> Failure {
+        Failure::new(
+            errors::RUNTIME,
+            format!("An error occurred while executing the state '{state}'. {message}"),
+        )
+    }
+
+    /// The error object that a Catch passes on: `{"Error": ..., "Cause": ...}`.
+    pub fn error_output(&self) -> Value {
+        let mut map = Map::with_capacity(2);
+        map.insert("Error".to_string(), Value::String(self.error.clone()));
+        map.insert("Cause".to_string(), Value::String(self.cause.clone()));
+        Value::Object(map)
+    }
+}
+
+/// Evaluates a payload template (`Parameters`, `ItemSelector`,
+/// `ResultSelector`, `Assign`, `BatchInput`) against `input`.
+///
+/// A `.$` path that selects nothing is `States.Runtime`, as AWS reports it
+/// (with AWS's wording), and a failed intrinsic is `States.IntrinsicFailure`.
+pub(crate) fn eval_template(
+    template: &Template,
+    input: &Value,
+    env: &dyn Env,
+    rng: &mut dyn RandomSource,
+    state: &str,
+) -> Result<Value, Failure> {
+    match template {
+        Template::Literal(v) => Ok(v.clone()),
+        Template::Array(items) => items
+            .iter()
+            .map(|t| eval_template(t, input, env, rng, state))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
+        Template::Object(fields) => {
+            let mut map = Map::with_capacity(fields.len());
+            for (key, field) in fields {
+                let value = match field {
+                    TemplateField::Template(t) => eval_template(t, input, env, rng, state)?,
+                    TemplateField::Expr(expr) => eval_field(expr, key, input, env, rng, state)?,
+                };
+                map.insert(key.clone(), value);
+            }
+            Ok(Value::Object(map))
+        }
+    }
+}
+
+/// Evaluates one `key.$` expression.
+pub(crate) fn eval_field(
+    expr: &Expr,
+    key: &str,
+    input: &Value,
+    env: &dyn Env,
+    rng: &mut dyn RandomSource,
+    state: &str,
+) -> Result<Value, Failure> {
+    match expr {
+        Expr::Path(path) => match path.resolve(input, env) {
+            Ok(v) => Ok(v.into_owned()),
+            Err(_) => Err(Failure::runtime(
+                state,
+                format!(
+                    "The JSONPath '{}' specified for the field '{}.$' could not be found in the input '{}'",
+                    path.as_str(),
+                    key,
+                    truncate_json(input)
+                ),
+            )),
+        },
+        Expr::Intrinsic(call) => call
+            .eval(input, env, rng)
+            .map_err(|e| Failure::new(errors::INTRINSIC_FAILURE, e.message)),
+    }
+}
+
+/// Evaluates an expression that is not a template field (Fail's
+/// `ErrorPath`/`CausePath`).
+pub(crate) fn eval_expr(
+    expr: &Expr,
+    field: &str,
+    input: &Value,
+    env: &dyn Env,
+    rng: &mut dyn RandomSource,
+    state: &str,
+) -> Result<Value, Failure> {
+    match expr {
+        Expr::Path(path) => select(path, field, input, env, state),
+        Expr::Intrinsic(call) => call
+            .eval(input, env, rng)
+            .map_err(|e| Failure::new(errors::INTRINSIC_FAILURE, e.message)),
+    }
+}
+
+/// Resolves a path field such as `InputPath`, `ItemsPath` or `SecondsPath`;
+/// a miss is `States.Runtime`.
+pub(crate) fn select(
+    path: &ReadPath,
+    field: &str,
+    input: &Value,
+    env: &dyn Env,
+    state: &str,
+) -> Result<Value, Failure> {
+    match path.resolve(input, env) {
+        Ok(v) => Ok(v.into_owned()),
+        Err(miss) => Err(Failure::runtime(
+            state,
+            format!(
+                "Invalid path '{}' for the field '{}': {}",
+                path.as_str(),
+                field,
+                miss
+            ),
+        )),
+    }
+}
+
+/// JSON text of a value, cut to a readable length for error messages.
+pub(crate) fn truncate_json(value: &Value) -> String {
+    const MAX: usize = 256;
+    let text = value.to_string();
+    if text.len() <= MAX {
+        return text;
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// True when the JSON text of `value` is longer than `limit` bytes. Walks the
+/// value without serializing it and stops as soon as the limit is passed.
+pub(crate) fn exceeds_size(value: &Value, limit: usize) -> bool {
+    fn size(value: &Value, budget: &mut isize) {
+        if *budget < 0 {
+            return;
+        }
+        match value {
+            Value::Null => *budget -= 4,
+            Value::Bool(b) => *budget -= if *b { 4 } else { 5 },
+            Value::Number(n) => *budget -= number_len(n) as isize,
+            Value::String(s) => *budget -= string_len(s) as isize,
+            Value::Array(items) => {
+                *budget -= 2 + items.len().saturating_sub(1) as isize;
+                for item in items {
+                    size(item, budget);
+                }
+            }
+            Value::Object(map) => {
+                *budget -= 2 + map.len().saturating_sub(1) as isize;
+                for (k, v) in map {
+                    *budget -= string_len(k) as isize + 1;
+                    size(v, budget);
+                }
+            }
+        }
+    }
+    let mut budget = limit as isize;
+    size(value, &mut budget);
+    budget < 0
+}
+
+fn number_len(n: &serde_json::Number) -> usize {
+    if let Some(u) = n.as_u64() {
+        digits(u)
+    } else if let Some(i) = n.as_i64() {
+        1 + digits(i.unsigned_abs())
+    } else {
+        n.to_string().len()
+    }
+}
+
+fn digits(mut u: u64) -> usize {
+    let mut d = 1;
+    while u >= 10 {
+        u /= 10;
+        d += 1;
+    }
+    d
+}
+
+fn string_len(s: &str) -> usize {
+    let escapes = s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+            0..=0x1f => 5,
+            _ => 0,
+        })
+        .sum::<usize>();
+    s.len() + 2 + escapes
+}
+
+/// A timestamp as Step Functions writes them: `2024-01-01T00:00:00.000Z`.
+pub(crate) fn format_timestamp(ts: jiff::Timestamp) -> String {
+    ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn size_matches_serialized_length() {
+        let values = [
+            json!(null),
+            json!(true),
+            json!(false),
+            json!(12345),
+            json!(-12),
+            json!(1.5),
+            json!("a\"b\\c\nd\u{1}é"),
+            json!([1, 2, [3, {"a": "b"}]]),
+            json!({"k": [], "l": {}, "m": {"n": null}}),
+        ];
+        for v in values {
+            let n = serde_json::to_string(&v).unwrap().len();
+            assert!(!exceeds_size(&v, n), "{v} fits in {n}");
+            assert!(exceeds_size(&v, n - 1), "{v} does not fit in {}", n - 1);
+        }
+    }
+
+    #[test]
+    fn timestamps_have_milliseconds_and_z() {
+        let ts: jiff::Timestamp = "2024-01-02T03:04:05.6+01:00".parse().unwrap();
+        assert_eq!(format_timestamp(ts), "2024-01-02T02:04:05.600Z");
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        let v = Value::String("é".repeat(400));
+        let t = truncate_json(&v);
+        assert!(t.ends_with("..."));
+        assert!(t.len() < 300);
+    }
+}

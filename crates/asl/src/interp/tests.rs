@@ -1,0 +1,964 @@
+//! Interpreter tests with a small simulated runtime: virtual time, tasks
+//! answered by a script, timers fired in time order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::parse::parse_definition;
+
+type Answer = Option<Result<Value, (String, String)>>;
+
+struct Sim {
+    exec: Execution,
+    now: Timestamp,
+    log: Vec<Command>,
+    tasks: Vec<TaskRequest>,
+    timers: BTreeMap<(Timestamp, u64), String>,
+    seq: u64,
+}
+
+fn t0() -> Timestamp {
+    "2024-01-01T00:00:00Z".parse().unwrap()
+}
+
+fn info() -> ExecutionInfo {
+    ExecutionInfo {
+        execution_id: "arn:sagaflow:execution:test:exec-1".into(),
+        execution_name: "exec-1".into(),
+        state_machine_id: "arn:sagaflow:stateMachine:test".into(),
+        state_machine_name: "test".into(),
+        role_arn: String::new(),
+        seed: 42,
+    }
+}
+
+impl Sim {
+    fn new(definition: &str) -> Sim {
+        Sim::with_options(definition, Options::default())
+    }
+
+    fn with_options(definition: &str, options: Options) -> Sim {
+        let machine = parse_definition(definition).unwrap_or_else(|e| panic!("{e:?}"));
+        Sim {
+            exec: Execution::new(Arc::new(machine), options),
+            now: t0(),
+            log: Vec::new(),
+            tasks: Vec::new(),
+            timers: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+
+    fn apply(&mut self, event: Event) {
+        let mut out = Vec::new();
+        self.exec.apply(self.now, event, &mut out).unwrap();
+        for c in &out {
+            match c {
+                Command::ScheduleTask(t) => self.tasks.push(t.clone()),
+                Command::CancelTask { task_id } => self.tasks.retain(|t| &t.task_id != task_id),
+                Command::StartTimer {
+                    timer_id, fire_at, ..
+                } => {
+                    self.seq += 1;
+                    self.timers.insert((*fire_at, self.seq), timer_id.clone());
+                }
+                Command::CancelTimer { timer_id } => self.timers.retain(|_, id| id != timer_id),
+                _ => {}
+            }
+        }
+        self.log.extend(out);
+    }
+
+    /// Runs to completion: each scheduled task is answered by `answer`
+    /// (`None` leaves it unanswered); when no task can be answered, the
+    /// earliest timer fires.
+    fn run(&mut self, input: Value, answer: impl FnMut(&TaskRequest) -> Answer) -> Outcome {
+        match self.try_run(input, answer) {
+            Some(outcome) => outcome,
+            None => panic!(
+                "stuck: no task to answer and no timer; log: {:#?}",
+                self.log
+            ),
+        }
+    }
+
+    /// Like `run`, but `None` when the execution waits for something that
+    /// never comes (an unanswered task without a timeout).
+    fn try_run(
+        &mut self,
+        input: Value,
+        mut answer: impl FnMut(&TaskRequest) -> Answer,
+    ) -> Option<Outcome> {
+        self.apply(Event::ExecutionStarted {
+            info: info(),
+            input,
+        });
+        let mut unanswered: Vec<String> = Vec::new();
+        for _ in 0..10_000 {
+            if let Some(o) = self.exec.outcome() {
+                return Some(o.clone());
+            }
+            let next = self
+                .tasks
+                .iter()
+                .position(|t| !unanswered.contains(&t.task_id));
+            if let Some(i) = next {
+                let task = self.tasks.remove(i);
+                match answer(&task) {
+                    Some(Ok(output)) => self.apply(Event::TaskSucceeded {
+                        task_id: task.task_id,
+                        output,
+                    }),
+                    Some(Err((error, cause))) => self.apply(Event::TaskFailed {
+                        task_id: task.task_id,
+                        error,
+                        cause,
+                    }),
+                    None => {
+                        unanswered.push(task.task_id.clone());
+                        self.tasks.push(task);
+                    }
+                }
+                continue;
+            }
+            let ((at, seq), timer_id) = self.timers.iter().next().map(|(k, v)| (*k, v.clone()))?;
+            self.timers.remove(&(at, seq));
+            self.now = at;
+            self.apply(Event::TimerFired { timer_id });
+        }
+        panic!("did not finish");
+    }
+
+    fn retry_delays(&self) -> Vec<f64> {
+        self.log
+            .iter()
+            .filter_map(|c| match c {
+                Command::StartTimer {
+                    purpose: TimerPurpose::Retry { delay_seconds, .. },
+                    ..
+                } => Some(*delay_seconds),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn entered(&self) -> Vec<String> {
+        self.log
+            .iter()
+            .filter_map(|c| match c {
+                Command::Record(Record::StateEntered { path, .. }) => Some(path.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn ok(v: Value) -> Answer {
+    Some(Ok(v))
+}
+
+fn err(e: &str, c: &str) -> Answer {
+    Some(Err((e.to_string(), c.to_string())))
+}
+
+fn succeeded(o: &Outcome) -> &Value {
+    match o {
+        Outcome::Succeeded { output } => output,
+        other => panic!("expected success, got {other:?}"),
+    }
+}
+
+fn failed(o: &Outcome) -> (&str, &str) {
+    match o {
+        Outcome::Failed { error, cause } => (error, cause),
+        other => panic!("expected failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn pass_states_process_input_and_output() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "A", "States": {
+            "A": {"Type": "Pass", "Result": {"x": 1}, "ResultPath": "$.a", "Next": "B"},
+            "B": {"Type": "Pass", "Parameters": {"sum.$": "States.MathAdd($.a.x, $.n)", "fixed": true}, "ResultPath": "$.b", "Next": "C"},
+            "C": {"Type": "Pass", "InputPath": "$.b", "OutputPath": "$.sum", "End": true}
+        }}"#,
+    );
+    let o = sim.run(json!({"n": 41}), |_| None);
+    assert_eq!(succeeded(&o), &json!(42));
+    assert_eq!(sim.entered(), vec!["A", "B", "C"]);
+}
+
+#[test]
+fn task_result_selector_and_result_path() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "arn:aws:lambda:us-east-1:1:function:book",
+                  "Parameters": {"who.$": "$.name", "exec.$": "$$.Execution.Name"},
+                  "ResultSelector": {"id.$": "$.bookingId"}, "ResultPath": "$.booking", "End": true}
+        }}"#,
+    );
+    let o = sim.run(json!({"name": "ada"}), |t| {
+        assert_eq!(t.input, json!({"who": "ada", "exec": "exec-1"}));
+        assert_eq!(t.task_id, "T@0#0");
+        assert_eq!(t.attempt, 0);
+        ok(json!({"bookingId": "B1", "noise": [1, 2, 3]}))
+    });
+    assert_eq!(
+        succeeded(&o),
+        &json!({"name": "ada", "booking": {"id": "B1"}})
+    );
+}
+
+#[test]
+fn retry_backoff_then_catch_with_error_output() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "flaky",
+                  "Retry": [{"ErrorEquals": ["Busy"], "IntervalSeconds": 1, "MaxAttempts": 3, "BackoffRate": 2}],
+                  "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Undo"}],
+                  "End": true},
+            "Undo": {"Type": "Pass", "End": true}
+        }}"#,
+    );
+    let mut attempts = Vec::new();
+    let o = sim.run(json!({"k": 1}), |t| {
+        attempts.push((t.task_id.clone(), t.attempt));
+        err("Busy", "try later")
+    });
+    assert_eq!(
+        succeeded(&o),
+        &json!({"k": 1, "error": {"Error": "Busy", "Cause": "try later"}})
+    );
+    assert_eq!(sim.retry_delays(), vec![1.0, 2.0, 4.0]);
+    assert_eq!(
+        attempts,
+        vec![
+            ("T@0#0".into(), 0),
+            ("T@0#1".into(), 1),
+            ("T@0#2".into(), 2),
+            ("T@0#3".into(), 3)
+        ]
+    );
+    assert_eq!(sim.now, t0() + jiff::SignedDuration::from_secs(7));
+}
+
+#[test]
+fn each_retrier_has_its_own_counter_and_max_delay_caps() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "r",
+                  "Retry": [
+                    {"ErrorEquals": ["A"], "IntervalSeconds": 10, "MaxAttempts": 2, "BackoffRate": 3, "MaxDelaySeconds": 20},
+                    {"ErrorEquals": ["B"], "IntervalSeconds": 1, "MaxAttempts": 1}
+                  ],
+                  "End": true}
+        }}"#,
+    );
+    let script = ["A", "B", "A", "B"];
+    let mut n = 0;
+    let o = sim.run(json!({}), |_| {
+        n += 1;
+        err(script.get(n - 1).copied().unwrap_or("A"), "")
+    });
+    // A (10 s), B (1 s), A (min(30, 20) = 20 s), then B again: its single retry is used up.
+    assert_eq!(sim.retry_delays(), vec![10.0, 1.0, 20.0]);
+    assert_eq!(failed(&o).0, "B");
+}
+
+#[test]
+fn max_attempts_zero_never_retries_and_first_matching_retrier_wins() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "r",
+                  "Retry": [{"ErrorEquals": ["E"], "MaxAttempts": 0}, {"ErrorEquals": ["States.ALL"], "MaxAttempts": 5}],
+                  "End": true}
+        }}"#,
+    );
+    let o = sim.run(json!({}), |_| err("E", "boom"));
+    assert_eq!(failed(&o), ("E", "boom"));
+    assert!(sim.retry_delays().is_empty());
+}
+
+#[test]
+fn full_jitter_stays_within_the_computed_delay() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "r",
+                  "Retry": [{"ErrorEquals": ["E"], "IntervalSeconds": 4, "MaxAttempts": 3, "JitterStrategy": "FULL"}],
+                  "End": true}
+        }}"#,
+    );
+    sim.run(json!({}), |_| err("E", ""));
+    let delays = sim.retry_delays();
+    assert_eq!(delays.len(), 3);
+    for (d, max) in delays.iter().zip([4.0, 8.0, 16.0]) {
+        assert!((0.0..=max).contains(d), "{d} within {max}");
+    }
+    assert!(
+        delays.iter().any(|d| ![4.0, 8.0, 16.0].contains(d)),
+        "jitter changed something"
+    );
+}
+
+#[test]
+fn runtime_errors_are_never_caught() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "r", "InputPath": "$.missing",
+                  "Retry": [{"ErrorEquals": ["States.ALL"]}],
+                  "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "C"}], "End": true},
+            "C": {"Type": "Pass", "End": true}
+        }}"#,
+    );
+    let o = sim.run(json!({}), |_| panic!("no task may run"));
+    assert_eq!(failed(&o).0, "States.Runtime");
+}
+
+#[test]
+fn parameters_path_miss_is_runtime_error_with_aws_wording() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "r", "Parameters": {"address.$": "$.application.address"}, "End": true}
+        }}"#,
+    );
+    let o = sim.run(json!({"flagged": false}), |_| panic!("no task may run"));
+    let (error, cause) = failed(&o);
+    assert_eq!(error, "States.Runtime");
+    assert!(cause.contains("The JSONPath '$.application.address' specified for the field 'address.$' could not be found in the input '{\"flagged\":false}'"), "{cause}");
+}
+
+#[test]
+fn result_path_into_a_string_is_catchable_match_failure() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "r", "ResultPath": "$.a.b",
+                  "Catch": [{"ErrorEquals": ["States.ResultPathMatchFailure"], "ResultPath": "$.err", "Next": "C"}], "End": true},
+            "C": {"Type": "Pass", "End": true}
+        }}"#,
+    );
+    let o = sim.run(json!({"a": "text"}), |_| ok(json!(1)));
+    let out = succeeded(&o);
+    assert_eq!(out["a"], json!("text"));
+    assert_eq!(out["err"]["Error"], json!("States.ResultPathMatchFailure"));
+}
+
+#[test]
+fn travel_booking_compensates_in_reverse_order() {
+    let def = r#"{"StartAt": "BookFlight", "States": {
+        "BookFlight": {"Type": "Task", "Resource": "book_flight", "ResultPath": "$.flight", "Next": "BookHotel",
+            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Failed"}]},
+        "BookHotel": {"Type": "Task", "Resource": "book_hotel", "ResultPath": "$.hotel", "Next": "BookCar",
+            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "CancelFlight"}]},
+        "BookCar": {"Type": "Task", "Resource": "book_car", "ResultPath": "$.car", "End": true,
+            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "CancelHotel"}]},
+        "CancelHotel": {"Type": "Task", "Resource": "cancel_hotel", "ResultPath": null, "Next": "CancelFlight",
+            "Retry": [{"ErrorEquals": ["States.ALL"], "MaxAttempts": 5}]},
+        "CancelFlight": {"Type": "Task", "Resource": "cancel_flight", "ResultPath": null, "Next": "Failed",
+            "Retry": [{"ErrorEquals": ["States.ALL"], "MaxAttempts": 5}]},
+        "Failed": {"Type": "Fail", "Error": "BookingFailed", "Cause": "compensated"}
+    }}"#;
+    let mut sim = Sim::new(def);
+    let mut calls = Vec::new();
+    let mut cancel_hotel_tries = 0;
+    let o = sim.run(json!({"trip": 7}), |t| {
+        calls.push(t.resource.clone());
+        match t.resource.as_str() {
+            "book_car" => err("CarUnavailable", "no cars"),
+            "cancel_hotel" => {
+                cancel_hotel_tries += 1;
+                if cancel_hotel_tries < 3 {
+                    err("Flaky", "")
+                } else {
+                    ok(json!({}))
+                }
+            }
+            _ => ok(json!({"ref": t.resource})),
+        }
+    });
+    assert_eq!(failed(&o), ("BookingFailed", "compensated"));
+    assert_eq!(
+        calls,
+        vec![
+            "book_flight",
+            "book_hotel",
+            "book_car",
+            "cancel_hotel",
+            "cancel_hotel",
+            "cancel_hotel",
+            "cancel_flight"
+        ]
+    );
+}
+
+#[test]
+fn parallel_keeps_branch_order_and_propagates_first_failure() {
+    let def = r#"{"StartAt": "P", "States": {
+        "P": {"Type": "Parallel", "End": true, "Branches": [
+            {"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "a", "End": true}}},
+            {"StartAt": "B", "States": {"B": {"Type": "Pass", "Result": "b", "End": true}}},
+            {"StartAt": "C", "States": {"C": {"Type": "Task", "Resource": "c", "End": true}}}
+        ]}
+    }}"#;
+    let mut sim = Sim::new(def);
+    let o = sim.run(json!({"x": 1}), |t| {
+        ok(json!(format!("{}-done", t.resource)))
+    });
+    assert_eq!(succeeded(&o), &json!(["a-done", "b", "c-done"]));
+
+    let mut sim = Sim::new(def);
+    let o = sim.run(json!({"x": 1}), |t| match t.resource.as_str() {
+        "a" => err("A.Failed", "a broke"),
+        _ => None,
+    });
+    assert_eq!(failed(&o), ("A.Failed", "a broke"));
+    assert!(
+        sim.log
+            .iter()
+            .any(|c| matches!(c, Command::CancelTask { task_id } if task_id.ends_with("C@0#0")))
+    );
+}
+
+#[test]
+fn parallel_catch_and_retry_rerun_all_branches() {
+    let def = r#"{"StartAt": "P", "States": {
+        "P": {"Type": "Parallel", "Next": "Done",
+              "Retry": [{"ErrorEquals": ["X"], "MaxAttempts": 1, "IntervalSeconds": 2}],
+              "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.e", "Next": "Done"}],
+              "Branches": [
+            {"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "a", "End": true}}},
+            {"StartAt": "B", "States": {"B": {"Type": "Task", "Resource": "b", "End": true}}}
+        ]},
+        "Done": {"Type": "Succeed"}
+    }}"#;
+    let mut sim = Sim::new(def);
+    let mut ids = Vec::new();
+    let o = sim.run(json!({}), |t| {
+        ids.push(t.task_id.clone());
+        if t.resource == "b" {
+            err("X", "bad")
+        } else {
+            ok(json!(1))
+        }
+    });
+    assert_eq!(succeeded(&o), &json!({"e": {"Error": "X", "Cause": "bad"}}));
+    assert_eq!(
+        ids,
+        vec![
+            "P@0#0[0]/A@0#0",
+            "P@0#0[1]/B@0#0",
+            "P@0#1[0]/A@0#0",
+            "P@0#1[1]/B@0#0"
+        ]
+    );
+    assert_eq!(sim.retry_delays(), vec![2.0]);
+}
+
+#[test]
+fn map_with_item_selector_and_concurrency_one() {
+    let def = r#"{"StartAt": "M", "States": {
+        "M": {"Type": "Map", "ItemsPath": "$.items", "MaxConcurrency": 1,
+              "ItemSelector": {"i.$": "$$.Map.Item.Index", "v.$": "$$.Map.Item.Value", "tag.$": "$.tag"},
+              "ItemProcessor": {"StartAt": "Work", "States": {"Work": {"Type": "Task", "Resource": "work", "End": true}}},
+              "ResultPath": "$.results", "End": true}
+    }}"#;
+    let mut sim = Sim::new(def);
+    let mut seen = Vec::new();
+    let o = sim.run(json!({"items": ["a", "b", "c"], "tag": "t"}), |t| {
+        // Only one task at a time with MaxConcurrency 1.
+        seen.push(t.input.clone());
+        ok(json!(t.input["i"].as_u64().unwrap() * 10))
+    });
+    assert_eq!(succeeded(&o)["results"], json!([0, 10, 20]));
+    assert_eq!(seen[1], json!({"i": 1, "v": "b", "tag": "t"}));
+    let max_in_flight = {
+        let mut in_flight: i32 = 0;
+        let mut max = 0;
+        for c in &sim.log {
+            match c {
+                Command::ScheduleTask(_) => in_flight += 1,
+                Command::Record(Record::MapIterationSucceeded { .. }) => in_flight -= 1,
+                _ => {}
+            }
+            max = max.max(in_flight);
+        }
+        max
+    };
+    assert_eq!(max_in_flight, 1);
+}
+
+#[test]
+fn map_failure_stops_new_iterations_and_propagates_item_error() {
+    let def = r#"{"StartAt": "M", "States": {
+        "M": {"Type": "Map", "MaxConcurrency": 2,
+              "Iterator": {"StartAt": "Work", "States": {"Work": {"Type": "Task", "Resource": "work", "End": true}}},
+              "End": true}
+    }}"#;
+    let mut sim = Sim::new(def);
+    let mut started = Vec::new();
+    let o = sim.run(json!([1, 2, 3, 4, 5]), |t| {
+        started.push(t.input.clone());
+        if t.input == json!(2) {
+            err("Item.Bad", "two")
+        } else {
+            None
+        }
+    });
+    assert_eq!(failed(&o), ("Item.Bad", "two"));
+    assert_eq!(
+        started,
+        vec![json!(1), json!(2)],
+        "items 3..5 never started"
+    );
+}
+
+#[test]
+fn map_tolerated_failures() {
+    let def = |count: u32| {
+        format!(
+            r#"{{"StartAt": "M", "States": {{
+            "M": {{"Type": "Map", "ToleratedFailureCount": {count},
+                  "ItemProcessor": {{"StartAt": "W", "States": {{"W": {{"Type": "Task", "Resource": "w", "End": true}}}}}},
+                  "End": true}}
+        }}}}"#
+        )
+    };
+    let answer = |t: &TaskRequest| {
+        if t.input.as_u64().unwrap().is_multiple_of(2) {
+            err("Even", "")
+        } else {
+            ok(json!("ok"))
+        }
+    };
+    let mut sim = Sim::new(&def(2));
+    let o = sim.run(json!([1, 2, 3, 4, 5]), answer);
+    assert_eq!(
+        succeeded(&o),
+        &json!(["ok", {"Error": "Even", "Cause": ""}, "ok", {"Error": "Even", "Cause": ""}, "ok"])
+    );
+    let mut sim = Sim::new(&def(1));
+    let o = sim.run(json!([1, 2, 3, 4, 5]), answer);
+    assert_eq!(failed(&o).0, "States.ExceedToleratedFailureThreshold");
+}
+
+#[test]
+fn map_item_batcher_groups_items() {
+    let def = r#"{"StartAt": "M", "States": {
+        "M": {"Type": "Map", "ItemBatcher": {"MaxItemsPerBatch": 2, "BatchInput": {"job.$": "$.job"}},
+              "ItemsPath": "$.items",
+              "ItemProcessor": {"StartAt": "W", "States": {"W": {"Type": "Pass", "End": true}}},
+              "End": true}
+    }}"#;
+    let mut sim = Sim::new(def);
+    let o = sim.run(json!({"items": [1, 2, 3], "job": "j"}), |_| None);
+    assert_eq!(
+        succeeded(&o),
+        &json!([{"BatchInput": {"job": "j"}, "Items": [1, 2]}, {"BatchInput": {"job": "j"}, "Items": [3]}])
+    );
+}
+
+#[test]
+fn empty_map_succeeds_with_empty_array() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "M", "States": {"M": {"Type": "Map", "ItemProcessor": {"StartAt": "W", "States": {"W": {"Type": "Task", "Resource": "w", "End": true}}}, "End": true}}}"#,
+    );
+    assert_eq!(succeeded(&sim.run(json!([]), |_| None)), &json!([]));
+}
+
+#[test]
+fn task_timeout_is_states_timeout_and_catchable() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "slow", "TimeoutSeconds": 5,
+                  "Catch": [{"ErrorEquals": ["States.TaskFailed"], "Next": "Wrong"}, {"ErrorEquals": ["States.Timeout"], "ResultPath": "$.e", "Next": "Right"}],
+                  "End": true},
+            "Wrong": {"Type": "Fail", "Error": "wrong"},
+            "Right": {"Type": "Succeed"}
+        }}"#,
+    );
+    let o = sim.run(json!({}), |_| None);
+    assert_eq!(succeeded(&o)["e"]["Error"], json!("States.Timeout"));
+    assert_eq!(sim.now, t0() + jiff::SignedDuration::from_secs(5));
+    assert!(
+        sim.log
+            .iter()
+            .any(|c| matches!(c, Command::CancelTask { task_id } if task_id == "T@0#0"))
+    );
+    // A late answer is ignored.
+    let before = sim.log.len();
+    sim.apply(Event::TaskSucceeded {
+        task_id: "T@0#0".into(),
+        output: json!(1),
+    });
+    assert_eq!(sim.log.len(), before);
+}
+
+#[test]
+fn heartbeat_and_timeout_seconds_from_paths_reach_the_task() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "r", "TimeoutSecondsPath": "$.t", "HeartbeatSecondsPath": "$.h", "End": true}
+        }}"#,
+    );
+    sim.run(json!({"t": 30, "h": 10}), |t| {
+        assert_eq!(
+            (t.timeout_seconds, t.heartbeat_seconds),
+            (Some(30), Some(10))
+        );
+        ok(json!(null))
+    });
+    let mut sim = Sim::new(
+        r#"{"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "r", "TimeoutSecondsPath": "$.t", "End": true}}}"#,
+    );
+    let o = sim.run(json!({"t": "soon"}), |_| panic!("must not run"));
+    assert_eq!(failed(&o).0, "States.Runtime");
+}
+
+#[test]
+fn machine_timeout_times_out_the_execution() {
+    let mut sim = Sim::new(
+        r#"{"TimeoutSeconds": 10, "StartAt": "W", "States": {
+            "W": {"Type": "Wait", "Seconds": 60, "End": true}
+        }}"#,
+    );
+    let o = sim.run(json!({}), |_| None);
+    assert!(matches!(o, Outcome::TimedOut { ref error, .. } if error == "States.Timeout"));
+    assert_eq!(sim.now, t0() + jiff::SignedDuration::from_secs(10));
+}
+
+#[test]
+fn wait_forms() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "A", "States": {
+            "A": {"Type": "Wait", "Seconds": 5, "Next": "B"},
+            "B": {"Type": "Wait", "SecondsPath": "$.s", "Next": "C"},
+            "C": {"Type": "Wait", "TimestampPath": "$.ts", "Next": "D"},
+            "D": {"Type": "Wait", "Timestamp": "2024-01-01T01:00:00Z", "End": true}
+        }}"#,
+    );
+    let o = sim.run(json!({"s": 10, "ts": "2024-01-01T00:30:00+00:00"}), |_| {
+        None
+    });
+    assert_eq!(succeeded(&o)["s"], json!(10));
+    assert_eq!(
+        sim.now,
+        "2024-01-01T01:00:00Z".parse::<Timestamp>().unwrap()
+    );
+}
+
+#[test]
+fn stop_aborts_and_cancels() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "r", "TimeoutSeconds": 100, "End": true}}}"#,
+    );
+    sim.apply(Event::ExecutionStarted {
+        info: info(),
+        input: json!({}),
+    });
+    sim.apply(Event::StopRequested {
+        error: Some("Stop".into()),
+        cause: None,
+    });
+    assert!(matches!(sim.exec.outcome(), Some(Outcome::Aborted { .. })));
+    assert!(
+        sim.log
+            .iter()
+            .any(|c| matches!(c, Command::CancelTask { .. }))
+    );
+    assert!(
+        sim.log
+            .iter()
+            .any(|c| matches!(c, Command::CancelTimer { .. }))
+    );
+    assert_eq!(sim.exec.pending_tasks().count(), 0);
+    assert_eq!(sim.exec.pending_timers().count(), 0);
+}
+
+#[test]
+fn wait_for_task_token_puts_token_in_request_and_context() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "Approve", "States": {
+            "Approve": {"Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+                        "Parameters": {"token.$": "$$.Task.Token"}, "End": true}
+        }}"#,
+    );
+    let o = sim.run(json!({}), |t| {
+        let token = t.task_token.clone().expect("a token");
+        assert_eq!(t.input["token"], json!(token));
+        ok(json!({"approved": true}))
+    });
+    assert_eq!(succeeded(&o), &json!({"approved": true}));
+}
+
+#[test]
+fn variables_are_assigned_and_visible_in_nested_scopes() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "A", "States": {
+            "A": {"Type": "Pass", "Result": {"v": 5}, "ResultPath": "$.a", "Assign": {"five.$": "$.v", "name": "x"}, "Next": "M"},
+            "M": {"Type": "Map", "ItemsPath": "$.items",
+                  "ItemSelector": {"v.$": "$$.Map.Item.Value"},
+                  "ItemProcessor": {"StartAt": "In", "States": {
+                      "In": {"Type": "Pass", "Parameters": {"sum.$": "States.MathAdd($five, $.v)", "name.$": "$name"}, "End": true}
+                  }},
+                  "End": true}
+        }}"#,
+    );
+    let o = sim.run(json!({"items": [1, 2]}), |_| None);
+    assert_eq!(
+        succeeded(&o),
+        &json!([{"sum": 6, "name": "x"}, {"sum": 7, "name": "x"}])
+    );
+}
+
+#[test]
+fn assign_reads_values_from_before_the_state() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "A", "States": {
+            "A": {"Type": "Pass", "Assign": {"x": 1}, "Next": "B"},
+            "B": {"Type": "Pass", "Assign": {"x": 2, "old.$": "$x"}, "Next": "C"},
+            "C": {"Type": "Pass", "Parameters": {"x.$": "$x", "old.$": "$old"}, "End": true}
+        }}"#,
+    );
+    let o = sim.run(json!({}), |_| None);
+    assert_eq!(succeeded(&o), &json!({"x": 2, "old": 1}));
+}
+
+#[test]
+fn fail_state_with_error_path_and_intrinsic_cause() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "F", "States": {
+            "F": {"Type": "Fail", "ErrorPath": "$.code", "CausePath": "States.Format('order {} failed', $.id)"}
+        }}"#,
+    );
+    let o = sim.run(json!({"code": "Order.Invalid", "id": 12}), |_| None);
+    assert_eq!(failed(&o), ("Order.Invalid", "order 12 failed"));
+}
+
+#[test]
+fn choice_without_match_fails_with_no_choice_matched() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "C", "States": {
+            "C": {"Type": "Choice", "Choices": [{"Variable": "$.n", "NumericGreaterThan": 10, "Next": "Big"}]},
+            "Big": {"Type": "Succeed"}
+        }}"#,
+    );
+    let o = sim.run(json!({"n": 1}), |_| None);
+    assert_eq!(failed(&o).0, "States.NoChoiceMatched");
+}
+
+#[test]
+fn an_endless_loop_hits_the_transition_limit() {
+    let options = Options {
+        max_state_transitions: 1000,
+        ..Options::default()
+    };
+    let mut sim = Sim::with_options(
+        r#"{"StartAt": "A", "States": {
+            "A": {"Type": "Pass", "Next": "B"},
+            "B": {"Type": "Choice", "Choices": [{"Variable": "$.stop", "BooleanEquals": true, "Next": "End"}], "Default": "A"},
+            "End": {"Type": "Succeed"}
+        }}"#,
+        options,
+    );
+    let o = sim.run(json!({"stop": false}), |_| None);
+    let (error, cause) = failed(&o);
+    assert_eq!(error, "States.Runtime");
+    assert!(cause.contains("1000 state transitions"), "{cause}");
+}
+
+#[test]
+fn data_limit_exceeded_is_not_caught_by_states_all() {
+    let options = Options {
+        max_payload_bytes: 100,
+        ..Options::default()
+    };
+    let mut sim = Sim::with_options(
+        r#"{"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "r", "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "C"}], "End": true},
+            "C": {"Type": "Succeed"}
+        }}"#,
+        options,
+    );
+    let o = sim.run(json!({}), |_| ok(json!("x".repeat(200))));
+    assert_eq!(failed(&o).0, "States.DataLimitExceeded");
+}
+
+#[test]
+fn duplicate_and_unknown_events_are_ignored() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "r", "Next": "U"}, "U": {"Type": "Task", "Resource": "u", "End": true}}}"#,
+    );
+    sim.apply(Event::ExecutionStarted {
+        info: info(),
+        input: json!({}),
+    });
+    sim.apply(Event::TaskSucceeded {
+        task_id: "T@0#0".into(),
+        output: json!(1),
+    });
+    let n = sim.log.len();
+    sim.apply(Event::TaskSucceeded {
+        task_id: "T@0#0".into(),
+        output: json!(2),
+    });
+    sim.apply(Event::TaskFailed {
+        task_id: "nope".into(),
+        error: "E".into(),
+        cause: "".into(),
+    });
+    sim.apply(Event::TimerFired {
+        timer_id: "nope".into(),
+    });
+    assert_eq!(sim.log.len(), n);
+    let mut out = Vec::new();
+    assert_eq!(
+        sim.exec.apply(
+            t0(),
+            Event::ExecutionStarted {
+                info: info(),
+                input: json!({})
+            },
+            &mut out
+        ),
+        Err(ApplyError::AlreadyStarted)
+    );
+}
+
+#[test]
+fn events_before_start_are_rejected() {
+    let machine =
+        parse_definition(r#"{"StartAt": "A", "States": {"A": {"Type": "Succeed"}}}"#).unwrap();
+    let mut exec = Execution::new(Arc::new(machine), Options::default());
+    let mut out = Vec::new();
+    assert!(matches!(
+        exec.apply(
+            t0(),
+            Event::TimerFired {
+                timer_id: "x".into()
+            },
+            &mut out
+        ),
+        Err(ApplyError::NotStarted("TimerFired"))
+    ));
+}
+
+#[test]
+fn context_object_fields() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "r",
+                  "Parameters": {"ctx.$": "$$"},
+                  "Retry": [{"ErrorEquals": ["E"], "MaxAttempts": 1}], "End": true}
+        }}"#,
+    );
+    let mut ctxs = Vec::new();
+    sim.run(json!({"in": 1}), |t| {
+        ctxs.push(t.input["ctx"].clone());
+        if ctxs.len() == 1 {
+            err("E", "")
+        } else {
+            ok(json!(0))
+        }
+    });
+    assert_eq!(ctxs[0]["Execution"]["Name"], json!("exec-1"));
+    assert_eq!(ctxs[0]["Execution"]["Input"], json!({"in": 1}));
+    assert_eq!(
+        ctxs[0]["Execution"]["StartTime"],
+        json!("2024-01-01T00:00:00.000Z")
+    );
+    assert_eq!(ctxs[0]["StateMachine"]["Name"], json!("test"));
+    assert_eq!(ctxs[0]["State"]["Name"], json!("T"));
+    assert_eq!(ctxs[0]["State"]["RetryCount"], json!(0));
+    assert_eq!(ctxs[1]["State"]["RetryCount"], json!(1));
+}
+
+// ------------------------------------------------------------- properties
+
+const SAGA: &str = r#"{"StartAt": "P", "States": {
+    "P": {"Type": "Parallel", "Next": "M",
+          "Retry": [{"ErrorEquals": ["Retryable"], "MaxAttempts": 2, "JitterStrategy": "FULL"}],
+          "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Undo"}],
+          "Branches": [
+            {"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "a", "TimeoutSeconds": 3, "End": true}}},
+            {"StartAt": "B", "States": {"B": {"Type": "Task", "Resource": "b", "End": true}}}
+          ], "ResultPath": "$.p"},
+    "M": {"Type": "Map", "ItemsPath": "$.items", "MaxConcurrency": 2, "ResultPath": "$.m", "Next": "W",
+          "ItemProcessor": {"StartAt": "C", "States": {"C": {"Type": "Task", "Resource": "c", "End": true,
+              "Retry": [{"ErrorEquals": ["States.ALL"], "MaxAttempts": 1}]}}}},
+    "W": {"Type": "Wait", "Seconds": 1, "End": true},
+    "Undo": {"Type": "Task", "Resource": "undo", "End": true}
+}}"#;
+
+fn script_answer(script: &[u8], n: &mut usize) -> Answer {
+    let pick = script.get(*n).copied().unwrap_or(0);
+    *n += 1;
+    match pick % 5 {
+        0 | 1 => ok(json!({"n": *n})),
+        2 => err("Retryable", "r"),
+        3 => err("Fatal", "f"),
+        _ => None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Same definition + same events = same commands.
+    #[test]
+    fn replay_is_deterministic(script in proptest::collection::vec(any::<u8>(), 0..40)) {
+        let run = || {
+            let mut sim = Sim::new(SAGA);
+            let mut n = 0;
+            let outcome = sim.try_run(json!({"items": [1, 2, 3]}), |_| script_answer(&script, &mut n));
+            (outcome, sim.log)
+        };
+        let (o1, log1) = run();
+        let (o2, log2) = run();
+        prop_assert_eq!(o1, o2);
+        prop_assert_eq!(log1, log2);
+    }
+
+    /// Arbitrary events (real ids mixed with garbage) never panic and never
+    /// produce commands after completion.
+    #[test]
+    fn arbitrary_events_never_panic(ops in proptest::collection::vec((0u8..6, 0usize..8, any::<bool>()), 0..60)) {
+        let mut sim = Sim::new(SAGA);
+        sim.apply(Event::ExecutionStarted { info: info(), input: json!({"items": [1, 2]}) });
+        for (kind, pick, flag) in ops {
+            let task = sim.tasks.get(pick % sim.tasks.len().max(1)).map(|t| t.task_id.clone()).unwrap_or_else(|| "ghost".into());
+            let timer = sim.timers.values().nth(pick % sim.timers.len().max(1)).cloned().unwrap_or_else(|| "ghost".into());
+            let event = match kind {
+                0 => Event::TaskSucceeded { task_id: task, output: json!({"x": pick}) },
+                1 => Event::TaskFailed { task_id: task, error: if flag { "Retryable".into() } else { "Fatal".into() }, cause: String::new() },
+                2 => Event::TimerFired { timer_id: timer },
+                3 => Event::TaskSucceeded { task_id: format!("junk{pick}"), output: Value::Null },
+                4 => Event::TimerFired { timer_id: format!("junk{pick}") },
+                _ => Event::StopRequested { error: None, cause: None },
+            };
+            let done_before = sim.exec.outcome().is_some();
+            let mut out = Vec::new();
+            sim.exec.apply(sim.now, event, &mut out).unwrap();
+            if done_before {
+                prop_assert!(out.is_empty());
+            }
+            for c in &out {
+                match c {
+                    Command::ScheduleTask(t) => sim.tasks.push(t.clone()),
+                    Command::CancelTask { task_id } => sim.tasks.retain(|t| &t.task_id != task_id),
+                    Command::StartTimer { timer_id, fire_at, .. } => { sim.seq += 1; sim.timers.insert((*fire_at, sim.seq), timer_id.clone()); }
+                    Command::CancelTimer { timer_id } => sim.timers.retain(|_, id| id != timer_id),
+                    _ => {}
+                }
+            }
+            let completes = out.iter().filter(|c| matches!(c, Command::Complete(_))).count();
+            prop_assert!(completes <= 1);
+            if completes == 1 {
+                prop_assert!(matches!(out.last(), Some(Command::Complete(_))), "Complete is the last command");
+            }
+        }
+    }
+}
