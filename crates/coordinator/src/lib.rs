@@ -1,1 +1,27 @@
-//! placeholder
+//! # sagaflow-coordinator
+//!
+//! Drives Sagaflow executions: feeds the pure interpreter
+//! ([`sagaflow_asl::interp::Execution`]) its events and carries out its
+//! commands: dispatching tasks to participants, arming timers (Wait, retry
+//! backoff, task and execution timeouts), enforcing heartbeats and keeping
+//! each execution's history.
+//!
+//! The seams: participants are reached through a [`dispatch::Dispatcher`]
+//! (in-process here: [`dispatch::EmbeddedDispatcher`]), time comes from a
+//! [`clock::Clock`] (the system's, or a virtual one on tokio's paused clock).
+//! [`local`] is the local runner behind `sagaflow run`.
+
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod dispatch;
+pub mod driver;
+pub mod local;
+pub mod resource;
+
+pub use clock::{Clock, SystemClock, VirtualClock};
+pub use dispatch::{Completion, CompletionSender, DispatchError, Dispatcher, EmbeddedDispatcher};
+pub use driver::{
+    Coordinator, DriveError, ExecutionRun, HistoryEntry, HistoryItem, RuntimeOptions,
+};
+pub use local::{RunError, RunReport, RunRequest, RunStatus, run, run_blocking};

@@ -1,1 +1,314 @@
-//! placeholder
+//! # sagaflow-participant
+//!
+//! What a microservice embeds to serve Sagaflow Task states: a [`Handler`]
+//! receives a task's input and a [`TaskContext`] and returns the task's
+//! result or a [`TaskError`] (whose `error` name is what `Retry` and `Catch`
+//! match). The [`stubs`] module is a ready-made participant driven by a JSON
+//! file, used by the local runner to mock services.
+//!
+//! The same `Handler` serves tasks in-process (embedded mode) and, later,
+//! over a message bus: nothing here knows how tasks arrive.
+
+#![warn(missing_docs)]
+
+pub mod stubs;
+
+use std::future::Future;
+use std::marker::PhantomData;
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// Error name of a typed handler ([`handler_fn`]) whose input does not
+/// deserialize into the handler's input type. It is a participant error like
+/// any other: `States.ALL` and `States.TaskFailed` match it. (The `States.`
+/// prefix is reserved by ASL for the runtime's own errors, so a participant
+/// does not use it.)
+pub const INVALID_INPUT: &str = "Sagaflow.InvalidInput";
+
+/// Error name of a typed handler whose result does not serialize to JSON.
+pub const INVALID_OUTPUT: &str = "Sagaflow.InvalidOutput";
+
+/// A task failure reported by a participant: `error` is the ASL error name
+/// matched by `Retry`/`Catch` `ErrorEquals`, `cause` is free text (often
+/// JSON) that ends up in the error object's `Cause`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, serde::Deserialize)]
+#[error("{error}: {cause}")]
+pub struct TaskError {
+    /// The error name (`"PaymentDeclined"`, `"Lambda.ServiceException"`, ...).
+    pub error: String,
+    /// The cause.
+    pub cause: String,
+}
+
+impl TaskError {
+    /// A task error with this name and cause.
+    pub fn new(error: impl Into<String>, cause: impl Into<String>) -> TaskError {
+        TaskError {
+            error: error.into(),
+            cause: cause.into(),
+        }
+    }
+}
+
+/// The sending half of a task's heartbeat channel. The runtime keeps the
+/// receiving half and treats every message as a heartbeat.
+pub type HeartbeatSender = mpsc::UnboundedSender<()>;
+
+/// The receiving half of a task's heartbeat channel.
+pub type HeartbeatReceiver = mpsc::UnboundedReceiver<()>;
+
+/// A new heartbeat channel for one task.
+pub fn heartbeat_channel() -> (HeartbeatSender, HeartbeatReceiver) {
+    mpsc::unbounded_channel()
+}
+
+/// What a handler knows about the task it serves.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    /// The task's invocation id: the same on every replay and distinct for
+    /// each state visit and retry attempt. Use it as the idempotency key.
+    pub task_id: String,
+    /// `$$.Execution.Id`.
+    pub execution_id: String,
+    /// `$$.Execution.Name`.
+    pub execution_name: String,
+    /// The Task state's name.
+    pub state_name: String,
+    /// The Task state's `Resource`, verbatim.
+    pub resource: String,
+    /// Retry attempt, 0 for the first try (`$$.State.RetryCount`).
+    pub attempt: u32,
+    /// `$$.Task.Token` for `.waitForTaskToken` resources.
+    pub task_token: Option<String>,
+    heartbeat: HeartbeatSender,
+}
+
+impl TaskContext {
+    /// A context for task `task_id` whose heartbeats go to `heartbeat`. The
+    /// other fields start empty (attempt 0, no token); set them directly.
+    pub fn new(task_id: impl Into<String>, heartbeat: HeartbeatSender) -> TaskContext {
+        TaskContext {
+            task_id: task_id.into(),
+            execution_id: String::new(),
+            execution_name: String::new(),
+            state_name: String::new(),
+            resource: String::new(),
+            attempt: 0,
+            task_token: None,
+            heartbeat,
+        }
+    }
+
+    /// Tells the runtime the task is still alive (AWS's
+    /// `SendTaskHeartbeat`): it restarts the `HeartbeatSeconds` countdown.
+    /// When the runtime no longer waits for this task (it was cancelled or
+    /// timed out) the heartbeat is dropped.
+    pub async fn heartbeat(&self) {
+        // A closed channel means nobody waits for this task any more: there
+        // is nobody to tell, which is not the handler's problem.
+        let _ = self.heartbeat.send(());
+    }
+}
+
+/// Serves tasks: takes a task's effective input and returns its result.
+///
+/// Object safe: runtimes store handlers as `Arc<dyn Handler>`.
+pub trait Handler: Send + Sync {
+    /// Runs the task.
+    fn call(&self, input: Value, ctx: TaskContext) -> BoxFuture<'_, Result<Value, TaskError>>;
+}
+
+/// A [`Handler`] made from a typed async function (see [`handler_fn`]).
+pub struct FnHandler<F, T, U> {
+    f: F,
+    _types: PhantomData<fn(T) -> U>,
+}
+
+/// Makes a handler from a typed async function. The task input is
+/// deserialized into `T` (failure: a [`TaskError`] named
+/// [`INVALID_INPUT`] with serde's message as cause) and the result is
+/// serialized from `U` (failure: [`INVALID_OUTPUT`]).
+///
+/// ```
+/// use sagaflow_participant::{handler_fn, TaskContext, TaskError};
+/// #[derive(serde::Deserialize)]
+/// struct Order { id: u32 }
+/// let h = handler_fn(|order: Order, _ctx: TaskContext| async move {
+///     Ok::<_, TaskError>(serde_json::json!({ "reserved": order.id }))
+/// });
+/// # let _ = h;
+/// ```
+pub fn handler_fn<F, Fut, T, U>(f: F) -> FnHandler<F, T, U>
+where
+    F: Fn(T, TaskContext) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<U, TaskError>> + Send + 'static,
+    T: DeserializeOwned,
+    U: Serialize,
+{
+    FnHandler {
+        f,
+        _types: PhantomData,
+    }
+}
+
+impl<F, Fut, T, U> Handler for FnHandler<F, T, U>
+where
+    F: Fn(T, TaskContext) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<U, TaskError>> + Send + 'static,
+    T: DeserializeOwned,
+    U: Serialize,
+{
+    fn call(&self, input: Value, ctx: TaskContext) -> BoxFuture<'_, Result<Value, TaskError>> {
+        let typed: Result<T, TaskError> = serde_json::from_value(input)
+            .map_err(|e| TaskError::new(INVALID_INPUT, format!("invalid task input: {e}")));
+        let fut = typed.map(|t| (self.f)(t, ctx));
+        Box::pin(async move {
+            let output = fut?.await?;
+            serde_json::to_value(output)
+                .map_err(|e| TaskError::new(INVALID_OUTPUT, format!("invalid task result: {e}")))
+        })
+    }
+}
+
+/// The context of a Lambda-style handler ([`lambda_fn`]), shaped after the
+/// Lambda runtime's context object.
+#[derive(Debug, Clone)]
+pub struct LambdaContext {
+    /// Lambda's `aws_request_id`: here the task id (the idempotency key).
+    pub request_id: String,
+    /// The function name: the last `:`-separated segment of the resource.
+    pub function_name: String,
+    /// Lambda's `invoked_function_arn`: here the Task's `Resource`.
+    pub invoked_function_arn: String,
+    /// The full task context (heartbeats, task token, execution).
+    pub task: TaskContext,
+}
+
+impl LambdaContext {
+    fn from_task(task: TaskContext) -> LambdaContext {
+        let function_name = task
+            .resource
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        LambdaContext {
+            request_id: task.task_id.clone(),
+            function_name,
+            invoked_function_arn: task.resource.clone(),
+            task,
+        }
+    }
+}
+
+/// A [`Handler`] made from a Lambda-style function (see [`lambda_fn`]).
+pub struct LambdaHandler<F> {
+    f: F,
+}
+
+/// Makes a handler from a Lambda-style async function taking the raw JSON
+/// event and a [`LambdaContext`], so code written for AWS Lambda ports with
+/// little change.
+pub fn lambda_fn<F, Fut>(f: F) -> LambdaHandler<F>
+where
+    F: Fn(Value, LambdaContext) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<Value, TaskError>> + Send + 'static,
+{
+    LambdaHandler { f }
+}
+
+impl<F, Fut> Handler for LambdaHandler<F>
+where
+    F: Fn(Value, LambdaContext) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<Value, TaskError>> + Send + 'static,
+{
+    fn call(&self, input: Value, ctx: TaskContext) -> BoxFuture<'_, Result<Value, TaskError>> {
+        Box::pin((self.f)(input, LambdaContext::from_task(ctx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn ctx() -> (TaskContext, HeartbeatReceiver) {
+        let (tx, rx) = heartbeat_channel();
+        let mut c = TaskContext::new("t-1", tx);
+        c.resource = "arn:aws:lambda:us-east-1:123456789012:function:reserve".into();
+        (c, rx)
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Order {
+        id: u32,
+    }
+
+    #[tokio::test]
+    async fn typed_handler_round_trips() {
+        let h: Arc<dyn Handler> = Arc::new(handler_fn(|o: Order, c: TaskContext| async move {
+            Ok::<_, TaskError>(json!({"id": o.id, "task": c.task_id}))
+        }));
+        let (c, _rx) = ctx();
+        let out = h.call(json!({"id": 7}), c).await;
+        assert_eq!(out, Ok(json!({"id": 7, "task": "t-1"})));
+    }
+
+    #[tokio::test]
+    async fn typed_handler_rejects_bad_input() {
+        let h = handler_fn(|o: Order, _c: TaskContext| async move { Ok::<_, TaskError>(o.id) });
+        let (c, _rx) = ctx();
+        let err = h.call(json!({"id": "x"}), c).await.unwrap_err();
+        assert_eq!(err.error, INVALID_INPUT);
+        assert!(err.cause.contains("invalid type"), "{}", err.cause);
+    }
+
+    #[tokio::test]
+    async fn typed_handler_passes_errors_through() {
+        let h = handler_fn(|_: Value, _c: TaskContext| async move {
+            Err::<Value, _>(TaskError::new("Declined", "no money"))
+        });
+        let (c, _rx) = ctx();
+        assert_eq!(
+            h.call(json!(null), c).await,
+            Err(TaskError::new("Declined", "no money"))
+        );
+    }
+
+    #[tokio::test]
+    async fn lambda_handler_gets_lambda_context() {
+        let h = lambda_fn(|event: Value, c: LambdaContext| async move {
+            Ok(json!({"event": event, "fn": c.function_name, "req": c.request_id}))
+        });
+        let (c, _rx) = ctx();
+        assert_eq!(
+            h.call(json!(1), c).await,
+            Ok(json!({"event": 1, "fn": "reserve", "req": "t-1"}))
+        );
+    }
+
+    #[tokio::test]
+    async fn heartbeat_reaches_the_runtime() {
+        let (c, mut rx) = ctx();
+        c.heartbeat().await;
+        c.heartbeat().await;
+        assert_eq!(rx.recv().await, Some(()));
+        assert_eq!(rx.recv().await, Some(()));
+        drop(c);
+        assert_eq!(rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn heartbeat_after_runtime_gave_up_is_harmless() {
+        let (c, rx) = ctx();
+        drop(rx);
+        c.heartbeat().await;
+    }
+}

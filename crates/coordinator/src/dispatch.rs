@@ -1,0 +1,503 @@
+//! The coordinator's transport to participants: [`Dispatcher`]. The embedded
+//! mode ([`EmbeddedDispatcher`]) runs handlers in-process as tokio tasks; a
+//! message-bus dispatcher implements the same trait.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use sagaflow_asl::errors;
+use sagaflow_asl::interp::{ExecutionInfo, TaskRequest};
+use sagaflow_participant::{Handler, HeartbeatReceiver, TaskContext, TaskError, heartbeat_channel};
+
+use crate::resource::{self, ResultShape};
+
+/// The answer to a dispatched task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The task's invocation id ([`TaskRequest::task_id`]).
+    pub task_id: String,
+    /// The result, or the error the task failed with (`States.HeartbeatTimeout`
+    /// included).
+    pub result: Result<Value, TaskError>,
+}
+
+/// Where a dispatcher sends a task's [`Completion`].
+pub type CompletionSender = mpsc::UnboundedSender<Completion>;
+
+/// A dispatcher could not hand a task over (transport failure).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("could not dispatch task '{task_id}': {message}")]
+pub struct DispatchError {
+    /// The task.
+    pub task_id: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Hands tasks to participants and reports their completions.
+pub trait Dispatcher: Send + Sync {
+    /// Starts `request` for `execution`; its completion (exactly one, unless
+    /// cancelled) goes to `reply`. Handler problems (no handler, a panic, a
+    /// heartbeat timeout) are completions, not errors.
+    fn dispatch<'a>(
+        &'a self,
+        execution: &'a ExecutionInfo,
+        request: TaskRequest,
+        reply: CompletionSender,
+    ) -> BoxFuture<'a, Result<(), DispatchError>>;
+
+    /// The execution no longer wants this task's result: stop it if possible.
+    fn cancel<'a>(&'a self, execution_id: &'a str, task_id: &'a str) -> BoxFuture<'a, ()>;
+}
+
+/// Which handler served a task, in dispatch order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// The execution.
+    pub execution_id: String,
+    /// The task.
+    pub task_id: String,
+    /// The handler key that served it.
+    pub key: String,
+}
+
+type Running = Arc<Mutex<HashMap<(String, String), AbortHandle>>>;
+
+/// Runs handlers in-process: a registry of handler key to handler, each task
+/// a tokio task. Enforces `HeartbeatSeconds`; turns panics into
+/// `States.TaskFailed`; aborts handlers on cancel.
+pub struct EmbeddedDispatcher {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+    running: Running,
+    calls: Mutex<Vec<CallRecord>>,
+}
+
+impl EmbeddedDispatcher {
+    /// A dispatcher serving tasks with these handlers (keys are matched as
+    /// described in [`crate::resource`]).
+    pub fn new(
+        handlers: impl IntoIterator<Item = (String, Arc<dyn Handler>)>,
+    ) -> EmbeddedDispatcher {
+        EmbeddedDispatcher {
+            handlers: handlers.into_iter().collect(),
+            running: Arc::default(),
+            calls: Mutex::default(),
+        }
+    }
+
+    /// True when a handler is registered under `key`.
+    pub fn has(&self, key: &str) -> bool {
+        self.handlers.contains_key(key)
+    }
+
+    /// Every call made so far, in dispatch order.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Number of handlers still running.
+    pub fn running(&self) -> usize {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Dispatcher for EmbeddedDispatcher {
+    fn dispatch<'a>(
+        &'a self,
+        execution: &'a ExecutionInfo,
+        request: TaskRequest,
+        reply: CompletionSender,
+    ) -> BoxFuture<'a, Result<(), DispatchError>> {
+        Box::pin(async move {
+            let task_id = request.task_id.clone();
+            let fail = |error: &str, cause: String| Completion {
+                task_id: task_id.clone(),
+                result: Err(TaskError::new(error, cause)),
+            };
+            let resolution = match resource::resolve(&request.resource, &request.input) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Not the participant's fault and not retryable: the
+                    // definition asks for something that cannot be served.
+                    let _ = reply.send(fail(errors::RUNTIME, e.to_string()));
+                    return Ok(());
+                }
+            };
+            let Some(key) = resolution.pick(|k| self.has(k)) else {
+                let cause = format!(
+                    "state '{}': no handler for resource '{}' (tried: {})",
+                    request.state_name,
+                    request.resource,
+                    resolution.candidates.join(", ")
+                );
+                let _ = reply.send(fail(errors::RUNTIME, cause));
+                return Ok(());
+            };
+            let Some(handler) = self.handlers.get(key).cloned() else {
+                let _ = reply.send(fail(errors::RUNTIME, format!("handler '{key}' vanished")));
+                return Ok(());
+            };
+            self.calls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(CallRecord {
+                    execution_id: execution.execution_id.clone(),
+                    task_id: task_id.clone(),
+                    key: key.to_string(),
+                });
+
+            let (heartbeat, heartbeats) = heartbeat_channel();
+            let mut ctx = TaskContext::new(task_id.clone(), heartbeat);
+            ctx.execution_id = execution.execution_id.clone();
+            ctx.execution_name = execution.execution_name.clone();
+            ctx.state_name = request.state_name.clone();
+            ctx.resource = request.resource.clone();
+            ctx.attempt = request.attempt;
+            // `.waitForTaskToken`: in-process, the handler's return value
+            // plays the role of SendTaskSuccess and its error of
+            // SendTaskFailure; it gets the token as AWS's participants do.
+            ctx.task_token = request.task_token.clone();
+
+            let slot = (execution.execution_id.clone(), task_id.clone());
+            let running = Arc::clone(&self.running);
+            // Hold the registry lock across spawn so the task cannot remove
+            // its entry before it is inserted.
+            let mut guard = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            let heartbeat_seconds = request.heartbeat_seconds;
+            let shape = resolution.shape;
+            let input = resolution.input;
+            let spawned_slot = slot.clone();
+            let join = tokio::spawn(async move {
+                let call = handler.call(input, ctx);
+                let mut result = supervise(call, heartbeats, heartbeat_seconds).await;
+                if shape == ResultShape::LambdaInvoke {
+                    result = result
+                        .map(|payload| resource::wrap_lambda_invoke(payload, &spawned_slot.1));
+                }
+                running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&spawned_slot);
+                let _ = reply.send(Completion {
+                    task_id: spawned_slot.1.clone(),
+                    result,
+                });
+            });
+            guard.insert(slot, join.abort_handle());
+            Ok(())
+        })
+    }
+
+    fn cancel<'a>(&'a self, execution_id: &'a str, task_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let handle = self
+                .running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&(execution_id.to_string(), task_id.to_string()));
+            if let Some(h) = handle {
+                h.abort();
+            }
+        })
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_string()
+    }
+}
+
+/// Runs a handler's future under watch: a panic becomes `States.TaskFailed`
+/// with the panic message; with `heartbeat_seconds`, a gap of that long
+/// without a heartbeat (counted from the start, then from each heartbeat,
+/// as AWS does) becomes `States.HeartbeatTimeout` and the handler is
+/// dropped (aborted).
+pub async fn supervise(
+    call: BoxFuture<'_, Result<Value, TaskError>>,
+    mut heartbeats: HeartbeatReceiver,
+    heartbeat_seconds: Option<u64>,
+) -> Result<Value, TaskError> {
+    let mut call = AssertUnwindSafe(call).catch_unwind();
+    let settle = |r: Result<Result<Value, TaskError>, Box<dyn std::any::Any + Send>>| match r {
+        Ok(result) => result,
+        Err(payload) => Err(TaskError::new(
+            errors::TASK_FAILED,
+            format!("handler panicked: {}", panic_message(payload.as_ref())),
+        )),
+    };
+    let Some(seconds) = heartbeat_seconds else {
+        return settle(call.await);
+    };
+    let period = Duration::from_secs(seconds);
+    let deadline_after = |from: Instant| from.checked_add(period);
+    let mut deadline = deadline_after(Instant::now());
+    let mut open = true;
+    loop {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            r = &mut call => return settle(r),
+            beat = heartbeats.recv(), if open => match beat {
+                Some(()) => deadline = deadline_after(Instant::now()),
+                None => open = false,
+            },
+            () = sleep => {
+                return Err(TaskError::new(
+                    errors::HEARTBEAT_TIMEOUT,
+                    format!("no heartbeat received for {seconds} seconds"),
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use serde_json::json;
+
+    use super::*;
+    use sagaflow_participant::{handler_fn, lambda_fn};
+
+    fn info() -> ExecutionInfo {
+        ExecutionInfo {
+            execution_id: "exec-1".into(),
+            execution_name: "one".into(),
+            state_machine_id: "sm".into(),
+            state_machine_name: "sm".into(),
+            role_arn: String::new(),
+            seed: 1,
+        }
+    }
+
+    fn request(task_id: &str, resource: &str, input: Value, heartbeat: Option<u64>) -> TaskRequest {
+        TaskRequest {
+            task_id: task_id.into(),
+            state_name: "S".into(),
+            resource: resource.into(),
+            input,
+            attempt: 0,
+            timeout_seconds: None,
+            heartbeat_seconds: heartbeat,
+            task_token: Some("tok".into()),
+            credentials: None,
+        }
+    }
+
+    /// A hand-written participant: heartbeats `beats` times, `every` seconds
+    /// apart, then hangs (or returns when `then_return`).
+    struct Beater {
+        beats: u32,
+        every: u64,
+        then_return: bool,
+        dropped: Arc<AtomicBool>,
+    }
+
+    struct SetOnDrop(Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Handler for Beater {
+        fn call(&self, _input: Value, ctx: TaskContext) -> BoxFuture<'_, Result<Value, TaskError>> {
+            let guard = SetOnDrop(Arc::clone(&self.dropped));
+            Box::pin(async move {
+                let _guard = guard;
+                for _ in 0..self.beats {
+                    tokio::time::sleep(Duration::from_secs(self.every)).await;
+                    ctx.heartbeat().await;
+                }
+                if self.then_return {
+                    return Ok(json!("done"));
+                }
+                std::future::pending::<()>().await;
+                Ok(Value::Null)
+            })
+        }
+    }
+
+    async fn one(
+        handlers: Vec<(&str, Arc<dyn Handler>)>,
+        req: TaskRequest,
+    ) -> (Completion, EmbeddedDispatcher) {
+        let d = EmbeddedDispatcher::new(handlers.into_iter().map(|(k, h)| (k.to_string(), h)));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let info = info();
+        d.dispatch(&info, req, tx).await.unwrap();
+        let c = rx.recv().await.unwrap();
+        (c, d)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_watchdog_times_out_and_aborts() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let h: Arc<dyn Handler> = Arc::new(Beater {
+            beats: 3,
+            every: 4,
+            then_return: false,
+            dropped: Arc::clone(&dropped),
+        });
+        let start = Instant::now();
+        let (c, d) = one(vec![("beat", h)], request("t1", "beat", json!({}), Some(5))).await;
+        let err = c.result.unwrap_err();
+        assert_eq!(err.error, "States.HeartbeatTimeout");
+        // Beats at 4, 8, 12 keep it alive; nothing after 12, so it dies at 17.
+        assert_eq!(start.elapsed(), Duration::from_secs(17));
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the handler was not aborted"
+        );
+        assert_eq!(d.running(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_keep_a_long_task_alive() {
+        let h: Arc<dyn Handler> = Arc::new(Beater {
+            beats: 10,
+            every: 4,
+            then_return: true,
+            dropped: Arc::default(),
+        });
+        let (c, _) = one(vec![("beat", h)], request("t1", "beat", json!({}), Some(5))).await;
+        assert_eq!(c.result, Ok(json!("done")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_heartbeat_limit_means_no_watchdog() {
+        let h: Arc<dyn Handler> = Arc::new(Beater {
+            beats: 2,
+            every: 1000,
+            then_return: true,
+            dropped: Arc::default(),
+        });
+        let (c, _) = one(vec![("beat", h)], request("t1", "beat", json!({}), None)).await;
+        assert_eq!(c.result, Ok(json!("done")));
+    }
+
+    #[tokio::test]
+    async fn panics_become_task_failed() {
+        let h: Arc<dyn Handler> = Arc::new(handler_fn(|_: Value, _c: TaskContext| async move {
+            if true {
+                panic!("boom at {}", 42);
+            }
+            Ok::<Value, TaskError>(Value::Null)
+        }));
+        let (c, _) = one(vec![("p", h)], request("t1", "p", json!({}), None)).await;
+        let err = c.result.unwrap_err();
+        assert_eq!(err.error, "States.TaskFailed");
+        assert!(err.cause.contains("boom at 42"), "{}", err.cause);
+    }
+
+    #[tokio::test]
+    async fn context_and_lambda_invoke_wrapping() {
+        let h: Arc<dyn Handler> = Arc::new(handler_fn(|v: Value, c: TaskContext| async move {
+            Ok::<_, TaskError>(
+                json!({"in": v, "token": c.task_token, "exec": c.execution_name, "id": c.task_id}),
+            )
+        }));
+        let req = request(
+            "t9",
+            "arn:aws:states:::lambda:invoke",
+            json!({"FunctionName": "arn:aws:lambda:us-east-1:1:function:echo:prod", "Payload": {"a": 1}}),
+            None,
+        );
+        let (c, d) = one(vec![("echo", h)], req).await;
+        let out = c.result.unwrap();
+        assert_eq!(
+            out["Payload"],
+            json!({"in": {"a": 1}, "token": "tok", "exec": "one", "id": "t9"})
+        );
+        assert_eq!(out["StatusCode"], json!(200));
+        assert_eq!(d.calls()[0].key, "echo");
+        assert_eq!(c.task_id, "t9");
+    }
+
+    #[tokio::test]
+    async fn wait_for_task_token_result_is_not_wrapped() {
+        let h: Arc<dyn Handler> = Arc::new(lambda_fn(
+            |v: Value, c: sagaflow_participant::LambdaContext| async move {
+                Ok(json!({"got": v, "token": c.task.task_token}))
+            },
+        ));
+        let req = request(
+            "t1",
+            "arn:aws:states:::lambda:invoke.waitForTaskToken",
+            json!({"FunctionName": "approve", "Payload": {"x": 1}}),
+            None,
+        );
+        let (c, _) = one(vec![("approve", h)], req).await;
+        assert_eq!(c.result, Ok(json!({"got": {"x": 1}, "token": "tok"})));
+    }
+
+    #[tokio::test]
+    async fn missing_handler_is_a_runtime_error() {
+        let (c, d) = one(
+            vec![],
+            request("t1", "arn:aws:lambda:r:1:function:nope", json!({}), None),
+        )
+        .await;
+        let err = c.result.unwrap_err();
+        assert_eq!(err.error, "States.Runtime");
+        assert!(err.cause.contains("nope"), "{}", err.cause);
+        assert!(d.calls().is_empty());
+        let (c, _) = one(
+            vec![],
+            request("t2", "arn:aws:states:::lambda:invoke", json!({}), None),
+        )
+        .await;
+        assert!(c.result.unwrap_err().cause.contains("FunctionName"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_aborts_the_handler() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let h: Arc<dyn Handler> = Arc::new(Beater {
+            beats: 0,
+            every: 1,
+            then_return: false,
+            dropped: Arc::clone(&dropped),
+        });
+        let d = EmbeddedDispatcher::new([("h".to_string(), h)]);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let info = info();
+        d.dispatch(&info, request("t1", "h", json!({}), None), tx)
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(d.running(), 1);
+        d.cancel("exec-1", "t1").await;
+        // The aborted task drops its reply sender: the channel closes, no completion.
+        assert_eq!(rx.recv().await, None);
+        assert!(dropped.load(Ordering::SeqCst));
+        assert_eq!(d.running(), 0);
+        d.cancel("exec-1", "unknown").await;
+    }
+}
