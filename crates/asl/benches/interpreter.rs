@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use criterion::{Criterion, Throughput};
+use criterion::{BatchSize, Criterion, Throughput};
 use sagaflow_asl::interp::{Command, Event, Execution, ExecutionInfo, Options, Outcome};
 use sagaflow_asl::model::StateMachine;
 use serde_json::{Value, json};
@@ -63,45 +63,57 @@ impl Fixture {
         }
     }
 
-    /// Runs one execution; `fail_car` makes BookCar fail. Returns the number
-    /// of states entered.
-    fn run(&self, options: &Options, fail_car: bool, out: &mut Vec<Command>) -> usize {
-        let mut exec = Execution::new(self.machine.clone(), options.clone());
-        out.clear();
-        exec.apply(
-            self.now,
-            Event::ExecutionStarted {
-                info: self.info.clone(),
-                input: self.input.clone(),
-            },
-            out,
-        )
-        .expect("start");
-        let mut transitions = count_entered(out);
-        loop {
-            let task = out.iter().find_map(|c| match c {
-                Command::ScheduleTask(t) => Some((t.task_id.clone(), t.state_name == "BookCar")),
-                _ => None,
-            });
-            let Some((task_id, is_car)) = task else { break };
-            out.clear();
-            let event = if is_car && fail_car {
+    /// The events of one execution, recorded from a reference run: the
+    /// start, then one answer per scheduled task. `fail_car` makes BookCar
+    /// fail, so that the saga compensates.
+    fn script(&self, fail_car: bool) -> Vec<Event> {
+        let mut exec = Execution::new(self.machine.clone(), Options::default());
+        let mut events = vec![Event::ExecutionStarted {
+            info: self.info.clone(),
+            input: self.input.clone(),
+        }];
+        let mut out = Vec::new();
+        exec.apply(self.now, events[0].clone(), &mut out)
+            .expect("start");
+        while let Some(task) = out.iter().find_map(|c| match c {
+            Command::ScheduleTask(t) => Some(t.clone()),
+            _ => None,
+        }) {
+            let event = if &*task.state_name == "BookCar" && fail_car {
                 Event::TaskFailed {
-                    task_id,
+                    task_id: task.task_id.to_string(),
                     error: "CarUnavailable".into(),
                     cause: "no cars left".into(),
                 }
             } else {
                 Event::TaskSucceeded {
-                    task_id,
+                    task_id: task.task_id.to_string(),
                     output: json!({"confirmation": "C-1", "price": 120}),
                 }
             };
+            events.push(event.clone());
+            out.clear();
+            exec.apply(self.now, event, &mut out).expect("event");
+        }
+        assert_eq!(
+            matches!(exec.outcome(), Some(Outcome::Failed { .. })),
+            fail_car
+        );
+        events
+    }
+
+    /// Runs one execution from its events (the timed part); returns the
+    /// number of states entered.
+    fn run(&self, options: &Options, events: Vec<Event>, out: &mut Vec<Command>) -> usize {
+        let mut exec = Execution::new(self.machine.clone(), options.clone());
+        let mut transitions = 0;
+        for event in events {
+            out.clear();
             exec.apply(self.now, event, out).expect("event");
             transitions += count_entered(out);
         }
-        let outcome = exec.outcome().expect("finished");
-        assert_eq!(matches!(outcome, Outcome::Failed { .. }), fail_car);
+        out.clear();
+        debug_assert!(exec.outcome().is_some());
         transitions
     }
 }
@@ -119,7 +131,7 @@ fn count_entered(out: &[Command]) -> usize {
 
 fn summary(fixture: &Fixture) {
     println!();
-    println!("== summary: pure interpreter, one thread ==");
+    println!("== summary: pure interpreter, one thread (events built outside the timed part) ==");
     for (label, options) in [
         (
             "history records with payloads (default)",
@@ -134,25 +146,33 @@ fn summary(fixture: &Fixture) {
         ),
     ] {
         for (path, fail) in [("success", false), ("compensation", true)] {
+            let script = fixture.script(fail);
             let mut out = Vec::new();
-            // Warm up, then measure about a second.
-            for _ in 0..20_000 {
-                black_box(fixture.run(&options, fail, &mut out));
-            }
-            let iterations = 200_000;
-            let start = Instant::now();
+            let batch = 2_000;
+            let rounds = 100;
+            let mut elapsed = std::time::Duration::ZERO;
             let mut transitions = 0;
-            for _ in 0..iterations {
-                transitions += black_box(fixture.run(&options, fail, &mut out));
+            for round in 0..rounds + 10 {
+                let scripts: Vec<Vec<Event>> = (0..batch).map(|_| script.clone()).collect();
+                let start = Instant::now();
+                let mut n = 0;
+                for events in scripts {
+                    n += black_box(fixture.run(&options, events, &mut out));
+                }
+                // The first rounds warm up.
+                if round >= 10 {
+                    elapsed += start.elapsed();
+                    transitions += n;
+                }
             }
-            let elapsed = start.elapsed();
-            let per_exec = elapsed.as_secs_f64() / iterations as f64;
+            let executions = batch * rounds;
+            let per_exec = elapsed.as_secs_f64() / executions as f64;
             let per_transition = elapsed.as_secs_f64() / transitions as f64;
             println!(
                 "{path:>12} path, {label}: {:.3} us per transition, {:.0} executions/s ({} transitions per execution)",
                 per_transition * 1e6,
                 1.0 / per_exec,
-                transitions / iterations
+                transitions / executions
             );
         }
     }
@@ -165,16 +185,21 @@ fn main() {
         let mut group = criterion.benchmark_group("travel_booking");
         let options = Options::default();
         let mut out = Vec::new();
-        let success = fixture.run(&options, false, &mut out) as u64;
-        let compensation = fixture.run(&options, true, &mut out) as u64;
-        group.throughput(Throughput::Elements(success));
-        group.bench_function("success_execution", |b| {
-            b.iter(|| fixture.run(&options, false, &mut out))
-        });
-        group.throughput(Throughput::Elements(compensation));
-        group.bench_function("compensation_execution", |b| {
-            b.iter(|| fixture.run(&options, true, &mut out))
-        });
+        for (name, fail) in [
+            ("success_execution", false),
+            ("compensation_execution", true),
+        ] {
+            let script = fixture.script(fail);
+            let transitions = fixture.run(&options, script.clone(), &mut out) as u64;
+            group.throughput(Throughput::Elements(transitions));
+            group.bench_function(name, |b| {
+                b.iter_batched(
+                    || script.clone(),
+                    |events| fixture.run(&options, events, &mut out),
+                    BatchSize::SmallInput,
+                )
+            });
+        }
         group.finish();
     }
     criterion.final_summary();

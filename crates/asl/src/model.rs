@@ -10,6 +10,7 @@
 //! (every `StateId` is in range, every non-terminal state has a transition).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -60,8 +61,9 @@ pub struct StateId(pub usize);
 /// One state.
 #[derive(Debug, Clone)]
 pub struct State {
-    /// The state's name (its key in `States`).
-    pub name: String,
+    /// The state's name (its key in `States`), shared so that history
+    /// records and task requests can carry it without copying.
+    pub name: Arc<str>,
     /// `Comment`.
     pub comment: Option<String>,
     /// `InputPath`: `Some` selects part of the input (default `$`); `None`
@@ -111,6 +113,20 @@ pub enum StateKind {
 }
 
 impl StateKind {
+    /// The state's type.
+    pub fn state_type(&self) -> StateType {
+        match self {
+            StateKind::Pass(_) => StateType::Pass,
+            StateKind::Task(_) => StateType::Task,
+            StateKind::Choice(_) => StateType::Choice,
+            StateKind::Wait(_) => StateType::Wait,
+            StateKind::Succeed => StateType::Succeed,
+            StateKind::Fail(_) => StateType::Fail,
+            StateKind::Parallel(_) => StateType::Parallel,
+            StateKind::Map(_) => StateType::Map,
+        }
+    }
+
     /// The ASL `Type` name.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -124,6 +140,20 @@ impl StateKind {
             StateKind::Map(_) => "Map",
         }
     }
+}
+
+/// The `Type` of a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[allow(missing_docs)]
+pub enum StateType {
+    Pass,
+    Task,
+    Choice,
+    Wait,
+    Succeed,
+    Fail,
+    Parallel,
+    Map,
 }
 
 /// `ResultPath`: where a state's result goes in its raw input.
@@ -189,7 +219,7 @@ pub enum Seconds {
 #[derive(Debug, Clone)]
 pub struct Task {
     /// `Resource`, verbatim.
-    pub resource: String,
+    pub resource: Arc<str>,
     /// `Parameters`.
     pub parameters: Option<Template>,
     /// `ResultSelector`.

@@ -380,15 +380,26 @@ impl ReferencePath {
         if self.inner.segs.is_empty() {
             return Ok(value);
         }
-        match write_at(&mut target, &self.inner.segs, value) {
-            Ok(()) => Ok(target),
+        self.write_in_place(&mut target, value)?;
+        Ok(target)
+    }
+
+    /// Like [`ReferencePath::write`], in place: on error `target` is left
+    /// exactly as it was. `$` replaces the whole target.
+    pub fn write_in_place(&self, target: &mut Value, value: Value) -> Result<(), PathWriteError> {
+        if self.inner.segs.is_empty() {
+            *target = value;
+            return Ok(());
+        }
+        match write_at(target, &self.inner.segs, value) {
+            Ok(()) => Ok(()),
             // AWS: "Unable to apply ReferencePath $.a.b to input \"abc\"".
             Err(()) => Err(PathWriteError {
                 path: self.inner.text.to_string(),
                 message: format!(
                     "Unable to apply ReferencePath {} to input {}",
                     self.inner.text,
-                    truncated_json(&target)
+                    truncated_json(target)
                 ),
             }),
         }

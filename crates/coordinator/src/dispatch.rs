@@ -124,7 +124,7 @@ impl Dispatcher for EmbeddedDispatcher {
         reply: CompletionSender,
     ) -> BoxFuture<'a, Result<(), DispatchError>> {
         Box::pin(async move {
-            let task_id = request.task_id.clone();
+            let task_id = request.task_id.to_string();
             let fail = |error: &str, cause: String| Completion {
                 task_id: task_id.clone(),
                 result: Err(TaskError::new(error, cause)),
@@ -165,8 +165,8 @@ impl Dispatcher for EmbeddedDispatcher {
             let mut ctx = TaskContext::new(task_id.clone(), heartbeat);
             ctx.execution_id = execution.execution_id.clone();
             ctx.execution_name = execution.execution_name.clone();
-            ctx.state_name = request.state_name.clone();
-            ctx.resource = request.resource.clone();
+            ctx.state_name = request.state_name.to_string();
+            ctx.resource = request.resource.to_string();
             ctx.attempt = request.attempt;
             // `.waitForTaskToken`: in-process, the handler's return value
             // plays the role of SendTaskSuccess and its error of
@@ -301,7 +301,7 @@ mod tests {
             task_id: task_id.into(),
             state_name: "S".into(),
             resource: resource.into(),
-            input,
+            input: input.into(),
             attempt: 0,
             timeout_seconds: None,
             heartbeat_seconds: heartbeat,

@@ -157,7 +157,7 @@ impl Coordinator {
                 });
                 match command {
                     Command::ScheduleTask(request) => {
-                        pending.insert(request.task_id.clone());
+                        pending.insert(request.task_id.to_string());
                         self.dispatcher
                             .dispatch(&info, request, reply.clone())
                             .await?;
@@ -329,7 +329,7 @@ mod tests {
         assert_eq!(last.at, "2024-01-01T00:00:05Z".parse().unwrap());
         assert!(run.history.iter().any(|h| matches!(
             &h.item,
-            HistoryItem::Command(Command::Record(Record::StateEntered { name, .. })) if name == "P"
+            HistoryItem::Command(Command::Record(Record::StateEntered { name, .. })) if &**name == "P"
         )));
     }
 
@@ -357,13 +357,13 @@ mod tests {
         assert_eq!(
             a.outcome,
             Outcome::Succeeded {
-                output: json!({"wait": 100, "who": "a"})
+                output: json!({"wait": 100, "who": "a"}).into()
             }
         );
         assert_eq!(
             b.outcome,
             Outcome::Succeeded {
-                output: json!({"wait": 50, "who": "b"})
+                output: json!({"wait": 50, "who": "b"}).into()
             }
         );
         assert_eq!(t0.elapsed(), Duration::from_secs(100));

@@ -295,7 +295,12 @@ pub async fn run(request: RunRequest) -> Result<RunReport, RunError> {
         }
     }
     let (status, output, error, cause) = match finished.outcome {
-        Outcome::Succeeded { output } => (RunStatus::Succeeded, output, None, None),
+        Outcome::Succeeded { output } => (
+            RunStatus::Succeeded,
+            Arc::unwrap_or_clone(output),
+            None,
+            None,
+        ),
         Outcome::Failed { error, cause } => {
             (RunStatus::Failed, Value::Null, Some(error), Some(cause))
         }

@@ -242,8 +242,8 @@ pub fn static_tasks(machine: &StateMachine) -> Vec<StaticTask> {
                 StateKind::Task(task) => {
                     if let Some((candidates, name)) = static_candidates(task) {
                         out.push(StaticTask {
-                            state_name: state.name.clone(),
-                            resource: task.resource.clone(),
+                            state_name: state.name.to_string(),
+                            resource: task.resource.to_string(),
                             candidates,
                             name,
                         });

@@ -1,6 +1,8 @@
 //! Input and output processing helpers: templates, payload sizes, the error
 //! object, timestamps.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 use crate::errors;
@@ -157,36 +159,89 @@ pub(crate) fn truncate_json(value: &Value) -> String {
     format!("{}...", &text[..end])
 }
 
-/// True when the JSON text of `value` is longer than `limit` bytes. Walks the
-/// value without serializing it and stops as soon as the limit is passed.
-pub(crate) fn exceeds_size(value: &Value, limit: usize) -> bool {
-    fn size(value: &Value, budget: &mut isize) {
-        if *budget < 0 {
-            return;
+/// A state's input or output: a shared value and an upper bound of the
+/// length of its JSON text, so that the payload limit is checked by walking
+/// a value only when the bound comes near the limit.
+#[derive(Debug, Clone)]
+pub(crate) struct Payload {
+    pub value: Arc<Value>,
+    /// Upper bound of the JSON length of `value`, in bytes.
+    pub size: usize,
+}
+
+impl Payload {
+    /// A payload whose size is measured now (the walk stops past `limit`,
+    /// leaving the size above it).
+    pub fn measure(value: Value, limit: usize) -> Payload {
+        Payload::measure_shared(Arc::new(value), limit)
+    }
+
+    /// [`Payload::measure`] for a value that is already shared.
+    pub fn measure_shared(value: Arc<Value>, limit: usize) -> Payload {
+        let size = json_len_within(&value, limit).unwrap_or(limit.saturating_add(1));
+        Payload { value, size }
+    }
+
+    /// The empty object `{}`.
+    pub fn empty_object() -> Payload {
+        Payload {
+            value: Arc::new(Value::Object(Map::new())),
+            size: 2,
         }
-        match value {
-            Value::Null => *budget -= 4,
-            Value::Bool(b) => *budget -= if *b { 4 } else { 5 },
-            Value::Number(n) => *budget -= number_len(n) as isize,
-            Value::String(s) => *budget -= string_len(s) as isize,
-            Value::Array(items) => {
-                *budget -= 2 + items.len().saturating_sub(1) as isize;
-                for item in items {
-                    size(item, budget);
-                }
+    }
+
+    /// `Ok` with an exact size when the payload fits in `limit` bytes; walks
+    /// the value only when the bound is above the limit.
+    pub fn fits(self, limit: usize) -> Result<Payload, Payload> {
+        if self.size <= limit {
+            return Ok(self);
+        }
+        match json_len_within(&self.value, limit) {
+            Some(size) => Ok(Payload { size, ..self }),
+            None => Err(self),
+        }
+    }
+}
+
+/// The length of the JSON text of `value` when it is at most `limit` bytes.
+/// Walks the value without serializing it and stops as soon as the limit is
+/// passed.
+pub(crate) fn json_len_within(value: &Value, limit: usize) -> Option<usize> {
+    let budget = limit.min(isize::MAX as usize) as isize;
+    let mut left = budget;
+    json_len(value, &mut left);
+    (left >= 0).then(|| (budget - left) as usize)
+}
+
+/// True when the JSON text of `value` is longer than `limit` bytes.
+#[cfg(test)]
+pub(crate) fn exceeds_size(value: &Value, limit: usize) -> bool {
+    json_len_within(value, limit).is_none()
+}
+
+fn json_len(value: &Value, budget: &mut isize) {
+    if *budget < 0 {
+        return;
+    }
+    match value {
+        Value::Null => *budget -= 4,
+        Value::Bool(b) => *budget -= if *b { 4 } else { 5 },
+        Value::Number(n) => *budget -= number_len(n) as isize,
+        Value::String(s) => *budget -= string_len(s) as isize,
+        Value::Array(items) => {
+            *budget -= 2 + items.len().saturating_sub(1) as isize;
+            for item in items {
+                json_len(item, budget);
             }
-            Value::Object(map) => {
-                *budget -= 2 + map.len().saturating_sub(1) as isize;
-                for (k, v) in map {
-                    *budget -= string_len(k) as isize + 1;
-                    size(v, budget);
-                }
+        }
+        Value::Object(map) => {
+            *budget -= 2 + map.len().saturating_sub(1) as isize;
+            for (k, v) in map {
+                *budget -= string_len(k) as isize + 1;
+                json_len(v, budget);
             }
         }
     }
-    let mut budget = limit as isize;
-    size(value, &mut budget);
-    budget < 0
 }
 
 fn number_len(n: &serde_json::Number) -> usize {
@@ -247,6 +302,8 @@ mod tests {
             let n = serde_json::to_string(&v).unwrap().len();
             assert!(!exceeds_size(&v, n), "{v} fits in {n}");
             assert!(exceeds_size(&v, n - 1), "{v} does not fit in {}", n - 1);
+            assert_eq!(json_len_within(&v, n), Some(n));
+            assert_eq!(Payload::measure(v.clone(), 1 << 20).size, n);
         }
     }
 

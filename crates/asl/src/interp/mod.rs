@@ -44,14 +44,14 @@
 //!     Command::ScheduleTask(t) => Some(t.clone()),
 //!     _ => None,
 //! }).unwrap();
-//! assert_eq!(task.resource, "reserve");
+//! assert_eq!(&*task.resource, "reserve");
 //!
 //! out.clear();
-//! let answer = Event::TaskSucceeded { task_id: task.task_id, output: json!("B-42") };
+//! let answer = Event::TaskSucceeded { task_id: task.task_id.to_string(), output: json!("B-42") };
 //! execution.apply(now, answer, &mut out).unwrap();
 //! assert!(matches!(
 //!     execution.outcome(),
-//!     Some(sagaflow_asl::interp::Outcome::Succeeded { output }) if output == &json!({"trip": 1, "booking": "B-42"})
+//!     Some(sagaflow_asl::interp::Outcome::Succeeded { output }) if **output == json!({"trip": 1, "booking": "B-42"})
 //! ));
 //! ```
 
@@ -75,7 +75,7 @@ use crate::model::{
 };
 use crate::path::{Env, ReadPath};
 use crate::rand::{CellRandom, RandomSource, SplitMix64};
-use data::{Failure, eval_expr, eval_template, exceeds_size, format_timestamp, select};
+use data::{Failure, Payload, eval_expr, eval_template, format_timestamp, select};
 
 /// Limits and knobs of the interpreter.
 #[derive(Debug, Clone)]
@@ -136,7 +136,7 @@ struct Active {
     state: StateId,
     step: u32,
     entered_at: Timestamp,
-    raw_input: Value,
+    raw_input: Payload,
     retry_count: u32,
     retrier_attempts: Vec<u32>,
     task_token: Option<String>,
@@ -146,12 +146,12 @@ struct Active {
 enum Waiting {
     Nothing,
     Task {
-        task_id: String,
+        task_id: Arc<str>,
         timeout_timer: Option<String>,
     },
     WaitTimer {
         timer_id: String,
-        effective: Value,
+        effective: Payload,
     },
     RetryTimer {
         timer_id: String,
@@ -161,9 +161,9 @@ enum Waiting {
 
 struct Fanout {
     is_map: bool,
-    inputs: Vec<Value>,
+    inputs: Vec<Payload>,
     children: Vec<Option<FrameId>>,
-    results: Vec<Option<Value>>,
+    results: Vec<Option<Payload>>,
     next_to_start: usize,
     running: usize,
     max_concurrency: usize,
@@ -177,25 +177,25 @@ enum TimerRole {
     /// The active state of this frame is waiting on it (Wait or retry).
     State(FrameId),
     /// A task's TimeoutSeconds.
-    TaskTimeout { frame: FrameId, task_id: String },
+    TaskTimeout { frame: FrameId, task_id: Arc<str> },
     /// The machine's TimeoutSeconds.
     Execution,
 }
 
 enum Flow {
     /// Enter this state of the frame with this raw input.
-    Enter(StateId, Value),
+    Enter(StateId, Payload),
     /// The frame waits for an event.
     Blocked,
     /// The frame waits for these child frames, which start now.
     Fork(Vec<(FrameId, Flow)>),
     /// The frame's graph ended.
-    Done(Result<Value, Failure>),
+    Done(Result<Payload, Failure>),
 }
 
 struct Started {
     info: ExecutionInfo,
-    input: Value,
+    input: Arc<Value>,
     start_time: Timestamp,
 }
 
@@ -206,7 +206,7 @@ pub struct Execution {
     started: Option<Started>,
     frames: Vec<Option<Frame>>,
     free: Vec<FrameId>,
-    tasks: HashMap<String, FrameId>,
+    tasks: HashMap<Arc<str>, FrameId>,
     timers: HashMap<String, TimerRole>,
     transitions: u64,
     rng: Cell<SplitMix64>,
@@ -242,7 +242,7 @@ impl Execution {
 
     /// Ids of the tasks scheduled and not yet answered, in no order.
     pub fn pending_tasks(&self) -> impl Iterator<Item = &str> {
-        self.tasks.keys().map(String::as_str)
+        self.tasks.keys().map(|id| &**id)
     }
 
     /// Ids of the timers started and not yet fired or cancelled, in no order.
@@ -309,6 +309,7 @@ impl Execution {
 
     fn start(&mut self, at: Timestamp, info: ExecutionInfo, input: Value, out: &mut Vec<Command>) {
         self.rng.set(SplitMix64::new(info.seed));
+        let input = Arc::new(input);
         self.started = Some(Started {
             info,
             input: input.clone(),
@@ -332,13 +333,13 @@ impl Execution {
             active: None,
             vars: None,
         });
-        let flow = if exceeds_size(&input, self.options.max_payload_bytes) {
-            Flow::Done(Err(Failure::new(
+        let limit = self.options.max_payload_bytes;
+        let flow = match Payload::measure_shared(input, limit).fits(limit) {
+            Ok(input) => Flow::Enter(self.machine.graph.start_at, input),
+            Err(_) => Flow::Done(Err(Failure::new(
                 errors::DATA_LIMIT_EXCEEDED,
-                "The execution input exceeds the maximum payload size.",
-            )))
-        } else {
-            Flow::Enter(self.machine.graph.start_at, input)
+                format!("The execution input exceeds the maximum payload size of {limit} bytes."),
+            ))),
         };
         self.drive(at, VecDeque::from([(root, flow)]), out);
     }
@@ -368,7 +369,9 @@ impl Execution {
                     match parent {
                         None => {
                             let outcome = match result {
-                                Ok(output) => Outcome::Succeeded { output },
+                                Ok(output) => Outcome::Succeeded {
+                                    output: output.value,
+                                },
                                 Err(f) => Outcome::Failed {
                                     error: f.error,
                                     cause: f.cause,
@@ -455,7 +458,7 @@ impl Execution {
         at: Timestamp,
         f: FrameId,
         state_id: StateId,
-        input: Value,
+        input: Payload,
         out: &mut Vec<Command>,
     ) -> Flow {
         self.transitions += 1;
@@ -473,16 +476,12 @@ impl Execution {
         let frame = self.frame_mut(f);
         let step = frame.steps;
         frame.steps += 1;
-        let path = format!("{}{}", frame.prefix, state.name);
+        let path = state_path(&frame.prefix, state);
         out.push(Command::Record(Record::StateEntered {
             path,
             name: state.name.clone(),
-            state_type: state.kind.type_name().to_string(),
-            input: if self.options.record_payloads {
-                input.clone()
-            } else {
-                Value::Null
-            },
+            state_type: state.kind.state_type(),
+            input: self.recorded(&input.value),
         }));
         self.frame_mut(f).active = Some(Active {
             state: state_id,
@@ -530,13 +529,7 @@ impl Execution {
             }
             StateKind::Fail(fail) => return Flow::Done(Err(self.run_fail(f, state, fail))),
             StateKind::Parallel(parallel) => {
-                let start =
-                    self.input_path(f, state)
-                        .and_then(|effective| match &parallel.parameters {
-                            Some(t) => self.eval(f, t, &effective, state, None),
-                            None => Ok(effective),
-                        });
-                match start {
+                match self.effective_input(f, state, parallel.parameters.as_ref()) {
                     Ok(effective) => {
                         let inputs = vec![effective; parallel.branches.len()];
                         let fanout = Fanout::new(false, inputs, 0, None, None);
@@ -563,14 +556,10 @@ impl Execution {
         f: FrameId,
         state: &State,
         pass: &crate::model::Pass,
-    ) -> Result<Value, Failure> {
-        let effective = self.input_path(f, state)?;
-        let effective = match &pass.parameters {
-            Some(t) => self.eval(f, t, &effective, state, None)?,
-            None => effective,
-        };
+    ) -> Result<Payload, Failure> {
+        let effective = self.effective_input(f, state, pass.parameters.as_ref())?;
         Ok(match &pass.result {
-            Some(result) => result.clone(),
+            Some(result) => Payload::measure(result.clone(), self.options.max_payload_bytes),
             None => effective,
         })
     }
@@ -589,31 +578,27 @@ impl Execution {
             let active = self.active(f);
             (active.step, active.retry_count)
         };
-        let task_id = format!(
+        let task_id: Arc<str> = Arc::from(format!(
             "{}{}@{}#{}",
             self.frame(f).prefix,
             state.name,
             step,
             retry_count
-        );
+        ));
         if task.resource.ends_with(".waitForTaskToken") {
             let token = self.task_token(&task_id);
             self.active_mut(f).task_token = Some(token);
         }
-        let effective = self.input_path(f, state)?;
-        let effective = match &task.parameters {
-            Some(t) => self.eval(f, t, &effective, state, None)?,
-            None => effective,
-        };
+        let effective = self.effective_input(f, state, task.parameters.as_ref())?;
         let timeout_seconds = match &task.timeout {
-            Some(s) => Some(self.seconds(f, state, s, "TimeoutSecondsPath", &effective)?),
+            Some(s) => Some(self.seconds(f, state, s, "TimeoutSecondsPath", &effective.value)?),
             None => None,
         };
         let heartbeat_seconds = match &task.heartbeat {
-            Some(s) => Some(self.seconds(f, state, s, "HeartbeatSecondsPath", &effective)?),
+            Some(s) => Some(self.seconds(f, state, s, "HeartbeatSecondsPath", &effective.value)?),
             None => None,
         };
-        if exceeds_size(&effective, self.options.max_payload_bytes) {
+        let Ok(effective) = effective.fits(self.options.max_payload_bytes) else {
             return Err(Failure::new(
                 errors::DATA_LIMIT_EXCEEDED,
                 format!(
@@ -621,7 +606,7 @@ impl Execution {
                     state.name, self.options.max_payload_bytes
                 ),
             ));
-        }
+        };
         let timeout_timer = timeout_seconds.map(|seconds| {
             let timer_id = format!("{task_id}:timeout");
             self.timers.insert(
@@ -635,7 +620,7 @@ impl Execution {
                 timer_id: timer_id.clone(),
                 fire_at: add_seconds(at, seconds as f64),
                 purpose: TimerPurpose::TaskTimeout {
-                    task_id: task_id.clone(),
+                    task_id: task_id.to_string(),
                 },
             });
             timer_id
@@ -651,7 +636,7 @@ impl Execution {
             task_id,
             state_name: state.name.clone(),
             resource: task.resource.clone(),
-            input: effective,
+            input: effective.value,
             attempt: retry_count,
             timeout_seconds,
             heartbeat_seconds,
@@ -690,7 +675,7 @@ impl Execution {
         else {
             return None;
         };
-        if waiting_for != task_id {
+        if &**waiting_for != task_id {
             return None;
         }
         if let Some(timer_id) = timeout_timer.take() {
@@ -710,7 +695,8 @@ impl Execution {
     ) -> Flow {
         match result {
             Ok(output) => {
-                if exceeds_size(&output, self.options.max_payload_bytes) {
+                let limit = self.options.max_payload_bytes;
+                let Ok(output) = Payload::measure(output, limit).fits(limit) else {
                     let machine = self.machine.clone();
                     let state = Self::state_of(&machine, &self.frame(f).loc, self.active(f).state);
                     let failure = Failure::new(
@@ -721,7 +707,7 @@ impl Execution {
                         ),
                     );
                     return self.state_failed(at, f, failure, out);
-                }
+                };
                 self.state_succeeded(at, f, output, out)
             }
             Err(failure) => self.state_failed(at, f, failure, out),
@@ -744,7 +730,7 @@ impl Execution {
         let env = self.env(f, state, None);
         let mut chosen = None;
         for rule in &choice.choices {
-            match choice::evaluate(&rule.condition, &effective, &env) {
+            match choice::evaluate(&rule.condition, &effective.value, &env) {
                 Ok(true) => {
                     chosen = Some((rule.next, rule.assign.as_ref()));
                     break;
@@ -773,7 +759,7 @@ impl Execution {
         };
         let mut assigned = Vec::new();
         for template in [rule_assign, state.assign.as_ref()].into_iter().flatten() {
-            match self.eval(f, template, &effective, state, None) {
+            match self.eval(f, template, &effective.value, state, None) {
                 Ok(v) => assigned.push(v),
                 Err(failure) => return Flow::Done(Err(failure)),
             }
@@ -806,7 +792,7 @@ impl Execution {
             Wait::Timestamp(ts) => *ts,
             Wait::SecondsPath(path) => {
                 let env = self.env(f, state, None);
-                let v = select(path, "SecondsPath", &effective, &env, &state.name)?;
+                let v = select(path, "SecondsPath", &effective.value, &env, &state.name)?;
                 match v.as_u64() {
                     Some(s) => add_seconds(at, s as f64),
                     None => {
@@ -823,7 +809,7 @@ impl Execution {
             }
             Wait::TimestampPath(path) => {
                 let env = self.env(f, state, None);
-                let v = select(path, "TimestampPath", &effective, &env, &state.name)?;
+                let v = select(path, "TimestampPath", &effective.value, &env, &state.name)?;
                 match v.as_str().and_then(choice::parse_timestamp) {
                     Some(ts) => ts,
                     None => {
@@ -855,7 +841,7 @@ impl Execution {
             timer_id,
             fire_at,
             purpose: TimerPurpose::Wait {
-                state_name: state.name.clone(),
+                state_name: state.name.to_string(),
             },
         });
         Ok(())
@@ -864,7 +850,7 @@ impl Execution {
     // ------------------------------------------------------------------ Fail
 
     fn run_fail(&self, f: FrameId, state: &State, fail: &crate::model::Fail) -> Failure {
-        let input = &self.active(f).raw_input;
+        let input = &*self.active(f).raw_input.value;
         let field = |field: &Option<FailField>, name: &str| -> Result<String, Failure> {
             match field {
                 None => Ok(String::new()),
@@ -905,7 +891,7 @@ impl Execution {
         state: &State,
         map: &crate::model::Map,
     ) -> Result<Fanout, Failure> {
-        let effective = self.input_path(f, state)?;
+        let effective = self.input_path(f, state)?.value;
         let env = self.env(f, state, None);
         let items = select(&map.items_path, "ItemsPath", &effective, &env, &state.name)?;
         let Value::Array(items) = items else {
@@ -965,6 +951,11 @@ impl Execution {
         if let Some(batcher) = &map.item_batcher {
             inputs = self.batch(f, state, batcher, &effective, inputs)?;
         }
+        let limit = self.options.max_payload_bytes;
+        let inputs = inputs
+            .into_iter()
+            .map(|v| Payload::measure(v, limit))
+            .collect();
         Ok(Fanout::new(
             true,
             inputs,
@@ -1035,7 +1026,11 @@ impl Execution {
         out: &mut Vec<Command>,
     ) -> Flow {
         if fanout.inputs.is_empty() {
-            return self.state_succeeded(at, f, Value::Array(Vec::new()), out);
+            let empty = Payload {
+                value: Arc::new(Value::Array(Vec::new())),
+                size: 2,
+            };
+            return self.state_succeeded(at, f, empty, out);
         }
         self.active_mut(f).waiting = Waiting::Fanout(Box::new(fanout));
         let mut queue = VecDeque::new();
@@ -1103,7 +1098,7 @@ impl Execution {
         at: Timestamp,
         f: FrameId,
         index: usize,
-        result: Result<Value, Failure>,
+        result: Result<Payload, Failure>,
         out: &mut Vec<Command>,
         queue: &mut VecDeque<(FrameId, Flow)>,
     ) {
@@ -1150,7 +1145,7 @@ impl Execution {
                     || failure.error == errors::DATA_LIMIT_EXCEEDED;
                 if tolerant && !terminal {
                     fan.failures += 1;
-                    fan.results[index] = Some(failure.error_output());
+                    fan.results[index] = Some(Payload::measure(failure.error_output(), usize::MAX));
                     let total = fan.inputs.len();
                     let over_count = fan.tolerated_count.is_some_and(|c| fan.failures as u64 > c);
                     let over_pct = fan
@@ -1189,13 +1184,28 @@ impl Execution {
             return;
         };
         if fan.running == 0 && fan.next_to_start >= fan.inputs.len() {
+            // `[a,b,c]`: the parts, a comma between each, two brackets.
+            let mut size = 2 + fan.results.len();
             let results: Vec<Value> = fan
                 .results
                 .iter_mut()
-                .map(|r| r.take().unwrap_or(Value::Null))
+                .map(|r| match r.take() {
+                    Some(p) => {
+                        size += p.size;
+                        Arc::unwrap_or_clone(p.value)
+                    }
+                    None => {
+                        size += 4;
+                        Value::Null
+                    }
+                })
                 .collect();
             self.active_mut(f).waiting = Waiting::Nothing;
-            let flow = self.state_succeeded(at, f, Value::Array(results), out);
+            let results = Payload {
+                value: Arc::new(Value::Array(results)),
+                size,
+            };
+            let flow = self.state_succeeded(at, f, results, out);
             queue.push_back((f, flow));
         }
     }
@@ -1238,7 +1248,7 @@ impl Execution {
                     return;
                 }
                 out.push(Command::CancelTask {
-                    task_id: task_id.clone(),
+                    task_id: task_id.to_string(),
                 });
                 let failure = Failure::new(
                     errors::TIMEOUT,
@@ -1274,11 +1284,11 @@ impl Execution {
         }
     }
 
-    fn wait_over(&mut self, f: FrameId, effective: Value, out: &mut Vec<Command>) -> Flow {
+    fn wait_over(&mut self, f: FrameId, effective: Payload, out: &mut Vec<Command>) -> Flow {
         let machine = self.machine.clone();
         let state = Self::state_of(&machine, &self.frame(f).loc, self.active(f).state);
         let assigned = match &state.assign {
-            Some(t) => match self.eval(f, t, &effective, state, None) {
+            Some(t) => match self.eval(f, t, &effective.value, state, None) {
                 Ok(v) => Some(v),
                 Err(failure) => return Flow::Done(Err(failure)),
             },
@@ -1304,68 +1314,64 @@ impl Execution {
         &mut self,
         at: Timestamp,
         f: FrameId,
-        result: Value,
+        result: Payload,
         out: &mut Vec<Command>,
     ) -> Flow {
         let machine = self.machine.clone();
         let state = Self::state_of(&machine, &self.frame(f).loc, self.active(f).state);
-        let (result_selector, result_path, can_recover) = match &state.kind {
-            StateKind::Task(t) => (
-                t.result_selector.as_ref(),
-                Some(&t.result_path),
-                !t.retry.is_empty() || !t.catch.is_empty(),
-            ),
-            StateKind::Parallel(p) => (
-                p.result_selector.as_ref(),
-                Some(&p.result_path),
-                !p.retry.is_empty() || !p.catch.is_empty(),
-            ),
-            StateKind::Map(m) => (
-                m.result_selector.as_ref(),
-                Some(&m.result_path),
-                !m.retry.is_empty() || !m.catch.is_empty(),
-            ),
-            StateKind::Pass(p) => (None, Some(&p.result_path), false),
-            _ => (None, None, false),
+        let (result_selector, result_path) = match &state.kind {
+            StateKind::Task(t) => (t.result_selector.as_ref(), Some(&t.result_path)),
+            StateKind::Parallel(p) => (p.result_selector.as_ref(), Some(&p.result_path)),
+            StateKind::Map(m) => (m.result_selector.as_ref(), Some(&m.result_path)),
+            StateKind::Pass(p) => (None, Some(&p.result_path)),
+            _ => (None, None),
         };
+        let limit = self.options.max_payload_bytes;
         let result = match result_selector {
-            Some(t) => match self.eval(f, t, &result, state, None) {
-                Ok(v) => v,
+            Some(t) => match self.eval(f, t, &result.value, state, None) {
+                Ok(v) => Payload::measure(v, limit),
                 Err(failure) => return self.state_failed(at, f, failure, out),
             },
             None => result,
         };
         let assigned = match &state.assign {
-            Some(t) => match self.eval(f, t, &result, state, None) {
+            Some(t) => match self.eval(f, t, &result.value, state, None) {
                 Ok(v) => Some(v),
                 Err(failure) => return self.state_failed(at, f, failure, out),
             },
             None => None,
         };
-        // A write into the input can fail (States.ResultPathMatchFailure); a
-        // catcher then needs the raw input again, so keep a copy only then.
-        let write_can_fail = matches!(result_path, Some(ResultPath::Path(p)) if !p.is_identity());
-        let raw_input = if can_recover && write_can_fail {
-            self.active(f).raw_input.clone()
-        } else {
-            std::mem::take(&mut self.active_mut(f).raw_input)
-        };
         let merged = match result_path {
             None => result,
-            Some(ResultPath::Discard) => raw_input,
-            Some(ResultPath::Path(path)) => match path.write(raw_input, result) {
-                Ok(v) => v,
-                Err(e) => {
-                    let failure = Failure::new(errors::RESULT_PATH_MATCH_FAILURE, e.message);
-                    return self.state_failed(at, f, failure, out);
+            Some(ResultPath::Discard) => self.active(f).raw_input.clone(),
+            Some(ResultPath::Path(path)) if path.is_identity() => result,
+            Some(ResultPath::Path(path)) => {
+                let raw = std::mem::replace(&mut self.active_mut(f).raw_input, null_payload());
+                // Bound: the input, the result, and the field names written.
+                let size = raw.size + result.size + path.as_str().len() + 8;
+                let mut target = Arc::unwrap_or_clone(raw.value);
+                match path.write_in_place(&mut target, Arc::unwrap_or_clone(result.value)) {
+                    Ok(()) => Payload {
+                        value: Arc::new(target),
+                        size,
+                    },
+                    Err(e) => {
+                        // The input is untouched: a catcher gets it back.
+                        self.active_mut(f).raw_input = Payload {
+                            value: Arc::new(target),
+                            size: raw.size,
+                        };
+                        let failure = Failure::new(errors::RESULT_PATH_MATCH_FAILURE, e.message);
+                        return self.state_failed(at, f, failure, out);
+                    }
                 }
-            },
+            }
         };
         let output = match self.output_path(f, state, merged) {
             Ok(v) => v,
             Err(failure) => return self.state_failed(at, f, failure, out),
         };
-        if exceeds_size(&output, self.options.max_payload_bytes) {
+        let Ok(output) = output.fits(limit) else {
             let failure = Failure::new(
                 errors::DATA_LIMIT_EXCEEDED,
                 format!(
@@ -1374,7 +1380,7 @@ impl Execution {
                 ),
             );
             return self.state_failed(at, f, failure, out);
-        }
+        };
         if let Some(values) = assigned {
             self.assign(f, values);
         }
@@ -1443,7 +1449,7 @@ impl Execution {
                     timer_id,
                     fire_at: add_seconds(at, delay),
                     purpose: TimerPurpose::Retry {
-                        state_name: state.name.clone(),
+                        state_name: state.name.to_string(),
                         delay_seconds: delay,
                     },
                 });
@@ -1462,18 +1468,24 @@ impl Execution {
                 },
                 None => None,
             };
-            let raw_input = std::mem::take(&mut self.active_mut(f).raw_input);
+            let raw_input = std::mem::replace(&mut self.active_mut(f).raw_input, null_payload());
+            let error_size = Payload::measure(error_output.clone(), usize::MAX).size;
             let output = match &catcher.result_path {
                 ResultPath::Discard => raw_input,
-                ResultPath::Path(p) => match p.write(raw_input, error_output) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        return Flow::Done(Err(Failure::new(
-                            errors::RESULT_PATH_MATCH_FAILURE,
-                            e.message,
-                        )));
+                ResultPath::Path(p) => {
+                    match p.write(Arc::unwrap_or_clone(raw_input.value), error_output) {
+                        Ok(v) => Payload {
+                            value: Arc::new(v),
+                            size: raw_input.size + error_size + p.as_str().len() + 8,
+                        },
+                        Err(e) => {
+                            return Flow::Done(Err(Failure::new(
+                                errors::RESULT_PATH_MATCH_FAILURE,
+                                e.message,
+                            )));
+                        }
                     }
-                },
+                }
             };
             if let Some(values) = assigned {
                 self.assign(f, values);
@@ -1486,7 +1498,7 @@ impl Execution {
                 path,
                 error: failure.error,
                 cause: failure.cause,
-                next: next_name,
+                next: next_name.to_string(),
             }));
             self.frame_mut(f).active = None;
             return Flow::Enter(catcher.next, output);
@@ -1513,7 +1525,9 @@ impl Execution {
                 timeout_timer,
             } => {
                 self.tasks.remove(&task_id);
-                out.push(Command::CancelTask { task_id });
+                out.push(Command::CancelTask {
+                    task_id: task_id.to_string(),
+                });
                 if let Some(timer_id) = timeout_timer {
                     self.timers.remove(&timer_id);
                     out.push(Command::CancelTimer { timer_id });
@@ -1606,25 +1620,49 @@ impl Execution {
         eval_template(template, input, &env, &mut rng, &state.name)
     }
 
-    fn input_path(&self, f: FrameId, state: &State) -> Result<Value, Failure> {
+    /// The effective input: `InputPath`, then `Parameters`.
+    fn effective_input(
+        &self,
+        f: FrameId,
+        state: &State,
+        parameters: Option<&Template>,
+    ) -> Result<Payload, Failure> {
+        let selected = self.input_path(f, state)?;
+        match parameters {
+            Some(t) => self
+                .eval(f, t, &selected.value, state, None)
+                .map(|v| Payload::measure(v, self.options.max_payload_bytes)),
+            None => Ok(selected),
+        }
+    }
+
+    /// The input after `InputPath` (shared with the raw input when the path
+    /// is `$`; a selection is never larger than what it selects from).
+    fn input_path(&self, f: FrameId, state: &State) -> Result<Payload, Failure> {
         let raw = &self.active(f).raw_input;
         match &state.input_path {
-            None => Ok(Value::Object(Map::new())),
+            None => Ok(Payload::empty_object()),
             Some(p) if p.is_identity() => Ok(raw.clone()),
             Some(p) => {
                 let env = self.env(f, state, None);
-                select(p, "InputPath", raw, &env, &state.name)
+                select(p, "InputPath", &raw.value, &env, &state.name).map(|v| Payload {
+                    value: Arc::new(v),
+                    size: raw.size,
+                })
             }
         }
     }
 
-    fn output_path(&self, f: FrameId, state: &State, value: Value) -> Result<Value, Failure> {
+    fn output_path(&self, f: FrameId, state: &State, value: Payload) -> Result<Payload, Failure> {
         match &state.output_path {
-            None => Ok(Value::Object(Map::new())),
+            None => Ok(Payload::empty_object()),
             Some(p) if p.is_identity() => Ok(value),
             Some(p) => {
                 let env = self.env(f, state, None);
-                select(p, "OutputPath", &value, &env, &state.name)
+                select(p, "OutputPath", &value.value, &env, &state.name).map(|v| Payload {
+                    value: Arc::new(v),
+                    size: value.size,
+                })
             }
         }
     }
@@ -1690,16 +1728,22 @@ impl Execution {
         }
     }
 
-    fn exited(&self, f: FrameId, state: &State, output: &Value, out: &mut Vec<Command>) {
+    /// What a history record holds of a payload: the payload itself
+    /// (shared), or `null` when payloads are not recorded.
+    fn recorded(&self, payload: &Arc<Value>) -> Arc<Value> {
+        if self.options.record_payloads {
+            payload.clone()
+        } else {
+            null_value()
+        }
+    }
+
+    fn exited(&self, f: FrameId, state: &State, output: &Payload, out: &mut Vec<Command>) {
         out.push(Command::Record(Record::StateExited {
-            path: format!("{}{}", self.frame(f).prefix, state.name),
+            path: state_path(&self.frame(f).prefix, state),
             name: state.name.clone(),
-            state_type: state.kind.type_name().to_string(),
-            output: if self.options.record_payloads {
-                output.clone()
-            } else {
-                Value::Null
-            },
+            state_type: state.kind.state_type(),
+            output: self.recorded(&output.value),
         }));
     }
 }
@@ -1707,7 +1751,7 @@ impl Execution {
 impl Fanout {
     fn new(
         is_map: bool,
-        inputs: Vec<Value>,
+        inputs: Vec<Payload>,
         max_concurrency: usize,
         tolerated_count: Option<u64>,
         tolerated_percentage: Option<f64>,
@@ -1728,7 +1772,31 @@ impl Fanout {
     }
 }
 
-fn transition(state: &State, output: Value) -> Flow {
+/// A shared `null`, for payloads not kept and for values moved out.
+fn null_value() -> Arc<Value> {
+    static NULL: std::sync::LazyLock<Arc<Value>> =
+        std::sync::LazyLock::new(|| Arc::new(Value::Null));
+    NULL.clone()
+}
+
+fn null_payload() -> Payload {
+    Payload {
+        value: null_value(),
+        size: 4,
+    }
+}
+
+/// The path of a state in history records: its name at the top level,
+/// `Fanout@0#0[2]/Charge` inside a branch or iteration.
+fn state_path(prefix: &str, state: &State) -> Arc<str> {
+    if prefix.is_empty() {
+        state.name.clone()
+    } else {
+        Arc::from(format!("{prefix}{}", state.name))
+    }
+}
+
+fn transition(state: &State, output: Payload) -> Flow {
     match state.transition {
         Transition::Next(next) => Flow::Enter(next, output),
         Transition::End | Transition::None => Flow::Done(Ok(output)),
@@ -1774,7 +1842,7 @@ impl Env for FrameEnv<'_> {
                     "Id".into(),
                     Value::String(started.info.execution_id.clone()),
                 );
-                execution.insert("Input".into(), started.input.clone());
+                execution.insert("Input".into(), Value::clone(&started.input));
                 execution.insert(
                     "Name".into(),
                     Value::String(started.info.execution_name.clone()),
@@ -1811,7 +1879,7 @@ impl Env for FrameEnv<'_> {
                     "EnteredTime".into(),
                     Value::String(format_timestamp(active.entered_at)),
                 );
-                state.insert("Name".into(), Value::String(self.state.name.clone()));
+                state.insert("Name".into(), Value::String(self.state.name.to_string()));
                 state.insert("RetryCount".into(), Value::from(active.retry_count));
                 root.insert("State".into(), Value::Object(state));
                 if let Some(token) = &active.task_token {

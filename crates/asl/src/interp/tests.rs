@@ -59,7 +59,7 @@ impl Sim {
         for c in &out {
             match c {
                 Command::ScheduleTask(t) => self.tasks.push(t.clone()),
-                Command::CancelTask { task_id } => self.tasks.retain(|t| &t.task_id != task_id),
+                Command::CancelTask { task_id } => self.tasks.retain(|t| *t.task_id != **task_id),
                 Command::StartTimer {
                     timer_id, fire_at, ..
                 } => {
@@ -105,21 +105,21 @@ impl Sim {
             let next = self
                 .tasks
                 .iter()
-                .position(|t| !unanswered.contains(&t.task_id));
+                .position(|t| !unanswered.iter().any(|u| **u == *t.task_id));
             if let Some(i) = next {
                 let task = self.tasks.remove(i);
                 match answer(&task) {
                     Some(Ok(output)) => self.apply(Event::TaskSucceeded {
-                        task_id: task.task_id,
+                        task_id: task.task_id.to_string(),
                         output,
                     }),
                     Some(Err((error, cause))) => self.apply(Event::TaskFailed {
-                        task_id: task.task_id,
+                        task_id: task.task_id.to_string(),
                         error,
                         cause,
                     }),
                     None => {
-                        unanswered.push(task.task_id.clone());
+                        unanswered.push(task.task_id.to_string());
                         self.tasks.push(task);
                     }
                 }
@@ -150,7 +150,7 @@ impl Sim {
         self.log
             .iter()
             .filter_map(|c| match c {
-                Command::Record(Record::StateEntered { path, .. }) => Some(path.clone()),
+                Command::Record(Record::StateEntered { path, .. }) => Some(path.to_string()),
                 _ => None,
             })
             .collect()
@@ -203,8 +203,8 @@ fn task_result_selector_and_result_path() {
         }}"#,
     );
     let o = sim.run(json!({"name": "ada"}), |t| {
-        assert_eq!(t.input, json!({"who": "ada", "exec": "exec-1"}));
-        assert_eq!(t.task_id, "T@0#0");
+        assert_eq!(*t.input, json!({"who": "ada", "exec": "exec-1"}));
+        assert_eq!(&*t.task_id, "T@0#0");
         assert_eq!(t.attempt, 0);
         ok(json!({"bookingId": "B1", "noise": [1, 2, 3]}))
     });
@@ -227,7 +227,7 @@ fn retry_backoff_then_catch_with_error_output() {
     );
     let mut attempts = Vec::new();
     let o = sim.run(json!({"k": 1}), |t| {
-        attempts.push((t.task_id.clone(), t.attempt));
+        attempts.push((t.task_id.to_string(), t.attempt));
         err("Busy", "try later")
     });
     assert_eq!(
@@ -366,8 +366,8 @@ fn travel_booking_compensates_in_reverse_order() {
     let mut calls = Vec::new();
     let mut cancel_hotel_tries = 0;
     let o = sim.run(json!({"trip": 7}), |t| {
-        calls.push(t.resource.clone());
-        match t.resource.as_str() {
+        calls.push(t.resource.to_string());
+        match &*t.resource {
             "book_car" => err("CarUnavailable", "no cars"),
             "cancel_hotel" => {
                 cancel_hotel_tries += 1;
@@ -411,7 +411,7 @@ fn parallel_keeps_branch_order_and_propagates_first_failure() {
     assert_eq!(succeeded(&o), &json!(["a-done", "b", "c-done"]));
 
     let mut sim = Sim::new(def);
-    let o = sim.run(json!({"x": 1}), |t| match t.resource.as_str() {
+    let o = sim.run(json!({"x": 1}), |t| match &*t.resource {
         "a" => err("A.Failed", "a broke"),
         _ => None,
     });
@@ -438,8 +438,8 @@ fn parallel_catch_and_retry_rerun_all_branches() {
     let mut sim = Sim::new(def);
     let mut ids = Vec::new();
     let o = sim.run(json!({}), |t| {
-        ids.push(t.task_id.clone());
-        if t.resource == "b" {
+        ids.push(t.task_id.to_string());
+        if &*t.resource == "b" {
             err("X", "bad")
         } else {
             ok(json!(1))
@@ -474,7 +474,7 @@ fn map_with_item_selector_and_concurrency_one() {
         ok(json!(t.input["i"].as_u64().unwrap() * 10))
     });
     assert_eq!(succeeded(&o)["results"], json!([0, 10, 20]));
-    assert_eq!(seen[1], json!({"i": 1, "v": "b", "tag": "t"}));
+    assert_eq!(*seen[1], json!({"i": 1, "v": "b", "tag": "t"}));
     let max_in_flight = {
         let mut in_flight: i32 = 0;
         let mut max = 0;
@@ -501,8 +501,8 @@ fn map_failure_stops_new_iterations_and_propagates_item_error() {
     let mut sim = Sim::new(def);
     let mut started = Vec::new();
     let o = sim.run(json!([1, 2, 3, 4, 5]), |t| {
-        started.push(t.input.clone());
-        if t.input == json!(2) {
+        started.push(Value::clone(&t.input));
+        if *t.input == json!(2) {
             err("Item.Bad", "two")
         } else {
             None
@@ -929,7 +929,7 @@ proptest! {
         let mut sim = Sim::new(SAGA);
         sim.apply(Event::ExecutionStarted { info: info(), input: json!({"items": [1, 2]}) });
         for (kind, pick, flag) in ops {
-            let task = sim.tasks.get(pick % sim.tasks.len().max(1)).map(|t| t.task_id.clone()).unwrap_or_else(|| "ghost".into());
+            let task = sim.tasks.get(pick % sim.tasks.len().max(1)).map(|t| t.task_id.to_string()).unwrap_or_else(|| "ghost".into());
             let timer = sim.timers.values().nth(pick % sim.timers.len().max(1)).cloned().unwrap_or_else(|| "ghost".into());
             let event = match kind {
                 0 => Event::TaskSucceeded { task_id: task, output: json!({"x": pick}) },
@@ -948,7 +948,7 @@ proptest! {
             for c in &out {
                 match c {
                     Command::ScheduleTask(t) => sim.tasks.push(t.clone()),
-                    Command::CancelTask { task_id } => sim.tasks.retain(|t| &t.task_id != task_id),
+                    Command::CancelTask { task_id } => sim.tasks.retain(|t| *t.task_id != **task_id),
                     Command::StartTimer { timer_id, fire_at, .. } => { sim.seq += 1; sim.timers.insert((*fire_at, sim.seq), timer_id.clone()); }
                     Command::CancelTimer { timer_id } => sim.timers.retain(|_, id| id != timer_id),
                     _ => {}

@@ -1,8 +1,12 @@
 //! What goes into the interpreter ([`Event`]) and what comes out
 //! ([`Command`]).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use crate::model::StateType;
 
 /// The moment an event happened, as received from the runtime's clock.
 pub type Timestamp = jiff::Timestamp;
@@ -77,13 +81,14 @@ pub struct TaskRequest {
     /// Deterministic invocation id: the same on every replay, distinct for
     /// each state visit, Map/Parallel index and retry attempt. Use it as the
     /// idempotency key.
-    pub task_id: String,
+    pub task_id: Arc<str>,
     /// The Task state's name.
-    pub state_name: String,
+    pub state_name: Arc<str>,
     /// `Resource`, verbatim.
-    pub resource: String,
-    /// The effective input: after InputPath and Parameters.
-    pub input: Value,
+    pub resource: Arc<str>,
+    /// The effective input: after InputPath and Parameters. Shared with
+    /// the interpreter (and history records) without copying.
+    pub input: Arc<Value>,
     /// Retry attempt (0 for the first try) = `$$.State.RetryCount`.
     pub attempt: u32,
     /// Resolved `TimeoutSeconds`. The interpreter enforces it with a timer of
@@ -129,8 +134,8 @@ pub enum TimerPurpose {
 pub enum Outcome {
     /// The execution succeeded with this output.
     Succeeded {
-        /// The output.
-        output: Value,
+        /// The output (shared, not copied).
+        output: Arc<Value>,
     },
     /// The execution failed.
     Failed {
@@ -163,25 +168,25 @@ pub enum Outcome {
 pub enum Record {
     /// A state was entered (`TaskStateEntered`, `ChoiceStateEntered`, ...).
     StateEntered {
-        /// Path of the state: `BookFlight`, `Fanout[2]/Charge`.
-        path: String,
+        /// Path of the state: `BookFlight`, `Fanout@0#0[2]/Charge`.
+        path: Arc<str>,
         /// The state's name.
-        name: String,
+        name: Arc<str>,
         /// The state's `Type`.
-        state_type: String,
-        /// The raw input.
-        input: Value,
+        state_type: StateType,
+        /// The raw input (shared, not copied).
+        input: Arc<Value>,
     },
     /// A state completed (`TaskStateExited`, ...).
     StateExited {
         /// Path of the state.
-        path: String,
+        path: Arc<str>,
         /// The state's name.
-        name: String,
+        name: Arc<str>,
         /// The state's `Type`.
-        state_type: String,
-        /// The output.
-        output: Value,
+        state_type: StateType,
+        /// The output (shared, not copied).
+        output: Arc<Value>,
     },
     /// A Map iteration started (`MapIterationStarted`).
     MapIterationStarted {

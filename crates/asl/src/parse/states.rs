@@ -97,7 +97,7 @@ pub(super) fn parse_state(
                 return None;
             }
             Some(Box::new(State {
-                name: name.to_string(),
+                name: name.into(),
                 comment,
                 input_path,
                 output_path,
@@ -339,7 +339,7 @@ impl StateParser<'_, '_, '_, '_> {
         let assign = self.assign();
         let transition = self.next_or_end();
         let kind = StateKind::Task(Task {
-            resource,
+            resource: resource.into(),
             parameters,
             result_selector,
             result_path,

@@ -45,7 +45,7 @@ fn hello_world_pass() {
     );
     assert_eq!(m.graph.start_at, StateId(0));
     let s = m.graph.state(StateId(0));
-    assert_eq!(s.name, "HelloWorld");
+    assert_eq!(&*s.name, "HelloWorld");
     assert_eq!(s.transition, Transition::End);
     assert!(s.input_path.as_ref().is_some_and(|p| p.is_identity()));
     assert!(s.output_path.as_ref().is_some_and(|p| p.is_identity()));
@@ -90,14 +90,14 @@ fn task_with_retry_and_catch() {
     }));
     assert_eq!(m.version.as_deref(), Some("1.0"));
     assert_eq!(m.timeout_seconds, Some(300));
-    let names: Vec<&str> = m.graph.states.iter().map(|s| s.name.as_str()).collect();
+    let names: Vec<&str> = m.graph.states.iter().map(|s| &*s.name).collect();
     assert_eq!(names, ["BookFlight", "CancelFlight", "Failed", "Done"]);
     let book = m.graph.state(StateId(0));
     assert_eq!(book.transition, Transition::Next(StateId(3)));
     let StateKind::Task(task) = &book.kind else {
         panic!("not a Task")
     };
-    assert_eq!(task.resource, "sagaflow:flights/book");
+    assert_eq!(&*task.resource, "sagaflow:flights/book");
     assert!(matches!(task.timeout, Some(Seconds::Fixed(30))));
     assert!(matches!(&task.heartbeat, Some(Seconds::Path(p)) if p.as_str() == "$.hb"));
     assert_eq!(task.retry.len(), 2);
@@ -283,7 +283,7 @@ fn map_item_processor_and_legacy_iterator() {
         panic!("not Map")
     };
     assert_eq!(new.items_path.as_str(), "$.items");
-    assert_eq!(new.processor.states[0].name, "Each");
+    assert_eq!(&*new.processor.states[0].name, "Each");
     assert!(matches!(new.max_concurrency, Some(Count::Fixed(2))));
     assert!(matches!(new.tolerated_failure_percentage, Some(Percentage::Fixed(p)) if p == 12.5));
     assert!(matches!(&new.tolerated_failure_count, Some(Count::Path(_))));
@@ -299,7 +299,7 @@ fn map_item_processor_and_legacy_iterator() {
         panic!("not Map")
     };
     assert!(old.items_path.is_identity());
-    assert_eq!(old.processor.states[0].name, "It");
+    assert_eq!(&*old.processor.states[0].name, "It");
     assert!(
         old.item_selector.is_some(),
         "legacy Parameters become the item selector"
