@@ -7,6 +7,10 @@
 //! path (BookFlight, BookHotel, BookCar: 3 transitions) and the compensation
 //! path (BookCar fails; CancelHotel, CancelFlight, then Fail: 6 transitions).
 
+#[cfg(feature = "bench-mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
@@ -131,7 +135,14 @@ fn count_entered(out: &[Command]) -> usize {
 
 fn summary(fixture: &Fixture) {
     println!();
-    println!("== summary: pure interpreter, one thread (events built outside the timed part) ==");
+    let allocator = if cfg!(feature = "bench-mimalloc") {
+        "mimalloc"
+    } else {
+        "system allocator"
+    };
+    println!(
+        "== summary: pure interpreter, one thread, {allocator} (events built outside the timed part) =="
+    );
     for (label, options) in [
         (
             "history records with payloads (default)",

@@ -18,6 +18,12 @@ use sagaflow_asl::parse::{ValidationError, parse_definition};
 use sagaflow_coordinator::local::{RunRequest, RunStatus, run_blocking};
 use sagaflow_participant::stubs::{Stubs, StubsError};
 
+/// mimalloc: the interpreter allocates many small values; it runs about a
+/// third faster on it than on the system allocator (see the README's
+/// benchmark section).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The definition is invalid.
 const EXIT_INVALID: u8 = 2;
 /// Usage, file or runtime error.

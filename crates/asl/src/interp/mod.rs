@@ -211,6 +211,8 @@ pub struct Execution {
     transitions: u64,
     rng: Cell<SplitMix64>,
     outcome: Option<Outcome>,
+    /// A reused buffer for building ids.
+    scratch: String,
 }
 
 impl Execution {
@@ -227,6 +229,7 @@ impl Execution {
             transitions: 0,
             rng: Cell::new(SplitMix64::new(0)),
             outcome: None,
+            scratch: String::new(),
         }
     }
 
@@ -578,13 +581,18 @@ impl Execution {
             let active = self.active(f);
             (active.step, active.retry_count)
         };
-        let task_id: Arc<str> = Arc::from(format!(
-            "{}{}@{}#{}",
-            self.frame(f).prefix,
-            state.name,
-            step,
-            retry_count
-        ));
+        let task_id = {
+            // Built in a reused buffer: one allocation for the shared id.
+            use std::fmt::Write as _;
+            let mut id = std::mem::take(&mut self.scratch);
+            id.clear();
+            id.push_str(&self.frame(f).prefix);
+            id.push_str(&state.name);
+            let _ = write!(id, "@{step}#{retry_count}");
+            let shared = Arc::<str>::from(id.as_str());
+            self.scratch = id;
+            shared
+        };
         if task.resource.ends_with(".waitForTaskToken") {
             let token = self.task_token(&task_id);
             self.active_mut(f).task_token = Some(token);
@@ -1469,7 +1477,7 @@ impl Execution {
                 None => None,
             };
             let raw_input = std::mem::replace(&mut self.active_mut(f).raw_input, null_payload());
-            let error_size = Payload::measure(error_output.clone(), usize::MAX).size;
+            let error_size = data::json_len_within(&error_output, usize::MAX).unwrap_or(0);
             let output = match &catcher.result_path {
                 ResultPath::Discard => raw_input,
                 ResultPath::Path(p) => {
