@@ -14,8 +14,8 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use sagaflow_asl::parse::{ValidationError, parse_definition};
-use sagaflow_coordinator::local::{RunRequest, RunStatus, run_blocking};
+use sagaflow_asl::parse::{ValidationError, parse_definition_bytes};
+use sagaflow_coordinator::local::{RunReport, RunRequest, RunStatus, run_blocking};
 use sagaflow_participant::stubs::{Stubs, StubsError};
 
 /// mimalloc: the interpreter allocates many small values; it runs about a
@@ -198,7 +198,19 @@ fn located(file: &Path, e: &ValidationError) -> String {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let definition = read_text(&args.definition)?;
+    let bytes = std::fs::read(&args.definition)
+        .with_context(|| format!("cannot read {}", args.definition.display()))?;
+    let definition = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            // Not UTF-8: an invalid definition like any other, located.
+            let errors = match parse_definition_bytes(e.as_bytes()) {
+                Err(invalid) => invalid.errors,
+                Ok(_) => Vec::new(),
+            };
+            return Ok(report_invalid(&args.definition, RunReport::invalid(errors)));
+        }
+    };
     let input = read_input(args.input.as_deref())?;
     let stubs = read_stubs(&args.stubs)?;
     let start_time = args
@@ -218,25 +230,32 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         start_time,
     })?;
-    out(&report.to_json());
     if report.status == RunStatus::InvalidDefinition {
-        let errors = report.errors.as_deref().unwrap_or_default();
-        err(&format!(
-            "{}: invalid definition ({} error(s)):",
-            args.definition.display(),
-            errors.len()
-        ));
-        for e in errors {
-            err(&located(&args.definition, e));
-        }
-        return Ok(ExitCode::from(EXIT_INVALID));
+        return Ok(report_invalid(&args.definition, report));
     }
+    out(&report.to_json());
     Ok(ExitCode::SUCCESS)
 }
 
+/// Prints an INVALID_DEFINITION report (stdout) and its errors (stderr).
+fn report_invalid(definition: &Path, report: RunReport) -> ExitCode {
+    out(&report.to_json());
+    let errors = report.errors.as_deref().unwrap_or_default();
+    err(&format!(
+        "{}: invalid definition ({} error(s)):",
+        definition.display(),
+        errors.len()
+    ));
+    for e in errors {
+        err(&located(definition, e));
+    }
+    ExitCode::from(EXIT_INVALID)
+}
+
 fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let text = read_text(&args.definition)?;
-    let errors = match parse_definition(&text) {
+    let bytes = std::fs::read(&args.definition)
+        .with_context(|| format!("cannot read {}", args.definition.display()))?;
+    let errors = match parse_definition_bytes(&bytes) {
         Ok(_) => Vec::new(),
         Err(invalid) => invalid.errors,
     };

@@ -334,7 +334,7 @@ fn malformed_definition_json_is_an_invalid_definition() {
 }
 
 #[test]
-fn invalid_utf8_exits_3_naming_the_file() {
+fn invalid_utf8_input_exits_3_and_definition_exits_2_located() {
     let dir = temp_dir("utf8");
     let input = write(&dir, "latin1.json", b"{\"name\": \"Jos\xe9\"}");
     let o = run(&[
@@ -351,14 +351,21 @@ fn invalid_utf8_exits_3_naming_the_file() {
         err.contains("latin1.json: invalid UTF-8 at byte 13"),
         "{err}"
     );
+    // A definition that is not UTF-8 is an invalid definition: exit 2,
+    // located at the bad byte, like malformed JSON.
     let def = write(&dir, "def.json", b"{\"StartAt\": \"\xff\"}");
     let v = bin().args(["validate", &def]).output().unwrap();
-    assert_eq!(code(&v), 3);
+    assert_eq!(code(&v), 2);
+    let text = String::from_utf8_lossy(&v.stdout);
     assert!(
-        stderr(&v).contains("def.json: invalid UTF-8"),
-        "{}",
-        stderr(&v)
+        text.contains("def.json:1:14: (root) [INVALID_JSON]") && text.contains("not valid UTF-8"),
+        "{text}"
     );
+    let r = run(&["--definition", &def, "--stubs", &example("slow.stubs.json")]);
+    assert_eq!(code(&r), 2);
+    let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(report["status"], "INVALID_DEFINITION");
+    assert_eq!(report["errors"][0]["code"], "INVALID_JSON");
 }
 
 #[test]

@@ -114,6 +114,37 @@ fn first_error(errors: &[ValidationError]) -> String {
         .map_or_else(|| "(none)".to_string(), ToString::to_string)
 }
 
+/// Parses and validates a definition read as bytes (a file): text that is
+/// not UTF-8 is an `INVALID_JSON` error located at the first bad byte;
+/// otherwise as [`parse_definition`].
+pub fn parse_definition_bytes(bytes: &[u8]) -> Result<StateMachine, InvalidDefinition> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse_definition(text),
+        Err(e) => {
+            let valid = &bytes[..e.valid_up_to()];
+            let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+            let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+            // Columns count characters, as serde_json's do.
+            let column = String::from_utf8_lossy(&valid[line_start..])
+                .chars()
+                .count()
+                + 1;
+            Err(InvalidDefinition {
+                errors: vec![ValidationError {
+                    pointer: String::new(),
+                    code: codes::INVALID_JSON,
+                    message: format!(
+                        "the definition is not valid UTF-8 (invalid byte sequence at byte offset {})",
+                        e.valid_up_to()
+                    ),
+                    line: Some(line),
+                    column: Some(column),
+                }],
+            })
+        }
+    }
+}
+
 /// Parses and validates definition text (JSON).
 ///
 /// Malformed JSON gives a single `INVALID_JSON` error with serde_json's

@@ -1278,3 +1278,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn invalid_utf8_is_located_invalid_json() {
+    let mut bytes = b"{\n  \"StartAt\": \"A\",\n  \"Comment\": \"caf".to_vec();
+    bytes.push(0xff);
+    bytes.extend_from_slice(b"\"}");
+    let err = crate::parse::parse_definition_bytes(&bytes).unwrap_err();
+    assert_eq!(err.errors.len(), 1);
+    let e = &err.errors[0];
+    assert_eq!(e.code, "INVALID_JSON");
+    assert_eq!((e.line, e.column), (Some(3), Some(18)));
+    assert!(e.message.contains("not valid UTF-8"), "{}", e.message);
+    let ok = crate::parse::parse_definition_bytes(
+        br#"{"StartAt": "A", "States": {"A": {"Type": "Succeed"}}}"#,
+    );
+    assert!(ok.is_ok());
+}
