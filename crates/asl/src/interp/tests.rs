@@ -962,3 +962,73 @@ proptest! {
         }
     }
 }
+
+/// A definition that reads its input through every kind of path: Choice
+/// variables, ItemsPath, SecondsPath, TimestampPath, intrinsics, templates,
+/// ResultPath writes, Fail paths.
+const INPUT_HUNGRY: &str = r#"{"StartAt": "C", "States": {
+    "C": {"Type": "Choice", "Choices": [
+        {"And": [{"Variable": "$.a", "IsPresent": true}, {"Variable": "$.a", "IsNumeric": true},
+                 {"Variable": "$.a", "NumericGreaterThanPath": "$.b"}], "Next": "M"},
+        {"Variable": "$.s", "StringMatches": "x*", "Next": "W"},
+        {"Variable": "$.t", "TimestampLessThan": "2030-01-01T00:00:00Z", "Next": "F"}
+      ], "Default": "P"},
+    "M": {"Type": "Map", "ItemsPath": "$.items", "MaxConcurrencyPath": "$.n",
+          "ItemSelector": {"v.$": "$$.Map.Item.Value", "f.$": "States.Format('{}-{}', $.a, $$.Map.Item.Index)"},
+          "ItemProcessor": {"StartAt": "I", "States": {"I": {"Type": "Pass", "Parameters": {
+              "h.$": "States.Hash(States.JsonToString($.v), 'SHA-256')",
+              "l.$": "States.ArrayLength(States.Array($.v, $.f))"}, "End": true}}},
+          "ResultPath": "$.out.items", "Next": "P"},
+    "W": {"Type": "Wait", "SecondsPath": "$.a", "Next": "W2"},
+    "W2": {"Type": "Wait", "TimestampPath": "$.t", "Next": "P"},
+    "F": {"Type": "Fail", "ErrorPath": "$.s", "CausePath": "States.Format('{}', $.t)"},
+    "P": {"Type": "Pass", "InputPath": "$.x", "Parameters": {"y.$": "States.StringSplit($.s, ',')",
+          "z.$": "States.MathAdd($.a, $.b)", "k.$": "States.JsonMerge($.o, $.p, false)"},
+          "ResultPath": "$.r.q", "OutputPath": "$.r", "End": true}
+}}"#;
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        "[a-z,x*0-9:T.Z-]{0,24}".prop_map(Value::String),
+        Just(json!("2024-05-01T10:00:00Z")),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map(
+                prop_oneof![
+                    Just("a".to_string()),
+                    Just("b".to_string()),
+                    Just("s".to_string()),
+                    Just("t".to_string()),
+                    Just("n".to_string()),
+                    Just("x".to_string()),
+                    Just("o".to_string()),
+                    Just("p".to_string()),
+                    Just("items".to_string()),
+                    "[a-z]{1,3}"
+                ],
+                inner,
+                0..8
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever the execution input, the interpreter completes or waits,
+    /// and never panics.
+    #[test]
+    fn arbitrary_inputs_never_panic(input in arb_json()) {
+        let mut sim = Sim::new(INPUT_HUNGRY);
+        let outcome = sim.try_run(input, |_| None);
+        prop_assert!(outcome.is_some(), "no tasks here: every run completes");
+    }
+}
