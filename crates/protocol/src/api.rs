@@ -375,7 +375,10 @@ mod tests {
 
     #[test]
     fn statuses_parse() {
-        assert_eq!(ExecutionStatus::parse("timed_out"), Some(ExecutionStatus::TimedOut));
+        assert_eq!(
+            ExecutionStatus::parse("timed_out"),
+            Some(ExecutionStatus::TimedOut)
+        );
         assert_eq!(ExecutionStatus::parse("nope"), None);
         for s in [ExecutionStatus::Running, ExecutionStatus::Aborted] {
             assert_eq!(ExecutionStatus::parse(s.as_str()), Some(s));

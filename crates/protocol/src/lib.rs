@@ -73,11 +73,10 @@ pub fn check_name(what: &'static str, value: &str) -> Result<(), NameError> {
     if value.is_empty() || value.chars().count() > 80 {
         return Err(err("it must be 1 to 80 characters long"));
     }
-    if value.chars().any(|c| {
-        c.is_whitespace()
-            || c.is_control()
-            || "<>{}[]?*\"#%\\^|~`$&,;:/".contains(c)
-    }) {
+    if value
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "<>{}[]?*\"#%\\^|~`$&,;:/".contains(c))
+    {
         return Err(err(
             "it may not contain whitespace, control characters or any of < > { } [ ] ? * \" # % \\ ^ | ~ ` $ & , ; : /",
         ));
@@ -154,7 +153,10 @@ impl ExecutionRef {
 
     /// `arn:aws:states:local:000000000000:execution:MACHINE:NAME`.
     pub fn arn(&self) -> String {
-        format!("{ARN_PREFIX}:execution:{}:{}", self.state_machine, self.name)
+        format!(
+            "{ARN_PREFIX}:execution:{}:{}",
+            self.state_machine, self.name
+        )
     }
 
     /// A subject-safe token naming the execution (base64url of
@@ -522,7 +524,11 @@ mod tests {
         assert!(ExecutionRef::from_arn("arn:aws:states:x:y:stateMachine:a").is_err());
         assert!(ExecutionRef::from_key("%%%").is_err());
         let spread: std::collections::HashSet<u32> = (0..200)
-            .map(|i| ExecutionRef::new("m", &format!("e{i}")).unwrap().partition(8))
+            .map(|i| {
+                ExecutionRef::new("m", &format!("e{i}"))
+                    .unwrap()
+                    .partition(8)
+            })
             .collect();
         assert_eq!(spread.len(), 8, "executions spread over every partition");
     }
@@ -531,7 +537,10 @@ mod tests {
     fn namespace_names() {
         let ns = Namespace::new("acme-prod").unwrap();
         assert_eq!(ns.history_stream(), "ACME_PROD_HISTORY");
-        assert_eq!(ns.task_subject("flights.book"), "acme-prod.task.flights.book");
+        assert_eq!(
+            ns.task_subject("flights.book"),
+            "acme-prod.task.flights.book"
+        );
         assert_eq!(ns.task_consumer("flights.book"), "handler-flights_book");
         assert!(Namespace::new("a.b").is_err());
         assert_eq!(
