@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
@@ -55,7 +55,7 @@ impl RuntimeOptions {
 /// One entry of an execution's history: an event that went in or a command
 /// that came out (records included), with the time it happened. This is
 /// what a durable store keeps.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     /// When.
     pub at: Timestamp,
@@ -64,7 +64,7 @@ pub struct HistoryEntry {
 }
 
 /// An event or a command.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "direction", content = "body", rename_all = "camelCase")]
 pub enum HistoryItem {
     /// An event applied to the execution.

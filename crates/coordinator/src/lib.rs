@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod cluster;
 pub mod dispatch;
 pub mod driver;
 pub mod local;

@@ -1,0 +1,554 @@
+//! Durable state in JetStream: execution histories, state machine versions
+//! and the execution index.
+//!
+//! - **History**: one subject per execution (`sagaflow.history.P.KEY`) in
+//!   the history stream. Each message is a [`HistoryBatch`]: the events one
+//!   coordinator step applied, each with the commands it produced. Appends
+//!   carry `Nats-Expected-Last-Subject-Sequence`, so two coordinators can
+//!   never both advance an execution: the second append fails with
+//!   [`StoreError::Conflict`].
+//! - **State machines**: in the machines bucket, `v.NAME.N` holds version N
+//!   and `m.NAME` the latest version number (NAME base64url-encoded, as KV
+//!   keys allow few characters).
+//! - **Execution index**: in the executions bucket, `e.P.KEY` holds an
+//!   [`ExecutionDescription`] without input and output, written when an
+//!   execution starts and when it ends.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use base64::Engine as _;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use sagaflow_nats::Infra;
+use sagaflow_protocol::api::{
+    ExecutionDescription, ExecutionStatus, StateMachineSummary, StateMachineVersion,
+};
+use sagaflow_protocol::{ExecutionRef, ParentTask, headers, state_machine_arn};
+
+use crate::driver::HistoryEntry;
+
+/// Who an execution is beyond its events: written in its first history
+/// batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionMeta {
+    /// The state machine's name.
+    pub state_machine: String,
+    /// The version it runs.
+    pub version: u64,
+    /// The caller's W3C trace context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The parent task waiting for this execution (`.sync`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentTask>,
+}
+
+/// One history message: what one coordinator step did to one execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryBatch {
+    /// Present in the first batch of an execution only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<ExecutionMeta>,
+    /// The events applied, each followed by the commands it produced.
+    pub entries: Vec<HistoryEntry>,
+}
+
+/// A history read back: its batches and the stream sequence of the last one
+/// (0 when there is none), which the next append must expect.
+#[derive(Debug, Clone, Default)]
+pub struct StoredHistory {
+    /// The batches, oldest first.
+    pub batches: Vec<HistoryBatch>,
+    /// Stream sequence of the last batch (0: no history).
+    pub last_sequence: u64,
+}
+
+/// A storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer advanced the execution first (optimistic concurrency).
+    #[error("the history of {execution} was advanced by another coordinator")]
+    Conflict {
+        /// The execution's ARN.
+        execution: String,
+    },
+    /// A message or value was too large for the stream or bucket.
+    #[error("a {what} of {bytes} bytes exceeds the server's limit")]
+    TooLarge {
+        /// What was written.
+        what: &'static str,
+        /// Its size.
+        bytes: usize,
+    },
+    /// A stored value did not decode (written by something else).
+    #[error("corrupt {what} at {key}: {message}")]
+    Corrupt {
+        /// What was read.
+        what: &'static str,
+        /// Where.
+        key: String,
+        /// The decoder's message.
+        message: String,
+    },
+    /// NATS failed.
+    #[error("{operation}: {message}")]
+    Nats {
+        /// What was being done.
+        operation: &'static str,
+        /// The client's error.
+        message: String,
+    },
+}
+
+fn nats(operation: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
+    move |e| StoreError::Nats {
+        operation,
+        message: e.to_string(),
+    }
+}
+
+fn b64(text: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+/// Durable state of one deployment.
+#[derive(Clone)]
+pub struct Store {
+    infra: Infra,
+    partitions: u32,
+}
+
+impl Store {
+    /// A store over the streams and buckets of `infra`, with executions
+    /// spread over `partitions` partitions.
+    pub fn new(infra: Infra, partitions: u32) -> Store {
+        Store {
+            infra,
+            partitions: partitions.max(1),
+        }
+    }
+
+    /// The streams and buckets.
+    pub fn infra(&self) -> &Infra {
+        &self.infra
+    }
+
+    /// The number of partitions.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The partition of an execution.
+    pub fn partition_of(&self, exec: &ExecutionRef) -> u32 {
+        exec.partition(self.partitions)
+    }
+
+    // ------------------------------------------------------------- history
+
+    /// Appends a batch to an execution's history, expecting its last batch
+    /// to be at `expected_last_sequence` (0: no history yet). Returns the
+    /// new batch's sequence.
+    pub async fn append_history(
+        &self,
+        exec: &ExecutionRef,
+        expected_last_sequence: u64,
+        batch: &HistoryBatch,
+    ) -> Result<u64, StoreError> {
+        let ack = self
+            .send_history(exec, expected_last_sequence, batch)
+            .await?;
+        self.await_history(exec, ack).await
+    }
+
+    /// The first half of [`Store::append_history`]: sends the append and
+    /// returns the pending acknowledgement, so that appends to different
+    /// executions can be pipelined.
+    pub async fn send_history(
+        &self,
+        exec: &ExecutionRef,
+        expected_last_sequence: u64,
+        batch: &HistoryBatch,
+    ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
+        let body = serde_json::to_vec(batch).map_err(|e| StoreError::Corrupt {
+            what: "history batch",
+            key: exec.arn(),
+            message: e.to_string(),
+        })?;
+        if body.len() > self.infra.settings.max_message_bytes.max(0) as usize {
+            return Err(StoreError::TooLarge {
+                what: "history batch",
+                bytes: body.len(),
+            });
+        }
+        let subject = self
+            .infra
+            .ns()
+            .history_subject(self.partition_of(exec), exec);
+        let mut hdrs = async_nats::HeaderMap::new();
+        hdrs.insert(
+            headers::EXPECTED_LAST_SUBJECT_SEQUENCE,
+            expected_last_sequence.to_string().as_str(),
+        );
+        self.infra
+            .js
+            .publish_with_headers(subject, hdrs, body.into())
+            .await
+            .map_err(|e| nats("append history")(&e))
+    }
+
+    /// The second half of [`Store::append_history`].
+    pub async fn await_history(
+        &self,
+        exec: &ExecutionRef,
+        ack: jetstream::context::PublishAckFuture,
+    ) -> Result<u64, StoreError> {
+        match ack.await {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) => match e.kind() {
+                jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    Err(StoreError::Conflict {
+                        execution: exec.arn(),
+                    })
+                }
+                _ => Err(nats("append history")(&e)),
+            },
+        }
+    }
+
+    /// Reads an execution's whole history.
+    pub async fn read_history(&self, exec: &ExecutionRef) -> Result<StoredHistory, StoreError> {
+        let subject = self
+            .infra
+            .ns()
+            .history_subject(self.partition_of(exec), exec);
+        let last = match self
+            .infra
+            .history
+            .get_last_raw_message_by_subject(subject.as_str())
+            .await
+        {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(StoredHistory::default());
+            }
+            Err(e) => return Err(nats("read history")(&e)),
+        };
+        let consumer = self
+            .infra
+            .history
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject.clone(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats("read history")(&e))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| nats("read history")(&e))?;
+        let mut batches = Vec::new();
+        let mut last_sequence = 0;
+        while last_sequence < last {
+            let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
+            let message = match next {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Err(nats("read history")(&e)),
+                Ok(None) | Err(_) => {
+                    return Err(StoreError::Nats {
+                        operation: "read history",
+                        message: format!("the history of {} ended early", exec.arn()),
+                    });
+                }
+            };
+            let info = message.info().map_err(|e| nats("read history")(&e))?;
+            last_sequence = info.stream_sequence;
+            let batch: HistoryBatch =
+                serde_json::from_slice(&message.payload).map_err(|e| StoreError::Corrupt {
+                    what: "history batch",
+                    key: format!("{subject}#{last_sequence}"),
+                    message: e.to_string(),
+                })?;
+            batches.push(batch);
+        }
+        Ok(StoredHistory {
+            batches,
+            last_sequence,
+        })
+    }
+
+    // ------------------------------------------------------ state machines
+
+    /// Stores a new version of a state machine (the definition must have
+    /// been validated) and returns it.
+    pub async fn create_machine(
+        &self,
+        name: &str,
+        definition: &str,
+        created: &str,
+    ) -> Result<StateMachineVersion, StoreError> {
+        let latest_key = format!("m.{}", b64(name));
+        for _ in 0..16 {
+            let (latest, revision) = match self
+                .infra
+                .machines
+                .entry(&latest_key)
+                .await
+                .map_err(|e| nats("read state machine")(&e))?
+            {
+                Some(entry) if entry.operation == kv::Operation::Put => {
+                    let n = std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or_else(|| StoreError::Corrupt {
+                            what: "latest version",
+                            key: latest_key.clone(),
+                            message: "not a number".into(),
+                        })?;
+                    (n, Some(entry.revision))
+                }
+                _ => (0, None),
+            };
+            let version = StateMachineVersion {
+                name: name.to_string(),
+                arn: state_machine_arn(name),
+                version: latest + 1,
+                definition: definition.to_string(),
+                created: created.to_string(),
+            };
+            let body = serde_json::to_vec(&version).map_err(|e| StoreError::Corrupt {
+                what: "state machine",
+                key: name.to_string(),
+                message: e.to_string(),
+            })?;
+            let version_key = format!("v.{}.{}", b64(name), version.version);
+            if self
+                .infra
+                .machines
+                .create(&version_key, body.into())
+                .await
+                .is_err()
+            {
+                // Another writer took this version number: look again.
+                continue;
+            }
+            let bumped = version.version.to_string();
+            let ok = match revision {
+                Some(r) => self
+                    .infra
+                    .machines
+                    .update(&latest_key, bumped.into_bytes().into(), r)
+                    .await
+                    .is_ok(),
+                None => self
+                    .infra
+                    .machines
+                    .create(&latest_key, bumped.into_bytes().into())
+                    .await
+                    .is_ok(),
+            };
+            if ok {
+                return Ok(version);
+            }
+        }
+        Err(StoreError::Nats {
+            operation: "create state machine",
+            message: "too much contention on the latest version".into(),
+        })
+    }
+
+    /// A state machine version (the latest when `version` is `None`).
+    pub async fn machine(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Option<StateMachineVersion>, StoreError> {
+        let version = match version {
+            Some(v) => v,
+            None => {
+                let key = format!("m.{}", b64(name));
+                match self
+                    .infra
+                    .machines
+                    .get(&key)
+                    .await
+                    .map_err(|e| nats("read state machine")(&e))?
+                {
+                    Some(v) => std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or_else(|| StoreError::Corrupt {
+                            what: "latest version",
+                            key,
+                            message: "not a number".into(),
+                        })?,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let key = format!("v.{}.{version}", b64(name));
+        match self
+            .infra
+            .machines
+            .get(&key)
+            .await
+            .map_err(|e| nats("read state machine")(&e))?
+        {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        what: "state machine",
+                        key,
+                        message: e.to_string(),
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every state machine with its latest version.
+    pub async fn list_machines(&self) -> Result<Vec<StateMachineSummary>, StoreError> {
+        let mut keys = self
+            .infra
+            .machines
+            .keys()
+            .await
+            .map_err(|e| nats("list state machines")(&e))?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| nats("list state machines")(&e))?;
+            let Some(encoded) = key.strip_prefix("m.") else {
+                continue;
+            };
+            let Ok(name) = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(encoded)
+                .map_err(|_| ())
+                .and_then(|b| String::from_utf8(b).map_err(|_| ()))
+            else {
+                continue;
+            };
+            if let Some(v) = self.machine(&name, None).await? {
+                out.push(StateMachineSummary {
+                    arn: v.arn,
+                    name: v.name,
+                    latest_version: v.version,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    // ------------------------------------------------------ execution index
+
+    fn index_key(&self, exec: &ExecutionRef) -> String {
+        format!("e.{}.{}", self.partition_of(exec), exec.key())
+    }
+
+    /// Writes an execution's index entry (input and output are not kept
+    /// there; they are in the history).
+    pub async fn put_execution(&self, desc: &ExecutionDescription) -> Result<(), StoreError> {
+        let exec =
+            ExecutionRef::from_arn(&desc.execution_arn).map_err(|e| StoreError::Corrupt {
+                what: "execution ARN",
+                key: desc.execution_arn.clone(),
+                message: e.to_string(),
+            })?;
+        let mut slim = desc.clone();
+        slim.input = None;
+        slim.output = None;
+        let body = serde_json::to_vec(&slim).map_err(|e| StoreError::Corrupt {
+            what: "execution index entry",
+            key: desc.execution_arn.clone(),
+            message: e.to_string(),
+        })?;
+        self.infra
+            .executions
+            .put(self.index_key(&exec), body.into())
+            .await
+            .map_err(|e| nats("write execution index")(&e))?;
+        Ok(())
+    }
+
+    /// An execution's index entry.
+    pub async fn execution(
+        &self,
+        exec: &ExecutionRef,
+    ) -> Result<Option<ExecutionDescription>, StoreError> {
+        let key = self.index_key(exec);
+        match self
+            .infra
+            .executions
+            .get(&key)
+            .await
+            .map_err(|e| nats("read execution index")(&e))?
+        {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        what: "execution index entry",
+                        key,
+                        message: e.to_string(),
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Index entries, optionally of one partition, one state machine or one
+    /// status.
+    pub async fn list_executions(
+        &self,
+        partition: Option<u32>,
+        state_machine: Option<&str>,
+        status: Option<ExecutionStatus>,
+    ) -> Result<Vec<ExecutionDescription>, StoreError> {
+        let mut keys = self
+            .infra
+            .executions
+            .keys()
+            .await
+            .map_err(|e| nats("list executions")(&e))?;
+        let prefix = partition.map(|p| format!("e.{p}."));
+        let mut wanted = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| nats("list executions")(&e))?;
+            if prefix.as_ref().is_none_or(|p| key.starts_with(p.as_str())) {
+                wanted.push(key);
+            }
+        }
+        let mut out = Vec::new();
+        for key in wanted {
+            let Some(bytes) = self
+                .infra
+                .executions
+                .get(&key)
+                .await
+                .map_err(|e| nats("list executions")(&e))?
+            else {
+                continue;
+            };
+            let Ok(desc) = serde_json::from_slice::<ExecutionDescription>(&bytes) else {
+                tracing::warn!(
+                    key,
+                    "skipping an execution index entry that does not decode"
+                );
+                continue;
+            };
+            if state_machine.is_some_and(|m| m != desc.state_machine) {
+                continue;
+            }
+            if status.is_some_and(|s| s != desc.status) {
+                continue;
+            }
+            out.push(desc);
+        }
+        out.sort_by(|a, b| a.start_date.cmp(&b.start_date).then(a.name.cmp(&b.name)));
+        Ok(out)
+    }
+}
