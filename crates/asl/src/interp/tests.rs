@@ -1034,3 +1034,24 @@ proptest! {
         prop_assert!(outcome.is_some(), "no tasks here: every run completes");
     }
 }
+
+#[test]
+fn commands_and_events_round_trip_through_json() {
+    let mut sim = Sim::new(SAGA);
+    let mut n = 0;
+    let script = [0u8, 2, 0, 3, 0, 0, 0];
+    sim.try_run(json!({"items": [1, 2]}), |_| script_answer(&script, &mut n));
+    assert!(sim.log.len() > 10);
+    for command in &sim.log {
+        let text = serde_json::to_string(command).unwrap();
+        let back: Command = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(&back, command);
+    }
+    let event = Event::TaskFailed {
+        task_id: "T@0#0".into(),
+        error: "E".into(),
+        cause: "C".into(),
+    };
+    let back: Event = serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
+    assert_eq!(back, event);
+}

@@ -3,7 +3,8 @@
 //! See `ARCHITECTURE.md` ("Running over NATS") for the design; [`store`]
 //! holds the durable state.
 
+pub mod engine;
 pub mod store;
 
-// The engine (`Cluster`, `ClusterOptions`, `ClusterHandle`) is in
-// `engine.rs`; the API service in `api.rs`; the API client in `client.rs`.
+pub use engine::{Cluster, ClusterError, ClusterHandle, ClusterOptions, Trigger};
+pub use store::Store;
