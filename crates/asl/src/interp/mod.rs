@@ -803,7 +803,7 @@ impl Execution {
             Wait::SecondsPath(path) => {
                 let env = self.env(f, state, None);
                 let v = select(path, "SecondsPath", &effective.value, &env, &state.name)?;
-                match v.as_u64() {
+                match whole_number(&v) {
                     Some(s) => add_seconds(at, s as f64),
                     None => {
                         return Err(Failure::runtime(
@@ -1716,7 +1716,7 @@ impl Execution {
     ) -> Result<u64, Failure> {
         let env = self.env(f, state, None);
         let v = select(path, field, effective, &env, &state.name)?;
-        match v.as_u64() {
+        match whole_number(&v) {
             Some(n) if n >= min => Ok(n),
             _ => Err(Failure::runtime(
                 &state.name,
@@ -1780,6 +1780,16 @@ impl Fanout {
             tolerated_percentage,
         }
     }
+}
+
+/// A non-negative whole number, also when written as a float (`2.0`), as
+/// the literal fields accept it.
+fn whole_number(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f <= u64::MAX as f64)
+            .map(|f| f as u64)
+    })
 }
 
 /// A shared `null`, for payloads not kept and for values moved out.

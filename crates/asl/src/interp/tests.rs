@@ -616,6 +616,16 @@ fn heartbeat_and_timeout_seconds_from_paths_reach_the_task() {
     );
     let o = sim.run(json!({"t": "soon"}), |_| panic!("must not run"));
     assert_eq!(failed(&o).0, "States.Runtime");
+    // A whole number written as a float is accepted, as in literal fields.
+    let mut sim = Sim::new(
+        r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "SecondsPath": "$.s", "Next": "T"},
+            "T": {"Type": "Task", "Resource": "r", "TimeoutSecondsPath": "$.t", "End": true}}}"#,
+    );
+    sim.run(json!({"s": 2.0, "t": 5.0}), |t| {
+        assert_eq!(t.timeout_seconds, Some(5));
+        ok(json!(null))
+    });
+    assert_eq!(sim.now, t0() + jiff::SignedDuration::from_secs(2));
 }
 
 #[test]

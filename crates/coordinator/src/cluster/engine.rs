@@ -1206,8 +1206,8 @@ impl Partition {
             Outcome::Failed { error, cause } => (
                 ExecutionStatus::Failed,
                 None,
-                Some(error.clone()),
-                Some(cause.clone()),
+                Some(error.clone()).filter(|e| !e.is_empty()),
+                Some(cause.clone()).filter(|c| !c.is_empty()),
             ),
             Outcome::TimedOut { error, cause } => (
                 ExecutionStatus::TimedOut,
