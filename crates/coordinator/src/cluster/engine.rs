@@ -427,6 +427,14 @@ impl Partition {
     async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), String> {
         let infra = self.store().infra().clone();
         let ns = infra.ns().clone();
+        // A new owner starts the partition's consumer afresh: messages the
+        // previous owner pulled and never acknowledged come back at once
+        // (the work-queue stream keeps every message until it is acked),
+        // instead of after the ack wait; a stale owner's pulls then fail.
+        let _ = infra
+            .inbox
+            .delete_consumer(&ns.inbox_consumer(self.partition))
+            .await;
         let consumer = infra
             .inbox
             .get_or_create_consumer::<consumer::pull::Config>(
