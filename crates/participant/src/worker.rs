@@ -16,11 +16,10 @@
 //!     .build()
 //!     .await?;
 //! let stop = worker.shutdown_handle();
-//! tokio::spawn(async move {
-//!     let _ = tokio::signal::ctrl_c().await;
-//!     stop.shutdown();
-//! });
-//! worker.run().await;
+//! let running = tokio::spawn(worker.run());
+//! // ... later, for example on SIGTERM:
+//! stop.shutdown();
+//! running.await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -174,14 +173,15 @@ pub enum WorkerError {
         reason: &'static str,
     },
     /// Creating, opening or updating a handler's durable consumer failed.
-    #[error("cannot create or open the task consumer {consumer} of handler '{handler}': {reason}")]
+    #[error("cannot create or open the task consumer {consumer} of handler '{handler}': {source}")]
     Consumer {
         /// The handler.
         handler: String,
         /// The consumer's name.
         consumer: String,
         /// The broker's or client's error.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -412,11 +412,11 @@ impl ConsumerSpec {
         }
     }
 
-    fn error(&self, reason: impl std::fmt::Display) -> WorkerError {
+    fn error(&self, source: impl std::error::Error + Send + Sync + 'static) -> WorkerError {
         WorkerError::Consumer {
             handler: self.handler.clone(),
             consumer: self.name.clone(),
-            reason: reason.to_string(),
+            source: Box::new(source),
         }
     }
 
@@ -606,7 +606,7 @@ impl Worker {
                     None => break,
                 },
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_join(joined),
-                Ok(_) = shutdown_rx.wait_for(|stop| *stop), if deadline.is_none() => {
+                true = stop_requested(&mut shutdown_rx), if deadline.is_none() => {
                     tracing::info!(grace = ?self.grace_period, "worker shutting down: no new tasks");
                     deadline = Some(Instant::now() + self.grace_period);
                 }
@@ -662,7 +662,7 @@ async fn pull_loop(
     'pull: loop {
         let first = tokio::select! {
             biased;
-            _ = shutdown.wait_for(|stop| *stop) => break 'pull,
+            _ = stop_requested(&mut shutdown) => break 'pull,
             permit = semaphore.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => break 'pull,
@@ -701,7 +701,7 @@ async fn pull_loop(
         loop {
             let next = tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stop| *stop) => {
+                _ = stop_requested(&mut shutdown) => {
                     // The pull request may still deliver tasks until it
                     // expires: take them and hand them straight back rather
                     // than leave them unacknowledged for a whole ack wait.
@@ -749,10 +749,16 @@ async fn pull_loop(
     tracing::debug!(handler, "stopped pulling tasks");
 }
 
+/// Resolves when shutdown is asked (true) or the worker is gone (false).
+/// (Returns a plain bool: the `watch::Ref` of `wait_for` is not `Send`.)
+async fn stop_requested(shutdown: &mut watch::Receiver<bool>) -> bool {
+    shutdown.wait_for(|stop| *stop).await.is_ok()
+}
+
 /// Waits [`PULL_ERROR_BACKOFF`]; true if shutdown was asked meanwhile.
 async fn backoff(shutdown: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
-        _ = shutdown.wait_for(|stop| *stop) => true,
+        _ = stop_requested(shutdown) => true,
         _ = tokio::time::sleep(PULL_ERROR_BACKOFF) => false,
     }
 }

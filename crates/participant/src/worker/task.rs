@@ -339,24 +339,16 @@ impl TaskRunner {
         let mut beat_acks = FuturesUnordered::new();
 
         loop {
+            // Biased: heartbeats the handler sent before returning are
+            // published before its result.
             tokio::select! {
-                joined = &mut work => {
-                    return Outcome::Done(match joined {
-                        Ok(result) => result,
-                        Err(panic) => {
-                            let cause = panic_message(panic.as_ref());
-                            tracing::warn!(cause = %cause, "handler panicked");
-                            Err(TaskError::new(TASK_FAILED, cause))
-                        }
-                    });
-                }
+                biased;
                 () = &mut abandoned => return Outcome::Abandoned,
                 beat = beat_rx.recv(), if beats_open => match beat {
                     Some(()) => {
                         progress(message).await;
-                        match self.js.publish(task.reply_to.clone(), heartbeat.clone()).await {
-                            Ok(ack) => beat_acks.push(ack.into_future()),
-                            Err(e) => tracing::warn!(error = %e, "cannot publish a heartbeat"),
+                        if let Some(ack) = self.publish_heartbeat(task, &heartbeat).await {
+                            beat_acks.push(ack);
                         }
                     }
                     // The handler dropped its context: no more heartbeats.
@@ -368,6 +360,41 @@ impl TaskRunner {
                     }
                 }
                 _ = keep_alive.tick() => progress(message).await,
+                joined = &mut work => {
+                    // Heartbeats sent in the handler's last poll: publish
+                    // them too, so that every heartbeat precedes the result.
+                    while let Ok(()) = beat_rx.try_recv() {
+                        let _ = self.publish_heartbeat(task, &heartbeat).await;
+                    }
+                    return Outcome::Done(match joined {
+                        Ok(result) => result,
+                        Err(panic) => {
+                            let cause = panic_message(panic.as_ref());
+                            tracing::warn!(cause = %cause, "handler panicked");
+                            Err(TaskError::new(TASK_FAILED, cause))
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Publishes a heartbeat to the task's inbox; returns the future of the
+    /// broker's ack.
+    async fn publish_heartbeat(
+        &self,
+        task: &TaskMessage,
+        heartbeat: &Bytes,
+    ) -> Option<<jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture> {
+        match self
+            .js
+            .publish(task.reply_to.clone(), heartbeat.clone())
+            .await
+        {
+            Ok(ack) => Some(ack.into_future()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot publish a heartbeat");
+                None
             }
         }
     }
