@@ -129,6 +129,7 @@ pub fn result_message(
         task_id: task_id.to_string(),
         error,
         cause: truncate(cause, max_bytes),
+        callback: false,
     };
     match result {
         Ok(output) => match serde_json::to_vec(&output) {
@@ -136,6 +137,7 @@ pub fn result_message(
                 execution_arn: execution_arn.to_string(),
                 task_id: task_id.to_string(),
                 output,
+                callback: false,
             },
             Ok(bytes) => failed(
                 DATA_LIMIT_EXCEEDED.to_string(),
@@ -165,6 +167,7 @@ fn encode(message: &InboxMessage) -> Bytes {
                 task_id: String::new(),
                 error: crate::INVALID_OUTPUT.to_string(),
                 cause: format!("the task's result does not serialize: {e}"),
+                callback: false,
             };
             Bytes::from(serde_json::to_vec(&fallback).unwrap_or_default())
         }
@@ -490,7 +493,8 @@ mod tests {
             InboxMessage::TaskSucceeded {
                 execution_arn: "arn".into(),
                 task_id: "t".into(),
-                output: json!({"a": 1})
+                output: json!({"a": 1}),
+                callback: false,
             }
         );
     }
