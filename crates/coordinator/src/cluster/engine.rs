@@ -396,6 +396,10 @@ struct Partition {
     shared: Arc<Shared>,
     partition: u32,
     live: HashMap<String, Live>,
+    /// Executions dropped from memory after a failed write (NATS down):
+    /// reloaded from their history and resumed as soon as possible, so that
+    /// a timer that fired meanwhile is not lost.
+    reload: HashSet<String>,
     /// (when, execution key, what), earliest first.
     wheel: BTreeMap<(Timestamp, String, Due), ()>,
 }
@@ -418,6 +422,7 @@ impl Partition {
             shared,
             partition,
             live: HashMap::new(),
+            reload: HashSet::new(),
             wheel: BTreeMap::new(),
         }
     }
@@ -470,6 +475,11 @@ impl Partition {
                 }
                 None => tokio::time::sleep(Duration::from_secs(3600)),
             };
+            let retry_reloads = tokio::time::sleep(if self.reload.is_empty() {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_secs(1)
+            });
             tokio::select! {
                 biased;
                 _ = stop.changed() => return Ok(()),
@@ -492,11 +502,53 @@ impl Partition {
                     self.handle_inbox(batch).await;
                 }
                 _ = sleep => self.fire_due().await,
+                _ = retry_reloads => self.retry_reloads().await,
             }
         }
     }
 
     // ------------------------------------------------------------ recovery
+
+    async fn retry_reloads(&mut self) {
+        let keys: Vec<String> = self.reload.iter().cloned().collect();
+        for key in keys {
+            let Ok(exec_ref) = ExecutionRef::from_key(&key) else {
+                self.reload.remove(&key);
+                continue;
+            };
+            self.live.remove(&key);
+            self.wheel.retain(|(_, k, _), _| *k != key);
+            match self.load(&exec_ref).await {
+                Ok(Some(())) => {
+                    self.reload.remove(&key);
+                    let completed = self
+                        .live
+                        .get(&key)
+                        .and_then(|l| l.exec.outcome().cloned());
+                    match completed {
+                        Some(outcome) => self.finish(&key, &outcome).await,
+                        None => self.resume(&key).await,
+                    }
+                }
+                Ok(None) => {
+                    self.reload.remove(&key);
+                }
+                Err(e) => {
+                    tracing::debug!(execution = %key, error = %e, "reload failed; retrying");
+                }
+            }
+        }
+    }
+
+    /// Drops an execution from memory after a failed write; unless another
+    /// coordinator advanced it, it is reloaded and resumed later.
+    fn evict(&mut self, key: &str, conflict: bool) {
+        self.live.remove(key);
+        self.wheel.retain(|(_, k, _), _| k != key);
+        if !conflict {
+            self.reload.insert(key.to_string());
+        }
+    }
 
     async fn recover(&mut self) {
         let running = match self
@@ -539,43 +591,44 @@ impl Partition {
     /// Re-arms timers and heartbeat deadlines and re-publishes unanswered
     /// tasks of a just-loaded execution.
     async fn resume(&mut self, key: &str) {
-        let Some(live) = self.live.get(key) else {
-            return;
-        };
-        let timers: Vec<(String, Timestamp)> =
-            live.timers.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        let pending: Vec<Pending> = live.pending.values().cloned().collect();
-        for (timer, at) in timers {
-            self.wheel
-                .insert((at, key.to_string(), Due::Timer(timer)), ());
-        }
-        let t = now();
-        let mut local = Vec::new();
-        for p in pending {
-            if let Some(hb) = p.request.heartbeat_seconds {
-                let deadline = t + jiff::SignedDuration::from_secs(hb as i64);
-                if let Some(live) = self.live.get_mut(key) {
-                    live.heartbeats
-                        .insert(p.request.task_id.to_string(), deadline);
-                }
-                self.wheel.insert(
-                    (
-                        deadline,
-                        key.to_string(),
-                        Due::Heartbeat(p.request.task_id.to_string()),
-                    ),
-                    (),
-                );
-            }
-            if let Some(message) = &p.message
-                && let Err(event) = self.publish_task(key, message).await
-            {
-                local.push(Input::Local(event));
-            }
-        }
+        let local = self.rearm_and_republish(key).await;
         if !local.is_empty() {
             self.step(vec![(key.to_string(), local)], &[]).await;
         }
+    }
+
+    /// The work of [`Partition::resume`]; returns the failures of tasks that
+    /// could not be published, as events to apply.
+    async fn rearm_and_republish(&mut self, key: &str) -> Vec<Input> {
+        let Some(live) = self.live.get_mut(key) else {
+            return Vec::new();
+        };
+        let t = now();
+        let mut messages = Vec::new();
+        let mut wheel = Vec::new();
+        for (timer, at) in &live.timers {
+            wheel.push((*at, Due::Timer(timer.clone())));
+        }
+        for p in live.pending.values() {
+            if let Some(hb) = p.request.heartbeat_seconds {
+                let deadline = t + jiff::SignedDuration::from_secs(hb as i64);
+                live.heartbeats.insert(p.request.task_id.to_string(), deadline);
+                wheel.push((deadline, Due::Heartbeat(p.request.task_id.to_string())));
+            }
+            if let Some(message) = &p.message {
+                messages.push(message.clone());
+            }
+        }
+        for (at, due) in wheel {
+            self.wheel.insert((at, key.to_string(), due), ());
+        }
+        let mut local = Vec::new();
+        for message in messages {
+            if let Err(event) = self.publish_task(key, &message).await {
+                local.push(Input::Local(event));
+            }
+        }
+        local
     }
 
     /// Loads an execution from its history into the cache. `Ok(None)` when
@@ -743,7 +796,7 @@ impl Partition {
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(execution = %key, error = %e, "events handed back");
-                    self.live.remove(&key);
+                    self.evict(&key, false);
                     result.retry.extend(inbox_indexes);
                 }
             }
@@ -763,7 +816,7 @@ impl Partition {
                 Ok(ack) => waiting.push((key, applied, inbox_indexes, exec_ref, ack)),
                 Err(e) => {
                     tracing::warn!(execution = %exec_ref.arn(), error = %e, "history append failed");
-                    self.live.remove(&key);
+                    self.evict(&key, matches!(e, StoreError::Conflict { .. }));
                     result.retry.extend(inbox_indexes);
                 }
             }
@@ -779,7 +832,7 @@ impl Partition {
                 }
                 Err(e) => {
                     tracing::warn!(execution = %exec_ref.arn(), error = %e, "history append failed");
-                    self.live.remove(&key);
+                    self.evict(&key, matches!(e, StoreError::Conflict { .. }));
                     result.retry.extend(inbox_indexes);
                 }
             }
@@ -809,9 +862,16 @@ impl Partition {
     ) -> Result<Option<Applied>, String> {
         let exec_ref = ExecutionRef::from_key(key).map_err(|e| e.to_string())?;
         let mut meta_for_new = None;
+        let mut extra = Vec::new();
         if !self.live.contains_key(key) {
             self.load(&exec_ref).await?;
+            if self.reload.remove(key) && self.live.contains_key(key) {
+                // Dropped after a failed write: its timers and tasks were
+                // not re-armed yet.
+                extra = self.rearm_and_republish(key).await;
+            }
         }
+        let inputs = inputs.into_iter().chain(extra);
         let mut entries = Vec::new();
         let mut commands = Vec::new();
         let expected = self.live.get(key).map_or(0, |l| l.last_sequence);
