@@ -430,6 +430,10 @@ pub enum InboxMessage {
         task_id: String,
         /// The result.
         output: Value,
+        /// True when sent through SendTaskSuccess (a `.waitForTaskToken`
+        /// task completes only this way).
+        #[serde(default)]
+        callback: bool,
     },
     /// A task failed.
     TaskFailed {
@@ -441,6 +445,10 @@ pub enum InboxMessage {
         error: String,
         /// The cause.
         cause: String,
+        /// True when sent through SendTaskFailure (a `.waitForTaskToken`
+        /// task completes only this way).
+        #[serde(default)]
+        callback: bool,
     },
     /// A running task is alive.
     TaskHeartbeat {
@@ -555,11 +563,12 @@ mod tests {
             execution_arn: "arn".into(),
             task_id: "T@0#0".into(),
             output: json!({"ok": true}),
+            callback: false,
         };
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(
             v,
-            json!({"type": "TaskSucceeded", "executionArn": "arn", "taskId": "T@0#0", "output": {"ok": true}})
+            json!({"type": "TaskSucceeded", "executionArn": "arn", "taskId": "T@0#0", "output": {"ok": true}, "callback": false})
         );
         let back: InboxMessage = serde_json::from_value(v).unwrap();
         assert_eq!(back, m);
