@@ -3,6 +3,9 @@
 //! See `ARCHITECTURE.md` ("Running over NATS") for the design; [`store`]
 //! holds the durable state.
 
+pub mod api;
+pub mod client;
+pub mod history_view;
 pub mod store;
 
 // The engine (`Cluster`, `ClusterOptions`, `ClusterHandle`) is in
