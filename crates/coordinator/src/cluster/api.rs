@@ -212,7 +212,9 @@ pub fn fresh_name() -> String {
 }
 
 fn json_len(value: &Value) -> usize {
-    serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX)
+    serde_json::to_vec(value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX)
 }
 
 fn parse_arn(arn: &str) -> Result<ExecutionRef, ApiError> {
@@ -501,9 +503,7 @@ impl Api {
                 Some(Outcome::Succeeded { output }) => {
                     desc.output = Some(Arc::unwrap_or_clone(output));
                 }
-                Some(
-                    Outcome::Failed { error, cause } | Outcome::TimedOut { error, cause },
-                ) => {
+                Some(Outcome::Failed { error, cause } | Outcome::TimedOut { error, cause }) => {
                     desc.error = desc.error.or(Some(error));
                     desc.cause = desc.cause.or(Some(cause));
                 }
@@ -726,9 +726,7 @@ impl Api {
                 ok(self.start_execution(req).await?)
             }
             Operation::DescribeExecution => ok(self.describe_execution(decode(payload)?).await?),
-            Operation::GetExecutionHistory => {
-                ok(self.execution_history(decode(payload)?).await?)
-            }
+            Operation::GetExecutionHistory => ok(self.execution_history(decode(payload)?).await?),
             Operation::ListExecutions => {
                 ok(self.list_executions(decode_or_empty(payload)?).await?)
             }
@@ -778,12 +776,17 @@ impl Api {
         let sent = match result {
             Ok(body) => request.respond(Ok(body)).await,
             Err(error) => {
-                let body = serde_json::to_vec(&Reply::<()>::Error(error.clone()))
-                    .unwrap_or_else(|_| b"{\"error\":{\"code\":\"Internal\",\"message\":\"\"}}".to_vec());
+                let body =
+                    serde_json::to_vec(&Reply::<()>::Error(error.clone())).unwrap_or_else(|_| {
+                        b"{\"error\":{\"code\":\"Internal\",\"message\":\"\"}}".to_vec()
+                    });
                 let mut hdrs = async_nats::HeaderMap::new();
-                let description = format!("{}: {}", error.code, error.message)
-                    .replace(['\r', '\n'], " ");
-                hdrs.insert(async_nats::service::NATS_SERVICE_ERROR, description.as_str());
+                let description =
+                    format!("{}: {}", error.code, error.message).replace(['\r', '\n'], " ");
+                hdrs.insert(
+                    async_nats::service::NATS_SERVICE_ERROR,
+                    description.as_str(),
+                );
                 hdrs.insert(
                     async_nats::service::NATS_SERVICE_ERROR_CODE,
                     status_of(&error.code).to_string().as_str(),
@@ -1011,7 +1014,12 @@ async fn on_trigger_message(api: &Api, trigger: &Trigger, message: async_nats::M
             Err(e) => serde_json::to_vec(&Reply::<()>::Error(e)),
         };
         if let Ok(body) = body
-            && let Err(e) = api.store.infra().client.publish(reply_to, body.into()).await
+            && let Err(e) = api
+                .store
+                .infra()
+                .client
+                .publish(reply_to, body.into())
+                .await
         {
             tracing::debug!(error = %e, "could not answer a trigger message");
         }

@@ -175,7 +175,8 @@ impl ApiClient {
         op: Operation,
         request: &Q,
     ) -> Result<T, ApiClientError> {
-        let body = serde_json::to_vec(request).map_err(|e| ApiClientError::Decode(e.to_string()))?;
+        let body =
+            serde_json::to_vec(request).map_err(|e| ApiClientError::Decode(e.to_string()))?;
         self.call_raw(op, body).await
     }
 
