@@ -29,16 +29,19 @@ impl SplitMix64 {
     }
 }
 
-/// A [`RandomSource`] over a generator kept in a [`std::cell::Cell`], so that
-/// code holding shared borrows (an evaluation environment) can still draw.
+/// A [`RandomSource`] over a SplitMix64 state kept in an atomic, so that
+/// code holding shared borrows (an evaluation environment) can still draw,
+/// and the holder stays `Sync`. Draws are deterministic as long as one
+/// thread draws at a time (the interpreter's case).
 #[derive(Debug)]
-pub struct CellRandom<'a>(pub &'a std::cell::Cell<SplitMix64>);
+pub struct SharedRandom<'a>(pub &'a std::sync::atomic::AtomicU64);
 
-impl RandomSource for CellRandom<'_> {
+impl RandomSource for SharedRandom<'_> {
     fn next_u64(&mut self) -> u64 {
-        let mut generator = self.0.get();
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut generator = SplitMix64::new(self.0.load(Relaxed));
         let value = generator.next_u64();
-        self.0.set(generator);
+        self.0.store(generator.state, Relaxed);
         value
     }
 }
@@ -67,6 +70,16 @@ mod tests {
         assert_ne!(xs[0], xs[1]);
         let mut c = SplitMix64::new(43);
         assert_ne!(c.next_u64(), xs[0]);
+    }
+
+    #[test]
+    fn shared_random_matches_the_generator() {
+        let state = std::sync::atomic::AtomicU64::new(9);
+        let mut shared = SharedRandom(&state);
+        let mut plain = SplitMix64::new(9);
+        for _ in 0..4 {
+            assert_eq!(shared.next_u64(), plain.next_u64());
+        }
     }
 
     #[test]

@@ -301,9 +301,13 @@ pub async fn run(request: RunRequest) -> Result<RunReport, RunError> {
             None,
             None,
         ),
-        Outcome::Failed { error, cause } => {
-            (RunStatus::Failed, Value::Null, Some(error), Some(cause))
-        }
+        // A Fail state without Error/Cause leaves them out, as AWS does.
+        Outcome::Failed { error, cause } => (
+            RunStatus::Failed,
+            Value::Null,
+            Some(error).filter(|e| !e.is_empty()),
+            Some(cause).filter(|c| !c.is_empty()),
+        ),
         Outcome::TimedOut { error, cause } => {
             (RunStatus::TimedOut, Value::Null, Some(error), Some(cause))
         }

@@ -771,3 +771,77 @@ async fn wait_for_completion_sees_the_end() {
         .unwrap();
     assert_eq!(done.status, ExecutionStatus::Aborted);
 }
+
+#[tokio::test]
+async fn a_coordinator_serves_the_api_and_runs_executions() {
+    use sagaflow_coordinator::cluster::{Cluster, ClusterOptions};
+    let server = NatsServer::start().expect("nats-server");
+    let nats = sagaflow_nats::connect(&server.url())
+        .await
+        .expect("connect");
+    let options = ClusterOptions {
+        partitions: 4,
+        triggers: vec![Trigger::parse("go=hello").unwrap()],
+        ..ClusterOptions::default()
+    };
+    let mut handle = Cluster::start(nats.clone(), options.clone())
+        .await
+        .expect("cluster");
+    api::attach_services(&mut handle, &options)
+        .await
+        .expect("services");
+    let c = ApiClient::new(nats.clone(), Namespace::default());
+    c.create_state_machine("hello", DEFINITION).await.unwrap();
+    let started = c
+        .start_execution(start("hello", Some("e2e"), json!({"who": "you"})))
+        .await
+        .unwrap();
+    let done = c
+        .wait_for_completion(&started.execution_arn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(done.status, ExecutionStatus::Succeeded, "{done:?}");
+    assert_eq!(done.output, Some(json!("hi")));
+    assert_eq!(done.input, Some(json!({"who": "you"})));
+    let history = c.execution_history(&started.execution_arn).await.unwrap();
+    let types: Vec<&str> = history
+        .events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            "ExecutionStarted",
+            "PassStateEntered",
+            "PassStateExited",
+            "ExecutionSucceeded"
+        ]
+    );
+    // A trigger message runs it too.
+    let reply = nats.request("go", r#"{"t": 1}"#.into()).await.unwrap();
+    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    let arn = reply["ok"]["executionArn"]
+        .as_str()
+        .expect("started")
+        .to_string();
+    let done = c
+        .wait_for_completion(&arn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(done.status, ExecutionStatus::Succeeded);
+    handle.shutdown().await;
+    // The API stops with the coordinator (once the unsubscriptions land).
+    let mut stopped = false;
+    for _ in 0..50 {
+        if matches!(
+            c.list_state_machines().await,
+            Err(ApiClientError::NoResponders { .. })
+        ) {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stopped, "the API still answers after shutdown");
+}

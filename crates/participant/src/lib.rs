@@ -6,12 +6,17 @@
 //! match). The [`stubs`] module is a ready-made participant driven by a JSON
 //! file, used by the local runner to mock services.
 //!
-//! The same `Handler` serves tasks in-process (embedded mode) and, later,
-//! over a message bus: nothing here knows how tasks arrive.
+//! The same `Handler` serves tasks in-process (embedded mode) and over NATS
+//! JetStream: the [`worker`] module's [`Worker`] pulls a deployment's tasks
+//! and publishes their results; the handler itself does not know how tasks
+//! arrive.
 
 #![warn(missing_docs)]
 
 pub mod stubs;
+pub mod worker;
+
+pub use worker::{ShutdownHandle, Worker, WorkerBuilder, WorkerError};
 
 use std::future::Future;
 use std::marker::PhantomData;

@@ -430,8 +430,7 @@ pub enum InboxMessage {
         task_id: String,
         /// The result.
         output: Value,
-        /// True when sent through SendTaskSuccess (a `.waitForTaskToken`
-        /// task completes only this way).
+        /// True when sent through SendTaskSuccess/SendTaskFailure
         #[serde(default)]
         callback: bool,
     },
@@ -445,8 +444,7 @@ pub enum InboxMessage {
         error: String,
         /// The cause.
         cause: String,
-        /// True when sent through SendTaskFailure (a `.waitForTaskToken`
-        /// task completes only this way).
+        /// True when sent through SendTaskSuccess/SendTaskFailure
         #[serde(default)]
         callback: bool,
     },

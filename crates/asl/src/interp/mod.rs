@@ -58,9 +58,10 @@
 mod data;
 mod types;
 
-use std::cell::{Cell, OnceCell};
+use std::cell::OnceCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use base64::Engine as _;
 use serde_json::{Map, Value};
@@ -74,7 +75,7 @@ use crate::model::{
     StateId, StateKind, StateMachine, Template, Transition, Wait,
 };
 use crate::path::{Env, ReadPath};
-use crate::rand::{CellRandom, RandomSource, SplitMix64};
+use crate::rand::{RandomSource, SharedRandom};
 use data::{Failure, Payload, eval_expr, eval_template, format_timestamp, select};
 
 /// Limits and knobs of the interpreter.
@@ -209,7 +210,8 @@ pub struct Execution {
     tasks: HashMap<Arc<str>, FrameId>,
     timers: HashMap<String, TimerRole>,
     transitions: u64,
-    rng: Cell<SplitMix64>,
+    /// SplitMix64 state, seeded from `ExecutionStarted`.
+    rng: AtomicU64,
     outcome: Option<Outcome>,
     /// A reused buffer for building ids.
     scratch: String,
@@ -227,7 +229,7 @@ impl Execution {
             tasks: HashMap::new(),
             timers: HashMap::new(),
             transitions: 0,
-            rng: Cell::new(SplitMix64::new(0)),
+            rng: AtomicU64::new(0),
             outcome: None,
             scratch: String::new(),
         }
@@ -311,7 +313,7 @@ impl Execution {
     // ----------------------------------------------------------------- start
 
     fn start(&mut self, at: Timestamp, info: ExecutionInfo, input: Value, out: &mut Vec<Command>) {
-        self.rng.set(SplitMix64::new(info.seed));
+        self.rng = AtomicU64::new(info.seed);
         let input = Arc::new(input);
         self.started = Some(Started {
             info,
@@ -657,7 +659,7 @@ impl Execution {
     /// A deterministic, unguessable-without-the-seed callback token that
     /// names its execution and task (base64url, no padding).
     fn task_token(&self, task_id: &str) -> String {
-        let mut rng = CellRandom(&self.rng);
+        let mut rng = SharedRandom(&self.rng);
         let execution_id = self
             .started
             .as_ref()
@@ -801,7 +803,7 @@ impl Execution {
             Wait::SecondsPath(path) => {
                 let env = self.env(f, state, None);
                 let v = select(path, "SecondsPath", &effective.value, &env, &state.name)?;
-                match v.as_u64() {
+                match whole_number(&v) {
                     Some(s) => add_seconds(at, s as f64),
                     None => {
                         return Err(Failure::runtime(
@@ -865,7 +867,7 @@ impl Execution {
                 Some(FailField::Literal(s)) => Ok(s.clone()),
                 Some(FailField::Expr(expr)) => {
                     let env = self.env(f, state, None);
-                    let mut rng = CellRandom(&self.rng);
+                    let mut rng = SharedRandom(&self.rng);
                     let v = eval_expr(expr, name, input, &env, &mut rng, &state.name)?;
                     match v {
                         Value::String(s) => Ok(s),
@@ -1439,7 +1441,7 @@ impl Execution {
                     delay = retrier.max_delay_seconds.unwrap_or(31_622_400) as f64;
                 }
                 if retrier.jitter == crate::model::Jitter::Full {
-                    delay *= CellRandom(&self.rng).next_f64();
+                    delay *= SharedRandom(&self.rng).next_f64();
                 }
                 let delay = (delay * 1000.0).round() / 1000.0;
                 let timer_id = format!("{}@{}#{}:retry", path, step, attempt);
@@ -1624,7 +1626,7 @@ impl Execution {
         map_item: Option<(usize, &Value)>,
     ) -> Result<Value, Failure> {
         let env = self.env(f, state, map_item);
-        let mut rng = CellRandom(&self.rng);
+        let mut rng = SharedRandom(&self.rng);
         eval_template(template, input, &env, &mut rng, &state.name)
     }
 
@@ -1714,7 +1716,7 @@ impl Execution {
     ) -> Result<u64, Failure> {
         let env = self.env(f, state, None);
         let v = select(path, field, effective, &env, &state.name)?;
-        match v.as_u64() {
+        match whole_number(&v) {
             Some(n) if n >= min => Ok(n),
             _ => Err(Failure::runtime(
                 &state.name,
@@ -1778,6 +1780,16 @@ impl Fanout {
             tolerated_percentage,
         }
     }
+}
+
+/// A non-negative whole number, also when written as a float (`2.0`), as
+/// the literal fields accept it.
+fn whole_number(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f <= u64::MAX as f64)
+            .map(|f| f as u64)
+    })
 }
 
 /// A shared `null`, for payloads not kept and for values moved out.

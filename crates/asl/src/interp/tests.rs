@@ -616,6 +616,16 @@ fn heartbeat_and_timeout_seconds_from_paths_reach_the_task() {
     );
     let o = sim.run(json!({"t": "soon"}), |_| panic!("must not run"));
     assert_eq!(failed(&o).0, "States.Runtime");
+    // A whole number written as a float is accepted, as in literal fields.
+    let mut sim = Sim::new(
+        r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "SecondsPath": "$.s", "Next": "T"},
+            "T": {"Type": "Task", "Resource": "r", "TimeoutSecondsPath": "$.t", "End": true}}}"#,
+    );
+    sim.run(json!({"s": 2.0, "t": 5.0}), |t| {
+        assert_eq!(t.timeout_seconds, Some(5));
+        ok(json!(null))
+    });
+    assert_eq!(sim.now, t0() + jiff::SignedDuration::from_secs(2));
 }
 
 #[test]
@@ -1033,4 +1043,25 @@ proptest! {
         let outcome = sim.try_run(input, |_| None);
         prop_assert!(outcome.is_some(), "no tasks here: every run completes");
     }
+}
+
+#[test]
+fn commands_and_events_round_trip_through_json() {
+    let mut sim = Sim::new(SAGA);
+    let mut n = 0;
+    let script = [0u8, 2, 0, 3, 0, 0, 0];
+    sim.try_run(json!({"items": [1, 2]}), |_| script_answer(&script, &mut n));
+    assert!(sim.log.len() > 10);
+    for command in &sim.log {
+        let text = serde_json::to_string(command).unwrap();
+        let back: Command = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(&back, command);
+    }
+    let event = Event::TaskFailed {
+        task_id: "T@0#0".into(),
+        error: "E".into(),
+        cause: "C".into(),
+    };
+    let back: Event = serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
+    assert_eq!(back, event);
 }

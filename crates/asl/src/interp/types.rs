@@ -164,7 +164,7 @@ pub enum Outcome {
 /// Functions shows as `...StateEntered`, `...StateExited`, and so on).
 /// These carry no effect; the runtime stores and displays them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type")]
+#[serde(tag = "record")]
 pub enum Record {
     /// A state was entered (`TaskStateEntered`, `ChoiceStateEntered`, ...).
     StateEntered {
@@ -245,7 +245,7 @@ pub enum Record {
 /// An output of the interpreter: an effect for the runtime to carry out, or
 /// a record for the history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type")]
+#[serde(tag = "command")]
 pub enum Command {
     /// Dispatch a task; answer with `TaskSucceeded` / `TaskFailed`.
     ScheduleTask(TaskRequest),

@@ -41,6 +41,8 @@ use sagaflow_protocol::{
     ExecutionRef, InboxMessage, StartExecution, check_name, decode_task_token, headers,
 };
 
+pub use super::engine::Trigger;
+use super::engine::{ClusterHandle, ClusterOptions};
 use super::history_view;
 use super::store::{Store, StoreError, StoredHistory};
 use crate::RuntimeOptions;
@@ -137,16 +139,6 @@ pub enum ServeError {
     /// A trigger is malformed.
     #[error("invalid trigger '{0}': expected SUBJECT=STATE_MACHINE")]
     InvalidTrigger(String),
-}
-
-/// An event trigger: every message on `subject` starts an execution of
-/// `state_machine` (its latest version) with the message as input.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Trigger {
-    /// The NATS subject (wildcards allowed).
-    pub subject: String,
-    /// The state machine's name.
-    pub state_machine: String,
 }
 
 impl Trigger {
@@ -849,20 +841,42 @@ fn ok<T: Serialize>(value: T) -> Result<Bytes, ApiError> {
         .map_err(|e| ApiError::new(codes::INTERNAL, e.to_string()))
 }
 
-/// A running API service; [`ApiService::stop`] ends it.
+/// A running API service; [`ApiService::stop`] (or dropping it) ends it.
 pub struct ApiService {
-    service: async_nats::service::Service,
+    service: Option<async_nats::service::Service>,
     loops: Vec<JoinHandle<()>>,
 }
 
 impl ApiService {
     /// Stops serving: the endpoints unsubscribe; requests being handled are
     /// abandoned (their callers time out and may retry elsewhere).
-    pub async fn stop(self) {
-        let _ = self.service.stop().await;
-        for handle in self.loops {
+    pub async fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        if let Some(service) = self.service.take() {
+            // `Service::stop` only signals and aborts: it completes at once.
+            let _ = futures::FutureExt::now_or_never(service.stop());
+        }
+        for handle in self.loops.drain(..) {
             handle.abort();
         }
+    }
+
+    /// A task that keeps the service running until it is aborted (for
+    /// [`ClusterHandle::attach`]).
+    pub fn into_task(self) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let _service = self;
+            std::future::pending::<()>().await
+        })
+    }
+}
+
+impl Drop for ApiService {
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 
@@ -913,12 +927,16 @@ pub async fn serve(store: Store, options: ApiOptions) -> Result<ApiService, Serv
             }
         }));
     }
-    Ok(ApiService { service, loops })
+    Ok(ApiService {
+        service: Some(service),
+        loops,
+    })
 }
 
 // ---------------------------------------------------------------- triggers
 
-/// Running trigger subscriptions; [`TriggerService::stop`] ends them.
+/// Running trigger subscriptions; [`TriggerService::stop`] (or dropping
+/// it) ends them.
 pub struct TriggerService {
     loops: Vec<JoinHandle<()>>,
 }
@@ -926,10 +944,45 @@ pub struct TriggerService {
 impl TriggerService {
     /// Stops every trigger subscription.
     pub async fn stop(self) {
-        for handle in self.loops {
+        drop(self);
+    }
+
+    /// A task that keeps the triggers running until it is aborted (for
+    /// [`ClusterHandle::attach`]).
+    pub fn into_task(self) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let _triggers = self;
+            std::future::pending::<()>().await
+        })
+    }
+}
+
+impl Drop for TriggerService {
+    fn drop(&mut self) {
+        for handle in self.loops.drain(..) {
             handle.abort();
         }
     }
+}
+
+/// Starts what a coordinator serves besides its partitions: the API (when
+/// `options.api`) and the triggers, attached to `handle` so that they stop
+/// with it.
+pub async fn attach_services(
+    handle: &mut ClusterHandle,
+    options: &ClusterOptions,
+) -> Result<(), ServeError> {
+    let api_options = ApiOptions::from_runtime(&options.runtime);
+    if options.api {
+        let service = serve(handle.store().clone(), api_options.clone()).await?;
+        handle.attach(service.into_task());
+    }
+    if !options.triggers.is_empty() {
+        let triggers =
+            serve_triggers(handle.store().clone(), api_options, &options.triggers).await?;
+        handle.attach(triggers.into_task());
+    }
+    Ok(())
 }
 
 /// A valid execution name for a message id: the id itself when it is one,

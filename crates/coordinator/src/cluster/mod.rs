@@ -5,8 +5,9 @@
 
 pub mod api;
 pub mod client;
+pub mod engine;
 pub mod history_view;
 pub mod store;
 
-// The engine (`Cluster`, `ClusterOptions`, `ClusterHandle`) is in
-// `engine.rs`; the API service in `api.rs`; the API client in `client.rs`.
+pub use engine::{Cluster, ClusterError, ClusterHandle, ClusterOptions, Trigger};
+pub use store::Store;

@@ -1,0 +1,1432 @@
+//! The engine: partitions, leases, and the loop that applies inbox events
+//! to executions.
+//!
+//! Executions are spread over `partitions` partitions by a hash of their
+//! name. Each partition is owned by one coordinator at a time, through a
+//! lease in the leases bucket that the owner renews every third of its TTL.
+//! The owner of a partition:
+//!
+//! 1. on taking it, **recovers** every running execution of the partition
+//!    (from the execution index): replays its history through the
+//!    interpreter, re-arms its timers and re-publishes its unanswered tasks
+//!    (same `Nats-Msg-Id`, so the broker drops those it still has);
+//! 2. pulls the partition's inbox (one durable consumer per partition),
+//!    applies the events to the executions it caches, appends one history
+//!    batch per execution with `Nats-Expected-Last-Subject-Sequence`, then
+//!    publishes tasks and arms timers, and only then acknowledges the inbox
+//!    messages;
+//! 3. fires timers (Wait, retry backoff, task and execution timeouts,
+//!    heartbeat deadlines) as events of their own.
+//!
+//! A coordinator that loses its lease (it paused, or the network split)
+//! can at worst try one more append: it fails on the expected sequence,
+//! so no execution is ever advanced twice.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::{FutureExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use sagaflow_asl::interp::{
+    Command, Event, Execution, ExecutionInfo, Outcome, TaskRequest, Timestamp,
+};
+use sagaflow_asl::model::StateMachine;
+use sagaflow_protocol::api::{ExecutionDescription, ExecutionStatus};
+use sagaflow_protocol::{
+    ExecutionRef, InboxMessage, ParentTask, StartExecution, TaskMessage, check_handler, headers,
+    state_machine_arn,
+};
+
+use super::store::{ExecutionMeta, HistoryBatch, Store, StoreError};
+use crate::driver::{HistoryEntry, HistoryItem, RuntimeOptions};
+use crate::resource::{self, Pattern, ResultShape};
+
+/// The child-execution integration.
+const START_EXECUTION: &str = "arn:aws:states:::states:startExecution";
+
+/// Options of a coordinator.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Streams, buckets, replicas, lease TTL.
+    pub settings: sagaflow_nats::Settings,
+    /// How many partitions executions are spread over. Every coordinator
+    /// of a deployment must use the same number.
+    pub partitions: u32,
+    /// This coordinator's id (default: random).
+    pub coordinator_id: Option<String>,
+    /// Interpreter limits.
+    pub runtime: RuntimeOptions,
+    /// Serve the API service.
+    pub api: bool,
+    /// Subjects whose messages start executions.
+    pub triggers: Vec<Trigger>,
+    /// Most inbox messages handled in one step of a partition.
+    pub max_batch: usize,
+    /// How long a participant may hold a task before JetStream redelivers
+    /// it to another instance (participants extend it while they work).
+    pub task_ack_wait: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            settings: sagaflow_nats::Settings::default(),
+            partitions: 16,
+            coordinator_id: None,
+            runtime: RuntimeOptions::default(),
+            api: true,
+            triggers: Vec::new(),
+            max_batch: 256,
+            task_ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Messages on `subject` start executions of `state_machine`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger {
+    /// The NATS subject (wildcards allowed).
+    pub subject: String,
+    /// The state machine's name.
+    pub state_machine: String,
+}
+
+/// The coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Streams or buckets could not be created.
+    #[error(transparent)]
+    Setup(#[from] sagaflow_nats::SetupError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The API service or a trigger could not start.
+    #[error("cannot start the API service: {0}")]
+    Api(String),
+}
+
+/// The coordinator.
+pub struct Cluster;
+
+/// A running coordinator.
+pub struct ClusterHandle {
+    id: String,
+    store: Store,
+    shutdown: watch::Sender<bool>,
+    leases: JoinHandle<()>,
+    extra: Vec<JoinHandle<()>>,
+}
+
+impl ClusterHandle {
+    /// This coordinator's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The durable state it works on.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Keeps a task alive as long as the coordinator (the API service, the
+    /// triggers); it is aborted at shutdown.
+    pub fn attach(&mut self, task: JoinHandle<()>) {
+        self.extra.push(task);
+    }
+
+    /// Stops: hands back its partitions (other coordinators take them at
+    /// once) and returns when every partition has stopped.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.leases.await;
+        for task in self.extra {
+            task.abort();
+        }
+    }
+
+    /// Waits until the coordinator stops (after [`ClusterHandle::shutdown`]
+    /// from elsewhere, or a fatal error).
+    pub async fn wait(self) {
+        let _ = self.leases.await;
+    }
+}
+
+impl Cluster {
+    /// Creates the streams and buckets if needed and starts the coordinator.
+    pub async fn start(
+        client: async_nats::Client,
+        options: ClusterOptions,
+    ) -> Result<ClusterHandle, ClusterError> {
+        let infra = sagaflow_nats::setup(client, options.settings.clone()).await?;
+        let store = Store::new(infra, options.partitions);
+        let id = options
+            .coordinator_id
+            .clone()
+            .unwrap_or_else(|| format!("coordinator-{:016x}", random_u64()));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            options: options.clone(),
+            machines: Mutex::new(HashMap::new()),
+        });
+        let leases = tokio::spawn(lease_loop(shared, id.clone(), shutdown_rx));
+        Ok(ClusterHandle {
+            id,
+            store,
+            shutdown,
+            leases,
+            extra: Vec::new(),
+        })
+    }
+}
+
+/// What the partitions of one coordinator share.
+struct Shared {
+    store: Store,
+    options: ClusterOptions,
+    /// Parsed state machines by (name, version).
+    machines: Mutex<HashMap<(String, u64), Arc<StateMachine>>>,
+}
+
+impl Shared {
+    async fn machine(&self, name: &str, version: u64) -> Result<Arc<StateMachine>, String> {
+        let key = (name.to_string(), version);
+        if let Some(m) = self
+            .machines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(m.clone());
+        }
+        let stored = self
+            .store
+            .machine(name, Some(version))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("state machine {name} version {version} does not exist"))?;
+        let parsed = sagaflow_asl::parse::parse_definition(&stored.definition)
+            .map_err(|e| format!("state machine {name} version {version} is invalid: {e}"))?;
+        let parsed = Arc::new(parsed);
+        self.machines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, parsed.clone());
+        Ok(parsed)
+    }
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    let a = RandomState::new().hash_one(std::time::SystemTime::now());
+    let b = RandomState::new().hash_one(std::process::id());
+    a ^ b.rotate_left(17)
+}
+
+fn now() -> Timestamp {
+    jiff::Timestamp::now()
+}
+
+fn rfc3339(ts: Timestamp) -> String {
+    ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+// ------------------------------------------------------------------ leases
+
+async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiver<bool>) {
+    let store = shared.store.clone();
+    let infra = store.infra().clone();
+    let partitions = store.partitions();
+    let ttl = infra.settings.lease_ttl;
+    let interval = (ttl / 3).max(Duration::from_millis(100));
+    let mut owned: HashMap<u32, (u64, PartitionHandle)> = HashMap::new();
+    // Start looking at a place that depends on the id, so that coordinators
+    // starting together do not all race for partition 0.
+    let offset = (random_u64() % u64::from(partitions)) as u32;
+    loop {
+        let _ = infra.coordinators.put(&id, "alive".into()).await;
+        let live = count_keys(&infra.coordinators).await.max(1);
+        let share = partitions.div_ceil(live as u32) as usize;
+
+        // Renew what we own; whatever fails to renew is lost.
+        let mut lost = Vec::new();
+        for (p, (revision, _)) in owned.iter_mut() {
+            match infra
+                .leases
+                .update(lease_key(*p), id.clone().into(), *revision)
+                .await
+            {
+                Ok(r) => *revision = r,
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "lost the lease of a partition");
+                    lost.push(*p);
+                }
+            }
+        }
+        for p in lost {
+            if let Some((_, handle)) = owned.remove(&p) {
+                handle.stop().await;
+            }
+        }
+
+        // Take free partitions up to our share.
+        for i in 0..partitions {
+            if owned.len() >= share {
+                break;
+            }
+            let p = (offset + i) % partitions;
+            if owned.contains_key(&p) {
+                continue;
+            }
+            if let Ok(revision) = infra.leases.create(lease_key(p), id.clone().into()).await {
+                tracing::info!(coordinator = %id, partition = p, "took a partition");
+                let handle = PartitionHandle::start(shared.clone(), p);
+                owned.insert(p, (revision, handle));
+            }
+        }
+
+        // Hand back what is above our share, so that newcomers get work.
+        while owned.len() > share {
+            let Some(&p) = owned.keys().max() else { break };
+            if let Some((_, handle)) = owned.remove(&p) {
+                handle.stop().await;
+                let _ = infra.leases.delete(lease_key(p)).await;
+                tracing::info!(coordinator = %id, partition = p, "handed back a partition");
+            }
+        }
+
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    for (p, (_, handle)) in owned.drain() {
+        handle.stop().await;
+        let _ = infra.leases.delete(lease_key(p)).await;
+    }
+    let _ = infra.coordinators.delete(&id).await;
+}
+
+fn lease_key(partition: u32) -> String {
+    format!("p{partition}")
+}
+
+async fn count_keys(store: &jetstream::kv::Store) -> usize {
+    match store.keys().await {
+        Ok(keys) => keys.filter_map(|k| async move { k.ok() }).count().await,
+        Err(_) => 1,
+    }
+}
+
+// -------------------------------------------------------------- partitions
+
+struct PartitionHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl PartitionHandle {
+    fn start(shared: Arc<Shared>, partition: u32) -> PartitionHandle {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut worker = Partition::new(shared, partition);
+            if let Err(e) = worker.run(stop_rx).await {
+                tracing::error!(partition, error = %e, "partition stopped on an error");
+            }
+        });
+        PartitionHandle { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// A task waiting for its participant.
+#[derive(Debug, Clone)]
+struct Pending {
+    request: TaskRequest,
+    shape: Shape,
+    pattern: Pattern,
+    /// The message published (None: handled by the coordinator itself), for re-publishing after a restart.
+    message: Option<TaskMessage>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Raw,
+    LambdaInvoke,
+    /// `states:startExecution.sync` (`v2`: `.sync:2`, output kept as JSON).
+    ChildSync {
+        v2: bool,
+    },
+}
+
+/// An execution held in memory by the partition that owns it.
+struct Live {
+    exec_ref: ExecutionRef,
+    exec: Execution,
+    meta: ExecutionMeta,
+    /// Stream sequence of its last history batch.
+    last_sequence: u64,
+    start: Timestamp,
+    input: Value,
+    pending: HashMap<String, Pending>,
+    /// Timers armed, by interpreter timer id.
+    timers: HashMap<String, Timestamp>,
+    /// Heartbeat deadlines by task id.
+    heartbeats: HashMap<String, Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    Timer(String),
+    Heartbeat(String),
+}
+
+struct Partition {
+    shared: Arc<Shared>,
+    partition: u32,
+    live: HashMap<String, Live>,
+    /// (when, execution key, what), earliest first.
+    wheel: BTreeMap<(Timestamp, String, Due), ()>,
+}
+
+/// Something to apply to one execution.
+enum Input {
+    /// An inbox message (with its index in the batch, to ack it).
+    Inbox(usize, InboxMessage),
+    /// A timer that came due.
+    Timer(String),
+    /// A heartbeat deadline that passed.
+    HeartbeatExpired(String),
+    /// A result the coordinator made itself (child start, dispatch failure).
+    Local(Event),
+}
+
+impl Partition {
+    fn new(shared: Arc<Shared>, partition: u32) -> Partition {
+        Partition {
+            shared,
+            partition,
+            live: HashMap::new(),
+            wheel: BTreeMap::new(),
+        }
+    }
+
+    fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+        let infra = self.store().infra().clone();
+        let ns = infra.ns().clone();
+        // A new owner starts the partition's consumer afresh: messages the
+        // previous owner pulled and never acknowledged come back at once
+        // (the work-queue stream keeps every message until it is acked),
+        // instead of after the ack wait; a stale owner's pulls then fail.
+        let _ = infra
+            .inbox
+            .delete_consumer(&ns.inbox_consumer(self.partition))
+            .await;
+        let consumer = infra
+            .inbox
+            .get_or_create_consumer::<consumer::pull::Config>(
+                &ns.inbox_consumer(self.partition),
+                consumer::pull::Config {
+                    durable_name: Some(ns.inbox_consumer(self.partition)),
+                    filter_subject: ns.inbox_partition_filter(self.partition),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: 20_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("inbox consumer: {e}"))?;
+        self.recover().await;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(self.shared.options.max_batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(10))
+            .messages()
+            .await
+            .map_err(|e| format!("inbox messages: {e}"))?;
+        loop {
+            let due = self.wheel.keys().next().map(|(at, _, _)| *at);
+            let sleep = match due {
+                Some(at) => {
+                    let wait = at.duration_since(now()).unsigned_abs();
+                    tokio::time::sleep(if at <= now() { Duration::ZERO } else { wait })
+                }
+                None => tokio::time::sleep(Duration::from_secs(3600)),
+            };
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return Ok(()),
+                first = messages.next() => {
+                    let Some(first) = first else { return Err("the inbox subscription ended".into()) };
+                    let mut batch = Vec::new();
+                    match first {
+                        Ok(m) => batch.push(m),
+                        Err(e) => {
+                            tracing::warn!(partition = self.partition, error = %e, "inbox pull failed");
+                            continue;
+                        }
+                    }
+                    while batch.len() < self.shared.options.max_batch {
+                        match messages.next().now_or_never() {
+                            Some(Some(Ok(m))) => batch.push(m),
+                            _ => break,
+                        }
+                    }
+                    self.handle_inbox(batch).await;
+                }
+                _ = sleep => self.fire_due().await,
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ recovery
+
+    async fn recover(&mut self) {
+        let running = match self
+            .store()
+            .list_executions(Some(self.partition), None, Some(ExecutionStatus::Running))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(partition = self.partition, error = %e, "cannot list executions to recover");
+                return;
+            }
+        };
+        for desc in running {
+            let Ok(exec_ref) = ExecutionRef::from_arn(&desc.execution_arn) else {
+                continue;
+            };
+            match self.load(&exec_ref).await {
+                Ok(Some(())) => {
+                    let key = exec_ref.key();
+                    let completed = self.live.get(&key).and_then(|l| l.exec.outcome().cloned());
+                    if let Some(outcome) = completed {
+                        // It ended but its index entry was not updated.
+                        self.finish(&key, &outcome).await;
+                        continue;
+                    }
+                    self.resume(&key).await;
+                }
+                Ok(None) => {
+                    // Indexed but no history yet: its start is still in the
+                    // inbox and will arrive.
+                }
+                Err(e) => {
+                    tracing::error!(execution = %desc.execution_arn, error = %e, "cannot recover an execution");
+                }
+            }
+        }
+    }
+
+    /// Re-arms timers and heartbeat deadlines and re-publishes unanswered
+    /// tasks of a just-loaded execution.
+    async fn resume(&mut self, key: &str) {
+        let Some(live) = self.live.get(key) else {
+            return;
+        };
+        let timers: Vec<(String, Timestamp)> =
+            live.timers.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let pending: Vec<Pending> = live.pending.values().cloned().collect();
+        for (timer, at) in timers {
+            self.wheel
+                .insert((at, key.to_string(), Due::Timer(timer)), ());
+        }
+        let t = now();
+        let mut local = Vec::new();
+        for p in pending {
+            if let Some(hb) = p.request.heartbeat_seconds {
+                let deadline = t + jiff::SignedDuration::from_secs(hb as i64);
+                if let Some(live) = self.live.get_mut(key) {
+                    live.heartbeats
+                        .insert(p.request.task_id.to_string(), deadline);
+                }
+                self.wheel.insert(
+                    (
+                        deadline,
+                        key.to_string(),
+                        Due::Heartbeat(p.request.task_id.to_string()),
+                    ),
+                    (),
+                );
+            }
+            if let Some(message) = &p.message
+                && let Err(event) = self.publish_task(key, message).await
+            {
+                local.push(Input::Local(event));
+            }
+        }
+        if !local.is_empty() {
+            self.step(vec![(key.to_string(), local)], &[]).await;
+        }
+    }
+
+    /// Loads an execution from its history into the cache. `Ok(None)` when
+    /// it has no history.
+    async fn load(&mut self, exec_ref: &ExecutionRef) -> Result<Option<()>, String> {
+        let key = exec_ref.key();
+        if self.live.contains_key(&key) {
+            return Ok(Some(()));
+        }
+        let history = self
+            .store()
+            .read_history(exec_ref)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(meta) = history.batches.first().and_then(|b| b.meta.clone()) else {
+            return Ok(None);
+        };
+        let machine = self
+            .shared
+            .machine(&meta.state_machine, meta.version)
+            .await?;
+        let mut live = Live {
+            exec_ref: exec_ref.clone(),
+            exec: Execution::new(machine, self.shared.options.runtime.interp_options()),
+            meta,
+            last_sequence: history.last_sequence,
+            start: now(),
+            input: Value::Null,
+            pending: HashMap::new(),
+            timers: HashMap::new(),
+            heartbeats: HashMap::new(),
+        };
+        let mut out = Vec::new();
+        for batch in &history.batches {
+            for entry in &batch.entries {
+                if let HistoryItem::Event(event) = &entry.item {
+                    if let Event::ExecutionStarted { input, .. } = event {
+                        live.start = entry.at;
+                        live.input = input.clone();
+                    }
+                    out.clear();
+                    if let Err(e) = live.exec.apply(entry.at, event.clone(), &mut out) {
+                        return Err(format!("replay of {} failed: {e}", exec_ref.arn()));
+                    }
+                    track(&mut live, &out, &self.shared.store);
+                }
+            }
+        }
+        self.live.insert(key, live);
+        Ok(Some(()))
+    }
+
+    // --------------------------------------------------------------- steps
+
+    async fn handle_inbox(&mut self, batch: Vec<jetstream::Message>) {
+        let ns = self.store().infra().ns().clone();
+        let mut groups: Vec<(String, Vec<Input>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut decoded: Vec<bool> = Vec::with_capacity(batch.len());
+        for (i, message) in batch.iter().enumerate() {
+            let parsed: Result<InboxMessage, String> =
+                serde_json::from_slice(&message.payload).map_err(|e| e.to_string());
+            let key = message
+                .subject
+                .as_str()
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            match parsed {
+                Ok(m) if ExecutionRef::from_key(&key).is_ok() => {
+                    let slot = *index.entry(key.clone()).or_insert_with(|| {
+                        groups.push((key.clone(), Vec::new()));
+                        groups.len() - 1
+                    });
+                    groups[slot].1.push(Input::Inbox(i, m));
+                    decoded.push(true);
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(subject = %message.subject, "dropping a malformed inbox message");
+                    decoded.push(false);
+                }
+            }
+        }
+        let _ = ns;
+        let results = self.step(groups, &batch).await;
+        // Acknowledge what was recorded (or needed no record), hand back the
+        // rest, terminate what cannot be decoded.
+        for (i, message) in batch.iter().enumerate() {
+            let ack = if !decoded[i] {
+                AckKind::Term
+            } else if results.retry.contains(&i) {
+                AckKind::Nak(Some(Duration::from_millis(200)))
+            } else {
+                AckKind::Ack
+            };
+            if let Err(e) = message.ack_with(ack).await {
+                tracing::warn!(error = %e, "cannot acknowledge an inbox message");
+            }
+        }
+    }
+
+    async fn fire_due(&mut self) {
+        let t = now();
+        let mut groups: Vec<(String, Vec<Input>)> = Vec::new();
+        while let Some(((at, key, due), ())) = self.wheel.pop_first() {
+            if at > t {
+                self.wheel.insert((at, key, due), ());
+                break;
+            }
+            let input = match due {
+                Due::Timer(id) => {
+                    let armed = self
+                        .live
+                        .get(&key)
+                        .and_then(|l| l.timers.get(&id))
+                        .is_some_and(|when| *when == at);
+                    if !armed {
+                        continue;
+                    }
+                    Input::Timer(id)
+                }
+                Due::Heartbeat(task) => {
+                    let armed = self
+                        .live
+                        .get(&key)
+                        .and_then(|l| l.heartbeats.get(&task))
+                        .is_some_and(|when| *when == at);
+                    if !armed {
+                        continue;
+                    }
+                    Input::HeartbeatExpired(task)
+                }
+            };
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, inputs)) => inputs.push(input),
+                None => groups.push((key, vec![input])),
+            }
+        }
+        if !groups.is_empty() {
+            self.step(groups, &[]).await;
+        }
+    }
+
+    /// Applies inputs to executions, records them, carries out the commands.
+    async fn step(
+        &mut self,
+        groups: Vec<(String, Vec<Input>)>,
+        batch: &[jetstream::Message],
+    ) -> StepResult {
+        let _ = batch;
+        let mut result = StepResult::default();
+        let mut appends = Vec::new();
+        for (key, inputs) in groups {
+            let inbox_indexes: Vec<usize> = inputs
+                .iter()
+                .filter_map(|i| match i {
+                    Input::Inbox(n, _) => Some(*n),
+                    _ => None,
+                })
+                .collect();
+            match self.apply_group(&key, inputs).await {
+                Ok(Some(applied)) => appends.push((key, applied, inbox_indexes)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(execution = %key, error = %e, "events handed back");
+                    self.live.remove(&key);
+                    result.retry.extend(inbox_indexes);
+                }
+            }
+        }
+        // Send every append, then wait for them together.
+        let mut waiting = Vec::new();
+        for (key, applied, inbox_indexes) in appends {
+            let Some(live) = self.live.get(&key) else {
+                continue;
+            };
+            let exec_ref = live.exec_ref.clone();
+            match self
+                .store()
+                .send_history(&exec_ref, applied.expected, &applied.batch)
+                .await
+            {
+                Ok(ack) => waiting.push((key, applied, inbox_indexes, exec_ref, ack)),
+                Err(e) => {
+                    tracing::warn!(execution = %exec_ref.arn(), error = %e, "history append failed");
+                    self.live.remove(&key);
+                    result.retry.extend(inbox_indexes);
+                }
+            }
+        }
+        let mut done = Vec::new();
+        for (key, applied, inbox_indexes, exec_ref, ack) in waiting {
+            match self.store().await_history(&exec_ref, ack).await {
+                Ok(sequence) => {
+                    if let Some(live) = self.live.get_mut(&key) {
+                        live.last_sequence = sequence;
+                    }
+                    done.push((key, applied));
+                }
+                Err(e) => {
+                    tracing::warn!(execution = %exec_ref.arn(), error = %e, "history append failed");
+                    self.live.remove(&key);
+                    result.retry.extend(inbox_indexes);
+                }
+            }
+        }
+        // Carry out the commands of what was recorded.
+        let mut follow_up: Vec<(String, Vec<Input>)> = Vec::new();
+        for (key, applied) in done {
+            let local = self.carry_out(&key, applied.commands).await;
+            if !local.is_empty() {
+                follow_up.push((key, local));
+            }
+        }
+        if !follow_up.is_empty() {
+            // Results the coordinator produced itself (child starts,
+            // dispatch failures): one more step, boxed to allow recursion.
+            let inner = Box::pin(self.step(follow_up, &[])).await;
+            let _ = inner;
+        }
+        result
+    }
+
+    /// Applies one execution's inputs. `Ok(None)`: nothing to record.
+    async fn apply_group(
+        &mut self,
+        key: &str,
+        inputs: Vec<Input>,
+    ) -> Result<Option<Applied>, String> {
+        let exec_ref = ExecutionRef::from_key(key).map_err(|e| e.to_string())?;
+        let mut meta_for_new = None;
+        if !self.live.contains_key(key) {
+            self.load(&exec_ref).await?;
+        }
+        let mut entries = Vec::new();
+        let mut commands = Vec::new();
+        let expected = self.live.get(key).map_or(0, |l| l.last_sequence);
+        for input in inputs {
+            let t = now();
+            let event = match input {
+                Input::Inbox(_, InboxMessage::StartExecution(start)) => {
+                    if self.live.contains_key(key) {
+                        continue; // A duplicate start.
+                    }
+                    match self.new_execution(&exec_ref, &start, t).await {
+                        Ok((event, meta)) => {
+                            meta_for_new = Some(meta);
+                            event
+                        }
+                        Err(e) => {
+                            tracing::warn!(execution = %start.execution_arn, error = %e, "cannot start an execution");
+                            continue;
+                        }
+                    }
+                }
+                Input::Inbox(_, InboxMessage::TaskHeartbeat { task_id, .. }) => {
+                    self.heartbeat(key, &task_id);
+                    continue;
+                }
+                Input::Inbox(
+                    _,
+                    InboxMessage::TaskSucceeded {
+                        task_id,
+                        output,
+                        callback,
+                        ..
+                    },
+                ) => {
+                    let Some(pending) = self.live.get(key).and_then(|l| l.pending.get(&task_id))
+                    else {
+                        continue; // Unknown or already answered.
+                    };
+                    if pending.pattern == Pattern::WaitForTaskToken && !callback {
+                        // The participant took the token; the result comes
+                        // through SendTaskSuccess.
+                        continue;
+                    }
+                    let output = shape_output(pending.shape, output, &task_id);
+                    Event::TaskSucceeded { task_id, output }
+                }
+                Input::Inbox(
+                    _,
+                    InboxMessage::TaskFailed {
+                        task_id,
+                        error,
+                        cause,
+                        ..
+                    },
+                ) => Event::TaskFailed {
+                    task_id,
+                    error,
+                    cause,
+                },
+                Input::Inbox(_, InboxMessage::StopExecution { error, cause, .. }) => {
+                    Event::StopRequested { error, cause }
+                }
+                Input::Inbox(_, InboxMessage::RedriveExecution { execution_arn }) => {
+                    tracing::warn!(execution = %execution_arn, "redrive is not supported yet; ignored");
+                    continue;
+                }
+                Input::Timer(timer_id) => Event::TimerFired { timer_id },
+                Input::HeartbeatExpired(task_id) => {
+                    let seconds = self
+                        .live
+                        .get(key)
+                        .and_then(|l| l.pending.get(&task_id))
+                        .and_then(|p| p.request.heartbeat_seconds)
+                        .unwrap_or(0);
+                    Event::TaskFailed {
+                        task_id,
+                        error: sagaflow_asl::errors::HEARTBEAT_TIMEOUT.to_string(),
+                        cause: format!("no heartbeat received for {seconds} seconds"),
+                    }
+                }
+                Input::Local(event) => event,
+            };
+            let Some(live) = self.live.get_mut(key) else {
+                continue;
+            };
+            let mut out = Vec::new();
+            if let Err(e) = live.exec.apply(t, event.clone(), &mut out) {
+                tracing::warn!(execution = %exec_ref.arn(), error = %e, "event rejected");
+                continue;
+            }
+            if out.is_empty() {
+                continue; // A late or duplicate answer: nothing happened.
+            }
+            track(live, &out, &self.shared.store);
+            entries.push(HistoryEntry {
+                at: t,
+                item: HistoryItem::Event(event),
+            });
+            for c in &out {
+                entries.push(HistoryEntry {
+                    at: t,
+                    item: HistoryItem::Command(c.clone()),
+                });
+            }
+            commands.extend(out);
+        }
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Applied {
+            expected,
+            batch: HistoryBatch {
+                meta: meta_for_new,
+                entries,
+            },
+            commands,
+        }))
+    }
+
+    async fn new_execution(
+        &mut self,
+        exec_ref: &ExecutionRef,
+        start: &StartExecution,
+        t: Timestamp,
+    ) -> Result<(Event, ExecutionMeta), String> {
+        let machine = self
+            .shared
+            .machine(exec_ref.state_machine(), start.version)
+            .await?;
+        let meta = ExecutionMeta {
+            state_machine: exec_ref.state_machine().to_string(),
+            version: start.version,
+            traceparent: start.traceparent.clone(),
+            parent: start.parent.clone(),
+        };
+        // Index first: recovery finds executions through the index.
+        let desc = ExecutionDescription {
+            execution_arn: exec_ref.arn(),
+            name: exec_ref.name().to_string(),
+            state_machine: exec_ref.state_machine().to_string(),
+            version: start.version,
+            status: ExecutionStatus::Running,
+            start_date: rfc3339(t),
+            stop_date: None,
+            input: None,
+            output: None,
+            error: None,
+            cause: None,
+            redrive_count: 0,
+        };
+        self.store()
+            .put_execution(&desc)
+            .await
+            .map_err(|e| e.to_string())?;
+        let live = Live {
+            exec_ref: exec_ref.clone(),
+            exec: Execution::new(machine, self.shared.options.runtime.interp_options()),
+            meta: meta.clone(),
+            last_sequence: 0,
+            start: t,
+            input: start.input.clone(),
+            pending: HashMap::new(),
+            timers: HashMap::new(),
+            heartbeats: HashMap::new(),
+        };
+        self.live.insert(exec_ref.key(), live);
+        let event = Event::ExecutionStarted {
+            info: ExecutionInfo {
+                execution_id: exec_ref.arn(),
+                execution_name: exec_ref.name().to_string(),
+                state_machine_id: state_machine_arn(exec_ref.state_machine()),
+                state_machine_name: exec_ref.state_machine().to_string(),
+                role_arn: String::new(),
+                seed: start.seed,
+            },
+            input: start.input.clone(),
+        };
+        Ok((event, meta))
+    }
+
+    fn heartbeat(&mut self, key: &str, task_id: &str) {
+        let Some(live) = self.live.get_mut(key) else {
+            return;
+        };
+        let Some(seconds) = live
+            .pending
+            .get(task_id)
+            .and_then(|p| p.request.heartbeat_seconds)
+        else {
+            return;
+        };
+        let deadline = now() + jiff::SignedDuration::from_secs(seconds as i64);
+        live.heartbeats.insert(task_id.to_string(), deadline);
+        self.wheel.insert(
+            (
+                deadline,
+                key.to_string(),
+                Due::Heartbeat(task_id.to_string()),
+            ),
+            (),
+        );
+    }
+
+    /// Carries out recorded commands. Returns results made locally.
+    async fn carry_out(&mut self, key: &str, commands: Vec<Command>) -> Vec<Input> {
+        let mut local = Vec::new();
+        let mut publishes = Vec::new();
+        for command in commands {
+            match command {
+                Command::ScheduleTask(request) => {
+                    let Some(live) = self.live.get(key) else {
+                        continue;
+                    };
+                    let Some(pending) = live.pending.get(&*request.task_id).cloned() else {
+                        continue;
+                    };
+                    if let Some(hb) = request.heartbeat_seconds {
+                        self.heartbeat(key, &request.task_id);
+                        let _ = hb;
+                    }
+                    match (&pending.message, pending.shape) {
+                        (Some(message), _) => publishes.push(message.clone()),
+                        (None, Shape::ChildSync { .. }) | (None, Shape::Raw) => {
+                            if let Some(event) = self.start_child(key, &request, &pending).await {
+                                local.push(Input::Local(event));
+                            }
+                        }
+                        (None, Shape::LambdaInvoke) => {}
+                    }
+                }
+                Command::StartTimer {
+                    timer_id, fire_at, ..
+                } => {
+                    self.wheel
+                        .insert((fire_at, key.to_string(), Due::Timer(timer_id)), ());
+                }
+                Command::CancelTimer { .. } | Command::CancelTask { .. } | Command::Record(_) => {}
+                Command::Complete(outcome) => {
+                    self.finish(key, &outcome).await;
+                }
+            }
+        }
+        for message in publishes {
+            if let Err(event) = self.publish_task(key, &message).await {
+                local.push(Input::Local(event));
+            }
+        }
+        local
+    }
+
+    /// Publishes a task; a failure becomes the task's failure event.
+    async fn publish_task(&self, key: &str, message: &TaskMessage) -> Result<(), Event> {
+        let infra = self.store().infra();
+        let Ok(exec_ref) = ExecutionRef::from_key(key) else {
+            return Ok(());
+        };
+        let body = match serde_json::to_vec(message) {
+            Ok(b) => b,
+            Err(e) => {
+                return Err(Event::TaskFailed {
+                    task_id: message.task_id.clone(),
+                    error: sagaflow_asl::errors::RUNTIME.to_string(),
+                    cause: format!("the task message does not encode: {e}"),
+                });
+            }
+        };
+        if body.len() > infra.settings.max_message_bytes.max(0) as usize {
+            return Err(Event::TaskFailed {
+                task_id: message.task_id.clone(),
+                error: sagaflow_asl::errors::DATA_LIMIT_EXCEEDED.to_string(),
+                cause: format!(
+                    "the task message is {} bytes, more than the {} bytes a message may have",
+                    body.len(),
+                    infra.settings.max_message_bytes
+                ),
+            });
+        }
+        let mut hdrs = async_nats::HeaderMap::new();
+        hdrs.insert(headers::MSG_ID, message.msg_id(&exec_ref).as_str());
+        hdrs.insert(headers::TASK_ID, message.task_id.as_str());
+        let subject = infra.ns().task_subject(&message.handler);
+        match infra
+            .js
+            .publish_with_headers(subject, hdrs, body.into())
+            .await
+        {
+            Ok(ack) => {
+                if let Err(e) = ack.await {
+                    tracing::warn!(task = %message.task_id, error = %e, "task publish not acknowledged; it is published again after a restart");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(task = %message.task_id, error = %e, "task publish failed; it is published again after a restart");
+                Ok(())
+            }
+        }
+    }
+
+    /// `states:startExecution`: starts the child; for request-response the
+    /// task's result is known at once.
+    async fn start_child(
+        &self,
+        key: &str,
+        request: &TaskRequest,
+        pending: &Pending,
+    ) -> Option<Event> {
+        let live = self.live.get(key)?;
+        let fail = |cause: String| {
+            Some(Event::TaskFailed {
+                task_id: request.task_id.to_string(),
+                error: "States.TaskFailed".to_string(),
+                cause,
+            })
+        };
+        let input = &request.input;
+        let Some(machine_arn) = input.get("StateMachineArn").and_then(Value::as_str) else {
+            return fail("startExecution needs a string StateMachineArn parameter".into());
+        };
+        let machine = machine_arn
+            .split(":stateMachine:")
+            .nth(1)
+            .map(|rest| rest.split(':').next().unwrap_or(rest))
+            .unwrap_or(machine_arn);
+        let child_input = match input.get("Input") {
+            Some(Value::String(s)) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+            Some(v) => v.clone(),
+            None => json!({}),
+        };
+        let name = match input.get("Name").and_then(Value::as_str) {
+            Some(n) => n.to_string(),
+            None => format!(
+                "{}-{:08x}",
+                live.exec_ref.name(),
+                fnv(&request.task_id) as u32
+            ),
+        };
+        let child = match ExecutionRef::new(machine, &name) {
+            Ok(c) => c,
+            Err(e) => return fail(e.to_string()),
+        };
+        let version = match self.store().machine(machine, None).await {
+            Ok(Some(v)) => v.version,
+            Ok(None) => return fail(format!("state machine {machine} does not exist")),
+            Err(e) => return fail(e.to_string()),
+        };
+        let start = InboxMessage::StartExecution(StartExecution {
+            execution_arn: child.arn(),
+            version,
+            input: child_input,
+            seed: fnv(&format!("{}{}", live.exec_ref.arn(), request.task_id)),
+            traceparent: live.meta.traceparent.clone(),
+            parent: match pending.shape {
+                Shape::ChildSync { .. } => Some(ParentTask {
+                    execution_arn: live.exec_ref.arn(),
+                    task_id: request.task_id.to_string(),
+                }),
+                _ => None,
+            },
+        });
+        let infra = self.store().infra();
+        let subject = infra
+            .ns()
+            .inbox_subject(self.store().partition_of(&child), &child);
+        let mut hdrs = async_nats::HeaderMap::new();
+        hdrs.insert(headers::MSG_ID, format!("start/{}", child.key()).as_str());
+        let body = serde_json::to_vec(&start).ok()?;
+        match infra
+            .js
+            .publish_with_headers(subject, hdrs, body.into())
+            .await
+        {
+            Ok(ack) => {
+                if let Err(e) = ack.await {
+                    return fail(format!("cannot start {}: {e}", child.arn()));
+                }
+            }
+            Err(e) => return fail(format!("cannot start {}: {e}", child.arn())),
+        }
+        match pending.shape {
+            Shape::ChildSync { .. } => None,
+            _ => Some(Event::TaskSucceeded {
+                task_id: request.task_id.to_string(),
+                output: json!({"ExecutionArn": child.arn(), "StartDate": rfc3339(now())}),
+            }),
+        }
+    }
+
+    /// An execution completed: update its index entry, tell waiters and a
+    /// waiting parent, drop it from memory.
+    async fn finish(&mut self, key: &str, outcome: &Outcome) {
+        let Some(live) = self.live.remove(key) else {
+            return;
+        };
+        self.wheel.retain(|(_, k, _), _| k != key);
+        let (status, output, error, cause) = match outcome {
+            Outcome::Succeeded { output } => (
+                ExecutionStatus::Succeeded,
+                Some(Value::clone(output)),
+                None,
+                None,
+            ),
+            Outcome::Failed { error, cause } => (
+                ExecutionStatus::Failed,
+                None,
+                Some(error.clone()).filter(|e| !e.is_empty()),
+                Some(cause.clone()).filter(|c| !c.is_empty()),
+            ),
+            Outcome::TimedOut { error, cause } => (
+                ExecutionStatus::TimedOut,
+                None,
+                Some(error.clone()),
+                Some(cause.clone()),
+            ),
+            Outcome::Aborted { error, cause } => {
+                (ExecutionStatus::Aborted, None, error.clone(), cause.clone())
+            }
+        };
+        let desc = ExecutionDescription {
+            execution_arn: live.exec_ref.arn(),
+            name: live.exec_ref.name().to_string(),
+            state_machine: live.meta.state_machine.clone(),
+            version: live.meta.version,
+            status,
+            start_date: rfc3339(live.start),
+            stop_date: Some(rfc3339(now())),
+            input: None,
+            output: None,
+            error: error.clone(),
+            cause: cause.clone(),
+            redrive_count: 0,
+        };
+        if let Err(e) = self.store().put_execution(&desc).await {
+            tracing::warn!(execution = %desc.execution_arn, error = %e, "cannot update the execution index");
+        }
+        let infra = self.store().infra();
+        let mut full = desc.clone();
+        full.input = Some(live.input.clone());
+        full.output = output.clone();
+        if let Ok(body) = serde_json::to_vec(&full) {
+            let _ = infra
+                .client
+                .publish(infra.ns().done_subject(&live.exec_ref), body.into())
+                .await;
+        }
+        if let Some(parent) = &live.meta.parent {
+            let mut report = json!({
+                "ExecutionArn": desc.execution_arn,
+                "Input": live.input,
+                "Name": desc.name,
+                "StartDate": desc.start_date,
+                "StateMachineArn": state_machine_arn(&desc.state_machine),
+                "Status": status.as_str(),
+                "StopDate": desc.stop_date,
+            });
+            let message = match (status, output) {
+                (ExecutionStatus::Succeeded, Some(output)) => {
+                    report["Output"] = output;
+                    InboxMessage::TaskSucceeded {
+                        execution_arn: parent.execution_arn.clone(),
+                        task_id: parent.task_id.clone(),
+                        output: report,
+                        callback: false,
+                    }
+                }
+                _ => {
+                    report["Error"] = json!(error);
+                    report["Cause"] = json!(cause);
+                    InboxMessage::TaskFailed {
+                        execution_arn: parent.execution_arn.clone(),
+                        task_id: parent.task_id.clone(),
+                        error: "States.TaskFailed".to_string(),
+                        cause: report.to_string(),
+                        callback: false,
+                    }
+                }
+            };
+            if let Ok(parent_ref) = ExecutionRef::from_arn(&parent.execution_arn) {
+                let subject = infra
+                    .ns()
+                    .inbox_subject(self.store().partition_of(&parent_ref), &parent_ref);
+                let mut hdrs = async_nats::HeaderMap::new();
+                hdrs.insert(
+                    headers::MSG_ID,
+                    format!("child/{}/{}", parent_ref.key(), parent.task_id).as_str(),
+                );
+                if let Ok(body) = serde_json::to_vec(&message)
+                    && let Ok(ack) = infra
+                        .js
+                        .publish_with_headers(subject, hdrs, body.into())
+                        .await
+                {
+                    let _ = ack.await;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct StepResult {
+    /// Inbox messages (by index in the batch) to hand back.
+    retry: HashSet<usize>,
+}
+
+struct Applied {
+    expected: u64,
+    batch: HistoryBatch,
+    commands: Vec<Command>,
+}
+
+fn fnv(text: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+fn shape_output(shape: Shape, output: Value, task_id: &str) -> Value {
+    match shape {
+        Shape::Raw => output,
+        Shape::LambdaInvoke => resource::wrap_lambda_invoke(output, task_id),
+        Shape::ChildSync { v2 } => {
+            let mut output = output;
+            if !v2 && let Some(o) = output.get_mut("Output") {
+                *o = Value::String(o.to_string());
+            }
+            output
+        }
+    }
+}
+
+/// Keeps an execution's pending tasks and timers in step with the commands
+/// it produced.
+fn track(live: &mut Live, commands: &[Command], store: &Store) {
+    for c in commands {
+        match c {
+            Command::ScheduleTask(request) => {
+                let pending = plan_task(&live.exec_ref, request, store);
+                live.pending.insert(request.task_id.to_string(), pending);
+            }
+            Command::CancelTask { task_id } => {
+                live.pending.remove(task_id);
+                live.heartbeats.remove(task_id);
+            }
+            Command::StartTimer {
+                timer_id, fire_at, ..
+            } => {
+                live.timers.insert(timer_id.clone(), *fire_at);
+            }
+            Command::CancelTimer { timer_id } => {
+                live.timers.remove(timer_id);
+            }
+            _ => {}
+        }
+    }
+    // Answered tasks and fired timers leave the interpreter's pending sets.
+    let tasks: HashSet<&str> = live.exec.pending_tasks().collect();
+    live.pending.retain(|id, _| tasks.contains(id.as_str()));
+    live.heartbeats.retain(|id, _| tasks.contains(id.as_str()));
+    let timers: HashSet<&str> = live.exec.pending_timers().collect();
+    live.timers.retain(|id, _| timers.contains(id.as_str()));
+}
+
+/// Where a task goes: a handler (with the message to publish), or a child
+/// execution started by the coordinator.
+fn plan_task(exec_ref: &ExecutionRef, request: &TaskRequest, store: &Store) -> Pending {
+    let (base, pattern) = resource::strip_pattern(&request.resource);
+    if base == START_EXECUTION {
+        let v2 = request.resource.ends_with(".sync:2");
+        return Pending {
+            request: request.clone(),
+            shape: if pattern == Pattern::Sync {
+                Shape::ChildSync { v2 }
+            } else {
+                Shape::Raw
+            },
+            pattern,
+            message: None,
+        };
+    }
+    let (handler, input, shape) = match resource::resolve(&request.resource, &request.input) {
+        Ok(r) => {
+            let handler = std::iter::once(r.name.clone())
+                .chain(r.candidates.iter().cloned())
+                .find(|h| check_handler(h).is_ok());
+            let shape = match r.shape {
+                ResultShape::Raw => Shape::Raw,
+                ResultShape::LambdaInvoke => Shape::LambdaInvoke,
+            };
+            (handler, r.input, shape)
+        }
+        Err(_) => (None, Value::clone(&request.input), Shape::Raw),
+    };
+    let message = handler.as_ref().map(|h| TaskMessage {
+        execution_arn: exec_ref.arn(),
+        execution_name: exec_ref.name().to_string(),
+        state_machine: exec_ref.state_machine().to_string(),
+        task_id: request.task_id.to_string(),
+        state_name: request.state_name.to_string(),
+        resource: request.resource.to_string(),
+        handler: h.clone(),
+        input,
+        attempt: request.attempt,
+        heartbeat_seconds: request.heartbeat_seconds,
+        timeout_seconds: request.timeout_seconds,
+        task_token: request.task_token.clone(),
+        reply_to: store
+            .infra()
+            .ns()
+            .inbox_subject(store.partition_of(exec_ref), exec_ref),
+    });
+    Pending {
+        request: request.clone(),
+        shape,
+        pattern,
+        message,
+    }
+}

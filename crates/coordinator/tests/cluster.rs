@@ -1,0 +1,471 @@
+//! The coordinator over a real nats-server: executions run to the end,
+//! survive restarts, and are never advanced twice.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use sagaflow_coordinator::cluster::{Cluster, ClusterHandle, ClusterOptions};
+use sagaflow_protocol::api::{ExecutionDescription, ExecutionStatus};
+use sagaflow_protocol::{ExecutionRef, InboxMessage, Namespace, StartExecution, TaskMessage};
+use sagaflow_testkit::NatsServer;
+
+const SAGA: &str = r#"{
+  "StartAt": "BookFlight",
+  "States": {
+    "BookFlight": {"Type": "Task", "Resource": "arn:aws:lambda:us-east-1:123456789012:function:book_flight",
+      "ResultPath": "$.flight", "Next": "BookCar",
+      "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Failed"}]},
+    "BookCar": {"Type": "Task", "Resource": "book_car", "ResultPath": "$.car", "End": true,
+      "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "CancelFlight"}]},
+    "CancelFlight": {"Type": "Task", "Resource": "cancel_flight", "ResultPath": null, "Next": "Failed"},
+    "Failed": {"Type": "Fail", "Error": "BookingFailed", "Cause": "compensated"}
+  }
+}"#;
+
+fn options() -> ClusterOptions {
+    let mut o = ClusterOptions {
+        partitions: 4,
+        api: false,
+        ..ClusterOptions::default()
+    };
+    o.settings.lease_ttl = Duration::from_secs(2);
+    o
+}
+
+async fn start_cluster(url: &str) -> ClusterHandle {
+    let client = sagaflow_nats::connect(url).await.expect("connect");
+    Cluster::start(client, options()).await.expect("cluster")
+}
+
+/// A participant written against the wire protocol: answers every task;
+/// `book_car` fails when the input says so.
+async fn participant(url: String) {
+    let client = async_nats::connect(&url).await.expect("connect");
+    let js = jetstream::new(client);
+    let ns = Namespace::default();
+    let stream = loop {
+        match js.get_stream(ns.tasks_stream()).await {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let consumer = stream
+        .get_or_create_consumer::<consumer::pull::Config>(
+            "test-participant",
+            consumer::pull::Config {
+                durable_name: Some("test-participant".into()),
+                filter_subject: ns.task_wildcard(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    while let Some(Ok(message)) = messages.next().await {
+        let task: TaskMessage = serde_json::from_slice(&message.payload).expect("task");
+        let reply = if task.handler == "book_car" && task.input["fail"] == json!("car") {
+            InboxMessage::TaskFailed {
+                execution_arn: task.execution_arn.clone(),
+                task_id: task.task_id.clone(),
+                error: "CarUnavailable".into(),
+                cause: "no cars".into(),
+                callback: false,
+            }
+        } else {
+            InboxMessage::TaskSucceeded {
+                execution_arn: task.execution_arn.clone(),
+                task_id: task.task_id.clone(),
+                output: json!({"by": task.handler}),
+                callback: false,
+            }
+        };
+        js.publish(
+            task.reply_to.clone(),
+            serde_json::to_vec(&reply).unwrap().into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+        message.ack().await.expect("ack task");
+    }
+}
+
+async fn deploy(cluster: &ClusterHandle) -> u64 {
+    cluster
+        .store()
+        .create_machine("travel", SAGA, "2024-01-01T00:00:00Z")
+        .await
+        .expect("machine")
+        .version
+}
+
+async fn start(
+    url: &str,
+    cluster: &ClusterHandle,
+    name: &str,
+    input: Value,
+    version: u64,
+) -> ExecutionRef {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    let exec = ExecutionRef::new("travel", name).unwrap();
+    let ns = Namespace::default();
+    let start = InboxMessage::StartExecution(StartExecution {
+        execution_arn: exec.arn(),
+        version,
+        input,
+        seed: 1,
+        traceparent: None,
+        parent: None,
+    });
+    let subject = ns.inbox_subject(cluster.store().partition_of(&exec), &exec);
+    js.publish(subject, serde_json::to_vec(&start).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    exec
+}
+
+async fn wait_done(cluster: &ClusterHandle, exec: &ExecutionRef) -> ExecutionDescription {
+    for _ in 0..400 {
+        if let Ok(Some(d)) = cluster.store().execution(exec).await
+            && d.status != ExecutionStatus::Running
+        {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} did not finish", exec.arn());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_succeeds_and_another_compensates() {
+    let server = NatsServer::start().expect("nats-server");
+    let cluster = start_cluster(&server.url()).await;
+    let version = deploy(&cluster).await;
+    tokio::spawn(participant(server.url()));
+
+    let ok = start(&server.url(), &cluster, "ok-1", json!({"trip": 1}), version).await;
+    let bad = start(
+        &server.url(),
+        &cluster,
+        "bad-1",
+        json!({"trip": 2, "fail": "car"}),
+        version,
+    )
+    .await;
+    let ok = wait_done(&cluster, &ok).await;
+    let bad = wait_done(&cluster, &bad).await;
+    assert_eq!(ok.status, ExecutionStatus::Succeeded, "{ok:?}");
+    assert_eq!(bad.status, ExecutionStatus::Failed, "{bad:?}");
+    assert_eq!(bad.error.as_deref(), Some("BookingFailed"));
+
+    // The history holds every step, in order.
+    let history = cluster
+        .store()
+        .read_history(&ExecutionRef::from_arn(&ok.execution_arn).unwrap())
+        .await
+        .unwrap();
+    assert!(history.batches[0].meta.is_some());
+    assert!(history.last_sequence > 0);
+    cluster.shutdown().await;
+}
+
+/// What the test participant did: effects keyed by (execution, handler),
+/// each a set of task ids (a task id seen twice is a redelivery, not a
+/// second effect).
+type Ledger = std::sync::Arc<
+    std::sync::Mutex<
+        std::collections::HashMap<(String, String), std::collections::HashSet<String>>,
+    >,
+>;
+
+/// Like `participant`, slower, and keeping a ledger.
+async fn ledger_participant(url: String, ledger: Ledger, name: &'static str) {
+    let client = async_nats::connect(&url).await.expect("connect");
+    let js = jetstream::new(client);
+    let ns = Namespace::default();
+    let stream = loop {
+        match js.get_stream(ns.tasks_stream()).await {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let consumer = stream
+        .get_or_create_consumer::<consumer::pull::Config>(
+            name,
+            consumer::pull::Config {
+                durable_name: Some(name.into()),
+                filter_subject: ns.task_wildcard(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    while let Some(Ok(message)) = messages.next().await {
+        let task: TaskMessage = serde_json::from_slice(&message.payload).expect("task");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        ledger
+            .lock()
+            .unwrap()
+            .entry((task.execution_arn.clone(), task.handler.clone()))
+            .or_default()
+            .insert(task.task_id.clone());
+        let reply = if task.handler == "book_car" && task.input["fail"] == json!("car") {
+            InboxMessage::TaskFailed {
+                execution_arn: task.execution_arn.clone(),
+                task_id: task.task_id.clone(),
+                error: "CarUnavailable".into(),
+                cause: "no cars".into(),
+                callback: false,
+            }
+        } else {
+            InboxMessage::TaskSucceeded {
+                execution_arn: task.execution_arn.clone(),
+                task_id: task.task_id.clone(),
+                output: json!({"by": task.handler}),
+                callback: false,
+            }
+        };
+        let body = serde_json::to_vec(&reply).unwrap();
+        if let Ok(ack) = js.publish(task.reply_to.clone(), body.into()).await
+            && ack.await.is_ok()
+        {
+            let _ = message.ack().await;
+        }
+    }
+}
+
+async fn store_for(url: &str) -> sagaflow_coordinator::cluster::Store {
+    let client = sagaflow_nats::connect(url).await.unwrap();
+    let infra = sagaflow_nats::setup(client, options().settings)
+        .await
+        .unwrap();
+    sagaflow_coordinator::cluster::Store::new(infra, options().partitions)
+}
+
+async fn publish_start(
+    url: &str,
+    store: &sagaflow_coordinator::cluster::Store,
+    name: &str,
+    input: Value,
+    version: u64,
+) -> ExecutionRef {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    let exec = ExecutionRef::new("travel", name).unwrap();
+    let start = InboxMessage::StartExecution(StartExecution {
+        execution_arn: exec.arn(),
+        version,
+        input,
+        seed: 1,
+        traceparent: None,
+        parent: None,
+    });
+    let subject = Namespace::default().inbox_subject(store.partition_of(&exec), &exec);
+    js.publish(subject, serde_json::to_vec(&start).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    exec
+}
+
+async fn wait_all(
+    store: &sagaflow_coordinator::cluster::Store,
+    execs: &[ExecutionRef],
+    limit: Duration,
+) -> Vec<ExecutionDescription> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut done = Vec::new();
+        for e in execs {
+            if let Ok(Some(d)) = store.execution(e).await
+                && d.status != ExecutionStatus::Running
+            {
+                done.push(d);
+            }
+        }
+        if done.len() == execs.len() {
+            return done;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} finished",
+            done.len(),
+            execs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn check_ledger(ledger: &Ledger, done: &[ExecutionDescription]) {
+    let ledger = ledger.lock().unwrap();
+    for d in done {
+        let effects = |h: &str| {
+            ledger
+                .get(&(d.execution_arn.clone(), h.to_string()))
+                .map_or(0, |s| s.len())
+        };
+        assert_eq!(
+            effects("book_flight"),
+            1,
+            "{}: flight booked once",
+            d.execution_arn
+        );
+        match d.status {
+            ExecutionStatus::Succeeded => {
+                assert_eq!(effects("book_car"), 1);
+                assert_eq!(
+                    effects("cancel_flight"),
+                    0,
+                    "{}: nothing to undo",
+                    d.execution_arn
+                );
+            }
+            ExecutionStatus::Failed => {
+                assert_eq!(d.error.as_deref(), Some("BookingFailed"));
+                assert_eq!(
+                    effects("cancel_flight"),
+                    1,
+                    "{}: flight cancelled exactly once",
+                    d.execution_arn
+                );
+            }
+            other => panic!("{}: unexpected {other:?}", d.execution_arn),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_coordinator_is_replaced_and_nothing_is_lost() {
+    let server = NatsServer::start().expect("nats-server");
+    let url = server.url();
+    let store = store_for(&url).await;
+    let version = store
+        .create_machine("travel", SAGA, "2024-01-01T00:00:00Z")
+        .await
+        .unwrap()
+        .version;
+    let ledger = Ledger::default();
+    tokio::spawn(ledger_participant(url.clone(), ledger.clone(), "p1"));
+
+    // Coordinator A runs on a runtime of its own, which is shut down
+    // abruptly: no lease is released, nothing is flushed.
+    let runtime_a = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url_a = url.clone();
+    runtime_a.spawn(async move {
+        let client = sagaflow_nats::connect(&url_a).await.unwrap();
+        let _handle = Cluster::start(client, options()).await.unwrap();
+        std::future::pending::<()>().await;
+    });
+
+    let mut execs = Vec::new();
+    for i in 0..40 {
+        let input = if i % 2 == 0 {
+            json!({"i": i})
+        } else {
+            json!({"i": i, "fail": "car"})
+        };
+        execs.push(publish_start(&url, &store, &format!("trip-{i}"), input, version).await);
+    }
+    // Let A make progress, then crash it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    runtime_a.shutdown_background();
+    let mut unfinished = 0;
+    for e in &execs {
+        match store.execution(e).await.unwrap() {
+            Some(d) if d.status != ExecutionStatus::Running => {}
+            _ => unfinished += 1,
+        }
+    }
+    assert!(
+        unfinished > 0,
+        "the crash must leave work for the next coordinator"
+    );
+
+    // Coordinator B takes over once A's leases expire.
+    let b = start_cluster(&url).await;
+    let done = wait_all(&store, &execs, Duration::from_secs(60)).await;
+    check_ledger(&ledger, &done);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_coordinators_share_the_work_and_never_advance_an_execution_twice() {
+    let server = NatsServer::start().expect("nats-server");
+    let url = server.url();
+    let store = store_for(&url).await;
+    let version = store
+        .create_machine("travel", SAGA, "2024-01-01T00:00:00Z")
+        .await
+        .unwrap()
+        .version;
+    let ledger = Ledger::default();
+    tokio::spawn(ledger_participant(url.clone(), ledger.clone(), "p1"));
+    let a = start_cluster(&url).await;
+    let b = start_cluster(&url).await;
+    let mut execs = Vec::new();
+    for i in 0..40 {
+        let input = if i % 3 == 0 {
+            json!({"i": i, "fail": "car"})
+        } else {
+            json!({"i": i})
+        };
+        execs.push(publish_start(&url, &store, &format!("two-{i}"), input, version).await);
+    }
+    let done = wait_all(&store, &execs, Duration::from_secs(60)).await;
+    check_ledger(&ledger, &done);
+    // Both coordinators own partitions (the work is shared).
+    let infra = store.infra();
+    let mut owners = std::collections::HashSet::new();
+    for p in 0..options().partitions {
+        if let Ok(Some(v)) = infra.leases.get(format!("p{p}")).await {
+            owners.insert(String::from_utf8_lossy(&v).to_string());
+        }
+    }
+    assert_eq!(owners.len(), 2, "leases: {owners:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_appends_expecting_the_same_sequence_exactly_one_wins() {
+    use sagaflow_coordinator::cluster::store::{HistoryBatch, StoreError};
+    let server = NatsServer::start().expect("nats-server");
+    let store = store_for(&server.url()).await;
+    let exec = ExecutionRef::new("travel", "race").unwrap();
+    let batch = HistoryBatch {
+        meta: None,
+        entries: Vec::new(),
+    };
+    let first = store.append_history(&exec, 0, &batch).await.unwrap();
+    let (x, y) = tokio::join!(
+        store.append_history(&exec, first, &batch),
+        store.append_history(&exec, first, &batch)
+    );
+    let wins = [&x, &y].iter().filter(|r| r.is_ok()).count();
+    assert_eq!(wins, 1, "{x:?} {y:?}");
+    assert!(
+        [x, y]
+            .into_iter()
+            .any(|r| matches!(r, Err(StoreError::Conflict { .. })))
+    );
+    assert!(matches!(
+        store.append_history(&exec, 0, &batch).await,
+        Err(StoreError::Conflict { .. })
+    ));
+}

@@ -1,0 +1,597 @@
+//! Serving one task message: decode, replay or run the handler, record,
+//! publish the result, ack.
+
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, kv};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use sagaflow_protocol::{InboxMessage, TaskMessage, headers};
+use serde_json::Value;
+use tokio::sync::watch;
+use tracing::Instrument as _;
+
+use super::{DATA_LIMIT_EXCEEDED, TASK_FAILED};
+use crate::{Handler, TaskContext, TaskError, heartbeat_channel};
+
+/// Delay before a task whose result could not be stored (or whose
+/// idempotency record could not be read) is delivered again.
+pub(super) const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Runs the tasks of one handler.
+pub(super) struct TaskRunner {
+    pub(super) js: jetstream::Context,
+    pub(super) idempotency: Option<kv::Store>,
+    pub(super) handler_name: String,
+    pub(super) handler: Arc<dyn Handler>,
+    pub(super) ack_wait: Duration,
+    pub(super) max_payload_bytes: usize,
+    /// Turns true at the end of the shutdown grace period: running handlers
+    /// are dropped and their tasks handed back.
+    pub(super) abandon: watch::Receiver<bool>,
+}
+
+/// How running a handler ended.
+enum Outcome {
+    /// It returned (or panicked: then a `States.TaskFailed` error).
+    Done(Result<Value, TaskError>),
+    /// The grace period ended first.
+    Abandoned,
+}
+
+/// Hands a task back for immediate redelivery (best effort: if the NAK is
+/// lost the broker redelivers after `ack_wait` anyway).
+pub(super) async fn nak_now(message: &jetstream::Message) {
+    if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+        tracing::warn!(error = %e, "cannot hand a task back; it is redelivered after the ack wait");
+    }
+}
+
+async fn nak_later(message: &jetstream::Message) {
+    if let Err(e) = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await {
+        tracing::warn!(error = %e, "cannot hand a task back; it is redelivered after the ack wait");
+    }
+}
+
+/// The idempotency store key of a task: base64url (no padding) of
+/// `EXECUTION_ARN/TASK_ID`, which uses only characters KV keys allow.
+pub fn idempotency_key(execution_arn: &str, task_id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{execution_arn}/{task_id}"))
+}
+
+/// The `Nats-Msg-Id` of a task's result: `REPLY_TO/TASK_ID/result`.
+pub fn result_msg_id(reply_to: &str, task_id: &str) -> String {
+    format!("{reply_to}/{task_id}/result")
+}
+
+/// Why a `reply_to` cannot be published to, if it cannot.
+pub(super) fn check_reply_to(subject: &str) -> Result<(), &'static str> {
+    if subject.is_empty() {
+        return Err("it is empty");
+    }
+    if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("it contains whitespace or control characters");
+    }
+    if subject
+        .split('.')
+        .any(|t| t.is_empty() || t == "*" || t == ">")
+    {
+        return Err("it has an empty or wildcard token");
+    }
+    Ok(())
+}
+
+/// The text of a panic payload.
+pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "the handler panicked".to_string()
+    }
+}
+
+/// Cuts `text` to at most `max` bytes, on a character boundary, marking the
+/// cut.
+fn truncate(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    const MARK: &str = "... (truncated)";
+    let mark = if max > MARK.len() { MARK } else { "" };
+    let mut end = max - mark.len();
+    while end > 0 && !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = text.get(..end).unwrap_or_default().to_string();
+    out.push_str(mark);
+    out
+}
+
+/// The inbox message reporting a handler's result, with the payload limit
+/// applied: a success larger than `max_bytes` becomes a
+/// `States.DataLimitExceeded` failure; a failure's cause is truncated to
+/// `max_bytes`.
+pub fn result_message(
+    execution_arn: &str,
+    task_id: &str,
+    result: Result<Value, TaskError>,
+    max_bytes: usize,
+) -> InboxMessage {
+    let failed = |error: String, cause: String| InboxMessage::TaskFailed {
+        execution_arn: execution_arn.to_string(),
+        task_id: task_id.to_string(),
+        error,
+        cause: truncate(cause, max_bytes),
+        callback: false,
+    };
+    match result {
+        Ok(output) => match serde_json::to_vec(&output) {
+            Ok(bytes) if bytes.len() <= max_bytes => InboxMessage::TaskSucceeded {
+                execution_arn: execution_arn.to_string(),
+                task_id: task_id.to_string(),
+                output,
+                callback: false,
+            },
+            Ok(bytes) => failed(
+                DATA_LIMIT_EXCEEDED.to_string(),
+                format!(
+                    "the task's result is {} bytes, more than the limit of {max_bytes} bytes",
+                    bytes.len()
+                ),
+            ),
+            Err(e) => failed(
+                crate::INVALID_OUTPUT.to_string(),
+                format!("the task's result does not serialize: {e}"),
+            ),
+        },
+        Err(TaskError { error, cause }) => failed(error, cause),
+    }
+}
+
+/// Encodes an inbox message (serializing this enum cannot fail: its values
+/// are JSON values and strings; the fallback keeps the result a failure
+/// rather than a panic).
+fn encode(message: &InboxMessage) -> Bytes {
+    match serde_json::to_vec(message) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) => {
+            let fallback = InboxMessage::TaskFailed {
+                execution_arn: message.execution_arn().to_string(),
+                task_id: String::new(),
+                error: crate::INVALID_OUTPUT.to_string(),
+                cause: format!("the task's result does not serialize: {e}"),
+                callback: false,
+            };
+            Bytes::from(serde_json::to_vec(&fallback).unwrap_or_default())
+        }
+    }
+}
+
+/// Whether recorded bytes are a result of this task.
+fn is_result_of(bytes: &[u8], task: &TaskMessage) -> bool {
+    match serde_json::from_slice::<InboxMessage>(bytes) {
+        Ok(InboxMessage::TaskSucceeded {
+            execution_arn,
+            task_id,
+            ..
+        })
+        | Ok(InboxMessage::TaskFailed {
+            execution_arn,
+            task_id,
+            ..
+        }) => execution_arn == task.execution_arn && task_id == task.task_id,
+        _ => false,
+    }
+}
+
+impl TaskRunner {
+    /// Serves one task message to the end: it is acked, handed back or
+    /// terminated when this returns (unless the future is dropped).
+    pub(super) async fn process(&self, message: jetstream::Message) {
+        let task: TaskMessage = match serde_json::from_slice(&message.payload) {
+            Ok(task) => task,
+            Err(e) => {
+                tracing::warn!(
+                    handler = %self.handler_name,
+                    subject = %message.subject,
+                    error = %e,
+                    "malformed task message: terminated"
+                );
+                if let Err(e) = message.ack_with(AckKind::Term).await {
+                    tracing::warn!(error = %e, "cannot terminate a malformed task message");
+                }
+                return;
+            }
+        };
+        if let Err(reason) = check_reply_to(&task.reply_to) {
+            tracing::warn!(
+                handler = %self.handler_name,
+                task_id = %task.task_id,
+                reply_to = %task.reply_to,
+                reason,
+                "task message with an unusable reply_to subject: terminated"
+            );
+            if let Err(e) = message.ack_with(AckKind::Term).await {
+                tracing::warn!(error = %e, "cannot terminate a task message");
+            }
+            return;
+        }
+        let span = tracing::info_span!(
+            "task",
+            handler = %self.handler_name,
+            task_id = %task.task_id,
+            execution = %task.execution_arn,
+            state = %task.state_name,
+        );
+        self.serve(message, task).instrument(span).await;
+    }
+
+    async fn serve(&self, message: jetstream::Message, mut task: TaskMessage) {
+        let key = idempotency_key(&task.execution_arn, &task.task_id);
+        if let Some(store) = &self.idempotency {
+            match store.get(key.as_str()).await {
+                Ok(Some(recorded)) if is_result_of(&recorded, &task) => {
+                    tracing::info!("result already recorded: publishing it again");
+                    self.publish_and_ack(&message, &task, recorded).await;
+                    return;
+                }
+                Ok(Some(_)) => {
+                    tracing::warn!("unreadable idempotency record: running the handler again");
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the idempotency store: task handed back");
+                    nak_later(&message).await;
+                    return;
+                }
+            }
+        }
+
+        let input = std::mem::take(&mut task.input);
+        let result = match self.run_handler(&message, &task, input).await {
+            Outcome::Done(result) => result,
+            Outcome::Abandoned => {
+                tracing::info!("shutdown grace period over: task handed back");
+                nak_now(&message).await;
+                return;
+            }
+        };
+        if let Err(e) = &result {
+            tracing::info!(error = %e.error, "handler failed");
+        }
+        let reply = result_message(
+            &task.execution_arn,
+            &task.task_id,
+            result,
+            self.max_payload_bytes,
+        );
+        let mut payload = encode(&reply);
+        if let Some(store) = &self.idempotency {
+            match store.create(key.as_str(), payload.clone()).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    // Another delivery of the same task finished first:
+                    // publish its result so that every delivery agrees.
+                    match store.get(key.as_str()).await {
+                        Ok(Some(recorded)) if is_result_of(&recorded, &task) => {
+                            payload = recorded;
+                        }
+                        _ => tracing::warn!(
+                            "the idempotency record written meanwhile is unreadable: publishing this delivery's result"
+                        ),
+                    }
+                }
+                // The result is still published: the handler ran, and
+                // handing the task back would only run it again.
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot record the result in the idempotency store; publishing it anyway"
+                ),
+            }
+        }
+        self.publish_and_ack(&message, &task, payload).await;
+    }
+
+    /// Runs the handler, keeping the task alive and forwarding heartbeats,
+    /// until it returns, panics or is abandoned.
+    async fn run_handler(
+        &self,
+        message: &jetstream::Message,
+        task: &TaskMessage,
+        input: Value,
+    ) -> Outcome {
+        let (beat_tx, mut beat_rx) = heartbeat_channel();
+        let mut ctx = TaskContext::new(task.task_id.clone(), beat_tx);
+        ctx.execution_id = task.execution_arn.clone();
+        ctx.execution_name = task.execution_name.clone();
+        ctx.state_name = task.state_name.clone();
+        ctx.resource = task.resource.clone();
+        ctx.attempt = task.attempt;
+        ctx.task_token = task.task_token.clone();
+
+        let handler = self.handler.clone();
+        // The handler is called inside the guarded future so that a panic in
+        // `call` itself (before any await) is caught too.
+        let mut work =
+            pin!(AssertUnwindSafe(async move { handler.call(input, ctx).await }).catch_unwind());
+
+        let period = (self.ack_wait / 3).max(Duration::from_millis(10));
+        let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let mut abandon = self.abandon.clone();
+        let mut abandoned = pin!(async move {
+            if abandon.wait_for(|a| *a).await.is_err() {
+                // The worker is gone without asking: keep going.
+                futures::future::pending::<()>().await;
+            }
+        });
+
+        let heartbeat = encode(&InboxMessage::TaskHeartbeat {
+            execution_arn: task.execution_arn.clone(),
+            task_id: task.task_id.clone(),
+        });
+        let mut beats_open = true;
+        let mut beat_acks = FuturesUnordered::new();
+
+        loop {
+            // Biased: heartbeats the handler sent before returning are
+            // published before its result.
+            tokio::select! {
+                biased;
+                () = &mut abandoned => return Outcome::Abandoned,
+                beat = beat_rx.recv(), if beats_open => match beat {
+                    Some(()) => {
+                        progress(message).await;
+                        if let Some(ack) = self.publish_heartbeat(task, &heartbeat).await {
+                            beat_acks.push(ack);
+                        }
+                    }
+                    // The handler dropped its context: no more heartbeats.
+                    None => beats_open = false,
+                },
+                Some(acked) = beat_acks.next(), if !beat_acks.is_empty() => {
+                    if let Err(e) = acked {
+                        tracing::warn!(error = %e, "a heartbeat was not stored");
+                    }
+                }
+                _ = keep_alive.tick() => progress(message).await,
+                joined = &mut work => {
+                    // Heartbeats sent in the handler's last poll: publish
+                    // them too, so that every heartbeat precedes the result.
+                    while let Ok(()) = beat_rx.try_recv() {
+                        let _ = self.publish_heartbeat(task, &heartbeat).await;
+                    }
+                    return Outcome::Done(match joined {
+                        Ok(result) => result,
+                        Err(panic) => {
+                            let cause = panic_message(panic.as_ref());
+                            tracing::warn!(cause = %cause, "handler panicked");
+                            Err(TaskError::new(TASK_FAILED, cause))
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Publishes a heartbeat to the task's inbox; returns the future of the
+    /// broker's ack.
+    async fn publish_heartbeat(
+        &self,
+        task: &TaskMessage,
+        heartbeat: &Bytes,
+    ) -> Option<<jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture> {
+        match self
+            .js
+            .publish(task.reply_to.clone(), heartbeat.clone())
+            .await
+        {
+            Ok(ack) => Some(ack.into_future()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot publish a heartbeat");
+                None
+            }
+        }
+    }
+
+    /// Publishes the result and acks the task once the broker stored it; if
+    /// it was not stored, hands the task back for a later retry.
+    async fn publish_and_ack(
+        &self,
+        message: &jetstream::Message,
+        task: &TaskMessage,
+        payload: Bytes,
+    ) {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            headers::MSG_ID,
+            result_msg_id(&task.reply_to, &task.task_id).as_str(),
+        );
+        headers.insert(headers::TASK_ID, task.task_id.as_str());
+        let stored = match self
+            .js
+            .publish_with_headers(task.reply_to.clone(), headers, payload)
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(()) => {
+                if let Err(e) = message.double_ack().await {
+                    // The result is stored; a redelivery will publish it
+                    // again and the inbox drops the duplicate.
+                    tracing::warn!(error = %e, "result stored but the task ack failed");
+                } else {
+                    tracing::debug!("task done");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    reply_to = %task.reply_to,
+                    "cannot store the task's result: task handed back"
+                );
+                nak_later(message).await;
+            }
+        }
+    }
+}
+
+/// Tells the broker the task is still being worked on.
+async fn progress(message: &jetstream::Message) {
+    if let Err(e) = message.ack_with(AckKind::Progress).await {
+        tracing::debug!(error = %e, "cannot send a task progress ack");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn keys_are_kv_safe_and_distinct() {
+        let a = idempotency_key("arn:aws:states:local:0:execution:m:e", "T@0#0");
+        let b = idempotency_key("arn:aws:states:local:0:execution:m:e", "T@0#1");
+        assert_ne!(a, b);
+        for k in [&a, &b] {
+            assert!(
+                k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "{k}"
+            );
+        }
+        assert_eq!(
+            result_msg_id("s.inbox.1.K", "T@0#0"),
+            "s.inbox.1.K/T@0#0/result"
+        );
+    }
+
+    #[test]
+    fn reply_subjects_are_checked() {
+        assert!(check_reply_to("sagaflow.inbox.3.abc").is_ok());
+        for bad in ["", "a b", "a..b", "a.*", "a.>", ".a", "a.", "a\tb"] {
+            assert!(check_reply_to(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn results_within_the_limit_are_sent() {
+        let m = result_message("arn", "t", Ok(json!({"a": 1})), 100);
+        assert_eq!(
+            m,
+            InboxMessage::TaskSucceeded {
+                execution_arn: "arn".into(),
+                task_id: "t".into(),
+                output: json!({"a": 1}),
+                callback: false,
+            }
+        );
+    }
+
+    #[test]
+    fn oversized_results_become_data_limit_exceeded() {
+        let big = json!("x".repeat(200));
+        match result_message("arn", "t", Ok(big), 100) {
+            InboxMessage::TaskFailed { error, cause, .. } => {
+                assert_eq!(error, DATA_LIMIT_EXCEEDED);
+                assert!(cause.contains("202 bytes"), "{cause}");
+                assert!(cause.contains("100 bytes"), "{cause}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Exactly at the limit is fine.
+        let exact = json!("x".repeat(98));
+        assert!(matches!(
+            result_message("arn", "t", Ok(exact), 100),
+            InboxMessage::TaskSucceeded { .. }
+        ));
+    }
+
+    #[test]
+    fn failures_keep_their_name_and_long_causes_are_cut() {
+        let m = result_message(
+            "arn",
+            "t",
+            Err(TaskError::new("States.Timeout", "é".repeat(100))),
+            51,
+        );
+        match m {
+            InboxMessage::TaskFailed { error, cause, .. } => {
+                assert_eq!(error, "States.Timeout");
+                assert!(cause.len() <= 51, "{}", cause.len());
+                assert!(cause.ends_with("(truncated)"));
+                assert!(cause.starts_with('é'));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn panic_messages_are_extracted() {
+        let p: Box<dyn std::any::Any + Send> = Box::new("boom");
+        assert_eq!(panic_message(p.as_ref()), "boom");
+        let p: Box<dyn std::any::Any + Send> = Box::new(String::from("bang 7"));
+        assert_eq!(panic_message(p.as_ref()), "bang 7");
+        let p: Box<dyn std::any::Any + Send> = Box::new(7_u32);
+        assert_eq!(panic_message(p.as_ref()), "the handler panicked");
+    }
+
+    #[test]
+    fn recorded_results_must_match_the_task() {
+        let task: TaskMessage = serde_json::from_value(json!({
+            "executionArn": "arn", "executionName": "e", "stateMachine": "m",
+            "taskId": "t", "stateName": "S", "resource": "r", "handler": "h",
+            "input": null, "attempt": 0, "replyTo": "x.y"
+        }))
+        .unwrap();
+        let ok = encode(&result_message("arn", "t", Ok(json!(1)), 10));
+        assert!(is_result_of(&ok, &task));
+        let other = encode(&result_message("arn", "u", Ok(json!(1)), 10));
+        assert!(!is_result_of(&other, &task));
+        assert!(!is_result_of(b"not json", &task));
+        let beat = encode(&InboxMessage::TaskHeartbeat {
+            execution_arn: "arn".into(),
+            task_id: "t".into(),
+        });
+        assert!(!is_result_of(&beat, &task));
+    }
+
+    proptest! {
+        #[test]
+        fn result_messages_never_panic_and_respect_the_limit(
+            cause in ".{0,300}",
+            name in "[A-Za-z.]{0,20}",
+            max in 0usize..400,
+        ) {
+            match result_message("arn", "t", Err(TaskError::new(name.clone(), cause)), max) {
+                InboxMessage::TaskFailed { error, cause, .. } => {
+                    prop_assert_eq!(error, name);
+                    prop_assert!(cause.len() <= max);
+                }
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
+
+        #[test]
+        fn reply_checks_and_recorded_parsing_never_panic(s in ".{0,64}", b in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = check_reply_to(&s);
+            let task: TaskMessage = serde_json::from_value(json!({
+                "executionArn": "arn", "executionName": "e", "stateMachine": "m",
+                "taskId": "t", "stateName": "S", "resource": "r", "handler": "h",
+                "input": null, "attempt": 0, "replyTo": "x.y"
+            })).unwrap();
+            prop_assert!(!is_result_of(&b, &task) || serde_json::from_slice::<InboxMessage>(&b).is_ok());
+        }
+    }
+}
