@@ -194,6 +194,14 @@ enum Flow {
     Done(Result<Payload, Failure>),
 }
 
+/// The top-level state to run again on redrive, with what it needs.
+struct RedrivePoint {
+    state: StateId,
+    input: Payload,
+    steps: u32,
+    vars: Option<HashMap<String, Value>>,
+}
+
 struct Started {
     info: ExecutionInfo,
     input: Arc<Value>,
@@ -213,6 +221,11 @@ pub struct Execution {
     /// SplitMix64 state, seeded from `ExecutionStarted`.
     rng: AtomicU64,
     outcome: Option<Outcome>,
+    /// Where a redrive restarts: the top-level state running when the
+    /// execution failed, timed out or was stopped.
+    redrive_point: Option<RedrivePoint>,
+    /// `$$.Execution.RedriveCount`.
+    redrive_count: u32,
     /// A reused buffer for building ids.
     scratch: String,
 }
@@ -231,6 +244,8 @@ impl Execution {
             transitions: 0,
             rng: AtomicU64::new(0),
             outcome: None,
+            redrive_point: None,
+            redrive_count: 0,
             scratch: String::new(),
         }
     }
@@ -275,11 +290,16 @@ impl Execution {
                 Event::TaskFailed { .. } => Err(ApplyError::NotStarted("TaskFailed")),
                 Event::TimerFired { .. } => Err(ApplyError::NotStarted("TimerFired")),
                 Event::StopRequested { .. } => Err(ApplyError::NotStarted("StopRequested")),
+                Event::RedriveRequested => Err(ApplyError::NotStarted("RedriveRequested")),
             };
         }
         if self.outcome.is_some() {
             return match event {
                 Event::ExecutionStarted { .. } => Err(ApplyError::AlreadyStarted),
+                Event::RedriveRequested => {
+                    self.redrive(at, out);
+                    Ok(())
+                }
                 _ => Ok(()),
             };
         }
@@ -302,7 +322,10 @@ impl Execution {
                 }
             }
             Event::TimerFired { timer_id } => self.timer_fired(at, &timer_id, out),
+            // Only a completed execution can be redriven.
+            Event::RedriveRequested => {}
             Event::StopRequested { error, cause } => {
+                self.capture_redrive_point();
                 self.abort_all(out);
                 self.complete(Outcome::Aborted { error, cause }, out);
             }
@@ -349,6 +372,64 @@ impl Execution {
         self.drive(at, VecDeque::from([(root, flow)]), out);
     }
 
+    // --------------------------------------------------------------- redrive
+
+    /// Remembers the top-level state that is running, for a later redrive.
+    fn capture_redrive_point(&mut self) {
+        let root = self.frames.iter().flatten().find(|f| f.parent.is_none());
+        if let Some(frame) = root
+            && let Some(active) = &frame.active
+        {
+            self.redrive_point = Some(RedrivePoint {
+                state: active.state,
+                input: active.raw_input.clone(),
+                steps: frame.steps,
+                vars: frame.vars.clone(),
+            });
+        }
+    }
+
+    fn redrive(&mut self, at: Timestamp, out: &mut Vec<Command>) {
+        if matches!(self.outcome, Some(Outcome::Succeeded { .. }) | None) {
+            return;
+        }
+        let Some(point) = self.redrive_point.take() else {
+            return;
+        };
+        self.outcome = None;
+        self.redrive_count += 1;
+        let name = graph_at(&self.machine, &Vec::new())
+            .state(point.state)
+            .name
+            .to_string();
+        out.push(Command::Record(Record::Redriven {
+            count: self.redrive_count,
+            state: name,
+        }));
+        if let Some(seconds) = self.machine.timeout_seconds {
+            let timer_id = "execution-timeout".to_string();
+            self.timers.insert(timer_id.clone(), TimerRole::Execution);
+            out.push(Command::StartTimer {
+                timer_id,
+                fire_at: add_seconds(at, seconds as f64),
+                purpose: TimerPurpose::ExecutionTimeout,
+            });
+        }
+        let root = self.alloc(Frame {
+            loc: Vec::new(),
+            prefix: String::new(),
+            parent: None,
+            steps: point.steps,
+            active: None,
+            vars: point.vars,
+        });
+        self.drive(
+            at,
+            VecDeque::from([(root, Flow::Enter(point.state, point.input))]),
+            out,
+        );
+    }
+
     // ------------------------------------------------------------ the driver
 
     fn drive(
@@ -370,6 +451,9 @@ impl Execution {
                 }
                 Flow::Done(result) => {
                     let parent = self.frame(frame).parent;
+                    if parent.is_none() && result.is_err() {
+                        self.capture_redrive_point();
+                    }
                     self.release(frame);
                     match parent {
                         None => {
@@ -1228,6 +1312,7 @@ impl Execution {
         };
         match role {
             TimerRole::Execution => {
+                self.capture_redrive_point();
                 self.abort_all(out);
                 let seconds = self.machine.timeout_seconds.unwrap_or(0);
                 self.complete(
@@ -1875,7 +1960,7 @@ impl Env for FrameEnv<'_> {
                     "StartTime".into(),
                     Value::String(format_timestamp(started.start_time)),
                 );
-                execution.insert("RedriveCount".into(), Value::from(0));
+                execution.insert("RedriveCount".into(), Value::from(exec.redrive_count));
                 root.insert("Execution".into(), Value::Object(execution));
                 let mut machine = Map::new();
                 machine.insert(

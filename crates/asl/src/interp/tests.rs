@@ -133,6 +133,22 @@ impl Sim {
         panic!("did not finish");
     }
 
+    /// Fires timers until the execution completes (no tasks involved).
+    fn try_run_more(&mut self) -> Outcome {
+        while self.exec.outcome().is_none() {
+            let ((at, seq), timer_id) = self
+                .timers
+                .iter()
+                .next()
+                .map(|(k, v)| (*k, v.clone()))
+                .expect("a timer to fire");
+            self.timers.remove(&(at, seq));
+            self.now = at;
+            self.apply(Event::TimerFired { timer_id });
+        }
+        self.exec.outcome().unwrap().clone()
+    }
+
     fn retry_delays(&self) -> Vec<f64> {
         self.log
             .iter()
@@ -1064,4 +1080,73 @@ fn commands_and_events_round_trip_through_json() {
     };
     let back: Event = serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
     assert_eq!(back, event);
+}
+
+#[test]
+fn redrive_restarts_the_failed_state_with_its_input() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "A", "States": {
+            "A": {"Type": "Pass", "Result": 1, "ResultPath": "$.a", "Assign": {"v": "kept"}, "Next": "T"},
+            "T": {"Type": "Task", "Resource": "r", "Parameters": {"n.$": "$$.Execution.RedriveCount", "v.$": "$v"},
+                  "Retry": [{"ErrorEquals": ["E"], "MaxAttempts": 1}], "End": true}
+        }}"#,
+    );
+    let o = sim.run(json!({"x": 1}), |_| err("E", "down"));
+    assert_eq!(failed(&o).0, "E");
+    // Succeeded or running executions are not redriven.
+    sim.apply(Event::RedriveRequested);
+    let before = sim.log.len();
+    sim.apply(Event::RedriveRequested); // (already running again: ignored)
+    let tasks: Vec<TaskRequest> = sim
+        .log
+        .iter()
+        .filter_map(|c| match c {
+            Command::ScheduleTask(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sim.log.len(),
+        before,
+        "a second redrive while running does nothing"
+    );
+    let last = tasks.last().unwrap();
+    assert_eq!(
+        &*last.task_id, "T@2#0",
+        "a new visit: retry counters reset, ids stay unique"
+    );
+    assert_eq!(*last.input, json!({"n": 1, "v": "kept"}));
+    assert!(
+        sim.log
+            .iter()
+            .any(|c| matches!(c, Command::Record(Record::Redriven { count: 1, .. })))
+    );
+    sim.apply(Event::TaskSucceeded {
+        task_id: last.task_id.to_string(),
+        output: json!("ok"),
+    });
+    assert_eq!(succeeded(sim.exec.outcome().unwrap()), &json!("ok"));
+    let n = sim.log.len();
+    sim.apply(Event::RedriveRequested);
+    assert_eq!(sim.log.len(), n, "a succeeded execution is not redriven");
+}
+
+#[test]
+fn a_stopped_execution_can_be_redriven() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 10, "End": true}}}"#,
+    );
+    sim.apply(Event::ExecutionStarted {
+        info: info(),
+        input: json!({"k": 1}),
+    });
+    sim.apply(Event::StopRequested {
+        error: None,
+        cause: None,
+    });
+    assert!(matches!(sim.exec.outcome(), Some(Outcome::Aborted { .. })));
+    sim.apply(Event::RedriveRequested);
+    assert!(sim.exec.outcome().is_none());
+    let o = sim.try_run_more();
+    assert_eq!(succeeded(&o), &json!({"k": 1}));
 }

@@ -65,6 +65,11 @@ pub enum Event {
         /// The timer's id.
         timer_id: String,
     },
+    /// Someone asked a failed, timed-out or aborted execution to run again
+    /// from where it stopped (`RedriveExecution`): the top-level state that
+    /// was running is entered again with the input it had. Ignored when the
+    /// execution is running or succeeded.
+    RedriveRequested,
     /// Someone asked the execution to stop (`StopExecution`).
     StopRequested {
         /// Error recorded with the abort (optional in the API).
@@ -228,6 +233,13 @@ pub enum Record {
         attempt: u32,
         /// The delay, in seconds.
         delay_seconds: f64,
+    },
+    /// The execution was redriven: it runs again from `state`.
+    Redriven {
+        /// How many times it has been redriven.
+        count: u32,
+        /// The top-level state it restarts at.
+        state: String,
     },
     /// A catcher caught an error and execution goes on at `next`.
     Caught {

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use sagaflow_asl::interp::{
-    Command, Event, Execution, ExecutionInfo, Outcome, TaskRequest, Timestamp,
+    self, Command, Event, Execution, ExecutionInfo, Outcome, TaskRequest, Timestamp,
 };
 use sagaflow_asl::model::StateMachine;
 use sagaflow_protocol::api::{ExecutionDescription, ExecutionStatus};
@@ -382,6 +382,8 @@ struct Live {
     timers: HashMap<String, Timestamp>,
     /// Heartbeat deadlines by task id.
     heartbeats: HashMap<String, Timestamp>,
+    /// How many times it was redriven.
+    redrive_count: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -605,6 +607,7 @@ impl Partition {
             pending: HashMap::new(),
             timers: HashMap::new(),
             heartbeats: HashMap::new(),
+            redrive_count: 0,
         };
         let mut out = Vec::new();
         for batch in &history.batches {
@@ -871,10 +874,7 @@ impl Partition {
                 Input::Inbox(_, InboxMessage::StopExecution { error, cause, .. }) => {
                     Event::StopRequested { error, cause }
                 }
-                Input::Inbox(_, InboxMessage::RedriveExecution { execution_arn }) => {
-                    tracing::warn!(execution = %execution_arn, "redrive is not supported yet; ignored");
-                    continue;
-                }
+                Input::Inbox(_, InboxMessage::RedriveExecution { .. }) => Event::RedriveRequested,
                 Input::Timer(timer_id) => Event::TimerFired { timer_id },
                 Input::HeartbeatExpired(task_id) => {
                     let seconds = self
@@ -903,6 +903,28 @@ impl Partition {
                 continue; // A late or duplicate answer: nothing happened.
             }
             track(live, &out, &self.shared.store);
+            if matches!(event, Event::RedriveRequested) && live.exec.outcome().is_none() {
+                // Running again: index first, as for a start.
+                let desc = ExecutionDescription {
+                    execution_arn: live.exec_ref.arn(),
+                    name: live.exec_ref.name().to_string(),
+                    state_machine: live.meta.state_machine.clone(),
+                    version: live.meta.version,
+                    status: ExecutionStatus::Running,
+                    start_date: rfc3339(live.start),
+                    stop_date: None,
+                    input: None,
+                    output: None,
+                    error: None,
+                    cause: None,
+                    redrive_count: live.redrive_count,
+                };
+                self.shared
+                    .store
+                    .put_execution(&desc)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             entries.push(HistoryEntry {
                 at: t,
                 item: HistoryItem::Event(event),
@@ -973,6 +995,7 @@ impl Partition {
             pending: HashMap::new(),
             timers: HashMap::new(),
             heartbeats: HashMap::new(),
+            redrive_count: 0,
         };
         self.live.insert(exec_ref.key(), live);
         let event = Event::ExecutionStarted {
@@ -1239,7 +1262,7 @@ impl Partition {
             output: None,
             error: error.clone(),
             cause: cause.clone(),
-            redrive_count: 0,
+            redrive_count: live.redrive_count,
         };
         if let Err(e) = self.store().put_execution(&desc).await {
             tracing::warn!(execution = %desc.execution_arn, error = %e, "cannot update the execution index");
@@ -1363,6 +1386,9 @@ fn track(live: &mut Live, commands: &[Command], store: &Store) {
             }
             Command::CancelTimer { timer_id } => {
                 live.timers.remove(timer_id);
+            }
+            Command::Record(interp::Record::Redriven { count, .. }) => {
+                live.redrive_count = *count;
             }
             _ => {}
         }
