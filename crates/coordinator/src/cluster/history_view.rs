@@ -14,7 +14,9 @@
 //! Event types are AWS's (`ExecutionStarted`, `TaskStateEntered`,
 //! `TaskScheduled`, `TaskSucceeded`, `TaskFailed`, `TaskTimedOut`,
 //! `MapIterationStarted`, `ParallelStateStarted`, `ExecutionSucceeded`, ...),
-//! plus three of ours for steps AWS does not show as events:
+//! `ExecutionRedriven` (`executionRedrivenEventDetails`: `redriveCount` as on
+//! AWS, and `state`, where it restarts), plus three of ours for steps AWS
+//! does not show as events:
 //!
 //! - `TaskRetryScheduled` (`taskRetryScheduledEventDetails`: `name`, `error`,
 //!   `attempt`, `delaySeconds`): a Retry rule will run the state again;
@@ -207,7 +209,8 @@ impl Renderer {
                     );
                 }
             }
-            Event::StopRequested { .. } => {}
+            // Shown by the records the interpreter produces for them.
+            Event::StopRequested { .. } | Event::RedriveRequested => {}
         }
     }
 
@@ -329,6 +332,17 @@ impl Renderer {
                     at,
                     "TaskRetryScheduled",
                     Some(("taskRetryScheduledEventDetails", details)),
+                );
+            }
+            Record::Redriven { count, state } => {
+                // AWS: ExecutionRedriven with the redrive count.
+                self.push(
+                    at,
+                    "ExecutionRedriven",
+                    Some((
+                        "executionRedrivenEventDetails",
+                        json!({"redriveCount": count, "state": state}),
+                    )),
                 );
             }
             Record::Caught {
