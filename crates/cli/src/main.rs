@@ -1,10 +1,15 @@
-//! `sagaflow`: run a state machine locally against stub participants, or
-//! validate a definition.
+//! `sagaflow`: run a state machine locally against stub participants,
+//! validate a definition, or work with a deployment over NATS (run a
+//! coordinator, deploy, start, describe, list, stop, redrive executions,
+//! answer task tokens, serve stub participants).
 //!
-//! Exit codes: 0 — the command did its job (for `run`: an execution ran,
-//! whatever its status; for `validate`: the definition is valid);
-//! 2 — the definition is invalid; 3 — anything else (usage errors, unreadable
-//! or malformed files, missing stubs, runtime errors).
+//! Exit codes: 0 — the command did its job (for `run` and `start --wait`:
+//! an execution ran, whatever its status; for `validate`: the definition is
+//! valid); 2 — the definition is invalid; 3 — anything else (usage errors,
+//! unreadable or malformed files, missing stubs, runtime errors, API errors,
+//! printed as `error: CODE: message`).
+
+mod cluster;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -47,6 +52,32 @@ enum Command {
     Run(RunArgs),
     /// Check a definition and list every problem with its location.
     Validate(ValidateArgs),
+    /// Run a coordinator (engine, API service, triggers) until Ctrl-C.
+    Coordinator(cluster::CoordinatorArgs),
+    /// Store a state machine definition as a new version.
+    Deploy(cluster::DeployArgs),
+    /// Start an execution.
+    Start(cluster::StartArgs),
+    /// Describe an execution (ARN or MACHINE:NAME) or a state machine (NAME).
+    Describe(cluster::DescribeArgs),
+    /// An execution's history, as Step Functions-style events.
+    History(cluster::ExecArgs),
+    /// List executions.
+    List(cluster::ListArgs),
+    /// List state machines.
+    Machines(cluster::MachinesArgs),
+    /// Stop an execution.
+    Stop(cluster::StopArgs),
+    /// Run a failed, timed-out or aborted execution again from where it stopped.
+    Redrive(cluster::ExecArgs),
+    /// Complete a `.waitForTaskToken` task.
+    SendTaskSuccess(cluster::TaskSuccessArgs),
+    /// Fail a `.waitForTaskToken` task.
+    SendTaskFailure(cluster::TaskFailureArgs),
+    /// Heartbeat a `.waitForTaskToken` task.
+    SendTaskHeartbeat(cluster::TaskHeartbeatArgs),
+    /// Serve the stubs of a stubs file as participants over NATS until Ctrl-C.
+    StubParticipants(cluster::StubParticipantsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,6 +134,19 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Validate(args) => validate(args),
+        Command::Coordinator(args) => cluster::block_on(cluster::coordinator(args)),
+        Command::Deploy(args) => cluster::block_on(cluster::deploy(args)),
+        Command::Start(args) => cluster::block_on(cluster::start(args)),
+        Command::Describe(args) => cluster::block_on(cluster::describe(args)),
+        Command::History(args) => cluster::block_on(cluster::history(args)),
+        Command::List(args) => cluster::block_on(cluster::list(args)),
+        Command::Machines(args) => cluster::block_on(cluster::machines(args)),
+        Command::Stop(args) => cluster::block_on(cluster::stop(args)),
+        Command::Redrive(args) => cluster::block_on(cluster::redrive(args)),
+        Command::SendTaskSuccess(args) => cluster::block_on(cluster::send_task_success(args)),
+        Command::SendTaskFailure(args) => cluster::block_on(cluster::send_task_failure(args)),
+        Command::SendTaskHeartbeat(args) => cluster::block_on(cluster::send_task_heartbeat(args)),
+        Command::StubParticipants(args) => cluster::block_on(cluster::stub_participants(args)),
     };
     match result {
         Ok(code) => code,

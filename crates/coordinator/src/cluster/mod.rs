@@ -3,7 +3,10 @@
 //! See `ARCHITECTURE.md` ("Running over NATS") for the design; [`store`]
 //! holds the durable state.
 
+pub mod api;
+pub mod client;
 pub mod engine;
+pub mod history_view;
 pub mod store;
 
 pub use engine::{Cluster, ClusterError, ClusterHandle, ClusterOptions, Trigger};

@@ -1,0 +1,1214 @@
+//! The API: one NATS service (`sagaflow`, see [`sagaflow_protocol::api`])
+//! with one endpoint per [`Operation`] under the namespace's API prefix
+//! (`sagaflow.api.execution.start`, ...), and the event triggers that start
+//! executions from plain NATS messages.
+//!
+//! Every coordinator serves the API in the same queue group, so requests are
+//! spread over them. The API never advances an execution itself: it reads
+//! the store (state machines, execution index, histories) and publishes
+//! events to the execution's inbox; the engine that owns the execution's
+//! partition applies them.
+//!
+//! Requests are JSON; replies are [`Reply`] JSON. Errors also carry the
+//! `Nats-Service-Error` / `Nats-Service-Error-Code` headers of the NATS
+//! service protocol (with an HTTP-like code: 400, 404, 409, 413, 500), and
+//! the body still holds the [`ApiError`], so a client gets the code, the
+//! message and the details. Bad input (malformed JSON, wrong types, too
+//! large) never stops the service: it gets an `InvalidRequest` or
+//! `PayloadTooLarge` error.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_nats::service::ServiceExt;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use sagaflow_asl::interp::Outcome;
+use sagaflow_protocol::api::{
+    ApiError, CreateStateMachine, DescribeStateMachine, ExecutionDescription, ExecutionHistory,
+    ExecutionRequest, ExecutionStatus, ListExecutions, Operation, Reply, SendTaskFailure,
+    SendTaskHeartbeat, SendTaskSuccess, StartExecutionReply, StartExecutionRequest,
+    StateMachineSummary, StateMachineVersion, StopExecutionRequest,
+};
+use sagaflow_protocol::{
+    ExecutionRef, InboxMessage, StartExecution, check_name, decode_task_token, headers,
+};
+
+pub use super::engine::Trigger;
+use super::engine::{ClusterHandle, ClusterOptions};
+use super::history_view;
+use super::store::{Store, StoreError, StoredHistory};
+use crate::RuntimeOptions;
+
+/// The NATS service's name.
+pub const SERVICE_NAME: &str = "sagaflow";
+/// The queue group every coordinator's API endpoints join.
+pub const QUEUE_GROUP: &str = "sagaflow-api";
+/// The queue group of event trigger subscriptions.
+pub const TRIGGER_QUEUE_GROUP: &str = "sagaflow-triggers";
+/// Header naming the execution a trigger message starts.
+pub const EXECUTION_NAME_HEADER: &str = "Sagaflow-Execution-Name";
+
+/// Error codes (AWS-like).
+pub mod codes {
+    /// The definition is invalid; `details` lists every problem.
+    pub const INVALID_DEFINITION: &str = "InvalidDefinition";
+    /// No such state machine (or version).
+    pub const STATE_MACHINE_DOES_NOT_EXIST: &str = "StateMachineDoesNotExist";
+    /// No such execution.
+    pub const EXECUTION_DOES_NOT_EXIST: &str = "ExecutionDoesNotExist";
+    /// An execution with this name exists with another input.
+    pub const EXECUTION_ALREADY_EXISTS: &str = "ExecutionAlreadyExists";
+    /// A name or ARN is not valid.
+    pub const INVALID_NAME: &str = "InvalidName";
+    /// A task token does not decode.
+    pub const INVALID_TOKEN: &str = "InvalidToken";
+    /// The task's execution does not exist or has finished.
+    pub const TASK_DOES_NOT_EXIST: &str = "TaskDoesNotExist";
+    /// The request is malformed.
+    pub const INVALID_REQUEST: &str = "InvalidRequest";
+    /// Only failed, timed-out or aborted executions can be redriven.
+    pub const EXECUTION_NOT_REDRIVABLE: &str = "ExecutionNotRedrivable";
+    /// A request, input or output is too large.
+    pub const PAYLOAD_TOO_LARGE: &str = "PayloadTooLarge";
+    /// Something failed inside the coordinator or NATS.
+    pub const INTERNAL: &str = "Internal";
+}
+
+/// The HTTP-like status of an error code, for the `Nats-Service-Error-Code`
+/// header.
+pub fn status_of(code: &str) -> usize {
+    match code {
+        codes::STATE_MACHINE_DOES_NOT_EXIST
+        | codes::EXECUTION_DOES_NOT_EXIST
+        | codes::TASK_DOES_NOT_EXIST => 404,
+        codes::EXECUTION_ALREADY_EXISTS | codes::EXECUTION_NOT_REDRIVABLE => 409,
+        codes::PAYLOAD_TOO_LARGE => 413,
+        codes::INTERNAL => 500,
+        _ => 400,
+    }
+}
+
+/// Options of the API.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// Largest execution input or task result, in bytes of JSON (the
+    /// runtime's `max_payload_bytes`, AWS: 256 KiB).
+    pub max_payload_bytes: usize,
+    /// Requests handled at once by this process.
+    pub max_in_flight: usize,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        ApiOptions::from_runtime(&RuntimeOptions::default())
+    }
+}
+
+impl ApiOptions {
+    /// Options matching the runtime's limits.
+    pub fn from_runtime(runtime: &RuntimeOptions) -> ApiOptions {
+        ApiOptions {
+            max_payload_bytes: runtime.max_payload_bytes,
+            max_in_flight: 256,
+        }
+    }
+}
+
+/// Starting the API service or the triggers failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The NATS service could not be started.
+    #[error("cannot start the API service: {0}")]
+    Service(String),
+    /// A trigger could not subscribe.
+    #[error("cannot subscribe trigger on '{subject}': {message}")]
+    Trigger {
+        /// The subject.
+        subject: String,
+        /// The client's error.
+        message: String,
+    },
+    /// A trigger is malformed.
+    #[error("invalid trigger '{0}': expected SUBJECT=STATE_MACHINE")]
+    InvalidTrigger(String),
+}
+
+impl Trigger {
+    /// Parses `SUBJECT=STATE_MACHINE`.
+    pub fn parse(text: &str) -> Result<Trigger, ServeError> {
+        let bad = || ServeError::InvalidTrigger(text.to_string());
+        let (subject, machine) = text.split_once('=').ok_or_else(bad)?;
+        let subject = subject.trim();
+        let machine = machine.trim();
+        if subject.is_empty()
+            || subject.contains(char::is_whitespace)
+            || check_name("state machine name", machine).is_err()
+        {
+            return Err(bad());
+        }
+        Ok(Trigger {
+            subject: subject.to_string(),
+            state_machine: machine.to_string(),
+        })
+    }
+}
+
+fn internal(e: StoreError) -> ApiError {
+    match e {
+        StoreError::TooLarge { what, bytes } => ApiError::new(
+            codes::PAYLOAD_TOO_LARGE,
+            format!("a {what} of {bytes} bytes exceeds the server's limit"),
+        ),
+        other => ApiError::new(codes::INTERNAL, other.to_string()),
+    }
+}
+
+fn invalid_name(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(codes::INVALID_NAME, e.to_string())
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// A random 64-bit number (seeds, fresh names): std's randomly keyed
+/// SipHash over the time and a process-wide counter.
+pub fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_i128(jiff::Timestamp::now().as_nanosecond());
+    h.finish()
+}
+
+/// A fresh execution name shaped like a UUID (version 4).
+pub fn fresh_name() -> String {
+    let a = random_u64();
+    let b = random_u64();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0x0fff,
+        ((b >> 48) & 0x3fff) | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+fn json_len(value: &Value) -> usize {
+    serde_json::to_vec(value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX)
+}
+
+fn parse_arn(arn: &str) -> Result<ExecutionRef, ApiError> {
+    ExecutionRef::from_arn(arn).map_err(invalid_name)
+}
+
+/// The API's logic, usable without NATS's service layer (the triggers and
+/// the engine call [`Api::start_execution`] directly).
+#[derive(Clone)]
+pub struct Api {
+    store: Store,
+    options: ApiOptions,
+}
+
+impl Api {
+    /// The API over a store.
+    pub fn new(store: Store, options: ApiOptions) -> Api {
+        Api { store, options }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn max_request_bytes(&self) -> usize {
+        self.store.infra().settings.max_message_bytes.max(0) as usize
+    }
+
+    fn inbox_subject(&self, exec: &ExecutionRef) -> String {
+        self.store
+            .infra()
+            .ns()
+            .inbox_subject(self.store.partition_of(exec), exec)
+    }
+
+    /// Publishes an event to an execution's inbox and waits for the stream's
+    /// acknowledgement. Returns whether the broker dropped it as a duplicate
+    /// of `msg_id`.
+    async fn publish(
+        &self,
+        exec: &ExecutionRef,
+        message: &InboxMessage,
+        msg_id: Option<String>,
+        traceparent: Option<&str>,
+    ) -> Result<bool, ApiError> {
+        let body = serde_json::to_vec(message)
+            .map_err(|e| ApiError::new(codes::INTERNAL, e.to_string()))?;
+        if body.len() > self.max_request_bytes() {
+            return Err(ApiError::new(
+                codes::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the event is {} bytes; the inbox accepts at most {}",
+                    body.len(),
+                    self.max_request_bytes()
+                ),
+            ));
+        }
+        let mut hdrs = async_nats::HeaderMap::new();
+        if let Some(id) = msg_id {
+            hdrs.insert(headers::MSG_ID, id.as_str());
+        }
+        if let Some(tp) = traceparent {
+            hdrs.insert(headers::TRACEPARENT, tp);
+        }
+        let ack = self
+            .store
+            .infra()
+            .js
+            .publish_with_headers(self.inbox_subject(exec), hdrs, body.into())
+            .await
+            .map_err(|e| ApiError::new(codes::INTERNAL, format!("publish to inbox: {e}")))?
+            .await
+            .map_err(|e| ApiError::new(codes::INTERNAL, format!("publish to inbox: {e}")))?;
+        Ok(ack.duplicate)
+    }
+
+    async fn index_entry(&self, exec: &ExecutionRef) -> Result<ExecutionDescription, ApiError> {
+        self.store
+            .execution(exec)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    codes::EXECUTION_DOES_NOT_EXIST,
+                    format!("execution {} does not exist", exec.arn()),
+                )
+            })
+    }
+
+    // ------------------------------------------------------ state machines
+
+    /// `CreateStateMachine`: validates the definition and stores a new
+    /// version.
+    pub async fn create_state_machine(
+        &self,
+        req: CreateStateMachine,
+    ) -> Result<StateMachineVersion, ApiError> {
+        check_name("state machine name", &req.name).map_err(invalid_name)?;
+        if let Err(invalid) = sagaflow_asl::parse::parse_definition(&req.definition) {
+            let count = invalid.errors.len();
+            let first = invalid
+                .errors
+                .first()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            let mut err = ApiError::new(
+                codes::INVALID_DEFINITION,
+                format!("the definition has {count} error(s); the first: {first}"),
+            );
+            err.details = Some(
+                serde_json::to_value(&invalid.errors)
+                    .map_err(|e| ApiError::new(codes::INTERNAL, e.to_string()))?,
+            );
+            return Err(err);
+        }
+        self.store
+            .create_machine(&req.name, &req.definition, &now())
+            .await
+            .map_err(internal)
+    }
+
+    /// `DescribeStateMachine`.
+    pub async fn describe_state_machine(
+        &self,
+        req: DescribeStateMachine,
+    ) -> Result<StateMachineVersion, ApiError> {
+        check_name("state machine name", &req.name).map_err(invalid_name)?;
+        self.store
+            .machine(&req.name, req.version)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| machine_missing(&req.name, req.version))
+    }
+
+    /// `ListStateMachines`.
+    pub async fn list_state_machines(&self) -> Result<Vec<StateMachineSummary>, ApiError> {
+        self.store.list_machines().await.map_err(internal)
+    }
+
+    // ---------------------------------------------------------- executions
+
+    /// The input and version an existing execution started with, if it
+    /// exists: from its history, else from a start still waiting in its
+    /// inbox, else (indexed but unreadable) from the index.
+    async fn existing_start(
+        &self,
+        exec: &ExecutionRef,
+    ) -> Result<Option<(Option<Value>, u64)>, ApiError> {
+        let history = self.store.read_history(exec).await.map_err(internal)?;
+        let entries = || history.batches.iter().flat_map(|b| b.entries.iter());
+        if let Some(input) = history_view::started_input(entries()) {
+            let version = history
+                .batches
+                .iter()
+                .find_map(|b| b.meta.as_ref().map(|m| m.version))
+                .unwrap_or(0);
+            return Ok(Some((Some(input), version)));
+        }
+        // A start not yet consumed by the engine.
+        if let Ok(message) = self
+            .store
+            .infra()
+            .inbox
+            .get_last_raw_message_by_subject(self.inbox_subject(exec).as_str())
+            .await
+            && let Ok(InboxMessage::StartExecution(start)) =
+                serde_json::from_slice::<InboxMessage>(&message.payload)
+        {
+            return Ok(Some((Some(start.input), start.version)));
+        }
+        if let Some(entry) = self.store.execution(exec).await.map_err(internal)? {
+            return Ok(Some((None, entry.version)));
+        }
+        Ok(None)
+    }
+
+    /// `StartExecution`. Idempotent by name: starting an existing execution
+    /// again with the same input answers `already_started`; with another
+    /// input, `ExecutionAlreadyExists`. (AWS is idempotent this way only
+    /// while the execution runs; we also are after it ended, so that
+    /// redelivered trigger events do not fail.)
+    pub async fn start_execution(
+        &self,
+        req: StartExecutionRequest,
+    ) -> Result<StartExecutionReply, ApiError> {
+        check_name("state machine name", &req.state_machine).map_err(invalid_name)?;
+        let name = match req.name {
+            Some(name) => {
+                check_name("execution name", &name).map_err(invalid_name)?;
+                name
+            }
+            None => fresh_name(),
+        };
+        let exec = ExecutionRef::new(&req.state_machine, &name).map_err(invalid_name)?;
+        let input = req.input.unwrap_or_else(|| json!({}));
+        let size = json_len(&input);
+        if size > self.options.max_payload_bytes {
+            return Err(ApiError::new(
+                codes::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the input is {size} bytes; at most {} are allowed",
+                    self.options.max_payload_bytes
+                ),
+            ));
+        }
+        let machine = self
+            .store
+            .machine(&req.state_machine, req.version)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| machine_missing(&req.state_machine, req.version))?;
+
+        let same_or_conflict = |existing: Option<(Option<Value>, u64)>| match existing {
+            Some((Some(old), version)) if old == input => Ok(StartExecutionReply {
+                execution_arn: exec.arn(),
+                version,
+                already_started: true,
+            }),
+            Some((None, version)) => Ok(StartExecutionReply {
+                // Indexed, input unknown: assume the same start.
+                execution_arn: exec.arn(),
+                version,
+                already_started: true,
+            }),
+            Some((Some(_), _)) => Err(ApiError::new(
+                codes::EXECUTION_ALREADY_EXISTS,
+                format!(
+                    "execution {} already exists with a different input",
+                    exec.arn()
+                ),
+            )),
+            None => Err(ApiError::new(codes::INTERNAL, "unreachable")),
+        };
+        if let Some(existing) = self.existing_start(&exec).await? {
+            return same_or_conflict(Some(existing));
+        }
+        let traceparent = req.traceparent;
+        let message = InboxMessage::StartExecution(StartExecution {
+            execution_arn: exec.arn(),
+            version: machine.version,
+            input: input.clone(),
+            seed: random_u64(),
+            traceparent: traceparent.clone(),
+            parent: None,
+        });
+        let duplicate = self
+            .publish(
+                &exec,
+                &message,
+                Some(format!("start/{}", exec.key())),
+                traceparent.as_deref(),
+            )
+            .await?;
+        if duplicate {
+            // Someone started it at the same time: compare with theirs.
+            return match self.existing_start(&exec).await? {
+                Some(existing) => same_or_conflict(Some(existing)),
+                None => Ok(StartExecutionReply {
+                    execution_arn: exec.arn(),
+                    version: machine.version,
+                    already_started: true,
+                }),
+            };
+        }
+        Ok(StartExecutionReply {
+            execution_arn: exec.arn(),
+            version: machine.version,
+            already_started: false,
+        })
+    }
+
+    /// `DescribeExecution`: the index entry with the input and output from
+    /// the history.
+    pub async fn describe_execution(
+        &self,
+        req: ExecutionRequest,
+    ) -> Result<ExecutionDescription, ApiError> {
+        let exec = parse_arn(&req.execution_arn)?;
+        let mut desc = self.index_entry(&exec).await?;
+        let history = self.store.read_history(&exec).await.map_err(internal)?;
+        let entries = || history.batches.iter().flat_map(|b| b.entries.iter());
+        desc.input = history_view::started_input(entries());
+        if desc.status != ExecutionStatus::Running {
+            match history_view::last_outcome(entries()) {
+                Some(Outcome::Succeeded { output }) => {
+                    desc.output = Some(Arc::unwrap_or_clone(output));
+                }
+                Some(Outcome::Failed { error, cause } | Outcome::TimedOut { error, cause }) => {
+                    desc.error = desc.error.or(Some(error));
+                    desc.cause = desc.cause.or(Some(cause));
+                }
+                Some(Outcome::Aborted { error, cause }) => {
+                    desc.error = desc.error.or(error);
+                    desc.cause = desc.cause.or(cause);
+                }
+                None => {}
+            }
+        }
+        Ok(desc)
+    }
+
+    /// `GetExecutionHistory`: Step Functions-style events.
+    pub async fn execution_history(
+        &self,
+        req: ExecutionRequest,
+    ) -> Result<ExecutionHistory, ApiError> {
+        let exec = parse_arn(&req.execution_arn)?;
+        let history: StoredHistory = self.store.read_history(&exec).await.map_err(internal)?;
+        if history.batches.is_empty() {
+            // Not started yet (or unknown): the index tells which.
+            self.index_entry(&exec).await?;
+        }
+        let events = history_view::render(history.batches.iter().flat_map(|b| b.entries.iter()));
+        Ok(ExecutionHistory { events })
+    }
+
+    /// `ListExecutions`.
+    pub async fn list_executions(
+        &self,
+        req: ListExecutions,
+    ) -> Result<Vec<ExecutionDescription>, ApiError> {
+        if let Some(m) = &req.state_machine {
+            check_name("state machine name", m).map_err(invalid_name)?;
+        }
+        self.store
+            .list_executions(None, req.state_machine.as_deref(), req.status)
+            .await
+            .map_err(internal)
+    }
+
+    /// `StopExecution`: asks the engine to abort it (a finished execution
+    /// is left as it is).
+    pub async fn stop_execution(&self, req: StopExecutionRequest) -> Result<(), ApiError> {
+        let exec = parse_arn(&req.execution_arn)?;
+        check_error_cause(req.error.as_deref(), req.cause.as_deref())?;
+        let entry = self.index_entry(&exec).await?;
+        if entry.status != ExecutionStatus::Running {
+            return Ok(());
+        }
+        self.publish(
+            &exec,
+            &InboxMessage::StopExecution {
+                execution_arn: exec.arn(),
+                error: req.error,
+                cause: req.cause,
+            },
+            None,
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `RedriveExecution`: only failed, timed-out or aborted executions.
+    pub async fn redrive_execution(&self, req: ExecutionRequest) -> Result<(), ApiError> {
+        let exec = parse_arn(&req.execution_arn)?;
+        let entry = self.index_entry(&exec).await?;
+        match entry.status {
+            ExecutionStatus::Failed | ExecutionStatus::TimedOut | ExecutionStatus::Aborted => {}
+            other => {
+                return Err(ApiError::new(
+                    codes::EXECUTION_NOT_REDRIVABLE,
+                    format!(
+                        "execution {} is {}; only FAILED, TIMED_OUT or ABORTED executions can be redriven",
+                        exec.arn(),
+                        other.as_str()
+                    ),
+                ));
+            }
+        }
+        // One redrive per redrive count: concurrent requests collapse.
+        self.publish(
+            &exec,
+            &InboxMessage::RedriveExecution {
+                execution_arn: exec.arn(),
+            },
+            Some(format!("redrive/{}/{}", exec.key(), entry.redrive_count)),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The execution and task a token names; the execution must be running.
+    async fn token_target(&self, token: &str) -> Result<(ExecutionRef, String), ApiError> {
+        let invalid = || ApiError::new(codes::INVALID_TOKEN, "the task token is not valid");
+        let (execution, task_id) = decode_task_token(token).ok_or_else(invalid)?;
+        let exec = ExecutionRef::from_arn(&execution).map_err(|_| invalid())?;
+        match self.store.execution(&exec).await.map_err(internal)? {
+            None => Err(ApiError::new(
+                codes::TASK_DOES_NOT_EXIST,
+                format!("execution {} does not exist", exec.arn()),
+            )),
+            Some(entry) if entry.status != ExecutionStatus::Running => Err(ApiError::new(
+                codes::TASK_DOES_NOT_EXIST,
+                format!(
+                    "execution {} has finished ({}); its tasks no longer wait",
+                    exec.arn(),
+                    entry.status.as_str()
+                ),
+            )),
+            Some(_) => Ok((exec, task_id)),
+        }
+    }
+
+    /// `SendTaskSuccess`.
+    pub async fn send_task_success(&self, req: SendTaskSuccess) -> Result<(), ApiError> {
+        let size = json_len(&req.output);
+        if size > self.options.max_payload_bytes {
+            return Err(ApiError::new(
+                codes::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the output is {size} bytes; at most {} are allowed",
+                    self.options.max_payload_bytes
+                ),
+            ));
+        }
+        let (exec, task_id) = self.token_target(&req.task_token).await?;
+        self.publish(
+            &exec,
+            &InboxMessage::TaskSucceeded {
+                execution_arn: exec.arn(),
+                task_id,
+                output: req.output,
+                callback: true,
+            },
+            None,
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `SendTaskFailure` (error defaults to `States.TaskFailed`).
+    pub async fn send_task_failure(&self, req: SendTaskFailure) -> Result<(), ApiError> {
+        check_error_cause(req.error.as_deref(), req.cause.as_deref())?;
+        let (exec, task_id) = self.token_target(&req.task_token).await?;
+        self.publish(
+            &exec,
+            &InboxMessage::TaskFailed {
+                execution_arn: exec.arn(),
+                task_id,
+                error: req.error.unwrap_or_else(|| "States.TaskFailed".to_string()),
+                cause: req.cause.unwrap_or_default(),
+                callback: true,
+            },
+            None,
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `SendTaskHeartbeat`.
+    pub async fn send_task_heartbeat(&self, req: SendTaskHeartbeat) -> Result<(), ApiError> {
+        let (exec, task_id) = self.token_target(&req.task_token).await?;
+        self.publish(
+            &exec,
+            &InboxMessage::TaskHeartbeat {
+                execution_arn: exec.arn(),
+                task_id,
+            },
+            None,
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ dispatch
+
+    /// Handles one request: decodes it, runs the operation and encodes the
+    /// reply (`{"ok": ...}` or `{"error": ...}`). Never panics.
+    pub async fn handle(
+        &self,
+        op: Operation,
+        payload: &[u8],
+        request_headers: Option<&async_nats::HeaderMap>,
+    ) -> Result<Bytes, ApiError> {
+        if payload.len() > self.max_request_bytes() {
+            return Err(ApiError::new(
+                codes::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request is {} bytes; at most {} are accepted",
+                    payload.len(),
+                    self.max_request_bytes()
+                ),
+            ));
+        }
+        match op {
+            Operation::CreateStateMachine => {
+                ok(self.create_state_machine(decode(payload)?).await?)
+            }
+            Operation::DescribeStateMachine => {
+                ok(self.describe_state_machine(decode(payload)?).await?)
+            }
+            Operation::ListStateMachines => {
+                let _: Value = decode_or_empty(payload)?;
+                ok(self.list_state_machines().await?)
+            }
+            Operation::StartExecution => {
+                let mut req: StartExecutionRequest = decode(payload)?;
+                if req.traceparent.is_none() {
+                    req.traceparent = request_headers
+                        .and_then(|h| h.get(headers::TRACEPARENT))
+                        .map(|v| v.as_str().to_string());
+                }
+                ok(self.start_execution(req).await?)
+            }
+            Operation::DescribeExecution => ok(self.describe_execution(decode(payload)?).await?),
+            Operation::GetExecutionHistory => ok(self.execution_history(decode(payload)?).await?),
+            Operation::ListExecutions => {
+                ok(self.list_executions(decode_or_empty(payload)?).await?)
+            }
+            Operation::StopExecution => {
+                self.stop_execution(decode(payload)?).await?;
+                ok(json!({}))
+            }
+            Operation::RedriveExecution => {
+                self.redrive_execution(decode(payload)?).await?;
+                ok(json!({}))
+            }
+            Operation::SendTaskSuccess => {
+                self.send_task_success(decode(payload)?).await?;
+                ok(json!({}))
+            }
+            Operation::SendTaskFailure => {
+                self.send_task_failure(decode(payload)?).await?;
+                ok(json!({}))
+            }
+            Operation::SendTaskHeartbeat => {
+                self.send_task_heartbeat(decode(payload)?).await?;
+                ok(json!({}))
+            }
+        }
+        .and_then(|reply| {
+            if reply.len() > self.max_request_bytes() {
+                Err(ApiError::new(
+                    codes::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the reply is {} bytes; at most {} fit in a message",
+                        reply.len(),
+                        self.max_request_bytes()
+                    ),
+                ))
+            } else {
+                Ok(reply)
+            }
+        })
+    }
+
+    /// Answers one service request.
+    async fn answer(&self, op: Operation, request: async_nats::service::Request) {
+        let message = &request.message;
+        let result = self
+            .handle(op, &message.payload, message.headers.as_ref())
+            .await;
+        let sent = match result {
+            Ok(body) => request.respond(Ok(body)).await,
+            Err(error) => {
+                let body =
+                    serde_json::to_vec(&Reply::<()>::Error(error.clone())).unwrap_or_else(|_| {
+                        b"{\"error\":{\"code\":\"Internal\",\"message\":\"\"}}".to_vec()
+                    });
+                let mut hdrs = async_nats::HeaderMap::new();
+                let description =
+                    format!("{}: {}", error.code, error.message).replace(['\r', '\n'], " ");
+                hdrs.insert(
+                    async_nats::service::NATS_SERVICE_ERROR,
+                    description.as_str(),
+                );
+                hdrs.insert(
+                    async_nats::service::NATS_SERVICE_ERROR_CODE,
+                    status_of(&error.code).to_string().as_str(),
+                );
+                request.respond_with_headers(Ok(body.into()), hdrs).await
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!(operation = ?op, error = %e, "could not reply to an API request");
+        }
+    }
+}
+
+fn machine_missing(name: &str, version: Option<u64>) -> ApiError {
+    let what = match version {
+        Some(v) => format!("version {v} of state machine '{name}' does not exist"),
+        None => format!("state machine '{name}' does not exist"),
+    };
+    ApiError::new(codes::STATE_MACHINE_DOES_NOT_EXIST, what)
+}
+
+/// AWS's limits: error names up to 256 characters, causes up to 32,768.
+fn check_error_cause(error: Option<&str>, cause: Option<&str>) -> Result<(), ApiError> {
+    if error.is_some_and(|e| e.chars().count() > 256) {
+        return Err(ApiError::new(
+            codes::INVALID_REQUEST,
+            "error must be at most 256 characters",
+        ));
+    }
+    if cause.is_some_and(|c| c.chars().count() > 32_768) {
+        return Err(ApiError::new(
+            codes::INVALID_REQUEST,
+            "cause must be at most 32768 characters",
+        ));
+    }
+    Ok(())
+}
+
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(payload).map_err(|e| {
+        ApiError::new(
+            codes::INVALID_REQUEST,
+            format!("the request is not valid: {e}"),
+        )
+    })
+}
+
+/// An empty payload is an empty object.
+fn decode_or_empty<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ApiError> {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        decode(b"{}")
+    } else {
+        decode(payload)
+    }
+}
+
+fn ok<T: Serialize>(value: T) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(&Reply::Ok(value))
+        .map(Bytes::from)
+        .map_err(|e| ApiError::new(codes::INTERNAL, e.to_string()))
+}
+
+/// A running API service; [`ApiService::stop`] (or dropping it) ends it.
+pub struct ApiService {
+    service: Option<async_nats::service::Service>,
+    loops: Vec<JoinHandle<()>>,
+}
+
+impl ApiService {
+    /// Stops serving: the endpoints unsubscribe; requests being handled are
+    /// abandoned (their callers time out and may retry elsewhere).
+    pub async fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        if let Some(service) = self.service.take() {
+            // `Service::stop` only signals and aborts: it completes at once.
+            let _ = futures::FutureExt::now_or_never(service.stop());
+        }
+        for handle in self.loops.drain(..) {
+            handle.abort();
+        }
+    }
+
+    /// A task that keeps the service running until it is aborted (for
+    /// [`ClusterHandle::attach`]).
+    pub fn into_task(self) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let _service = self;
+            std::future::pending::<()>().await
+        })
+    }
+}
+
+impl Drop for ApiService {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Serves the API over NATS (the store's client) until stopped.
+pub async fn serve(store: Store, options: ApiOptions) -> Result<ApiService, ServeError> {
+    let client = store.infra().client.clone();
+    let prefix = store.infra().ns().api_prefix();
+    let limit = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+    let api = Api::new(store, options);
+    let service = client
+        .service_builder()
+        .description("Sagaflow: state machines and executions (Step Functions-like API)")
+        .queue_group(QUEUE_GROUP)
+        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| ServeError::Service(e.to_string()))?;
+    let group = service.group(prefix);
+    let mut loops = Vec::new();
+    for op in Operation::ALL {
+        let endpoint = group
+            .endpoint_builder()
+            .name(format!("{op:?}"))
+            .add(op.endpoint())
+            .await
+            .map_err(|e| ServeError::Service(e.to_string()));
+        let mut endpoint = match endpoint {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = service.stop().await;
+                for l in loops {
+                    JoinHandle::abort(&l);
+                }
+                return Err(e);
+            }
+        };
+        let api = api.clone();
+        let limit = limit.clone();
+        loops.push(tokio::spawn(async move {
+            while let Some(request) = endpoint.next().await {
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    break;
+                };
+                let api = api.clone();
+                tokio::spawn(async move {
+                    api.answer(op, request).await;
+                    drop(permit);
+                });
+            }
+        }));
+    }
+    Ok(ApiService {
+        service: Some(service),
+        loops,
+    })
+}
+
+// ---------------------------------------------------------------- triggers
+
+/// Running trigger subscriptions; [`TriggerService::stop`] (or dropping
+/// it) ends them.
+pub struct TriggerService {
+    loops: Vec<JoinHandle<()>>,
+}
+
+impl TriggerService {
+    /// Stops every trigger subscription.
+    pub async fn stop(self) {
+        drop(self);
+    }
+
+    /// A task that keeps the triggers running until it is aborted (for
+    /// [`ClusterHandle::attach`]).
+    pub fn into_task(self) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let _triggers = self;
+            std::future::pending::<()>().await
+        })
+    }
+}
+
+impl Drop for TriggerService {
+    fn drop(&mut self) {
+        for handle in self.loops.drain(..) {
+            handle.abort();
+        }
+    }
+}
+
+/// Starts what a coordinator serves besides its partitions: the API (when
+/// `options.api`) and the triggers, attached to `handle` so that they stop
+/// with it.
+pub async fn attach_services(
+    handle: &mut ClusterHandle,
+    options: &ClusterOptions,
+) -> Result<(), ServeError> {
+    let api_options = ApiOptions::from_runtime(&options.runtime);
+    if options.api {
+        let service = serve(handle.store().clone(), api_options.clone()).await?;
+        handle.attach(service.into_task());
+    }
+    if !options.triggers.is_empty() {
+        let triggers =
+            serve_triggers(handle.store().clone(), api_options, &options.triggers).await?;
+        handle.attach(triggers.into_task());
+    }
+    Ok(())
+}
+
+/// A valid execution name for a message id: the id itself when it is one,
+/// else `msg-` and a 128-bit hash of it (stable, so that a redelivered
+/// message names the same execution).
+pub fn name_for_message_id(id: &str) -> String {
+    if check_name("execution name", id).is_ok() {
+        return id.to_string();
+    }
+    let fnv = |seed: u64| {
+        let mut hash = seed;
+        for b in id.bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash
+    };
+    format!(
+        "msg-{:016x}{:016x}",
+        fnv(0xcbf2_9ce4_8422_2325),
+        fnv(0x8422_2325_cbf2_9ce4)
+    )
+}
+
+/// What a trigger message asks for.
+fn trigger_request(
+    trigger: &Trigger,
+    payload: &[u8],
+    message_headers: Option<&async_nats::HeaderMap>,
+) -> Result<StartExecutionRequest, ApiError> {
+    let input = if payload.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice::<Value>(payload).map_err(|e| {
+            ApiError::new(
+                codes::INVALID_REQUEST,
+                format!("the event is not JSON: {e}"),
+            )
+        })?
+    };
+    let header = |name: &str| {
+        message_headers
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
+    let name = match (header(EXECUTION_NAME_HEADER), header(headers::MSG_ID)) {
+        (Some(name), _) => Some(name),
+        (None, Some(id)) => Some(name_for_message_id(&id)),
+        (None, None) => None,
+    };
+    Ok(StartExecutionRequest {
+        state_machine: trigger.state_machine.clone(),
+        version: None,
+        name,
+        input: Some(input),
+        traceparent: header(headers::TRACEPARENT),
+    })
+}
+
+async fn on_trigger_message(api: &Api, trigger: &Trigger, message: async_nats::Message) {
+    let result = match trigger_request(trigger, &message.payload, message.headers.as_ref()) {
+        Ok(req) => api.start_execution(req).await,
+        Err(e) => Err(e),
+    };
+    match &result {
+        Ok(reply) => tracing::debug!(
+            subject = %message.subject,
+            execution = %reply.execution_arn,
+            already_started = reply.already_started,
+            "trigger started an execution"
+        ),
+        Err(e) => tracing::warn!(
+            subject = %message.subject,
+            state_machine = %trigger.state_machine,
+            error = %e,
+            "trigger message dropped"
+        ),
+    }
+    if let Some(reply_to) = message.reply.clone() {
+        let body = match result {
+            Ok(r) => serde_json::to_vec(&Reply::Ok(r)),
+            Err(e) => serde_json::to_vec(&Reply::<()>::Error(e)),
+        };
+        if let Ok(body) = body
+            && let Err(e) = api
+                .store
+                .infra()
+                .client
+                .publish(reply_to, body.into())
+                .await
+        {
+            tracing::debug!(error = %e, "could not answer a trigger message");
+        }
+    }
+}
+
+/// Subscribes every trigger (queue group `sagaflow-triggers`, so that each
+/// message starts one execution whichever coordinators run). A message's
+/// JSON payload is the input (empty: `{}`); the execution is named by the
+/// `Sagaflow-Execution-Name` header, else by `Nats-Msg-Id` (so a
+/// redelivered event starts nothing new), else freshly. Messages with a
+/// reply subject are answered with the `StartExecutionReply` (or the
+/// error); malformed ones are logged and dropped.
+pub async fn serve_triggers(
+    store: Store,
+    options: ApiOptions,
+    triggers: &[Trigger],
+) -> Result<TriggerService, ServeError> {
+    let client = store.infra().client.clone();
+    let limit = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+    let api = Api::new(store, options);
+    let mut loops = Vec::new();
+    for trigger in triggers {
+        let subscribed = client
+            .queue_subscribe(trigger.subject.clone(), TRIGGER_QUEUE_GROUP.to_string())
+            .await;
+        let mut subscriber = match subscribed {
+            Ok(s) => s,
+            Err(e) => {
+                for l in loops {
+                    JoinHandle::abort(&l);
+                }
+                return Err(ServeError::Trigger {
+                    subject: trigger.subject.clone(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let api = api.clone();
+        let limit = limit.clone();
+        let trigger = Arc::new(trigger.clone());
+        loops.push(tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    break;
+                };
+                let api = api.clone();
+                let trigger = trigger.clone();
+                tokio::spawn(async move {
+                    on_trigger_message(&api, &trigger, message).await;
+                    drop(permit);
+                });
+            }
+        }));
+    }
+    Ok(TriggerService { loops })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_names_are_valid_and_distinct() {
+        let names: std::collections::HashSet<String> = (0..1000).map(|_| fresh_name()).collect();
+        assert_eq!(names.len(), 1000);
+        for n in names.iter().take(20) {
+            assert!(check_name("x", n).is_ok(), "{n}");
+            assert_eq!(n.len(), 36);
+            assert_eq!(n.as_bytes()[14], b'4');
+        }
+    }
+
+    #[test]
+    fn triggers_parse() {
+        assert_eq!(
+            Trigger::parse("orders.created=order-saga").unwrap(),
+            Trigger {
+                subject: "orders.created".into(),
+                state_machine: "order-saga".into()
+            }
+        );
+        for bad in ["", "a", "=m", "s=", "s=a b", "a b=m"] {
+            assert!(Trigger::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn message_ids_become_stable_valid_names() {
+        assert_eq!(name_for_message_id("order-42"), "order-42");
+        let n = name_for_message_id("orders/42:created");
+        assert!(n.starts_with("msg-"));
+        assert!(check_name("x", &n).is_ok());
+        assert_eq!(n, name_for_message_id("orders/42:created"));
+        assert_ne!(n, name_for_message_id("orders/43:created"));
+        assert!(check_name("x", &name_for_message_id(&"x".repeat(200))).is_ok());
+    }
+
+    #[test]
+    fn trigger_requests() {
+        let t = Trigger {
+            subject: "s".into(),
+            state_machine: "m".into(),
+        };
+        let r = trigger_request(&t, b"", None).unwrap();
+        assert_eq!(r.input, Some(json!({})));
+        assert_eq!(r.name, None);
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(headers::MSG_ID, "evt-1");
+        let r = trigger_request(&t, br#"{"a":1}"#, Some(&h)).unwrap();
+        assert_eq!(r.name.as_deref(), Some("evt-1"));
+        assert_eq!(r.input, Some(json!({"a": 1})));
+        h.insert(EXECUTION_NAME_HEADER, "named");
+        let r = trigger_request(&t, b"[1]", Some(&h)).unwrap();
+        assert_eq!(r.name.as_deref(), Some("named"));
+        let e = trigger_request(&t, b"{nope", None).unwrap_err();
+        assert_eq!(e.code, codes::INVALID_REQUEST);
+    }
+
+    #[test]
+    fn decoding_refuses_bad_requests() {
+        let e = decode::<ExecutionRequest>(b"{").unwrap_err();
+        assert_eq!(e.code, codes::INVALID_REQUEST);
+        let e = decode::<ExecutionRequest>(br#"{"executionArn": 5}"#).unwrap_err();
+        assert_eq!(e.code, codes::INVALID_REQUEST);
+        let l: ListExecutions = decode_or_empty(b"  ").unwrap();
+        assert_eq!(l.state_machine, None);
+        assert_eq!(status_of(codes::EXECUTION_DOES_NOT_EXIST), 404);
+        assert_eq!(status_of(codes::INVALID_TOKEN), 400);
+        assert_eq!(status_of(codes::PAYLOAD_TOO_LARGE), 413);
+    }
+
+    #[test]
+    fn error_and_cause_limits() {
+        assert!(check_error_cause(Some("E"), Some("c")).is_ok());
+        assert!(check_error_cause(Some(&"e".repeat(257)), None).is_err());
+        assert!(check_error_cause(None, Some(&"c".repeat(32_769))).is_err());
+    }
+}

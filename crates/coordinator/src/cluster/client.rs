@@ -1,0 +1,401 @@
+//! A typed client of the API service ([`super::api`]): one method per
+//! operation.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use sagaflow_coordinator::cluster::client::ApiClient;
+//! use sagaflow_protocol::{Namespace, api::StartExecutionRequest};
+//!
+//! let nats = async_nats::connect("nats://127.0.0.1:4222").await?;
+//! let api = ApiClient::new(nats, Namespace::default());
+//! let started = api
+//!     .start_execution(StartExecutionRequest {
+//!         state_machine: "travel".into(),
+//!         version: None,
+//!         name: Some("trip-42".into()),
+//!         input: Some(serde_json::json!({"trip": 42})),
+//!         traceparent: None,
+//!     })
+//!     .await?;
+//! let done = api
+//!     .wait_for_completion(&started.execution_arn, std::time::Duration::from_secs(60))
+//!     .await?;
+//! println!("{:?}", done.status);
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use sagaflow_protocol::api::{
+    ApiError, CreateStateMachine, DescribeStateMachine, ExecutionDescription, ExecutionHistory,
+    ExecutionRequest, ExecutionStatus, ListExecutions, Operation, Reply, SendTaskFailure,
+    SendTaskHeartbeat, SendTaskSuccess, StartExecutionReply, StartExecutionRequest,
+    StateMachineSummary, StateMachineVersion, StopExecutionRequest,
+};
+use sagaflow_protocol::{ExecutionRef, Namespace};
+
+/// A call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiClientError {
+    /// The service answered with an error.
+    #[error("{0}")]
+    Api(ApiError),
+    /// Nobody serves the API.
+    #[error(
+        "no coordinator is serving the API on {subject}; start one with `sagaflow coordinator`"
+    )]
+    NoResponders {
+        /// The subject asked.
+        subject: String,
+    },
+    /// No answer in time.
+    #[error("no answer from the API on {subject} within {timeout:?}")]
+    Timeout {
+        /// The subject asked.
+        subject: String,
+        /// The time waited.
+        timeout: Duration,
+    },
+    /// NATS failed.
+    #[error("NATS: {0}")]
+    Transport(String),
+    /// The answer did not decode.
+    #[error("cannot decode the API's answer: {0}")]
+    Decode(String),
+}
+
+impl ApiClientError {
+    /// The API error code, when the service answered with an error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ApiClientError::Api(e) => Some(&e.code),
+            _ => None,
+        }
+    }
+}
+
+/// A client of the API service.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    client: async_nats::Client,
+    ns: Namespace,
+    timeout: Duration,
+}
+
+/// The default time to wait for an answer.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ApiClient {
+    /// A client of the API of the deployment named by `ns`.
+    pub fn new(client: async_nats::Client, ns: Namespace) -> ApiClient {
+        ApiClient {
+            client,
+            ns,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The same client waiting at most `timeout` for each answer.
+    pub fn with_timeout(mut self, timeout: Duration) -> ApiClient {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// Sends a request body as is and decodes the reply: for tests and
+    /// tools that build requests themselves.
+    pub async fn call_raw<T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        body: Vec<u8>,
+    ) -> Result<T, ApiClientError> {
+        let subject = self.ns.api_subject(op);
+        let request = async_nats::Request::new()
+            .payload(body.into())
+            .timeout(Some(self.timeout));
+        let message = match self.client.send_request(subject.clone(), request).await {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(match e.kind() {
+                    async_nats::RequestErrorKind::NoResponders => {
+                        ApiClientError::NoResponders { subject }
+                    }
+                    async_nats::RequestErrorKind::TimedOut => ApiClientError::Timeout {
+                        subject,
+                        timeout: self.timeout,
+                    },
+                    async_nats::RequestErrorKind::MaxPayloadExceeded => {
+                        ApiClientError::Api(ApiError::new(
+                            "PayloadTooLarge",
+                            format!("the request is larger than the server accepts: {e}"),
+                        ))
+                    }
+                    _ => ApiClientError::Transport(e.to_string()),
+                });
+            }
+        };
+        match serde_json::from_slice::<Reply<T>>(&message.payload) {
+            Ok(Reply::Ok(v)) => Ok(v),
+            Ok(Reply::Error(e)) => Err(ApiClientError::Api(e)),
+            Err(e) => {
+                // A service error without our body (another implementation).
+                let header = |name: &str| {
+                    message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(name))
+                        .map(|v| v.as_str().to_string())
+                };
+                match header(async_nats::service::NATS_SERVICE_ERROR) {
+                    Some(description) => Err(ApiClientError::Api(ApiError::new(
+                        "Internal",
+                        format!(
+                            "{description} (code {})",
+                            header(async_nats::service::NATS_SERVICE_ERROR_CODE)
+                                .unwrap_or_default()
+                        ),
+                    ))),
+                    None => Err(ApiClientError::Decode(e.to_string())),
+                }
+            }
+        }
+    }
+
+    async fn call<Q: Serialize, T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        request: &Q,
+    ) -> Result<T, ApiClientError> {
+        let body =
+            serde_json::to_vec(request).map_err(|e| ApiClientError::Decode(e.to_string()))?;
+        self.call_raw(op, body).await
+    }
+
+    /// `CreateStateMachine`: stores a new version.
+    pub async fn create_state_machine(
+        &self,
+        name: &str,
+        definition: &str,
+    ) -> Result<StateMachineVersion, ApiClientError> {
+        self.call(
+            Operation::CreateStateMachine,
+            &CreateStateMachine {
+                name: name.to_string(),
+                definition: definition.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// `DescribeStateMachine` (the latest version when `version` is None).
+    pub async fn describe_state_machine(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<StateMachineVersion, ApiClientError> {
+        self.call(
+            Operation::DescribeStateMachine,
+            &DescribeStateMachine {
+                name: name.to_string(),
+                version,
+            },
+        )
+        .await
+    }
+
+    /// `ListStateMachines`.
+    pub async fn list_state_machines(&self) -> Result<Vec<StateMachineSummary>, ApiClientError> {
+        self.call(Operation::ListStateMachines, &json!({})).await
+    }
+
+    /// `StartExecution`.
+    pub async fn start_execution(
+        &self,
+        request: StartExecutionRequest,
+    ) -> Result<StartExecutionReply, ApiClientError> {
+        self.call(Operation::StartExecution, &request).await
+    }
+
+    /// `DescribeExecution`.
+    pub async fn describe_execution(
+        &self,
+        execution_arn: &str,
+    ) -> Result<ExecutionDescription, ApiClientError> {
+        self.call(
+            Operation::DescribeExecution,
+            &ExecutionRequest {
+                execution_arn: execution_arn.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// `GetExecutionHistory`.
+    pub async fn execution_history(
+        &self,
+        execution_arn: &str,
+    ) -> Result<ExecutionHistory, ApiClientError> {
+        self.call(
+            Operation::GetExecutionHistory,
+            &ExecutionRequest {
+                execution_arn: execution_arn.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// `ListExecutions`.
+    pub async fn list_executions(
+        &self,
+        state_machine: Option<&str>,
+        status: Option<ExecutionStatus>,
+    ) -> Result<Vec<ExecutionDescription>, ApiClientError> {
+        self.call(
+            Operation::ListExecutions,
+            &ListExecutions {
+                state_machine: state_machine.map(str::to_string),
+                status,
+            },
+        )
+        .await
+    }
+
+    /// `StopExecution`.
+    pub async fn stop_execution(
+        &self,
+        execution_arn: &str,
+        error: Option<String>,
+        cause: Option<String>,
+    ) -> Result<(), ApiClientError> {
+        let _: Value = self
+            .call(
+                Operation::StopExecution,
+                &StopExecutionRequest {
+                    execution_arn: execution_arn.to_string(),
+                    error,
+                    cause,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `RedriveExecution`.
+    pub async fn redrive_execution(&self, execution_arn: &str) -> Result<(), ApiClientError> {
+        let _: Value = self
+            .call(
+                Operation::RedriveExecution,
+                &ExecutionRequest {
+                    execution_arn: execution_arn.to_string(),
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `SendTaskSuccess`.
+    pub async fn send_task_success(
+        &self,
+        task_token: &str,
+        output: Value,
+    ) -> Result<(), ApiClientError> {
+        let _: Value = self
+            .call(
+                Operation::SendTaskSuccess,
+                &SendTaskSuccess {
+                    task_token: task_token.to_string(),
+                    output,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `SendTaskFailure`.
+    pub async fn send_task_failure(
+        &self,
+        task_token: &str,
+        error: Option<String>,
+        cause: Option<String>,
+    ) -> Result<(), ApiClientError> {
+        let _: Value = self
+            .call(
+                Operation::SendTaskFailure,
+                &SendTaskFailure {
+                    task_token: task_token.to_string(),
+                    error,
+                    cause,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `SendTaskHeartbeat`.
+    pub async fn send_task_heartbeat(&self, task_token: &str) -> Result<(), ApiClientError> {
+        let _: Value = self
+            .call(
+                Operation::SendTaskHeartbeat,
+                &SendTaskHeartbeat {
+                    task_token: task_token.to_string(),
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until an execution is no longer running and returns its
+    /// description; [`ApiClientError::Timeout`] after `timeout`.
+    ///
+    /// Listens for the engine's completion notice first, then asks once
+    /// (so a completion between the two is not missed), then waits for the
+    /// notice, asking again every 500 ms in case a notice was lost (core
+    /// NATS does not keep messages). An execution not indexed yet (its start
+    /// still queued) counts as running.
+    pub async fn wait_for_completion(
+        &self,
+        execution_arn: &str,
+        timeout: Duration,
+    ) -> Result<ExecutionDescription, ApiClientError> {
+        let exec = ExecutionRef::from_arn(execution_arn)
+            .map_err(|e| ApiClientError::Api(ApiError::new("InvalidName", e.to_string())))?;
+        let subject = self.ns.done_subject(&exec);
+        let mut notices = self
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|e| ApiClientError::Transport(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.describe_execution(execution_arn).await {
+                Ok(d) if d.status != ExecutionStatus::Running => {
+                    let _ = notices.unsubscribe().await;
+                    return Ok(d);
+                }
+                Ok(_) => {}
+                Err(ApiClientError::Api(e)) if e.code == "ExecutionDoesNotExist" => {}
+                Err(e) => return Err(e),
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                let _ = notices.unsubscribe().await;
+                return Err(ApiClientError::Timeout {
+                    subject: self.ns.api_subject(Operation::DescribeExecution),
+                    timeout,
+                });
+            }
+            let wait = (deadline - now).min(Duration::from_millis(500));
+            // A notice or the poll interval, whichever comes first.
+            let _ = tokio::time::timeout(wait, notices.next()).await;
+        }
+    }
+}

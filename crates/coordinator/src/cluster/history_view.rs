@@ -1,0 +1,1017 @@
+//! Renders a stored history (events applied, commands produced) as Step
+//! Functions-style history events, the shape `GetExecutionHistory` returns
+//! on AWS:
+//!
+//! ```json
+//! {"id": 3, "previousEventId": 2, "timestamp": "2024-01-01T00:00:00Z",
+//!  "type": "TaskScheduled", "taskScheduledEventDetails": {...}}
+//! ```
+//!
+//! As on AWS, inputs, outputs and task parameters are JSON *text* (strings),
+//! not nested JSON. `previousEventId` is simply the id before (AWS links some
+//! events to their cause instead; tools only rely on the ids increasing).
+//!
+//! Event types are AWS's (`ExecutionStarted`, `TaskStateEntered`,
+//! `TaskScheduled`, `TaskSucceeded`, `TaskFailed`, `TaskTimedOut`,
+//! `MapIterationStarted`, `ParallelStateStarted`, `ExecutionSucceeded`, ...),
+//! `ExecutionRedriven` (`executionRedrivenEventDetails`: `redriveCount` as on
+//! AWS, and `state`, where it restarts), plus three of ours for steps AWS
+//! does not show as events:
+//!
+//! - `TaskRetryScheduled` (`taskRetryScheduledEventDetails`: `name`, `error`,
+//!   `attempt`, `delaySeconds`): a Retry rule will run the state again;
+//! - `CatchTriggered` (`catchTriggeredEventDetails`: `name`, `error`,
+//!   `cause`, `next`): a Catch rule caught an error and execution goes on at
+//!   `next` (typically a compensation);
+//! - `ParallelBranchAborted` (`parallelBranchAbortedEventDetails`: `name`,
+//!   `index`): a Parallel branch was abandoned because another one failed.
+//!
+//! Events that the interpreter ignored (a late answer for a task that timed
+//! out or was cancelled) are not shown.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Map, Value, json};
+
+use sagaflow_asl::interp::{Command, Event, Outcome, Record, StateType, TimerPurpose};
+
+use crate::driver::{HistoryEntry, HistoryItem};
+
+/// The error names that make a task failure a `TaskTimedOut` event.
+const TIMEOUT_ERRORS: [&str; 2] = ["States.Timeout", "States.HeartbeatTimeout"];
+
+/// AWS's name of a state type in event types (`Task`, `Choice`, ...).
+pub fn state_type_name(state_type: StateType) -> &'static str {
+    match state_type {
+        StateType::Pass => "Pass",
+        StateType::Task => "Task",
+        StateType::Choice => "Choice",
+        StateType::Wait => "Wait",
+        StateType::Succeed => "Succeed",
+        StateType::Fail => "Fail",
+        StateType::Parallel => "Parallel",
+        StateType::Map => "Map",
+    }
+}
+
+/// A scheduled task, remembered until its answer.
+struct Scheduled {
+    resource: String,
+}
+
+/// Builds the event list.
+struct Renderer {
+    events: Vec<Value>,
+    /// Tasks scheduled and not yet answered, by task id.
+    pending: HashMap<String, Scheduled>,
+    /// Timers started for a task's `TimeoutSeconds`, by timer id.
+    task_timers: HashMap<String, String>,
+    /// Name and type of every state entered, by path.
+    states: HashMap<String, (String, StateType)>,
+    /// Paths of Parallel/Map states whose failure was already shown.
+    failed: HashSet<String>,
+}
+
+fn text(value: &Value) -> String {
+    value.to_string()
+}
+
+/// `(resourceType, resource)` as AWS splits them for service integrations
+/// (`arn:aws:states:::lambda:invoke` → `lambda`, `invoke`); other resources
+/// are kept whole with the type `sagaflow`, Lambda ARNs get `lambda`.
+pub fn split_resource(resource: &str) -> (String, String) {
+    if let Some(rest) = resource.strip_prefix("arn:aws:states:::")
+        && let Some((service, action)) = rest.split_once(':')
+    {
+        return (service.to_string(), action.to_string());
+    }
+    if resource.starts_with("arn:aws:lambda:") {
+        return ("lambda".to_string(), resource.to_string());
+    }
+    ("sagaflow".to_string(), resource.to_string())
+}
+
+impl Renderer {
+    fn push(&mut self, at: &jiff::Timestamp, kind: &str, details: Option<(&str, Value)>) {
+        let id = self.events.len() as u64 + 1;
+        let mut event = Map::new();
+        event.insert("id".into(), json!(id));
+        event.insert("previousEventId".into(), json!(id - 1));
+        event.insert("timestamp".into(), json!(at.to_string()));
+        event.insert("type".into(), json!(kind));
+        if let Some((key, value)) = details {
+            event.insert(key.into(), value);
+        }
+        self.events.push(Value::Object(event));
+    }
+
+    fn name_of(&self, path: &str) -> String {
+        match self.states.get(path) {
+            Some((name, _)) => name.clone(),
+            None => path.rsplit('/').next().unwrap_or(path).to_string(),
+        }
+    }
+
+    fn type_of(&self, path: &str) -> Option<StateType> {
+        self.states.get(path).map(|(_, t)| *t)
+    }
+
+    fn task_failed(&mut self, at: &jiff::Timestamp, task_id: &str, error: &str, cause: &str) {
+        let Some(task) = self.pending.remove(task_id) else {
+            return;
+        };
+        let (resource_type, resource) = split_resource(&task.resource);
+        let details = json!({
+            "resourceType": resource_type,
+            "resource": resource,
+            "error": error,
+            "cause": cause,
+        });
+        if TIMEOUT_ERRORS.contains(&error) {
+            self.push(
+                at,
+                "TaskTimedOut",
+                Some(("taskTimedOutEventDetails", details)),
+            );
+        } else {
+            self.push(at, "TaskFailed", Some(("taskFailedEventDetails", details)));
+        }
+    }
+
+    /// `ParallelStateFailed` / `MapStateFailed` when the failed state is a
+    /// Parallel or Map state (once per state visit).
+    fn fanout_failed(&mut self, at: &jiff::Timestamp, path: &str, error: &str, cause: &str) {
+        let kind = match self.type_of(path) {
+            Some(StateType::Parallel) => "ParallelStateFailed",
+            Some(StateType::Map) => "MapStateFailed",
+            _ => return,
+        };
+        if !self.failed.insert(path.to_string()) {
+            return;
+        }
+        self.push(
+            at,
+            kind,
+            Some((
+                "stateFailedEventDetails",
+                json!({"name": self.name_of(path), "error": error, "cause": cause}),
+            )),
+        );
+    }
+
+    fn event(&mut self, at: &jiff::Timestamp, event: &Event) {
+        match event {
+            Event::ExecutionStarted { info, input } => self.push(
+                at,
+                "ExecutionStarted",
+                Some((
+                    "executionStartedEventDetails",
+                    json!({
+                        "input": text(input),
+                        "inputDetails": {"truncated": false},
+                        "roleArn": info.role_arn,
+                    }),
+                )),
+            ),
+            Event::TaskSucceeded { task_id, output } => {
+                let Some(task) = self.pending.remove(task_id) else {
+                    return;
+                };
+                let (resource_type, resource) = split_resource(&task.resource);
+                self.push(
+                    at,
+                    "TaskSucceeded",
+                    Some((
+                        "taskSucceededEventDetails",
+                        json!({
+                            "resourceType": resource_type,
+                            "resource": resource,
+                            "output": text(output),
+                            "outputDetails": {"truncated": false},
+                        }),
+                    )),
+                );
+            }
+            Event::TaskFailed {
+                task_id,
+                error,
+                cause,
+            } => self.task_failed(at, task_id, error, cause),
+            Event::TimerFired { timer_id } => {
+                // A task's TimeoutSeconds elapsed: the interpreter fails it
+                // with States.Timeout (AWS shows TaskTimedOut).
+                if let Some(task_id) = self.task_timers.remove(timer_id) {
+                    self.task_failed(
+                        at,
+                        &task_id,
+                        "States.Timeout",
+                        "The task did not complete within its TimeoutSeconds.",
+                    );
+                }
+            }
+            // Shown by the records the interpreter produces for them.
+            Event::StopRequested { .. } | Event::RedriveRequested => {}
+        }
+    }
+
+    fn record(&mut self, at: &jiff::Timestamp, record: &Record) {
+        match record {
+            Record::StateEntered {
+                path,
+                name,
+                state_type,
+                input,
+            } => {
+                self.states
+                    .insert(path.to_string(), (name.to_string(), *state_type));
+                self.failed.remove(&**path);
+                let type_name = state_type_name(*state_type);
+                self.push(
+                    at,
+                    &format!("{type_name}StateEntered"),
+                    Some((
+                        "stateEnteredEventDetails",
+                        json!({
+                            "name": name,
+                            "input": text(input),
+                            "inputDetails": {"truncated": false},
+                        }),
+                    )),
+                );
+                match state_type {
+                    StateType::Parallel => self.push(at, "ParallelStateStarted", None),
+                    StateType::Map => self.push(at, "MapStateStarted", None),
+                    _ => {}
+                }
+            }
+            Record::StateExited {
+                name,
+                state_type,
+                output,
+                ..
+            } => {
+                match state_type {
+                    StateType::Parallel => self.push(at, "ParallelStateSucceeded", None),
+                    StateType::Map => self.push(at, "MapStateSucceeded", None),
+                    _ => {}
+                }
+                let type_name = state_type_name(*state_type);
+                self.push(
+                    at,
+                    &format!("{type_name}StateExited"),
+                    Some((
+                        "stateExitedEventDetails",
+                        json!({
+                            "name": name,
+                            "output": text(output),
+                            "outputDetails": {"truncated": false},
+                        }),
+                    )),
+                );
+            }
+            Record::MapIterationStarted { path, index } => {
+                let details = json!({"name": self.name_of(path), "index": index});
+                self.push(
+                    at,
+                    "MapIterationStarted",
+                    Some(("mapIterationStartedEventDetails", details)),
+                );
+            }
+            Record::MapIterationSucceeded { path, index } => {
+                let details = json!({"name": self.name_of(path), "index": index});
+                self.push(
+                    at,
+                    "MapIterationSucceeded",
+                    Some(("mapIterationSucceededEventDetails", details)),
+                );
+            }
+            Record::MapIterationFailed { path, index, error } => {
+                let details = json!({"name": self.name_of(path), "index": index, "error": error});
+                self.push(
+                    at,
+                    "MapIterationFailed",
+                    Some(("mapIterationFailedEventDetails", details)),
+                );
+            }
+            Record::BranchAborted { path, index } => {
+                let name = self.name_of(path);
+                if self.type_of(path) == Some(StateType::Parallel) {
+                    self.push(
+                        at,
+                        "ParallelBranchAborted",
+                        Some((
+                            "parallelBranchAbortedEventDetails",
+                            json!({"name": name, "index": index}),
+                        )),
+                    );
+                } else {
+                    self.push(
+                        at,
+                        "MapIterationAborted",
+                        Some((
+                            "mapIterationAbortedEventDetails",
+                            json!({"name": name, "index": index}),
+                        )),
+                    );
+                }
+            }
+            Record::RetryScheduled {
+                path,
+                error,
+                attempt,
+                delay_seconds,
+            } => {
+                self.fanout_failed(at, path, error, "");
+                let details = json!({
+                    "name": self.name_of(path),
+                    "error": error,
+                    "attempt": attempt,
+                    "delaySeconds": delay_seconds,
+                });
+                self.push(
+                    at,
+                    "TaskRetryScheduled",
+                    Some(("taskRetryScheduledEventDetails", details)),
+                );
+            }
+            Record::Redriven { count, state } => {
+                // AWS: ExecutionRedriven with the redrive count.
+                self.push(
+                    at,
+                    "ExecutionRedriven",
+                    Some((
+                        "executionRedrivenEventDetails",
+                        json!({"redriveCount": count, "state": state}),
+                    )),
+                );
+            }
+            Record::Caught {
+                path,
+                error,
+                cause,
+                next,
+            } => {
+                self.fanout_failed(at, path, error, cause);
+                let details = json!({
+                    "name": self.name_of(path),
+                    "error": error,
+                    "cause": cause,
+                    "next": next,
+                });
+                self.push(
+                    at,
+                    "CatchTriggered",
+                    Some(("catchTriggeredEventDetails", details)),
+                );
+            }
+        }
+    }
+
+    fn command(&mut self, at: &jiff::Timestamp, command: &Command) {
+        match command {
+            Command::ScheduleTask(request) => {
+                let (resource_type, resource) = split_resource(&request.resource);
+                let mut details = Map::new();
+                details.insert("resourceType".into(), json!(resource_type));
+                details.insert("resource".into(), json!(resource));
+                details.insert("region".into(), json!("local"));
+                details.insert("parameters".into(), json!(text(&request.input)));
+                if let Some(t) = request.timeout_seconds {
+                    details.insert("timeoutInSeconds".into(), json!(t));
+                }
+                if let Some(h) = request.heartbeat_seconds {
+                    details.insert("heartbeatInSeconds".into(), json!(h));
+                }
+                details.insert("taskId".into(), json!(&*request.task_id));
+                self.pending.insert(
+                    request.task_id.to_string(),
+                    Scheduled {
+                        resource: request.resource.to_string(),
+                    },
+                );
+                self.push(
+                    at,
+                    "TaskScheduled",
+                    Some(("taskScheduledEventDetails", Value::Object(details))),
+                );
+            }
+            Command::CancelTask { task_id } => {
+                // A timed-out task is cancelled right after its timer fired
+                // (already shown); an abandoned one just stops mattering.
+                self.pending.remove(task_id);
+            }
+            Command::StartTimer {
+                timer_id,
+                purpose: TimerPurpose::TaskTimeout { task_id },
+                ..
+            } => {
+                self.task_timers.insert(timer_id.clone(), task_id.clone());
+            }
+            Command::StartTimer { .. } => {}
+            Command::CancelTimer { timer_id } => {
+                self.task_timers.remove(timer_id);
+            }
+            Command::Record(record) => self.record(at, record),
+            Command::Complete(outcome) => self.complete(at, outcome),
+        }
+    }
+
+    fn complete(&mut self, at: &jiff::Timestamp, outcome: &Outcome) {
+        let (kind, key, details) = match outcome {
+            Outcome::Succeeded { output } => (
+                "ExecutionSucceeded",
+                "executionSucceededEventDetails",
+                json!({"output": text(output), "outputDetails": {"truncated": false}}),
+            ),
+            Outcome::Failed { error, cause } => (
+                "ExecutionFailed",
+                "executionFailedEventDetails",
+                json!({"error": error, "cause": cause}),
+            ),
+            Outcome::TimedOut { error, cause } => (
+                "ExecutionTimedOut",
+                "executionTimedOutEventDetails",
+                json!({"error": error, "cause": cause}),
+            ),
+            Outcome::Aborted { error, cause } => {
+                let mut d = Map::new();
+                if let Some(e) = error {
+                    d.insert("error".into(), json!(e));
+                }
+                if let Some(c) = cause {
+                    d.insert("cause".into(), json!(c));
+                }
+                (
+                    "ExecutionAborted",
+                    "executionAbortedEventDetails",
+                    Value::Object(d),
+                )
+            }
+        };
+        // Everything still running is over.
+        self.pending.clear();
+        self.task_timers.clear();
+        self.push(at, kind, Some((key, details)));
+    }
+}
+
+/// Renders a history, oldest first, as Step Functions-style events.
+pub fn render<'a>(entries: impl IntoIterator<Item = &'a HistoryEntry>) -> Vec<Value> {
+    let mut r = Renderer {
+        events: Vec::new(),
+        pending: HashMap::new(),
+        task_timers: HashMap::new(),
+        states: HashMap::new(),
+        failed: HashSet::new(),
+    };
+    for entry in entries {
+        match &entry.item {
+            HistoryItem::Event(e) => r.event(&entry.at, e),
+            HistoryItem::Command(c) => r.command(&entry.at, c),
+        }
+    }
+    r.events
+}
+
+/// The input of an execution: its `ExecutionStarted` event's.
+pub fn started_input<'a>(entries: impl IntoIterator<Item = &'a HistoryEntry>) -> Option<Value> {
+    entries.into_iter().find_map(|e| match &e.item {
+        HistoryItem::Event(Event::ExecutionStarted { input, .. }) => Some(input.clone()),
+        _ => None,
+    })
+}
+
+/// How an execution ended the last time it did (a redriven execution may
+/// have ended more than once).
+pub fn last_outcome<'a>(entries: impl IntoIterator<Item = &'a HistoryEntry>) -> Option<Outcome> {
+    entries
+        .into_iter()
+        .filter_map(|e| match &e.item {
+            HistoryItem::Command(Command::Complete(o)) => Some(o.clone()),
+            _ => None,
+        })
+        .last()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use sagaflow_asl::interp::{ExecutionInfo, TaskRequest};
+
+    use super::*;
+
+    fn at(second: u32) -> jiff::Timestamp {
+        format!("2024-01-01T00:00:{second:02}Z").parse().unwrap()
+    }
+
+    fn ev(second: u32, e: Event) -> HistoryEntry {
+        HistoryEntry {
+            at: at(second),
+            item: HistoryItem::Event(e),
+        }
+    }
+
+    fn cmd(second: u32, c: Command) -> HistoryEntry {
+        HistoryEntry {
+            at: at(second),
+            item: HistoryItem::Command(c),
+        }
+    }
+
+    fn entered(path: &str, t: StateType, input: Value) -> Command {
+        Command::Record(Record::StateEntered {
+            path: path.into(),
+            name: path.rsplit('/').next().unwrap().into(),
+            state_type: t,
+            input: Arc::new(input),
+        })
+    }
+
+    fn exited(path: &str, t: StateType, output: Value) -> Command {
+        Command::Record(Record::StateExited {
+            path: path.into(),
+            name: path.rsplit('/').next().unwrap().into(),
+            state_type: t,
+            output: Arc::new(output),
+        })
+    }
+
+    fn task(id: &str, resource: &str, input: Value, timeout: Option<u64>) -> Command {
+        Command::ScheduleTask(TaskRequest {
+            task_id: id.into(),
+            state_name: "Book".into(),
+            resource: resource.into(),
+            input: Arc::new(input),
+            attempt: 0,
+            timeout_seconds: timeout,
+            heartbeat_seconds: None,
+            task_token: None,
+            credentials: None,
+        })
+    }
+
+    fn started(input: Value) -> Event {
+        Event::ExecutionStarted {
+            info: ExecutionInfo {
+                execution_id: "arn:x".into(),
+                execution_name: "e".into(),
+                state_machine_id: "arn:m".into(),
+                state_machine_name: "m".into(),
+                role_arn: "arn:role".into(),
+                seed: 1,
+            },
+            input,
+        }
+    }
+
+    fn types(events: &[Value]) -> Vec<&str> {
+        events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+    }
+
+    /// A saga: Book fails, a retry, then a timeout caught, a compensation
+    /// Pass, and a Fail.
+    fn saga() -> Vec<HistoryEntry> {
+        vec![
+            ev(0, started(json!({"trip": 1}))),
+            cmd(0, entered("Book", StateType::Task, json!({"trip": 1}))),
+            cmd(
+                0,
+                task("Book@0#0", "book_flight", json!({"trip": 1}), Some(5)),
+            ),
+            cmd(
+                0,
+                Command::StartTimer {
+                    timer_id: "t1".into(),
+                    fire_at: at(5),
+                    purpose: TimerPurpose::TaskTimeout {
+                        task_id: "Book@0#0".into(),
+                    },
+                },
+            ),
+            ev(
+                1,
+                Event::TaskFailed {
+                    task_id: "Book@0#0".into(),
+                    error: "Busy".into(),
+                    cause: "try later".into(),
+                },
+            ),
+            cmd(
+                1,
+                Command::CancelTimer {
+                    timer_id: "t1".into(),
+                },
+            ),
+            cmd(
+                1,
+                Command::Record(Record::RetryScheduled {
+                    path: "Book".into(),
+                    error: "Busy".into(),
+                    attempt: 1,
+                    delay_seconds: 1.5,
+                }),
+            ),
+            cmd(
+                2,
+                task("Book@0#1", "book_flight", json!({"trip": 1}), Some(5)),
+            ),
+            cmd(
+                2,
+                Command::StartTimer {
+                    timer_id: "t2".into(),
+                    fire_at: at(7),
+                    purpose: TimerPurpose::TaskTimeout {
+                        task_id: "Book@0#1".into(),
+                    },
+                },
+            ),
+            ev(
+                7,
+                Event::TimerFired {
+                    timer_id: "t2".into(),
+                },
+            ),
+            cmd(
+                7,
+                Command::CancelTask {
+                    task_id: "Book@0#1".into(),
+                },
+            ),
+            cmd(
+                7,
+                Command::Record(Record::Caught {
+                    path: "Book".into(),
+                    error: "States.Timeout".into(),
+                    cause: "late".into(),
+                    next: "Undo".into(),
+                }),
+            ),
+            // A late answer for the timed-out task: ignored.
+            ev(
+                8,
+                Event::TaskSucceeded {
+                    task_id: "Book@0#1".into(),
+                    output: json!(1),
+                },
+            ),
+            cmd(8, entered("Undo", StateType::Pass, json!({"e": 1}))),
+            cmd(8, exited("Undo", StateType::Pass, json!({"e": 2}))),
+            cmd(
+                8,
+                Command::Complete(Outcome::Failed {
+                    error: "BookingFailed".into(),
+                    cause: "no seats".into(),
+                }),
+            ),
+        ]
+    }
+
+    #[test]
+    fn renders_a_saga_like_step_functions() {
+        let events = render(&saga());
+        assert_eq!(
+            types(&events),
+            vec![
+                "ExecutionStarted",
+                "TaskStateEntered",
+                "TaskScheduled",
+                "TaskFailed",
+                "TaskRetryScheduled",
+                "TaskScheduled",
+                "TaskTimedOut",
+                "CatchTriggered",
+                "PassStateEntered",
+                "PassStateExited",
+                "ExecutionFailed",
+            ]
+        );
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e["id"], json!(i + 1));
+            assert_eq!(e["previousEventId"], json!(i));
+        }
+        assert_eq!(
+            events[0],
+            json!({
+                "id": 1, "previousEventId": 0, "timestamp": "2024-01-01T00:00:00Z",
+                "type": "ExecutionStarted",
+                "executionStartedEventDetails": {
+                    "input": "{\"trip\":1}", "inputDetails": {"truncated": false},
+                    "roleArn": "arn:role"
+                }
+            })
+        );
+        assert_eq!(
+            events[2]["taskScheduledEventDetails"],
+            json!({
+                "resourceType": "sagaflow", "resource": "book_flight", "region": "local",
+                "parameters": "{\"trip\":1}", "timeoutInSeconds": 5, "taskId": "Book@0#0"
+            })
+        );
+        assert_eq!(events[3]["taskFailedEventDetails"]["error"], json!("Busy"));
+        assert_eq!(events[6]["timestamp"], json!("2024-01-01T00:00:07Z"));
+        assert_eq!(
+            events[6]["taskTimedOutEventDetails"]["error"],
+            json!("States.Timeout")
+        );
+        assert_eq!(
+            events[7]["catchTriggeredEventDetails"],
+            json!({"name": "Book", "error": "States.Timeout", "cause": "late", "next": "Undo"})
+        );
+        assert_eq!(
+            events[9]["stateExitedEventDetails"]["output"],
+            json!("{\"e\":2}")
+        );
+        assert_eq!(
+            events[10]["executionFailedEventDetails"],
+            json!({"error": "BookingFailed", "cause": "no seats"})
+        );
+    }
+
+    #[test]
+    fn task_success_and_heartbeat_timeout() {
+        let h = vec![
+            ev(0, started(json!({}))),
+            cmd(
+                0,
+                task("A@0#0", "arn:aws:states:::lambda:invoke", json!({}), None),
+            ),
+            cmd(
+                0,
+                task(
+                    "B@0#0",
+                    "arn:aws:lambda:us-east-1:1:function:f",
+                    json!({}),
+                    None,
+                ),
+            ),
+            ev(
+                1,
+                Event::TaskSucceeded {
+                    task_id: "A@0#0".into(),
+                    output: json!({"ok": true}),
+                },
+            ),
+            // A duplicate answer is not shown twice.
+            ev(
+                1,
+                Event::TaskSucceeded {
+                    task_id: "A@0#0".into(),
+                    output: json!({"ok": true}),
+                },
+            ),
+            ev(
+                2,
+                Event::TaskFailed {
+                    task_id: "B@0#0".into(),
+                    error: "States.HeartbeatTimeout".into(),
+                    cause: "".into(),
+                },
+            ),
+            cmd(
+                3,
+                Command::Complete(Outcome::Succeeded {
+                    output: Arc::new(json!([1])),
+                }),
+            ),
+        ];
+        let events = render(&h);
+        assert_eq!(
+            types(&events),
+            vec![
+                "ExecutionStarted",
+                "TaskScheduled",
+                "TaskScheduled",
+                "TaskSucceeded",
+                "TaskTimedOut",
+                "ExecutionSucceeded"
+            ]
+        );
+        assert_eq!(
+            events[3]["taskSucceededEventDetails"],
+            json!({
+                "resourceType": "lambda", "resource": "invoke",
+                "output": "{\"ok\":true}", "outputDetails": {"truncated": false}
+            })
+        );
+        assert_eq!(
+            events[4]["taskTimedOutEventDetails"]["resource"],
+            json!("arn:aws:lambda:us-east-1:1:function:f")
+        );
+        assert_eq!(
+            events[5]["executionSucceededEventDetails"]["output"],
+            json!("[1]")
+        );
+    }
+
+    #[test]
+    fn map_and_parallel_events() {
+        let h = vec![
+            ev(0, started(json!([1, 2]))),
+            cmd(0, entered("Fan", StateType::Map, json!([1, 2]))),
+            cmd(
+                0,
+                Command::Record(Record::MapIterationStarted {
+                    path: "Fan".into(),
+                    index: 0,
+                }),
+            ),
+            cmd(
+                0,
+                Command::Record(Record::MapIterationSucceeded {
+                    path: "Fan".into(),
+                    index: 0,
+                }),
+            ),
+            cmd(
+                0,
+                Command::Record(Record::MapIterationFailed {
+                    path: "Fan".into(),
+                    index: 1,
+                    error: "E".into(),
+                }),
+            ),
+            cmd(
+                0,
+                Command::Record(Record::BranchAborted {
+                    path: "Fan".into(),
+                    index: 2,
+                }),
+            ),
+            cmd(
+                0,
+                Command::Record(Record::Caught {
+                    path: "Fan".into(),
+                    error: "E".into(),
+                    cause: "c".into(),
+                    next: "Par".into(),
+                }),
+            ),
+            cmd(0, entered("Par", StateType::Parallel, json!({}))),
+            cmd(
+                0,
+                Command::Record(Record::BranchAborted {
+                    path: "Par".into(),
+                    index: 1,
+                }),
+            ),
+            cmd(0, exited("Par", StateType::Parallel, json!([]))),
+            cmd(0, entered("W", StateType::Wait, json!({}))),
+            cmd(0, exited("W", StateType::Wait, json!({}))),
+            cmd(
+                0,
+                Command::Complete(Outcome::Aborted {
+                    error: None,
+                    cause: Some("bye".into()),
+                }),
+            ),
+        ];
+        let events = render(&h);
+        assert_eq!(
+            types(&events),
+            vec![
+                "ExecutionStarted",
+                "MapStateEntered",
+                "MapStateStarted",
+                "MapIterationStarted",
+                "MapIterationSucceeded",
+                "MapIterationFailed",
+                "MapIterationAborted",
+                "MapStateFailed",
+                "CatchTriggered",
+                "ParallelStateEntered",
+                "ParallelStateStarted",
+                "ParallelBranchAborted",
+                "ParallelStateSucceeded",
+                "ParallelStateExited",
+                "WaitStateEntered",
+                "WaitStateExited",
+                "ExecutionAborted",
+            ]
+        );
+        assert_eq!(
+            events[3]["mapIterationStartedEventDetails"],
+            json!({"name": "Fan", "index": 0})
+        );
+        assert_eq!(
+            events[16]["executionAbortedEventDetails"],
+            json!({"cause": "bye"})
+        );
+    }
+
+    #[test]
+    fn timed_out_execution_and_input_helpers() {
+        let h = vec![
+            ev(0, started(json!({"a": 1}))),
+            cmd(
+                9,
+                Command::Complete(Outcome::TimedOut {
+                    error: "States.Timeout".into(),
+                    cause: "too slow".into(),
+                }),
+            ),
+        ];
+        let events = render(&h);
+        assert_eq!(
+            types(&events),
+            vec!["ExecutionStarted", "ExecutionTimedOut"]
+        );
+        assert_eq!(started_input(&h), Some(json!({"a": 1})));
+        assert!(matches!(last_outcome(&h), Some(Outcome::TimedOut { .. })));
+        assert_eq!(started_input(&[]), None);
+        assert!(render(&[]).is_empty());
+        let saga = saga();
+        assert!(matches!(last_outcome(&saga), Some(Outcome::Failed { .. })));
+    }
+
+    #[test]
+    fn resources_split_like_aws() {
+        assert_eq!(
+            split_resource("arn:aws:states:::sqs:sendMessage.waitForTaskToken"),
+            ("sqs".into(), "sendMessage.waitForTaskToken".into())
+        );
+        assert_eq!(
+            split_resource("flights.book"),
+            ("sagaflow".into(), "flights.book".into())
+        );
+        assert_eq!(
+            split_resource("arn:aws:states:::weird"),
+            ("sagaflow".into(), "arn:aws:states:::weird".into())
+        );
+    }
+
+    fn arb_entry() -> impl Strategy<Value = HistoryEntry> {
+        let id = prop::sample::select(vec!["A", "B", "C"]);
+        let path = prop::sample::select(vec!["P", "Q/R", "M"]);
+        let ty = prop::sample::select(vec![
+            StateType::Task,
+            StateType::Map,
+            StateType::Parallel,
+            StateType::Pass,
+        ]);
+        prop_oneof![
+            id.clone()
+                .prop_map(|i| cmd(0, task(i, "r", json!(1), Some(1)))),
+            id.clone().prop_map(|i| ev(
+                1,
+                Event::TaskSucceeded {
+                    task_id: i.into(),
+                    output: json!(null)
+                }
+            )),
+            id.clone().prop_map(|i| ev(
+                1,
+                Event::TaskFailed {
+                    task_id: i.into(),
+                    error: "States.Timeout".into(),
+                    cause: "".into()
+                }
+            )),
+            id.clone().prop_map(|i| cmd(
+                1,
+                Command::StartTimer {
+                    timer_id: i.into(),
+                    fire_at: at(1),
+                    purpose: TimerPurpose::TaskTimeout { task_id: i.into() }
+                }
+            )),
+            id.prop_map(|i| ev(2, Event::TimerFired { timer_id: i.into() })),
+            (path.clone(), ty).prop_map(|(p, t)| cmd(2, entered(p, t, json!({})))),
+            (path.clone(), 0usize..3).prop_map(|(p, i)| cmd(
+                2,
+                Command::Record(Record::BranchAborted {
+                    path: p.into(),
+                    index: i
+                })
+            )),
+            path.prop_map(|p| cmd(
+                2,
+                Command::Record(Record::Caught {
+                    path: p.into(),
+                    error: "E".into(),
+                    cause: "C".into(),
+                    next: "N".into()
+                })
+            )),
+            Just(cmd(
+                3,
+                Command::Complete(Outcome::Failed {
+                    error: "E".into(),
+                    cause: "C".into()
+                })
+            )),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_and_ids_are_consecutive(h in prop::collection::vec(arb_entry(), 0..40)) {
+            let events = render(&h);
+            for (i, e) in events.iter().enumerate() {
+                prop_assert_eq!(&e["id"], &json!(i + 1));
+                prop_assert!(e["type"].is_string());
+            }
+        }
+    }
+}

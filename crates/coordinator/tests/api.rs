@@ -1,0 +1,847 @@
+//! The API service against a real nats-server, without the engine: what the
+//! API stores, what it publishes to inboxes, and how it answers bad input.
+//! Executions are simulated by writing index entries and history batches
+//! with the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use sagaflow_asl::interp::{Command, Event, ExecutionInfo, Outcome};
+use sagaflow_coordinator::cluster::api::{self, ApiOptions, Trigger};
+use sagaflow_coordinator::cluster::client::{ApiClient, ApiClientError};
+use sagaflow_coordinator::cluster::store::{ExecutionMeta, HistoryBatch, Store};
+use sagaflow_coordinator::{HistoryEntry, HistoryItem};
+use sagaflow_nats::Settings;
+use sagaflow_protocol::api::{
+    ExecutionDescription, ExecutionStatus, Operation, StartExecutionRequest,
+};
+use sagaflow_protocol::{ExecutionRef, InboxMessage, Namespace};
+use sagaflow_testkit::NatsServer;
+
+const DEFINITION: &str = r#"{
+  "StartAt": "Hello",
+  "States": {"Hello": {"Type": "Pass", "Result": "hi", "End": true}}
+}"#;
+
+/// Small messages, to test the size limits cheaply.
+const MAX_MESSAGE_BYTES: i32 = 64 * 1024;
+
+struct Env {
+    _server: NatsServer,
+    store: Store,
+    client: ApiClient,
+    service: Option<api::ApiService>,
+}
+
+impl Env {
+    async fn new() -> Env {
+        let server = NatsServer::start().expect("nats-server");
+        let nats = sagaflow_nats::connect(&server.url())
+            .await
+            .expect("connect");
+        let settings = Settings {
+            max_message_bytes: MAX_MESSAGE_BYTES,
+            ..Settings::default()
+        };
+        let infra = sagaflow_nats::setup(nats.clone(), settings)
+            .await
+            .expect("setup");
+        let store = Store::new(infra, 16);
+        let options = ApiOptions {
+            max_payload_bytes: 16 * 1024,
+            ..ApiOptions::default()
+        };
+        let service = api::serve(store.clone(), options).await.expect("serve");
+        let client =
+            ApiClient::new(nats, Namespace::default()).with_timeout(Duration::from_secs(5));
+        Env {
+            _server: server,
+            store,
+            client,
+            service: Some(service),
+        }
+    }
+
+    async fn inbox_count(&self) -> u64 {
+        self.store
+            .infra()
+            .inbox
+            .get_info()
+            .await
+            .expect("inbox info")
+            .state
+            .messages
+    }
+
+    async fn last_inbox_message(&self, exec: &ExecutionRef) -> InboxMessage {
+        let subject = self
+            .store
+            .infra()
+            .ns()
+            .inbox_subject(self.store.partition_of(exec), exec);
+        let m = self
+            .store
+            .infra()
+            .inbox
+            .get_last_raw_message_by_subject(subject.as_str())
+            .await
+            .expect("inbox message");
+        serde_json::from_slice(&m.payload).expect("inbox message decodes")
+    }
+
+    /// Simulates what the engine writes when an execution starts (and,
+    /// with an outcome, when it ends).
+    async fn simulate(&self, machine: &str, name: &str, input: Value, outcome: Option<Outcome>) {
+        let exec = ExecutionRef::new(machine, name).unwrap();
+        let at: jiff::Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
+        let mut entries = vec![HistoryEntry {
+            at,
+            item: HistoryItem::Event(Event::ExecutionStarted {
+                info: ExecutionInfo {
+                    execution_id: exec.arn(),
+                    execution_name: name.into(),
+                    state_machine_id: sagaflow_protocol::state_machine_arn(machine),
+                    state_machine_name: machine.into(),
+                    role_arn: String::new(),
+                    seed: 7,
+                },
+                input,
+            }),
+        }];
+        let status = match &outcome {
+            None => ExecutionStatus::Running,
+            Some(Outcome::Succeeded { .. }) => ExecutionStatus::Succeeded,
+            Some(Outcome::Failed { .. }) => ExecutionStatus::Failed,
+            Some(Outcome::TimedOut { .. }) => ExecutionStatus::TimedOut,
+            Some(Outcome::Aborted { .. }) => ExecutionStatus::Aborted,
+        };
+        if let Some(o) = outcome {
+            entries.push(HistoryEntry {
+                at,
+                item: HistoryItem::Command(Command::Complete(o)),
+            });
+        }
+        let batch = HistoryBatch {
+            meta: Some(ExecutionMeta {
+                state_machine: machine.into(),
+                version: 1,
+                traceparent: None,
+                parent: None,
+            }),
+            entries,
+        };
+        self.store
+            .append_history(&exec, 0, &batch)
+            .await
+            .expect("append history");
+        self.index(machine, name, status).await;
+    }
+
+    async fn index(&self, machine: &str, name: &str, status: ExecutionStatus) {
+        let exec = ExecutionRef::new(machine, name).unwrap();
+        self.store
+            .put_execution(&ExecutionDescription {
+                execution_arn: exec.arn(),
+                name: name.into(),
+                state_machine: machine.into(),
+                version: 1,
+                status,
+                start_date: "2024-01-01T00:00:00Z".into(),
+                stop_date: None,
+                input: None,
+                output: None,
+                error: None,
+                cause: None,
+                redrive_count: 0,
+            })
+            .await
+            .expect("index");
+    }
+}
+
+fn start(machine: &str, name: Option<&str>, input: Value) -> StartExecutionRequest {
+    StartExecutionRequest {
+        state_machine: machine.into(),
+        version: None,
+        name: name.map(str::to_string),
+        input: Some(input),
+        traceparent: None,
+    }
+}
+
+fn code(result: Result<impl std::fmt::Debug, ApiClientError>) -> String {
+    match result {
+        Err(ApiClientError::Api(e)) => e.code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn token(execution: &str, task: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{execution}\n{task}\nnonce"))
+}
+
+#[tokio::test]
+async fn state_machines_are_created_described_and_listed() {
+    let env = Env::new().await;
+    let c = &env.client;
+    let v1 = c.create_state_machine("hello", DEFINITION).await.unwrap();
+    assert_eq!(v1.version, 1);
+    assert_eq!(
+        v1.arn,
+        "arn:aws:states:local:000000000000:stateMachine:hello"
+    );
+    assert!(
+        v1.created.parse::<jiff::Timestamp>().is_ok(),
+        "{}",
+        v1.created
+    );
+    let v2 = c.create_state_machine("hello", DEFINITION).await.unwrap();
+    assert_eq!(v2.version, 2);
+    assert_eq!(
+        c.describe_state_machine("hello", None)
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+    let d1 = c.describe_state_machine("hello", Some(1)).await.unwrap();
+    assert_eq!(d1.version, 1);
+    assert_eq!(d1.definition, DEFINITION);
+    assert_eq!(
+        code(c.describe_state_machine("hello", Some(9)).await),
+        "StateMachineDoesNotExist"
+    );
+    assert_eq!(
+        code(c.describe_state_machine("nope", None).await),
+        "StateMachineDoesNotExist"
+    );
+    c.create_state_machine("another", DEFINITION).await.unwrap();
+    let list = c.list_state_machines().await.unwrap();
+    let names: Vec<(&str, u64)> = list
+        .iter()
+        .map(|m| (m.name.as_str(), m.latest_version))
+        .collect();
+    assert_eq!(names, vec![("another", 1), ("hello", 2)]);
+
+    assert_eq!(
+        code(c.create_state_machine("bad name", DEFINITION).await),
+        "InvalidName"
+    );
+    // Every validation error comes back, located.
+    let invalid = r#"{"StartAt": "Nowhere", "States": {"A": {"Type": "Pass", "Next": "Gone"}}}"#;
+    match c.create_state_machine("broken", invalid).await {
+        Err(ApiClientError::Api(e)) => {
+            assert_eq!(e.code, "InvalidDefinition");
+            let details = e.details.expect("details").as_array().cloned().unwrap();
+            assert!(details.len() >= 2, "{details:?}");
+            for d in &details {
+                assert!(d["pointer"].is_string() && d["code"].is_string(), "{d}");
+                assert!(d["line"].is_u64(), "{d}");
+            }
+            let pointers: Vec<&str> = details
+                .iter()
+                .map(|d| d["pointer"].as_str().unwrap())
+                .collect();
+            assert!(pointers.contains(&"/StartAt"), "{pointers:?}");
+            assert!(pointers.contains(&"/States/A/Next"), "{pointers:?}");
+        }
+        other => panic!("expected InvalidDefinition, got {other:?}"),
+    }
+    assert_eq!(
+        code(c.create_state_machine("broken", "not json").await),
+        "InvalidDefinition"
+    );
+    assert_eq!(
+        code(c.describe_state_machine("broken", None).await),
+        "StateMachineDoesNotExist"
+    );
+}
+
+#[tokio::test]
+async fn start_publishes_one_start_per_execution_name() {
+    let env = Env::new().await;
+    let c = &env.client;
+    assert_eq!(
+        code(
+            c.start_execution(start("hello", Some("e1"), json!({})))
+                .await
+        ),
+        "StateMachineDoesNotExist"
+    );
+    c.create_state_machine("hello", DEFINITION).await.unwrap();
+
+    let first = c
+        .start_execution(start("hello", Some("e1"), json!({"a": 1})))
+        .await
+        .unwrap();
+    assert!(!first.already_started);
+    assert_eq!(first.version, 1);
+    assert_eq!(
+        first.execution_arn,
+        "arn:aws:states:local:000000000000:execution:hello:e1"
+    );
+    let again = c
+        .start_execution(start("hello", Some("e1"), json!({"a": 1})))
+        .await
+        .unwrap();
+    assert!(again.already_started);
+    assert_eq!(again.execution_arn, first.execution_arn);
+    assert_eq!(env.inbox_count().await, 1);
+    // Still queued, with another input: refused.
+    assert_eq!(
+        code(
+            c.start_execution(start("hello", Some("e1"), json!({"a": 2})))
+                .await
+        ),
+        "ExecutionAlreadyExists"
+    );
+    assert_eq!(env.inbox_count().await, 1);
+
+    let exec = ExecutionRef::new("hello", "e1").unwrap();
+    match env.last_inbox_message(&exec).await {
+        InboxMessage::StartExecution(s) => {
+            assert_eq!(s.execution_arn, exec.arn());
+            assert_eq!(s.input, json!({"a": 1}));
+            assert_eq!(s.version, 1);
+            assert_eq!(s.parent, None);
+        }
+        other => panic!("expected a start, got {other:?}"),
+    }
+
+    // Concurrent starts of one name: exactly one is the real start.
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        let c = c.clone();
+        handles.push(tokio::spawn(async move {
+            c.start_execution(start("hello", Some("race"), json!([1, 2])))
+                .await
+        }));
+    }
+    let mut fresh = 0;
+    for h in handles {
+        if !h.await.unwrap().unwrap().already_started {
+            fresh += 1;
+        }
+    }
+    assert_eq!(fresh, 1);
+    assert_eq!(env.inbox_count().await, 2);
+
+    // Without a name: a fresh one each time, input defaults to {}.
+    let a = c
+        .start_execution(StartExecutionRequest {
+            state_machine: "hello".into(),
+            version: None,
+            name: None,
+            input: None,
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        })
+        .await
+        .unwrap();
+    let b = c
+        .start_execution(start("hello", None, json!({})))
+        .await
+        .unwrap();
+    assert_ne!(a.execution_arn, b.execution_arn);
+    assert_eq!(env.inbox_count().await, 4);
+    match env
+        .last_inbox_message(&ExecutionRef::from_arn(&a.execution_arn).unwrap())
+        .await
+    {
+        InboxMessage::StartExecution(s) => {
+            assert_eq!(s.input, json!({}));
+            assert!(s.traceparent.is_some());
+        }
+        other => panic!("expected a start, got {other:?}"),
+    }
+
+    // Limits and names.
+    let big = json!({"x": "y".repeat(20 * 1024)});
+    assert_eq!(
+        code(c.start_execution(start("hello", Some("big"), big)).await),
+        "PayloadTooLarge"
+    );
+    assert_eq!(
+        code(
+            c.start_execution(start("hello", Some("a:b"), json!({})))
+                .await
+        ),
+        "InvalidName"
+    );
+    let mut versioned = start("hello", Some("v9"), json!({}));
+    versioned.version = Some(9);
+    assert_eq!(
+        code(c.start_execution(versioned).await),
+        "StateMachineDoesNotExist"
+    );
+    assert_eq!(env.inbox_count().await, 4);
+}
+
+#[tokio::test]
+async fn started_executions_are_idempotent_and_described() {
+    let env = Env::new().await;
+    let c = &env.client;
+    c.create_state_machine("hello", DEFINITION).await.unwrap();
+    env.simulate("hello", "running", json!({"n": 1}), None)
+        .await;
+    env.simulate(
+        "hello",
+        "done",
+        json!({"n": 2}),
+        Some(Outcome::Succeeded {
+            output: Arc::new(json!("hi")),
+        }),
+    )
+    .await;
+    env.simulate(
+        "hello",
+        "failed",
+        json!({"n": 3}),
+        Some(Outcome::Failed {
+            error: "Boom".into(),
+            cause: "it broke".into(),
+        }),
+    )
+    .await;
+
+    let same = c
+        .start_execution(start("hello", Some("running"), json!({"n": 1})))
+        .await
+        .unwrap();
+    assert!(same.already_started);
+    assert_eq!(same.version, 1);
+    assert_eq!(
+        code(
+            c.start_execution(start("hello", Some("running"), json!({"n": 9})))
+                .await
+        ),
+        "ExecutionAlreadyExists"
+    );
+    assert_eq!(
+        code(
+            c.start_execution(start("hello", Some("done"), json!({})))
+                .await
+        ),
+        "ExecutionAlreadyExists"
+    );
+    assert_eq!(env.inbox_count().await, 0, "nothing published");
+
+    let arn = |name: &str| ExecutionRef::new("hello", name).unwrap().arn();
+    let running = c.describe_execution(&arn("running")).await.unwrap();
+    assert_eq!(running.status, ExecutionStatus::Running);
+    assert_eq!(running.input, Some(json!({"n": 1})));
+    assert_eq!(running.output, None);
+    let done = c.describe_execution(&arn("done")).await.unwrap();
+    assert_eq!(done.status, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!("hi")));
+    let failed = c.describe_execution(&arn("failed")).await.unwrap();
+    assert_eq!(failed.error.as_deref(), Some("Boom"));
+    assert_eq!(failed.cause.as_deref(), Some("it broke"));
+    assert_eq!(
+        code(c.describe_execution(&arn("missing")).await),
+        "ExecutionDoesNotExist"
+    );
+    assert_eq!(
+        code(c.describe_execution("not an arn").await),
+        "InvalidName"
+    );
+
+    let history = c.execution_history(&arn("done")).await.unwrap();
+    let types: Vec<&str> = history
+        .events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, vec!["ExecutionStarted", "ExecutionSucceeded"]);
+    assert_eq!(
+        history.events[0]["executionStartedEventDetails"]["input"],
+        json!("{\"n\":2}")
+    );
+    assert_eq!(
+        code(c.execution_history(&arn("missing")).await),
+        "ExecutionDoesNotExist"
+    );
+
+    let all = c.list_executions(Some("hello"), None).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let running = c
+        .list_executions(None, Some(ExecutionStatus::Running))
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].name, "running");
+    assert!(
+        c.list_executions(Some("other"), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Stop and redrive publish to the inbox; refusals publish nothing.
+    c.stop_execution(&arn("running"), Some("Halt".into()), None)
+        .await
+        .unwrap();
+    assert_eq!(env.inbox_count().await, 1);
+    assert!(matches!(
+        env.last_inbox_message(&ExecutionRef::new("hello", "running").unwrap()).await,
+        InboxMessage::StopExecution { error: Some(e), cause: None, .. } if e == "Halt"
+    ));
+    c.stop_execution(&arn("done"), None, None).await.unwrap();
+    assert_eq!(
+        env.inbox_count().await,
+        1,
+        "a finished execution is left alone"
+    );
+    assert_eq!(
+        code(c.stop_execution(&arn("missing"), None, None).await),
+        "ExecutionDoesNotExist"
+    );
+    assert_eq!(
+        code(c.redrive_execution(&arn("running")).await),
+        "ExecutionNotRedrivable"
+    );
+    assert_eq!(
+        code(c.redrive_execution(&arn("done")).await),
+        "ExecutionNotRedrivable"
+    );
+    c.redrive_execution(&arn("failed")).await.unwrap();
+    c.redrive_execution(&arn("failed")).await.unwrap();
+    assert_eq!(env.inbox_count().await, 2, "one redrive per redrive count");
+}
+
+#[tokio::test]
+async fn task_callbacks() {
+    let env = Env::new().await;
+    let c = &env.client;
+    assert_eq!(
+        code(c.send_task_success("garbage!", json!({})).await),
+        "InvalidToken"
+    );
+    assert_eq!(
+        code(c.send_task_heartbeat(&token("not-an-arn", "T@0#0")).await),
+        "InvalidToken"
+    );
+    let exec = ExecutionRef::new("hello", "cb").unwrap();
+    assert_eq!(
+        code(
+            c.send_task_failure(&token(&exec.arn(), "T@0#0"), None, None)
+                .await
+        ),
+        "TaskDoesNotExist"
+    );
+    env.index("hello", "cb", ExecutionStatus::Running).await;
+    let t = token(&exec.arn(), "Wait@0#0");
+    c.send_task_success(&t, json!({"ok": true})).await.unwrap();
+    assert_eq!(
+        env.last_inbox_message(&exec).await,
+        InboxMessage::TaskSucceeded {
+            execution_arn: exec.arn(),
+            task_id: "Wait@0#0".into(),
+            output: json!({"ok": true}),
+            callback: true,
+        }
+    );
+    c.send_task_failure(&t, None, Some("no".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        env.last_inbox_message(&exec).await,
+        InboxMessage::TaskFailed {
+            execution_arn: exec.arn(),
+            task_id: "Wait@0#0".into(),
+            error: "States.TaskFailed".into(),
+            cause: "no".into(),
+            callback: true,
+        }
+    );
+    c.send_task_heartbeat(&t).await.unwrap();
+    assert_eq!(
+        env.last_inbox_message(&exec).await,
+        InboxMessage::TaskHeartbeat {
+            execution_arn: exec.arn(),
+            task_id: "Wait@0#0".into(),
+        }
+    );
+    assert_eq!(
+        code(
+            c.send_task_success(&t, json!({"x": "y".repeat(20 * 1024)}))
+                .await
+        ),
+        "PayloadTooLarge"
+    );
+    env.index("hello", "cb", ExecutionStatus::Succeeded).await;
+    assert_eq!(code(c.send_task_heartbeat(&t).await), "TaskDoesNotExist");
+}
+
+#[tokio::test]
+async fn bad_requests_get_errors_and_the_service_keeps_working() {
+    let env = Env::new().await;
+    let c = &env.client;
+    let raw = |op, body: &[u8]| c.call_raw::<Value>(op, body.to_vec());
+    assert_eq!(
+        code(raw(Operation::StartExecution, b"{not json").await),
+        "InvalidRequest"
+    );
+    assert_eq!(
+        code(raw(Operation::StartExecution, br#"{"stateMachine": 5}"#).await),
+        "InvalidRequest"
+    );
+    assert_eq!(
+        code(raw(Operation::CreateStateMachine, b"").await),
+        "InvalidRequest"
+    );
+    assert_eq!(
+        code(raw(Operation::DescribeExecution, b"[]").await),
+        "InvalidRequest"
+    );
+    assert_eq!(
+        code(raw(Operation::SendTaskSuccess, b"\xff\xfe").await),
+        "InvalidRequest"
+    );
+    let huge = vec![b' '; MAX_MESSAGE_BYTES as usize + 1];
+    assert_eq!(
+        code(raw(Operation::CreateStateMachine, &huge).await),
+        "PayloadTooLarge"
+    );
+    // An empty body is fine for the list operations.
+    assert!(raw(Operation::ListStateMachines, b"").await.is_ok());
+    assert!(raw(Operation::ListExecutions, b"").await.is_ok());
+
+    // Errors also carry the service error headers.
+    let nats = env.store.infra().client.clone();
+    let reply = nats
+        .request(
+            Namespace::default().api_subject(Operation::DescribeExecution),
+            "{".into(),
+        )
+        .await
+        .unwrap();
+    let headers = reply.headers.expect("error headers");
+    assert_eq!(
+        headers.get("Nats-Service-Error-Code").unwrap().as_str(),
+        "400"
+    );
+    assert!(
+        headers
+            .get("Nats-Service-Error")
+            .unwrap()
+            .as_str()
+            .starts_with("InvalidRequest: ")
+    );
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(body["error"]["code"], json!("InvalidRequest"));
+
+    // Still serving.
+    c.create_state_machine("hello", DEFINITION).await.unwrap();
+    assert_eq!(c.list_state_machines().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn no_responders_without_a_service() {
+    let mut env = Env::new().await;
+    env.client.list_state_machines().await.unwrap();
+    env.service.take().unwrap().stop().await;
+    // Let the unsubscriptions reach the server.
+    let mut err = None;
+    for _ in 0..50 {
+        match env.client.list_state_machines().await {
+            Err(e @ ApiClientError::NoResponders { .. }) => {
+                err = Some(e);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let err = err.expect("NoResponders once the service stopped");
+    let text = err.to_string();
+    assert!(text.contains("sagaflow.api.machine.list"), "{text}");
+    assert!(text.contains("sagaflow coordinator"), "{text}");
+    // Another namespace has no service at all.
+    let other = ApiClient::new(
+        env.store.infra().client.clone(),
+        Namespace::new("elsewhere").unwrap(),
+    );
+    assert!(matches!(
+        other
+            .describe_execution("arn:aws:states:local:0:execution:a:b")
+            .await,
+        Err(ApiClientError::NoResponders { .. })
+    ));
+}
+
+#[tokio::test]
+async fn triggers_start_executions_from_messages() {
+    let env = Env::new().await;
+    env.client
+        .create_state_machine("orders", DEFINITION)
+        .await
+        .unwrap();
+    let triggers = api::serve_triggers(
+        env.store.clone(),
+        ApiOptions::default(),
+        &[Trigger::parse("shop.order.*=orders").unwrap()],
+    )
+    .await
+    .unwrap();
+    let nats = env.store.infra().client.clone();
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", "order-1");
+    let ask = |h: async_nats::HeaderMap, body: &'static str| {
+        let nats = nats.clone();
+        async move {
+            let reply = nats
+                .request_with_headers("shop.order.created", h, body.into())
+                .await
+                .unwrap();
+            serde_json::from_slice::<Value>(&reply.payload).unwrap()
+        }
+    };
+    let r = ask(h.clone(), r#"{"id": 1}"#).await;
+    assert_eq!(
+        r["ok"]["executionArn"],
+        json!("arn:aws:states:local:000000000000:execution:orders:order-1")
+    );
+    assert_eq!(r["ok"]["alreadyStarted"], json!(false));
+    // Redelivered: the same execution.
+    let r = ask(h.clone(), r#"{"id": 1}"#).await;
+    assert_eq!(r["ok"]["alreadyStarted"], json!(true));
+    // Malformed: an error, nothing started.
+    let r = ask(async_nats::HeaderMap::new(), "{oops").await;
+    assert_eq!(r["error"]["code"], json!("InvalidRequest"));
+    assert_eq!(env.inbox_count().await, 1);
+    // Fire and forget, named by header.
+    let mut named = async_nats::HeaderMap::new();
+    named.insert("Sagaflow-Execution-Name", "by-header");
+    nats.publish_with_headers("shop.order.paid", named, "{}".into())
+        .await
+        .unwrap();
+    let mut count = 0;
+    for _ in 0..100 {
+        count = env.inbox_count().await;
+        if count == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count, 2);
+    assert!(matches!(
+        env.last_inbox_message(&ExecutionRef::new("orders", "by-header").unwrap())
+            .await,
+        InboxMessage::StartExecution(_)
+    ));
+    triggers.stop().await;
+}
+
+#[tokio::test]
+async fn wait_for_completion_sees_the_end() {
+    let env = Env::new().await;
+    env.client
+        .create_state_machine("hello", DEFINITION)
+        .await
+        .unwrap();
+    env.simulate("hello", "w", json!({}), None).await;
+    let arn = ExecutionRef::new("hello", "w").unwrap().arn();
+    // Still running: times out.
+    assert!(matches!(
+        env.client
+            .wait_for_completion(&arn, Duration::from_millis(300))
+            .await,
+        Err(ApiClientError::Timeout { .. })
+    ));
+    let waiter = {
+        let c = env.client.clone();
+        let arn = arn.clone();
+        tokio::spawn(async move { c.wait_for_completion(&arn, Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    env.index("hello", "w", ExecutionStatus::Aborted).await;
+    let exec = ExecutionRef::new("hello", "w").unwrap();
+    env.store
+        .infra()
+        .client
+        .publish(Namespace::default().done_subject(&exec), "".into())
+        .await
+        .unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status, ExecutionStatus::Aborted);
+}
+
+#[tokio::test]
+async fn a_coordinator_serves_the_api_and_runs_executions() {
+    use sagaflow_coordinator::cluster::{Cluster, ClusterOptions};
+    let server = NatsServer::start().expect("nats-server");
+    let nats = sagaflow_nats::connect(&server.url())
+        .await
+        .expect("connect");
+    let options = ClusterOptions {
+        partitions: 4,
+        triggers: vec![Trigger::parse("go=hello").unwrap()],
+        ..ClusterOptions::default()
+    };
+    let mut handle = Cluster::start(nats.clone(), options.clone())
+        .await
+        .expect("cluster");
+    api::attach_services(&mut handle, &options)
+        .await
+        .expect("services");
+    let c = ApiClient::new(nats.clone(), Namespace::default());
+    c.create_state_machine("hello", DEFINITION).await.unwrap();
+    let started = c
+        .start_execution(start("hello", Some("e2e"), json!({"who": "you"})))
+        .await
+        .unwrap();
+    let done = c
+        .wait_for_completion(&started.execution_arn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(done.status, ExecutionStatus::Succeeded, "{done:?}");
+    assert_eq!(done.output, Some(json!("hi")));
+    assert_eq!(done.input, Some(json!({"who": "you"})));
+    let history = c.execution_history(&started.execution_arn).await.unwrap();
+    let types: Vec<&str> = history
+        .events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            "ExecutionStarted",
+            "PassStateEntered",
+            "PassStateExited",
+            "ExecutionSucceeded"
+        ]
+    );
+    // A trigger message runs it too.
+    let reply = nats.request("go", r#"{"t": 1}"#.into()).await.unwrap();
+    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    let arn = reply["ok"]["executionArn"]
+        .as_str()
+        .expect("started")
+        .to_string();
+    let done = c
+        .wait_for_completion(&arn, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(done.status, ExecutionStatus::Succeeded);
+    handle.shutdown().await;
+    // The API stops with the coordinator (once the unsubscriptions land).
+    let mut stopped = false;
+    for _ in 0..50 {
+        if matches!(
+            c.list_state_machines().await,
+            Err(ApiClientError::NoResponders { .. })
+        ) {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stopped, "the API still answers after shutdown");
+}
