@@ -80,7 +80,9 @@ fn child_process() {
         match role.as_str() {
             "coordinator" => {
                 let client = sagaflow_nats::connect(&url).await.expect("connect");
-                let _cluster = Cluster::start(client, cluster_options()).await.expect("start");
+                let _cluster = Cluster::start(client, cluster_options())
+                    .await
+                    .expect("start");
                 std::future::pending::<()>().await;
             }
             "participant" => participant(&url).await,
@@ -106,7 +108,13 @@ async fn participant(url: &str) {
         .concurrency(16)
         .ack_wait(Duration::from_secs(2))
         .idempotency(true);
-    for handler in ["book_flight", "book_hotel", "book_car", "cancel_hotel", "cancel_flight"] {
+    for handler in [
+        "book_flight",
+        "book_hotel",
+        "book_car",
+        "cancel_hotel",
+        "cancel_flight",
+    ] {
         let ledger = ledger.clone();
         builder = builder.handler(
             handler,
@@ -118,11 +126,28 @@ async fn participant(url: &str) {
                     if handler == "book_car" && input["fail"] == json!("car") {
                         return Err(TaskError::new("CarUnavailable", "no cars left"));
                     }
-                    let key = format!("{}.{}.{}", b64(&ctx.execution_id), handler, b64(&ctx.task_id));
-                    match ledger.create(&key, "done".into()).await {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                        Err(e) => return Err(TaskError::new("Ledger.Unavailable", e.to_string())),
+                    let key = format!(
+                        "{}.{}.{}",
+                        b64(&ctx.execution_id),
+                        handler,
+                        b64(&ctx.task_id)
+                    );
+                    // The participant's own store may be briefly away (the
+                    // server restart test): retry, as a real service would.
+                    let mut tries = 0;
+                    loop {
+                        match ledger.create(&key, "done".into()).await {
+                            Ok(_) => break,
+                            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => break,
+                            Err(e) if tries < 100 => {
+                                tries += 1;
+                                let _ = e;
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            Err(e) => {
+                                return Err(TaskError::new("Ledger.Unavailable", e.to_string()));
+                            }
+                        }
                     }
                     Ok::<Value, TaskError>(json!({"confirmation": format!("{handler}-ok")}))
                 }
@@ -145,7 +170,13 @@ struct ChildProcess {
 impl ChildProcess {
     fn spawn(role: &'static str, url: &str) -> ChildProcess {
         let child = Command::new(std::env::current_exe().expect("exe"))
-            .args(["--ignored", "--exact", "child_process", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "child_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("SAGAFLOW_CRASH_ROLE", role)
             .env("NATS_URL", url)
             .stdin(Stdio::null())
@@ -213,7 +244,9 @@ struct Run {
 
 async fn prepare() -> Run {
     let server = NatsServer::start().expect("nats-server");
-    let client = sagaflow_nats::connect(&server.url()).await.expect("connect");
+    let client = sagaflow_nats::connect(&server.url())
+        .await
+        .expect("connect");
     let infra = sagaflow_nats::setup(client.clone(), cluster_options().settings)
         .await
         .expect("setup");
@@ -314,20 +347,47 @@ async fn check(run: &Run, done: &[ExecutionDescription]) {
     }
     for d in done {
         let exec = b64(&d.execution_arn);
-        let count = |h: &str| effects.get(&(exec.clone(), h.to_string())).copied().unwrap_or(0);
-        let fails = d.name.rsplit('-').next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0) % 2 == 1;
+        let count = |h: &str| {
+            effects
+                .get(&(exec.clone(), h.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
+        let fails = d
+            .name
+            .rsplit('-')
+            .next()
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0)
+            % 2
+            == 1;
         assert_eq!(count("book_flight"), 1, "{}: flight booked once", d.name);
         assert_eq!(count("book_hotel"), 1, "{}: hotel booked once", d.name);
         if fails {
             assert_eq!(d.status, ExecutionStatus::Failed, "{}: {d:?}", d.name);
             assert_eq!(d.error.as_deref(), Some("BookingFailed"));
             assert_eq!(count("book_car"), 0, "{}: no car", d.name);
-            assert_eq!(count("cancel_hotel"), 1, "{}: hotel cancelled exactly once", d.name);
-            assert_eq!(count("cancel_flight"), 1, "{}: flight cancelled exactly once", d.name);
+            assert_eq!(
+                count("cancel_hotel"),
+                1,
+                "{}: hotel cancelled exactly once",
+                d.name
+            );
+            assert_eq!(
+                count("cancel_flight"),
+                1,
+                "{}: flight cancelled exactly once",
+                d.name
+            );
         } else {
             assert_eq!(d.status, ExecutionStatus::Succeeded, "{}: {d:?}", d.name);
             assert_eq!(count("book_car"), 1, "{}: car booked once", d.name);
-            assert_eq!(count("cancel_hotel") + count("cancel_flight"), 0, "{}: nothing undone", d.name);
+            assert_eq!(
+                count("cancel_hotel") + count("cancel_flight"),
+                0,
+                "{}: nothing undone",
+                d.name
+            );
         }
     }
 }
@@ -349,7 +409,10 @@ async fn coordinators_killed_at_random_moments_lose_nothing() {
         }
         coordinator.kill_and_restart();
     }
-    assert!(killed_mid_run > 0, "at least one kill must land while sagas run");
+    assert!(
+        killed_mid_run > 0,
+        "at least one kill must land while sagas run"
+    );
     let done = wait_all(&run, Duration::from_secs(240)).await;
     check(&run, &done).await;
 }

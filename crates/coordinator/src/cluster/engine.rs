@@ -273,6 +273,14 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
                 handle.stop().await;
             }
         }
+        // A partition whose worker stopped (an error it could not get
+        // over) is started again while the lease is ours.
+        for (p, (_, handle)) in owned.iter_mut() {
+            if handle.task.is_finished() {
+                tracing::warn!(partition = p, "restarting a partition that stopped");
+                *handle = PartitionHandle::start(shared.clone(), *p);
+            }
+        }
 
         // Take free partitions up to our share.
         for i in 0..partitions {
@@ -442,67 +450,97 @@ impl Partition {
             .inbox
             .delete_consumer(&ns.inbox_consumer(self.partition))
             .await;
-        let consumer = infra
-            .inbox
-            .get_or_create_consumer::<consumer::pull::Config>(
-                &ns.inbox_consumer(self.partition),
-                consumer::pull::Config {
-                    durable_name: Some(ns.inbox_consumer(self.partition)),
-                    filter_subject: ns.inbox_partition_filter(self.partition),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    max_ack_pending: 20_000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| format!("inbox consumer: {e}"))?;
         self.recover().await;
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(self.shared.options.max_batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(10))
-            .messages()
-            .await
-            .map_err(|e| format!("inbox messages: {e}"))?;
         loop {
-            let due = self.wheel.keys().next().map(|(at, _, _)| *at);
-            let sleep = match due {
-                Some(at) => {
-                    let wait = at.duration_since(now()).unsigned_abs();
-                    tokio::time::sleep(if at <= now() { Duration::ZERO } else { wait })
+            // (Re)open the inbox; while NATS is away, keep firing timers.
+            let messages = async {
+                let consumer = infra
+                    .inbox
+                    .get_or_create_consumer::<consumer::pull::Config>(
+                        &ns.inbox_consumer(self.partition),
+                        consumer::pull::Config {
+                            durable_name: Some(ns.inbox_consumer(self.partition)),
+                            filter_subject: ns.inbox_partition_filter(self.partition),
+                            ack_policy: consumer::AckPolicy::Explicit,
+                            ack_wait: Duration::from_secs(30),
+                            max_ack_pending: 20_000,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| format!("inbox consumer: {e}"))?;
+                consumer
+                    .stream()
+                    .max_messages_per_batch(self.shared.options.max_batch)
+                    .heartbeat(Duration::from_secs(5))
+                    .expires(Duration::from_secs(10))
+                    .messages()
+                    .await
+                    .map_err(|e| format!("inbox messages: {e}"))
+            }
+            .await;
+            let mut messages = match messages {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, error = %e, "cannot open the inbox; retrying");
+                    None
                 }
-                None => tokio::time::sleep(Duration::from_secs(3600)),
             };
-            let retry_reloads = tokio::time::sleep(if self.reload.is_empty() {
-                Duration::from_secs(3600)
-            } else {
-                Duration::from_secs(1)
-            });
-            tokio::select! {
-                biased;
-                _ = stop.changed() => return Ok(()),
-                first = messages.next() => {
-                    let Some(first) = first else { return Err("the inbox subscription ended".into()) };
-                    let mut batch = Vec::new();
-                    match first {
-                        Ok(m) => batch.push(m),
-                        Err(e) => {
-                            tracing::warn!(partition = self.partition, error = %e, "inbox pull failed");
-                            continue;
-                        }
+            loop {
+                let due = self.wheel.keys().next().map(|(at, _, _)| *at);
+                let sleep = match due {
+                    Some(at) => {
+                        let wait = at.duration_since(now()).unsigned_abs();
+                        tokio::time::sleep(if at <= now() { Duration::ZERO } else { wait })
                     }
-                    while batch.len() < self.shared.options.max_batch {
-                        match messages.next().now_or_never() {
-                            Some(Some(Ok(m))) => batch.push(m),
-                            _ => break,
-                        }
+                    None => tokio::time::sleep(Duration::from_secs(3600)),
+                };
+                let retry_reloads = tokio::time::sleep(if self.reload.is_empty() {
+                    Duration::from_secs(3600)
+                } else {
+                    Duration::from_secs(1)
+                });
+                let reopen = tokio::time::sleep(if messages.is_some() {
+                    Duration::from_secs(3600)
+                } else {
+                    Duration::from_millis(500)
+                });
+                let next = async {
+                    match messages.as_mut() {
+                        Some(m) => m.next().await,
+                        None => std::future::pending().await,
                     }
-                    self.handle_inbox(batch).await;
+                };
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => return Ok(()),
+                    first = next => {
+                        let Some(first) = first else {
+                            tracing::warn!(partition = self.partition, "the inbox subscription ended; reopening");
+                            break;
+                        };
+                        let mut batch = Vec::new();
+                        match first {
+                            Ok(m) => batch.push(m),
+                            Err(e) => {
+                                tracing::warn!(partition = self.partition, error = %e, "inbox pull failed");
+                                continue;
+                            }
+                        }
+                        if let Some(m) = messages.as_mut() {
+                            while batch.len() < self.shared.options.max_batch {
+                                match m.next().now_or_never() {
+                                    Some(Some(Ok(msg))) => batch.push(msg),
+                                    _ => break,
+                                }
+                            }
+                        }
+                        self.handle_inbox(batch).await;
+                    }
+                    _ = sleep => self.fire_due().await,
+                    _ = retry_reloads => self.retry_reloads().await,
+                    _ = reopen => break,
                 }
-                _ = sleep => self.fire_due().await,
-                _ = retry_reloads => self.retry_reloads().await,
             }
         }
     }
@@ -521,10 +559,7 @@ impl Partition {
             match self.load(&exec_ref).await {
                 Ok(Some(())) => {
                     self.reload.remove(&key);
-                    let completed = self
-                        .live
-                        .get(&key)
-                        .and_then(|l| l.exec.outcome().cloned());
+                    let completed = self.live.get(&key).and_then(|l| l.exec.outcome().cloned());
                     match completed {
                         Some(outcome) => self.finish(&key, &outcome).await,
                         None => self.resume(&key).await,
@@ -612,7 +647,8 @@ impl Partition {
         for p in live.pending.values() {
             if let Some(hb) = p.request.heartbeat_seconds {
                 let deadline = t + jiff::SignedDuration::from_secs(hb as i64);
-                live.heartbeats.insert(p.request.task_id.to_string(), deadline);
+                live.heartbeats
+                    .insert(p.request.task_id.to_string(), deadline);
                 wheel.push((deadline, Due::Heartbeat(p.request.task_id.to_string())));
             }
             if let Some(message) = &p.message {
@@ -1142,8 +1178,11 @@ impl Partition {
         local
     }
 
-    /// Publishes a task; a failure becomes the task's failure event.
-    async fn publish_task(&self, key: &str, message: &TaskMessage) -> Result<(), Event> {
+    /// Publishes a task; a task that can never be published becomes its
+    /// failure event; one that could not be published now (NATS down) puts
+    /// the execution on the reload list, which publishes it again (same
+    /// `Nats-Msg-Id`: the broker drops it if it had arrived after all).
+    async fn publish_task(&mut self, key: &str, message: &TaskMessage) -> Result<(), Event> {
         let infra = self.store().infra();
         let Ok(exec_ref) = ExecutionRef::from_key(key) else {
             return Ok(());
@@ -1173,22 +1212,19 @@ impl Partition {
         hdrs.insert(headers::MSG_ID, message.msg_id(&exec_ref).as_str());
         hdrs.insert(headers::TASK_ID, message.task_id.as_str());
         let subject = infra.ns().task_subject(&message.handler);
-        match infra
+        let published = match infra
             .js
             .publish_with_headers(subject, hdrs, body.into())
             .await
         {
-            Ok(ack) => {
-                if let Err(e) = ack.await {
-                    tracing::warn!(task = %message.task_id, error = %e, "task publish not acknowledged; it is published again after a restart");
-                }
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(task = %message.task_id, error = %e, "task publish failed; it is published again after a restart");
-                Ok(())
-            }
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = published {
+            tracing::warn!(task = %message.task_id, error = %e, "task publish failed; publishing it again shortly");
+            self.reload.insert(key.to_string());
         }
+        Ok(())
     }
 
     /// `states:startExecution`: starts the child; for request-response the
@@ -1325,7 +1361,10 @@ impl Partition {
             redrive_count: live.redrive_count,
         };
         if let Err(e) = self.store().put_execution(&desc).await {
-            tracing::warn!(execution = %desc.execution_arn, error = %e, "cannot update the execution index");
+            tracing::warn!(execution = %desc.execution_arn, error = %e, "cannot update the execution index; retrying");
+            // Reloading finds it completed and finishes it again.
+            self.reload.insert(key.to_string());
+            return;
         }
         let infra = self.store().infra();
         let mut full = desc.clone();
