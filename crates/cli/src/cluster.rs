@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use serde_json::Value;
 
-use sagaflow_coordinator::cluster::api::{self as api_service, Trigger};
+use sagaflow_coordinator::cluster::api::Trigger;
 use sagaflow_coordinator::cluster::client::{ApiClient, ApiClientError};
 use sagaflow_coordinator::cluster::{Cluster, ClusterOptions};
 use sagaflow_protocol::api::{
@@ -405,11 +405,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         triggers,
         ..ClusterOptions::default()
     };
-    let mut handle = Cluster::start(client, options.clone()).await?;
-    if let Err(e) = api_service::attach_services(&mut handle, &options).await {
-        handle.shutdown().await;
-        return Err(e.into());
-    }
+    let handle = Cluster::start(client, options.clone()).await?;
     crate::err(&format!(
         "coordinator {} serving namespace '{}' on {} ({} partitions, API on {}.>); Ctrl-C to stop",
         handle.id(),

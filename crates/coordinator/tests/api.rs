@@ -784,12 +784,9 @@ async fn a_coordinator_serves_the_api_and_runs_executions() {
         triggers: vec![Trigger::parse("go=hello").unwrap()],
         ..ClusterOptions::default()
     };
-    let mut handle = Cluster::start(nats.clone(), options.clone())
+    let handle = Cluster::start(nats.clone(), options.clone())
         .await
         .expect("cluster");
-    api::attach_services(&mut handle, &options)
-        .await
-        .expect("services");
     let c = ApiClient::new(nats.clone(), Namespace::default());
     c.create_state_machine("hello", DEFINITION).await.unwrap();
     let started = c

@@ -967,8 +967,8 @@ impl Drop for TriggerService {
 
 /// Starts what a coordinator serves besides its partitions: the API (when
 /// `options.api`) and the triggers, attached to `handle` so that they stop
-/// with it.
-pub async fn attach_services(
+/// with it. [`super::Cluster::start`] calls it.
+pub(crate) async fn attach_services(
     handle: &mut ClusterHandle,
     options: &ClusterOptions,
 ) -> Result<(), ServeError> {

@@ -175,13 +175,20 @@ impl Cluster {
             machines: Mutex::new(HashMap::new()),
         });
         let leases = tokio::spawn(lease_loop(shared, id.clone(), shutdown_rx));
-        Ok(ClusterHandle {
+        let mut handle = ClusterHandle {
             id,
             store,
             shutdown,
             leases,
             extra: Vec::new(),
-        })
+        };
+        // The API (when `options.api`) and the triggers live as long as
+        // the coordinator.
+        if let Err(e) = super::api::attach_services(&mut handle, &options).await {
+            handle.shutdown().await;
+            return Err(ClusterError::Api(e.to_string()));
+        }
+        Ok(handle)
     }
 }
 
