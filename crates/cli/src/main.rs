@@ -9,6 +9,7 @@
 //! unreadable or malformed files, missing stubs, runtime errors, API errors,
 //! printed as `error: CODE: message`).
 
+mod bench;
 mod cluster;
 
 use std::io::Write;
@@ -78,6 +79,8 @@ enum Command {
     SendTaskHeartbeat(cluster::TaskHeartbeatArgs),
     /// Serve the stubs of a stubs file as participants over NATS until Ctrl-C.
     StubParticipants(cluster::StubParticipantsArgs),
+    /// Benchmark the travel-booking saga over NATS against the raw NATS floor.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
         Command::SendTaskFailure(args) => cluster::block_on(cluster::send_task_failure(args)),
         Command::SendTaskHeartbeat(args) => cluster::block_on(cluster::send_task_heartbeat(args)),
         Command::StubParticipants(args) => cluster::block_on(cluster::stub_participants(args)),
+        Command::Bench(args) => cluster::block_on(bench::bench(args)),
     };
     match result {
         Ok(code) => code,

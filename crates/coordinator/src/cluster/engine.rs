@@ -415,6 +415,12 @@ struct Partition {
     /// reloaded from their history and resumed as soon as possible, so that
     /// a timer that fired meanwhile is not lost.
     reload: HashSet<String>,
+    /// Work gathered while applying a batch and done together after it
+    /// (pipelined): index entries to write before the history appends, task
+    /// messages to publish and completions to announce after them.
+    index_writes: Vec<(String, ExecutionDescription)>,
+    outgoing: Vec<(String, TaskMessage)>,
+    completed: Vec<(String, Outcome)>,
     /// (when, execution key, what), earliest first.
     wheel: BTreeMap<(Timestamp, String, Due), ()>,
 }
@@ -438,6 +444,9 @@ impl Partition {
             partition,
             live: HashMap::new(),
             reload: HashSet::new(),
+            index_writes: Vec::new(),
+            outgoing: Vec::new(),
+            completed: Vec::new(),
             wheel: BTreeMap::new(),
         }
     }
@@ -844,6 +853,24 @@ impl Partition {
                 }
             }
         }
+        // Index entries first (recovery finds executions through them),
+        // all at once.
+        let writes = std::mem::take(&mut self.index_writes);
+        if !writes.is_empty() {
+            let store = self.shared.store.clone();
+            let results =
+                futures::future::join_all(writes.iter().map(|(_, d)| store.put_execution(d))).await;
+            for ((key, _), r) in writes.iter().zip(results) {
+                if let Err(e) = r {
+                    tracing::warn!(execution = %key, error = %e, "cannot write the execution index");
+                    if let Some(slot) = appends.iter().position(|(k, _, _)| k == key) {
+                        let (_, _, indexes) = appends.remove(slot);
+                        result.retry.extend(indexes);
+                    }
+                    self.evict(key, false);
+                }
+            }
+        }
         // Send every append, then wait for them together.
         let mut waiting = Vec::new();
         for (key, applied, inbox_indexes) in appends {
@@ -888,6 +915,15 @@ impl Partition {
                 follow_up.push((key, local));
             }
         }
+        let outgoing = std::mem::take(&mut self.outgoing);
+        for (key, event) in self.publish_tasks(outgoing).await {
+            match follow_up.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, inputs)) => inputs.push(Input::Local(event)),
+                None => follow_up.push((key, vec![Input::Local(event)])),
+            }
+        }
+        let completed = std::mem::take(&mut self.completed);
+        self.finish_all(completed).await;
         if !follow_up.is_empty() {
             // Results the coordinator produced itself (child starts,
             // dispatch failures): one more step, boxed to allow recursion.
@@ -1022,11 +1058,7 @@ impl Partition {
                     cause: None,
                     redrive_count: live.redrive_count,
                 };
-                self.shared
-                    .store
-                    .put_execution(&desc)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.index_writes.push((key.to_string(), desc));
             }
             entries.push(HistoryEntry {
                 at: t,
@@ -1084,10 +1116,9 @@ impl Partition {
             cause: None,
             redrive_count: 0,
         };
-        self.store()
-            .put_execution(&desc)
-            .await
-            .map_err(|e| e.to_string())?;
+        // Written before the history append (recovery finds executions
+        // through the index), with the other writes of the batch.
+        self.index_writes.push((exec_ref.key(), desc));
         let live = Live {
             exec_ref: exec_ref.clone(),
             exec: Execution::new(machine, self.shared.options.runtime.interp_options()),
@@ -1173,65 +1204,93 @@ impl Partition {
                 }
                 Command::CancelTimer { .. } | Command::CancelTask { .. } | Command::Record(_) => {}
                 Command::Complete(outcome) => {
-                    self.finish(key, &outcome).await;
+                    self.completed.push((key.to_string(), outcome));
                 }
             }
         }
         for message in publishes {
-            if let Err(event) = self.publish_task(key, &message).await {
-                local.push(Input::Local(event));
-            }
+            self.outgoing.push((key.to_string(), message));
         }
         local
     }
 
-    /// Publishes a task; a task that can never be published becomes its
-    /// failure event; one that could not be published now (NATS down) puts
-    /// the execution on the reload list, which publishes it again (same
-    /// `Nats-Msg-Id`: the broker drops it if it had arrived after all).
+    /// Publishes one task (see [`Partition::publish_tasks`]).
     async fn publish_task(&mut self, key: &str, message: &TaskMessage) -> Result<(), Event> {
-        let infra = self.store().infra();
-        let Ok(exec_ref) = ExecutionRef::from_key(key) else {
-            return Ok(());
-        };
-        let body = match serde_json::to_vec(message) {
-            Ok(b) => b,
-            Err(e) => {
-                return Err(Event::TaskFailed {
-                    task_id: message.task_id.clone(),
-                    error: sagaflow_asl::errors::RUNTIME.to_string(),
-                    cause: format!("the task message does not encode: {e}"),
-                });
-            }
-        };
-        if body.len() > infra.settings.max_message_bytes.max(0) as usize {
-            return Err(Event::TaskFailed {
-                task_id: message.task_id.clone(),
-                error: sagaflow_asl::errors::DATA_LIMIT_EXCEEDED.to_string(),
-                cause: format!(
-                    "the task message is {} bytes, more than the {} bytes a message may have",
-                    body.len(),
-                    infra.settings.max_message_bytes
-                ),
-            });
-        }
-        let mut hdrs = async_nats::HeaderMap::new();
-        hdrs.insert(headers::MSG_ID, message.msg_id(&exec_ref).as_str());
-        hdrs.insert(headers::TASK_ID, message.task_id.as_str());
-        let subject = infra.ns().task_subject(&message.handler);
-        let published = match infra
-            .js
-            .publish_with_headers(subject, hdrs, body.into())
+        match self
+            .publish_tasks(vec![(key.to_string(), message.clone())])
             .await
+            .pop()
         {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = published {
-            tracing::warn!(task = %message.task_id, error = %e, "task publish failed; publishing it again shortly");
-            self.reload.insert(key.to_string());
+            Some((_, event)) => Err(event),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Publishes tasks, all sent before any acknowledgement is awaited. A
+    /// task that can never be published (too large) comes back as its
+    /// failure event; one that could not be published now (NATS down) puts
+    /// its execution on the reload list, which publishes it again (same
+    /// `Nats-Msg-Id`: the broker drops it if it had arrived after all).
+    async fn publish_tasks(&mut self, items: Vec<(String, TaskMessage)>) -> Vec<(String, Event)> {
+        let infra = self.shared.store.infra().clone();
+        let max = infra.settings.max_message_bytes.max(0) as usize;
+        let mut failed = Vec::new();
+        let mut acks = Vec::with_capacity(items.len());
+        for (key, message) in items {
+            let Ok(exec_ref) = ExecutionRef::from_key(&key) else {
+                continue;
+            };
+            let body = match serde_json::to_vec(&message) {
+                Ok(b) => b,
+                Err(e) => {
+                    failed.push((
+                        key,
+                        Event::TaskFailed {
+                            task_id: message.task_id.clone(),
+                            error: sagaflow_asl::errors::RUNTIME.to_string(),
+                            cause: format!("the task message does not encode: {e}"),
+                        },
+                    ));
+                    continue;
+                }
+            };
+            if body.len() > max {
+                failed.push((
+                    key,
+                    Event::TaskFailed {
+                        task_id: message.task_id.clone(),
+                        error: sagaflow_asl::errors::DATA_LIMIT_EXCEEDED.to_string(),
+                        cause: format!(
+                            "the task message is {} bytes, more than the {max} bytes a message may have",
+                            body.len()
+                        ),
+                    },
+                ));
+                continue;
+            }
+            let mut hdrs = async_nats::HeaderMap::new();
+            hdrs.insert(headers::MSG_ID, message.msg_id(&exec_ref).as_str());
+            hdrs.insert(headers::TASK_ID, message.task_id.as_str());
+            let subject = infra.ns().task_subject(&message.handler);
+            match infra
+                .js
+                .publish_with_headers(subject, hdrs, body.into())
+                .await
+            {
+                Ok(ack) => acks.push((key, message.task_id, ack)),
+                Err(e) => {
+                    tracing::warn!(task = %message.task_id, error = %e, "task publish failed; publishing it again shortly");
+                    self.reload.insert(key);
+                }
+            }
+        }
+        for (key, task_id, ack) in acks {
+            if let Err(e) = ack.await {
+                tracing::warn!(task = %task_id, error = %e, "task publish failed; publishing it again shortly");
+                self.reload.insert(key);
+            }
+        }
+        failed
     }
 
     /// `states:startExecution`: starts the child; for request-response the
@@ -1326,9 +1385,34 @@ impl Partition {
     /// An execution completed: update its index entry, tell waiters and a
     /// waiting parent, drop it from memory.
     async fn finish(&mut self, key: &str, outcome: &Outcome) {
-        let Some(live) = self.live.remove(key) else {
+        self.finish_all(vec![(key.to_string(), outcome.clone())])
+            .await;
+    }
+
+    /// [`Partition::finish`] for several executions, their writes done
+    /// together.
+    async fn finish_all(&mut self, completed: Vec<(String, Outcome)>) {
+        let mut finished = Vec::new();
+        for (key, outcome) in completed {
+            if let Some(f) = self.prepare_finish(&key, &outcome) {
+                finished.push(f);
+            }
+        }
+        if finished.is_empty() {
             return;
-        };
+        }
+        let store = self.shared.store.clone();
+        let results = futures::future::join_all(finished.iter().map(|f| deliver(&store, f))).await;
+        for (f, ok) in finished.iter().zip(results) {
+            if !ok {
+                // Reloading finds it completed and finishes it again.
+                self.reload.insert(f.key.clone());
+            }
+        }
+    }
+
+    fn prepare_finish(&mut self, key: &str, outcome: &Outcome) -> Option<Finished> {
+        let live = self.live.remove(key)?;
         self.wheel.retain(|(_, k, _), _| k != key);
         let (status, output, error, cause) = match outcome {
             Outcome::Succeeded { output } => (
@@ -1367,23 +1451,15 @@ impl Partition {
             cause: cause.clone(),
             redrive_count: live.redrive_count,
         };
-        if let Err(e) = self.store().put_execution(&desc).await {
-            tracing::warn!(execution = %desc.execution_arn, error = %e, "cannot update the execution index; retrying");
-            // Reloading finds it completed and finishes it again.
-            self.reload.insert(key.to_string());
-            return;
-        }
-        let infra = self.store().infra();
+        let infra = self.shared.store.infra();
         let mut full = desc.clone();
         full.input = Some(live.input.clone());
         full.output = output.clone();
-        if let Ok(body) = serde_json::to_vec(&full) {
-            let _ = infra
-                .client
-                .publish(infra.ns().done_subject(&live.exec_ref), body.into())
-                .await;
-        }
-        if let Some(parent) = &live.meta.parent {
+        let done = (
+            infra.ns().done_subject(&live.exec_ref),
+            serde_json::to_vec(&full).unwrap_or_default(),
+        );
+        let parent = live.meta.parent.as_ref().and_then(|parent| {
             let mut report = json!({
                 "ExecutionArn": desc.execution_arn,
                 "Input": live.input,
@@ -1415,26 +1491,61 @@ impl Partition {
                     }
                 }
             };
-            if let Ok(parent_ref) = ExecutionRef::from_arn(&parent.execution_arn) {
-                let subject = infra
-                    .ns()
-                    .inbox_subject(self.store().partition_of(&parent_ref), &parent_ref);
-                let mut hdrs = async_nats::HeaderMap::new();
-                hdrs.insert(
-                    headers::MSG_ID,
-                    format!("child/{}/{}", parent_ref.key(), parent.task_id).as_str(),
-                );
-                if let Ok(body) = serde_json::to_vec(&message)
-                    && let Ok(ack) = infra
-                        .js
-                        .publish_with_headers(subject, hdrs, body.into())
-                        .await
-                {
-                    let _ = ack.await;
+            let parent_ref = ExecutionRef::from_arn(&parent.execution_arn).ok()?;
+            let subject = infra
+                .ns()
+                .inbox_subject(self.shared.store.partition_of(&parent_ref), &parent_ref);
+            let msg_id = format!("child/{}/{}", parent_ref.key(), parent.task_id);
+            Some((subject, msg_id, serde_json::to_vec(&message).ok()?))
+        });
+        Some(Finished {
+            key: key.to_string(),
+            desc,
+            done,
+            parent,
+        })
+    }
+}
+
+/// What announcing a completed execution writes.
+struct Finished {
+    key: String,
+    desc: ExecutionDescription,
+    /// The completion notice (core NATS): subject and body.
+    done: (String, Vec<u8>),
+    /// The result for a waiting parent: subject, `Nats-Msg-Id`, body.
+    parent: Option<(String, String, Vec<u8>)>,
+}
+
+/// Writes a completion: the index entry, then the notice and the parent's
+/// result. `false` when the index could not be written (retried later).
+async fn deliver(store: &Store, f: &Finished) -> bool {
+    if let Err(e) = store.put_execution(&f.desc).await {
+        tracing::warn!(execution = %f.desc.execution_arn, error = %e, "cannot update the execution index; retrying");
+        return false;
+    }
+    let infra = store.infra();
+    let _ = infra
+        .client
+        .publish(f.done.0.clone(), f.done.1.clone().into())
+        .await;
+    if let Some((subject, msg_id, body)) = &f.parent {
+        let mut hdrs = async_nats::HeaderMap::new();
+        hdrs.insert(headers::MSG_ID, msg_id.as_str());
+        match infra
+            .js
+            .publish_with_headers(subject.clone(), hdrs, body.clone().into())
+            .await
+        {
+            Ok(ack) => {
+                if ack.await.is_err() {
+                    return false;
                 }
             }
+            Err(_) => return false,
         }
     }
+    true
 }
 
 #[derive(Default)]

@@ -1,0 +1,478 @@
+//! `sagaflow bench`: the travel-booking saga over NATS, measured against the
+//! raw NATS floor on the same machine.
+//!
+//! 1. The floor: core request/reply and JetStream publish rates.
+//! 2. A coordinator in this process and the participants in a child process
+//!    (`sagaflow stub-participants`), so that this process's CPU time is the
+//!    coordinator's (plus a light load generator).
+//! 3. For the success path and the compensation path: completed sagas per
+//!    second at saturation, then end-to-end latency (p50/p99) at half that
+//!    rate, and the coordinator process's CPU time per state transition.
+
+use std::process::{Child, Command as ProcessCommand, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use sagaflow_coordinator::cluster::{Cluster, ClusterOptions, Store};
+use sagaflow_protocol::{ExecutionRef, InboxMessage, Namespace, StartExecution};
+
+/// `sagaflow bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// A NATS server to use; by default one is started (JetStream, file
+    /// storage in a temporary directory).
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// Sagas per saturation run.
+    #[arg(long, default_value_t = 4000, value_name = "N")]
+    sagas: usize,
+    /// Partitions of the coordinator.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    partitions: u32,
+    /// Tasks the participant process runs at once.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    concurrency: usize,
+    /// Seconds of the half-load latency run.
+    #[arg(long, default_value_t = 4, value_name = "SECONDS")]
+    latency_seconds: u64,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+const SAGA: &str = r#"{
+  "Comment": "Travel booking saga (benchmark)",
+  "StartAt": "BookFlight",
+  "States": {
+    "BookFlight": {"Type": "Task", "Resource": "arn:aws:lambda:us-east-1:123456789012:function:book_flight",
+      "ResultPath": "$.flight", "Next": "BookHotel",
+      "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "BookingFailed"}]},
+    "BookHotel": {"Type": "Task", "Resource": "arn:aws:lambda:us-east-1:123456789012:function:book_hotel",
+      "ResultPath": "$.hotel", "Next": "BookCar",
+      "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "CancelFlight"}]},
+    "BookCar": {"Type": "Task", "Resource": "arn:aws:lambda:us-east-1:123456789012:function:book_car",
+      "ResultPath": "$.car", "End": true,
+      "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "CancelHotel"}]},
+    "CancelHotel": {"Type": "Task", "Resource": "arn:aws:lambda:us-east-1:123456789012:function:cancel_hotel",
+      "ResultPath": null, "Next": "CancelFlight",
+      "Retry": [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 1, "MaxAttempts": 5}]},
+    "CancelFlight": {"Type": "Task", "Resource": "arn:aws:lambda:us-east-1:123456789012:function:cancel_flight",
+      "ResultPath": null, "Next": "BookingFailed",
+      "Retry": [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 1, "MaxAttempts": 5}]},
+    "BookingFailed": {"Type": "Fail", "Error": "BookingFailed", "Cause": "the trip was compensated"}
+  }
+}"#;
+
+const STUBS: &str = r#"{
+  "book_flight": {"returns": {"confirmation": "FL-1"}},
+  "book_hotel": {"returns": {"confirmation": "HO-1"}},
+  "book_car": {"switch": [{"if": {"pointer": "/fail", "equals": "car"},
+                           "then": {"throws": {"error": "CarUnavailable", "cause": "no cars left"}}}],
+               "else": {"returns": {"confirmation": "CA-1"}}},
+  "cancel_hotel": {"returns": {}},
+  "cancel_flight": {"returns": {}}
+}"#;
+
+/// The participants' child process, killed on drop.
+struct Participants(Child);
+
+impl Drop for Participants {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU time (user + system) of this process, from /proc (USER_HZ is 100 on
+/// Linux); `None` elsewhere.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs the benchmark.
+pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let server = match &args.nats {
+        Some(_) => None,
+        None => Some(
+            sagaflow_testkit::NatsServer::start()
+                .context("cannot start a nats-server for the benchmark")?,
+        ),
+    };
+    let url = match (&args.nats, &server) {
+        (Some(url), _) => url.clone(),
+        (None, Some(s)) => s.url(),
+        (None, None) => bail!("no NATS server"),
+    };
+    let say = |line: String| {
+        if !args.json {
+            println!("{line}");
+        }
+    };
+    say(format!("sagaflow bench against {url}"));
+
+    // ------------------------------------------------------------ the floor
+    let client = sagaflow_nats::connect(&url).await?;
+    let floor = floor(&client).await?;
+    say(format!(
+        "floor: core request/reply {:.0}/s (one at a time p50 {:.3} ms); JetStream publish {:.0}/s",
+        floor.request_reply_per_sec, floor.request_reply_p50_ms, floor.js_publish_per_sec
+    ));
+
+    // ------------------------------------------------- coordinator, participants
+    let options = ClusterOptions {
+        partitions: args.partitions,
+        api: false,
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(client.clone(), options).await?;
+    let store = cluster.store().clone();
+    store
+        .create_machine("travel-bench", SAGA, "2024-01-01T00:00:00Z")
+        .await?;
+    let stubs_path =
+        std::env::temp_dir().join(format!("sagaflow-bench-{}.json", std::process::id()));
+    std::fs::write(&stubs_path, STUBS).context("cannot write the stubs file")?;
+    let exe = std::env::current_exe().context("cannot find the sagaflow binary")?;
+    let _participants = Participants(
+        ProcessCommand::new(exe)
+            .args(["stub-participants", "--nats", &url, "--stubs"])
+            .arg(&stubs_path)
+            .args(["--concurrency", &args.concurrency.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start the participants")?,
+    );
+
+    let ns = Namespace::default();
+    let done = Arc::new(Mutex::new(
+        std::collections::HashMap::<String, Instant>::new(),
+    ));
+    let mut notices = client
+        .subscribe(format!("{}.done.>", ns.prefix()))
+        .await
+        .context("cannot subscribe to completions")?;
+    {
+        let done = done.clone();
+        tokio::spawn(async move {
+            while let Some(m) = notices.next().await {
+                let key = m
+                    .subject
+                    .as_str()
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                done.lock().await.insert(key, Instant::now());
+            }
+        });
+    }
+    let load = Load {
+        store: store.clone(),
+        js: store.infra().js.clone(),
+        ns,
+        done,
+        counter: std::sync::atomic::AtomicUsize::new(0),
+    };
+
+    // Warm up (and wait for the participants to be there).
+    load.run_batch(200, false, Duration::from_secs(60)).await?;
+
+    let mut figures = Vec::new();
+    for (path, fail, transitions) in [("success", false, 3u64), ("compensation", true, 6u64)] {
+        let cpu_before = process_cpu();
+        let (elapsed, _) = load
+            .run_batch(args.sagas, fail, Duration::from_secs(300))
+            .await?;
+        let cpu = process_cpu()
+            .zip(cpu_before)
+            .map(|(a, b)| a.saturating_sub(b));
+        let per_sec = args.sagas as f64 / elapsed.as_secs_f64();
+        let cpu_per_transition_us =
+            cpu.map(|c| c.as_secs_f64() * 1e6 / (args.sagas as u64 * transitions) as f64);
+        let latencies = load
+            .paced(
+                per_sec / 2.0,
+                Duration::from_secs(args.latency_seconds),
+                fail,
+            )
+            .await?;
+        let p50 = percentile(&latencies, 0.50);
+        let p99 = percentile(&latencies, 0.99);
+        say(format!(
+            "{path:>12}: {per_sec:.0} sagas/s at saturation ({} sagas in {:.2} s); at {:.0}/s: p50 {:.2} ms, p99 {:.2} ms; coordinator process CPU {} per state transition",
+            args.sagas,
+            elapsed.as_secs_f64(),
+            per_sec / 2.0,
+            ms(p50),
+            ms(p99),
+            cpu_per_transition_us.map_or("n/a".to_string(), |us| format!("{us:.1} us")),
+        ));
+        figures.push(json!({
+            "path": path,
+            "sagasPerSecond": per_sec,
+            "halfLoadRate": per_sec / 2.0,
+            "p50Ms": ms(p50),
+            "p99Ms": ms(p99),
+            "coordinatorCpuMicrosPerTransition": cpu_per_transition_us,
+            "transitionsPerSaga": transitions,
+        }));
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "nats": url,
+                "floor": {
+                    "requestReplyPerSecond": floor.request_reply_per_sec,
+                    "requestReplyP50Ms": floor.request_reply_p50_ms,
+                    "jetStreamPublishPerSecond": floor.js_publish_per_sec,
+                },
+                "sagas": figures,
+            })
+        );
+    }
+    let _ = std::fs::remove_file(&stubs_path);
+    cluster.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Floor {
+    request_reply_per_sec: f64,
+    request_reply_p50_ms: f64,
+    js_publish_per_sec: f64,
+}
+
+async fn floor(client: &async_nats::Client) -> anyhow::Result<Floor> {
+    // Core request/reply: a responder, then 64 requesters for 2 seconds.
+    let mut sub = client.subscribe("sagaflow-bench.echo").await?;
+    let responder = client.clone();
+    let echo = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, m.payload).await;
+            }
+        }
+    });
+    let mut one = Vec::new();
+    for _ in 0..500 {
+        let t = Instant::now();
+        client.request("sagaflow-bench.echo", "x".into()).await?;
+        one.push(t.elapsed());
+    }
+    one.sort();
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let client = client.clone();
+        let count = count.clone();
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < until {
+                if client
+                    .request("sagaflow-bench.echo", "x".into())
+                    .await
+                    .is_ok()
+                {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    echo.abort();
+    let request_reply_per_sec = count.load(std::sync::atomic::Ordering::Relaxed) as f64 / 2.0;
+
+    // JetStream publish with acknowledgement, pipelined.
+    let js = async_nats::jetstream::new(client.clone());
+    let _ = js.delete_stream("SAGAFLOW_BENCH_FLOOR").await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "SAGAFLOW_BENCH_FLOOR".into(),
+        subjects: vec!["sagaflow-bench.js".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let n = 20_000;
+    let start = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for _ in 0..n {
+        pending.push_back(js.publish("sagaflow-bench.js", "x".into()).await?);
+        if pending.len() >= 512
+            && let Some(ack) = pending.pop_front()
+        {
+            ack.await?;
+        }
+    }
+    for ack in pending {
+        ack.await?;
+    }
+    let js_publish_per_sec = n as f64 / start.elapsed().as_secs_f64();
+    let _ = js.delete_stream("SAGAFLOW_BENCH_FLOOR").await;
+    Ok(Floor {
+        request_reply_per_sec,
+        request_reply_p50_ms: ms(percentile(&one, 0.5)),
+        js_publish_per_sec,
+    })
+}
+
+struct Load {
+    store: Store,
+    js: async_nats::jetstream::Context,
+    ns: Namespace,
+    done: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
+    counter: std::sync::atomic::AtomicUsize,
+}
+
+impl Load {
+    /// Publishes the start of one saga; returns its key.
+    async fn start(
+        &self,
+        fail: bool,
+    ) -> anyhow::Result<(String, async_nats::jetstream::context::PublishAckFuture)> {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let exec = ExecutionRef::new("travel-bench", &format!("trip-{n}"))?;
+        let input = if fail {
+            json!({"tripId": n, "customer": "ada", "fail": "car"})
+        } else {
+            json!({"tripId": n, "customer": "ada"})
+        };
+        let start = InboxMessage::StartExecution(StartExecution {
+            execution_arn: exec.arn(),
+            version: 1,
+            input,
+            seed: n as u64,
+            traceparent: None,
+            parent: None,
+        });
+        let subject = self.ns.inbox_subject(self.store.partition_of(&exec), &exec);
+        let ack = self
+            .js
+            .publish(subject, serde_json::to_vec(&start)?.into())
+            .await?;
+        Ok((exec.key(), ack))
+    }
+
+    /// Starts `n` sagas as fast as possible; returns the time until the
+    /// last one completed.
+    async fn run_batch(
+        &self,
+        n: usize,
+        fail: bool,
+        limit: Duration,
+    ) -> anyhow::Result<(Duration, Vec<String>)> {
+        let begin = Instant::now();
+        let mut keys = Vec::with_capacity(n);
+        let mut acks = std::collections::VecDeque::new();
+        for _ in 0..n {
+            let (key, ack) = self.start(fail).await?;
+            keys.push(key);
+            acks.push_back(ack);
+            if acks.len() >= 512
+                && let Some(a) = acks.pop_front()
+            {
+                a.await?;
+            }
+        }
+        for a in acks {
+            a.await?;
+        }
+        loop {
+            let last = {
+                let done = self.done.lock().await;
+                let mut last = Some(begin);
+                for k in &keys {
+                    match done.get(k) {
+                        Some(t) => last = last.map(|l| l.max(*t)),
+                        None => {
+                            last = None;
+                            break;
+                        }
+                    }
+                }
+                last
+            };
+            if let Some(last) = last {
+                return Ok((last.duration_since(begin), keys));
+            }
+            if begin.elapsed() > limit {
+                bail!(
+                    "the sagas did not all complete within {} s",
+                    limit.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Starts sagas at `rate` per second for `duration`; returns each one's
+    /// end-to-end latency (start published to completion notice), sorted.
+    async fn paced(
+        &self,
+        rate: f64,
+        duration: Duration,
+        fail: bool,
+    ) -> anyhow::Result<Vec<Duration>> {
+        let tick = Duration::from_millis(10);
+        let per_tick = rate * tick.as_secs_f64();
+        let mut owed = 0.0;
+        let begin = Instant::now();
+        let mut started: Vec<(String, Instant)> = Vec::new();
+        let mut ticker = tokio::time::interval(tick);
+        while begin.elapsed() < duration {
+            ticker.tick().await;
+            owed += per_tick;
+            while owed >= 1.0 {
+                owed -= 1.0;
+                let t = Instant::now();
+                let (key, ack) = self.start(fail).await?;
+                ack.await?;
+                started.push((key, t));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let done = self.done.lock().await;
+            if started.iter().all(|(k, _)| done.contains_key(k)) {
+                let mut latencies: Vec<Duration> = started
+                    .iter()
+                    .filter_map(|(k, t)| done.get(k).map(|d| d.duration_since(*t)))
+                    .collect();
+                latencies.sort();
+                return Ok(latencies);
+            }
+            drop(done);
+            if Instant::now() > deadline {
+                bail!("the paced sagas did not all complete");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
