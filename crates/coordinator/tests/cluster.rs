@@ -40,61 +40,6 @@ async fn start_cluster(url: &str) -> ClusterHandle {
     Cluster::start(client, options()).await.expect("cluster")
 }
 
-/// A participant written against the wire protocol: answers every task;
-/// `book_car` fails when the input says so.
-async fn participant(url: String) {
-    let client = async_nats::connect(&url).await.expect("connect");
-    let js = jetstream::new(client);
-    let ns = Namespace::default();
-    let stream = loop {
-        match js.get_stream(ns.tasks_stream()).await {
-            Ok(s) => break s,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
-    let consumer = stream
-        .get_or_create_consumer::<consumer::pull::Config>(
-            "test-participant",
-            consumer::pull::Config {
-                durable_name: Some("test-participant".into()),
-                filter_subject: ns.task_wildcard(),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("consumer");
-    let mut messages = consumer.messages().await.expect("messages");
-    while let Some(Ok(message)) = messages.next().await {
-        let task: TaskMessage = serde_json::from_slice(&message.payload).expect("task");
-        let reply = if task.handler == "book_car" && task.input["fail"] == json!("car") {
-            InboxMessage::TaskFailed {
-                execution_arn: task.execution_arn.clone(),
-                task_id: task.task_id.clone(),
-                error: "CarUnavailable".into(),
-                cause: "no cars".into(),
-                callback: false,
-            }
-        } else {
-            InboxMessage::TaskSucceeded {
-                execution_arn: task.execution_arn.clone(),
-                task_id: task.task_id.clone(),
-                output: json!({"by": task.handler}),
-                callback: false,
-            }
-        };
-        js.publish(
-            task.reply_to.clone(),
-            serde_json::to_vec(&reply).unwrap().into(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
-        message.ack().await.expect("ack task");
-    }
-}
-
 async fn deploy(cluster: &ClusterHandle) -> u64 {
     cluster
         .store()
@@ -149,7 +94,7 @@ async fn a_saga_succeeds_and_another_compensates() {
     let server = NatsServer::start().expect("nats-server");
     let cluster = start_cluster(&server.url()).await;
     let version = deploy(&cluster).await;
-    tokio::spawn(participant(server.url()));
+    tokio::spawn(ledger_participant(server.url(), Ledger::default(), "p1"));
 
     let ok = start(&server.url(), &cluster, "ok-1", json!({"trip": 1}), version).await;
     let bad = start(
@@ -186,7 +131,8 @@ type Ledger = std::sync::Arc<
     >,
 >;
 
-/// Like `participant`, slower, and keeping a ledger.
+/// A participant written against the wire protocol: answers every task
+/// (`book_car` fails when the input says so) and keeps a ledger.
 async fn ledger_participant(url: String, ledger: Ledger, name: &'static str) {
     let client = async_nats::connect(&url).await.expect("connect");
     let js = jetstream::new(client);

@@ -98,10 +98,19 @@ pub(crate) fn eval_field(
                 ),
             )),
         },
-        Expr::Intrinsic(call) => call
-            .eval(input, env, rng)
-            .map_err(|e| Failure::new(errors::INTRINSIC_FAILURE, e.message)),
+        Expr::Intrinsic(call) => eval_intrinsic(call, input, env, rng),
     }
+}
+
+/// Evaluates an intrinsic call; a failure is `States.IntrinsicFailure`.
+fn eval_intrinsic(
+    call: &crate::intrinsics::IntrinsicCall,
+    input: &Value,
+    env: &dyn Env,
+    rng: &mut dyn RandomSource,
+) -> Result<Value, Failure> {
+    call.eval(input, env, rng)
+        .map_err(|e| Failure::new(errors::INTRINSIC_FAILURE, e.message))
 }
 
 /// Evaluates an expression that is not a template field (Fail's
@@ -116,9 +125,7 @@ pub(crate) fn eval_expr(
 ) -> Result<Value, Failure> {
     match expr {
         Expr::Path(path) => select(path, field, input, env, state),
-        Expr::Intrinsic(call) => call
-            .eval(input, env, rng)
-            .map_err(|e| Failure::new(errors::INTRINSIC_FAILURE, e.message)),
+        Expr::Intrinsic(call) => eval_intrinsic(call, input, env, rng),
     }
 }
 

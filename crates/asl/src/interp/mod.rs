@@ -862,11 +862,7 @@ impl Execution {
             Ok(v) => v,
             Err(failure) => return Flow::Done(Err(failure)),
         };
-        for values in assigned {
-            self.assign(f, values);
-        }
-        self.exited(f, state, &output, out);
-        self.frame_mut(f).active = None;
+        self.exit_state(f, state, &output, assigned, out);
         Flow::Enter(next, output)
     }
 
@@ -1393,11 +1389,7 @@ impl Execution {
             Ok(v) => v,
             Err(failure) => return Flow::Done(Err(failure)),
         };
-        if let Some(values) = assigned {
-            self.assign(f, values);
-        }
-        self.exited(f, state, &output, out);
-        self.frame_mut(f).active = None;
+        self.exit_state(f, state, &output, assigned, out);
         transition(state, output)
     }
 
@@ -1476,11 +1468,7 @@ impl Execution {
             );
             return self.state_failed(at, f, failure, out);
         };
-        if let Some(values) = assigned {
-            self.assign(f, values);
-        }
-        self.exited(f, state, &output, out);
-        self.frame_mut(f).active = None;
+        self.exit_state(f, state, &output, assigned, out);
         transition(state, output)
     }
 
@@ -1821,6 +1809,23 @@ impl Execution {
                 vars.insert(k, v);
             }
         }
+    }
+
+    /// A state completes: its `Assign` values take effect, its exit is
+    /// recorded, and the frame has no active state until the next one.
+    fn exit_state(
+        &mut self,
+        f: FrameId,
+        state: &State,
+        output: &Payload,
+        assigned: impl IntoIterator<Item = Value>,
+        out: &mut Vec<Command>,
+    ) {
+        for values in assigned {
+            self.assign(f, values);
+        }
+        self.exited(f, state, output, out);
+        self.frame_mut(f).active = None;
     }
 
     /// What a history record holds of a payload: the payload itself

@@ -110,6 +110,28 @@ fn nats(operation: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreErro
     }
 }
 
+/// A JSON value from a bucket; `None` when the key is absent.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    bucket: &kv::Store,
+    key: String,
+    what: &'static str,
+) -> Result<Option<T>, StoreError> {
+    let Some(bytes) = bucket.get(&key).await.map_err(|e| StoreError::Nats {
+        operation: "read",
+        message: format!("{what} {key}: {e}"),
+    })?
+    else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            what,
+            key,
+            message: e.to_string(),
+        })
+}
+
 fn b64(text: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
@@ -390,24 +412,7 @@ impl Store {
             }
         };
         let key = format!("v.{}.{version}", b64(name));
-        match self
-            .infra
-            .machines
-            .get(&key)
-            .await
-            .map_err(|e| nats("read state machine")(&e))?
-        {
-            Some(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::Corrupt {
-                        what: "state machine",
-                        key,
-                        message: e.to_string(),
-                    })
-            }
-            None => Ok(None),
-        }
+        get_json(&self.infra.machines, key, "state machine").await
     }
 
     /// Every state machine with its latest version.
@@ -479,25 +484,12 @@ impl Store {
         &self,
         exec: &ExecutionRef,
     ) -> Result<Option<ExecutionDescription>, StoreError> {
-        let key = self.index_key(exec);
-        match self
-            .infra
-            .executions
-            .get(&key)
-            .await
-            .map_err(|e| nats("read execution index")(&e))?
-        {
-            Some(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::Corrupt {
-                        what: "execution index entry",
-                        key,
-                        message: e.to_string(),
-                    })
-            }
-            None => Ok(None),
-        }
+        get_json(
+            &self.infra.executions,
+            self.index_key(exec),
+            "execution index entry",
+        )
+        .await
     }
 
     /// Index entries, optionally of one partition, one state machine or one
