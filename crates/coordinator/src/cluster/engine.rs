@@ -1157,12 +1157,28 @@ impl Partition {
                     }
                     match (&pending.message, pending.shape) {
                         (Some(message), _) => publishes.push(message.clone()),
-                        (None, Shape::ChildSync { .. }) | (None, Shape::Raw) => {
+                        (None, _)
+                            if resource::strip_pattern(&request.resource).0 == START_EXECUTION =>
+                        {
                             if let Some(event) = self.start_child(key, &request, &pending).await {
                                 local.push(Input::Local(event));
                             }
                         }
-                        (None, Shape::LambdaInvoke) => {}
+                        // No handler can serve it (as in embedded mode:
+                        // States.Runtime, not retried by States.TaskFailed).
+                        (None, _) => local.push(Input::Local(Event::TaskFailed {
+                            task_id: request.task_id.to_string(),
+                            error: sagaflow_asl::errors::RUNTIME.to_string(),
+                            cause: match resource::resolve(&request.resource, &request.input) {
+                                Err(e) => e.to_string(),
+                                Ok(r) => format!(
+                                    "state '{}': no valid handler name for resource '{}' (tried: {})",
+                                    request.state_name,
+                                    request.resource,
+                                    r.candidates.join(", ")
+                                ),
+                            },
+                        })),
                     }
                 }
                 Command::StartTimer {
