@@ -75,7 +75,9 @@ async fn retries_back_off_and_the_history_shows_every_attempt() {
     })
     .await;
 
-    let arn = env.start_execution("retry", "r1", json!({"order": 7})).await;
+    let arn = env
+        .start_execution("retry", "r1", json!({"order": 7}))
+        .await;
     let done = env.wait(&arn).await;
     assert_status(&done, ExecutionStatus::Succeeded);
     assert_eq!(done.output, Some(json!({"done": 7, "after": 3})));
@@ -193,7 +195,11 @@ async fn a_task_past_its_timeout_fails_with_states_timeout() {
     assert_status(&caught_done, ExecutionStatus::Succeeded);
     let output = caught_done.output.clone().expect("output");
     assert_eq!(output["sleepMs"], json!(2500));
-    assert_eq!(output["error"]["Error"], json!("States.Timeout"), "{output}");
+    assert_eq!(
+        output["error"]["Error"],
+        json!("States.Timeout"),
+        "{output}"
+    );
     let uncaught_done = env.wait(&uncaught).await;
     assert_status(&uncaught_done, ExecutionStatus::Failed);
     assert_eq!(uncaught_done.error.as_deref(), Some("States.Timeout"));
@@ -263,7 +269,10 @@ async fn heartbeats_keep_a_task_alive_and_their_absence_fails_it() {
     assert_eq!(chatty_done.output, Some(json!({"beat": true})));
     // It ran its 3 s (more than the 1 s heartbeat) and was not cut short.
     let history = env.history(&chatty).await;
-    assert!(events_of(&history, "TaskTimedOut").is_empty(), "{history:#?}");
+    assert!(
+        events_of(&history, "TaskTimedOut").is_empty(),
+        "{history:#?}"
+    );
     let _ = started;
     let history = env.history(&silent.execution_arn).await;
     let timed_out = events_of(&history, "TaskTimedOut");
@@ -559,7 +568,10 @@ async fn map_respects_max_concurrency_and_parallel_keeps_branch_order() {
     let history = env.history(&done.execution_arn).await;
     let failed = events_of(&history, "MapIterationFailed");
     assert_eq!(failed.len(), 1, "{history:#?}");
-    assert_eq!(failed[0]["mapIterationFailedEventDetails"]["index"], json!(1));
+    assert_eq!(
+        failed[0]["mapIterationFailedEventDetails"]["index"],
+        json!(1)
+    );
     env.shutdown().await;
 }
 
@@ -888,8 +900,10 @@ async fn malformed_messages_stop_nothing() {
         ns.inbox_subject(0, &victim),
         format!("{}.inbox.1.not-a-key", ns.prefix()),
     ] {
-        env.publish_raw(subject.clone(), b"{not json".to_vec()).await;
-        env.publish_raw(subject.clone(), vec![0xff, 0xfe, 0x00]).await;
+        env.publish_raw(subject.clone(), b"{not json".to_vec())
+            .await;
+        env.publish_raw(subject.clone(), vec![0xff, 0xfe, 0x00])
+            .await;
         env.publish_raw(subject, br#"{"type": "Nope"}"#.to_vec())
             .await;
     }
@@ -961,6 +975,12 @@ async fn payloads_over_the_limits_fail_with_data_limit_exceeded() {
             "Small": {"Type": "Pass", "End": true}}}"#,
     )
     .await;
+    env.deploy(
+        "doubled",
+        r#"{"StartAt": "Twice", "States": {
+            "Twice": {"Type": "Task", "Resource": "echo", "Parameters": {"a.$": "$", "b.$": "$"}, "End": true}}}"#,
+    )
+    .await;
     let big = || json!({"blob": "x".repeat(2000)});
     // One participant with a small result limit, one with the default
     // (256 KiB): the coordinator's own limit (1000 bytes) applies to it.
@@ -1017,7 +1037,11 @@ async fn payloads_over_the_limits_fail_with_data_limit_exceeded() {
     let done = env.run("big_caught", "w1", json!({"small": true})).await;
     assert_status(&done, ExecutionStatus::Succeeded);
     let out = done.output.expect("output");
-    assert_eq!(out["error"]["Error"], json!("States.DataLimitExceeded"), "{out}");
+    assert_eq!(
+        out["error"]["Error"],
+        json!("States.DataLimitExceeded"),
+        "{out}"
+    );
     assert_eq!(out["small"], json!(true));
 
     // A result within the participant's limit but over the coordinator's.
@@ -1025,8 +1049,164 @@ async fn payloads_over_the_limits_fail_with_data_limit_exceeded() {
     assert_status(&done, ExecutionStatus::Failed);
     assert_eq!(done.error.as_deref(), Some("States.DataLimitExceeded"));
 
+    // A state input over the limit (Parameters doubling a 600-byte input).
+    let done = env
+        .run("doubled", "d1", json!({"blob": "y".repeat(600)}))
+        .await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("States.DataLimitExceeded"));
+
     // Small inputs still run.
     let done = env.run("echo", "small", json!({"ok": 1})).await;
     assert_status(&done, ExecutionStatus::Succeeded);
+    env.shutdown().await;
+}
+
+// ------------------------------------------- 12. execution TimeoutSeconds
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_past_its_timeout_times_out() {
+    let env = Env::start().await;
+    env.deploy(
+        "bounded",
+        r#"{"TimeoutSeconds": 1, "StartAt": "Pause",
+            "States": {"Pause": {"Type": "Wait", "Seconds": 30, "End": true}}}"#,
+    )
+    .await;
+    let began = Instant::now();
+    let done = env.run("bounded", "b1", json!({})).await;
+    assert!(began.elapsed() >= Duration::from_secs(1));
+    assert_status(&done, ExecutionStatus::TimedOut);
+    assert_eq!(done.error.as_deref(), Some("States.Timeout"));
+    let types = env.history_types(&done.execution_arn).await;
+    assert_eq!(types.last().map(String::as_str), Some("ExecutionTimedOut"));
+    env.shutdown().await;
+}
+
+// ------------------------------------- 13. timers and tokens are durable
+
+const DURABLE: &str = r#"{
+  "StartAt": "Pause",
+  "States": {
+    "Pause": {"Type": "Wait", "Seconds": 3, "Next": "Ask"},
+    "Ask": {
+      "Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+      "Parameters": {"token.$": "$$.Task.Token"},
+      "End": true
+    }
+  }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_and_task_tokens_survive_a_coordinator_restart() {
+    let mut env = Env::start().await;
+    env.deploy("durable", DURABLE).await;
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    env.worker(|b| {
+        b.handler(
+            "sendMessage",
+            handler_fn(move |input: Value, _ctx: TaskContext| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(input["token"].as_str().unwrap_or_default().to_string());
+                    Ok::<_, TaskError>(json!({}))
+                }
+            }),
+        )
+    })
+    .await;
+    let began = Instant::now();
+    let arn = env.start_execution("durable", "d1", json!({})).await;
+    // Restart the coordinator while the Wait runs.
+    let deadline = Instant::now() + common::LIMIT;
+    // (No history until the start is applied.)
+    while !env
+        .api
+        .execution_history(&arn)
+        .await
+        .is_ok_and(|h| h.events.iter().any(|e| e["type"] == "WaitStateEntered"))
+    {
+        assert!(Instant::now() < deadline, "the Wait never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.restart_coordinator().await;
+    let token = tokio::time::timeout(common::LIMIT, rx.recv())
+        .await
+        .expect("the Wait ended and the task went out")
+        .expect("participant alive");
+    assert!(
+        began.elapsed() >= Duration::from_secs(3),
+        "the Wait was cut short"
+    );
+    // Restart again while the callback task waits for its token.
+    env.restart_coordinator().await;
+    assert_status(&env.describe(&arn).await, ExecutionStatus::Running);
+    env.api
+        .send_task_success(&token, json!({"after": "restarts"}))
+        .await
+        .unwrap();
+    let done = env.wait(&arn).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!({"after": "restarts"})));
+    let types = env.history_types(&arn).await;
+    assert_eq!(
+        types.iter().filter(|t| *t == "WaitStateExited").count(),
+        1,
+        "{types:?}"
+    );
+    assert_eq!(
+        types.iter().filter(|t| *t == "TaskScheduled").count(),
+        1,
+        "{types:?}"
+    );
+    env.shutdown().await;
+}
+
+// --------------------------------------------- 14. unroutable resources
+
+const UNROUTABLE: &str = r#"{
+  "StartAt": "Invoke",
+  "States": {
+    "Invoke": {
+      "Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+      "Parameters": {"FunctionName.$": "$.fn", "Payload": {}},
+      "End": true
+    }
+  }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_no_participant_can_serve_fails_instead_of_hanging() {
+    let mut env = Env::start().await;
+    env.deploy("unroutable", UNROUTABLE).await;
+    env.worker(|b| b.handler("echo", echo_handler())).await;
+    // A function name that is no handler name.
+    let done = env
+        .run("unroutable", "bad-name", json!({"fn": "no such function!"}))
+        .await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("States.Runtime"), "{done:?}");
+    assert!(
+        done.cause
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no such function!"),
+        "{done:?}"
+    );
+    // No FunctionName at all.
+    let done = env.run("unroutable", "no-name", json!({"fn": 5})).await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("States.Runtime"), "{done:?}");
+    assert!(
+        done.cause
+            .as_deref()
+            .unwrap_or_default()
+            .contains("FunctionName"),
+        "{done:?}"
+    );
+    // A good name still works.
+    let done = env.run("unroutable", "good", json!({"fn": "echo"})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output.expect("output")["Payload"], json!({}));
     env.shutdown().await;
 }

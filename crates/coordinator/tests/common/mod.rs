@@ -174,7 +174,10 @@ impl Env {
     /// The inbox subject of an execution (as the engine and API use it).
     pub fn inbox_subject(&self, exec: &ExecutionRef) -> String {
         let store = self.cluster.as_ref().expect("running").store();
-        store.infra().ns().inbox_subject(store.partition_of(exec), exec)
+        store
+            .infra()
+            .ns()
+            .inbox_subject(store.partition_of(exec), exec)
     }
 
     /// Publishes raw bytes to a JetStream subject and waits for the ack.
@@ -191,6 +194,22 @@ impl Env {
     pub async fn publish_inbox(&self, exec: &ExecutionRef, message: &InboxMessage) {
         let body = serde_json::to_vec(message).expect("encode");
         self.publish_raw(self.inbox_subject(exec), body).await;
+    }
+
+    /// Stops the coordinator (it hands back its partitions) and starts a
+    /// new one with the same options.
+    pub async fn restart_coordinator(&mut self) {
+        if let Some(cluster) = self.cluster.take() {
+            cluster.shutdown().await;
+        }
+        let nats = sagaflow_nats::connect(&self.server.url())
+            .await
+            .expect("connect");
+        self.cluster = Some(
+            Cluster::start(nats, self.options.clone())
+                .await
+                .expect("cluster"),
+        );
     }
 
     /// Stops the participants and the coordinator.
