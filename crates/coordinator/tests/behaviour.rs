@@ -263,7 +263,6 @@ async fn heartbeats_keep_a_task_alive_and_their_absence_fails_it() {
     let silent = env.wait(&silent).await;
     assert_status(&silent, ExecutionStatus::Failed);
     assert_eq!(silent.error.as_deref(), Some("States.HeartbeatTimeout"));
-    let started = Instant::now();
     let chatty_done = env.wait(&chatty).await;
     assert_status(&chatty_done, ExecutionStatus::Succeeded);
     assert_eq!(chatty_done.output, Some(json!({"beat": true})));
@@ -273,7 +272,6 @@ async fn heartbeats_keep_a_task_alive_and_their_absence_fails_it() {
         events_of(&history, "TaskTimedOut").is_empty(),
         "{history:#?}"
     );
-    let _ = started;
     let history = env.history(&silent.execution_arn).await;
     let timed_out = events_of(&history, "TaskTimedOut");
     assert_eq!(timed_out.len(), 1, "{history:#?}");
@@ -404,6 +402,12 @@ async fn callback_tasks_wait_for_their_token() {
         .send_task_success(&token, json!({"approved": true}))
         .await
         .unwrap();
+    // A second answer right behind the first (accepted or refused by the
+    // API, depending on timing) does not count.
+    let _ = env
+        .api
+        .send_task_success(&token, json!({"approved": "twice"}))
+        .await;
     let done = env.wait(&ok).await;
     assert_status(&done, ExecutionStatus::Succeeded);
     assert_eq!(done.output, Some(json!({"approved": true})));
@@ -1208,5 +1212,48 @@ async fn a_task_no_participant_can_serve_fails_instead_of_hanging() {
     let done = env.run("unroutable", "good", json!({"fn": "echo"})).await;
     assert_status(&done, ExecutionStatus::Succeeded);
     assert_eq!(done.output.expect("output")["Payload"], json!({}));
+    env.shutdown().await;
+}
+
+// ------------------------------------------------- 15. panicking handlers
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_participant_fails_its_task_with_states_task_failed() {
+    let mut env = Env::start().await;
+    env.deploy(
+        "panics",
+        r#"{"StartAt": "Crash", "States": {
+            "Crash": {"Type": "Task", "Resource": "crash", "End": true,
+                      "Catch": [{"ErrorEquals": ["States.TaskFailed"], "ResultPath": "$.error", "Next": "Undo"}]},
+            "Undo": {"Type": "Pass", "End": true}}}"#,
+    )
+    .await;
+    env.worker(|b| {
+        b.handler(
+            "crash",
+            handler_fn(|input: Value, _ctx: TaskContext| async move {
+                if input["crash"] == json!(true) {
+                    panic!("handler bug");
+                }
+                Ok::<_, TaskError>(json!("fine"))
+            }),
+        )
+    })
+    .await;
+    let done = env.run("panics", "p1", json!({"crash": true})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    let out = done.output.expect("output");
+    assert_eq!(out["error"]["Error"], json!("States.TaskFailed"), "{out}");
+    assert!(
+        out["error"]["Cause"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("handler bug"),
+        "{out}"
+    );
+    // The worker survived its handler's panic.
+    let done = env.run("panics", "p2", json!({"crash": false})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!("fine")));
     env.shutdown().await;
 }
