@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{mpsc, watch};
 
 use sagaflow_coordinator::cluster::client::ApiClientError;
 use sagaflow_participant::{TaskContext, TaskError, handler_fn, lambda_fn};
@@ -704,7 +704,7 @@ const NEVER: &str = r#"{
 async fn a_stopped_execution_is_aborted_and_later_answers_are_ignored() {
     let mut env = Env::start().await;
     env.deploy("never", NEVER).await;
-    let release = Arc::new(Notify::new());
+    let release = Arc::new(watch::channel(false).0);
     let answered = Arc::new(AtomicUsize::new(0));
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let (rel, ans) = (release.clone(), answered.clone());
@@ -715,7 +715,7 @@ async fn a_stopped_execution_is_aborted_and_later_answers_are_ignored() {
                 let (rel, ans, tx) = (rel.clone(), ans.clone(), tx.clone());
                 async move {
                     let _ = tx.send(ctx.task_id.clone());
-                    rel.notified().await;
+                    let _ = rel.subscribe().wait_for(|released| *released).await;
                     ans.fetch_add(1, Ordering::SeqCst);
                     Ok::<_, TaskError>(json!({"too": "late"}))
                 }
@@ -724,7 +724,7 @@ async fn a_stopped_execution_is_aborted_and_later_answers_are_ignored() {
     })
     .await;
     let arn = env.start_execution("never", "s1", json!({})).await;
-    tokio::time::timeout(common::LIMIT, rx.recv())
+    let first_task = tokio::time::timeout(common::LIMIT, rx.recv())
         .await
         .expect("the task reached its participant")
         .expect("participant alive");
@@ -744,7 +744,7 @@ async fn a_stopped_execution_is_aborted_and_later_answers_are_ignored() {
     );
 
     // The participant answers now: nothing changes.
-    release.notify_waiters();
+    release.send_replace(true);
     let deadline = Instant::now() + common::LIMIT;
     while answered.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "the handler never returned");
@@ -767,6 +767,22 @@ async fn a_stopped_execution_is_aborted_and_later_answers_are_ignored() {
     assert_status(&after, ExecutionStatus::Aborted);
     assert_eq!(after.output, None);
     assert_eq!(env.history(&arn).await, history);
+
+    // An aborted execution can be redriven (AWS: FAILED, TIMED_OUT or
+    // ABORTED): the task runs again, as a new attempt.
+    env.api.redrive_execution(&arn).await.unwrap();
+    let second_task = tokio::time::timeout(common::LIMIT, rx.recv())
+        .await
+        .expect("the redriven task reached its participant")
+        .expect("participant alive");
+    assert_ne!(second_task, first_task);
+    let done = env
+        .wait_until(&arn, |d| {
+            d.redrive_count >= 1 && d.status != ExecutionStatus::Running
+        })
+        .await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!({"too": "late"})));
     env.shutdown().await;
 }
 
