@@ -1282,10 +1282,12 @@ impl Partition {
         };
         let name = match input.get("Name").and_then(Value::as_str) {
             Some(n) => n.to_string(),
+            // Unique per parent execution (not only per parent name) and
+            // task, and within the 80 characters of a name.
             None => format!(
-                "{}-{:08x}",
-                live.exec_ref.name(),
-                fnv(&request.task_id) as u32
+                "{}-{:016x}",
+                live.exec_ref.name().chars().take(63).collect::<String>(),
+                fnv(&format!("{}\n{}", live.exec_ref.arn(), request.task_id))
             ),
         };
         let child = match ExecutionRef::new(machine, &name) {
