@@ -1294,6 +1294,19 @@ impl Partition {
             Ok(c) => c,
             Err(e) => return fail(e.to_string()),
         };
+        // A name already taken (AWS: ExecutionAlreadyExists): its start
+        // would be dropped as a duplicate and a .sync task would wait forever.
+        match self.store().execution(&child).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                return Some(Event::TaskFailed {
+                    task_id: request.task_id.to_string(),
+                    error: "StepFunctions.ExecutionAlreadyExistsException".to_string(),
+                    cause: format!("execution {} already exists", child.arn()),
+                });
+            }
+            Err(e) => return fail(e.to_string()),
+        }
         let version = match self.store().machine(machine, None).await {
             Ok(Some(v)) => v.version,
             Ok(None) => return fail(format!("state machine {machine} does not exist")),
