@@ -1273,3 +1273,85 @@ async fn a_panicking_participant_fails_its_task_with_states_task_failed() {
     assert_eq!(done.output, Some(json!("fine")));
     env.shutdown().await;
 }
+
+// ------------------------------------------------ 16. child names collide
+
+fn named_parent(child: &str, name: Option<&str>) -> String {
+    let mut parameters = json!({
+        "StateMachineArn": format!("arn:aws:states:local:000000000000:stateMachine:{child}"),
+        "Input": {"n.$": "$.n"}
+    });
+    if let Some(name) = name {
+        parameters["Name"] = json!(name);
+    }
+    json!({
+        "StartAt": "Call",
+        "States": {
+            "Call": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::states:startExecution.sync:2",
+                "Parameters": parameters,
+                "End": true
+            }
+        }
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_parent_gets_its_own_child_and_a_taken_child_name_fails_the_task() {
+    let mut env = Env::start().await;
+    env.deploy("child", CHILD).await;
+    env.deploy("parent_a", &named_parent("child", None)).await;
+    env.deploy("parent_b", &named_parent("child", None)).await;
+    env.deploy("parent_named", &named_parent("child", Some("the-child")))
+        .await;
+    env.worker(|b| {
+        b.handler(
+            "double",
+            handler_fn(|input: Value, _ctx: TaskContext| async move {
+                let n = input["n"].as_i64().unwrap_or(0);
+                Ok::<_, TaskError>(json!({"doubled": n * 2}))
+            }),
+        )
+    })
+    .await;
+
+    // Two parents of different machines, with the same execution name.
+    let a = env
+        .start_execution("parent_a", "same", json!({"n": 1}))
+        .await;
+    let b = env
+        .start_execution("parent_b", "same", json!({"n": 2}))
+        .await;
+    let a = env.wait(&a).await;
+    let b = env.wait(&b).await;
+    assert_status(&a, ExecutionStatus::Succeeded);
+    assert_status(&b, ExecutionStatus::Succeeded);
+    let (a, b) = (a.output.expect("a"), b.output.expect("b"));
+    assert_eq!(a["Output"], json!({"doubled": 2}), "{a}");
+    assert_eq!(b["Output"], json!({"doubled": 4}), "{b}");
+    assert_ne!(a["ExecutionArn"], b["ExecutionArn"]);
+
+    // A parent with the longest name AWS allows still starts children.
+    let long = "p".repeat(80);
+    let done = env.run("parent_a", &long, json!({"n": 3})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(
+        done.output.expect("output")["Output"],
+        json!({"doubled": 6})
+    );
+
+    // An explicit child name already taken: the task fails (AWS:
+    // StepFunctions.ExecutionAlreadyExistsException), it does not hang.
+    let first = env.run("parent_named", "first", json!({"n": 4})).await;
+    assert_status(&first, ExecutionStatus::Succeeded);
+    let second = env.run("parent_named", "second", json!({"n": 5})).await;
+    assert_status(&second, ExecutionStatus::Failed);
+    assert_eq!(
+        second.error.as_deref(),
+        Some("StepFunctions.ExecutionAlreadyExistsException"),
+        "{second:?}"
+    );
+    env.shutdown().await;
+}
