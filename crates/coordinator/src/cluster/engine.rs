@@ -1188,12 +1188,28 @@ impl Partition {
                     }
                     match (&pending.message, pending.shape) {
                         (Some(message), _) => publishes.push(message.clone()),
-                        (None, Shape::ChildSync { .. }) | (None, Shape::Raw) => {
+                        (None, _)
+                            if resource::strip_pattern(&request.resource).0 == START_EXECUTION =>
+                        {
                             if let Some(event) = self.start_child(key, &request, &pending).await {
                                 local.push(Input::Local(event));
                             }
                         }
-                        (None, Shape::LambdaInvoke) => {}
+                        // No handler can serve it (as in embedded mode:
+                        // States.Runtime, not retried by States.TaskFailed).
+                        (None, _) => local.push(Input::Local(Event::TaskFailed {
+                            task_id: request.task_id.to_string(),
+                            error: sagaflow_asl::errors::RUNTIME.to_string(),
+                            cause: match resource::resolve(&request.resource, &request.input) {
+                                Err(e) => e.to_string(),
+                                Ok(r) => format!(
+                                    "state '{}': no valid handler name for resource '{}' (tried: {})",
+                                    request.state_name,
+                                    request.resource,
+                                    r.candidates.join(", ")
+                                ),
+                            },
+                        })),
                     }
                 }
                 Command::StartTimer {
@@ -1325,16 +1341,31 @@ impl Partition {
         };
         let name = match input.get("Name").and_then(Value::as_str) {
             Some(n) => n.to_string(),
+            // Unique per parent execution (not only per parent name) and
+            // task, and within the 80 characters of a name.
             None => format!(
-                "{}-{:08x}",
-                live.exec_ref.name(),
-                fnv(&request.task_id) as u32
+                "{}-{:016x}",
+                live.exec_ref.name().chars().take(63).collect::<String>(),
+                fnv(&format!("{}\n{}", live.exec_ref.arn(), request.task_id))
             ),
         };
         let child = match ExecutionRef::new(machine, &name) {
             Ok(c) => c,
             Err(e) => return fail(e.to_string()),
         };
+        // A name already taken (AWS: ExecutionAlreadyExists): its start
+        // would be dropped as a duplicate and a .sync task would wait forever.
+        match self.store().execution(&child).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                return Some(Event::TaskFailed {
+                    task_id: request.task_id.to_string(),
+                    error: "StepFunctions.ExecutionAlreadyExistsException".to_string(),
+                    cause: format!("execution {} already exists", child.arn()),
+                });
+            }
+            Err(e) => return fail(e.to_string()),
+        }
         let version = match self.store().machine(machine, None).await {
             Ok(Some(v)) => v.version,
             Ok(None) => return fail(format!("state machine {machine} does not exist")),

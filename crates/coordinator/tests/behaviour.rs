@@ -1,0 +1,1357 @@
+//! End to end, over NATS: every ASL behaviour that depends on the runtime
+//! (retries and their backoff, timeouts, heartbeats, Wait, callbacks,
+//! Map/Parallel fan-out, child executions, stop, redrive, `lambda:invoke`,
+//! size limits and bad messages). Each test has its own nats-server, an
+//! in-process coordinator (4 partitions, 2 s leases) serving the API, and
+//! in-process participants (`Worker`), and drives executions through the
+//! API client.
+//!
+//! Timing assertions are lower bounds only (a backoff of 1 s takes *at
+//! least* 1 s); upper bounds would flake on a busy machine.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use sagaflow_coordinator::cluster::client::ApiClientError;
+use sagaflow_participant::{TaskContext, TaskError, handler_fn, lambda_fn};
+use sagaflow_protocol::api::{ExecutionStatus, StartExecutionRequest};
+use sagaflow_protocol::{ExecutionRef, InboxMessage, StartExecution};
+
+use common::{Env, assert_status, events_of, options};
+
+fn api_code<T: std::fmt::Debug>(result: Result<T, ApiClientError>) -> String {
+    match result {
+        Err(ApiClientError::Api(e)) => e.code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+// ------------------------------------------------------------ 1. retries
+
+const RETRY: &str = r#"{
+  "StartAt": "Flaky",
+  "States": {
+    "Flaky": {
+      "Type": "Task", "Resource": "flaky",
+      "Retry": [{"ErrorEquals": ["Flaky.Busy"], "IntervalSeconds": 1, "BackoffRate": 2, "MaxAttempts": 3}],
+      "End": true
+    }
+  }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_back_off_and_the_history_shows_every_attempt() {
+    let mut env = Env::start().await;
+    env.deploy("retry", RETRY).await;
+    // (when, attempt, task id) of every call.
+    let calls: Arc<Mutex<Vec<(Instant, u32, String)>>> = Arc::default();
+    let seen = calls.clone();
+    env.worker(|b| {
+        b.handler(
+            "flaky",
+            handler_fn(move |input: Value, ctx: TaskContext| {
+                let seen = seen.clone();
+                async move {
+                    let n = {
+                        let mut calls = seen.lock().unwrap();
+                        calls.push((Instant::now(), ctx.attempt, ctx.task_id.clone()));
+                        calls.len()
+                    };
+                    if n <= 2 {
+                        Err(TaskError::new("Flaky.Busy", format!("try {n}")))
+                    } else {
+                        Ok(json!({"done": input["order"], "after": n}))
+                    }
+                }
+            }),
+        )
+    })
+    .await;
+
+    let arn = env
+        .start_execution("retry", "r1", json!({"order": 7}))
+        .await;
+    let done = env.wait(&arn).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!({"done": 7, "after": 3})));
+
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    let attempts: Vec<u32> = calls.iter().map(|c| c.1).collect();
+    assert_eq!(attempts, vec![0, 1, 2]);
+    let ids: HashSet<&str> = calls.iter().map(|c| c.2.as_str()).collect();
+    assert_eq!(ids.len(), 3, "every attempt has its own task id: {calls:?}");
+    // IntervalSeconds 1, BackoffRate 2: at least 1 s, then at least 2 s.
+    let first_gap = calls[1].0 - calls[0].0;
+    let second_gap = calls[2].0 - calls[1].0;
+    assert!(first_gap >= Duration::from_secs(1), "{first_gap:?}");
+    assert!(second_gap >= Duration::from_secs(2), "{second_gap:?}");
+
+    let history = env.history(&arn).await;
+    let types: Vec<&str> = history
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            "ExecutionStarted",
+            "TaskStateEntered",
+            "TaskScheduled",
+            "TaskFailed",
+            "TaskRetryScheduled",
+            "TaskScheduled",
+            "TaskFailed",
+            "TaskRetryScheduled",
+            "TaskScheduled",
+            "TaskSucceeded",
+            "TaskStateExited",
+            "ExecutionSucceeded",
+        ]
+    );
+    let retries: Vec<(Value, Value)> = events_of(&history, "TaskRetryScheduled")
+        .iter()
+        .map(|e| {
+            let d = &e["taskRetryScheduledEventDetails"];
+            assert_eq!(d["error"], json!("Flaky.Busy"));
+            assert_eq!(d["name"], json!("Flaky"));
+            (d["attempt"].clone(), d["delaySeconds"].clone())
+        })
+        .collect();
+    assert_eq!(retries.len(), 2);
+    assert_eq!(retries[0].1.as_f64(), Some(1.0), "{retries:?}");
+    assert_eq!(retries[1].1.as_f64(), Some(2.0), "{retries:?}");
+    let scheduled: Vec<&str> = events_of(&history, "TaskScheduled")
+        .iter()
+        .map(|e| e["taskScheduledEventDetails"]["taskId"].as_str().unwrap())
+        .collect();
+    let called: Vec<&str> = calls.iter().map(|c| c.2.as_str()).collect();
+    assert_eq!(scheduled, called, "the history names the attempts that ran");
+    let failures: Vec<&Value> = events_of(&history, "TaskFailed")
+        .iter()
+        .map(|e| &e["taskFailedEventDetails"]["cause"])
+        .collect();
+    assert_eq!(failures, vec![&json!("try 1"), &json!("try 2")]);
+    env.shutdown().await;
+}
+
+// ------------------------------------------------------- 2. task timeout
+
+const TIMEOUT_CAUGHT: &str = r#"{
+  "StartAt": "Slow",
+  "States": {
+    "Slow": {
+      "Type": "Task", "Resource": "slow", "TimeoutSeconds": 1,
+      "Catch": [{"ErrorEquals": ["States.Timeout"], "ResultPath": "$.error", "Next": "Undo"}],
+      "End": true
+    },
+    "Undo": {"Type": "Pass", "End": true}
+  }
+}"#;
+
+const TIMEOUT_UNCAUGHT: &str = r#"{
+  "StartAt": "Slow",
+  "States": {"Slow": {"Type": "Task", "Resource": "slow", "TimeoutSeconds": 1, "End": true}}
+}"#;
+
+/// A handler that sleeps `input.sleepMs` then succeeds.
+fn sleeper(calls: Arc<AtomicUsize>) -> impl sagaflow_participant::Handler + 'static {
+    handler_fn(move |input: Value, _ctx: TaskContext| {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let ms = input["sleepMs"].as_u64().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, TaskError>(json!({"slept": ms}))
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_past_its_timeout_fails_with_states_timeout() {
+    let mut env = Env::start().await;
+    env.deploy("caught", TIMEOUT_CAUGHT).await;
+    env.deploy("uncaught", TIMEOUT_UNCAUGHT).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    env.worker(|b| b.handler("slow", sleeper(c))).await;
+
+    let began = Instant::now();
+    let caught = env
+        .start_execution("caught", "t1", json!({"sleepMs": 2500}))
+        .await;
+    let uncaught = env
+        .start_execution("uncaught", "t2", json!({"sleepMs": 2500}))
+        .await;
+    let caught_done = env.wait(&caught).await;
+    assert!(began.elapsed() >= Duration::from_secs(1));
+    assert_status(&caught_done, ExecutionStatus::Succeeded);
+    let output = caught_done.output.clone().expect("output");
+    assert_eq!(output["sleepMs"], json!(2500));
+    assert_eq!(
+        output["error"]["Error"],
+        json!("States.Timeout"),
+        "{output}"
+    );
+    let uncaught_done = env.wait(&uncaught).await;
+    assert_status(&uncaught_done, ExecutionStatus::Failed);
+    assert_eq!(uncaught_done.error.as_deref(), Some("States.Timeout"));
+
+    let history = env.history(&caught).await;
+    let timed_out = events_of(&history, "TaskTimedOut");
+    assert_eq!(timed_out.len(), 1, "{history:#?}");
+    assert_eq!(
+        timed_out[0]["taskTimedOutEventDetails"]["error"],
+        json!("States.Timeout")
+    );
+    assert_eq!(events_of(&history, "CatchTriggered").len(), 1);
+    assert!(events_of(&history, "TaskSucceeded").is_empty());
+
+    // The handler's late answers change nothing.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(env.history(&caught).await, history);
+    assert_status(&env.describe(&caught).await, ExecutionStatus::Succeeded);
+    assert_status(&env.describe(&uncaught).await, ExecutionStatus::Failed);
+    env.shutdown().await;
+}
+
+// ----------------------------------------------------- 3. heartbeat timeout
+
+const HEARTBEAT: &str = r#"{
+  "StartAt": "Work",
+  "States": {
+    "Work": {"Type": "Task", "Resource": "work", "HeartbeatSeconds": 1, "TimeoutSeconds": 20, "End": true}
+  }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_task_alive_and_their_absence_fails_it() {
+    let mut env = Env::start().await;
+    env.deploy("hb", HEARTBEAT).await;
+    env.worker(|b| {
+        b.handler(
+            "work",
+            handler_fn(|input: Value, ctx: TaskContext| async move {
+                let beat = input["beat"].as_bool().unwrap_or(false);
+                let began = Instant::now();
+                while began.elapsed() < Duration::from_secs(3) {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    if beat {
+                        ctx.heartbeat().await;
+                    }
+                }
+                Ok::<_, TaskError>(json!({"beat": beat}))
+            }),
+        )
+    })
+    .await;
+
+    let silent = env
+        .start_execution("hb", "silent", json!({"beat": false}))
+        .await;
+    let chatty = env
+        .start_execution("hb", "chatty", json!({"beat": true}))
+        .await;
+    let silent = env.wait(&silent).await;
+    assert_status(&silent, ExecutionStatus::Failed);
+    assert_eq!(silent.error.as_deref(), Some("States.HeartbeatTimeout"));
+    let chatty_done = env.wait(&chatty).await;
+    assert_status(&chatty_done, ExecutionStatus::Succeeded);
+    assert_eq!(chatty_done.output, Some(json!({"beat": true})));
+    // It ran its 3 s (more than the 1 s heartbeat) and was not cut short.
+    let history = env.history(&chatty).await;
+    assert!(
+        events_of(&history, "TaskTimedOut").is_empty(),
+        "{history:#?}"
+    );
+    let history = env.history(&silent.execution_arn).await;
+    let timed_out = events_of(&history, "TaskTimedOut");
+    assert_eq!(timed_out.len(), 1, "{history:#?}");
+    assert_eq!(
+        timed_out[0]["taskTimedOutEventDetails"]["error"],
+        json!("States.HeartbeatTimeout")
+    );
+    env.shutdown().await;
+}
+
+// ------------------------------------------------------------- 4. Wait
+
+const WAIT_SECONDS: &str = r#"{
+  "StartAt": "Pause",
+  "States": {"Pause": {"Type": "Wait", "Seconds": 1, "Next": "Done"}, "Done": {"Type": "Pass", "End": true}}
+}"#;
+
+const WAIT_UNTIL: &str = r#"{
+  "StartAt": "Pause",
+  "States": {"Pause": {"Type": "Wait", "TimestampPath": "$.until", "Next": "Done"}, "Done": {"Type": "Pass", "End": true}}
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_states_wait_at_least_as_long_as_asked() {
+    let env = Env::start().await;
+    env.deploy("pause", WAIT_SECONDS).await;
+    env.deploy("until", WAIT_UNTIL).await;
+    // Whole seconds, at least 2 s from now.
+    let until_secs = jiff::Timestamp::now().as_second() + 3;
+    let until = jiff::Timestamp::from_second(until_secs).unwrap();
+    let until_text = until.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+
+    let began = Instant::now();
+    let a = env.start_execution("pause", "w1", json!({"x": 1})).await;
+    let b = env
+        .start_execution("until", "w2", json!({"until": until_text}))
+        .await;
+    let a = env.wait(&a).await;
+    let waited = began.elapsed();
+    assert_status(&a, ExecutionStatus::Succeeded);
+    assert_eq!(a.output, Some(json!({"x": 1})));
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
+    let b = env.wait(&b).await;
+    assert_status(&b, ExecutionStatus::Succeeded);
+    assert!(
+        jiff::Timestamp::now() >= until,
+        "finished before {until_text}"
+    );
+    let history = env.history(&b.execution_arn).await;
+    let exited = events_of(&history, "WaitStateExited");
+    assert_eq!(exited.len(), 1, "{history:#?}");
+    let at: jiff::Timestamp = exited[0]["timestamp"].as_str().unwrap().parse().unwrap();
+    assert!(at >= until, "left the Wait at {at}, before {until}");
+    env.shutdown().await;
+}
+
+// -------------------------------------------------------- 5. callbacks
+
+const CALLBACK: &str = r#"{
+  "StartAt": "Ask",
+  "States": {
+    "Ask": {
+      "Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+      "Parameters": {"token.$": "$$.Task.Token", "order.$": "$.order"},
+      "Catch": [{"ErrorEquals": ["Rejected"], "ResultPath": "$.error", "Next": "Refused"}],
+      "End": true
+    },
+    "Refused": {"Type": "Pass", "End": true}
+  }
+}"#;
+
+const CALLBACK_HEARTBEAT: &str = r#"{
+  "StartAt": "Ask",
+  "States": {
+    "Ask": {
+      "Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+      "Parameters": {"token.$": "$$.Task.Token", "order.$": "$.order"},
+      "HeartbeatSeconds": 1,
+      "End": true
+    }
+  }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_tasks_wait_for_their_token() {
+    let mut env = Env::start().await;
+    env.deploy("callback", CALLBACK).await;
+    env.deploy("callback_hb", CALLBACK_HEARTBEAT).await;
+    // The participant forwards (order, token) and answers at once, as an
+    // SQS send would.
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Value, String)>();
+    env.worker(|b| {
+        b.handler(
+            "sendMessage",
+            handler_fn(move |input: Value, ctx: TaskContext| {
+                let tx = tx.clone();
+                async move {
+                    let token = input["token"].as_str().unwrap_or_default().to_string();
+                    assert_eq!(ctx.task_token.as_deref(), Some(token.as_str()));
+                    let _ = tx.send((input["order"].clone(), token));
+                    Ok::<_, TaskError>(json!({"MessageId": "m-1"}))
+                }
+            }),
+        )
+    })
+    .await;
+    let mut tokens: HashMap<Value, String> = HashMap::new();
+    let mut token_for = async |order: Value| -> String {
+        while !tokens.contains_key(&order) {
+            let (o, t) = tokio::time::timeout(common::LIMIT, rx.recv())
+                .await
+                .expect("a token in time")
+                .expect("participant alive");
+            tokens.insert(o, t);
+        }
+        tokens[&order].clone()
+    };
+
+    // Success: running until SendTaskSuccess, then its output.
+    let ok = env
+        .start_execution("callback", "ok", json!({"order": 1}))
+        .await;
+    let token = token_for(json!(1)).await;
+    assert!(!token.is_empty());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_status(&env.describe(&ok).await, ExecutionStatus::Running);
+    env.api
+        .send_task_success(&token, json!({"approved": true}))
+        .await
+        .unwrap();
+    // A second answer right behind the first (accepted or refused by the
+    // API, depending on timing) does not count.
+    let _ = env
+        .api
+        .send_task_success(&token, json!({"approved": "twice"}))
+        .await;
+    let done = env.wait(&ok).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!({"approved": true})));
+    // The token is spent.
+    assert!(
+        env.api
+            .send_task_success(&token, json!({"again": true}))
+            .await
+            .is_err()
+    );
+
+    // Failure: reaches the Catch.
+    let refused = env
+        .start_execution("callback", "refused", json!({"order": 2}))
+        .await;
+    let token = token_for(json!(2)).await;
+    env.api
+        .send_task_failure(&token, Some("Rejected".into()), Some("no stock".into()))
+        .await
+        .unwrap();
+    let done = env.wait(&refused).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(
+        done.output,
+        Some(json!({"order": 2, "error": {"Error": "Rejected", "Cause": "no stock"}}))
+    );
+
+    // Heartbeats keep a HeartbeatSeconds 1 task alive for 2.5 s...
+    let alive = env
+        .start_execution("callback_hb", "alive", json!({"order": 3}))
+        .await;
+    let token = token_for(json!(3)).await;
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_millis(2500) {
+        env.api.send_task_heartbeat(&token).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_status(&env.describe(&alive).await, ExecutionStatus::Running);
+    env.api
+        .send_task_success(&token, json!("late but alive"))
+        .await
+        .unwrap();
+    let done = env.wait(&alive).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!("late but alive")));
+    // ... and without them it times out.
+    let dead = env
+        .start_execution("callback_hb", "dead", json!({"order": 4}))
+        .await;
+    let _ = token_for(json!(4)).await;
+    let done = env.wait(&dead).await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("States.HeartbeatTimeout"));
+    env.shutdown().await;
+}
+
+// ----------------------------------------------------- 6. Map and Parallel
+
+const MAP: &str = r#"{
+  "StartAt": "Each",
+  "States": {
+    "Each": {
+      "Type": "Map", "ItemsPath": "$.items", "MaxConcurrency": 2,
+      "ItemProcessor": {
+        "StartAt": "Work",
+        "States": {"Work": {"Type": "Task", "Resource": "item", "End": true}}
+      },
+      "End": true
+    }
+  }
+}"#;
+
+const PARALLEL: &str = r#"{
+  "StartAt": "All",
+  "States": {
+    "All": {
+      "Type": "Parallel",
+      "Branches": [
+        {"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "branch", "Parameters": {"i": 0, "sleepMs": 600}, "End": true}}},
+        {"StartAt": "B", "States": {"B": {"Type": "Task", "Resource": "branch", "Parameters": {"i": 1, "sleepMs": 300}, "End": true}}},
+        {"StartAt": "C", "States": {"C": {"Type": "Task", "Resource": "branch", "Parameters": {"i": 2, "sleepMs": 0}, "End": true}}}
+      ],
+      "End": true
+    }
+  }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_respects_max_concurrency_and_parallel_keeps_branch_order() {
+    let mut env = Env::start().await;
+    env.deploy("map", MAP).await;
+    env.deploy("parallel", PARALLEL).await;
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (r, p, c) = (running.clone(), peak.clone(), calls.clone());
+    let finished: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let f = finished.clone();
+    env.worker(|b| {
+        b.handler(
+            "item",
+            handler_fn(move |item: Value, _ctx: TaskContext| {
+                let (r, p, c) = (r.clone(), p.clone(), c.clone());
+                async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                    p.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    r.fetch_sub(1, Ordering::SeqCst);
+                    match item.as_u64() {
+                        Some(13) => Err(TaskError::new("BadItem", "13 is unlucky")),
+                        Some(n) => Ok(json!(n * 10)),
+                        None => Err(TaskError::new("NotANumber", item.to_string())),
+                    }
+                }
+            }),
+        )
+        .handler(
+            "branch",
+            handler_fn(move |input: Value, _ctx: TaskContext| {
+                let f = f.clone();
+                async move {
+                    let ms = input["sleepMs"].as_u64().unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    let i = input["i"].as_u64().unwrap_or(99);
+                    f.lock().unwrap().push(i);
+                    Ok::<_, TaskError>(json!({"branch": i}))
+                }
+            }),
+        )
+        .concurrency(16)
+    })
+    .await;
+
+    let done = env
+        .run("map", "m1", json!({"items": [1, 2, 3, 4, 5, 6]}))
+        .await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!([10, 20, 30, 40, 50, 60])));
+    assert_eq!(calls.load(Ordering::SeqCst), 6);
+    let most = peak.load(Ordering::SeqCst);
+    assert!(most <= 2, "{most} items ran at once");
+    assert_eq!(most, 2, "MaxConcurrency 2 lets two items run together");
+
+    let done = env.run("parallel", "p1", json!({})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(
+        done.output,
+        Some(json!([{"branch": 0}, {"branch": 1}, {"branch": 2}]))
+    );
+    assert_eq!(
+        *finished.lock().unwrap(),
+        vec![2, 1, 0],
+        "the branches finished in reverse order, yet the output is in branch order"
+    );
+
+    // A failing iteration fails the Map (and the execution) with its error.
+    let done = env.run("map", "m2", json!({"items": [1, 13, 3, 4]})).await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("BadItem"));
+    assert_eq!(done.cause.as_deref(), Some("13 is unlucky"));
+    let history = env.history(&done.execution_arn).await;
+    let failed = events_of(&history, "MapIterationFailed");
+    assert_eq!(failed.len(), 1, "{history:#?}");
+    assert_eq!(
+        failed[0]["mapIterationFailedEventDetails"]["index"],
+        json!(1)
+    );
+    env.shutdown().await;
+}
+
+// ------------------------------------------------- 7. child executions
+
+const CHILD: &str = r#"{
+  "StartAt": "Double",
+  "States": {"Double": {"Type": "Task", "Resource": "double", "End": true}}
+}"#;
+
+const SLOW_CHILD: &str = r#"{
+  "StartAt": "Pause",
+  "States": {"Pause": {"Type": "Wait", "Seconds": 2, "End": true}}
+}"#;
+
+const BROKEN_CHILD: &str = r#"{
+  "StartAt": "Boom",
+  "States": {"Boom": {"Type": "Fail", "Error": "ChildBroke", "Cause": "on purpose"}}
+}"#;
+
+fn parent(resource: &str, child: &str) -> String {
+    json!({
+        "StartAt": "Call",
+        "States": {
+            "Call": {
+                "Type": "Task",
+                "Resource": resource,
+                "Parameters": {
+                    "StateMachineArn": format!("arn:aws:states:local:000000000000:stateMachine:{child}"),
+                    "Input": {"n.$": "$.n"}
+                },
+                "End": true
+            }
+        }
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_executions_run_and_report_to_their_parent() {
+    let mut env = Env::start().await;
+    env.deploy("child", CHILD).await;
+    env.deploy("slow_child", SLOW_CHILD).await;
+    env.deploy("broken_child", BROKEN_CHILD).await;
+    let sync2 = "arn:aws:states:::states:startExecution.sync:2";
+    let sync1 = "arn:aws:states:::states:startExecution.sync";
+    let fire = "arn:aws:states:::states:startExecution";
+    env.deploy("parent_v2", &parent(sync2, "child")).await;
+    env.deploy("parent_v1", &parent(sync1, "child")).await;
+    env.deploy("parent_fire", &parent(fire, "slow_child")).await;
+    env.deploy("parent_broken", &parent(sync2, "broken_child"))
+        .await;
+    env.worker(|b| {
+        b.handler(
+            "double",
+            handler_fn(|input: Value, _ctx: TaskContext| async move {
+                let n = input["n"].as_i64().unwrap_or(0);
+                Ok::<_, TaskError>(json!({"doubled": n * 2}))
+            }),
+        )
+    })
+    .await;
+
+    // .sync:2: the child's output as JSON.
+    let done = env.run("parent_v2", "v2", json!({"n": 21})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    let out = done.output.clone().expect("output");
+    assert_eq!(out["Output"], json!({"doubled": 42}), "{out}");
+    assert_eq!(out["Status"], json!("SUCCEEDED"));
+    let child_arn = out["ExecutionArn"].as_str().expect("child ARN").to_string();
+    let child = env.describe(&child_arn).await;
+    assert_status(&child, ExecutionStatus::Succeeded);
+    assert_eq!(child.input, Some(json!({"n": 21})));
+    assert_eq!(child.output, Some(json!({"doubled": 42})));
+
+    // .sync: the child's output as a JSON string.
+    let done = env.run("parent_v1", "v1", json!({"n": 5})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    let out = done.output.clone().expect("output");
+    let text = out["Output"].as_str().expect("Output is a string");
+    assert_eq!(
+        serde_json::from_str::<Value>(text).unwrap(),
+        json!({"doubled": 10})
+    );
+
+    // Request-response: the parent gets the ARN at once; the child runs on.
+    let done = env.run("parent_fire", "fire", json!({"n": 1})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    let out = done.output.clone().expect("output");
+    let child_arn = out["ExecutionArn"].as_str().expect("child ARN").to_string();
+    assert!(out["StartDate"].is_string(), "{out}");
+    assert!(out.get("Output").is_none(), "{out}");
+    match env.api.describe_execution(&child_arn).await {
+        Ok(d) => assert_eq!(
+            d.status,
+            ExecutionStatus::Running,
+            "the parent did not wait"
+        ),
+        Err(e) => assert_eq!(
+            e.code(),
+            Some("ExecutionDoesNotExist"),
+            "child not started yet: {e:?}"
+        ),
+    }
+    let child = env.wait(&child_arn).await;
+    assert_status(&child, ExecutionStatus::Succeeded);
+    assert_eq!(child.input, Some(json!({"n": 1})));
+
+    // A failing child fails the parent's task.
+    let done = env.run("parent_broken", "broken", json!({"n": 1})).await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("States.TaskFailed"));
+    let cause = done.cause.clone().unwrap_or_default();
+    assert!(cause.contains("ChildBroke"), "{cause}");
+    env.shutdown().await;
+}
+
+// -------------------------------------------------------------- 8. stop
+
+const NEVER: &str = r#"{
+  "StartAt": "Hang",
+  "States": {"Hang": {"Type": "Task", "Resource": "hang", "End": true}}
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_execution_is_aborted_and_later_answers_are_ignored() {
+    let mut env = Env::start().await;
+    env.deploy("never", NEVER).await;
+    let release = Arc::new(watch::channel(false).0);
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let (rel, ans) = (release.clone(), answered.clone());
+    env.worker(|b| {
+        b.handler(
+            "hang",
+            handler_fn(move |_input: Value, ctx: TaskContext| {
+                let (rel, ans, tx) = (rel.clone(), ans.clone(), tx.clone());
+                async move {
+                    let _ = tx.send(ctx.task_id.clone());
+                    let _ = rel.subscribe().wait_for(|released| *released).await;
+                    ans.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, TaskError>(json!({"too": "late"}))
+                }
+            }),
+        )
+    })
+    .await;
+    let arn = env.start_execution("never", "s1", json!({})).await;
+    let first_task = tokio::time::timeout(common::LIMIT, rx.recv())
+        .await
+        .expect("the task reached its participant")
+        .expect("participant alive");
+    assert_status(&env.describe(&arn).await, ExecutionStatus::Running);
+    env.api
+        .stop_execution(&arn, Some("Halted".into()), Some("by the test".into()))
+        .await
+        .unwrap();
+    let done = env.wait(&arn).await;
+    assert_status(&done, ExecutionStatus::Aborted);
+    assert_eq!(done.error.as_deref(), Some("Halted"));
+    assert_eq!(done.cause.as_deref(), Some("by the test"));
+    let history = env.history(&arn).await;
+    assert_eq!(
+        history.last().map(|e| e["type"].clone()),
+        Some(json!("ExecutionAborted"))
+    );
+
+    // The participant answers now: nothing changes.
+    release.send_replace(true);
+    let deadline = Instant::now() + common::LIMIT;
+    while answered.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the handler never returned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Also an answer straight to the inbox.
+    let exec = ExecutionRef::from_arn(&arn).unwrap();
+    env.publish_inbox(
+        &exec,
+        &InboxMessage::TaskSucceeded {
+            execution_arn: arn.clone(),
+            task_id: "Hang@0#0".into(),
+            output: json!({"forged": true}),
+            callback: false,
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = env.describe(&arn).await;
+    assert_status(&after, ExecutionStatus::Aborted);
+    assert_eq!(after.output, None);
+    assert_eq!(env.history(&arn).await, history);
+
+    // An aborted execution can be redriven (AWS: FAILED, TIMED_OUT or
+    // ABORTED): the task runs again, as a new attempt.
+    env.api.redrive_execution(&arn).await.unwrap();
+    let second_task = tokio::time::timeout(common::LIMIT, rx.recv())
+        .await
+        .expect("the redriven task reached its participant")
+        .expect("participant alive");
+    assert_ne!(second_task, first_task);
+    let done = env
+        .wait_until(&arn, |d| {
+            d.redrive_count >= 1 && d.status != ExecutionStatus::Running
+        })
+        .await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!({"too": "late"})));
+    env.shutdown().await;
+}
+
+// ------------------------------------------------------------ 9. redrive
+
+const ONCE: &str = r#"{
+  "StartAt": "Prepare",
+  "States": {
+    "Prepare": {"Type": "Pass", "Result": "ready", "ResultPath": "$.prepared", "Next": "Fragile"},
+    "Fragile": {"Type": "Task", "Resource": "fragile", "End": true}
+  }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_execution_is_redriven_to_success() {
+    let mut env = Env::start().await;
+    env.deploy("once", ONCE).await;
+    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let s = seen.clone();
+    env.worker(|b| {
+        b.handler(
+            "fragile",
+            handler_fn(move |input: Value, ctx: TaskContext| {
+                let s = s.clone();
+                async move {
+                    let n = {
+                        let mut seen = s.lock().unwrap();
+                        let n = seen.entry(ctx.execution_id.clone()).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    if n == 1 {
+                        Err(TaskError::new("Transient", "first time"))
+                    } else {
+                        Ok(json!({"input": input, "calls": n}))
+                    }
+                }
+            }),
+        )
+    })
+    .await;
+    let arn = env.start_execution("once", "r1", json!({"id": 1})).await;
+    let failed = env.wait(&arn).await;
+    assert_status(&failed, ExecutionStatus::Failed);
+    assert_eq!(failed.error.as_deref(), Some("Transient"));
+    assert_eq!(failed.redrive_count, 0);
+
+    env.api.redrive_execution(&arn).await.unwrap();
+    let done = env
+        .wait_until(&arn, |d| {
+            d.redrive_count >= 1 && d.status != ExecutionStatus::Running
+        })
+        .await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.redrive_count, 1);
+    assert_eq!(
+        done.output,
+        Some(json!({"input": {"id": 1, "prepared": "ready"}, "calls": 2}))
+    );
+    assert_eq!(seen.lock().unwrap().get(&arn), Some(&2));
+    let history = env.history(&arn).await;
+    let redriven = events_of(&history, "ExecutionRedriven");
+    assert_eq!(redriven.len(), 1, "{history:#?}");
+    assert_eq!(
+        redriven[0]["executionRedrivenEventDetails"]["redriveCount"],
+        json!(1)
+    );
+    // The Pass state before the failure is not run again.
+    assert_eq!(events_of(&history, "PassStateEntered").len(), 1);
+
+    assert_eq!(
+        api_code(env.api.redrive_execution(&arn).await),
+        "ExecutionNotRedrivable"
+    );
+    env.shutdown().await;
+}
+
+// ------------------------------------------------------- 10. lambda:invoke
+
+const LAMBDA: &str = r#"{
+  "StartAt": "Invoke",
+  "States": {
+    "Invoke": {
+      "Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+      "Parameters": {"FunctionName": "arn:aws:lambda:us-east-1:123456789012:function:echo", "Payload.$": "$"},
+      "End": true
+    }
+  }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_invoke_wraps_the_result() {
+    let mut env = Env::start().await;
+    env.deploy("lambda", LAMBDA).await;
+    env.worker(|b| {
+        b.handler(
+            "echo",
+            lambda_fn(|event: Value, ctx| async move {
+                Ok(json!({"echo": event, "request": ctx.request_id}))
+            }),
+        )
+    })
+    .await;
+    let done = env.run("lambda", "l1", json!({"hello": "world"})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    let out = done.output.expect("output");
+    assert_eq!(out["StatusCode"], json!(200), "{out}");
+    assert_eq!(out["Payload"]["echo"], json!({"hello": "world"}), "{out}");
+    let request = out["Payload"]["request"].as_str().expect("request id");
+    assert_eq!(out["SdkResponseMetadata"]["RequestId"], json!(request));
+    assert_eq!(out["ExecutedVersion"], json!("$LATEST"));
+    env.shutdown().await;
+}
+
+// ------------------------------------------------------- 11. bad input
+
+const ECHO: &str = r#"{
+  "StartAt": "Echo",
+  "States": {"Echo": {"Type": "Task", "Resource": "echo", "End": true}}
+}"#;
+
+fn echo_handler() -> impl sagaflow_participant::Handler + 'static {
+    handler_fn(|input: Value, _ctx: TaskContext| async move { Ok::<_, TaskError>(input) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_stop_nothing() {
+    let mut env = Env::start().await;
+    env.deploy("echo", ECHO).await;
+    env.worker(|b| b.handler("echo", echo_handler())).await;
+    let ns = sagaflow_protocol::Namespace::default();
+    let victim = ExecutionRef::new("echo", "victim").unwrap();
+    for subject in [
+        env.inbox_subject(&victim),
+        ns.inbox_subject(0, &victim),
+        format!("{}.inbox.1.not-a-key", ns.prefix()),
+    ] {
+        env.publish_raw(subject.clone(), b"{not json".to_vec())
+            .await;
+        env.publish_raw(subject.clone(), vec![0xff, 0xfe, 0x00])
+            .await;
+        env.publish_raw(subject, br#"{"type": "Nope"}"#.to_vec())
+            .await;
+    }
+    // Well-formed, for executions that do not exist.
+    env.publish_inbox(
+        &victim,
+        &InboxMessage::TaskSucceeded {
+            execution_arn: victim.arn(),
+            task_id: "Echo@0#0".into(),
+            output: json!(1),
+            callback: false,
+        },
+    )
+    .await;
+    env.publish_inbox(
+        &victim,
+        &InboxMessage::StartExecution(StartExecution {
+            execution_arn: victim.arn(),
+            version: 99,
+            input: json!({}),
+            seed: 1,
+            traceparent: None,
+            parent: None,
+        }),
+    )
+    .await;
+    let task_subject = ns.task_subject("echo");
+    env.publish_raw(task_subject.clone(), b"{not json".to_vec())
+        .await;
+    env.publish_raw(task_subject, br#"{"executionArn": 5}"#.to_vec())
+        .await;
+
+    for i in 0..3 {
+        let done = env
+            .run("echo", &format!("after-{i}"), json!({"i": i}))
+            .await;
+        assert_status(&done, ExecutionStatus::Succeeded);
+        assert_eq!(done.output, Some(json!({"i": i})));
+    }
+    // The start for a version that does not exist started nothing.
+    assert_eq!(
+        env.api
+            .describe_execution(&victim.arn())
+            .await
+            .err()
+            .and_then(|e| e.code().map(str::to_string))
+            .as_deref(),
+        Some("ExecutionDoesNotExist")
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_over_the_limits_fail_with_data_limit_exceeded() {
+    let mut o = options();
+    o.runtime.max_payload_bytes = 1000;
+    let mut env = Env::start_with(o).await;
+    let version = env.deploy("echo", ECHO).await;
+    env.deploy(
+        "big",
+        r#"{"StartAt": "Big", "States": {"Big": {"Type": "Task", "Resource": "big", "End": true}}}"#,
+    )
+    .await;
+    env.deploy(
+        "big_caught",
+        r#"{"StartAt": "Big", "States": {
+            "Big": {"Type": "Task", "Resource": "big_w", "End": true,
+                    "Catch": [{"ErrorEquals": ["States.DataLimitExceeded"], "ResultPath": "$.error", "Next": "Small"}]},
+            "Small": {"Type": "Pass", "End": true}}}"#,
+    )
+    .await;
+    env.deploy(
+        "doubled",
+        r#"{"StartAt": "Twice", "States": {
+            "Twice": {"Type": "Task", "Resource": "echo", "Parameters": {"a.$": "$", "b.$": "$"}, "End": true}}}"#,
+    )
+    .await;
+    let big = || json!({"blob": "x".repeat(2000)});
+    // One participant with a small result limit, one with the default
+    // (256 KiB): the coordinator's own limit (1000 bytes) applies to it.
+    env.worker(|b| {
+        b.handler(
+            "big_w",
+            handler_fn(move |_: Value, _ctx: TaskContext| async move { Ok::<_, TaskError>(big()) }),
+        )
+        .max_payload_bytes(500)
+    })
+    .await;
+    env.worker(|b| {
+        b.handler(
+            "big",
+            handler_fn(move |_: Value, _ctx: TaskContext| async move { Ok::<_, TaskError>(big()) }),
+        )
+        .handler("echo", echo_handler())
+    })
+    .await;
+
+    // The API refuses an oversized input.
+    let refused = env
+        .api
+        .start_execution(StartExecutionRequest {
+            state_machine: "echo".into(),
+            version: None,
+            name: Some("too-big".into()),
+            input: Some(big()),
+            traceparent: None,
+        })
+        .await;
+    assert_eq!(api_code(refused), "PayloadTooLarge");
+
+    // Straight to the inbox: the execution fails.
+    let exec = ExecutionRef::new("echo", "inbox-big").unwrap();
+    env.publish_inbox(
+        &exec,
+        &InboxMessage::StartExecution(StartExecution {
+            execution_arn: exec.arn(),
+            version,
+            input: big(),
+            seed: 1,
+            traceparent: None,
+            parent: None,
+        }),
+    )
+    .await;
+    let done = env.wait(&exec.arn()).await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("States.DataLimitExceeded"));
+
+    // A result over the participant's limit: the state fails, and a Catch
+    // sees it.
+    let done = env.run("big_caught", "w1", json!({"small": true})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    let out = done.output.expect("output");
+    assert_eq!(
+        out["error"]["Error"],
+        json!("States.DataLimitExceeded"),
+        "{out}"
+    );
+    assert_eq!(out["small"], json!(true));
+
+    // A result within the participant's limit but over the coordinator's.
+    let done = env.run("big", "c1", json!({})).await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("States.DataLimitExceeded"));
+
+    // A state input over the limit (Parameters doubling a 600-byte input).
+    let done = env
+        .run("doubled", "d1", json!({"blob": "y".repeat(600)}))
+        .await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("States.DataLimitExceeded"));
+
+    // Small inputs still run.
+    let done = env.run("echo", "small", json!({"ok": 1})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    env.shutdown().await;
+}
+
+// ------------------------------------------- 12. execution TimeoutSeconds
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_past_its_timeout_times_out() {
+    let env = Env::start().await;
+    env.deploy(
+        "bounded",
+        r#"{"TimeoutSeconds": 1, "StartAt": "Pause",
+            "States": {"Pause": {"Type": "Wait", "Seconds": 30, "End": true}}}"#,
+    )
+    .await;
+    let began = Instant::now();
+    let done = env.run("bounded", "b1", json!({})).await;
+    assert!(began.elapsed() >= Duration::from_secs(1));
+    assert_status(&done, ExecutionStatus::TimedOut);
+    assert_eq!(done.error.as_deref(), Some("States.Timeout"));
+    let types = env.history_types(&done.execution_arn).await;
+    assert_eq!(types.last().map(String::as_str), Some("ExecutionTimedOut"));
+    env.shutdown().await;
+}
+
+// ------------------------------------- 13. timers and tokens are durable
+
+const DURABLE: &str = r#"{
+  "StartAt": "Pause",
+  "States": {
+    "Pause": {"Type": "Wait", "Seconds": 3, "Next": "Ask"},
+    "Ask": {
+      "Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+      "Parameters": {"token.$": "$$.Task.Token"},
+      "End": true
+    }
+  }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_and_task_tokens_survive_a_coordinator_restart() {
+    let mut env = Env::start().await;
+    env.deploy("durable", DURABLE).await;
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    env.worker(|b| {
+        b.handler(
+            "sendMessage",
+            handler_fn(move |input: Value, _ctx: TaskContext| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(input["token"].as_str().unwrap_or_default().to_string());
+                    Ok::<_, TaskError>(json!({}))
+                }
+            }),
+        )
+    })
+    .await;
+    let began = Instant::now();
+    let arn = env.start_execution("durable", "d1", json!({})).await;
+    // Restart the coordinator while the Wait runs.
+    let deadline = Instant::now() + common::LIMIT;
+    // (No history until the start is applied.)
+    while !env
+        .api
+        .execution_history(&arn)
+        .await
+        .is_ok_and(|h| h.events.iter().any(|e| e["type"] == "WaitStateEntered"))
+    {
+        assert!(Instant::now() < deadline, "the Wait never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.restart_coordinator().await;
+    let token = tokio::time::timeout(common::LIMIT, rx.recv())
+        .await
+        .expect("the Wait ended and the task went out")
+        .expect("participant alive");
+    assert!(
+        began.elapsed() >= Duration::from_secs(3),
+        "the Wait was cut short"
+    );
+    // Restart again while the callback task waits for its token.
+    env.restart_coordinator().await;
+    assert_status(&env.describe(&arn).await, ExecutionStatus::Running);
+    env.api
+        .send_task_success(&token, json!({"after": "restarts"}))
+        .await
+        .unwrap();
+    let done = env.wait(&arn).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!({"after": "restarts"})));
+    let types = env.history_types(&arn).await;
+    assert_eq!(
+        types.iter().filter(|t| *t == "WaitStateExited").count(),
+        1,
+        "{types:?}"
+    );
+    assert_eq!(
+        types.iter().filter(|t| *t == "TaskScheduled").count(),
+        1,
+        "{types:?}"
+    );
+    env.shutdown().await;
+}
+
+// --------------------------------------------- 14. unroutable resources
+
+const UNROUTABLE: &str = r#"{
+  "StartAt": "Invoke",
+  "States": {
+    "Invoke": {
+      "Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+      "Parameters": {"FunctionName.$": "$.fn", "Payload": {}},
+      "End": true
+    }
+  }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_no_participant_can_serve_fails_instead_of_hanging() {
+    let mut env = Env::start().await;
+    env.deploy("unroutable", UNROUTABLE).await;
+    env.worker(|b| b.handler("echo", echo_handler())).await;
+    // A function name that is no handler name.
+    let done = env
+        .run("unroutable", "bad-name", json!({"fn": "no such function!"}))
+        .await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("States.Runtime"), "{done:?}");
+    assert!(
+        done.cause
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no such function!"),
+        "{done:?}"
+    );
+    // No FunctionName at all.
+    let done = env.run("unroutable", "no-name", json!({"fn": 5})).await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("States.Runtime"), "{done:?}");
+    assert!(
+        done.cause
+            .as_deref()
+            .unwrap_or_default()
+            .contains("FunctionName"),
+        "{done:?}"
+    );
+    // A good name still works.
+    let done = env.run("unroutable", "good", json!({"fn": "echo"})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output.expect("output")["Payload"], json!({}));
+    env.shutdown().await;
+}
+
+// ------------------------------------------------- 15. panicking handlers
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_participant_fails_its_task_with_states_task_failed() {
+    let mut env = Env::start().await;
+    env.deploy(
+        "panics",
+        r#"{"StartAt": "Crash", "States": {
+            "Crash": {"Type": "Task", "Resource": "crash", "End": true,
+                      "Catch": [{"ErrorEquals": ["States.TaskFailed"], "ResultPath": "$.error", "Next": "Undo"}]},
+            "Undo": {"Type": "Pass", "End": true}}}"#,
+    )
+    .await;
+    env.worker(|b| {
+        b.handler(
+            "crash",
+            handler_fn(|input: Value, _ctx: TaskContext| async move {
+                if input["crash"] == json!(true) {
+                    panic!("handler bug");
+                }
+                Ok::<_, TaskError>(json!("fine"))
+            }),
+        )
+    })
+    .await;
+    let done = env.run("panics", "p1", json!({"crash": true})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    let out = done.output.expect("output");
+    assert_eq!(out["error"]["Error"], json!("States.TaskFailed"), "{out}");
+    assert!(
+        out["error"]["Cause"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("handler bug"),
+        "{out}"
+    );
+    // The worker survived its handler's panic.
+    let done = env.run("panics", "p2", json!({"crash": false})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!("fine")));
+    env.shutdown().await;
+}
+
+// ------------------------------------------------ 16. child names collide
+
+fn named_parent(child: &str, name: Option<&str>) -> String {
+    let mut parameters = json!({
+        "StateMachineArn": format!("arn:aws:states:local:000000000000:stateMachine:{child}"),
+        "Input": {"n.$": "$.n"}
+    });
+    if let Some(name) = name {
+        parameters["Name"] = json!(name);
+    }
+    json!({
+        "StartAt": "Call",
+        "States": {
+            "Call": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::states:startExecution.sync:2",
+                "Parameters": parameters,
+                "End": true
+            }
+        }
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_parent_gets_its_own_child_and_a_taken_child_name_fails_the_task() {
+    let mut env = Env::start().await;
+    env.deploy("child", CHILD).await;
+    env.deploy("parent_a", &named_parent("child", None)).await;
+    env.deploy("parent_b", &named_parent("child", None)).await;
+    env.deploy("parent_named", &named_parent("child", Some("the-child")))
+        .await;
+    env.worker(|b| {
+        b.handler(
+            "double",
+            handler_fn(|input: Value, _ctx: TaskContext| async move {
+                let n = input["n"].as_i64().unwrap_or(0);
+                Ok::<_, TaskError>(json!({"doubled": n * 2}))
+            }),
+        )
+    })
+    .await;
+
+    // Two parents of different machines, with the same execution name.
+    let a = env
+        .start_execution("parent_a", "same", json!({"n": 1}))
+        .await;
+    let b = env
+        .start_execution("parent_b", "same", json!({"n": 2}))
+        .await;
+    let a = env.wait(&a).await;
+    let b = env.wait(&b).await;
+    assert_status(&a, ExecutionStatus::Succeeded);
+    assert_status(&b, ExecutionStatus::Succeeded);
+    let (a, b) = (a.output.expect("a"), b.output.expect("b"));
+    assert_eq!(a["Output"], json!({"doubled": 2}), "{a}");
+    assert_eq!(b["Output"], json!({"doubled": 4}), "{b}");
+    assert_ne!(a["ExecutionArn"], b["ExecutionArn"]);
+
+    // A parent with the longest name AWS allows still starts children.
+    let long = "p".repeat(80);
+    let done = env.run("parent_a", &long, json!({"n": 3})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(
+        done.output.expect("output")["Output"],
+        json!({"doubled": 6})
+    );
+
+    // An explicit child name already taken: the task fails (AWS:
+    // StepFunctions.ExecutionAlreadyExistsException), it does not hang.
+    let first = env.run("parent_named", "first", json!({"n": 4})).await;
+    assert_status(&first, ExecutionStatus::Succeeded);
+    let second = env.run("parent_named", "second", json!({"n": 5})).await;
+    assert_status(&second, ExecutionStatus::Failed);
+    assert_eq!(
+        second.error.as_deref(),
+        Some("StepFunctions.ExecutionAlreadyExistsException"),
+        "{second:?}"
+    );
+    env.shutdown().await;
+}
