@@ -656,6 +656,7 @@ impl Partition {
         };
         let t = now();
         let mut messages = Vec::new();
+        let mut in_coordinator = Vec::new();
         let mut wheel = Vec::new();
         for (timer, at) in &live.timers {
             wheel.push((*at, Due::Timer(timer.clone())));
@@ -667,8 +668,9 @@ impl Partition {
                     .insert(p.request.task_id.to_string(), deadline);
                 wheel.push((deadline, Due::Heartbeat(p.request.task_id.to_string())));
             }
-            if let Some(message) = &p.message {
-                messages.push(message.clone());
+            match &p.message {
+                Some(message) => messages.push(message.clone()),
+                None => in_coordinator.push(p.clone()),
             }
         }
         for (at, due) in wheel {
@@ -677,6 +679,11 @@ impl Partition {
         let mut local = Vec::new();
         for message in messages {
             if let Err(event) = self.publish_task(key, &message).await {
+                local.push(Input::Local(event));
+            }
+        }
+        for pending in in_coordinator {
+            if let Some(event) = self.dispatch_in_coordinator(key, &pending).await {
                 local.push(Input::Local(event));
             }
         }
@@ -1186,30 +1193,13 @@ impl Partition {
                         self.heartbeat(key, &request.task_id);
                         let _ = hb;
                     }
-                    match (&pending.message, pending.shape) {
-                        (Some(message), _) => publishes.push(message.clone()),
-                        (None, _)
-                            if resource::strip_pattern(&request.resource).0 == START_EXECUTION =>
-                        {
-                            if let Some(event) = self.start_child(key, &request, &pending).await {
+                    match &pending.message {
+                        Some(message) => publishes.push(message.clone()),
+                        None => {
+                            if let Some(event) = self.dispatch_in_coordinator(key, &pending).await {
                                 local.push(Input::Local(event));
                             }
                         }
-                        // No handler can serve it (as in embedded mode:
-                        // States.Runtime, not retried by States.TaskFailed).
-                        (None, _) => local.push(Input::Local(Event::TaskFailed {
-                            task_id: request.task_id.to_string(),
-                            error: sagaflow_asl::errors::RUNTIME.to_string(),
-                            cause: match resource::resolve(&request.resource, &request.input) {
-                                Err(e) => e.to_string(),
-                                Ok(r) => format!(
-                                    "state '{}': no valid handler name for resource '{}' (tried: {})",
-                                    request.state_name,
-                                    request.resource,
-                                    r.candidates.join(", ")
-                                ),
-                            },
-                        })),
                     }
                 }
                 Command::StartTimer {
@@ -1228,6 +1218,30 @@ impl Partition {
             self.outgoing.push((key.to_string(), message));
         }
         local
+    }
+
+    /// A task no participant serves: `states:startExecution` starts a child
+    /// (again, after a restart: the child's start is de-duplicated by name);
+    /// anything else no handler can serve fails with `States.Runtime`, as in
+    /// embedded mode. Returns the event to apply, if one is known at once.
+    async fn dispatch_in_coordinator(&self, key: &str, pending: &Pending) -> Option<Event> {
+        let request = &pending.request;
+        if resource::strip_pattern(&request.resource).0 == START_EXECUTION {
+            return self.start_child(key, request, pending).await;
+        }
+        Some(Event::TaskFailed {
+            task_id: request.task_id.to_string(),
+            error: sagaflow_asl::errors::RUNTIME.to_string(),
+            cause: match resource::resolve(&request.resource, &request.input) {
+                Err(e) => e.to_string(),
+                Ok(r) => format!(
+                    "state '{}': no valid handler name for resource '{}' (tried: {})",
+                    request.state_name,
+                    request.resource,
+                    r.candidates.join(", ")
+                ),
+            },
+        })
     }
 
     /// Publishes one task (see [`Partition::publish_tasks`]).
@@ -1355,14 +1369,46 @@ impl Partition {
         };
         // A name already taken (AWS: ExecutionAlreadyExists): its start
         // would be dropped as a duplicate and a .sync task would wait forever.
+        // Unless the child is this task's own, started before a restart: a
+        // derived name is ours by construction; for a given name, the child
+        // records its parent task (`.sync`), or has the same input (a
+        // request-response start is idempotent, as AWS's StartExecution).
         match self.store().execution(&child).await {
             Ok(None) => {}
             Ok(Some(_)) => {
-                return Some(Event::TaskFailed {
-                    task_id: request.task_id.to_string(),
-                    error: "StepFunctions.ExecutionAlreadyExistsException".to_string(),
-                    cause: format!("execution {} already exists", child.arn()),
-                });
+                let ours = if input.get("Name").is_none() {
+                    true
+                } else {
+                    match self.store().read_history(&child).await {
+                        Ok(h) => h.batches.first().is_some_and(|b| {
+                            let started_input = b.entries.iter().find_map(|e| match &e.item {
+                                HistoryItem::Event(Event::ExecutionStarted { input, .. }) => {
+                                    Some(input)
+                                }
+                                _ => None,
+                            });
+                            match (
+                                &pending.shape,
+                                b.meta.as_ref().and_then(|m| m.parent.as_ref()),
+                            ) {
+                                (Shape::ChildSync { .. }, Some(p)) => {
+                                    p.execution_arn == live.exec_ref.arn()
+                                        && p.task_id == *request.task_id
+                                }
+                                (Shape::ChildSync { .. }, None) => false,
+                                (_, _) => started_input == Some(&child_input),
+                            }
+                        }),
+                        Err(e) => return fail(e.to_string()),
+                    }
+                };
+                if !ours {
+                    return Some(Event::TaskFailed {
+                        task_id: request.task_id.to_string(),
+                        error: "StepFunctions.ExecutionAlreadyExistsException".to_string(),
+                        cause: format!("execution {} already exists", child.arn()),
+                    });
+                }
             }
             Err(e) => return fail(e.to_string()),
         }

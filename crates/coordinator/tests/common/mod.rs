@@ -124,12 +124,23 @@ impl Env {
         self.wait(&arn).await
     }
 
-    /// The execution's description (panics if there is none).
+    /// The execution's description (panics if there is none). While a
+    /// coordinator restarts, no one may answer the API for a moment: retry
+    /// then, for a few seconds.
     pub async fn describe(&self, arn: &str) -> ExecutionDescription {
-        self.api
-            .describe_execution(arn)
-            .await
-            .unwrap_or_else(|e| panic!("describing {arn}: {e:?}"))
+        let mut tries = 0;
+        loop {
+            match self.api.describe_execution(arn).await {
+                Ok(d) => return d,
+                Err(ApiClientError::NoResponders { .. } | ApiClientError::Timeout { .. })
+                    if tries < 50 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("describing {arn}: {e:?}"),
+            }
+        }
     }
 
     /// Polls until `done` holds for the description (at most [`LIMIT`]).
@@ -142,7 +153,14 @@ impl Env {
         loop {
             match self.api.describe_execution(arn).await {
                 Ok(d) if done(&d) => return d,
-                Ok(_) | Err(ApiClientError::Api(_)) => {}
+                // Not there yet, or no coordinator answering for a moment
+                // (one restarts): look again until the deadline.
+                Ok(_)
+                | Err(
+                    ApiClientError::Api(_)
+                    | ApiClientError::NoResponders { .. }
+                    | ApiClientError::Timeout { .. },
+                ) => {}
                 Err(e) => panic!("describing {arn}: {e:?}"),
             }
             assert!(
