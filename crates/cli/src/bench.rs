@@ -141,7 +141,14 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     ));
 
     // ------------------------------------------------- coordinator, participants
+    // A namespace of its own: against a shared server, the benchmark must
+    // not join (or take partitions of) a real deployment.
+    let ns = Namespace::new("sagaflow-bench")?;
     let options = ClusterOptions {
+        settings: sagaflow_nats::Settings {
+            namespace: ns.clone(),
+            ..sagaflow_nats::Settings::default()
+        },
         partitions: args.partitions,
         api: false,
         ..ClusterOptions::default()
@@ -157,7 +164,14 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the sagaflow binary")?;
     let _participants = Participants(
         ProcessCommand::new(exe)
-            .args(["stub-participants", "--nats", &url, "--stubs"])
+            .args([
+                "stub-participants",
+                "--nats",
+                &url,
+                "--namespace",
+                ns.prefix(),
+                "--stubs",
+            ])
             .arg(&stubs_path)
             .args(["--concurrency", &args.concurrency.to_string()])
             .stdin(Stdio::null())
@@ -167,7 +181,6 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .context("cannot start the participants")?,
     );
 
-    let ns = Namespace::default();
     let done = Arc::new(Mutex::new(
         std::collections::HashMap::<String, Instant>::new(),
     ));

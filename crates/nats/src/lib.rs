@@ -129,8 +129,9 @@ pub struct Settings {
     pub max_message_bytes: i32,
     /// How long a partition lease lasts without renewal.
     pub lease_ttl: Duration,
-    /// How long a finished execution's history and index entry are kept
-    /// (zero: forever).
+    /// Maximum age of every message in the history stream and of every
+    /// execution index entry (zero: forever). It applies to running
+    /// executions as well: set it well above the longest execution.
     pub retention: Duration,
 }
 

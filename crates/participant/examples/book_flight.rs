@@ -31,9 +31,10 @@ async fn main() -> anyhow::Result<()> {
                 "no flight to where you are",
             ));
         }
-        // ctx.task_id is the idempotency key: key your own writes by it.
+        // The same task may be delivered twice: key your writes by
+        // ctx.idempotency_key() (execution and task).
         Ok(Booking {
-            confirmation: format!("FL-{}", &ctx.task_id),
+            confirmation: format!("FL-{}", ctx.idempotency_key()),
         })
     });
     let cancel = handler_fn(|_: serde_json::Value, _ctx: TaskContext| async move {

@@ -74,8 +74,10 @@ pub fn heartbeat_channel() -> (HeartbeatSender, HeartbeatReceiver) {
 /// What a handler knows about the task it serves.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
-    /// The task's invocation id: the same on every replay and distinct for
-    /// each state visit and retry attempt. Use it as the idempotency key.
+    /// The task's invocation id within its execution: the same on every
+    /// replay and distinct for each state visit, Map/Parallel index and
+    /// retry attempt. Ids repeat across executions (`BookFlight@0#0`): the
+    /// idempotency key is [`TaskContext::idempotency_key`].
     pub task_id: String,
     /// `$$.Execution.Id`.
     pub execution_id: String,
@@ -106,6 +108,13 @@ impl TaskContext {
             task_token: None,
             heartbeat,
         }
+    }
+
+    /// The task's idempotency key, unique across executions:
+    /// `EXECUTION_ID/TASK_ID`. A task delivered twice has the same key; key
+    /// your own writes by it to make their effect happen once.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}", self.execution_id, self.task_id)
     }
 
     /// Tells the runtime the task is still alive (AWS's

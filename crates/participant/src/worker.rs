@@ -9,7 +9,7 @@
 //! let client = sagaflow_nats::connect("nats://127.0.0.1:4222").await?;
 //! let worker = Worker::builder(client)
 //!     .handler("flights.book", handler_fn(|order: serde_json::Value, ctx: TaskContext| async move {
-//!         // Key the service's own writes by ctx.task_id to make them idempotent.
+//!         // Key the service's own writes by ctx.idempotency_key() to make them idempotent.
 //!         Ok::<_, TaskError>(serde_json::json!({ "booking": ctx.task_id, "order": order }))
 //!     }))
 //!     .concurrency(16)

@@ -67,9 +67,6 @@ pub struct ClusterOptions {
     pub triggers: Vec<Trigger>,
     /// Most inbox messages handled in one step of a partition.
     pub max_batch: usize,
-    /// How long a participant may hold a task before JetStream redelivers
-    /// it to another instance (participants extend it while they work).
-    pub task_ack_wait: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -82,7 +79,6 @@ impl Default for ClusterOptions {
             api: true,
             triggers: Vec::new(),
             max_batch: 256,
-            task_ack_wait: Duration::from_secs(30),
         }
     }
 }
@@ -885,11 +881,21 @@ impl Partition {
                 continue;
             };
             let exec_ref = live.exec_ref.clone();
-            match self
+            let mut sent = self
                 .store()
                 .send_history(&exec_ref, applied.expected, &applied.batch)
-                .await
-            {
+                .await;
+            if matches!(sent, Err(StoreError::TooLarge { .. })) {
+                // The records' copies of state inputs and outputs made the
+                // batch too large for a message: keep the events and the
+                // commands (what replay needs), drop the copies.
+                let slim = slim_batch(&applied.batch);
+                sent = self
+                    .store()
+                    .send_history(&exec_ref, applied.expected, &slim)
+                    .await;
+            }
+            match sent {
                 Ok(ack) => waiting.push((key, applied, inbox_indexes, exec_ref, ack)),
                 Err(e) => {
                     tracing::warn!(execution = %exec_ref.arn(), error = %e, "history append failed");
@@ -1080,6 +1086,15 @@ impl Partition {
             commands.extend(out);
         }
         if entries.is_empty() {
+            // A late or duplicate message loaded a completed execution:
+            // nothing to do, nothing to keep in memory.
+            if self
+                .live
+                .get(key)
+                .is_some_and(|l| l.exec.outcome().is_some())
+            {
+                self.live.remove(key);
+            }
             return Ok(None);
         }
         Ok(Some(Applied {
@@ -1594,18 +1609,12 @@ struct Finished {
     parent: Option<(String, String, Vec<u8>)>,
 }
 
-/// Writes a completion: the index entry, then the notice and the parent's
-/// result. `false` when the index could not be written (retried later).
+/// Writes a completion: the parent's result first (a crash after it only
+/// repeats it, and the broker drops the repeat by `Nats-Msg-Id`), then the
+/// index entry (which takes the execution out of recovery), then the notice.
+/// `false` when something could not be written (retried later).
 async fn deliver(store: &Store, f: &Finished) -> bool {
-    if let Err(e) = store.put_execution(&f.desc).await {
-        tracing::warn!(execution = %f.desc.execution_arn, error = %e, "cannot update the execution index; retrying");
-        return false;
-    }
     let infra = store.infra();
-    let _ = infra
-        .client
-        .publish(f.done.0.clone(), f.done.1.clone().into())
-        .await;
     if let Some((subject, msg_id, body)) = &f.parent {
         let mut hdrs = async_nats::HeaderMap::new();
         hdrs.insert(headers::MSG_ID, msg_id.as_str());
@@ -1622,6 +1631,14 @@ async fn deliver(store: &Store, f: &Finished) -> bool {
             Err(_) => return false,
         }
     }
+    if let Err(e) = store.put_execution(&f.desc).await {
+        tracing::warn!(execution = %f.desc.execution_arn, error = %e, "cannot update the execution index; retrying");
+        return false;
+    }
+    let _ = infra
+        .client
+        .publish(f.done.0.clone(), f.done.1.clone().into())
+        .await;
     true
 }
 
@@ -1635,6 +1652,47 @@ struct Applied {
     expected: u64,
     batch: HistoryBatch,
     commands: Vec<Command>,
+}
+
+/// A history batch whose records carry no state payloads (`null`).
+fn slim_batch(batch: &HistoryBatch) -> HistoryBatch {
+    let null = Arc::new(Value::Null);
+    let entries = batch
+        .entries
+        .iter()
+        .map(|e| {
+            let item = match &e.item {
+                HistoryItem::Command(Command::Record(interp::Record::StateEntered {
+                    path,
+                    name,
+                    state_type,
+                    ..
+                })) => HistoryItem::Command(Command::Record(interp::Record::StateEntered {
+                    path: path.clone(),
+                    name: name.clone(),
+                    state_type: *state_type,
+                    input: null.clone(),
+                })),
+                HistoryItem::Command(Command::Record(interp::Record::StateExited {
+                    path,
+                    name,
+                    state_type,
+                    ..
+                })) => HistoryItem::Command(Command::Record(interp::Record::StateExited {
+                    path: path.clone(),
+                    name: name.clone(),
+                    state_type: *state_type,
+                    output: null.clone(),
+                })),
+                other => other.clone(),
+            };
+            HistoryEntry { at: e.at, item }
+        })
+        .collect();
+    HistoryBatch {
+        meta: batch.meta.clone(),
+        entries,
+    }
 }
 
 fn fnv(text: &str) -> u64 {
