@@ -323,12 +323,34 @@ async fn wait_all(run: &Run, limit: Duration) -> Vec<ExecutionDescription> {
         if done.len() == run.execs.len() {
             return done;
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {} sagas finished",
-            done.len(),
-            run.execs.len()
-        );
+        if Instant::now() >= deadline {
+            // Say where the unfinished sagas stand before failing.
+            for exec in run
+                .execs
+                .iter()
+                .filter(|e| !done.iter().any(|d| d.execution_arn == e.arn()))
+                .take(3)
+            {
+                let index = run.store.execution(exec).await;
+                let history = run.store.read_history(exec).await;
+                eprintln!("unfinished {}: index {index:?}", exec.arn());
+                if let Ok(h) = history {
+                    for b in &h.batches {
+                        for e in &b.entries {
+                            eprintln!(
+                                "  {}",
+                                serde_json::to_string(&e.item)
+                                    .unwrap_or_default()
+                                    .chars()
+                                    .take(200)
+                                    .collect::<String>()
+                            );
+                        }
+                    }
+                }
+            }
+            panic!("only {} of {} sagas finished", done.len(), run.execs.len());
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -520,7 +520,30 @@ impl Api {
             // Not started yet (or unknown): the index tells which.
             self.index_entry(&exec).await?;
         }
-        let events = history_view::render(history.batches.iter().flat_map(|b| b.entries.iter()));
+        let stored = || {
+            history
+                .batches
+                .iter()
+                .flat_map(|b| b.entries.iter().cloned())
+        };
+        // Records are stored without copies of state inputs and outputs;
+        // replaying the events brings them back.
+        let mut replayed = None;
+        if let Some(meta) = history.batches.first().and_then(|b| b.meta.as_ref())
+            && let Ok(Some(version)) = self
+                .store
+                .machine(&meta.state_machine, Some(meta.version))
+                .await
+            && let Ok(machine) = sagaflow_asl::parse::parse_definition(&version.definition)
+        {
+            replayed = history_view::replay_with_payloads(
+                std::sync::Arc::new(machine),
+                &sagaflow_asl::interp::Options::default(),
+                stored(),
+            );
+        }
+        let entries: Vec<_> = replayed.unwrap_or_else(|| stored().collect());
+        let events = history_view::render(entries.iter());
         Ok(ExecutionHistory { events })
     }
 

@@ -59,7 +59,9 @@ pub struct ClusterOptions {
     pub partitions: u32,
     /// This coordinator's id (default: random).
     pub coordinator_id: Option<String>,
-    /// Interpreter limits.
+    /// Interpreter limits. By default the history's records carry no copies
+    /// of state inputs and outputs (`record_payloads: false`): they are
+    /// derived by replay when a history is shown.
     pub runtime: RuntimeOptions,
     /// Serve the API service.
     pub api: bool,
@@ -75,7 +77,12 @@ impl Default for ClusterOptions {
             settings: sagaflow_nats::Settings::default(),
             partitions: 16,
             coordinator_id: None,
-            runtime: RuntimeOptions::default(),
+            // History records without copies of state inputs and outputs:
+            // smaller writes; the history view derives them by replay.
+            runtime: RuntimeOptions {
+                record_payloads: false,
+                ..RuntimeOptions::default()
+            },
             api: true,
             triggers: Vec::new(),
             max_batch: 256,
@@ -462,7 +469,14 @@ impl Partition {
             .inbox
             .delete_consumer(&ns.inbox_consumer(self.partition))
             .await;
-        self.recover().await;
+        let mut recovered = self.recover().await;
+        // Retries run at absolute times: a timer made afresh on every turn
+        // of the loop would never fire while messages keep coming.
+        let retry_every = Duration::from_secs(1);
+        let mut next_recovery = tokio::time::Instant::now() + retry_every;
+        let mut next_reload = tokio::time::Instant::now() + retry_every;
+        let reconcile_every = Duration::from_secs(15);
+        let mut next_reconcile = tokio::time::Instant::now() + reconcile_every;
         loop {
             // (Re)open the inbox; while NATS is away, keep firing timers.
             let messages = async {
@@ -498,6 +512,7 @@ impl Partition {
                     None
                 }
             };
+            let reopen_at = tokio::time::Instant::now() + Duration::from_millis(500);
             loop {
                 let due = self.wheel.keys().next().map(|(at, _, _)| *at);
                 let sleep = match due {
@@ -507,16 +522,17 @@ impl Partition {
                     }
                     None => tokio::time::sleep(Duration::from_secs(3600)),
                 };
-                let retry_reloads = tokio::time::sleep(if self.reload.is_empty() {
-                    Duration::from_secs(3600)
+                let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+                let retry_reloads = tokio::time::sleep_until(if self.reload.is_empty() {
+                    far
                 } else {
-                    Duration::from_secs(1)
+                    next_reload
                 });
-                let reopen = tokio::time::sleep(if messages.is_some() {
-                    Duration::from_secs(3600)
-                } else {
-                    Duration::from_millis(500)
-                });
+                let reopen =
+                    tokio::time::sleep_until(if messages.is_some() { far } else { reopen_at });
+                let retry_recovery =
+                    tokio::time::sleep_until(if recovered { far } else { next_recovery });
+                let reconcile = tokio::time::sleep_until(next_reconcile);
                 let next = async {
                     match messages.as_mut() {
                         Some(m) => m.next().await,
@@ -550,7 +566,18 @@ impl Partition {
                         self.handle_inbox(batch).await;
                     }
                     _ = sleep => self.fire_due().await,
-                    _ = retry_reloads => self.retry_reloads().await,
+                    _ = retry_reloads => {
+                        self.retry_reloads().await;
+                        next_reload = tokio::time::Instant::now() + retry_every;
+                    }
+                    _ = retry_recovery => {
+                        recovered = self.recover().await;
+                        next_recovery = tokio::time::Instant::now() + retry_every;
+                    }
+                    _ = reconcile => {
+                        self.reconcile().await;
+                        next_reconcile = tokio::time::Instant::now() + reconcile_every;
+                    }
                     _ = reopen => break,
                 }
             }
@@ -558,6 +585,33 @@ impl Partition {
     }
 
     // ------------------------------------------------------------ recovery
+
+    /// The safety net under every other recovery path: an execution the
+    /// index says is running but that this owner does not hold is reloaded
+    /// from its history; if it ended, its index entry is written, else it is
+    /// resumed (timers re-armed, tasks re-published: the broker drops the
+    /// duplicates).
+    async fn reconcile(&mut self) {
+        let Ok(running) = self
+            .store()
+            .list_executions(Some(self.partition), None, Some(ExecutionStatus::Running))
+            .await
+        else {
+            return;
+        };
+        for desc in running {
+            let Ok(exec_ref) = ExecutionRef::from_arn(&desc.execution_arn) else {
+                continue;
+            };
+            let key = exec_ref.key();
+            if self.live.contains_key(&key) || self.reload.contains(&key) {
+                continue;
+            }
+            tracing::info!(execution = %desc.execution_arn, "reconciling an execution held by nobody");
+            self.reload.insert(key);
+        }
+        self.retry_reloads().await;
+    }
 
     async fn retry_reloads(&mut self) {
         let keys: Vec<String> = self.reload.iter().cloned().collect();
@@ -597,7 +651,9 @@ impl Partition {
         }
     }
 
-    async fn recover(&mut self) {
+    /// Recovers the running executions of the partition. `false` when they
+    /// could not even be listed (NATS away): the caller tries again.
+    async fn recover(&mut self) -> bool {
         let running = match self
             .store()
             .list_executions(Some(self.partition), None, Some(ExecutionStatus::Running))
@@ -605,8 +661,8 @@ impl Partition {
         {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(partition = self.partition, error = %e, "cannot list executions to recover");
-                return;
+                tracing::warn!(partition = self.partition, error = %e, "cannot list executions to recover; retrying");
+                return false;
             }
         };
         for desc in running {
@@ -629,10 +685,12 @@ impl Partition {
                     // inbox and will arrive.
                 }
                 Err(e) => {
-                    tracing::error!(execution = %desc.execution_arn, error = %e, "cannot recover an execution");
+                    tracing::warn!(execution = %desc.execution_arn, error = %e, "cannot recover an execution yet; retrying");
+                    self.reload.insert(exec_ref.key());
                 }
             }
         }
+        true
     }
 
     /// Re-arms timers and heartbeat deadlines and re-publishes unanswered
