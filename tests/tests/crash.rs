@@ -122,7 +122,7 @@ async fn participant(url: &str) {
                 let ledger = ledger.clone();
                 async move {
                     // Take a little time, so that kills land mid-task.
-                    tokio::time::sleep(Duration::from_millis(15)).await;
+                    tokio::time::sleep(Duration::from_millis(40)).await;
                     if handler == "book_car" && input["fail"] == json!("car") {
                         return Err(TaskError::new("CarUnavailable", "no cars left"));
                     }
@@ -304,6 +304,19 @@ async fn start_sagas(run: &mut Run, prefix: &str) {
     }
 }
 
+/// Waits until at least `n` sagas have finished (so that a kill lands while
+/// the others run); true when some are still running then.
+async fn progress(run: &Run, n: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = finished(run).await.len();
+        if done >= n || Instant::now() > deadline {
+            return done < run.execs.len();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn finished(run: &Run) -> Vec<ExecutionDescription> {
     let mut done = Vec::new();
     for exec in &run.execs {
@@ -424,9 +437,14 @@ async fn coordinators_killed_at_random_moments_lose_nothing() {
     let _p2 = ChildProcess::spawn("participant", &url);
     start_sagas(&mut run, "c").await;
     let mut killed_mid_run = 0;
-    for _ in 0..3 {
-        tokio::time::sleep(rng.millis(300, 1500)).await;
-        if finished(&run).await.len() < SAGAS {
+    for round in 0..3 {
+        let still_running = if round == 0 {
+            progress(&run, 20).await
+        } else {
+            tokio::time::sleep(rng.millis(100, 600)).await;
+            finished(&run).await.len() < SAGAS
+        };
+        if still_running {
             killed_mid_run += 1;
         }
         coordinator.kill_and_restart();
@@ -448,10 +466,23 @@ async fn participants_killed_mid_task_lose_nothing() {
     let mut p1 = ChildProcess::spawn("participant", &url);
     let _p2 = ChildProcess::spawn("participant", &url);
     start_sagas(&mut run, "p").await;
-    for _ in 0..3 {
-        tokio::time::sleep(rng.millis(300, 1200)).await;
+    let mut killed_mid_run = 0;
+    for round in 0..3 {
+        let still_running = if round == 0 {
+            progress(&run, 20).await
+        } else {
+            tokio::time::sleep(rng.millis(100, 600)).await;
+            finished(&run).await.len() < SAGAS
+        };
+        if still_running {
+            killed_mid_run += 1;
+        }
         p1.kill_and_restart();
     }
+    assert!(
+        killed_mid_run > 0,
+        "at least one kill must land while sagas run"
+    );
     let done = wait_all(&run, Duration::from_secs(240)).await;
     check(&run, &done).await;
 }
@@ -465,7 +496,11 @@ async fn a_nats_server_restart_mid_run_loses_nothing() {
     let _p1 = ChildProcess::spawn("participant", &url);
     let _p2 = ChildProcess::spawn("participant", &url);
     start_sagas(&mut run, "n").await;
-    tokio::time::sleep(rng.millis(300, 1200)).await;
+    assert!(
+        progress(&run, 10).await,
+        "the restart must land while sagas run"
+    );
+    tokio::time::sleep(rng.millis(0, 300)).await;
     run.server.restart().expect("restart nats-server");
     let done = wait_all(&run, Duration::from_secs(240)).await;
     check(&run, &done).await;
