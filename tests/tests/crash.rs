@@ -317,6 +317,29 @@ async fn progress(run: &Run, n: usize) -> bool {
     }
 }
 
+/// Kills `child` with SIGKILL and restarts it three times: first once the
+/// first sagas have finished, then at random short intervals; at least one
+/// kill must land while sagas run.
+async fn kill_three_times(run: &Run, rng: &mut Rng, child: &mut ChildProcess) {
+    let mut killed_mid_run = 0;
+    for round in 0..3 {
+        let still_running = if round == 0 {
+            progress(run, 20).await
+        } else {
+            tokio::time::sleep(rng.millis(100, 600)).await;
+            finished(run).await.len() < SAGAS
+        };
+        if still_running {
+            killed_mid_run += 1;
+        }
+        child.kill_and_restart();
+    }
+    assert!(
+        killed_mid_run > 0,
+        "at least one kill must land while sagas run"
+    );
+}
+
 async fn finished(run: &Run) -> Vec<ExecutionDescription> {
     let mut done = Vec::new();
     for exec in &run.execs {
@@ -436,23 +459,7 @@ async fn coordinators_killed_at_random_moments_lose_nothing() {
     let _p1 = ChildProcess::spawn("participant", &url);
     let _p2 = ChildProcess::spawn("participant", &url);
     start_sagas(&mut run, "c").await;
-    let mut killed_mid_run = 0;
-    for round in 0..3 {
-        let still_running = if round == 0 {
-            progress(&run, 20).await
-        } else {
-            tokio::time::sleep(rng.millis(100, 600)).await;
-            finished(&run).await.len() < SAGAS
-        };
-        if still_running {
-            killed_mid_run += 1;
-        }
-        coordinator.kill_and_restart();
-    }
-    assert!(
-        killed_mid_run > 0,
-        "at least one kill must land while sagas run"
-    );
+    kill_three_times(&run, &mut rng, &mut coordinator).await;
     let done = wait_all(&run, Duration::from_secs(240)).await;
     check(&run, &done).await;
 }
@@ -466,23 +473,7 @@ async fn participants_killed_mid_task_lose_nothing() {
     let mut p1 = ChildProcess::spawn("participant", &url);
     let _p2 = ChildProcess::spawn("participant", &url);
     start_sagas(&mut run, "p").await;
-    let mut killed_mid_run = 0;
-    for round in 0..3 {
-        let still_running = if round == 0 {
-            progress(&run, 20).await
-        } else {
-            tokio::time::sleep(rng.millis(100, 600)).await;
-            finished(&run).await.len() < SAGAS
-        };
-        if still_running {
-            killed_mid_run += 1;
-        }
-        p1.kill_and_restart();
-    }
-    assert!(
-        killed_mid_run > 0,
-        "at least one kill must land while sagas run"
-    );
+    kill_three_times(&run, &mut rng, &mut p1).await;
     let done = wait_all(&run, Duration::from_secs(240)).await;
     check(&run, &done).await;
 }
