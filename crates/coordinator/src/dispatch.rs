@@ -172,6 +172,7 @@ impl Dispatcher for EmbeddedDispatcher {
             // plays the role of SendTaskSuccess and its error of
             // SendTaskFailure; it gets the token as AWS's participants do.
             ctx.task_token = request.task_token.clone();
+            ctx.timeout_seconds = request.timeout_seconds;
 
             let slot = (execution.execution_id.clone(), task_id.clone());
             let running = Arc::clone(&self.running);

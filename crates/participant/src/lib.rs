@@ -91,6 +91,12 @@ pub struct TaskContext {
     pub attempt: u32,
     /// `$$.Task.Token` for `.waitForTaskToken` resources.
     pub task_token: Option<String>,
+    /// The state's `TimeoutSeconds`, when set: the runtime gives up on the
+    /// task after this long, so work past it is wasted.
+    pub timeout_seconds: Option<u64>,
+    /// The W3C `traceparent` of the span this task runs under, when tracing
+    /// is on: forward it to the services the handler calls.
+    pub trace_parent: Option<String>,
     heartbeat: HeartbeatSender,
 }
 
@@ -106,6 +112,8 @@ impl TaskContext {
             resource: String::new(),
             attempt: 0,
             task_token: None,
+            timeout_seconds: None,
+            trace_parent: None,
             heartbeat,
         }
     }

@@ -315,6 +315,7 @@ impl TaskRunner {
         ctx.resource = task.resource.clone();
         ctx.attempt = task.attempt;
         ctx.task_token = task.task_token.clone();
+        ctx.timeout_seconds = task.timeout_seconds;
 
         let handler = self.handler.clone();
         // The handler is called inside the guarded future so that a panic in
