@@ -160,6 +160,33 @@ impl Env {
             .await
             .expect("index");
     }
+
+    /// Appends a history in which task `task_id` was scheduled with `token`.
+    async fn schedule(&self, exec: &ExecutionRef, task_id: &str, token: &str) {
+        use sagaflow_asl::interp::TaskRequest;
+        let request = TaskRequest {
+            task_id: task_id.into(),
+            state_name: "Wait".into(),
+            resource: "approve.waitForTaskToken".into(),
+            input: Arc::new(json!({})),
+            attempt: 0,
+            timeout_seconds: None,
+            heartbeat_seconds: None,
+            task_token: Some(token.to_string()),
+            credentials: None,
+        };
+        let batch = HistoryBatch {
+            meta: None,
+            entries: vec![HistoryEntry {
+                at: "2024-01-01T00:00:00Z".parse().expect("timestamp"),
+                item: HistoryItem::Command(Command::ScheduleTask(request)),
+            }],
+        };
+        self.store
+            .append_history(exec, 0, &batch)
+            .await
+            .expect("append");
+    }
 }
 
 fn start(machine: &str, name: Option<&str>, input: Value) -> StartExecutionRequest {
@@ -543,6 +570,21 @@ async fn task_callbacks() {
     );
     env.index("hello", "cb", ExecutionStatus::Running).await;
     let t = token(&exec.arn(), "Wait@0#0");
+    // Until the history says the task was given this token, the token is
+    // not valid, though its execution and task decode.
+    assert_eq!(
+        code(c.send_task_success(&t, json!({"ok": true})).await),
+        "InvalidToken"
+    );
+    env.schedule(&exec, "Wait@0#0", &token(&exec.arn(), "Wait@0#0"))
+        .await;
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}\nWait@0#0\nguessed", exec.arn()));
+    assert_eq!(
+        code(c.send_task_success(&forged, json!({"ok": true})).await),
+        "InvalidToken",
+        "a token whose nonce was not issued is refused"
+    );
     c.send_task_success(&t, json!({"ok": true})).await.unwrap();
     assert_eq!(
         env.last_inbox_message(&exec).await,

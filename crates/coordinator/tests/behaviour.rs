@@ -398,6 +398,23 @@ async fn callback_tasks_wait_for_their_token() {
     assert!(!token.is_empty());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_status(&env.describe(&ok).await, ExecutionStatus::Running);
+    // The same execution and task with a nonce that was never issued: refused.
+    let forged = {
+        use base64::Engine as _;
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let raw = String::from_utf8(engine.decode(&token).expect("base64")).expect("utf-8");
+        let (named, _nonce) = raw.rsplit_once('\n').expect("three lines");
+        engine.encode(format!("{named}\n0000000000000000"))
+    };
+    let refused_forgery = env
+        .api
+        .send_task_success(&forged, json!({"approved": "forged"}))
+        .await;
+    assert!(
+        matches!(&refused_forgery, Err(e) if e.to_string().contains("InvalidToken")),
+        "{refused_forgery:?}"
+    );
+    assert_status(&env.describe(&ok).await, ExecutionStatus::Running);
     env.api
         .send_task_success(&token, json!({"approved": true}))
         .await

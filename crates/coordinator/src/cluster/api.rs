@@ -632,7 +632,21 @@ impl Api {
                     entry.status.as_str()
                 ),
             )),
-            Some(_) => Ok((exec, task_id)),
+            Some(_) => {
+                let stored = self.store.read_history(&exec).await.map_err(internal)?;
+                let entries = stored.batches.iter().flat_map(|b| b.entries.iter());
+                match callback_state(entries, &task_id, token) {
+                    CallbackState::Waiting => Ok((exec, task_id)),
+                    CallbackState::Unknown => Err(invalid()),
+                    CallbackState::Closed => Err(ApiError::new(
+                        codes::TASK_DOES_NOT_EXIST,
+                        format!(
+                            "task {task_id} of {} no longer waits for an answer",
+                            exec.arn()
+                        ),
+                    )),
+                }
+            }
         }
     }
 
@@ -1154,6 +1168,55 @@ pub async fn serve_triggers(
     Ok(TriggerService { loops })
 }
 
+/// Where a callback token stands in an execution's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallbackState {
+    /// No task of the history was given this token (a forged or mistyped
+    /// token: its execution and task decode, its nonce does not match).
+    Unknown,
+    /// The task was given this token and still waits for its answer.
+    Waiting,
+    /// The task was given this token and has been answered, timed out or
+    /// cancelled since.
+    Closed,
+}
+
+/// Whether `token` is the token of task `task_id` in these history entries,
+/// and whether that task still waits. The token is compared in full, so a
+/// token whose execution and task decode but whose nonce was not issued is
+/// refused.
+fn callback_state<'a>(
+    entries: impl IntoIterator<Item = &'a crate::HistoryEntry>,
+    task_id: &str,
+    token: &str,
+) -> CallbackState {
+    use crate::HistoryItem;
+    use sagaflow_asl::interp::{Command, Event};
+    let mut state = CallbackState::Unknown;
+    for entry in entries {
+        match &entry.item {
+            HistoryItem::Command(Command::ScheduleTask(request))
+                if &*request.task_id == task_id =>
+            {
+                state = if request.task_token.as_deref() == Some(token.trim()) {
+                    CallbackState::Waiting
+                } else {
+                    CallbackState::Unknown
+                };
+            }
+            HistoryItem::Command(Command::CancelTask { task_id: t })
+            | HistoryItem::Event(Event::TaskSucceeded { task_id: t, .. })
+            | HistoryItem::Event(Event::TaskFailed { task_id: t, .. })
+                if t == task_id && state == CallbackState::Waiting =>
+            {
+                state = CallbackState::Closed;
+            }
+            _ => {}
+        }
+    }
+    state
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1167,6 +1230,73 @@ mod tests {
             assert_eq!(n.len(), 36);
             assert_eq!(n.as_bytes()[14], b'4');
         }
+    }
+
+    #[test]
+    fn callback_tokens_are_checked_against_the_history() {
+        use crate::{HistoryEntry, HistoryItem};
+        use sagaflow_asl::interp::{Command, Event, TaskRequest};
+        let at: sagaflow_asl::interp::Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
+        let schedule = |task: &str, token: &str| HistoryEntry {
+            at,
+            item: HistoryItem::Command(Command::ScheduleTask(TaskRequest {
+                task_id: task.into(),
+                state_name: "Review".into(),
+                resource: "review.waitForTaskToken".into(),
+                input: Arc::new(json!({})),
+                attempt: 0,
+                timeout_seconds: None,
+                heartbeat_seconds: None,
+                task_token: Some(token.into()),
+                credentials: None,
+            })),
+        };
+        let mut history = vec![
+            schedule("Review@0#0", "tok-a"),
+            schedule("Other@0#0", "tok-b"),
+        ];
+        let state = |h: &[HistoryEntry], task: &str, token: &str| callback_state(h, task, token);
+        assert_eq!(
+            state(&history, "Review@0#0", "tok-a"),
+            CallbackState::Waiting
+        );
+        assert_eq!(
+            state(&history, "Review@0#0", "tok-b"),
+            CallbackState::Unknown
+        );
+        assert_eq!(
+            state(&history, "Missing@0#0", "tok-a"),
+            CallbackState::Unknown
+        );
+        history.push(HistoryEntry {
+            at,
+            item: HistoryItem::Event(Event::TaskFailed {
+                task_id: "Review@0#0".into(),
+                error: "States.Timeout".into(),
+                cause: String::new(),
+            }),
+        });
+        assert_eq!(
+            state(&history, "Review@0#0", "tok-a"),
+            CallbackState::Closed
+        );
+        assert_eq!(
+            state(&history, "Other@0#0", "tok-b"),
+            CallbackState::Waiting
+        );
+        history.push(HistoryEntry {
+            at,
+            item: HistoryItem::Command(Command::CancelTask {
+                task_id: "Other@0#0".into(),
+            }),
+        });
+        assert_eq!(state(&history, "Other@0#0", "tok-b"), CallbackState::Closed);
+        // A retry schedules the task again (a new attempt id, a new token).
+        history.push(schedule("Review@0#1", "tok-c"));
+        assert_eq!(
+            state(&history, "Review@0#1", "tok-c"),
+            CallbackState::Waiting
+        );
     }
 
     #[test]
