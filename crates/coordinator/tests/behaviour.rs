@@ -710,6 +710,49 @@ async fn child_executions_run_and_report_to_their_parent() {
     env.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_parent_stops_its_sync_child() {
+    let env = Env::start().await;
+    env.deploy(
+        "long_child",
+        r#"{"StartAt": "Pause", "States": {"Pause": {"Type": "Wait", "Seconds": 600, "End": true}}}"#,
+    )
+    .await;
+    let parent = json!({
+        "StartAt": "Call",
+        "States": {"Call": {
+            "Type": "Task",
+            "Resource": "arn:aws:states:::states:startExecution.sync:2",
+            "Parameters": {
+                "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:long_child",
+                "Name": "child-of-stopped",
+                "Input": {}
+            },
+            "End": true
+        }}
+    });
+    env.deploy("long_parent", &parent.to_string()).await;
+    let parent_arn = env
+        .start_execution("long_parent", "stopped", json!({}))
+        .await;
+    let child_arn = ExecutionRef::new("long_child", "child-of-stopped")
+        .unwrap()
+        .arn();
+    env.wait_until(&child_arn, |d| d.status == ExecutionStatus::Running)
+        .await;
+    env.api
+        .stop_execution(&parent_arn, None, None)
+        .await
+        .expect("stop");
+    let parent = env.wait(&parent_arn).await;
+    assert_status(&parent, ExecutionStatus::Aborted);
+    let child = env
+        .wait_until(&child_arn, |d| d.status != ExecutionStatus::Running)
+        .await;
+    assert_status(&child, ExecutionStatus::Aborted);
+    env.shutdown().await;
+}
+
 // -------------------------------------------------------------- 8. stop
 
 const NEVER: &str = r#"{

@@ -402,6 +402,9 @@ struct Live {
     heartbeats: HashMap<String, Timestamp>,
     /// How many times it was redriven.
     redrive_count: u32,
+    /// `.sync` children to stop: their task was cancelled in the step being
+    /// carried out.
+    stop_children: Vec<ExecutionRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -774,6 +777,7 @@ impl Partition {
             timers: HashMap::new(),
             heartbeats: HashMap::new(),
             redrive_count: 0,
+            stop_children: Vec::new(),
         };
         let mut out = Vec::new();
         for batch in &history.batches {
@@ -791,6 +795,8 @@ impl Partition {
                 }
             }
         }
+        // Children cancelled in the past were stopped then.
+        live.stop_children.clear();
         self.live.insert(key, live);
         Ok(Some(()))
     }
@@ -1210,6 +1216,7 @@ impl Partition {
             timers: HashMap::new(),
             heartbeats: HashMap::new(),
             redrive_count: 0,
+            stop_children: Vec::new(),
         };
         self.live.insert(exec_ref.key(), live);
         let event = Event::ExecutionStarted {
@@ -1253,6 +1260,14 @@ impl Partition {
     async fn carry_out(&mut self, key: &str, commands: Vec<Command>) -> Vec<Input> {
         let mut local = Vec::new();
         let mut publishes = Vec::new();
+        let children = self
+            .live
+            .get_mut(key)
+            .map(|l| std::mem::take(&mut l.stop_children))
+            .unwrap_or_default();
+        for child in children {
+            self.stop_child(key, &child).await;
+        }
         for command in commands {
             match command {
                 Command::ScheduleTask(request) => {
@@ -1413,32 +1428,15 @@ impl Partition {
             })
         };
         let input = &request.input;
-        let Some(machine_arn) = input.get("StateMachineArn").and_then(Value::as_str) else {
-            return fail("startExecution needs a string StateMachineArn parameter".into());
+        let child = match child_ref(&live.exec_ref, request) {
+            Ok(c) => c,
+            Err(e) => return fail(e),
         };
-        let machine = machine_arn
-            .split(":stateMachine:")
-            .nth(1)
-            .map(|rest| rest.split(':').next().unwrap_or(rest))
-            .unwrap_or(machine_arn);
+        let machine = child.state_machine();
         let child_input = match input.get("Input") {
             Some(Value::String(s)) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
             Some(v) => v.clone(),
             None => json!({}),
-        };
-        let name = match input.get("Name").and_then(Value::as_str) {
-            Some(n) => n.to_string(),
-            // Unique per parent execution (not only per parent name) and
-            // task, and within the 80 characters of a name.
-            None => format!(
-                "{}-{:016x}",
-                live.exec_ref.name().chars().take(63).collect::<String>(),
-                fnv(&format!("{}\n{}", live.exec_ref.arn(), request.task_id))
-            ),
-        };
-        let child = match ExecutionRef::new(machine, &name) {
-            Ok(c) => c,
-            Err(e) => return fail(e.to_string()),
         };
         // A name already taken (AWS: ExecutionAlreadyExists): its start
         // would be dropped as a duplicate and a .sync task would wait forever.
@@ -1529,6 +1527,41 @@ impl Partition {
                 task_id: request.task_id.to_string(),
                 output: json!({"ExecutionArn": child.arn(), "StartDate": rfc3339(now())}),
             }),
+        }
+    }
+
+    /// Asks a `.sync` child to stop (its parent no longer waits for it).
+    /// Best effort: a child that has ended ignores it, and a failure is
+    /// logged (the child then runs to its end, and its report to the parent
+    /// is ignored).
+    async fn stop_child(&self, parent_key: &str, child: &ExecutionRef) {
+        let stop = InboxMessage::StopExecution {
+            execution_arn: child.arn(),
+            error: Some("States.Aborted".to_string()),
+            cause: Some("the parent execution no longer waits for this execution".to_string()),
+        };
+        let infra = self.store().infra();
+        let subject = infra
+            .ns()
+            .inbox_subject(self.store().partition_of(child), child);
+        let mut hdrs = async_nats::HeaderMap::new();
+        hdrs.insert(
+            headers::MSG_ID,
+            format!("stop-child/{}/{parent_key}", child.key()).as_str(),
+        );
+        let Ok(body) = serde_json::to_vec(&stop) else {
+            return;
+        };
+        let sent = match infra
+            .js
+            .publish_with_headers(subject, hdrs, body.into())
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(child = %child.arn(), error = %e, "cannot stop a child execution");
         }
     }
 
@@ -1776,6 +1809,32 @@ fn shape_output(shape: Shape, output: Value, task_id: &str) -> Value {
     }
 }
 
+/// The child execution a `states:startExecution` task starts: the machine
+/// named by its `StateMachineArn` (an ARN or a name), with the task's `Name`
+/// or, without one, a name derived from the parent execution and task.
+fn child_ref(parent: &ExecutionRef, request: &TaskRequest) -> Result<ExecutionRef, String> {
+    let input = &request.input;
+    let Some(machine_arn) = input.get("StateMachineArn").and_then(Value::as_str) else {
+        return Err("startExecution needs a string StateMachineArn parameter".into());
+    };
+    let machine = machine_arn
+        .split(":stateMachine:")
+        .nth(1)
+        .map(|rest| rest.split(':').next().unwrap_or(rest))
+        .unwrap_or(machine_arn);
+    let name = match input.get("Name").and_then(Value::as_str) {
+        Some(n) => n.to_string(),
+        // Unique per parent execution (not only per parent name) and
+        // task, and within the 80 characters of a name.
+        None => format!(
+            "{}-{:016x}",
+            parent.name().chars().take(63).collect::<String>(),
+            fnv(&format!("{}\n{}", parent.arn(), request.task_id))
+        ),
+    };
+    ExecutionRef::new(machine, &name).map_err(|e| e.to_string())
+}
+
 /// Keeps an execution's pending tasks and timers in step with the commands
 /// it produced.
 fn track(live: &mut Live, commands: &[Command], store: &Store) {
@@ -1786,7 +1845,14 @@ fn track(live: &mut Live, commands: &[Command], store: &Store) {
                 live.pending.insert(request.task_id.to_string(), pending);
             }
             Command::CancelTask { task_id } => {
-                live.pending.remove(task_id);
+                // A `.sync` child whose parent no longer waits (stopped, timed
+                // out, a sibling branch failed) is stopped too, as AWS does.
+                if let Some(p) = live.pending.remove(task_id)
+                    && matches!(p.shape, Shape::ChildSync { .. })
+                    && let Ok(child) = child_ref(&live.exec_ref, &p.request)
+                {
+                    live.stop_children.push(child);
+                }
                 live.heartbeats.remove(task_id);
             }
             Command::StartTimer {
