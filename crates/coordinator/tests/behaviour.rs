@@ -1415,3 +1415,47 @@ async fn each_parent_gets_its_own_child_and_a_taken_child_name_fails_the_task() 
     );
     env.shutdown().await;
 }
+
+// ----------------------------------------------------------- retention
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_executions_are_deleted_after_their_retention_running_ones_never() {
+    let mut o = options();
+    o.settings.retention = Duration::from_secs(1);
+    o.reconcile_every = Duration::from_millis(300);
+    let env = Env::start_with(o).await;
+    env.deploy(
+        "quick",
+        r#"{"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": true}}}"#,
+    )
+    .await;
+    env.deploy(
+        "lasting",
+        r#"{"StartAt": "Pause", "States": {"Pause": {"Type": "Wait", "Seconds": 600, "End": true}}}"#,
+    )
+    .await;
+    let lasting = env.start_execution("lasting", "l", json!({})).await;
+    let quick = env.start_execution("quick", "q", json!({"n": 1})).await;
+    let done = env.wait(&quick).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(env.history(&quick).await.len(), 4, "kept while fresh");
+    // Gone after its retention (1 s), checked by the reconciliation.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match env.api.describe_execution(&quick).await {
+            Err(e) if e.code() == Some("ExecutionDoesNotExist") => break,
+            Ok(_) => {}
+            Err(e) => panic!("describing {quick}: {e:?}"),
+        }
+        assert!(Instant::now() < deadline, "{quick} was not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        env.api.execution_history(&quick).await.is_err(),
+        "its history is gone too"
+    );
+    // The running one is older than the retention by now, and stays.
+    assert_status(&env.describe(&lasting).await, ExecutionStatus::Running);
+    assert!(!env.history(&lasting).await.is_empty());
+    env.shutdown().await;
+}

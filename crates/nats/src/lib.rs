@@ -129,10 +129,18 @@ pub struct Settings {
     pub max_message_bytes: i32,
     /// How long a partition lease lasts without renewal.
     pub lease_ttl: Duration,
-    /// Maximum age of every message in the history stream and of every
-    /// execution index entry (zero: forever). It applies to running
-    /// executions as well: set it well above the longest execution.
+    /// How long an ended execution (succeeded, failed, timed out, aborted)
+    /// is kept after it stopped: its history and its index entry are then
+    /// deleted by the coordinator that owns its partition (checked every 15
+    /// seconds). Zero keeps everything. Running executions are never
+    /// deleted, however old. A redrive needs the history: an execution
+    /// whose retention ran out cannot be redriven.
     pub retention: Duration,
+    /// How long a participant's idempotency record (the recorded result of
+    /// a task, see the participant Worker's idempotency store) is kept. A
+    /// task redelivered later than this runs its handler again; keep it
+    /// above the longest time a task can wait in the tasks stream.
+    pub idempotency_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -144,6 +152,7 @@ impl Default for Settings {
             max_message_bytes: 1024 * 1024,
             lease_ttl: Duration::from_secs(10),
             retention: Duration::ZERO,
+            idempotency_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -231,11 +240,13 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
                 .map_err(|source| SetupError::Stream { name, source })
         }
     };
+    // No max age: ended executions are deleted one by one by their owner
+    // (`Settings::retention`), never a running one.
     let history = open(stream(
         ns.history_stream(),
         vec![ns.history_wildcard()],
         stream::RetentionPolicy::Limits,
-        settings.retention,
+        Duration::ZERO,
     ))
     .await?;
     let inbox = open(stream(
@@ -275,10 +286,10 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
         }
     };
     let machines = open_kv(bucket(ns.machines_bucket(), 64, Duration::ZERO)).await?;
-    let executions = open_kv(bucket(ns.executions_bucket(), 1, settings.retention)).await?;
+    let executions = open_kv(bucket(ns.executions_bucket(), 1, Duration::ZERO)).await?;
     let leases = open_kv(bucket(ns.leases_bucket(), 1, settings.lease_ttl)).await?;
     let coordinators = open_kv(bucket(ns.coordinators_bucket(), 1, settings.lease_ttl)).await?;
-    let idempotency = open_kv(bucket(ns.idempotency_bucket(), 1, Duration::ZERO)).await?;
+    let idempotency = open_kv(bucket(ns.idempotency_bucket(), 1, settings.idempotency_ttl)).await?;
     Ok(Infra {
         client,
         js,

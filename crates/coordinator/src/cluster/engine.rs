@@ -69,6 +69,10 @@ pub struct ClusterOptions {
     pub triggers: Vec<Trigger>,
     /// Most inbox messages handled in one step of a partition.
     pub max_batch: usize,
+    /// How often each partition owner reconciles its executions: reloads a
+    /// running execution nobody holds and deletes ended executions whose
+    /// retention ran out ([`sagaflow_nats::Settings::retention`]).
+    pub reconcile_every: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -86,6 +90,7 @@ impl Default for ClusterOptions {
             api: true,
             triggers: Vec::new(),
             max_batch: 256,
+            reconcile_every: Duration::from_secs(15),
         }
     }
 }
@@ -478,7 +483,11 @@ impl Partition {
         let retry_every = Duration::from_secs(1);
         let mut next_recovery = tokio::time::Instant::now() + retry_every;
         let mut next_reload = tokio::time::Instant::now() + retry_every;
-        let reconcile_every = Duration::from_secs(15);
+        let reconcile_every = self
+            .shared
+            .options
+            .reconcile_every
+            .max(Duration::from_millis(100));
         let mut next_reconcile = tokio::time::Instant::now() + reconcile_every;
         loop {
             // (Re)open the inbox; while NATS is away, keep firing timers.
@@ -595,17 +604,31 @@ impl Partition {
     /// resumed (timers re-armed, tasks re-published: the broker drops the
     /// duplicates).
     async fn reconcile(&mut self) {
-        let Ok(running) = self
+        let Ok(entries) = self
             .store()
-            .list_executions(Some(self.partition), None, Some(ExecutionStatus::Running))
+            .list_executions(Some(self.partition), None, None)
             .await
         else {
             return;
         };
-        for desc in running {
+        let retention = self.store().infra().settings.retention;
+        for desc in entries {
             let Ok(exec_ref) = ExecutionRef::from_arn(&desc.execution_arn) else {
                 continue;
             };
+            if desc.status != ExecutionStatus::Running {
+                if expired(&desc, retention, now()) {
+                    match self.store().forget_execution(&exec_ref).await {
+                        Ok(()) => {
+                            tracing::debug!(execution = %desc.execution_arn, "retention: forgotten")
+                        }
+                        Err(e) => {
+                            tracing::warn!(execution = %desc.execution_arn, error = %e, "retention: cannot delete")
+                        }
+                    }
+                }
+                continue;
+            }
             let key = exec_ref.key();
             if self.live.contains_key(&key) || self.reload.contains(&key) {
                 continue;
@@ -1809,6 +1832,27 @@ fn shape_output(shape: Shape, output: Value, task_id: &str) -> Value {
     }
 }
 
+/// True when an ended execution's retention has run out: it stopped more
+/// than `retention` ago (a zero retention keeps everything).
+fn expired(desc: &ExecutionDescription, retention: Duration, now: Timestamp) -> bool {
+    if retention.is_zero() || desc.status == ExecutionStatus::Running {
+        return false;
+    }
+    let Some(stopped) = desc
+        .stop_date
+        .as_deref()
+        .and_then(|d| d.parse::<Timestamp>().ok())
+    else {
+        return false;
+    };
+    let Ok(retention) = jiff::SignedDuration::try_from(retention) else {
+        return false;
+    };
+    stopped
+        .checked_add(retention)
+        .is_ok_and(|until| until < now)
+}
+
 /// The child execution a `states:startExecution` task starts: the machine
 /// named by its `StateMachineArn` (an ARN or a name), with the task's `Name`
 /// or, without one, a name derived from the parent execution and task.
@@ -1930,5 +1974,73 @@ fn plan_task(exec_ref: &ExecutionRef, request: &TaskRequest, store: &Store) -> P
         shape,
         pattern,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(status: ExecutionStatus, stop_date: Option<&str>) -> ExecutionDescription {
+        ExecutionDescription {
+            execution_arn: "arn:aws:states:local:000000000000:execution:m:n".into(),
+            name: "n".into(),
+            state_machine: "m".into(),
+            version: 1,
+            status,
+            start_date: "2024-01-01T00:00:00Z".into(),
+            stop_date: stop_date.map(str::to_string),
+            input: None,
+            output: None,
+            error: None,
+            cause: None,
+            redrive_count: 0,
+        }
+    }
+
+    #[test]
+    fn retention_expires_ended_executions_only() {
+        let now: Timestamp = "2024-01-01T01:00:00Z".parse().unwrap();
+        let hour = Duration::from_secs(3600);
+        let old = Some("2024-01-01T00:00:00Z");
+        let fresh = Some("2024-01-01T00:30:00Z");
+        assert!(expired(
+            &ended(ExecutionStatus::Succeeded, Some("2023-12-31T23:59:59Z")),
+            hour,
+            now
+        ));
+        assert!(expired(
+            &ended(ExecutionStatus::Failed, Some("2023-01-01T00:00:00Z")),
+            hour,
+            now
+        ));
+        assert!(
+            !expired(&ended(ExecutionStatus::Succeeded, old), hour, now),
+            "exactly at the limit"
+        );
+        assert!(!expired(&ended(ExecutionStatus::Aborted, fresh), hour, now));
+        assert!(!expired(
+            &ended(ExecutionStatus::Running, old),
+            Duration::from_secs(1),
+            now
+        ));
+        assert!(
+            !expired(&ended(ExecutionStatus::Succeeded, old), Duration::ZERO, now),
+            "zero keeps all"
+        );
+        assert!(!expired(
+            &ended(ExecutionStatus::Succeeded, None),
+            hour,
+            now
+        ));
+        assert!(!expired(
+            &ended(ExecutionStatus::Succeeded, Some("yesterday")),
+            hour,
+            now
+        ));
+        assert!(
+            !expired(&ended(ExecutionStatus::Succeeded, old), Duration::MAX, now),
+            "no overflow"
+        );
     }
 }

@@ -479,6 +479,27 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes an ended execution for good: its history messages and its
+    /// index entry (retention, see [`sagaflow_nats::Settings::retention`]).
+    pub async fn forget_execution(&self, exec: &ExecutionRef) -> Result<(), StoreError> {
+        let subject = self
+            .infra
+            .ns()
+            .history_subject(self.partition_of(exec), exec);
+        self.infra
+            .history
+            .purge()
+            .filter(subject)
+            .await
+            .map_err(|e| nats("purge history")(&e))?;
+        self.infra
+            .executions
+            .purge(self.index_key(exec))
+            .await
+            .map_err(|e| nats("delete execution index entry")(&e))?;
+        Ok(())
+    }
+
     /// An execution's index entry.
     pub async fn execution(
         &self,
