@@ -197,6 +197,7 @@ fn commands_over_nats() {
             "ExecutionStarted",
             "TaskStateEntered",
             "TaskScheduled",
+            "TaskStarted",
             "TaskSucceeded",
             "TaskStateExited",
             "SucceedStateEntered",

@@ -12,7 +12,7 @@
 //! events to their cause instead; tools only rely on the ids increasing).
 //!
 //! Event types are AWS's (`ExecutionStarted`, `TaskStateEntered`,
-//! `TaskScheduled`, `TaskSucceeded`, `TaskFailed`, `TaskTimedOut`,
+//! `TaskScheduled`, `TaskStarted`, `TaskSucceeded`, `TaskFailed`, `TaskTimedOut`,
 //! `MapIterationStarted`, `ParallelStateStarted`, `ExecutionSucceeded`, ...),
 //! `ExecutionRedriven` (`executionRedrivenEventDetails`: `redriveCount` as on
 //! AWS, and `state`, where it restarts), plus three of ours for steps AWS
@@ -25,6 +25,11 @@
 //!   `next` (typically a compensation);
 //! - `ParallelBranchAborted` (`parallelBranchAbortedEventDetails`: `name`,
 //!   `index`): a Parallel branch was abandoned because another one failed.
+//!
+//! `TaskStarted` follows `TaskScheduled` with the same timestamp: it marks
+//! the task's hand-over to the transport (the tasks stream, or an in-process
+//! handler), not a report from the participant, which would cost a write per
+//! task.
 //!
 //! Events that the interpreter ignored (a late answer for a task that timed
 //! out or was cancelled) are not shown.
@@ -394,6 +399,17 @@ impl Renderer {
                     "TaskScheduled",
                     Some(("taskScheduledEventDetails", Value::Object(details))),
                 );
+                // The task is handed to the transport as soon as its
+                // scheduling is recorded; participants do not report their
+                // start (it would cost a write per task).
+                self.push(
+                    at,
+                    "TaskStarted",
+                    Some((
+                        "taskStartedEventDetails",
+                        json!({"resourceType": resource_type, "resource": resource}),
+                    )),
+                );
             }
             Command::CancelTask { task_id } => {
                 // A timed-out task is cancelled right after its timer fired
@@ -728,9 +744,11 @@ mod tests {
                 "ExecutionStarted",
                 "TaskStateEntered",
                 "TaskScheduled",
+                "TaskStarted",
                 "TaskFailed",
                 "TaskRetryScheduled",
                 "TaskScheduled",
+                "TaskStarted",
                 "TaskTimedOut",
                 "CatchTriggered",
                 "PassStateEntered",
@@ -760,22 +778,27 @@ mod tests {
                 "parameters": "{\"trip\":1}", "timeoutInSeconds": 5, "taskId": "Book@0#0"
             })
         );
-        assert_eq!(events[3]["taskFailedEventDetails"]["error"], json!("Busy"));
-        assert_eq!(events[6]["timestamp"], json!("2024-01-01T00:00:07Z"));
         assert_eq!(
-            events[6]["taskTimedOutEventDetails"]["error"],
+            events[3]["taskStartedEventDetails"],
+            json!({"resourceType": "sagaflow", "resource": "book_flight"})
+        );
+        assert_eq!(events[3]["timestamp"], events[2]["timestamp"]);
+        assert_eq!(events[4]["taskFailedEventDetails"]["error"], json!("Busy"));
+        assert_eq!(events[8]["timestamp"], json!("2024-01-01T00:00:07Z"));
+        assert_eq!(
+            events[8]["taskTimedOutEventDetails"]["error"],
             json!("States.Timeout")
         );
         assert_eq!(
-            events[7]["catchTriggeredEventDetails"],
+            events[9]["catchTriggeredEventDetails"],
             json!({"name": "Book", "error": "States.Timeout", "cause": "late", "next": "Undo"})
         );
         assert_eq!(
-            events[9]["stateExitedEventDetails"]["output"],
+            events[11]["stateExitedEventDetails"]["output"],
             json!("{\"e\":2}")
         );
         assert_eq!(
-            events[10]["executionFailedEventDetails"],
+            events[12]["executionFailedEventDetails"],
             json!({"error": "BookingFailed", "cause": "no seats"})
         );
     }
@@ -833,25 +856,27 @@ mod tests {
             vec![
                 "ExecutionStarted",
                 "TaskScheduled",
+                "TaskStarted",
                 "TaskScheduled",
+                "TaskStarted",
                 "TaskSucceeded",
                 "TaskTimedOut",
                 "ExecutionSucceeded"
             ]
         );
         assert_eq!(
-            events[3]["taskSucceededEventDetails"],
+            events[5]["taskSucceededEventDetails"],
             json!({
                 "resourceType": "lambda", "resource": "invoke",
                 "output": "{\"ok\":true}", "outputDetails": {"truncated": false}
             })
         );
         assert_eq!(
-            events[4]["taskTimedOutEventDetails"]["resource"],
+            events[6]["taskTimedOutEventDetails"]["resource"],
             json!("arn:aws:lambda:us-east-1:1:function:f")
         );
         assert_eq!(
-            events[5]["executionSucceededEventDetails"]["output"],
+            events[7]["executionSucceededEventDetails"]["output"],
             json!("[1]")
         );
     }
