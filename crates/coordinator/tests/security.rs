@@ -214,6 +214,19 @@ async fn each_role_runs_a_saga_with_the_example_permissions_and_nothing_more() {
     }
     assert_eq!(api.list_state_machines().await.expect("list").len(), 1);
 
+    // The coordinator acknowledged every inbox message (work-queue
+    // retention: acknowledged messages are removed).
+    let mut inbox = cluster.store().infra().inbox.clone();
+    let mut left = u64::MAX;
+    for _ in 0..100 {
+        left = inbox.info().await.unwrap().state.messages;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, 0, "inbox messages left unacknowledged");
+
     // Nobody was refused anything so far.
     assert_eq!(coordinator_errors.all(), Vec::<String>::new());
     assert_eq!(participant_errors.all(), Vec::<String>::new());

@@ -560,6 +560,26 @@ fn split_url_credentials(url: &str) -> Result<(String, Option<UrlCredential>), C
     Ok((clean.join(","), found))
 }
 
+/// The URL (or comma-separated list) with any user, password or token
+/// replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|part| {
+            let part = part.trim();
+            let (scheme, rest) = match part.find("://") {
+                Some(i) => part.split_at(i + 3),
+                None => ("", part),
+            };
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..end].rfind('@') {
+                Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
+                None => part.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Decodes `%XX` escapes; `None` on a bad escape or invalid UTF-8.
 fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
@@ -673,6 +693,13 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("nats://h:1"), "nats://h:1");
+        assert_eq!(redact_url("nats://u:pw@h:1/x"), "nats://***@h:1/x");
+        assert_eq!(redact_url("tok@a:1, nats://b:2"), "***@a:1,nats://b:2");
     }
 
     #[test]
