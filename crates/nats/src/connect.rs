@@ -476,11 +476,9 @@ pub async fn connect_resolved(resolved: Resolved) -> Result<async_nats::Client, 
                     source,
                 },
                 async_nats::ConnectErrorKind::Tls => ConnectError::Tls { url, source },
-                // A server that does not speak TLS, when TLS is required,
-                // surfaces as an I/O error.
-                _ if tls && source.to_string().to_lowercase().contains("tls") => {
-                    ConnectError::Tls { url, source }
-                }
+                // A failed handshake (unknown issuer, bad certificate)
+                // surfaces as an I/O error carrying a rustls error.
+                _ if is_tls_failure(&source, tls) => ConnectError::Tls { url, source },
                 _ => ConnectError::Connect { url, source },
             });
         }
@@ -497,6 +495,26 @@ pub async fn connect_resolved(resolved: Resolved) -> Result<async_nats::Client, 
         return Err(ConnectError::NoJetStream { url });
     }
     Ok(client)
+}
+
+/// Whether a connection error comes from TLS: a rustls error somewhere in
+/// its chain, or (when TLS was required) a message naming TLS.
+fn is_tls_failure(error: &async_nats::ConnectError, tls_required: bool) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if e.is::<async_nats::rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<async_nats::rustls::Error>())
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    tls_required && error.to_string().to_lowercase().contains("tls")
 }
 
 /// Credentials found in a URL.
