@@ -161,6 +161,10 @@ async fn each_role_runs_a_saga_with_the_example_permissions_and_nothing_more() {
         ..ClusterOptions::default()
     };
     cluster_options.settings.lease_ttl = Duration::from_secs(2);
+    // Ended executions are deleted 3 s after they stop: the coordinator's
+    // purge of their history subjects runs under its permissions too.
+    cluster_options.settings.retention = Duration::from_secs(3);
+    cluster_options.reconcile_every = Duration::from_millis(300);
     let cluster = Cluster::start(coordinator.clone(), cluster_options.clone())
         .await
         .expect("the coordinator starts with its permissions");
@@ -226,6 +230,23 @@ async fn each_role_runs_a_saga_with_the_example_permissions_and_nothing_more() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(left, 0, "inbox messages left unacknowledged");
+
+    // Retention: the first execution is deleted, history and index entry.
+    let first = sagaflow_protocol::ExecutionRef::new("trip", "one")
+        .unwrap()
+        .arn();
+    let mut gone = false;
+    for _ in 0..200 {
+        match api.describe_execution(&first).await {
+            Err(e) if e.code() == Some("ExecutionDoesNotExist") => {
+                gone = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(gone, "{first} was not deleted after its retention");
+    assert!(api.execution_history(&first).await.is_err());
 
     // Nobody was refused anything so far.
     assert_eq!(coordinator_errors.all(), Vec::<String>::new());
