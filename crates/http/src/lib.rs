@@ -576,24 +576,40 @@ async fn read_excerpt(response: &mut Response, max: usize) -> String {
 fn transport_cause(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut chain = e.to_string();
+    let mut tls = false;
+    let mut refused = false;
     let mut source = e.source();
     while let Some(s) = source {
         chain.push_str(": ");
         chain.push_str(&s.to_string());
+        tls |= s.is::<rustls::Error>();
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+            tls |= io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>());
+        }
         source = s.source();
     }
     let lower = chain.to_ascii_lowercase();
     let kind = if e.is_timeout() {
         "timed out"
-    } else if lower.contains("connection refused") {
+    } else if refused || lower.contains("connection refused") {
         "connection refused"
-    } else if lower.contains("certificate")
-        || lower.contains("tls")
-        || lower.contains("handshake")
-        || lower.contains("invalid peer")
+    } else if tls
+        || [
+            "certificate",
+            "tls",
+            "handshake",
+            "corrupt message",
+            "peer sent",
+            "alert",
+        ]
+        .iter()
+        .any(|w| lower.contains(w))
     {
         "TLS error"
-    } else if lower.contains("dns") || lower.contains("resolve") || lower.contains("lookup") {
+    } else if lower.contains("dns") || lower.contains("failed to lookup") {
         "name resolution failed"
     } else if e.is_connect() {
         "connection failed"
