@@ -169,6 +169,13 @@ pub struct CoordinatorArgs {
     /// Replicas of the streams and buckets it creates (3 in a NATS cluster).
     #[arg(long, default_value_t = 1, value_name = "N")]
     replicas: usize,
+    /// HTTP Tasks (`arn:aws:states:::http:invoke`): this coordinator serves
+    /// them with an in-process worker unless --no-http-worker.
+    #[command(flatten)]
+    http: crate::http::HttpArgs,
+    /// Do not serve HTTP Tasks here (another process does).
+    #[arg(long)]
+    no_http_worker: bool,
 }
 
 /// `sagaflow deploy`.
@@ -488,6 +495,9 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     if args.replicas == 0 {
         bail!("--replicas must be at least 1");
     }
+    let http = (!args.no_http_worker)
+        .then(|| args.http.handler())
+        .transpose()?;
     let client = args.conn.connect().await?;
     let options = ClusterOptions {
         settings: sagaflow_nats::Settings {
@@ -500,7 +510,19 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         triggers,
         ..ClusterOptions::default()
     };
-    let handle = Cluster::start(client, options.clone()).await?;
+    let handle = Cluster::start(client.clone(), options.clone()).await?;
+    let http_worker = match http {
+        Some(h) => {
+            let worker = sagaflow_participant::worker::Worker::builder(client)
+                .settings(options.settings.clone())
+                .handler(sagaflow_coordinator::resource::HTTP_INVOKE_HANDLER, h)
+                .build()
+                .await?;
+            let stop = worker.shutdown_handle();
+            Some((stop, tokio::spawn(worker.run())))
+        }
+        None => None,
+    };
     crate::err(&format!(
         "coordinator {} serving namespace '{}' on {} ({} partitions, API on {}.>); Ctrl-C to stop",
         handle.id(),
@@ -513,6 +535,10 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot listen for Ctrl-C")?;
     crate::err("stopping: handing back partitions");
+    if let Some((stop, running)) = http_worker {
+        stop.shutdown();
+        let _ = running.await;
+    }
     handle.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@
 
 mod bench;
 mod cluster;
+mod http;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,8 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 use sagaflow_asl::parse::{ValidationError, parse_definition_bytes};
-use sagaflow_coordinator::local::{RunReport, RunRequest, RunStatus, run_blocking};
+use sagaflow_coordinator::local::{RunReport, RunRequest, RunStatus, run_blocking_with_handlers};
+use sagaflow_coordinator::resource::HTTP_INVOKE_HANDLER;
 use sagaflow_participant::stubs::{Stubs, StubsError};
 
 /// mimalloc: the interpreter allocates many small values; it runs about a
@@ -108,6 +110,10 @@ struct RunArgs {
     /// The execution's start time (RFC 3339), e.g. 2024-01-01T00:00:00Z.
     #[arg(long, value_name = "TIMESTAMP")]
     start_time: Option<String>,
+    /// HTTP Tasks are served by the real HTTP handler unless the stubs file
+    /// stubs them (key `arn:aws:states:::http:invoke` or `sagaflow_http_invoke`).
+    #[command(flatten)]
+    http: http::HttpArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -131,6 +137,7 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    sagaflow_http::install_crypto_provider();
     init_logging();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -280,15 +287,20 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow!("--start-time '{t}': {e}"))
         })
         .transpose()?;
-    let report = run_blocking(RunRequest {
-        definition,
-        input,
-        stubs,
-        execution_name: args.execution_name,
-        virtual_clock: args.virtual_clock,
-        seed: args.seed,
-        start_time,
-    })?;
+    let http: std::sync::Arc<dyn sagaflow_participant::Handler> =
+        std::sync::Arc::new(args.http.handler()?);
+    let report = run_blocking_with_handlers(
+        RunRequest {
+            definition,
+            input,
+            stubs,
+            execution_name: args.execution_name,
+            virtual_clock: args.virtual_clock,
+            seed: args.seed,
+            start_time,
+        },
+        vec![(HTTP_INVOKE_HANDLER.to_string(), http)],
+    )?;
     if report.status == RunStatus::InvalidDefinition {
         return Ok(report_invalid(&args.definition, report));
     }

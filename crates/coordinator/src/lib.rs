@@ -25,4 +25,7 @@ pub use dispatch::{Completion, CompletionSender, DispatchError, Dispatcher, Embe
 pub use driver::{
     Coordinator, DriveError, ExecutionRun, HistoryEntry, HistoryItem, RuntimeOptions,
 };
-pub use local::{RunError, RunReport, RunRequest, RunStatus, run, run_blocking};
+pub use local::{
+    RunError, RunReport, RunRequest, RunStatus, run, run_blocking, run_blocking_with_handlers,
+    run_with_handlers,
+};

@@ -12,6 +12,7 @@ use serde_json::Value;
 use sagaflow_asl::interp::{Command, ExecutionInfo, Outcome, TimerPurpose};
 use sagaflow_asl::parse::{ValidationError, parse_definition};
 use sagaflow_asl::rand::{RandomSource, SplitMix64};
+use sagaflow_participant::Handler;
 use sagaflow_participant::stubs::Stubs;
 
 use crate::clock::{Clock, SystemClock, VirtualClock};
@@ -220,13 +221,28 @@ fn random_seed() -> u64 {
 /// `INVALID_DEFINITION`; the execution's own failure is a report with
 /// status `FAILED`; errors are reserved for set-up and runtime problems.
 pub async fn run(request: RunRequest) -> Result<RunReport, RunError> {
+    run_with_handlers(request, Vec::new()).await
+}
+
+/// [`run`] with real handlers besides the stubs: a stub with the same key
+/// wins. `sagaflow run` serves HTTP Tasks this way, with
+/// [`crate::resource::HTTP_INVOKE_HANDLER`] mapped to `sagaflow-http`'s
+/// handler (a stub keyed by the resource or that name replaces it).
+pub async fn run_with_handlers(
+    request: RunRequest,
+    handlers: Vec<(String, Arc<dyn Handler>)>,
+) -> Result<RunReport, RunError> {
     let machine = match parse_definition(&request.definition) {
         Ok(m) => Arc::new(m),
         Err(invalid) => return Ok(RunReport::invalid(invalid.errors)),
     };
     let mut missing: Vec<MissingStub> = Vec::new();
     for task in static_tasks(&machine) {
-        if task.candidates.iter().any(|k| request.stubs.contains(k)) {
+        if task
+            .candidates
+            .iter()
+            .any(|k| request.stubs.contains(k) || handlers.iter().any(|(h, _)| h == k))
+        {
             continue;
         }
         if !missing.iter().any(|m| m.key == task.name) {
@@ -262,7 +278,13 @@ pub async fn run(request: RunRequest) -> Result<RunReport, RunError> {
             start.unwrap_or_else(jiff::Timestamp::now),
         )),
     };
-    let dispatcher = Arc::new(EmbeddedDispatcher::new(request.stubs.handlers()));
+    let mut served: Vec<_> = request.stubs.handlers().collect();
+    for (key, handler) in handlers {
+        if !request.stubs.contains(&key) {
+            served.push((key, handler));
+        }
+    }
+    let dispatcher = Arc::new(EmbeddedDispatcher::new(served));
     let coordinator = Coordinator::new(clock, dispatcher.clone(), RuntimeOptions::default());
     let execution_id = info.execution_id.clone();
     let finished = coordinator.run(machine, info, request.input).await?;
@@ -329,11 +351,21 @@ pub async fn run(request: RunRequest) -> Result<RunReport, RunError> {
 /// [`run`] on a runtime of its own: current-thread, with tokio's clock
 /// paused when `virtual_clock` is set.
 pub fn run_blocking(request: RunRequest) -> Result<RunReport, RunError> {
+    run_blocking_with_handlers(request, Vec::new())
+}
+
+/// [`run_with_handlers`] on a runtime of its own (as [`run_blocking`]; I/O
+/// is enabled for handlers that call out).
+pub fn run_blocking_with_handlers(
+    request: RunRequest,
+    handlers: Vec<(String, Arc<dyn Handler>)>,
+) -> Result<RunReport, RunError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .enable_io()
         .start_paused(request.virtual_clock)
         .build()?;
-    runtime.block_on(run(request))
+    runtime.block_on(run_with_handlers(request, handlers))
 }
 
 #[cfg(test)]

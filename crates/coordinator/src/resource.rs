@@ -17,6 +17,11 @@
 //!    "SdkResponseMetadata", "StatusCode"}`), while with
 //!    `.waitForTaskToken` the result is what the participant sends back
 //!    (SendTaskSuccess output), unwrapped.
+//! 4. The HTTP Task `arn:aws:states:::http:invoke` goes to the reserved
+//!    handler [`HTTP_INVOKE_HANDLER`] (served by `sagaflow-http`'s
+//!    `HttpHandler`: in-process by `sagaflow run`, over NATS by the worker
+//!    inside `sagaflow coordinator`), with the Task's Parameters as input. A
+//!    handler keyed by the full resource (a stub) is tried first.
 
 use serde_json::{Map, Value, json};
 
@@ -24,6 +29,13 @@ use sagaflow_asl::model::{StateKind, StateMachine, Task, Template, TemplateField
 
 /// The AWS Lambda service integration (request-response).
 pub const LAMBDA_INVOKE: &str = "arn:aws:states:::lambda:invoke";
+
+/// The HTTP Task (`arn:aws:states:::http:invoke`).
+pub const HTTP_INVOKE: &str = "arn:aws:states:::http:invoke";
+
+/// The reserved handler name HTTP Tasks are sent to (a valid NATS subject
+/// token): `sagaflow.task.sagaflow_http_invoke` over NATS.
+pub const HTTP_INVOKE_HANDLER: &str = "sagaflow_http_invoke";
 
 /// The integration pattern of a resource, from its suffix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +176,16 @@ pub fn resolve(resource: &str, input: &Value) -> Result<Resolution, ResolveError
             pattern,
         });
     }
+    if base == HTTP_INVOKE {
+        let (candidates, name) = http_candidates(resource);
+        return Ok(Resolution {
+            candidates,
+            name,
+            input: input.clone(),
+            shape: ResultShape::Raw,
+            pattern,
+        });
+    }
     let (candidates, name) = resource_candidates(resource);
     Ok(Resolution {
         candidates,
@@ -180,6 +202,14 @@ fn function_candidates(function: &str) -> (Vec<String>, String) {
     let name = lambda_function_name(function);
     push_unique(&mut candidates, name);
     (candidates, name.to_string())
+}
+
+fn http_candidates(resource: &str) -> (Vec<String>, String) {
+    let mut candidates = Vec::new();
+    push_unique(&mut candidates, resource);
+    push_unique(&mut candidates, strip_pattern(resource).0);
+    push_unique(&mut candidates, HTTP_INVOKE_HANDLER);
+    (candidates, HTTP_INVOKE_HANDLER.to_string())
 }
 
 fn resource_candidates(resource: &str) -> (Vec<String>, String) {
@@ -201,6 +231,9 @@ fn resource_candidates(resource: &str) -> (Vec<String>, String) {
 /// (`"FunctionName.$"`). Returns `(candidates, suggested name)`.
 pub fn static_candidates(task: &Task) -> Option<(Vec<String>, String)> {
     let (base, _) = strip_pattern(&task.resource);
+    if base == HTTP_INVOKE {
+        return Some(http_candidates(&task.resource));
+    }
     if !is_lambda_invoke(base) {
         return Some(resource_candidates(&task.resource));
     }
@@ -373,6 +406,21 @@ mod tests {
             })
         );
         assert!(resolve(LAMBDA_INVOKE, &json!({"FunctionName": 3})).is_err());
+    }
+
+    #[test]
+    fn http_invoke_goes_to_the_reserved_handler() {
+        let params = json!({"ApiEndpoint": "https://h/", "Method": "GET"});
+        let r = resolve(HTTP_INVOKE, &params).unwrap();
+        assert_eq!(r.name, HTTP_INVOKE_HANDLER);
+        assert_eq!(
+            r.candidates,
+            vec![HTTP_INVOKE.to_string(), HTTP_INVOKE_HANDLER.to_string()]
+        );
+        assert_eq!(r.input, params);
+        assert_eq!(r.shape, ResultShape::Raw);
+        assert_eq!(r.pattern, Pattern::RequestResponse);
+        assert!(sagaflow_protocol::check_handler(HTTP_INVOKE_HANDLER).is_ok());
     }
 
     #[test]

@@ -1,0 +1,668 @@
+//! # sagaflow-http
+//!
+//! The HTTP Task of AWS Step Functions (`"Resource": "arn:aws:states:::http:invoke"`)
+//! for Sagaflow: an [`HttpHandler`] takes the Task's effective `Parameters`
+//! (`ApiEndpoint`, `Method`, `Headers`, `QueryParameters`, `RequestBody`,
+//! `Transform`, `InvocationConfig`, `Authentication`), makes the call, and
+//! returns the result in AWS's shape:
+//!
+//! ```json
+//! {"StatusCode": 200, "StatusText": "OK", "Headers": {"content-type": ["application/json"]}, "ResponseBody": {"id": "ch_1"}}
+//! ```
+//!
+//! Credentials come from a local [`Connections`] registry (named by
+//! `Authentication.ConnectionArn`), never from the definition; they never
+//! appear in results, errors, or logs.
+//!
+//! Failures are task errors that `Retry` and `Catch` match:
+//!
+//! | error | when |
+//! |---|---|
+//! | `States.Http.StatusCode.NNN` ([`STATUS_CODE_PREFIX`]) | the API answered a status outside 2xx (3xx included: redirects are not followed) |
+//! | `States.Http.Socket` ([`SOCKET`]) | no response: connection refused, DNS, TLS, reset, or the request timed out |
+//! | `States.DataLimitExceeded` ([`DATA_LIMIT_EXCEEDED`]) | the response body is larger than [`HttpConfig::max_response_bytes`] |
+//! | `States.Runtime` ([`INVALID_PARAMETERS`]) | invalid `Parameters`, or an unknown connection |
+//! | `Sagaflow.Http.AuthenticationFailed` ([`AUTHENTICATION_FAILED`]) | an OAuth token could not be obtained |
+//!
+//! The same handler serves tasks in-process and over NATS (register it with
+//! a participant `Worker`). Example (no network needed to build it):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use sagaflow_http::{Connections, HttpConfig, HttpHandler};
+//! use sagaflow_participant::Handler;
+//!
+//! let connections = Connections::from_json(
+//!     r#"{"Connections": [{"Name": "Partner", "AuthorizationType": "BASIC",
+//!         "AuthParameters": {"BasicAuthParameters": {"Username": "saga", "Password": "pw"}}}]}"#,
+//!     "inline",
+//! )?;
+//! let handler: Arc<dyn Handler> = Arc::new(HttpHandler::new(HttpConfig::default(), connections)?);
+//! # let _ = handler;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod connections;
+pub mod request;
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures::future::BoxFuture;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION};
+use reqwest::{Response, StatusCode};
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use sagaflow_participant::{Handler, TaskContext, TaskError};
+
+pub use connections::{Auth, Connection, Connections, ConnectionsError, OAuth, Secret};
+pub use request::{ArrayFormat, Body, RequestPlan};
+
+use connections::{CachedToken, DEFAULT_TOKEN_LIFETIME, TOKEN_EXPIRY_MARGIN};
+
+/// Prefix of the error of a non-2xx answer: `States.Http.StatusCode.404`.
+pub const STATUS_CODE_PREFIX: &str = "States.Http.StatusCode.";
+/// No response arrived: connection refused, DNS or TLS failure, reset, or
+/// the request timed out (AWS's name for the HTTP Task's socket errors).
+pub const SOCKET: &str = "States.Http.Socket";
+/// The response body is larger than the configured limit.
+pub const DATA_LIMIT_EXCEEDED: &str = "States.DataLimitExceeded";
+/// The Task's `Parameters` are invalid or name an unknown connection: a
+/// problem of the definition or deployment, which ASL's `States.ALL` does
+/// not catch.
+pub const INVALID_PARAMETERS: &str = "States.Runtime";
+/// An OAuth access token could not be obtained from the token endpoint.
+pub const AUTHENTICATION_FAILED: &str = "Sagaflow.Http.AuthenticationFailed";
+
+/// The default response body limit: 256 KiB, Step Functions' payload limit.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 256 * 1024;
+/// The default request timeout: 60 s, the HTTP Task's limit on AWS.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Installs rustls' `ring` crypto provider as the process default, unless
+/// one is installed already. Idempotent; [`HttpHandler::new`] calls it.
+pub fn install_crypto_provider() {
+    // Err means a provider is installed already: that one is used.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// How the HTTP Task calls out.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest response body accepted, in bytes ([`DEFAULT_MAX_RESPONSE_BYTES`]).
+    pub max_response_bytes: usize,
+    /// Longest a call may take, token fetch and body included
+    /// ([`DEFAULT_TIMEOUT`]); a state's `TimeoutSeconds` shortens it.
+    pub timeout: Duration,
+    /// Longest a connection may take to open (10 s).
+    pub connect_timeout: Duration,
+    /// Bytes of a non-2xx body quoted in the error's cause (512).
+    pub error_excerpt_bytes: usize,
+    /// Follow redirects (up to 10). Off by default, as on AWS: a 3xx fails
+    /// the task with `States.Http.StatusCode.3xx`.
+    pub follow_redirects: bool,
+    /// The `User-Agent` header.
+    pub user_agent: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: Duration::from_secs(10),
+            error_excerpt_bytes: 512,
+            follow_redirects: false,
+            user_agent: concat!("sagaflow-http/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+/// The HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSetupError {
+    /// reqwest refused the configuration (no TLS roots, ...).
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// A limit is zero.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+/// Serves `arn:aws:states:::http:invoke` tasks.
+#[derive(Debug, Clone)]
+pub struct HttpHandler {
+    client: reqwest::Client,
+    config: Arc<HttpConfig>,
+    connections: Arc<Connections>,
+}
+
+impl HttpHandler {
+    /// A handler with this configuration and these connections.
+    pub fn new(
+        config: HttpConfig,
+        connections: Connections,
+    ) -> Result<HttpHandler, HttpSetupError> {
+        install_crypto_provider();
+        if config.max_response_bytes == 0 {
+            return Err(HttpSetupError::Zero("max_response_bytes"));
+        }
+        if config.timeout.is_zero() {
+            return Err(HttpSetupError::Zero("timeout"));
+        }
+        let redirect = if config.follow_redirects {
+            reqwest::redirect::Policy::limited(10)
+        } else {
+            reqwest::redirect::Policy::none()
+        };
+        let client = reqwest::Client::builder()
+            .redirect(redirect)
+            .connect_timeout(config.connect_timeout)
+            .user_agent(config.user_agent.clone())
+            .build()
+            .map_err(HttpSetupError::Client)?;
+        Ok(HttpHandler {
+            client,
+            config: Arc::new(config),
+            connections: Arc::new(connections),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HttpConfig {
+        &self.config
+    }
+
+    /// The connections.
+    pub fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// Runs one HTTP Task: `parameters` is the Task's effective input.
+    pub async fn invoke(&self, parameters: &Value, ctx: &TaskContext) -> Result<Value, TaskError> {
+        let plan = request::plan(parameters)
+            .map_err(|m| TaskError::new(INVALID_PARAMETERS, format!("HTTP Task: {m}")))?;
+        let connection = match &plan.connection {
+            None => None,
+            Some(arn) => Some(self.connections.lookup(arn).cloned().ok_or_else(|| {
+                TaskError::new(
+                    INVALID_PARAMETERS,
+                    format!(
+                        "HTTP Task: no connection named '{}' (from Authentication.ConnectionArn); \
+                         known connections: [{}]",
+                        connections::connection_name(arn),
+                        self.connections.names().join(", ")
+                    ),
+                )
+            })?),
+        };
+        let limit = match ctx.timeout_seconds {
+            Some(s) => self.config.timeout.min(Duration::from_secs(s.max(1))),
+            None => self.config.timeout,
+        };
+        let target = format!("{} {}", plan.method, redacted_url(&plan.url));
+        tracing::debug!(target: "sagaflow_http", request = %target, task = %ctx.task_id, "HTTP Task call");
+        let call = self.call(&plan, connection.as_deref(), ctx);
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => Err(TaskError::new(
+                SOCKET,
+                format!(
+                    "{target}: timed out: no complete response within {} s",
+                    limit.as_secs_f64()
+                ),
+            )),
+        }
+    }
+
+    async fn call(
+        &self,
+        plan: &RequestPlan,
+        connection: Option<&Connection>,
+        ctx: &TaskContext,
+    ) -> Result<Value, TaskError> {
+        let target = format!("{} {}", plan.method, redacted_url(&plan.url));
+        let mut url = plan.url.clone();
+        let mut headers = HeaderMap::new();
+        for (name, value) in &plan.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        if !plan.has_header("idempotency-key")
+            && let Ok(v) = HeaderValue::from_str(&ctx.idempotency_key())
+        {
+            headers.insert(HeaderName::from_static("idempotency-key"), v);
+        }
+        if let Some(tp) = &ctx.trace_parent
+            && let Ok(v) = HeaderValue::from_str(tp)
+        {
+            headers.insert(HeaderName::from_static("traceparent"), v);
+        }
+        let body = match &plan.body {
+            Body::None => None,
+            Body::Json(v) => {
+                if !plan.has_header("content-type") {
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                }
+                Some(serde_json::to_vec(v).unwrap_or_default())
+            }
+            Body::Form(text) => {
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-www-form-urlencoded"),
+                );
+                Some(text.clone().into_bytes())
+            }
+        };
+        if let Some(conn) = connection {
+            // The connection's parameters win over the definition's, as on AWS.
+            for h in &conn.invocation.header_parameters {
+                set_secret_header(&mut headers, &h.key, h.value.expose(), &conn.name)?;
+            }
+            if !conn.invocation.query_string_parameters.is_empty() {
+                let keep: Vec<(String, String)> = url
+                    .query_pairs()
+                    .filter(|(k, _)| {
+                        !conn
+                            .invocation
+                            .query_string_parameters
+                            .iter()
+                            .any(|q| q.key == *k)
+                    })
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                let mut pairs = url.query_pairs_mut();
+                pairs.clear();
+                for (k, v) in &keep {
+                    pairs.append_pair(k, v);
+                }
+                for q in &conn.invocation.query_string_parameters {
+                    pairs.append_pair(&q.key, q.value.expose());
+                }
+            }
+            match &conn.auth {
+                Auth::ApiKey { name, value } => {
+                    set_secret_header(&mut headers, name, value.expose(), &conn.name)?;
+                }
+                Auth::Basic { username, password } => {
+                    let raw = format!("{}:{}", username.expose(), password.expose());
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
+                    set_secret_header(
+                        &mut headers,
+                        AUTHORIZATION.as_str(),
+                        &format!("Basic {encoded}"),
+                        &conn.name,
+                    )?;
+                }
+                Auth::OAuthClientCredentials(oauth) => {
+                    let token = self.bearer(conn, oauth).await?;
+                    set_secret_header(
+                        &mut headers,
+                        AUTHORIZATION.as_str(),
+                        &format!("Bearer {}", token.expose()),
+                        &conn.name,
+                    )?;
+                }
+            }
+        }
+        let mut request = self
+            .client
+            .request(plan.method.clone(), url)
+            .headers(headers);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| TaskError::new(SOCKET, format!("{target}: {}", transport_cause(e))))?;
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED
+            && let Some(conn) = connection
+            && matches!(conn.auth, Auth::OAuthClientCredentials(_))
+        {
+            // The token may have been revoked: fetch a new one next time.
+            conn.forget_token().await;
+        }
+        let response_headers = headers_json(response.headers());
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let status_text = status.canonical_reason().unwrap_or("").to_string();
+        if !status.is_success() {
+            let excerpt = read_excerpt(&mut response, self.config.error_excerpt_bytes).await;
+            let mut cause = format!("{target}: {} {status_text}", status.as_u16());
+            if status.is_redirection()
+                && let Some(location) = response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|l| l.to_str().ok())
+            {
+                cause.push_str(&format!(" (redirect to {location} not followed)"));
+            }
+            if !excerpt.is_empty() {
+                cause.push_str(": ");
+                cause.push_str(&excerpt);
+            }
+            return Err(TaskError::new(
+                format!("{STATUS_CODE_PREFIX}{}", status.as_u16()),
+                cause,
+            ));
+        }
+        let bytes = read_limited(&mut response, self.config.max_response_bytes)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge(seen) => TaskError::new(
+                    DATA_LIMIT_EXCEEDED,
+                    format!(
+                        "{target}: the response body ({seen} bytes or more) exceeds the limit of {} bytes",
+                        self.config.max_response_bytes
+                    ),
+                ),
+                ReadError::Transport(e) => {
+                    TaskError::new(SOCKET, format!("{target}: while reading the body: {}", transport_cause(e)))
+                }
+            })?;
+        let body = parse_body(&bytes, &content_type);
+        let mut out = Map::new();
+        out.insert("StatusCode".into(), Value::from(status.as_u16()));
+        out.insert("StatusText".into(), Value::String(status_text));
+        out.insert("Headers".into(), response_headers);
+        out.insert("ResponseBody".into(), body);
+        Ok(Value::Object(out))
+    }
+
+    /// A valid OAuth access token for `conn`: the cached one, or a new one
+    /// from the token endpoint (one fetch at a time per connection).
+    async fn bearer(&self, conn: &Connection, oauth: &OAuth) -> Result<Secret, TaskError> {
+        let mut slot = conn.token.lock().await;
+        if let Some(t) = slot.as_ref()
+            && Instant::now() < t.expires
+        {
+            return Ok(t.token.clone());
+        }
+        let fail = |why: String| {
+            TaskError::new(
+                AUTHENTICATION_FAILED,
+                format!("connection '{}': no OAuth token: {why}", conn.name),
+            )
+        };
+        let mut url = reqwest::Url::parse(&oauth.token_endpoint)
+            .map_err(|_| fail("the token endpoint is not a URL".into()))?;
+        let mut form = vec![("grant_type".to_string(), "client_credentials".to_string())];
+        if !oauth.scopes.is_empty() {
+            form.push(("scope".into(), oauth.scopes.join(" ")));
+        }
+        for q in &oauth.token_parameters.query_string_parameters {
+            form.push((q.key.clone(), q.value.expose().to_string()));
+        }
+        let mut request = if oauth.method == "GET" {
+            url.query_pairs_mut().extend_pairs(form.iter());
+            self.client.get(url)
+        } else {
+            let mut body = form_urlencoded::Serializer::new(String::new());
+            body.extend_pairs(form.iter());
+            self.client
+                .post(url)
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(body.finish())
+        };
+        for h in &oauth.token_parameters.header_parameters {
+            request = request.header(h.key.as_str(), h.value.expose());
+        }
+        let mut response = request
+            .basic_auth(oauth.client_id.expose(), Some(oauth.client_secret.expose()))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| fail(format!("token endpoint: {}", transport_cause(e))))?;
+        let status = response.status();
+        if !status.is_success() {
+            // The body is not quoted: token endpoints may echo credentials.
+            return Err(fail(format!(
+                "the token endpoint answered {} {}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            )));
+        }
+        let bytes = read_limited(&mut response, 64 * 1024)
+            .await
+            .map_err(|_| fail("the token response could not be read (or is over 64 KiB)".into()))?;
+        let parsed: Value = serde_json::from_slice(&bytes)
+            .map_err(|_| fail("the token response is not JSON".into()))?;
+        let token = parsed
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| fail("the token response has no access_token".into()))?;
+        let lifetime = parsed
+            .get("expires_in")
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        let token = Secret::new(token);
+        *slot = Some(CachedToken {
+            token: token.clone(),
+            expires: Instant::now() + lifetime.saturating_sub(TOKEN_EXPIRY_MARGIN),
+        });
+        Ok(token)
+    }
+}
+
+impl Handler for HttpHandler {
+    fn call(&self, input: Value, ctx: TaskContext) -> BoxFuture<'_, Result<Value, TaskError>> {
+        Box::pin(async move { self.invoke(&input, &ctx).await })
+    }
+}
+
+/// Sets a header whose value comes from a connection; an invalid value is
+/// reported without quoting it.
+fn set_secret_header(
+    headers: &mut HeaderMap,
+    name: &str,
+    value: &str,
+    connection: &str,
+) -> Result<(), TaskError> {
+    let bad = || {
+        TaskError::new(
+            INVALID_PARAMETERS,
+            format!("connection '{connection}': header '{name}' has an invalid name or value"),
+        )
+    };
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+    let mut value = HeaderValue::from_str(value).map_err(|_| bad())?;
+    value.set_sensitive(true);
+    headers.insert(name, value);
+    Ok(())
+}
+
+/// The URL as shown in causes and logs: without its query (which a
+/// definition may fill from the execution's data).
+fn redacted_url(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+/// The response headers as AWS shows them: lower-case names, each with the
+/// list of its values.
+fn headers_json(headers: &HeaderMap) -> Value {
+    let mut out: Map<String, Value> = Map::new();
+    for (name, value) in headers {
+        let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        match out.entry(name.as_str().to_string()) {
+            serde_json::map::Entry::Occupied(mut e) => {
+                if let Value::Array(list) = e.get_mut() {
+                    list.push(Value::String(text));
+                }
+            }
+            serde_json::map::Entry::Vacant(e) => {
+                e.insert(Value::Array(vec![Value::String(text)]));
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// The body as JSON when the response says it is JSON (and it parses),
+/// else as text.
+fn parse_body(bytes: &[u8], content_type: &str) -> Value {
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    let json = mime == "application/json" || mime.ends_with("+json");
+    if json
+        && !bytes.is_empty()
+        && let Ok(v) = serde_json::from_slice::<Value>(bytes)
+    {
+        return v;
+    }
+    Value::String(String::from_utf8_lossy(bytes).into_owned())
+}
+
+enum ReadError {
+    TooLarge(usize),
+    Transport(reqwest::Error),
+}
+
+/// Reads the body chunk by chunk, giving up as soon as it passes `limit`.
+async fn read_limited(response: &mut Response, limit: usize) -> Result<Vec<u8>, ReadError> {
+    if let Some(announced) = response.content_length()
+        && announced > limit as u64
+    {
+        return Err(ReadError::TooLarge(
+            usize::try_from(announced).unwrap_or(usize::MAX),
+        ));
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(ReadError::Transport)? {
+        if buf.len() + chunk.len() > limit {
+            return Err(ReadError::TooLarge(buf.len() + chunk.len()));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// The first `max` bytes of the body (as text), read incrementally; a body
+/// that cannot be read gives what was read.
+async fn read_excerpt(response: &mut Response, max: usize) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < max {
+        match response.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let truncated = buf.len() > max;
+    buf.truncate(max);
+    let mut text = String::from_utf8_lossy(&buf).into_owned();
+    if truncated {
+        text.push_str("...");
+    }
+    text
+}
+
+/// A transport error's cause: what kind of failure, then its chain of
+/// messages (without the URL, whose query may carry connection parameters).
+fn transport_cause(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut chain = e.to_string();
+    let mut tls = false;
+    let mut refused = false;
+    let mut source = e.source();
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        tls |= s.is::<rustls::Error>();
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+            tls |= io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>());
+        }
+        source = s.source();
+    }
+    let lower = chain.to_ascii_lowercase();
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if refused || lower.contains("connection refused") {
+        "connection refused"
+    } else if tls
+        || [
+            "certificate",
+            "tls",
+            "handshake",
+            "corrupt message",
+            "peer sent",
+            "alert",
+        ]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        "TLS error"
+    } else if lower.contains("dns") || lower.contains("failed to lookup") {
+        "name resolution failed"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "response interrupted"
+    } else {
+        "request failed"
+    };
+    format!("{kind}: {chain}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_parse_by_content_type() {
+        assert_eq!(
+            parse_body(br#"{"a":1}"#, "application/json; charset=utf-8"),
+            serde_json::json!({"a": 1})
+        );
+        assert_eq!(
+            parse_body(br#"{"a":1}"#, "application/problem+json"),
+            serde_json::json!({"a": 1})
+        );
+        assert_eq!(
+            parse_body(br#"{"a":1}"#, "text/plain"),
+            Value::from(r#"{"a":1}"#)
+        );
+        assert_eq!(
+            parse_body(b"not json", "application/json"),
+            Value::from("not json")
+        );
+        assert_eq!(parse_body(b"", "application/json"), Value::from(""));
+    }
+
+    #[test]
+    fn urls_in_causes_drop_the_query() {
+        let u = reqwest::Url::parse("https://h/p?key=secret#f").unwrap();
+        assert_eq!(redacted_url(&u), "https://h/p");
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let c = HttpConfig {
+            max_response_bytes: 0,
+            ..HttpConfig::default()
+        };
+        assert!(matches!(
+            HttpHandler::new(c, Connections::empty()),
+            Err(HttpSetupError::Zero("max_response_bytes"))
+        ));
+        install_crypto_provider();
+        install_crypto_provider();
+    }
+}

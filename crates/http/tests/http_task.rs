@@ -1,0 +1,558 @@
+//! The HTTP Task handler against real HTTP servers on loopback (wiremock,
+//! and raw TCP servers for endless bodies and refused connections).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wiremock::matchers::{
+    body_json, body_string, header, header_exists, method, path, query_param,
+};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+use sagaflow_http::{Connections, HttpConfig, HttpHandler};
+
+use common::*;
+
+fn handler() -> HttpHandler {
+    HttpHandler::new(HttpConfig::default(), Connections::empty()).unwrap()
+}
+
+async fn invoke(h: &HttpHandler, params: Value) -> Result<Value, sagaflow_participant::TaskError> {
+    h.invoke(&params, &ctx("Call@0#0")).await
+}
+
+#[tokio::test]
+async fn every_method_reaches_the_server() {
+    let server = MockServer::start().await;
+    for m in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"] {
+        Mock::given(method(m))
+            .and(path("/thing"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("x-method", m)
+                    .set_body_json(json!({"method": m})),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+    }
+    let h = handler();
+    for m in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"] {
+        let out = invoke(
+            &h,
+            json!({"ApiEndpoint": format!("{}/thing", server.uri()), "Method": m}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["StatusCode"], json!(200), "{m}");
+        assert_eq!(out["StatusText"], json!("OK"));
+        assert_eq!(out["Headers"]["x-method"], json!([m]));
+        if m == "HEAD" {
+            assert_eq!(out["ResponseBody"], json!(""));
+        } else {
+            assert_eq!(out["ResponseBody"], json!({"method": m}));
+        }
+    }
+    // `expect(1)` per method is verified when the server drops.
+}
+
+#[tokio::test]
+async fn query_parameters_headers_and_added_headers() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/search"))
+        .and(query_param("fixed", "1"))
+        .and(query_param("q", "a b&c"))
+        .and(query_param("n", "42"))
+        .and(header("x-custom", "yes"))
+        .and(header("x-num", "7"))
+        .and(header(
+            "idempotency-key",
+            "arn:aws:states:us-east-1:123456789012:execution:M:e1/Call@0#0",
+        ))
+        .and(header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_string("plain text"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let mut c = ctx("Call@0#0");
+    c.trace_parent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+    let out = handler()
+        .invoke(
+            &json!({
+                "ApiEndpoint": format!("{}/search?fixed=1", server.uri()),
+                "Method": "GET",
+                "QueryParameters": {"q": "a b&c", "n": 42},
+                "Headers": {"X-Custom": "yes", "x-num": 7}
+            }),
+            &c,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out["ResponseBody"], json!("plain text"));
+    // The query is sent as repeated keys for arrays.
+    Mock::given(method("GET"))
+        .and(path("/multi"))
+        .respond_with(|r: &Request| {
+            ResponseTemplate::new(200).set_body_string(r.url.query().unwrap_or("").to_string())
+        })
+        .mount(&server)
+        .await;
+    let out = invoke(
+        &handler(),
+        json!({"ApiEndpoint": format!("{}/multi", server.uri()), "Method": "GET",
+               "QueryParameters": {"tag": ["x", "y"]}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["ResponseBody"], json!("tag=x&tag=y"));
+}
+
+#[tokio::test]
+async fn a_definition_idempotency_key_wins() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("idempotency-key", "mine"))
+        .respond_with(ResponseTemplate::new(201))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let out = invoke(
+        &handler(),
+        json!({"ApiEndpoint": server.uri(), "Method": "POST", "Headers": {"Idempotency-Key": "mine"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["StatusCode"], json!(201));
+    assert_eq!(out["StatusText"], json!("Created"));
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(
+        requests[0]
+            .headers
+            .get_all("idempotency-key")
+            .iter()
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn json_body_by_default() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("content-type", "application/json"))
+        .and(body_json(
+            json!({"amount": 10, "items": [1, 2], "note": null}),
+        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_raw(r#"{"id":"ch_1"}"#, "application/json; charset=utf-8"),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let out = invoke(
+        &handler(),
+        json!({"ApiEndpoint": server.uri(), "Method": "POST",
+               "RequestBody": {"amount": 10, "items": [1, 2], "note": null}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["ResponseBody"], json!({"id": "ch_1"}));
+    assert_eq!(
+        out["Headers"]["content-type"],
+        json!(["application/json; charset=utf-8"])
+    );
+}
+
+#[tokio::test]
+async fn url_encoded_bodies_in_every_array_format() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("content-type", "application/x-www-form-urlencoded"))
+        .respond_with(|r: &Request| {
+            let pairs: Vec<Value> = form_pairs(&r.body)
+                .into_iter()
+                .map(|(k, v)| json!([k, v]))
+                .collect();
+            ResponseTemplate::new(200).set_body_json(pairs)
+        })
+        .mount(&server)
+        .await;
+    let cases = [
+        (
+            "INDICES",
+            json!([["a[0]", "x"], ["a[1]", "y"], ["o[k]", "v"], ["n", "1"]]),
+        ),
+        (
+            "REPEAT",
+            json!([["a", "x"], ["a", "y"], ["o[k]", "v"], ["n", "1"]]),
+        ),
+        ("COMMAS", json!([["a", "x,y"], ["o[k]", "v"], ["n", "1"]])),
+        (
+            "BRACKETS",
+            json!([["a[]", "x"], ["a[]", "y"], ["o[k]", "v"], ["n", "1"]]),
+        ),
+    ];
+    let h = handler();
+    for (format, expected) in cases {
+        let out = invoke(
+            &h,
+            json!({"ApiEndpoint": server.uri(), "Method": "POST",
+                   "RequestBody": {"a": ["x", "y"], "o": {"k": "v"}, "n": 1},
+                   "Transform": {"RequestBodyEncoding": "URL_ENCODED",
+                                 "RequestEncodingOptions": {"ArrayFormat": format}}}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["ResponseBody"], expected, "{format}");
+    }
+    // No ArrayFormat: INDICES, as on AWS.
+    let out = invoke(
+        &h,
+        json!({"ApiEndpoint": server.uri(), "Method": "POST", "RequestBody": {"a": ["x"]},
+               "Transform": {"RequestBodyEncoding": "URL_ENCODED"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["ResponseBody"], json!([["a[0]", "x"]]));
+}
+
+fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn non_2xx_is_a_status_code_error_with_an_excerpt() {
+    let server = MockServer::start().await;
+    Mock::given(path("/declined"))
+        .respond_with(
+            ResponseTemplate::new(402)
+                .set_body_string(format!("card declined {}", "x".repeat(5000))),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(path("/moved"))
+        .respond_with(
+            ResponseTemplate::new(302).insert_header("location", "https://elsewhere.example/"),
+        )
+        .mount(&server)
+        .await;
+    let h = handler();
+    let e = invoke(
+        &h,
+        json!({"ApiEndpoint": format!("{}/declined", server.uri()), "Method": "POST"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error, "States.Http.StatusCode.402");
+    assert!(
+        e.cause.contains("402 Payment Required: card declined"),
+        "{}",
+        e.cause
+    );
+    assert!(
+        e.cause.len() < 1000,
+        "cause not bounded: {} bytes",
+        e.cause.len()
+    );
+    // Redirects are not followed: the 3xx is the answer.
+    let e = invoke(
+        &h,
+        json!({"ApiEndpoint": format!("{}/moved", server.uri()), "Method": "GET"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error, "States.Http.StatusCode.302");
+    assert!(
+        e.cause.contains("https://elsewhere.example/"),
+        "{}",
+        e.cause
+    );
+    assert!(e.cause.contains("not followed"), "{}", e.cause);
+}
+
+#[tokio::test]
+async fn a_slow_server_times_out() {
+    let server = MockServer::start().await;
+    Mock::given(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
+        .mount(&server)
+        .await;
+    let params = json!({"ApiEndpoint": format!("{}/slow", server.uri()), "Method": "GET"});
+    // The configured limit.
+    let h = HttpHandler::new(
+        HttpConfig {
+            timeout: Duration::from_millis(500),
+            ..HttpConfig::default()
+        },
+        Connections::empty(),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let e = invoke(&h, params.clone()).await.unwrap_err();
+    assert_eq!(e.error, "States.Http.Socket");
+    assert!(e.cause.contains("timed out"), "{}", e.cause);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // The state's TimeoutSeconds, shorter than the default 60 s.
+    let mut c = ctx("Call@0#0");
+    c.timeout_seconds = Some(1);
+    let started = Instant::now();
+    let e = handler().invoke(&params, &c).await.unwrap_err();
+    assert_eq!(e.error, "States.Http.Socket");
+    assert!(e.cause.contains("within 1 s"), "{}", e.cause);
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test]
+async fn a_huge_response_is_refused_without_reading_it_all() {
+    // Announced length over the limit.
+    let server = MockServer::start().await;
+    Mock::given(path("/big"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("y".repeat(300 * 1024)))
+        .mount(&server)
+        .await;
+    let e = invoke(
+        &handler(),
+        json!({"ApiEndpoint": format!("{}/big", server.uri()), "Method": "GET"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error, "States.DataLimitExceeded");
+    assert!(e.cause.contains("262144"), "{}", e.cause);
+    // An endless chunked body: read incrementally, given up at the limit.
+    let (url, sent) = endless_server().await;
+    let e = tokio::time::timeout(
+        Duration::from_secs(20),
+        invoke(&handler(), json!({"ApiEndpoint": url, "Method": "GET"})),
+    )
+    .await
+    .expect("the endless body was not cut off")
+    .unwrap_err();
+    assert_eq!(e.error, "States.DataLimitExceeded");
+    // The server could only push what the socket buffers took on top of
+    // the 256 KiB read: far from everything it would send.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(sent.load(Ordering::SeqCst) < 64 * 1024 * 1024);
+    // A smaller configured limit.
+    let small = HttpHandler::new(
+        HttpConfig {
+            max_response_bytes: 10,
+            ..HttpConfig::default()
+        },
+        Connections::empty(),
+    )
+    .unwrap();
+    Mock::given(path("/eleven"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("0123456789A"))
+        .mount(&server)
+        .await;
+    let e = invoke(
+        &small,
+        json!({"ApiEndpoint": format!("{}/eleven", server.uri()), "Method": "GET"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error, "States.DataLimitExceeded");
+}
+
+#[tokio::test]
+async fn connection_refused_and_tls_errors_are_socket_errors() {
+    let url = refused_url().await;
+    let e = invoke(&handler(), json!({"ApiEndpoint": url, "Method": "GET"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.error, "States.Http.Socket");
+    assert!(e.cause.starts_with("GET http://127.0.0.1:"), "{}", e.cause);
+    assert!(e.cause.contains("connection refused"), "{}", e.cause);
+    // TLS spoken to a plain HTTP server.
+    let server = MockServer::start().await;
+    let https = server.uri().replace("http://", "https://");
+    let e = invoke(&handler(), json!({"ApiEndpoint": https, "Method": "GET"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.error, "States.Http.Socket");
+    assert!(e.cause.contains("TLS error"), "{}", e.cause);
+}
+
+#[tokio::test]
+async fn invalid_parameters_and_unknown_connections_are_runtime_errors() {
+    let e = invoke(
+        &handler(),
+        json!({"ApiEndpoint": "https://h/", "Method": "TRACE"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error, "States.Runtime");
+    assert!(e.cause.contains("Method"), "{}", e.cause);
+    let e = invoke(
+        &handler(),
+        json!({"ApiEndpoint": "https://h/", "Method": "GET",
+               "Authentication": {"ConnectionArn": "arn:aws:events:us-east-1:1:connection/Nope/123"}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error, "States.Runtime");
+    assert!(e.cause.contains("'Nope'"), "{}", e.cause);
+}
+
+#[tokio::test]
+async fn api_key_and_basic_connections_authenticate_without_leaking() {
+    let server = MockServer::start().await;
+    Mock::given(path("/keyed"))
+        .and(header("x-api-key", API_KEY))
+        .and(header("x-extra", EXTRA_HEADER))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let basic = format!("Basic {}", base64_encode(&format!("saga:{PASSWORD}")));
+    Mock::given(path("/basic"))
+        .and(header("authorization", basic.as_str()))
+        .respond_with(ResponseTemplate::new(500).set_body_string("partner down"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let h = HttpHandler::new(
+        HttpConfig::default(),
+        connections("https://unused.example/token"),
+    )
+    .unwrap();
+    let out = invoke(
+        &h,
+        json!({"ApiEndpoint": format!("{}/keyed", server.uri()), "Method": "GET",
+               // The connection's value wins over the definition's.
+               "Headers": {"x-extra": "from-definition"},
+               "Authentication": {"ConnectionArn": "arn:aws:events:us-east-1:123456789012:connection/Keyed/0a1b"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["ResponseBody"], json!({"ok": true}));
+    assert_no_secret("result", &out.to_string());
+    let e = invoke(
+        &h,
+        json!({"ApiEndpoint": format!("{}/basic", server.uri()), "Method": "POST",
+               "Authentication": {"ConnectionArn": "Partner"}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error, "States.Http.StatusCode.500");
+    assert_no_secret("error", &format!("{e:?} {e}"));
+    assert_no_secret("handler debug", &format!("{h:?}"));
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn oauth_tokens_are_fetched_once_and_cached() {
+    let server = MockServer::start().await;
+    let client_basic = format!(
+        "Basic {}",
+        base64_encode(&format!("client-1:{CLIENT_SECRET}"))
+    );
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(header("authorization", client_basic.as_str()))
+        .and(body_string(
+            "grant_type=client_credentials&scope=payments%3Awrite+payments%3Aread",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"access_token": ACCESS_TOKEN, "expires_in": 3600, "token_type": "Bearer"}),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let bearer = format!("Bearer {ACCESS_TOKEN}");
+    Mock::given(path("/pay"))
+        .and(header("authorization", bearer.as_str()))
+        .and(header_exists("idempotency-key"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"paid": true})))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let h = HttpHandler::new(
+        HttpConfig::default(),
+        connections(&format!("{}/token", server.uri())),
+    )
+    .unwrap();
+    let params = json!({"ApiEndpoint": format!("{}/pay", server.uri()), "Method": "POST",
+                        "Authentication": {"ConnectionArn": "Bank"}});
+    for _ in 0..2 {
+        let out = invoke(&h, params.clone()).await.unwrap();
+        assert_eq!(out["ResponseBody"], json!({"paid": true}));
+        assert_no_secret("result", &out.to_string());
+    }
+}
+
+#[tokio::test]
+async fn a_failing_token_endpoint_is_an_authentication_error() {
+    let server = MockServer::start().await;
+    Mock::given(path("/token"))
+        .respond_with(
+            ResponseTemplate::new(401).set_body_string(format!("bad client {CLIENT_SECRET}")),
+        )
+        .mount(&server)
+        .await;
+    let h = HttpHandler::new(
+        HttpConfig::default(),
+        connections(&format!("{}/token", server.uri())),
+    )
+    .unwrap();
+    let e = invoke(
+        &h,
+        json!({"ApiEndpoint": format!("{}/pay", server.uri()), "Method": "POST",
+               "Authentication": {"ConnectionArn": "Bank"}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error, "Sagaflow.Http.AuthenticationFailed");
+    assert!(e.cause.contains("401"), "{}", e.cause);
+    assert_no_secret("error", &e.to_string());
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    let capture = LogCapture::default();
+    let _guard = tracing::subscriber::set_default(capturing_subscriber(&capture));
+    let server = MockServer::start().await;
+    Mock::given(path("/token"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"access_token": ACCESS_TOKEN})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(path("/pay"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("try later"))
+        .mount(&server)
+        .await;
+    let h = HttpHandler::new(
+        HttpConfig::default(),
+        connections(&format!("{}/token", server.uri())),
+    )
+    .unwrap();
+    for conn in ["Keyed", "Partner", "Bank"] {
+        let e = invoke(
+            &h,
+            json!({"ApiEndpoint": format!("{}/pay", server.uri()), "Method": "POST",
+                   "RequestBody": {"a": 1}, "Authentication": {"ConnectionArn": conn}}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.error, "States.Http.StatusCode.503");
+        tracing::error!(error = ?e, handler = ?h, "as a caller would log it");
+    }
+    let logs = capture.text();
+    assert!(logs.contains("HTTP Task call"), "nothing captured: {logs}");
+    assert_no_secret("logs", &logs);
+}
