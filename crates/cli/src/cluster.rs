@@ -169,6 +169,11 @@ pub struct CoordinatorArgs {
     /// Replicas of the streams and buckets it creates (3 in a NATS cluster).
     #[arg(long, default_value_t = 1, value_name = "N")]
     replicas: usize,
+    /// Delete an ended execution (history and index entry) this many hours
+    /// after it stopped; 0 keeps everything. Running executions are never
+    /// deleted. Give every coordinator the same value.
+    #[arg(long, default_value = "0", value_name = "HOURS", value_parser = parse_hours)]
+    retention_hours: Duration,
     /// HTTP Tasks (`arn:aws:states:::http:invoke`): this coordinator serves
     /// them with an in-process worker unless --no-http-worker.
     #[command(flatten)]
@@ -176,6 +181,18 @@ pub struct CoordinatorArgs {
     /// Do not serve HTTP Tasks here (another process does).
     #[arg(long)]
     no_http_worker: bool,
+}
+
+/// A number of hours (fractions allowed), 0 or more.
+fn parse_hours(text: &str) -> Result<Duration, String> {
+    let hours: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of hours"))?;
+    if !hours.is_finite() || hours < 0.0 {
+        return Err(format!("'{text}': give 0 or a positive number of hours"));
+    }
+    Duration::try_from_secs_f64(hours * 3600.0).map_err(|e| format!("'{text}': {e}"))
 }
 
 /// `sagaflow deploy`.
@@ -503,6 +520,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         settings: sagaflow_nats::Settings {
             namespace: namespace.clone(),
             replicas: args.replicas,
+            retention: args.retention_hours,
             ..sagaflow_nats::Settings::default()
         },
         partitions: args.partitions,
@@ -845,6 +863,16 @@ pub async fn stub_participants(args: StubParticipantsArgs) -> anyhow::Result<Exi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_hours_parse() {
+        assert_eq!(parse_hours("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_hours("1.5"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_hours(" 24 "), Ok(Duration::from_secs(86_400)));
+        for bad in ["-1", "nan", "inf", "abc", "", "1e300"] {
+            assert!(parse_hours(bad).is_err(), "{bad:?}");
+        }
+    }
     use serde_json::json;
 
     #[test]
