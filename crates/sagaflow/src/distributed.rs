@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use sagaflow_coordinator::cluster::client::ApiClient;
+use sagaflow_coordinator::cluster::client::{ApiClient, ApiClientError};
 use sagaflow_coordinator::cluster::{Cluster, ClusterHandle};
 use sagaflow_participant::{Handler, ShutdownHandle, Worker};
 use sagaflow_protocol::api::{ExecutionDescription, StartExecutionRequest};
@@ -32,7 +32,8 @@ impl Distributed {
         let client = sagaflow_nats::connect(url).await?;
         let settings = options.cluster.settings.clone();
         let cluster = if options.run_coordinator {
-            Some(Cluster::start(client.clone(), options.cluster.clone()).await?)
+            // Boxed: the coordinator's start-up future is large.
+            Some(Box::pin(Cluster::start(client.clone(), options.cluster.clone())).await?)
         } else {
             None
         };
@@ -44,7 +45,7 @@ impl Distributed {
             for (name, handler) in handlers {
                 builder = builder.handler_arc(name, handler);
             }
-            match builder.build().await {
+            match Box::pin(builder.build()).await {
                 Ok(worker) => {
                     let stop = worker.shutdown_handle();
                     Some((stop, tokio::spawn(worker.run())))
@@ -103,8 +104,26 @@ impl Distributed {
         Ok(reply.execution_arn)
     }
 
-    pub(crate) async fn describe(&self, arn: &str) -> Result<ExecutionResult, Error> {
-        Ok(result_of(self.api.describe_execution(arn).await?))
+    pub(crate) async fn describe(
+        &self,
+        arn: &str,
+        started_here: bool,
+    ) -> Result<ExecutionResult, Error> {
+        match self.api.describe_execution(arn).await {
+            Ok(d) => Ok(result_of(d)),
+            // Started, but its start is still queued for a coordinator.
+            Err(ApiClientError::Api(e)) if started_here && e.code == "ExecutionDoesNotExist" => {
+                Ok(ExecutionResult {
+                    arn: arn.to_string(),
+                    name: arn.rsplit(':').next().unwrap_or(arn).to_string(),
+                    status: crate::Status::Running,
+                    output: None,
+                    error: None,
+                    cause: None,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub(crate) async fn wait(
@@ -114,18 +133,22 @@ impl Distributed {
     ) -> Result<ExecutionResult, Error> {
         match self.api.wait_for_completion(arn, timeout).await {
             Ok(d) => Ok(result_of(d)),
-            Err(sagaflow_coordinator::cluster::client::ApiClientError::Timeout { .. }) => {
-                Err(Error::Timeout {
-                    execution: arn.to_string(),
-                    waited: timeout,
-                })
-            }
+            Err(ApiClientError::Timeout { .. }) => Err(Error::Timeout {
+                execution: arn.to_string(),
+                waited: timeout,
+            }),
             Err(e) => Err(e.into()),
         }
     }
 
-    pub(crate) async fn history(&self, arn: &str) -> Result<Vec<Value>, Error> {
-        Ok(self.api.execution_history(arn).await?.events)
+    pub(crate) async fn history(&self, arn: &str, started_here: bool) -> Result<Vec<Value>, Error> {
+        match self.api.execution_history(arn).await {
+            Ok(h) => Ok(h.events),
+            Err(ApiClientError::Api(e)) if started_here && e.code == "ExecutionDoesNotExist" => {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub(crate) async fn shutdown(&self) {

@@ -275,7 +275,14 @@ impl SagaflowBuilder {
                 self.options.runtime.clone(),
             ))),
             Some(url) => Backend::Distributed(Arc::new(
-                distributed::Distributed::connect(url, &self.options, self.handlers).await?,
+                // Boxed: connecting (and starting a coordinator) is a large
+                // future, kept off the caller's stack.
+                Box::pin(distributed::Distributed::connect(
+                    url,
+                    &self.options,
+                    self.handlers,
+                ))
+                .await?,
             )),
         };
         let saga = Sagaflow { backend };
@@ -347,6 +354,7 @@ impl Sagaflow {
         Ok(Execution {
             arn,
             backend: self.backend.clone(),
+            started_here: true,
         })
     }
 
@@ -356,6 +364,7 @@ impl Sagaflow {
         Execution {
             arn: arn.into(),
             backend: self.backend.clone(),
+            started_here: false,
         }
     }
 
@@ -418,6 +427,9 @@ pub struct ExecutionResult {
 pub struct Execution {
     arn: String,
     backend: Backend,
+    /// Returned by [`Sagaflow::start`]: the execution exists even when the
+    /// coordinators have not indexed it yet.
+    started_here: bool,
 }
 
 impl std::fmt::Debug for Execution {
@@ -437,11 +449,13 @@ impl Execution {
         self.arn.rsplit(':').next().unwrap_or(&self.arn)
     }
 
-    /// How it stands now (status [`Status::Running`] until it ends).
+    /// How it stands now (status [`Status::Running`] until it ends). An
+    /// execution just returned by [`Sagaflow::start`] whose start the
+    /// coordinators have not processed yet is reported as running.
     pub async fn describe(&self) -> Result<ExecutionResult, Error> {
         match &self.backend {
             Backend::Embedded(e) => e.describe(&self.arn),
-            Backend::Distributed(d) => d.describe(&self.arn).await,
+            Backend::Distributed(d) => d.describe(&self.arn, self.started_here).await,
         }
     }
 
@@ -456,11 +470,13 @@ impl Execution {
     /// What happened, as Step Functions-style history events
     /// (`{"id", "timestamp", "type": "TaskStateEntered", "stateEnteredEventDetails": {...}}`,
     /// oldest first). Embedded: available once the execution has ended
-    /// ([`Error::StillRunning`] before).
+    /// ([`Error::StillRunning`] before). Distributed: what has happened so
+    /// far (empty for an execution just started whose start is still
+    /// queued).
     pub async fn history(&self) -> Result<Vec<Value>, Error> {
         match &self.backend {
             Backend::Embedded(e) => e.history(&self.arn),
-            Backend::Distributed(d) => d.history(&self.arn).await,
+            Backend::Distributed(d) => d.history(&self.arn, self.started_here).await,
         }
     }
 

@@ -192,7 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             app["credit_score"]
         );
         let execution = saga.start(STATE_MACHINE, app.clone(), None).await?;
-        let result = settle(&saga, &bank, &execution, &id, auto).await?;
+        let result = settle(&saga, &bank, &execution, &id, auto, nats_url(&cli.command)).await?;
         let states = execution.states_entered().await?;
         ok &= matches!(result.status, Status::Succeeded | Status::Failed);
         lines.push(format!(
@@ -217,6 +217,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn nats_url(command: &Option<Command>) -> Option<&str> {
+    match command {
+        Some(Command::Demo { nats, .. }) => Some(&nats.nats),
+        _ => None,
+    }
 }
 
 fn bank_is_local(command: &Option<Command>) -> bool {
@@ -259,6 +266,7 @@ async fn settle(
     execution: &Execution,
     id: &str,
     auto: Option<Review>,
+    nats_url: Option<&str>,
 ) -> anyhow::Result<ExecutionResult> {
     let limit = if auto.is_some() { AUTOMATIC } else { BY_HAND };
     let deadline = tokio::time::Instant::now() + limit;
@@ -298,8 +306,9 @@ async fn settle(
                     }
                     None => println!(
                         "  waiting for a loan officer; answer from another terminal:\n    \
-                         sagaflow send-task-success {token} '{{\"approved\": true, \"by\": \"officer\"}}'\n    \
-                         sagaflow send-task-failure {token} --error {REJECTED} --cause 'income too low'"
+                         sagaflow send-task-success --nats {nats} {token} '{{\"approved\": true, \"by\": \"officer\"}}'\n    \
+                         sagaflow send-task-failure --nats {nats} {token} --error {REJECTED} --cause 'income too low'",
+                        nats = nats_url.unwrap_or("URL"),
                     ),
                 }
                 continue;
