@@ -164,7 +164,7 @@ fn validate_application(bank: &Bank, input: &Value) -> Result<Value, TaskError> 
             "the applicant has no name",
         ));
     }
-    if !(amount > 0.0 && amount <= 1_000_000.0) {
+    if !(0.0..=1_000_000.0).contains(&amount) || amount == 0.0 {
         return Err(TaskError::new(
             "InvalidApplication",
             format!("amount {amount} is not between 0 and 1,000,000"),

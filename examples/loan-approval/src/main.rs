@@ -140,7 +140,7 @@ fn applications(args: &AppArgs) -> Vec<Value> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if !(cli.apps.amount > 0.0) {
+    if cli.apps.amount.is_nan() || cli.apps.amount <= 0.0 {
         bail!("--amount must be positive");
     }
     let bank = Arc::new(Bank::new(true));

@@ -16,12 +16,11 @@ use serde_json::{Value, json};
 pub const LIMIT: Duration = Duration::from_secs(60);
 
 pub async fn embedded(bank: &Arc<Bank>) -> Sagaflow {
-    let saga = loan_approval::register(Sagaflow::builder(), bank)
+    loan_approval::register(Sagaflow::builder(), bank)
         .state_machine(STATE_MACHINE, DEFINITION)
         .build()
         .await
-        .expect("embedded sagaflow");
-    saga
+        .expect("embedded sagaflow")
 }
 
 pub struct OverNats {
