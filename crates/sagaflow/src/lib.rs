@@ -67,6 +67,9 @@ pub use sagaflow_protocol::api::ExecutionStatus as Status;
 
 use sagaflow_coordinator::cluster::client::ApiClientError;
 
+/// The pause between two tries of [`Sagaflow::deploy_when_ready`].
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
 /// Something went wrong in a Sagaflow call. Failures of the sagas
 /// themselves are not errors: they are an [`ExecutionResult`] with status
 /// [`Status::Failed`].
@@ -334,6 +337,31 @@ impl Sagaflow {
         match &self.backend {
             Backend::Embedded(e) => e.deploy(name, definition),
             Backend::Distributed(d) => d.deploy(name, definition).await,
+        }
+    }
+
+    /// [`Sagaflow::deploy`], tried again every half second while no
+    /// coordinator answers (one starting at the same time, as in a
+    /// container set-up), for at most `patience`. Other errors are returned
+    /// at once.
+    pub async fn deploy_when_ready(
+        &self,
+        name: &str,
+        definition: &str,
+        patience: Duration,
+    ) -> Result<u64, Error> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.deploy(name, definition).await {
+                Err(Error::Api(
+                    ApiClientError::NoResponders { .. }
+                    | ApiClientError::Timeout { .. }
+                    | ApiClientError::Transport(_),
+                )) if tokio::time::Instant::now() + RETRY_PAUSE < deadline => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
         }
     }
 

@@ -119,3 +119,43 @@ async fn an_unreachable_server_is_a_connect_error() {
         .unwrap_err();
     assert!(matches!(err, Error::Connect(_)), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_when_ready_waits_for_a_coordinator_starting_later() {
+    let server = NatsServer::start().expect("nats-server");
+    let mut o = options(&server.url());
+    o.run_coordinator = false;
+    o.api_timeout = Duration::from_secs(1);
+    let saga = Sagaflow::builder()
+        .options(o.clone())
+        .build()
+        .await
+        .unwrap();
+    let definition = r#"{"StartAt": "P", "States": {"P": {"Type": "Succeed"}}}"#;
+    // Nobody answers within the patience: the API error comes back.
+    assert!(matches!(
+        saga.deploy_when_ready("x", definition, Duration::from_millis(700))
+            .await,
+        Err(Error::Api(_))
+    ));
+    // A coordinator that starts a little later is waited for.
+    let url = server.url();
+    let cluster_options = o.cluster.clone();
+    let later = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let nats = sagaflow_nats::connect(&url).await.unwrap();
+        Box::pin(sagaflow_coordinator::cluster::Cluster::start(
+            nats,
+            cluster_options,
+        ))
+        .await
+        .unwrap()
+    });
+    let version = saga
+        .deploy_when_ready("x", definition, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(version, 1);
+    later.await.unwrap().shutdown().await;
+    saga.shutdown().await;
+}

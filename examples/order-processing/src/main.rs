@@ -66,6 +66,10 @@ struct NatsArgs {
     with_coordinator: bool,
 }
 
+/// How long the demo waits for a coordinator to answer (one may be
+/// starting at the same time).
+const COORDINATOR_PATIENCE: Duration = Duration::from_secs(30);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -125,7 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()
                 .await
                 .with_context(|| format!("cannot reach Sagaflow on {}", nats.nats))?;
-            saga.deploy(STATE_MACHINE, DEFINITION).await.context(
+            saga.deploy_when_ready(STATE_MACHINE, DEFINITION, COORDINATOR_PATIENCE).await.context(
                 "cannot deploy the workflow (is a coordinator running? `sagaflow coordinator --nats URL`)",
             )?;
             (saga, format!("distributed over NATS at {}", nats.nats))

@@ -87,6 +87,10 @@ struct NatsArgs {
     with_coordinator: bool,
 }
 
+/// How long the demo waits for a coordinator to answer (one may be
+/// starting at the same time).
+const COORDINATOR_PATIENCE: Duration = Duration::from_secs(30);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -317,9 +321,12 @@ async fn demo(
         .build()
         .await
         .with_context(|| format!("cannot reach Sagaflow on {}", nats.nats))?;
-    let version = saga.deploy(STATE_MACHINE, DEFINITION).await.context(
-        "cannot deploy the saga (is a coordinator running? `sagaflow coordinator --nats URL`)",
-    )?;
+    let version = saga
+        .deploy_when_ready(STATE_MACHINE, DEFINITION, COORDINATOR_PATIENCE)
+        .await
+        .context(
+            "cannot deploy the saga (is a coordinator running? `sagaflow coordinator --nats URL`)",
+        )?;
     println!("deployed {STATE_MACHINE} version {version}");
     let reports = book(&saga, &trips(args)?).await?;
     let ledger_ok = if with_participants {
