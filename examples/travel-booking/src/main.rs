@@ -337,7 +337,7 @@ async fn demo(
     };
     if let Some(r) = reports.first() {
         println!(
-            "  inspect: sagaflow history arn:aws:states:local:000000000000:execution:{STATE_MACHINE}:{} --nats {}",
+            "  inspect: sagaflow history {STATE_MACHINE}:{} --nats {}",
             r.execution, nats.nats
         );
     }
