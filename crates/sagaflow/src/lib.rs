@@ -16,6 +16,8 @@
 //!   with [`Options::run_coordinator`] this process runs a coordinator too.
 //!   Executions are durable and survive crashes of any process.
 //!
+//! Both backends run on the caller's tokio runtime (multi-threaded or not).
+//!
 //! The calls are the same either way: [`Sagaflow::deploy`],
 //! [`Sagaflow::start`], [`Execution::wait`], [`Execution::history`],
 //! [`Sagaflow::send_task_success`] and [`Sagaflow::send_task_failure`].
