@@ -49,6 +49,31 @@
 //! # }
 //! ```
 
+//!
+//! The same program over NATS needs only the URL (and a coordinator: here
+//! one in this process):
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), sagaflow::Error> {
+//! # let definition = "";
+//! use sagaflow::{Sagaflow, TaskContext, TaskError, handler_fn};
+//! let saga = Sagaflow::builder()
+//!     .nats_url(Some("nats://127.0.0.1:4222"))
+//!     .run_coordinator(true) // or run `sagaflow coordinator --nats URL`
+//!     .handler("greet", handler_fn(|input: serde_json::Value, _ctx: TaskContext| async move {
+//!         Ok::<_, TaskError>(input)
+//!     }))
+//!     .state_machine("hello", definition)
+//!     .build()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A `.waitForTaskToken` task waits for [`Sagaflow::send_task_success`] or
+//! [`Sagaflow::send_task_failure`] with its token on both backends (its
+//! handler only hands the token out); over NATS `sagaflow
+//! send-task-success TOKEN JSON` answers it too.
+
 #![warn(missing_docs)]
 
 mod distributed;
