@@ -18,7 +18,7 @@ use sagaflow_asl::errors;
 use sagaflow_asl::interp::{ExecutionInfo, TaskRequest};
 use sagaflow_participant::{Handler, HeartbeatReceiver, TaskContext, TaskError, heartbeat_channel};
 
-use crate::resource::{self, ResultShape};
+use crate::resource::{self, Pattern, ResultShape};
 
 /// The answer to a dispatched task.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,13 +72,35 @@ pub struct CallRecord {
 
 type Running = Arc<Mutex<HashMap<(String, String), AbortHandle>>>;
 
+/// A `.waitForTaskToken` task waiting for its callback, by token.
+struct Waiting {
+    execution_id: String,
+    task_id: String,
+    reply: CompletionSender,
+}
+
+type Callbacks = Arc<Mutex<HashMap<String, Waiting>>>;
+
+/// No task waits on this token (it was never issued, was already answered,
+/// or its task timed out or was cancelled). AWS answers `TaskDoesNotExist`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no task waits on this task token (unknown, already answered, timed out or cancelled)")]
+pub struct UnknownTaskToken;
+
 /// Runs handlers in-process: a registry of handler key to handler, each task
 /// a tokio task. Enforces `HeartbeatSeconds`; turns panics into
 /// `States.TaskFailed`; aborts handlers on cancel.
+///
+/// By default the result of a `.waitForTaskToken` handler answers its task
+/// (the local runner's behaviour). With [`EmbeddedDispatcher::with_callbacks`]
+/// such a task waits, as over NATS, for [`EmbeddedDispatcher::complete_task`]
+/// with its token; the handler only hands the token out (its error still
+/// fails the task).
 pub struct EmbeddedDispatcher {
     handlers: HashMap<String, Arc<dyn Handler>>,
     running: Running,
     calls: Mutex<Vec<CallRecord>>,
+    callbacks: Option<Callbacks>,
 }
 
 impl EmbeddedDispatcher {
@@ -91,7 +113,43 @@ impl EmbeddedDispatcher {
             handlers: handlers.into_iter().collect(),
             running: Arc::default(),
             calls: Mutex::default(),
+            callbacks: None,
         }
+    }
+
+    /// `.waitForTaskToken` tasks wait for [`EmbeddedDispatcher::complete_task`]
+    /// (AWS's `SendTaskSuccess`/`SendTaskFailure`) instead of taking the
+    /// handler's result.
+    pub fn with_callbacks(mut self) -> EmbeddedDispatcher {
+        self.callbacks = Some(Arc::default());
+        self
+    }
+
+    /// Answers the `.waitForTaskToken` task waiting on `token` (only with
+    /// [`EmbeddedDispatcher::with_callbacks`]): `Ok` as `SendTaskSuccess`,
+    /// `Err` as `SendTaskFailure`. A token answers once.
+    pub fn complete_task(
+        &self,
+        token: &str,
+        result: Result<Value, TaskError>,
+    ) -> Result<(), UnknownTaskToken> {
+        let waiting = self
+            .callbacks
+            .as_ref()
+            .and_then(|c| {
+                c.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(token)
+            })
+            .ok_or(UnknownTaskToken)?;
+        waiting
+            .reply
+            .send(Completion {
+                task_id: waiting.task_id,
+                result,
+            })
+            // The execution is gone: nobody waits any more.
+            .map_err(|_| UnknownTaskToken)
     }
 
     /// True when a handler is registered under `key`.
@@ -168,9 +226,9 @@ impl Dispatcher for EmbeddedDispatcher {
             ctx.state_name = request.state_name.to_string();
             ctx.resource = request.resource.to_string();
             ctx.attempt = request.attempt;
-            // `.waitForTaskToken`: in-process, the handler's return value
-            // plays the role of SendTaskSuccess and its error of
-            // SendTaskFailure; it gets the token as AWS's participants do.
+            // `.waitForTaskToken`: the handler gets the token as AWS's
+            // participants do; without callbacks its return value plays the
+            // role of SendTaskSuccess and its error of SendTaskFailure.
             ctx.task_token = request.task_token.clone();
             ctx.timeout_seconds = request.timeout_seconds;
 
@@ -180,6 +238,20 @@ impl Dispatcher for EmbeddedDispatcher {
             // its entry before it is inserted.
             let mut guard = self.running.lock().unwrap_or_else(PoisonError::into_inner);
             let heartbeat_seconds = request.heartbeat_seconds;
+            let callbacks = match (&self.callbacks, &request.task_token) {
+                (Some(c), Some(token)) if resolution.pattern == Pattern::WaitForTaskToken => {
+                    c.lock().unwrap_or_else(PoisonError::into_inner).insert(
+                        token.clone(),
+                        Waiting {
+                            execution_id: execution.execution_id.clone(),
+                            task_id: task_id.clone(),
+                            reply: reply.clone(),
+                        },
+                    );
+                    Some((Arc::clone(c), token.clone()))
+                }
+                _ => None,
+            };
             let shape = resolution.shape;
             let input = resolution.input;
             let spawned_slot = slot.clone();
@@ -194,6 +266,17 @@ impl Dispatcher for EmbeddedDispatcher {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&spawned_slot);
+                if let Some((callbacks, token)) = callbacks {
+                    if result.is_ok() {
+                        // The handler took the token; the answer comes
+                        // through `complete_task`.
+                        return;
+                    }
+                    callbacks
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&token);
+                }
                 let _ = reply.send(Completion {
                     task_id: spawned_slot.1.clone(),
                     result,
@@ -213,6 +296,11 @@ impl Dispatcher for EmbeddedDispatcher {
                 .remove(&(execution_id.to_string(), task_id.to_string()));
             if let Some(h) = handle {
                 h.abort();
+            }
+            if let Some(c) = &self.callbacks {
+                c.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .retain(|_, w| !(w.execution_id == execution_id && w.task_id == task_id));
             }
         })
     }
@@ -500,5 +588,97 @@ mod tests {
         assert!(dropped.load(Ordering::SeqCst));
         assert_eq!(d.running(), 0);
         d.cancel("exec-1", "unknown").await;
+    }
+
+    fn token_request(task_id: &str, token: &str) -> TaskRequest {
+        let mut r = request(
+            task_id,
+            "arn:aws:states:::lambda:invoke.waitForTaskToken",
+            json!({"FunctionName": "review", "Payload": {}}),
+            None,
+        );
+        r.task_token = Some(token.into());
+        r
+    }
+
+    #[tokio::test]
+    async fn callbacks_answer_wait_for_task_token_tasks() {
+        let h: Arc<dyn Handler> = Arc::new(handler_fn(|_: Value, _c: TaskContext| async move {
+            Ok::<_, TaskError>(json!("ignored: the callback answers"))
+        }));
+        let d = EmbeddedDispatcher::new([("review".to_string(), h)]).with_callbacks();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let info = info();
+        d.dispatch(&info, token_request("t1", "tok-1"), tx.clone())
+            .await
+            .unwrap();
+        d.dispatch(&info, token_request("t2", "tok-2"), tx)
+            .await
+            .unwrap();
+        // The handlers return, yet nothing is answered until the callbacks.
+        while d.running() > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(rx.try_recv().is_err());
+        assert_eq!(d.complete_task("nope", Ok(json!(1))), Err(UnknownTaskToken));
+        d.complete_task("tok-2", Err(TaskError::new("Rejected", "no")))
+            .unwrap();
+        d.complete_task("tok-1", Ok(json!({"approved": true})))
+            .unwrap();
+        let c = rx.recv().await.unwrap();
+        assert_eq!(c.task_id, "t2");
+        assert_eq!(c.result, Err(TaskError::new("Rejected", "no")));
+        let c = rx.recv().await.unwrap();
+        assert_eq!(c.task_id, "t1");
+        assert_eq!(c.result, Ok(json!({"approved": true})));
+        // A token answers once.
+        assert_eq!(
+            d.complete_task("tok-1", Ok(json!(2))),
+            Err(UnknownTaskToken)
+        );
+    }
+
+    #[tokio::test]
+    async fn callbacks_still_fail_on_handler_errors_and_forget_cancelled_tasks() {
+        let h: Arc<dyn Handler> = Arc::new(handler_fn(|v: Value, _c: TaskContext| async move {
+            if v.get("fail").is_some() {
+                return Err(TaskError::new("Unreachable", "reviewer system down"));
+            }
+            Ok(json!(null))
+        }));
+        let d = EmbeddedDispatcher::new([("review".to_string(), h)]).with_callbacks();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let info = info();
+        let mut failing = token_request("t1", "tok-1");
+        failing.input = json!({"FunctionName": "review", "Payload": {"fail": true}}).into();
+        d.dispatch(&info, failing, tx.clone()).await.unwrap();
+        let c = rx.recv().await.unwrap();
+        assert_eq!(c.result.unwrap_err().error, "Unreachable");
+        assert_eq!(
+            d.complete_task("tok-1", Ok(json!(1))),
+            Err(UnknownTaskToken)
+        );
+
+        d.dispatch(&info, token_request("t2", "tok-2"), tx)
+            .await
+            .unwrap();
+        d.cancel("exec-1", "t2").await;
+        assert_eq!(
+            d.complete_task("tok-2", Ok(json!(1))),
+            Err(UnknownTaskToken)
+        );
+    }
+
+    #[tokio::test]
+    async fn without_callbacks_the_handler_answers() {
+        let h: Arc<dyn Handler> = Arc::new(handler_fn(|_: Value, _c: TaskContext| async move {
+            Ok::<_, TaskError>(json!("from the handler"))
+        }));
+        let (c, d) = one(vec![("review", h)], token_request("t1", "tok-1")).await;
+        assert_eq!(c.result, Ok(json!("from the handler")));
+        assert_eq!(
+            d.complete_task("tok-1", Ok(json!(1))),
+            Err(UnknownTaskToken)
+        );
     }
 }

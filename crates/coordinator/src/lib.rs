@@ -21,7 +21,9 @@ pub mod local;
 pub mod resource;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
-pub use dispatch::{Completion, CompletionSender, DispatchError, Dispatcher, EmbeddedDispatcher};
+pub use dispatch::{
+    Completion, CompletionSender, DispatchError, Dispatcher, EmbeddedDispatcher, UnknownTaskToken,
+};
 pub use driver::{
     Coordinator, DriveError, ExecutionRun, HistoryEntry, HistoryItem, RuntimeOptions,
 };

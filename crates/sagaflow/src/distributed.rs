@@ -1,0 +1,184 @@
+//! The distributed backend: handlers served over NATS by a participant
+//! worker, everything else through the coordinators' API; optionally a
+//! coordinator in this process.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use sagaflow_coordinator::cluster::client::{ApiClient, ApiClientError};
+use sagaflow_coordinator::cluster::{Cluster, ClusterHandle};
+use sagaflow_participant::{Handler, ShutdownHandle, Worker};
+use sagaflow_protocol::api::{ExecutionDescription, StartExecutionRequest};
+
+use crate::{Error, ExecutionResult, Options};
+
+type Running = (ShutdownHandle, JoinHandle<()>);
+
+pub(crate) struct Distributed {
+    api: ApiClient,
+    worker: Mutex<Option<Running>>,
+    cluster: Mutex<Option<ClusterHandle>>,
+}
+
+impl Distributed {
+    pub(crate) async fn connect(
+        url: &str,
+        options: &Options,
+        handlers: Vec<(String, Arc<dyn Handler>)>,
+    ) -> Result<Distributed, Error> {
+        let client = sagaflow_nats::connect(url).await?;
+        let settings = options.cluster.settings.clone();
+        let cluster = if options.run_coordinator {
+            // Boxed: the coordinator's start-up future is large.
+            Some(Box::pin(Cluster::start(client.clone(), options.cluster.clone())).await?)
+        } else {
+            None
+        };
+        let worker = if options.serve_handlers && !handlers.is_empty() {
+            let mut builder = Worker::builder(client.clone())
+                .settings(settings.clone())
+                .concurrency(options.worker_concurrency)
+                .grace_period(options.worker_grace_period);
+            for (name, handler) in handlers {
+                builder = builder.handler_arc(name, handler);
+            }
+            match Box::pin(builder.build()).await {
+                Ok(worker) => {
+                    let stop = worker.shutdown_handle();
+                    Some((stop, tokio::spawn(worker.run())))
+                }
+                Err(e) => {
+                    if let Some(c) = cluster {
+                        c.shutdown().await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        } else {
+            None
+        };
+        let api = ApiClient::new(client, settings.namespace).with_timeout(options.api_timeout);
+        Ok(Distributed {
+            api,
+            worker: Mutex::new(worker),
+            cluster: Mutex::new(cluster),
+        })
+    }
+
+    pub(crate) fn api(&self) -> &ApiClient {
+        &self.api
+    }
+
+    pub(crate) async fn deploy(&self, name: &str, definition: &str) -> Result<u64, Error> {
+        match self.api.create_state_machine(name, definition).await {
+            Ok(v) => Ok(v.version),
+            Err(e) => Err(match Error::from(e) {
+                Error::InvalidDefinition { message, .. } => Error::InvalidDefinition {
+                    name: name.to_string(),
+                    message,
+                },
+                other => other,
+            }),
+        }
+    }
+
+    pub(crate) async fn start(
+        &self,
+        state_machine: &str,
+        input: Value,
+        name: Option<&str>,
+    ) -> Result<String, Error> {
+        let reply = self
+            .api
+            .start_execution(StartExecutionRequest {
+                state_machine: state_machine.to_string(),
+                version: None,
+                name: name.map(str::to_string),
+                input: Some(input),
+                traceparent: None,
+            })
+            .await?;
+        Ok(reply.execution_arn)
+    }
+
+    pub(crate) async fn describe(
+        &self,
+        arn: &str,
+        started_here: bool,
+    ) -> Result<ExecutionResult, Error> {
+        match self.api.describe_execution(arn).await {
+            Ok(d) => Ok(result_of(d)),
+            // Started, but its start is still queued for a coordinator.
+            Err(ApiClientError::Api(e)) if started_here && e.code == "ExecutionDoesNotExist" => {
+                Ok(ExecutionResult {
+                    arn: arn.to_string(),
+                    name: arn.rsplit(':').next().unwrap_or(arn).to_string(),
+                    status: crate::Status::Running,
+                    output: None,
+                    error: None,
+                    cause: None,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn wait(
+        &self,
+        arn: &str,
+        timeout: Duration,
+    ) -> Result<ExecutionResult, Error> {
+        match self.api.wait_for_completion(arn, timeout).await {
+            Ok(d) => Ok(result_of(d)),
+            Err(ApiClientError::Timeout { .. }) => Err(Error::Timeout {
+                execution: arn.to_string(),
+                waited: timeout,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn history(&self, arn: &str, started_here: bool) -> Result<Vec<Value>, Error> {
+        match self.api.execution_history(arn).await {
+            Ok(h) => Ok(h.events),
+            Err(ApiClientError::Api(e)) if started_here && e.code == "ExecutionDoesNotExist" => {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn shutdown(&self) {
+        let worker = self
+            .worker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some((stop, running)) = worker {
+            stop.shutdown();
+            let _ = running.await;
+        }
+        let cluster = self
+            .cluster
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(c) = cluster {
+            c.shutdown().await;
+        }
+    }
+}
+
+fn result_of(d: ExecutionDescription) -> ExecutionResult {
+    ExecutionResult {
+        arn: d.execution_arn,
+        name: d.name,
+        status: d.status,
+        output: d.output,
+        error: d.error,
+        cause: d.cause,
+    }
+}

@@ -1,0 +1,561 @@
+//! # sagaflow
+//!
+//! The one library a Sagaflow application depends on. Register the
+//! participants' handlers ([`handler_fn`], [`lambda_fn`] or any [`Handler`])
+//! and the state machines (Amazon States Language, JSON), then
+//! [`SagaflowBuilder::build`] picks the backend:
+//!
+//! - **no NATS URL: embedded.** The coordinator and the participants run in
+//!   this process, with no NATS: tasks are handed to the handlers
+//!   in-process, executions and their histories are kept in memory (gone
+//!   when the process ends). For demos, tests and small tools.
+//! - **a NATS URL: distributed.** The handlers are served over NATS
+//!   JetStream by a participant [`Worker`](sagaflow_participant::Worker);
+//!   state machines are deployed and executions started, described and
+//!   answered through the coordinators' API (`sagaflow coordinator`), and
+//!   with [`Options::run_coordinator`] this process runs a coordinator too.
+//!   Executions are durable and survive crashes of any process.
+//!
+//! Both backends run on the caller's tokio runtime (multi-threaded or not).
+//!
+//! The calls are the same either way: [`Sagaflow::deploy`],
+//! [`Sagaflow::start`], [`Execution::wait`], [`Execution::history`],
+//! [`Sagaflow::send_task_success`] and [`Sagaflow::send_task_failure`].
+//!
+//! ```
+//! use sagaflow::{Sagaflow, Status, TaskContext, TaskError, handler_fn};
+//! use serde_json::{Value, json};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), sagaflow::Error> {
+//! let saga = Sagaflow::builder()
+//!     .handler("greet", handler_fn(|input: Value, _ctx: TaskContext| async move {
+//!         Ok::<_, TaskError>(json!({ "greeting": format!("hello, {}", input["name"].as_str().unwrap_or("you")) }))
+//!     }))
+//!     .state_machine("hello", r#"{
+//!         "StartAt": "Greet",
+//!         "States": {"Greet": {"Type": "Task", "Resource": "greet", "End": true}}
+//!     }"#)
+//!     .build() // no NATS URL: embedded
+//!     .await?;
+//!
+//! let execution = saga.start("hello", json!({"name": "Ada"}), None).await?;
+//! let result = execution.wait(std::time::Duration::from_secs(10)).await?;
+//! assert_eq!(result.status, Status::Succeeded);
+//! assert_eq!(result.output, Some(json!({"greeting": "hello, Ada"})));
+//! assert_eq!(execution.states_entered().await?, vec!["Greet"]);
+//! saga.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+//!
+//! The same program over NATS needs only the URL (and a coordinator: here
+//! one in this process):
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), sagaflow::Error> {
+//! # let definition = "";
+//! use sagaflow::{Sagaflow, TaskContext, TaskError, handler_fn};
+//! let saga = Sagaflow::builder()
+//!     .nats_url(Some("nats://127.0.0.1:4222"))
+//!     .run_coordinator(true) // or run `sagaflow coordinator --nats URL`
+//!     .handler("greet", handler_fn(|input: serde_json::Value, _ctx: TaskContext| async move {
+//!         Ok::<_, TaskError>(input)
+//!     }))
+//!     .state_machine("hello", definition)
+//!     .build()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A `.waitForTaskToken` task waits for [`Sagaflow::send_task_success`] or
+//! [`Sagaflow::send_task_failure`] with its token on both backends (its
+//! handler only hands the token out); over NATS `sagaflow
+//! send-task-success TOKEN JSON` answers it too.
+
+#![warn(missing_docs)]
+
+mod distributed;
+mod embedded;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use sagaflow_coordinator::RuntimeOptions;
+pub use sagaflow_coordinator::cluster::ClusterOptions;
+pub use sagaflow_participant::{
+    Handler, LambdaContext, TaskContext, TaskError, handler_fn, lambda_fn,
+};
+pub use sagaflow_protocol::Namespace;
+pub use sagaflow_protocol::api::ExecutionStatus as Status;
+
+use sagaflow_coordinator::cluster::client::ApiClientError;
+
+/// The pause between two tries of [`Sagaflow::deploy_when_ready`].
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Something went wrong in a Sagaflow call. Failures of the sagas
+/// themselves are not errors: they are an [`ExecutionResult`] with status
+/// [`Status::Failed`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Two handlers were registered under one name.
+    #[error("handler '{0}' is registered twice")]
+    DuplicateHandler(String),
+    /// A state machine definition is not valid ASL.
+    #[error("state machine '{name}' is not valid: {message}")]
+    InvalidDefinition {
+        /// The state machine's name.
+        name: String,
+        /// Every problem found.
+        message: String,
+    },
+    /// A name (state machine, execution) is not allowed.
+    #[error(transparent)]
+    InvalidName(#[from] sagaflow_protocol::NameError),
+    /// No state machine has this name.
+    #[error("no state machine named '{0}'; deploy it first")]
+    StateMachineDoesNotExist(String),
+    /// An execution of this name exists with another input.
+    #[error("execution '{0}' already exists with another input")]
+    ExecutionAlreadyExists(String),
+    /// No execution has this ARN.
+    #[error("no execution '{0}'")]
+    ExecutionDoesNotExist(String),
+    /// No task waits on this task token (unknown, already answered, timed
+    /// out or cancelled).
+    #[error("no task waits on this task token")]
+    TaskDoesNotExist,
+    /// The execution did not end in time.
+    #[error("execution '{execution}' did not end within {waited:?}")]
+    Timeout {
+        /// The execution's ARN.
+        execution: String,
+        /// How long was waited.
+        waited: Duration,
+    },
+    /// Embedded: the execution's history is complete only once it ends.
+    #[error("execution '{0}' is still running; its history is available when it ends")]
+    StillRunning(String),
+    /// Embedded: the runtime could not carry the execution on (a Sagaflow
+    /// bug, not a saga failure).
+    #[error("execution '{execution}' broke down: {message}")]
+    Runtime {
+        /// The execution's ARN.
+        execution: String,
+        /// What happened.
+        message: String,
+    },
+    /// Distributed: connecting to NATS failed.
+    #[error(transparent)]
+    Connect(#[from] sagaflow_nats::ConnectError),
+    /// Distributed: the participant worker could not start.
+    #[error("cannot serve the handlers over NATS: {0}")]
+    Worker(#[from] sagaflow_participant::WorkerError),
+    /// Distributed: the in-process coordinator could not start.
+    #[error("cannot start the coordinator: {0}")]
+    Coordinator(#[from] sagaflow_coordinator::cluster::ClusterError),
+    /// Distributed: an API call failed (no coordinator, NATS away, ...).
+    #[error(transparent)]
+    Api(ApiClientError),
+}
+
+impl From<ApiClientError> for Error {
+    fn from(e: ApiClientError) -> Error {
+        match &e {
+            ApiClientError::Api(api) => match api.code.as_str() {
+                "StateMachineDoesNotExist" => Error::StateMachineDoesNotExist(api.message.clone()),
+                "ExecutionAlreadyExists" => Error::ExecutionAlreadyExists(api.message.clone()),
+                "ExecutionDoesNotExist" => Error::ExecutionDoesNotExist(api.message.clone()),
+                "TaskDoesNotExist" | "InvalidToken" => Error::TaskDoesNotExist,
+                "InvalidDefinition" => Error::InvalidDefinition {
+                    name: String::new(),
+                    message: api
+                        .details
+                        .as_ref()
+                        .map(Value::to_string)
+                        .unwrap_or_else(|| api.message.clone()),
+                },
+                _ => Error::Api(e),
+            },
+            _ => Error::Api(e),
+        }
+    }
+}
+
+/// How a [`Sagaflow`] is set up. `Options::default()` is embedded.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The NATS server: `None` runs embedded (in-process, no NATS).
+    pub nats_url: Option<String>,
+    /// Distributed: also run a coordinator in this process (with
+    /// [`Options::cluster`]); otherwise one must run elsewhere
+    /// (`sagaflow coordinator --nats URL`).
+    pub run_coordinator: bool,
+    /// Distributed: serve the registered handlers over NATS (a participant
+    /// worker). Off for a process that only starts sagas.
+    pub serve_handlers: bool,
+    /// Distributed: the coordinator's options; `cluster.settings.namespace`
+    /// names the deployment for the API client and the worker as well.
+    pub cluster: ClusterOptions,
+    /// Distributed: how many tasks the worker runs at once.
+    pub worker_concurrency: usize,
+    /// Distributed: how long in-flight handlers get to finish on shutdown.
+    pub worker_grace_period: Duration,
+    /// Distributed: how long an API call waits for its answer.
+    pub api_timeout: Duration,
+    /// Embedded: the interpreter's limits.
+    pub runtime: RuntimeOptions,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nats_url: None,
+            run_coordinator: false,
+            serve_handlers: true,
+            cluster: ClusterOptions::default(),
+            worker_concurrency: sagaflow_participant::worker::DEFAULT_CONCURRENCY,
+            worker_grace_period: sagaflow_participant::worker::DEFAULT_GRACE_PERIOD,
+            api_timeout: Duration::from_secs(10),
+            runtime: RuntimeOptions::default(),
+        }
+    }
+}
+
+/// Which backend a [`Sagaflow`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// In this process, no NATS.
+    Embedded,
+    /// Over NATS JetStream.
+    Distributed,
+}
+
+/// Collects handlers, state machines and [`Options`]; [`SagaflowBuilder::build`]
+/// starts the backend.
+#[derive(Default)]
+pub struct SagaflowBuilder {
+    options: Options,
+    handlers: Vec<(String, Arc<dyn Handler>)>,
+    machines: Vec<(String, String)>,
+}
+
+impl SagaflowBuilder {
+    /// Replaces every option.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Runs over NATS at `url` (`None`: embedded, the default).
+    pub fn nats_url(mut self, url: Option<impl Into<String>>) -> Self {
+        self.options.nats_url = url.map(Into::into);
+        self
+    }
+
+    /// Distributed: also runs a coordinator in this process.
+    pub fn run_coordinator(mut self, on: bool) -> Self {
+        self.options.run_coordinator = on;
+        self
+    }
+
+    /// Distributed: serve the registered handlers (default: on).
+    pub fn serve_handlers(mut self, on: bool) -> Self {
+        self.options.serve_handlers = on;
+        self
+    }
+
+    /// Registers a handler. `name` is what a Task's `Resource` names: a
+    /// plain name, or the function name of a Lambda ARN
+    /// (`arn:aws:lambda:REGION:ACCOUNT:function:NAME`) or of
+    /// `lambda:invoke`'s `FunctionName`.
+    pub fn handler(self, name: impl Into<String>, handler: impl Handler + 'static) -> Self {
+        self.handler_arc(name, Arc::new(handler))
+    }
+
+    /// [`SagaflowBuilder::handler`] for a shared handler.
+    pub fn handler_arc(mut self, name: impl Into<String>, handler: Arc<dyn Handler>) -> Self {
+        self.handlers.push((name.into(), handler));
+        self
+    }
+
+    /// A state machine deployed by [`SagaflowBuilder::build`] (as
+    /// [`Sagaflow::deploy`] would).
+    pub fn state_machine(mut self, name: impl Into<String>, definition: impl Into<String>) -> Self {
+        self.machines.push((name.into(), definition.into()));
+        self
+    }
+
+    /// Starts the backend chosen by [`Options::nats_url`] and deploys the
+    /// registered state machines.
+    pub async fn build(self) -> Result<Sagaflow, Error> {
+        let mut seen = std::collections::HashSet::new();
+        for (name, _) in &self.handlers {
+            if !seen.insert(name.as_str()) {
+                return Err(Error::DuplicateHandler(name.clone()));
+            }
+        }
+        let backend = match &self.options.nats_url {
+            None => Backend::Embedded(Arc::new(embedded::Embedded::new(
+                self.handlers,
+                self.options.runtime.clone(),
+            ))),
+            Some(url) => Backend::Distributed(Arc::new(
+                // Boxed: connecting (and starting a coordinator) is a large
+                // future, kept off the caller's stack.
+                Box::pin(distributed::Distributed::connect(
+                    url,
+                    &self.options,
+                    self.handlers,
+                ))
+                .await?,
+            )),
+        };
+        let saga = Sagaflow { backend };
+        for (name, definition) in &self.machines {
+            saga.deploy(name, definition).await?;
+        }
+        Ok(saga)
+    }
+}
+
+#[derive(Clone)]
+enum Backend {
+    Embedded(Arc<embedded::Embedded>),
+    Distributed(Arc<distributed::Distributed>),
+}
+
+/// A running Sagaflow: deploys state machines, starts executions, answers
+/// callback tasks. Cheap to clone.
+#[derive(Clone)]
+pub struct Sagaflow {
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Sagaflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sagaflow")
+            .field("mode", &self.mode())
+            .finish()
+    }
+}
+
+impl Sagaflow {
+    /// A builder with default [`Options`] (embedded).
+    pub fn builder() -> SagaflowBuilder {
+        SagaflowBuilder::default()
+    }
+
+    /// The backend in use.
+    pub fn mode(&self) -> Mode {
+        match self.backend {
+            Backend::Embedded(_) => Mode::Embedded,
+            Backend::Distributed(_) => Mode::Distributed,
+        }
+    }
+
+    /// Validates and stores a state machine (ASL JSON); returns its version
+    /// (1, 2, ...: an execution keeps the version it started with).
+    pub async fn deploy(&self, name: &str, definition: &str) -> Result<u64, Error> {
+        match &self.backend {
+            Backend::Embedded(e) => e.deploy(name, definition),
+            Backend::Distributed(d) => d.deploy(name, definition).await,
+        }
+    }
+
+    /// [`Sagaflow::deploy`], tried again every half second while no
+    /// coordinator answers (one starting at the same time, as in a
+    /// container set-up), for at most `patience`. Other errors are returned
+    /// at once.
+    pub async fn deploy_when_ready(
+        &self,
+        name: &str,
+        definition: &str,
+        patience: Duration,
+    ) -> Result<u64, Error> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.deploy(name, definition).await {
+                Err(Error::Api(
+                    ApiClientError::NoResponders { .. }
+                    | ApiClientError::Timeout { .. }
+                    | ApiClientError::Transport(_),
+                )) if tokio::time::Instant::now() + RETRY_PAUSE < deadline => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Starts an execution of the latest version of `state_machine`.
+    /// `name` defaults to a fresh unique name; starting again with the same
+    /// name and input returns the same execution (with another input:
+    /// [`Error::ExecutionAlreadyExists`]).
+    pub async fn start(
+        &self,
+        state_machine: &str,
+        input: Value,
+        name: Option<&str>,
+    ) -> Result<Execution, Error> {
+        let arn = match &self.backend {
+            Backend::Embedded(e) => e.start(state_machine, input, name)?,
+            Backend::Distributed(d) => d.start(state_machine, input, name).await?,
+        };
+        Ok(Execution {
+            arn,
+            backend: self.backend.clone(),
+            started_here: true,
+        })
+    }
+
+    /// A handle on an existing execution, by ARN (as [`Execution::arn`]
+    /// gives it).
+    pub fn execution(&self, arn: impl Into<String>) -> Execution {
+        Execution {
+            arn: arn.into(),
+            backend: self.backend.clone(),
+            started_here: false,
+        }
+    }
+
+    /// Answers the `.waitForTaskToken` task waiting on `token`
+    /// (`$$.Task.Token`) with `output` (AWS's `SendTaskSuccess`).
+    pub async fn send_task_success(&self, token: &str, output: Value) -> Result<(), Error> {
+        match &self.backend {
+            Backend::Embedded(e) => e.complete(token, Ok(output)),
+            Backend::Distributed(d) => Ok(d.api().send_task_success(token, output).await?),
+        }
+    }
+
+    /// Fails the `.waitForTaskToken` task waiting on `token` with `error`
+    /// (matched by `Retry`/`Catch`) and `cause` (AWS's `SendTaskFailure`).
+    pub async fn send_task_failure(
+        &self,
+        token: &str,
+        error: &str,
+        cause: &str,
+    ) -> Result<(), Error> {
+        match &self.backend {
+            Backend::Embedded(e) => e.complete(token, Err(TaskError::new(error, cause))),
+            Backend::Distributed(d) => Ok(d
+                .api()
+                .send_task_failure(token, Some(error.to_string()), Some(cause.to_string()))
+                .await?),
+        }
+    }
+
+    /// Stops: embedded, abandons running executions; distributed, stops
+    /// the worker (in-flight handlers get the grace period) and the
+    /// in-process coordinator (which hands its partitions back).
+    pub async fn shutdown(self) {
+        match self.backend {
+            Backend::Embedded(e) => e.shutdown(),
+            Backend::Distributed(d) => d.shutdown().await,
+        }
+    }
+}
+
+/// How an execution stands (or ended).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionResult {
+    /// The execution's ARN.
+    pub arn: String,
+    /// Its name.
+    pub name: String,
+    /// `RUNNING`, `SUCCEEDED`, `FAILED`, `TIMED_OUT` or `ABORTED`.
+    pub status: Status,
+    /// The output, when it succeeded.
+    pub output: Option<Value>,
+    /// The error name, when it failed, timed out or was aborted.
+    pub error: Option<String>,
+    /// The cause, with the error.
+    pub cause: Option<String>,
+}
+
+/// One execution. Cheap to clone.
+#[derive(Clone)]
+pub struct Execution {
+    arn: String,
+    backend: Backend,
+    /// Returned by [`Sagaflow::start`]: the execution exists even when the
+    /// coordinators have not indexed it yet.
+    started_here: bool,
+}
+
+impl std::fmt::Debug for Execution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Execution").field("arn", &self.arn).finish()
+    }
+}
+
+impl Execution {
+    /// `arn:aws:states:local:000000000000:execution:MACHINE:NAME`.
+    pub fn arn(&self) -> &str {
+        &self.arn
+    }
+
+    /// The execution's name (the ARN's last segment).
+    pub fn name(&self) -> &str {
+        self.arn.rsplit(':').next().unwrap_or(&self.arn)
+    }
+
+    /// How it stands now (status [`Status::Running`] until it ends). An
+    /// execution just returned by [`Sagaflow::start`] whose start the
+    /// coordinators have not processed yet is reported as running.
+    pub async fn describe(&self) -> Result<ExecutionResult, Error> {
+        match &self.backend {
+            Backend::Embedded(e) => e.describe(&self.arn),
+            Backend::Distributed(d) => d.describe(&self.arn, self.started_here).await,
+        }
+    }
+
+    /// Waits until it ends, at most `timeout` ([`Error::Timeout`]).
+    pub async fn wait(&self, timeout: Duration) -> Result<ExecutionResult, Error> {
+        match &self.backend {
+            Backend::Embedded(e) => e.wait(&self.arn, timeout).await,
+            Backend::Distributed(d) => d.wait(&self.arn, timeout).await,
+        }
+    }
+
+    /// What happened, as Step Functions-style history events
+    /// (`{"id", "timestamp", "type": "TaskStateEntered", "stateEnteredEventDetails": {...}}`,
+    /// oldest first). Embedded: available once the execution has ended
+    /// ([`Error::StillRunning`] before). Distributed: what has happened so
+    /// far (empty for an execution just started whose start is still
+    /// queued).
+    pub async fn history(&self) -> Result<Vec<Value>, Error> {
+        match &self.backend {
+            Backend::Embedded(e) => e.history(&self.arn),
+            Backend::Distributed(d) => d.history(&self.arn, self.started_here).await,
+        }
+    }
+
+    /// The names of the states entered, in order (from
+    /// [`Execution::history`]).
+    pub async fn states_entered(&self) -> Result<Vec<String>, Error> {
+        Ok(states_entered(&self.history().await?))
+    }
+}
+
+/// The names of the states entered, in order, in Step Functions-style
+/// history events (the `...StateEntered` events).
+pub fn states_entered(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| {
+            e.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with("StateEntered"))
+        })
+        .filter_map(|e| {
+            e.pointer("/stateEnteredEventDetails/name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect()
+}

@@ -1,0 +1,203 @@
+//! The facade on the embedded backend: deploy, start, wait, history,
+//! callbacks and the errors.
+
+use std::time::Duration;
+
+use sagaflow::{Error, Mode, Sagaflow, Status, TaskContext, TaskError, handler_fn, lambda_fn};
+use serde_json::{Value, json};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+const CALLBACK: &str = r#"{
+  "StartAt": "Ask",
+  "States": {
+    "Ask": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
+            "Parameters": {"FunctionName": "ask", "Payload": {"token.$": "$$.Task.Token"}},
+            "Catch": [{"ErrorEquals": ["No"], "ResultPath": "$.error", "Next": "Refused"}],
+            "End": true},
+    "Refused": {"Type": "Fail", "Error": "Refused"}
+  }
+}"#;
+
+async fn saga() -> (Sagaflow, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let saga = Sagaflow::builder()
+        .handler(
+            "double",
+            handler_fn(|n: i64, _ctx: TaskContext| async move { Ok::<_, TaskError>(n * 2) }),
+        )
+        .handler(
+            "boom",
+            handler_fn(|_: Value, _ctx: TaskContext| async move {
+                Err::<Value, _>(TaskError::new("Boom", "it broke"))
+            }),
+        )
+        .handler(
+            "slow",
+            handler_fn(|_: Value, _ctx: TaskContext| async move {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, TaskError>(json!(null))
+            }),
+        )
+        .handler(
+            "ask",
+            lambda_fn(move |event: Value, _ctx| {
+                let tx = tx.clone();
+                async move {
+                    let token = event["token"].as_str().unwrap_or_default().to_string();
+                    let _ = tx.send(token);
+                    Ok(json!("asked"))
+                }
+            }),
+        )
+        .state_machine(
+            "double",
+            r#"{"StartAt": "D", "States": {"D": {"Type": "Task", "Resource": "double", "End": true}}}"#,
+        )
+        .state_machine(
+            "boom",
+            r#"{"StartAt": "B", "States": {"B": {"Type": "Task", "Resource": "arn:aws:lambda:eu-west-1:1:function:boom", "End": true}}}"#,
+        )
+        .state_machine(
+            "slow",
+            r#"{"StartAt": "S", "States": {"S": {"Type": "Task", "Resource": "slow", "End": true}}}"#,
+        )
+        .state_machine("callback", CALLBACK)
+        .build()
+        .await
+        .unwrap();
+    (saga, rx)
+}
+
+#[tokio::test]
+async fn runs_succeeded_and_failed_executions() {
+    let (saga, _) = saga().await;
+    assert_eq!(saga.mode(), Mode::Embedded);
+    let e = saga.start("double", json!(21), Some("d1")).await.unwrap();
+    assert_eq!(e.name(), "d1");
+    assert!(e.arn().ends_with(":execution:double:d1"), "{}", e.arn());
+    let r = e.wait(LIMIT).await.unwrap();
+    assert_eq!(r.status, Status::Succeeded);
+    assert_eq!(r.output, Some(json!(42)));
+    assert_eq!(e.describe().await.unwrap(), r);
+    let history = e.history().await.unwrap();
+    assert_eq!(history.first().unwrap()["type"], "ExecutionStarted");
+    assert_eq!(history.last().unwrap()["type"], "ExecutionSucceeded");
+
+    let e = saga.start("boom", json!({}), None).await.unwrap();
+    let r = e.wait(LIMIT).await.unwrap();
+    assert_eq!(r.status, Status::Failed);
+    assert_eq!(r.error.as_deref(), Some("Boom"));
+    assert_eq!(r.cause.as_deref(), Some("it broke"));
+    assert_eq!(r.output, None);
+    assert_eq!(e.states_entered().await.unwrap(), ["B"]);
+    // A handle by ARN sees the same execution.
+    assert_eq!(saga.execution(e.arn()).describe().await.unwrap(), r);
+    saga.shutdown().await;
+}
+
+#[tokio::test]
+async fn starts_are_idempotent_by_name() {
+    let (saga, _) = saga().await;
+    let a = saga.start("double", json!(1), Some("same")).await.unwrap();
+    let b = saga.start("double", json!(1), Some("same")).await.unwrap();
+    assert_eq!(a.arn(), b.arn());
+    assert!(matches!(
+        saga.start("double", json!(2), Some("same")).await,
+        Err(Error::ExecutionAlreadyExists(_))
+    ));
+    // Deploying again makes a new version; new executions use it.
+    assert_eq!(
+        saga.deploy(
+            "double",
+            r#"{"StartAt": "P", "States": {"P": {"Type": "Pass", "Result": "v2", "End": true}}}"#
+        )
+        .await
+        .unwrap(),
+        2
+    );
+    let c = saga.start("double", json!(1), Some("other")).await.unwrap();
+    assert_eq!(c.wait(LIMIT).await.unwrap().output, Some(json!("v2")));
+    saga.shutdown().await;
+}
+
+#[tokio::test]
+async fn errors_are_typed() {
+    let (saga, _) = saga().await;
+    assert!(matches!(
+        saga.deploy("bad", r#"{"StartAt": "Nope", "States": {}}"#).await,
+        Err(Error::InvalidDefinition { name, .. }) if name == "bad"
+    ));
+    assert!(matches!(
+        saga.deploy(
+            "bad name!",
+            r#"{"StartAt": "P", "States": {"P": {"Type": "Succeed"}}}"#
+        )
+        .await,
+        Err(Error::InvalidName(_))
+    ));
+    assert!(matches!(
+        saga.start("missing", json!({}), None).await,
+        Err(Error::StateMachineDoesNotExist(_))
+    ));
+    assert!(matches!(
+        saga.execution("arn:aws:states:local:000000000000:execution:double:nope")
+            .describe()
+            .await,
+        Err(Error::ExecutionDoesNotExist(_))
+    ));
+    assert!(matches!(
+        saga.send_task_success("not-a-token", json!({})).await,
+        Err(Error::TaskDoesNotExist)
+    ));
+    let slow = saga.start("slow", json!({}), None).await.unwrap();
+    assert!(matches!(
+        slow.wait(Duration::from_millis(50)).await,
+        Err(Error::Timeout { .. })
+    ));
+    assert_eq!(slow.describe().await.unwrap().status, Status::Running);
+    assert!(matches!(slow.history().await, Err(Error::StillRunning(_))));
+    let duplicate = Sagaflow::builder()
+        .handler(
+            "x",
+            handler_fn(|v: Value, _c: TaskContext| async move { Ok::<_, TaskError>(v) }),
+        )
+        .handler(
+            "x",
+            handler_fn(|v: Value, _c: TaskContext| async move { Ok::<_, TaskError>(v) }),
+        )
+        .build()
+        .await;
+    assert!(matches!(duplicate, Err(Error::DuplicateHandler(n)) if n == "x"));
+    saga.shutdown().await;
+}
+
+#[tokio::test]
+async fn callback_tasks_wait_for_their_token() {
+    let (saga, mut tokens) = saga().await;
+    let yes = saga.start("callback", json!({}), None).await.unwrap();
+    let token = tokens.recv().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(yes.describe().await.unwrap().status, Status::Running);
+    saga.send_task_success(&token, json!({"answer": "yes"}))
+        .await
+        .unwrap();
+    let r = yes.wait(LIMIT).await.unwrap();
+    assert_eq!(r.status, Status::Succeeded);
+    assert_eq!(r.output, Some(json!({"answer": "yes"})));
+    assert!(matches!(
+        saga.send_task_success(&token, json!({})).await,
+        Err(Error::TaskDoesNotExist)
+    ));
+
+    let no = saga.start("callback", json!({}), None).await.unwrap();
+    let token = tokens.recv().await.unwrap();
+    saga.send_task_failure(&token, "No", "not today")
+        .await
+        .unwrap();
+    let r = no.wait(LIMIT).await.unwrap();
+    assert_eq!(r.status, Status::Failed);
+    assert_eq!(r.error.as_deref(), Some("Refused"));
+    assert_eq!(no.states_entered().await.unwrap(), ["Ask", "Refused"]);
+    saga.shutdown().await;
+}
