@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::trace::{SpanId, Status, TraceId};
@@ -97,9 +97,15 @@ async fn trace_spans(
     spans
 }
 
+/// The in-memory set-up, shared by the tests of this process.
+fn telemetry() -> &'static sagaflow_telemetry::testing::Testing {
+    static TESTING: OnceLock<sagaflow_telemetry::testing::Testing> = OnceLock::new();
+    TESTING.get_or_init(sagaflow_telemetry::testing::init)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_is_one_trace_across_coordinator_and_participant() {
-    let telemetry = sagaflow_telemetry::testing::init();
+    let telemetry = telemetry();
     let mut env = Env::start().await;
     let seen: Seen = Arc::default();
     let ok = |reply: Value, seen: Seen| {
@@ -309,5 +315,162 @@ async fn a_saga_is_one_trace_across_coordinator_and_participant() {
         "sagaflow.task.retries",
     ] {
         assert!(exported.contains(name), "{name} missing");
+    }
+}
+
+const GATED: &str = r#"{
+  "StartAt": "First",
+  "States": {
+    "First": {"Type": "Task", "Resource": "quick", "ResultPath": "$.first", "Next": "Second"},
+    "Second": {"Type": "Task", "Resource": "gated", "ResultPath": "$.second", "Next": "Third"},
+    "Third": {"Type": "Task", "Resource": "quick", "ResultPath": "$.third", "End": true}
+  }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_goes_on_after_the_execution_moves_to_another_coordinator() {
+    let telemetry = telemetry();
+    let mut env = Env::start().await;
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (e, g) = (entered.clone(), gate.clone());
+    env.worker(move |b| {
+        b.handler(
+            "quick",
+            handler_fn(|_: Value, _: TaskContext| async { Ok::<_, TaskError>(json!("ok")) }),
+        )
+        .handler(
+            "gated",
+            handler_fn(move |_: Value, _: TaskContext| {
+                let (e, g) = (e.clone(), g.clone());
+                async move {
+                    e.notify_one();
+                    let _permit = g.acquire().await;
+                    Ok::<_, TaskError>(json!("late"))
+                }
+            }),
+        )
+    })
+    .await;
+    env.deploy("gated", GATED).await;
+    let arn = env.start_execution("gated", "moving", json!({})).await;
+    entered.notified().await;
+
+    // The first coordinator goes away while the task runs; another one
+    // takes the execution over from its history.
+    env.cluster.take().expect("cluster").shutdown().await;
+    let second =
+        sagaflow_coordinator::cluster::Cluster::start(env.nats.clone(), env.options.clone())
+            .await
+            .expect("second coordinator");
+    env.cluster = Some(second);
+    gate.add_permits(1);
+    let done = env.wait(&arn).await;
+    assert_eq!(done.status, ExecutionStatus::Succeeded);
+    let trace = TraceId::from_hex(done.trace_id.as_deref().expect("trace id")).unwrap();
+
+    // execution, 3 states, 3 tasks, 3 handlers: one trace, one tree.
+    let spans = trace_spans(&telemetry.spans, trace, 10).await;
+    let all = names(&spans);
+    let execution = one(&spans, "execution");
+    assert_eq!(execution.parent_span_id, SpanId::INVALID);
+    let exec_id = execution.span_context.span_id();
+    for state in ["First", "Second", "Third"] {
+        let span = one(&spans, &format!("state {state}"));
+        assert_eq!(span.parent_span_id, exec_id, "{state} in {all:?}");
+        assert!(
+            span.start_time >= execution.start_time,
+            "{state} starts after the execution"
+        );
+    }
+    // The task span ended by the second coordinator keeps the id and the
+    // start the first one gave it: the handler (started under the first)
+    // hangs under it.
+    let second_state = one(&spans, "state Second");
+    let second_task = one(&spans, "task Second");
+    assert_eq!(
+        second_task.parent_span_id,
+        second_state.span_context.span_id()
+    );
+    let gated = one(&spans, "handler gated");
+    assert_eq!(gated.parent_span_id, second_task.span_context.span_id());
+    assert!(second_task.start_time <= gated.start_time);
+    assert!(execution.start_time <= one(&spans, "state First").start_time);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branch_states_hang_under_their_parallel_state_in_embedded_runs() {
+    use sagaflow_asl::interp::ExecutionInfo;
+    use sagaflow_coordinator::clock::SystemClock;
+    use sagaflow_coordinator::dispatch::EmbeddedDispatcher;
+    use sagaflow_coordinator::{Coordinator, RuntimeOptions};
+    use sagaflow_participant::stubs::Stubs;
+
+    let telemetry = telemetry();
+    let definition = r#"{"StartAt": "Fanout", "States": {"Fanout": {"Type": "Parallel", "End": true,
+        "Branches": [
+          {"StartAt": "Hotel", "States": {"Hotel": {"Type": "Task", "Resource": "hotel", "End": true}}},
+          {"StartAt": "Items", "States": {"Items": {"Type": "Map", "End": true, "ItemsPath": "$.items",
+             "ItemProcessor": {"StartAt": "Item", "States": {"Item": {"Type": "Task", "Resource": "item", "End": true}}}}}}
+        ]}}}"#;
+    let machine = Arc::new(sagaflow_asl::parse::parse_definition(definition).expect("definition"));
+    let stubs =
+        Stubs::from_str(r#"{"hotel": {"returns": 1}, "item": {"echo": true}}"#).expect("stubs");
+    let coordinator = Coordinator::new(
+        Arc::new(SystemClock),
+        Arc::new(EmbeddedDispatcher::new(stubs.handlers())),
+        RuntimeOptions::default(),
+    );
+    let info = ExecutionInfo {
+        execution_id: "exec:fanout".into(),
+        execution_name: "fanout".into(),
+        state_machine_id: "sm".into(),
+        state_machine_name: "fanout".into(),
+        role_arn: String::new(),
+        seed: 7,
+    };
+    let run = coordinator
+        .run(machine, info, json!({"items": [1, 2]}))
+        .await
+        .expect("run");
+    let trace = TraceId::from_hex(run.trace_id.as_deref().expect("trace id")).unwrap();
+    // execution, Fanout, Hotel, Items, Item x2, 3 tasks, 3 handlers.
+    let spans = trace_spans(&telemetry.spans, trace, 12).await;
+    let all = names(&spans);
+    assert_eq!(spans.len(), 12, "{all:?}");
+    let fanout = one(&spans, "state Fanout");
+    assert_eq!(
+        fanout.parent_span_id,
+        one(&spans, "execution").span_context.span_id()
+    );
+    let hotel = one(&spans, "state Hotel");
+    assert_eq!(hotel.parent_span_id, fanout.span_context.span_id());
+    let items = one(&spans, "state Items");
+    assert_eq!(items.parent_span_id, fanout.span_context.span_id());
+    let item_states: Vec<&SpanData> = spans.iter().filter(|s| s.name == "state Item").collect();
+    assert_eq!(item_states.len(), 2);
+    for s in &item_states {
+        assert_eq!(s.parent_span_id, items.span_context.span_id());
+    }
+    let item_ids: Vec<SpanId> = item_states
+        .iter()
+        .map(|s| s.span_context.span_id())
+        .collect();
+    assert_ne!(item_ids[0], item_ids[1]);
+    for t in spans.iter().filter(|s| s.name == "task Item") {
+        assert!(item_ids.contains(&t.parent_span_id), "{all:?}");
+    }
+    assert_eq!(
+        one(&spans, "task Hotel").parent_span_id,
+        hotel.span_context.span_id()
+    );
+    for h in spans.iter().filter(|s| s.name.starts_with("handler ")) {
+        assert!(
+            spans.iter().any(
+                |t| t.name.starts_with("task ") && t.span_context.span_id() == h.parent_span_id
+            ),
+            "{} has no task parent",
+            h.name
+        );
     }
 }
