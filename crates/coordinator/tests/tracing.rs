@@ -474,3 +474,114 @@ async fn branch_states_hang_under_their_parallel_state_in_embedded_runs() {
         );
     }
 }
+
+/// Drives the pure interpreter through the travel saga (car fails twice),
+/// feeding `traces` in turn: `switch_at` is the step from which the second
+/// trace (resumed from the first's stored context, after replaying the
+/// earlier steps) takes over, as a coordinator that takes an execution over.
+fn drive_travel(switch_at: Option<usize>) -> (TraceId, usize) {
+    use sagaflow_asl::interp::{Command, Event, Execution, ExecutionInfo, Options};
+    use sagaflow_telemetry::ExecutionTrace;
+
+    let machine = Arc::new(sagaflow_asl::parse::parse_definition(TRAVEL).expect("definition"));
+    let mut exec = Execution::new(machine, Options::default());
+    let info = ExecutionInfo {
+        execution_id: "arn:exec:moving".into(),
+        execution_name: "moving".into(),
+        state_machine_id: "sm".into(),
+        state_machine_name: "travel".into(),
+        role_arn: String::new(),
+        seed: 1,
+    };
+    let mut first = ExecutionTrace::start("arn:exec:moving", "travel", None).expect("enabled");
+    let stored = first.traceparent();
+    let mut second: Option<ExecutionTrace> = None;
+    let mut log: Vec<(jiff::Timestamp, Event, Vec<Command>)> = Vec::new();
+    let mut at: jiff::Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
+    let mut queue = vec![Event::ExecutionStarted {
+        info,
+        input: json!({}),
+    }];
+    let mut step = 0;
+    while let Some(event) = queue.pop() {
+        let mut out = Vec::new();
+        exec.apply(at, event.clone(), &mut out).expect("apply");
+        for c in &out {
+            match c {
+                Command::ScheduleTask(t) if &*t.resource == "book_car" => {
+                    queue.push(Event::TaskFailed {
+                        task_id: t.task_id.to_string(),
+                        error: "CarUnavailable".into(),
+                        cause: "none".into(),
+                    })
+                }
+                Command::ScheduleTask(t) => queue.push(Event::TaskSucceeded {
+                    task_id: t.task_id.to_string(),
+                    output: json!("ok"),
+                }),
+                Command::StartTimer { timer_id, .. } => queue.push(Event::TimerFired {
+                    timer_id: timer_id.clone(),
+                }),
+                _ => {}
+            }
+        }
+        log.push((at, event.clone(), out.clone()));
+        if Some(step) == switch_at {
+            // The first owner goes away with its open spans; the next one
+            // rebuilds them from the history so far.
+            let mut t = ExecutionTrace::resume(&stored, None, "arn:exec:moving", "travel")
+                .expect("resumed");
+            for (at, event, out) in &log[..log.len() - 1] {
+                t.observe(*at, event, out, false);
+            }
+            second = Some(t);
+        }
+        let current = second.as_mut().unwrap_or(&mut first);
+        current.observe(at, &event, &out, true);
+        current.emit_ready();
+        at += jiff::SignedDuration::from_secs(1);
+        step += 1;
+    }
+    (TraceId::from_hex(&first.trace_id()).unwrap(), step)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_trace_emits_what_the_first_owner_would_have() {
+    let telemetry = telemetry();
+    let shape = |spans: &[SpanData]| {
+        // Ids are random per execution: compare the tree by names, parents'
+        // names and times.
+        let name_of: HashMap<SpanId, String> = spans
+            .iter()
+            .map(|s| (s.span_context.span_id(), s.name.to_string()))
+            .collect();
+        let mut shape: Vec<(
+            String,
+            String,
+            std::time::SystemTime,
+            std::time::SystemTime,
+            bool,
+        )> = spans
+            .iter()
+            .map(|s| {
+                (
+                    s.name.to_string(),
+                    name_of.get(&s.parent_span_id).cloned().unwrap_or_default(),
+                    s.start_time,
+                    s.end_time,
+                    is_compensation(s),
+                )
+            })
+            .collect();
+        shape.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
+        shape
+    };
+    let (whole, steps) = drive_travel(None);
+    let reference = shape(&trace_spans(&telemetry.spans, whole, 13).await);
+    assert_eq!(reference.len(), 13, "{reference:?}");
+    for switch in 1..steps {
+        let (moved, _) = drive_travel(Some(switch));
+        let spans = trace_spans(&telemetry.spans, moved, 13).await;
+        assert_eq!(shape(&spans), reference, "taken over at step {switch}");
+    }
+}

@@ -500,6 +500,7 @@ impl ExecutionTrace {
                 self.run_started_at = Some(t);
                 self.catch_targets.clear();
                 self.compensating.clear();
+                self.caught = false;
                 if live && !self.in_flight {
                     self.in_flight = true;
                     metrics()

@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use sagaflow_telemetry::{Config, Protocol};
 
+/// `METHOD PATH` and body size of each request received.
+type Requests = Arc<Mutex<Vec<(String, usize)>>>;
+
 /// Accepts connections forever, answers every request with 200, records
 /// `METHOD PATH` and the body's size.
-fn receiver() -> (String, Arc<Mutex<Vec<(String, usize)>>>) {
+fn receiver() -> (String, Requests) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let seen: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+    let seen: Requests = Arc::default();
     let record = seen.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {

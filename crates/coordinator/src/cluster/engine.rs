@@ -1153,7 +1153,7 @@ impl Partition {
                     error: None,
                     cause: None,
                     redrive_count: live.redrive_count,
-                    trace_id: live.trace.as_ref().map(ExecutionTrace::trace_id),
+                    trace_id: trace_id_of(&live.meta),
                 };
                 self.index_writes.push((key.to_string(), desc));
             }
@@ -1644,7 +1644,7 @@ impl Partition {
             error: error.clone(),
             cause: cause.clone(),
             redrive_count: live.redrive_count,
-            trace_id: live.trace.as_ref().map(ExecutionTrace::trace_id),
+            trace_id: trace_id_of(&live.meta),
         };
         let infra = self.shared.store.infra();
         let mut full = desc.clone();
@@ -1755,6 +1755,14 @@ struct Applied {
     expected: u64,
     batch: HistoryBatch,
     commands: Vec<Command>,
+}
+
+/// The id of the execution's trace, from the span context stored with it
+/// (kept even when this coordinator does not trace).
+fn trace_id_of(meta: &ExecutionMeta) -> Option<String> {
+    meta.execution_span
+        .as_deref()
+        .and_then(sagaflow_telemetry::propagation::trace_id_of)
 }
 
 /// A history batch whose records carry no state payloads (`null`).
