@@ -442,6 +442,9 @@ fn describe_text(d: &ExecutionDescription) -> String {
     if d.redrive_count > 0 {
         pairs.push(("redrives", d.redrive_count.to_string()));
     }
+    if let Some(t) = &d.trace_id {
+        pairs.push(("trace", t.clone()));
+    }
     fields(&pairs)
 }
 

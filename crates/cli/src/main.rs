@@ -136,9 +136,27 @@ fn init_logging() {
         .try_init();
 }
 
+/// Logging and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OpenTelemetry
+/// export (see docs/tracing.md). A bad `OTEL_*` setting is reported and
+/// the command runs without export.
+fn init_telemetry(command: &Command) -> Option<sagaflow_telemetry::TelemetryGuard> {
+    let service = match command {
+        Command::Coordinator(_) => "sagaflow-coordinator",
+        Command::StubParticipants(_) => "sagaflow-participants",
+        _ => "sagaflow",
+    };
+    match sagaflow_telemetry::init(service) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            init_logging();
+            tracing::warn!(error = %e, "telemetry is off");
+            None
+        }
+    }
+}
+
 fn main() -> ExitCode {
     sagaflow_http::install_crypto_provider();
-    init_logging();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -152,6 +170,7 @@ fn main() -> ExitCode {
             };
         }
     };
+    let _telemetry = init_telemetry(&cli.command);
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Validate(args) => validate(args),

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use sagaflow_asl::errors;
 use sagaflow_asl::interp::{ExecutionInfo, TaskRequest};
@@ -231,6 +232,26 @@ impl Dispatcher for EmbeddedDispatcher {
             // role of SendTaskSuccess and its error of SendTaskFailure.
             ctx.task_token = request.task_token.clone();
             ctx.timeout_seconds = request.timeout_seconds;
+            // The handler span: a child of the task's span (the current
+            // OpenTelemetry context, set by the driver) when traced.
+            let parent = sagaflow_telemetry::opentelemetry::Context::current();
+            let span = tracing::info_span!(
+                "handler",
+                otel.name = %format_args!("handler {key}"),
+                sagaflow.task.handler = %key,
+                sagaflow.task.id = %task_id,
+                sagaflow.execution.id = %execution.execution_id,
+                sagaflow.state.name = %request.state_name,
+                sagaflow.task.attempt = request.attempt,
+            );
+            sagaflow_telemetry::propagation::set_parent_context(&span, &parent);
+            ctx.trace_parent =
+                sagaflow_telemetry::propagation::span_traceparent(&span).or_else(|| {
+                    use sagaflow_telemetry::opentelemetry::trace::TraceContextExt as _;
+                    sagaflow_telemetry::propagation::format_traceparent(
+                        parent.span().span_context(),
+                    )
+                });
 
             let slot = (execution.execution_id.clone(), task_id.clone());
             let running = Arc::clone(&self.running);
@@ -255,33 +276,36 @@ impl Dispatcher for EmbeddedDispatcher {
             let shape = resolution.shape;
             let input = resolution.input;
             let spawned_slot = slot.clone();
-            let join = tokio::spawn(async move {
-                let call = handler.call(input, ctx);
-                let mut result = supervise(call, heartbeats, heartbeat_seconds).await;
-                if shape == ResultShape::LambdaInvoke {
-                    result = result
-                        .map(|payload| resource::wrap_lambda_invoke(payload, &spawned_slot.1));
-                }
-                running
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&spawned_slot);
-                if let Some((callbacks, token)) = callbacks {
-                    if result.is_ok() {
-                        // The handler took the token; the answer comes
-                        // through `complete_task`.
-                        return;
+            let join = tokio::spawn(
+                async move {
+                    let call = handler.call(input, ctx);
+                    let mut result = supervise(call, heartbeats, heartbeat_seconds).await;
+                    if shape == ResultShape::LambdaInvoke {
+                        result = result
+                            .map(|payload| resource::wrap_lambda_invoke(payload, &spawned_slot.1));
                     }
-                    callbacks
+                    running
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&token);
+                        .remove(&spawned_slot);
+                    if let Some((callbacks, token)) = callbacks {
+                        if result.is_ok() {
+                            // The handler took the token; the answer comes
+                            // through `complete_task`.
+                            return;
+                        }
+                        callbacks
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&token);
+                    }
+                    let _ = reply.send(Completion {
+                        task_id: spawned_slot.1.clone(),
+                        result,
+                    });
                 }
-                let _ = reply.send(Completion {
-                    task_id: spawned_slot.1.clone(),
-                    result,
-                });
-            });
+                .instrument(span),
+            );
             guard.insert(slot, join.abort_handle());
             Ok(())
         })

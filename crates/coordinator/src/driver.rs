@@ -14,6 +14,9 @@ use sagaflow_asl::interp::{
 use sagaflow_asl::model::StateMachine;
 use serde_json::Value;
 
+use sagaflow_telemetry::ExecutionTrace;
+use sagaflow_telemetry::opentelemetry::trace::FutureExt as _;
+
 use crate::clock::Clock;
 use crate::dispatch::{Completion, DispatchError, Dispatcher};
 
@@ -82,6 +85,9 @@ pub struct ExecutionRun {
     pub outcome: Outcome,
     /// Everything that happened, in order.
     pub history: Vec<HistoryEntry>,
+    /// The id of the execution's trace (32 hex digits) when telemetry is on
+    /// (see `sagaflow_telemetry::init`): open it in Jaeger.
+    pub trace_id: Option<String>,
 }
 
 /// The driver could not carry an execution to its end. None of these is
@@ -136,6 +142,12 @@ impl Coordinator {
         let mut pending: HashSet<String> = HashSet::new();
         let mut timers: HashMap<String, AbortHandle> = HashMap::new();
         let mut commands = Vec::new();
+        // One trace per execution, under the caller's current span if any.
+        let mut trace = ExecutionTrace::start(
+            &info.execution_id,
+            &info.state_machine_name,
+            sagaflow_telemetry::propagation::current_traceparent().as_deref(),
+        );
 
         let mut event = Event::ExecutionStarted {
             info: info.clone(),
@@ -147,10 +159,16 @@ impl Coordinator {
                 at,
                 item: HistoryItem::Event(event.clone()),
             });
+            if let Some(trace) = trace.as_mut() {
+                trace.on_event(at, &event, true);
+            }
             execution.apply(at, event, &mut commands)?;
             let mut outcome = None;
             for command in commands.drain(..) {
                 let at = self.clock.now();
+                if let Some(trace) = trace.as_mut() {
+                    trace.on_command(at, &command, true);
+                }
                 history.push(HistoryEntry {
                     at,
                     item: HistoryItem::Command(command.clone()),
@@ -158,9 +176,16 @@ impl Coordinator {
                 match command {
                     Command::ScheduleTask(request) => {
                         pending.insert(request.task_id.to_string());
-                        self.dispatcher
-                            .dispatch(&info, request, reply.clone())
-                            .await?;
+                        let task_cx = trace
+                            .as_ref()
+                            .and_then(|t| t.task_context(&request.task_id));
+                        let dispatched = self.dispatcher.dispatch(&info, request, reply.clone());
+                        match task_cx {
+                            // The dispatcher sees the task's span as the
+                            // current OpenTelemetry context.
+                            Some(cx) => dispatched.with_context(cx).await?,
+                            None => dispatched.await?,
+                        }
                     }
                     Command::CancelTask { task_id } => {
                         pending.remove(&task_id);
@@ -188,6 +213,9 @@ impl Coordinator {
                     Command::Record(_) => {}
                     Command::Complete(o) => outcome = Some(o),
                 }
+            }
+            if let Some(trace) = trace.as_mut() {
+                trace.emit_ready();
             }
             if let Some(o) = outcome.or_else(|| execution.outcome().cloned()) {
                 break o;
@@ -229,6 +257,7 @@ impl Coordinator {
             info,
             outcome,
             history,
+            trace_id: trace.as_ref().map(ExecutionTrace::trace_id),
         })
     }
 }

@@ -129,6 +129,7 @@ impl Env {
                 state_machine: machine.into(),
                 version: 1,
                 traceparent: None,
+                execution_span: None,
                 parent: None,
             }),
             entries,
@@ -156,6 +157,7 @@ impl Env {
                 error: None,
                 cause: None,
                 redrive_count: 0,
+                trace_id: None,
             })
             .await
             .expect("index");

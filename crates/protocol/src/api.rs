@@ -275,6 +275,10 @@ pub struct ExecutionDescription {
     /// How often it was redriven.
     #[serde(default)]
     pub redrive_count: u32,
+    /// The id of its trace (32 hex digits), when the coordinator traces
+    /// executions: open it in Jaeger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// `execution.history` reply: the events, oldest first.

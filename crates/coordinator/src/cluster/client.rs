@@ -218,10 +218,18 @@ impl ApiClient {
     }
 
     /// `StartExecution`.
+    ///
+    /// Without a `traceparent` in the request, the caller's current trace
+    /// context (its current `tracing` span under the OpenTelemetry layer, or
+    /// OpenTelemetry's current context) is sent: the execution's trace hangs
+    /// under the caller's span.
     pub async fn start_execution(
         &self,
-        request: StartExecutionRequest,
+        mut request: StartExecutionRequest,
     ) -> Result<StartExecutionReply, ApiClientError> {
+        if request.traceparent.is_none() {
+            request.traceparent = sagaflow_telemetry::propagation::current_traceparent();
+        }
         self.call(Operation::StartExecution, &request).await
     }
 

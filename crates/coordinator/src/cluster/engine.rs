@@ -42,6 +42,8 @@ use sagaflow_protocol::{
     state_machine_arn,
 };
 
+use sagaflow_telemetry::ExecutionTrace;
+
 use super::store::{ExecutionMeta, HistoryBatch, Store, StoreError};
 use crate::driver::{HistoryEntry, HistoryItem, RuntimeOptions};
 use crate::resource::{self, Pattern, ResultShape};
@@ -410,6 +412,8 @@ struct Live {
     /// `.sync` children to stop: their task was cancelled in the step being
     /// carried out.
     stop_children: Vec<ExecutionRef>,
+    /// Its spans and metrics (None when telemetry is off).
+    trace: Option<ExecutionTrace>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -801,7 +805,18 @@ impl Partition {
             heartbeats: HashMap::new(),
             redrive_count: 0,
             stop_children: Vec::new(),
+            trace: None,
         };
+        // The execution's trace goes on where the previous owner left it:
+        // same trace, same span ids, open spans rebuilt by the replay.
+        live.trace = live.meta.execution_span.as_deref().and_then(|span| {
+            ExecutionTrace::resume(
+                span,
+                live.meta.traceparent.as_deref(),
+                &exec_ref.arn(),
+                &live.meta.state_machine,
+            )
+        });
         let mut out = Vec::new();
         for batch in &history.batches {
             for entry in &batch.entries {
@@ -813,6 +828,9 @@ impl Partition {
                     out.clear();
                     if let Err(e) = live.exec.apply(entry.at, event.clone(), &mut out) {
                         return Err(format!("replay of {} failed: {e}", exec_ref.arn()));
+                    }
+                    if let Some(trace) = live.trace.as_mut() {
+                        trace.observe(entry.at, event, &out, false);
                     }
                     track(&mut live, &out, &self.shared.store);
                 }
@@ -997,6 +1015,9 @@ impl Partition {
                 Ok(sequence) => {
                     if let Some(live) = self.live.get_mut(&key) {
                         live.last_sequence = sequence;
+                        if let Some(trace) = live.trace.as_mut() {
+                            trace.emit_ready();
+                        }
                     }
                     done.push((key, applied));
                 }
@@ -1141,6 +1162,10 @@ impl Partition {
             if out.is_empty() {
                 continue; // A late or duplicate answer: nothing happened.
             }
+            if let Some(trace) = live.trace.as_mut() {
+                // Queued; emitted once the step is stored.
+                trace.observe(t, &event, &out, true);
+            }
             track(live, &out, &self.shared.store);
             if matches!(event, Event::RedriveRequested) && live.exec.outcome().is_none() {
                 // Running again: index first, as for a start.
@@ -1157,6 +1182,7 @@ impl Partition {
                     error: None,
                     cause: None,
                     redrive_count: live.redrive_count,
+                    trace_id: trace_id_of(&live.meta),
                 };
                 self.index_writes.push((key.to_string(), desc));
             }
@@ -1204,10 +1230,16 @@ impl Partition {
             .shared
             .machine(exec_ref.state_machine(), start.version)
             .await?;
+        let trace = ExecutionTrace::start(
+            &exec_ref.arn(),
+            exec_ref.state_machine(),
+            start.traceparent.as_deref(),
+        );
         let meta = ExecutionMeta {
             state_machine: exec_ref.state_machine().to_string(),
             version: start.version,
             traceparent: start.traceparent.clone(),
+            execution_span: trace.as_ref().map(ExecutionTrace::traceparent),
             parent: start.parent.clone(),
         };
         // Index first: recovery finds executions through the index.
@@ -1224,6 +1256,7 @@ impl Partition {
             error: None,
             cause: None,
             redrive_count: 0,
+            trace_id: trace.as_ref().map(ExecutionTrace::trace_id),
         };
         // Written before the history append (recovery finds executions
         // through the index), with the other writes of the batch.
@@ -1240,6 +1273,7 @@ impl Partition {
             heartbeats: HashMap::new(),
             redrive_count: 0,
             stop_children: Vec::new(),
+            trace,
         };
         self.live.insert(exec_ref.key(), live);
         let event = Event::ExecutionStarted {
@@ -1412,6 +1446,10 @@ impl Partition {
             let mut hdrs = async_nats::HeaderMap::new();
             hdrs.insert(headers::MSG_ID, message.msg_id(&exec_ref).as_str());
             hdrs.insert(headers::TASK_ID, message.task_id.as_str());
+            // The participant's handler span hangs under the task's span.
+            if let Some(trace) = self.live.get(&key).and_then(|l| l.trace.as_ref()) {
+                trace.inject_task(&message.task_id, &mut hdrs);
+            }
             let subject = infra.ns().task_subject(&message.handler);
             match infra
                 .js
@@ -1516,7 +1554,13 @@ impl Partition {
             version,
             input: child_input,
             seed: fnv(&format!("{}{}", live.exec_ref.arn(), request.task_id)),
-            traceparent: live.meta.traceparent.clone(),
+            // The child's trace hangs under this task's span (else the
+            // caller's context is passed on).
+            traceparent: live
+                .trace
+                .as_ref()
+                .and_then(|t| t.task_traceparent(&request.task_id))
+                .or_else(|| live.meta.traceparent.clone()),
             parent: match pending.shape {
                 Shape::ChildSync { .. } => Some(ParentTask {
                     execution_arn: live.exec_ref.arn(),
@@ -1656,6 +1700,7 @@ impl Partition {
             error: error.clone(),
             cause: cause.clone(),
             redrive_count: live.redrive_count,
+            trace_id: trace_id_of(&live.meta),
         };
         let infra = self.shared.store.infra();
         let mut full = desc.clone();
@@ -1766,6 +1811,14 @@ struct Applied {
     expected: u64,
     batch: HistoryBatch,
     commands: Vec<Command>,
+}
+
+/// The id of the execution's trace, from the span context stored with it
+/// (kept even when this coordinator does not trace).
+fn trace_id_of(meta: &ExecutionMeta) -> Option<String> {
+    meta.execution_span
+        .as_deref()
+        .and_then(sagaflow_telemetry::propagation::trace_id_of)
 }
 
 /// A history batch whose records carry no state payloads (`null`).
@@ -1995,6 +2048,7 @@ mod tests {
             error: None,
             cause: None,
             redrive_count: 0,
+            trace_id: None,
         }
     }
 

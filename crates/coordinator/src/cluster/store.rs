@@ -41,6 +41,10 @@ pub struct ExecutionMeta {
     /// The caller's W3C trace context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The `traceparent` of the execution's own span (when traced): the
+    /// spans of every later step, in any process, hang under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_span: Option<String>,
     /// The parent task waiting for this execution (`.sync`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentTask>,

@@ -223,13 +223,19 @@ impl TaskRunner {
             }
             return;
         }
+        // The handler span: in the coordinator's trace, a child of the task
+        // attempt's span (W3C trace context in the message's headers).
         let span = tracing::info_span!(
-            "task",
-            handler = %self.handler_name,
-            task_id = %task.task_id,
-            execution = %task.execution_arn,
-            state = %task.state_name,
+            "handler",
+            otel.name = %format_args!("handler {}", self.handler_name),
+            otel.kind = "consumer",
+            sagaflow.task.handler = %self.handler_name,
+            sagaflow.task.id = %task.task_id,
+            sagaflow.execution.id = %task.execution_arn,
+            sagaflow.state.name = %task.state_name,
+            sagaflow.task.attempt = task.attempt,
         );
+        sagaflow_telemetry::propagation::set_parent_from_headers(&span, message.headers.as_ref());
         self.serve(message, task).instrument(span).await;
     }
 
@@ -316,6 +322,15 @@ impl TaskRunner {
         ctx.attempt = task.attempt;
         ctx.task_token = task.task_token.clone();
         ctx.timeout_seconds = task.timeout_seconds;
+        // The handler span's context when it is traced, else the task
+        // span's as received.
+        ctx.trace_parent = sagaflow_telemetry::propagation::current_traceparent().or_else(|| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(headers::TRACEPARENT))
+                .map(|v| v.as_str().to_string())
+        });
 
         let handler = self.handler.clone();
         // The handler is called inside the guarded future so that a panic in
@@ -417,6 +432,7 @@ impl TaskRunner {
             result_msg_id(&task.reply_to, &task.task_id).as_str(),
         );
         headers.insert(headers::TASK_ID, task.task_id.as_str());
+        sagaflow_telemetry::propagation::inject_current(&mut headers);
         let stored = match self
             .js
             .publish_with_headers(task.reply_to.clone(), headers, payload)
