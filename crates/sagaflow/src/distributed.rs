@@ -120,6 +120,7 @@ impl Distributed {
                     output: None,
                     error: None,
                     cause: None,
+                    trace_id: None,
                 })
             }
             Err(e) => Err(e.into()),
@@ -180,5 +181,6 @@ fn result_of(d: ExecutionDescription) -> ExecutionResult {
         output: d.output,
         error: d.error,
         cause: d.cause,
+        trace_id: d.trace_id,
     }
 }

@@ -199,6 +199,7 @@ fn result_of(arn: &str, name: String, ended: Option<Ended>) -> Result<ExecutionR
         output: None,
         error: None,
         cause: None,
+        trace_id: None,
     };
     let run = match ended {
         None => return Ok(result),
@@ -210,6 +211,7 @@ fn result_of(arn: &str, name: String, ended: Option<Ended>) -> Result<ExecutionR
         }
         Some(Ok(run)) => run,
     };
+    result.trace_id = run.trace_id.clone();
     match &run.outcome {
         Outcome::Succeeded { output } => {
             result.status = Status::Succeeded;

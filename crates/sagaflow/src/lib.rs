@@ -91,6 +91,10 @@ pub use sagaflow_participant::{
 };
 pub use sagaflow_protocol::Namespace;
 pub use sagaflow_protocol::api::ExecutionStatus as Status;
+/// OpenTelemetry set-up (`telemetry::init(service)`: logs, and traces and
+/// metrics over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set) and trace
+/// context helpers. See `docs/tracing.md`.
+pub use sagaflow_telemetry as telemetry;
 
 use sagaflow_coordinator::cluster::client::ApiClientError;
 
@@ -475,6 +479,10 @@ pub struct ExecutionResult {
     pub error: Option<String>,
     /// The cause, with the error.
     pub cause: Option<String>,
+    /// The execution's trace id (32 hex digits), when tracing is on
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT` set, see `docs/tracing.md`): open it in
+    /// Jaeger. Embedded: known once the execution has ended.
+    pub trace_id: Option<String>,
 }
 
 /// One execution. Cheap to clone.

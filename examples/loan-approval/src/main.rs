@@ -102,6 +102,15 @@ const COORDINATOR_PATIENCE: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs (RUST_LOG) and, with OTEL_EXPORTER_OTLP_ENDPOINT set, traces and
+    // metrics over OTLP; flushed when the guard drops at the end of main.
+    let _telemetry = match sagaflow::telemetry::init("loan-approval") {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            eprintln!("warning: tracing is off: {e}");
+            None
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -200,9 +209,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let states = execution.states_entered().await?;
         ok &= matches!(result.status, Status::Succeeded | Status::Failed);
         lines.push(format!(
-            "{}\n    states: {}",
+            "{}\n    states: {}{}",
             summary_line(&id, &result),
-            states.join(" → ")
+            states.join(" → "),
+            trace_line(&result)
         ));
     }
     println!("\nSummary");
@@ -221,6 +231,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `\n    trace: ID (Jaeger: URL)` when the execution was traced.
+fn trace_line(result: &sagaflow::ExecutionResult) -> String {
+    match &result.trace_id {
+        Some(t) => {
+            let ui =
+                std::env::var("JAEGER_UI").unwrap_or_else(|_| "http://localhost:16686".to_string());
+            format!("\n    trace: {t} (Jaeger: {ui}/trace/{t})")
+        }
+        None => String::new(),
+    }
 }
 
 fn nats_url(command: &Option<Command>) -> Option<&str> {

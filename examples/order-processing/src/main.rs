@@ -72,6 +72,15 @@ const COORDINATOR_PATIENCE: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs (RUST_LOG) and, with OTEL_EXPORTER_OTLP_ENDPOINT set, traces and
+    // metrics over OTLP; flushed when the guard drops at the end of main.
+    let _telemetry = match sagaflow::telemetry::init("order-processing") {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            eprintln!("warning: tracing is off: {e}");
+            None
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -148,6 +157,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let execution = saga.start(STATE_MACHINE, input.clone(), None).await?;
         let result = execution.wait(ORDER_TIMEOUT).await?;
         let states = execution.states_entered().await?;
+        let trace = match &result.trace_id {
+            Some(t) => {
+                let ui = std::env::var("JAEGER_UI")
+                    .unwrap_or_else(|_| "http://localhost:16686".to_string());
+                format!("\n    trace: {t} (Jaeger: {ui}/trace/{t})")
+            }
+            None => String::new(),
+        };
         let line = match result.status {
             Status::Succeeded => {
                 let out = result.output.unwrap_or_default();
@@ -174,7 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             result.status == Status::Failed && result.error.as_deref() == Some("ValidationError")
         };
         as_expected &= expected;
-        lines.push(format!("{line}\n    states: {}", states.join(" → ")));
+        lines.push(format!("{line}\n    states: {}{trace}", states.join(" → ")));
     }
     println!("\nSummary");
     for l in &lines {

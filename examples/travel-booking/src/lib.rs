@@ -427,6 +427,8 @@ pub struct TripReport {
     pub undone: Vec<String>,
     /// Every state entered, in order.
     pub states: Vec<String>,
+    /// The execution's trace id, when tracing is on (open it in Jaeger).
+    pub trace_id: Option<String>,
 }
 
 impl TripReport {
@@ -451,6 +453,7 @@ impl TripReport {
             compensations,
             undone: Vec::new(),
             states,
+            trace_id: result.trace_id.clone(),
         };
         if let Some(output) = &result.output {
             for kind in ["flight", "hotel", "car"] {

@@ -91,8 +91,23 @@ struct NatsArgs {
 /// starting at the same time).
 const COORDINATOR_PATIENCE: Duration = Duration::from_secs(30);
 
+/// Where the demo says Jaeger's UI is (`JAEGER_UI`, default the
+/// all-in-one's `http://localhost:16686`).
+fn jaeger_ui() -> String {
+    std::env::var("JAEGER_UI").unwrap_or_else(|_| "http://localhost:16686".to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs (RUST_LOG) and, with OTEL_EXPORTER_OTLP_ENDPOINT set, traces and
+    // metrics over OTLP; flushed when the guard drops at the end of main.
+    let _telemetry = match sagaflow::telemetry::init("travel-booking") {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            eprintln!("warning: tracing is off: {e}");
+            None
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -188,6 +203,14 @@ async fn book(saga: &Sagaflow, trips: &[Value]) -> anyhow::Result<Vec<TripReport
         if saga.mode() == Mode::Distributed {
             println!("    states: {}", r.states.join(" → "));
         }
+        if let Some(trace) = &r.trace_id {
+            println!("    trace: {trace} (Jaeger: {}/trace/{trace})", jaeger_ui());
+        }
+    }
+    if reports.iter().all(|r| r.trace_id.is_none()) {
+        println!(
+            "  tracing is off: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://localhost:4317) to see each trip as one trace in Jaeger"
+        );
     }
     Ok(reports)
 }
