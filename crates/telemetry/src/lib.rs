@@ -127,6 +127,11 @@ pub fn init_with(config: Config) -> Result<TelemetryGuard, TelemetryError> {
         install_subscriber(&config.default_log_filter, None);
         return Ok(TelemetryGuard { inner: None });
     };
+    // reqwest may be built with rustls but no crypto provider (another crate
+    // of the program asked for `rustls-no-provider`): building the HTTP
+    // exporter's client would then panic. Install ring unless a provider is
+    // installed already (Err: that one is used).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // The exporters (tonic, reqwest) live on a runtime of their own: they
     // work whatever runtime the program has (or none), and shutting them
     // down never waits on the program's threads.
