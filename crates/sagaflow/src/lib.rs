@@ -84,6 +84,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod app;
+
 pub use sagaflow_coordinator::RuntimeOptions;
 pub use sagaflow_coordinator::cluster::ClusterOptions;
 pub use sagaflow_participant::{

@@ -99,32 +99,7 @@ fn jaeger_ui() -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Logs (RUST_LOG) and, with OTEL_EXPORTER_OTLP_ENDPOINT set, traces and
-    // metrics over OTLP; flushed when the guard drops at the end of main.
-    let _telemetry = match sagaflow::telemetry::init("travel-booking") {
-        Ok(guard) => Some(guard),
-        Err(e) => {
-            eprintln!("warning: tracing is off: {e}");
-            None
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    sagaflow::app::run_app("travel-booking", || run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
