@@ -192,3 +192,73 @@ fn a_bad_connections_file_is_refused() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("invalid connections file"), "{err}");
 }
+
+/// A child process killed when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_coordinator_serves_http_tasks_over_nats() {
+    let server = sagaflow_testkit::NatsServer::start().expect("nats-server");
+    let nats = server.url();
+    let dir = temp_dir("coordinator");
+    let def = write(&dir, "def.json", DEFINITION);
+    let conns = write(&dir, "conns.json", &connections());
+    let (url, seen) = one_shot_server("200 OK", r#"{"charge":"ch_9"}"#);
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+            .args(args)
+            .args(["--nats", &nats])
+            .env_remove("SAGAFLOW_HTTP_CONNECTIONS")
+            .output()
+            .unwrap()
+    };
+    // The coordinator process runs the HTTP worker with the connections.
+    let _coordinator = Running(
+        Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+            .args(["coordinator", "--nats", &nats, "--partitions", "2"])
+            .args(["--http-connections", &conns])
+            .env_remove("SAGAFLOW_HTTP_CONNECTIONS")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Deploy as soon as the coordinator answers.
+    let mut deployed = None;
+    for _ in 0..100 {
+        let o = cli(&["deploy", "charge", &def]);
+        if o.status.success() {
+            deployed = Some(o);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(deployed.is_some(), "no coordinator answered");
+    let input = json!({"url": url}).to_string();
+    let o = cli(&[
+        "start", "charge", "--input", &input, "--name", "c-1", "--wait", "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let done: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    assert_eq!(done["status"], json!("SUCCEEDED"), "{done}");
+    assert_eq!(done["output"]["StatusCode"], json!(200), "{done}");
+    assert_eq!(done["output"]["ResponseBody"], json!({"charge": "ch_9"}));
+    let request = seen.recv().unwrap();
+    assert!(
+        request.contains(&format!("x-api-key: {}", KEY.to_ascii_lowercase())),
+        "{request}"
+    );
+    let history = cli(&["history", "charge:c-1", "--json"]);
+    assert!(history.status.success());
+    let text = String::from_utf8_lossy(&history.stdout);
+    assert!(text.contains("TaskSucceeded"), "{text}");
+    assert!(!text.contains(KEY), "the key reached the history: {text}");
+}
