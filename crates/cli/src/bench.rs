@@ -40,6 +40,11 @@ pub struct BenchArgs {
     /// Seconds of the half-load latency run.
     #[arg(long, default_value_t = 4, value_name = "SECONDS")]
     latency_seconds: u64,
+    /// Sagas per second of the light-load latency run (after the half-load
+    /// one, as long): the latency of a saga that waits for nothing but its
+    /// own steps. 0 skips it.
+    #[arg(long, default_value_t = 50.0, value_name = "RATE")]
+    light_rate: f64,
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
@@ -113,6 +118,12 @@ fn ms(d: Duration) -> f64 {
 
 /// Runs the benchmark.
 pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if !args.light_rate.is_finite() || args.light_rate < 0.0 {
+        bail!(
+            "--light-rate must be 0 (skip) or a positive number of sagas per second, not {}",
+            args.light_rate
+        );
+    }
     let server = match &args.nats {
         Some(_) => None,
         None => Some(
@@ -235,13 +246,31 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .await?;
         let p50 = percentile(&latencies, 0.50);
         let p99 = percentile(&latencies, 0.99);
+        let light = if args.light_rate > 0.0 {
+            let latencies = load
+                .paced(
+                    args.light_rate,
+                    Duration::from_secs(args.latency_seconds),
+                    fail,
+                )
+                .await?;
+            Some((percentile(&latencies, 0.50), percentile(&latencies, 0.99)))
+        } else {
+            None
+        };
         say(format!(
-            "{path:>12}: {per_sec:.0} sagas/s at saturation ({} sagas in {:.2} s); at {:.0}/s: p50 {:.2} ms, p99 {:.2} ms; coordinator process CPU {} per state transition",
+            "{path:>12}: {per_sec:.0} sagas/s at saturation ({} sagas in {:.2} s); at {:.0}/s: p50 {:.2} ms, p99 {:.2} ms;{} coordinator process CPU {} per state transition",
             args.sagas,
             elapsed.as_secs_f64(),
             per_sec / 2.0,
             ms(p50),
             ms(p99),
+            light.map_or(String::new(), |(p50, p99)| format!(
+                " at {:.0}/s: p50 {:.2} ms, p99 {:.2} ms;",
+                args.light_rate,
+                ms(p50),
+                ms(p99)
+            )),
             cpu_per_transition_us.map_or("n/a".to_string(), |us| format!("{us:.1} us")),
         ));
         figures.push(json!({
@@ -250,6 +279,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "halfLoadRate": per_sec / 2.0,
             "p50Ms": ms(p50),
             "p99Ms": ms(p99),
+            "lightLoadRate": light.map(|_| args.light_rate),
+            "lightP50Ms": light.map(|(p50, _)| ms(p50)),
+            "lightP99Ms": light.map(|(_, p99)| ms(p99)),
             "coordinatorCpuMicrosPerTransition": cpu_per_transition_us,
             "transitionsPerSaga": transitions,
         }));

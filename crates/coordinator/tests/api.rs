@@ -896,3 +896,54 @@ async fn a_coordinator_serves_the_api_and_runs_executions() {
     }
     assert!(stopped, "the API still answers after shutdown");
 }
+
+#[tokio::test]
+async fn a_partition_is_listed_in_one_read_as_key_by_key() {
+    let env = Env::new().await;
+    assert!(env.store.partition_executions(0).await.unwrap().is_empty());
+    for i in 0..40 {
+        let status = if i % 3 == 0 {
+            ExecutionStatus::Running
+        } else {
+            ExecutionStatus::Succeeded
+        };
+        env.index("hello", &format!("e{i}"), status).await;
+    }
+    // Overwritten and removed keys: the latest value counts, removed ones
+    // are not listed.
+    env.index("hello", "e1", ExecutionStatus::Running).await;
+    let gone = ExecutionRef::new("hello", "e2").unwrap();
+    env.store.forget_execution(&gone).await.unwrap();
+    let mut total = 0;
+    for p in 0..env.store.partitions() {
+        let mut quick: Vec<(String, ExecutionStatus)> = env
+            .store
+            .partition_executions(p)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.execution_arn, d.status))
+            .collect();
+        let mut slow: Vec<(String, ExecutionStatus)> = env
+            .store
+            .list_executions(Some(p), None, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.execution_arn, d.status))
+            .collect();
+        quick.sort_by(|a, b| a.0.cmp(&b.0));
+        slow.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(quick, slow, "partition {p}");
+        total += quick.len();
+    }
+    assert_eq!(total, 39);
+    let e1 = ExecutionRef::new("hello", "e1").unwrap();
+    let p = env.store.partition_of(&e1);
+    let listed = env.store.partition_executions(p).await.unwrap();
+    let e1 = listed
+        .iter()
+        .find(|d| d.execution_arn == e1.arn())
+        .expect("e1 listed");
+    assert_eq!(e1.status, ExecutionStatus::Running);
+}

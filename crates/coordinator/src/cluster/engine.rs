@@ -430,6 +430,9 @@ struct Partition {
     /// reloaded from their history and resumed as soon as possible, so that
     /// a timer that fired meanwhile is not lost.
     reload: HashSet<String>,
+    /// Executions finished while a reconciliation listing runs: the listing
+    /// may still show them running; they are not reloaded.
+    finished_while_listing: Option<HashSet<String>>,
     /// Work gathered while applying a batch and done together after it
     /// (pipelined): index entries to write before the history appends, task
     /// messages to publish and completions to announce after them.
@@ -459,6 +462,7 @@ impl Partition {
             partition,
             live: HashMap::new(),
             reload: HashSet::new(),
+            finished_while_listing: None,
             index_writes: Vec::new(),
             outgoing: Vec::new(),
             completed: Vec::new(),
@@ -493,6 +497,7 @@ impl Partition {
             .reconcile_every
             .max(Duration::from_millis(100));
         let mut next_reconcile = tokio::time::Instant::now() + reconcile_every;
+        let mut reconciling: Option<JoinHandle<Vec<ExecutionRef>>> = None;
         loop {
             // (Re)open the inbox; while NATS is away, keep firing timers.
             let messages = async {
@@ -548,7 +553,17 @@ impl Partition {
                     tokio::time::sleep_until(if messages.is_some() { far } else { reopen_at });
                 let retry_recovery =
                     tokio::time::sleep_until(if recovered { far } else { next_recovery });
-                let reconcile = tokio::time::sleep_until(next_reconcile);
+                let reconcile = tokio::time::sleep_until(if reconciling.is_some() {
+                    far
+                } else {
+                    next_reconcile
+                });
+                let reconciled = async {
+                    match reconciling.as_mut() {
+                        Some(listing) => listing.await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let next = async {
                     match messages.as_mut() {
                         Some(m) => m.next().await,
@@ -591,8 +606,24 @@ impl Partition {
                         next_recovery = tokio::time::Instant::now() + retry_every;
                     }
                     _ = reconcile => {
-                        self.reconcile().await;
+                        // The listing (one read per index entry) runs beside
+                        // the loop, which keeps serving the inbox meanwhile.
+                        self.finished_while_listing = Some(HashSet::new());
+                        reconciling = Some(tokio::spawn(list_for_reconcile(
+                            self.store().clone(),
+                            self.partition,
+                        )));
+                    }
+                    listed = reconciled => {
+                        reconciling = None;
                         next_reconcile = tokio::time::Instant::now() + reconcile_every;
+                        match listed {
+                            Ok(running) => self.reconcile(running).await,
+                            Err(e) => {
+                                self.finished_while_listing = None;
+                                tracing::warn!(partition = self.partition, error = %e, "reconciliation failed");
+                            }
+                        }
                     }
                     _ = reopen => break,
                 }
@@ -607,37 +638,17 @@ impl Partition {
     /// from its history; if it ended, its index entry is written, else it is
     /// resumed (timers re-armed, tasks re-published: the broker drops the
     /// duplicates).
-    async fn reconcile(&mut self) {
-        let Ok(entries) = self
-            .store()
-            .list_executions(Some(self.partition), None, None)
-            .await
-        else {
-            return;
-        };
-        let retention = self.store().infra().settings.retention;
-        for desc in entries {
-            let Ok(exec_ref) = ExecutionRef::from_arn(&desc.execution_arn) else {
-                continue;
-            };
-            if desc.status != ExecutionStatus::Running {
-                if expired(&desc, retention, now()) {
-                    match self.store().forget_execution(&exec_ref).await {
-                        Ok(()) => {
-                            tracing::debug!(execution = %desc.execution_arn, "retention: forgotten")
-                        }
-                        Err(e) => {
-                            tracing::warn!(execution = %desc.execution_arn, error = %e, "retention: cannot delete")
-                        }
-                    }
-                }
-                continue;
-            }
+    /// Reloads the running executions (from [`list_for_reconcile`]) that
+    /// nobody holds here.
+    async fn reconcile(&mut self, running: Vec<ExecutionRef>) {
+        let finished = self.finished_while_listing.take().unwrap_or_default();
+        for exec_ref in running {
             let key = exec_ref.key();
-            if self.live.contains_key(&key) || self.reload.contains(&key) {
+            if self.live.contains_key(&key) || self.reload.contains(&key) || finished.contains(&key)
+            {
                 continue;
             }
-            tracing::info!(execution = %desc.execution_arn, "reconciling an execution held by nobody");
+            tracing::info!(execution = %exec_ref.arn(), "reconciling an execution held by nobody");
             self.reload.insert(key);
         }
         self.retry_reloads().await;
@@ -1663,6 +1674,9 @@ impl Partition {
 
     fn prepare_finish(&mut self, key: &str, outcome: &Outcome) -> Option<Finished> {
         let live = self.live.remove(key)?;
+        if let Some(finished) = self.finished_while_listing.as_mut() {
+            finished.insert(key.to_string());
+        }
         self.wheel.retain(|(_, k, _), _| k != key);
         let (status, output, error, cause) = match outcome {
             Outcome::Succeeded { output } => (
@@ -1883,6 +1897,36 @@ fn shape_output(shape: Shape, output: Value, task_id: &str) -> Value {
             output
         }
     }
+}
+
+/// The reconciliation's reads, run beside a partition's loop: lists the
+/// partition's execution index, deletes the ended executions whose retention
+/// ran out ([`sagaflow_nats::Settings::retention`]), and returns the running
+/// ones (empty when the index cannot be listed: the next round tries again).
+async fn list_for_reconcile(store: Store, partition: u32) -> Vec<ExecutionRef> {
+    // Bounded: a listing that stalls is dropped, the next round tries again.
+    let listing = store.partition_executions(partition);
+    let Ok(Ok(entries)) = tokio::time::timeout(Duration::from_secs(60), listing).await else {
+        return Vec::new();
+    };
+    let retention = store.infra().settings.retention;
+    let mut running = Vec::new();
+    for desc in entries {
+        let Ok(exec_ref) = ExecutionRef::from_arn(&desc.execution_arn) else {
+            continue;
+        };
+        if desc.status == ExecutionStatus::Running {
+            running.push(exec_ref);
+        } else if expired(&desc, retention, now()) {
+            match store.forget_execution(&exec_ref).await {
+                Ok(()) => tracing::debug!(execution = %desc.execution_arn, "retention: forgotten"),
+                Err(e) => {
+                    tracing::warn!(execution = %desc.execution_arn, error = %e, "retention: cannot delete")
+                }
+            }
+        }
+    }
+    running
 }
 
 /// True when an ended execution's retention has run out: it stopped more
