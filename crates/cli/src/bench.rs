@@ -199,8 +199,10 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .subscribe(format!("{}.done.>", ns.prefix()))
         .await
         .context("cannot subscribe to completions")?;
+    let completed = Arc::new(tokio::sync::Notify::new());
     {
         let done = done.clone();
+        let completed = completed.clone();
         tokio::spawn(async move {
             while let Some(m) = notices.next().await {
                 let key = m
@@ -211,6 +213,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default()
                     .to_string();
                 done.lock().await.insert(key, Instant::now());
+                completed.notify_waiters();
             }
         });
     }
@@ -219,6 +222,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         js: store.infra().js.clone(),
         ns,
         done,
+        completed,
         counter: std::sync::atomic::AtomicUsize::new(0),
     };
 
@@ -391,6 +395,8 @@ struct Load {
     js: async_nats::jetstream::Context,
     ns: Namespace,
     done: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
+    /// Woken at each completion notice.
+    completed: Arc<tokio::sync::Notify>,
     counter: std::sync::atomic::AtomicUsize,
 }
 
@@ -449,31 +455,33 @@ impl Load {
         for a in acks {
             a.await?;
         }
+        // Wait on completion notices rather than polling: the load generator
+        // runs in the coordinator's process and must cost it next to nothing.
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut cursor = 0;
         loop {
-            let last = {
+            let notified = self.completed.notified();
+            {
                 let done = self.done.lock().await;
-                let mut last = Some(begin);
-                for k in &keys {
-                    match done.get(k) {
-                        Some(t) => last = last.map(|l| l.max(*t)),
-                        None => {
-                            last = None;
-                            break;
-                        }
-                    }
+                // Keys complete out of order: skip those done, stop at the
+                // first that is not (each key is passed over once).
+                while cursor < keys.len() && done.contains_key(&keys[cursor]) {
+                    cursor += 1;
                 }
-                last
-            };
-            if let Some(last) = last {
-                return Ok((last.duration_since(begin), keys));
+                if cursor == keys.len() {
+                    let last = keys
+                        .iter()
+                        .filter_map(|k| done.get(k))
+                        .fold(begin, |l, t| l.max(*t));
+                    return Ok((last.duration_since(begin), keys));
+                }
             }
-            if begin.elapsed() > limit {
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 bail!(
                     "the sagas did not all complete within {} s",
                     limit.as_secs()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -502,22 +510,23 @@ impl Load {
                 started.push((key, t));
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
-            let done = self.done.lock().await;
-            if started.iter().all(|(k, _)| done.contains_key(k)) {
-                let mut latencies: Vec<Duration> = started
-                    .iter()
-                    .filter_map(|(k, t)| done.get(k).map(|d| d.duration_since(*t)))
-                    .collect();
-                latencies.sort();
-                return Ok(latencies);
+            let notified = self.completed.notified();
+            {
+                let done = self.done.lock().await;
+                if started.iter().all(|(k, _)| done.contains_key(k)) {
+                    let mut latencies: Vec<Duration> = started
+                        .iter()
+                        .filter_map(|(k, t)| done.get(k).map(|d| d.duration_since(*t)))
+                        .collect();
+                    latencies.sort();
+                    return Ok(latencies);
+                }
             }
-            drop(done);
-            if Instant::now() > deadline {
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 bail!("the paced sagas did not all complete");
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

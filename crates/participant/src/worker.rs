@@ -31,14 +31,24 @@
 //! consumer, `handler-HANDLER`, shared by every process that serves that
 //! handler: adding processes scales a participant out, and the broker hands
 //! each task to one of them. A worker pulls only as many tasks as it has free
-//! slots (`concurrency`), runs each handler in its own tokio task, and
-//! publishes the result (`TaskSucceeded` / `TaskFailed`) to the task's
-//! `reply_to` inbox subject with a JetStream publish whose `Nats-Msg-Id` is
-//! `REPLY_TO/TASK_ID/result`. Only once the broker has stored the result is
-//! the task acknowledged; if the result cannot be stored the task is handed
-//! back (NAK with a delay) and runs again. Delivery is therefore
-//! *at least once*: a worker that dies after the handler's effect but before
-//! the ack makes the task run again elsewhere after `ack_wait`. The
+//! slots (`concurrency`), runs each handler in its own tokio task, and hands
+//! the result (`TaskSucceeded` / `TaskFailed`) over:
+//!
+//! 1. first straight to the coordinator that owns the execution's
+//!    partition, as a core NATS request on the task's `result_to` subject
+//!    (`sagaflow.result.P.KEY`); the coordinator answers once the result is
+//!    recorded in the execution's history;
+//! 2. failing that (no owner at the moment, no answer within
+//!    `min(ack_wait / 3, 5 s)`, an answer saying it was not recorded), to
+//!    the task's `reply_to` inbox subject with a JetStream publish whose
+//!    `Nats-Msg-Id` is `REPLY_TO/TASK_ID/result`, where the owner finds it.
+//!
+//! Only once the result is recorded or stored is the task acknowledged; if
+//! neither worked the task is handed back (NAK with a delay) and runs again.
+//! Delivery is therefore *at least once*: a worker that dies after the
+//! handler's effect but before the ack makes the task run again elsewhere
+//! after `ack_wait`. A result that arrives twice is harmless: the
+//! coordinator ignores a result for a task already answered, and the
 //! `Nats-Msg-Id` makes the inbox drop a second identical result published
 //! within the stream's duplicate window.
 //!

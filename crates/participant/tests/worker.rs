@@ -78,6 +78,8 @@ impl Env {
             timeout_seconds: None,
             task_token: None,
             reply_to: self.infra.ns().inbox_subject(exec.partition(16), &exec),
+            // Most tests watch the inbox: no direct hand-over.
+            result_to: None,
         }
     }
 
@@ -858,4 +860,134 @@ async fn the_last_worker_started_sets_the_shared_consumers_ack_wait() {
     assert_eq!(info.config.ack_wait, Duration::from_secs(2));
     // Never lowered: the first worker still needs its 2000.
     assert_eq!(info.config.max_ack_pending, 2000);
+}
+
+/// A stand-in for a partition owner on `sagaflow.result.>`: answers each
+/// result with `recorded` and forwards it to the test.
+async fn result_taker(
+    env: &Env,
+    recorded: bool,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<InboxMessage>,
+    JoinHandle<()>,
+) {
+    let mut sub = env
+        .client
+        .subscribe(env.infra.ns().result_wildcard())
+        .await
+        .expect("subscribe");
+    let client = env.client.clone();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let msg: InboxMessage = serde_json::from_slice(&m.payload).expect("result JSON");
+            let _ = tx.send(msg);
+            let answer = sagaflow_protocol::ResultReply {
+                recorded,
+                error: (!recorded).then(|| "history unavailable".to_string()),
+            };
+            if let Some(reply) = m.reply {
+                client
+                    .publish(reply, serde_json::to_vec(&answer).expect("encode").into())
+                    .await
+                    .expect("answer");
+            }
+        }
+    });
+    env.client.flush().await.expect("flush");
+    (rx, task)
+}
+
+/// The task of `env.task`, with its result sent to the partition's owner
+/// first.
+fn direct_task(env: &Env, n: usize, handler: &str, input: Value) -> TaskMessage {
+    let mut task = env.task(n, handler, input);
+    let exec = ExecutionRef::from_arn(&task.execution_arn).expect("arn");
+    task.result_to = Some(env.infra.ns().result_subject(exec.partition(16), &exec));
+    task
+}
+
+/// Messages in the inbox stream.
+async fn inbox_messages(env: &Env) -> u64 {
+    let mut inbox = env.infra.inbox.clone();
+    inbox.info().await.expect("inbox info").state.messages
+}
+
+#[tokio::test]
+async fn a_result_recorded_by_the_coordinator_skips_the_inbox() {
+    let env = env().await;
+    let (mut taken, taker) = result_taker(&env, true).await;
+    let worker = env
+        .builder()
+        .handler("flights.book", echo())
+        .build()
+        .await
+        .expect("build");
+    let (stop_h, run) = spawn(worker);
+    let task = direct_task(&env, 1, "flights.book", json!({"from": "CDG"}));
+    env.publish_task(&task, "k/1").await;
+
+    let msg = tokio::time::timeout(PATIENCE, taken.recv())
+        .await
+        .expect("a result within the patience")
+        .expect("taker alive");
+    let (task_id, output) = succeeded(&msg);
+    assert_eq!(task_id, task.task_id);
+    assert_eq!(output["input"], json!({"from": "CDG"}));
+    // Acked once recorded, and never stored in the inbox.
+    env.tasks_drained().await;
+    assert_eq!(inbox_messages(&env).await, 0);
+    stop(stop_h, run).await;
+    taker.abort();
+}
+
+#[tokio::test]
+async fn a_result_the_coordinator_did_not_record_goes_to_the_inbox() {
+    let env = env().await;
+    let (mut taken, taker) = result_taker(&env, false).await;
+    let worker = env
+        .builder()
+        .handler("flights.book", echo())
+        .build()
+        .await
+        .expect("build");
+    let (stop_h, run) = spawn(worker);
+    let task = direct_task(&env, 2, "flights.book", json!({"from": "NRT"}));
+    env.publish_task(&task, "k/2").await;
+
+    let direct = tokio::time::timeout(PATIENCE, taken.recv())
+        .await
+        .expect("the direct attempt")
+        .expect("taker alive");
+    assert_eq!(succeeded(&direct).0, task.task_id);
+    let (msg, msg_id) = env.next_inbox().await;
+    let (task_id, output) = succeeded(&msg);
+    assert_eq!(task_id, task.task_id);
+    assert_eq!(output["input"], json!({"from": "NRT"}));
+    assert_eq!(
+        msg_id.as_deref(),
+        Some(result_msg_id(&task.reply_to, &task.task_id).as_str())
+    );
+    env.tasks_drained().await;
+    stop(stop_h, run).await;
+    taker.abort();
+}
+
+#[tokio::test]
+async fn a_result_nobody_takes_directly_goes_to_the_inbox() {
+    let env = env().await;
+    let worker = env
+        .builder()
+        .handler("flights.book", echo())
+        .build()
+        .await
+        .expect("build");
+    let (stop_h, run) = spawn(worker);
+    // No partition owner listens: "no responders", then the inbox.
+    let task = direct_task(&env, 3, "flights.book", json!({"from": "SFO"}));
+    env.publish_task(&task, "k/3").await;
+    let (msg, _) = env.next_inbox().await;
+    assert_eq!(succeeded(&msg).0, task.task_id);
+    env.tasks_drained().await;
+    stop(stop_h, run).await;
 }

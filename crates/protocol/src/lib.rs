@@ -300,6 +300,24 @@ impl Namespace {
         format!("{}.inbox.{partition}.*", self.prefix)
     }
 
+    /// `sagaflow.result.P.KEY`: where a participant sends a task's result
+    /// first, as a core NATS request answered by the partition's owner once
+    /// the result is recorded in the execution's history (see
+    /// [`TaskMessage::result_to`]).
+    pub fn result_subject(&self, partition: u32, exec: &ExecutionRef) -> String {
+        format!("{}.result.{partition}.{}", self.prefix, exec.key())
+    }
+
+    /// `sagaflow.result.P.*`: every result subject of one partition.
+    pub fn result_partition_filter(&self, partition: u32) -> String {
+        format!("{}.result.{partition}.*", self.prefix)
+    }
+
+    /// `sagaflow.result.>`.
+    pub fn result_wildcard(&self) -> String {
+        format!("{}.result.>", self.prefix)
+    }
+
     /// `sagaflow.inbox.>`.
     pub fn inbox_wildcard(&self) -> String {
         format!("{}.inbox.>", self.prefix)
@@ -374,8 +392,30 @@ pub struct TaskMessage {
     /// `$$.Task.Token` for `.waitForTaskToken` tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_token: Option<String>,
-    /// Where the result goes (an inbox subject).
+    /// The execution's inbox subject: heartbeats go there, and the result
+    /// too when it cannot be handed over through `result_to` (a JetStream
+    /// publish, with `Nats-Msg-Id` `REPLY_TO/TASK_ID/result`).
     pub reply_to: String,
+    /// Where the result goes first: a core NATS request on
+    /// `sagaflow.result.P.KEY`, answered with a [`ResultReply`] by the
+    /// partition's owner once the result is recorded in the history. No
+    /// answer, or one that says it was not recorded, sends the result to
+    /// `reply_to` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_to: Option<String>,
+}
+
+/// The coordinator's answer to a result sent to [`TaskMessage::result_to`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultReply {
+    /// The result is in the execution's history (or was not needed any
+    /// more: the task had been answered, cancelled or timed out). The task
+    /// may be acknowledged.
+    pub recorded: bool,
+    /// Why it was not recorded (send it to the inbox instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl TaskMessage {

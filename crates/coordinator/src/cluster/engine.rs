@@ -10,11 +10,14 @@
 //!    (from the execution index): replays its history through the
 //!    interpreter, re-arms its timers and re-publishes its unanswered tasks
 //!    (same `Nats-Msg-Id`, so the broker drops those it still has);
-//! 2. pulls the partition's inbox (one durable consumer per partition),
-//!    applies the events to the executions it caches, appends one history
-//!    batch per execution with `Nats-Expected-Last-Subject-Sequence`, then
-//!    publishes tasks and arms timers, and only then acknowledges the inbox
-//!    messages;
+//! 2. pulls the partition's inbox (one durable consumer per partition) and
+//!    takes the task results participants send it directly (core requests
+//!    on `sagaflow.result.P.*`), applies the events to the executions it
+//!    caches, appends one history batch per execution with
+//!    `Nats-Expected-Last-Subject-Sequence`, then publishes tasks and arms
+//!    timers, and only then acknowledges the inbox messages and answers the
+//!    results (a result it could not record is answered so: its sender
+//!    stores it in the inbox instead);
 //! 3. fires timers (Wait, retry backoff, task and execution timeouts,
 //!    heartbeat deadlines) as events of their own.
 //!
@@ -38,8 +41,8 @@ use sagaflow_asl::interp::{
 use sagaflow_asl::model::StateMachine;
 use sagaflow_protocol::api::{ExecutionDescription, ExecutionStatus};
 use sagaflow_protocol::{
-    ExecutionRef, InboxMessage, ParentTask, StartExecution, TaskMessage, check_handler, headers,
-    state_machine_arn,
+    ExecutionRef, InboxMessage, ParentTask, ResultReply, StartExecution, TaskMessage,
+    check_handler, headers, state_machine_arn,
 };
 
 use sagaflow_telemetry::ExecutionTrace;
@@ -445,7 +448,8 @@ struct Partition {
 
 /// Something to apply to one execution.
 enum Input {
-    /// An inbox message (with its index in the batch, to ack it).
+    /// An inbox message or a result sent directly (with its index in the
+    /// batch, to acknowledge or answer it).
     Inbox(usize, InboxMessage),
     /// A timer that came due.
     Timer(String),
@@ -453,6 +457,31 @@ enum Input {
     HeartbeatExpired(String),
     /// A result the coordinator made itself (child start, dispatch failure).
     Local(Event),
+}
+
+/// A message for the partition's owner.
+enum Delivery {
+    /// From the partition's inbox (JetStream): acknowledged once handled.
+    Inbox(Box<jetstream::Message>),
+    /// A task result sent straight to the owner (core NATS request):
+    /// answered with a [`ResultReply`] once handled.
+    Result(async_nats::Message),
+}
+
+impl Delivery {
+    fn subject(&self) -> &str {
+        match self {
+            Delivery::Inbox(m) => m.subject.as_str(),
+            Delivery::Result(m) => m.subject.as_str(),
+        }
+    }
+
+    fn payload(&self) -> &[u8] {
+        match self {
+            Delivery::Inbox(m) => &m.payload,
+            Delivery::Result(m) => &m.payload,
+        }
+    }
 }
 
 impl Partition {
@@ -498,6 +527,7 @@ impl Partition {
             .max(Duration::from_millis(100));
         let mut next_reconcile = tokio::time::Instant::now() + reconcile_every;
         let mut reconciling: Option<JoinHandle<Vec<ExecutionRef>>> = None;
+        let mut results: Option<async_nats::Subscriber> = None;
         loop {
             // (Re)open the inbox; while NATS is away, keep firing timers.
             let messages = async {
@@ -533,6 +563,21 @@ impl Partition {
                     None
                 }
             };
+            // Results participants send straight to the owner (core NATS
+            // requests, answered once recorded). Without the subscription
+            // they go to the inbox instead: nothing is lost meanwhile.
+            if results.is_none() {
+                match infra
+                    .client
+                    .subscribe(ns.result_partition_filter(self.partition))
+                    .await
+                {
+                    Ok(sub) => results = Some(sub),
+                    Err(e) => {
+                        tracing::warn!(partition = self.partition, error = %e, "cannot subscribe to results; retrying");
+                    }
+                }
+            }
             let reopen_at = tokio::time::Instant::now() + Duration::from_millis(500);
             loop {
                 let due = self.wheel.keys().next().map(|(at, _, _)| *at);
@@ -549,8 +594,11 @@ impl Partition {
                 } else {
                     next_reload
                 });
-                let reopen =
-                    tokio::time::sleep_until(if messages.is_some() { far } else { reopen_at });
+                let reopen = tokio::time::sleep_until(if messages.is_some() && results.is_some() {
+                    far
+                } else {
+                    reopen_at
+                });
                 let retry_recovery =
                     tokio::time::sleep_until(if recovered { far } else { next_recovery });
                 let reconcile = tokio::time::sleep_until(if reconciling.is_some() {
@@ -570,6 +618,12 @@ impl Partition {
                         None => std::future::pending().await,
                     }
                 };
+                let next_result = async {
+                    match results.as_mut() {
+                        Some(r) => r.next().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     biased;
                     _ = stop.changed() => return Ok(()),
@@ -580,20 +634,23 @@ impl Partition {
                         };
                         let mut batch = Vec::new();
                         match first {
-                            Ok(m) => batch.push(m),
+                            Ok(m) => batch.push(Delivery::Inbox(Box::new(m))),
                             Err(e) => {
                                 tracing::warn!(partition = self.partition, error = %e, "inbox pull failed");
                                 continue;
                             }
                         }
-                        if let Some(m) = messages.as_mut() {
-                            while batch.len() < self.shared.options.max_batch {
-                                match m.next().now_or_never() {
-                                    Some(Some(Ok(msg))) => batch.push(msg),
-                                    _ => break,
-                                }
-                            }
-                        }
+                        self.gather(&mut batch, messages.as_mut(), results.as_mut());
+                        self.handle_inbox(batch).await;
+                    }
+                    first = next_result => {
+                        let Some(first) = first else {
+                            tracing::warn!(partition = self.partition, "the result subscription ended; subscribing again");
+                            results = None;
+                            break;
+                        };
+                        let mut batch = vec![Delivery::Result(first)];
+                        self.gather(&mut batch, messages.as_mut(), results.as_mut());
                         self.handle_inbox(batch).await;
                     }
                     _ = sleep => self.fire_due().await,
@@ -739,7 +796,7 @@ impl Partition {
     async fn resume(&mut self, key: &str) {
         let local = self.rearm_and_republish(key).await;
         if !local.is_empty() {
-            self.step(vec![(key.to_string(), local)], &[]).await;
+            self.step(vec![(key.to_string(), local)]).await;
         }
     }
 
@@ -855,21 +912,64 @@ impl Partition {
 
     // --------------------------------------------------------------- steps
 
-    async fn handle_inbox(&mut self, batch: Vec<jetstream::Message>) {
-        let ns = self.store().infra().ns().clone();
+    /// Adds to `batch` what the inbox and the result subscription already
+    /// hold, up to `max_batch` messages, without waiting.
+    fn gather(
+        &self,
+        batch: &mut Vec<Delivery>,
+        mut messages: Option<&mut consumer::pull::Stream>,
+        mut results: Option<&mut async_nats::Subscriber>,
+    ) {
+        let max = self.shared.options.max_batch;
+        while batch.len() < max {
+            let mut took = false;
+            if let Some(m) = messages.as_mut()
+                && let Some(Some(Ok(msg))) = m.next().now_or_never()
+            {
+                batch.push(Delivery::Inbox(Box::new(msg)));
+                took = true;
+            }
+            if batch.len() < max
+                && let Some(r) = results.as_mut()
+                && let Some(Some(msg)) = r.next().now_or_never()
+            {
+                batch.push(Delivery::Result(msg));
+                took = true;
+            }
+            if !took {
+                break;
+            }
+        }
+    }
+
+    async fn handle_inbox(&mut self, batch: Vec<Delivery>) {
         let mut groups: Vec<(String, Vec<Input>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut decoded: Vec<bool> = Vec::with_capacity(batch.len());
         for (i, message) in batch.iter().enumerate() {
             let parsed: Result<InboxMessage, String> =
-                serde_json::from_slice(&message.payload).map_err(|e| e.to_string());
+                serde_json::from_slice(message.payload()).map_err(|e| e.to_string());
             let key = message
-                .subject
-                .as_str()
+                .subject()
                 .rsplit('.')
                 .next()
                 .unwrap_or_default()
                 .to_string();
+            // Only task results come the direct way; anything else sent
+            // there is refused (the inbox is the way for the rest).
+            let parsed = parsed.and_then(|m| match (message, &m) {
+                (Delivery::Inbox(_), _)
+                | (
+                    Delivery::Result(_),
+                    InboxMessage::TaskSucceeded {
+                        callback: false, ..
+                    }
+                    | InboxMessage::TaskFailed {
+                        callback: false, ..
+                    },
+                ) => Ok(m),
+                (Delivery::Result(_), _) => Err("not a task result".to_string()),
+            });
             match parsed {
                 Ok(m) if ExecutionRef::from_key(&key).is_ok() => {
                     let slot = *index.entry(key.clone()).or_insert_with(|| {
@@ -880,25 +980,56 @@ impl Partition {
                     decoded.push(true);
                 }
                 Ok(_) | Err(_) => {
-                    tracing::warn!(subject = %message.subject, "dropping a malformed inbox message");
+                    tracing::warn!(subject = %message.subject(), "dropping a malformed inbox message");
                     decoded.push(false);
                 }
             }
         }
-        let _ = ns;
-        let results = self.step(groups, &batch).await;
+        let results = self.step(groups).await;
         // Acknowledge what was recorded (or needed no record), hand back the
-        // rest, terminate what cannot be decoded.
+        // rest, terminate what cannot be decoded. A result sent directly
+        // is answered: recorded, or not (its sender then stores it in the
+        // inbox, whose redelivery retries it).
+        let client = &self.store().infra().client;
         for (i, message) in batch.iter().enumerate() {
-            let ack = if !decoded[i] {
-                AckKind::Term
-            } else if results.retry.contains(&i) {
-                AckKind::Nak(Some(Duration::from_millis(200)))
-            } else {
-                AckKind::Ack
-            };
-            if let Err(e) = message.ack_with(ack).await {
-                tracing::warn!(error = %e, "cannot acknowledge an inbox message");
+            match message {
+                Delivery::Inbox(message) => {
+                    let ack = if !decoded[i] {
+                        AckKind::Term
+                    } else if results.retry.contains(&i) {
+                        AckKind::Nak(Some(Duration::from_millis(200)))
+                    } else {
+                        AckKind::Ack
+                    };
+                    if let Err(e) = message.ack_with(ack).await {
+                        tracing::warn!(error = %e, "cannot acknowledge an inbox message");
+                    }
+                }
+                Delivery::Result(message) => {
+                    let Some(reply) = message.reply.clone() else {
+                        continue;
+                    };
+                    let answer = if !decoded[i] {
+                        ResultReply {
+                            recorded: false,
+                            error: Some("malformed task result".to_string()),
+                        }
+                    } else if results.retry.contains(&i) {
+                        ResultReply {
+                            recorded: false,
+                            error: Some("the result could not be recorded now".to_string()),
+                        }
+                    } else {
+                        ResultReply {
+                            recorded: true,
+                            error: None,
+                        }
+                    };
+                    let body = serde_json::to_vec(&answer).unwrap_or_default();
+                    if let Err(e) = client.publish(reply, body.into()).await {
+                        tracing::debug!(error = %e, "cannot answer a task result");
+                    }
+                }
             }
         }
     }
@@ -941,17 +1072,12 @@ impl Partition {
             }
         }
         if !groups.is_empty() {
-            self.step(groups, &[]).await;
+            self.step(groups).await;
         }
     }
 
     /// Applies inputs to executions, records them, carries out the commands.
-    async fn step(
-        &mut self,
-        groups: Vec<(String, Vec<Input>)>,
-        batch: &[jetstream::Message],
-    ) -> StepResult {
-        let _ = batch;
+    async fn step(&mut self, groups: Vec<(String, Vec<Input>)>) -> StepResult {
         let mut result = StepResult::default();
         let mut appends = Vec::new();
         for (key, inputs) in groups {
@@ -1059,7 +1185,7 @@ impl Partition {
         if !follow_up.is_empty() {
             // Results the coordinator produced itself (child starts,
             // dispatch failures): one more step, boxed to allow recursion.
-            let inner = Box::pin(self.step(follow_up, &[])).await;
+            let inner = Box::pin(self.step(follow_up)).await;
             let _ = inner;
         }
         result
@@ -2065,6 +2191,12 @@ fn plan_task(exec_ref: &ExecutionRef, request: &TaskRequest, store: &Store) -> P
             .infra()
             .ns()
             .inbox_subject(store.partition_of(exec_ref), exec_ref),
+        result_to: Some(
+            store
+                .infra()
+                .ns()
+                .result_subject(store.partition_of(exec_ref), exec_ref),
+        ),
     });
     Pending {
         request: request.clone(),

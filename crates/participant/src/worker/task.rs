@@ -11,7 +11,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use sagaflow_protocol::{InboxMessage, TaskMessage, headers};
+use sagaflow_protocol::{InboxMessage, ResultReply, TaskMessage, headers};
 use serde_json::Value;
 use tokio::sync::watch;
 use tracing::Instrument as _;
@@ -22,6 +22,10 @@ use crate::{Handler, TaskContext, TaskError, heartbeat_channel};
 /// Delay before a task whose result could not be stored (or whose
 /// idempotency record could not be read) is delivered again.
 pub(super) const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Longest wait for the coordinator's answer to a result sent directly
+/// (shorter with a short ack wait); then the result goes to the inbox.
+const RESULT_ANSWER_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs the tasks of one handler.
 pub(super) struct TaskRunner {
@@ -418,9 +422,66 @@ impl TaskRunner {
         }
     }
 
-    /// Publishes the result and acks the task once the broker stored it; if
-    /// it was not stored, hands the task back for a later retry.
+    /// Hands the result over and acks the task once it is safe: first
+    /// straight to the partition's owner (`result_to`), which answers once
+    /// the result is in the execution's history; failing that (no owner at
+    /// the moment, no answer in time, not recorded), stored in the
+    /// execution's inbox. If it could not be stored either, the task is
+    /// handed back for a later retry.
     async fn publish_and_ack(
+        &self,
+        message: &jetstream::Message,
+        task: &TaskMessage,
+        payload: Bytes,
+    ) {
+        if let Some(result_to) = &task.result_to {
+            match self.send_result(result_to, &payload).await {
+                Ok(()) => {
+                    if let Err(e) = message.double_ack().await {
+                        // The result is recorded; a redelivery sends it
+                        // again and the coordinator ignores the repeat.
+                        tracing::warn!(error = %e, "result recorded but the task ack failed");
+                    } else {
+                        tracing::debug!("task done");
+                    }
+                    return;
+                }
+                Err(reason) => {
+                    tracing::debug!(reason = %reason, "result not handed over directly: storing it in the inbox");
+                }
+            }
+        }
+        self.store_and_ack(message, task, payload).await;
+    }
+
+    /// Sends the result as a core NATS request to `result_to`; `Ok` once
+    /// the coordinator answered that it is recorded.
+    async fn send_result(&self, result_to: &str, payload: &Bytes) -> Result<(), String> {
+        check_reply_to(result_to).map_err(|e| format!("result_to is unusable: {e}"))?;
+        let mut headers = async_nats::HeaderMap::new();
+        sagaflow_telemetry::propagation::inject_current(&mut headers);
+        let timeout = (self.ack_wait / 3).clamp(Duration::from_millis(50), RESULT_ANSWER_WAIT);
+        let request = async_nats::Request::new()
+            .payload(payload.clone())
+            .headers(headers)
+            .timeout(Some(timeout));
+        let answer = self
+            .js
+            .client()
+            .send_request(result_to.to_string(), request)
+            .await
+            .map_err(|e| e.to_string())?;
+        match serde_json::from_slice::<ResultReply>(&answer.payload) {
+            Ok(ResultReply { recorded: true, .. }) => Ok(()),
+            Ok(ResultReply { error, .. }) => Err(error.unwrap_or_else(|| "not recorded".into())),
+            Err(e) => Err(format!("unreadable answer: {e}")),
+        }
+    }
+
+    /// Publishes the result to the execution's inbox and acks the task once
+    /// the broker stored it; if it was not stored, hands the task back for a
+    /// later retry.
+    async fn store_and_ack(
         &self,
         message: &jetstream::Message,
         task: &TaskMessage,
