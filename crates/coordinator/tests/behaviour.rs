@@ -1462,3 +1462,40 @@ async fn ended_executions_are_deleted_after_their_retention_running_ones_never()
     assert!(!env.history(&lasting).await.is_empty());
     env.shutdown().await;
 }
+
+// ------------------------------------------- results handed over directly
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_results_reach_the_owner_directly_and_skip_the_inbox() {
+    let mut env = Env::start().await;
+    env.deploy(
+        "two",
+        r#"{"StartAt": "A", "States": {
+            "A": {"Type": "Task", "Resource": "double", "Next": "B"},
+            "B": {"Type": "Task", "Resource": "double", "End": true}}}"#,
+    )
+    .await;
+    env.worker(|b| {
+        b.handler(
+            "double",
+            handler_fn(|input: Value, _ctx: TaskContext| async move {
+                Ok::<_, TaskError>(json!({"n": input["n"].as_i64().unwrap_or(0) * 2}))
+            }),
+        )
+    })
+    .await;
+    let done = env.run("two", "d1", json!({"n": 3})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!({"n": 12})));
+    // The inbox only ever held the start: both results were recorded by the
+    // owner as they arrived, not stored in the inbox first.
+    let js = async_nats::jetstream::new(env.nats.clone());
+    let mut inbox = js
+        .get_stream(env.options.settings.namespace.inbox_stream())
+        .await
+        .expect("inbox stream");
+    let state = inbox.info().await.expect("inbox info").state.clone();
+    assert_eq!(state.last_sequence, 1, "{state:?}");
+    assert_eq!(state.messages, 0, "{state:?}");
+    env.shutdown().await;
+}
