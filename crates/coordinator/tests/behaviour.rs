@@ -756,6 +756,99 @@ async fn stopping_a_parent_stops_its_sync_child() {
     env.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_reloaded_after_recording_its_stop_stops_its_sync_child() {
+    use sagaflow_asl::interp::{Command, Event, Execution};
+    use sagaflow_coordinator::cluster::store::HistoryBatch;
+    use sagaflow_coordinator::driver::{HistoryEntry, HistoryItem};
+
+    let mut env = Env::start().await;
+    env.deploy(
+        "waiting_child",
+        r#"{"StartAt": "Pause", "States": {"Pause": {"Type": "Wait", "Seconds": 600, "End": true}}}"#,
+    )
+    .await;
+    let parent = json!({
+        "StartAt": "Call",
+        "States": {"Call": {
+            "Type": "Task",
+            "Resource": "arn:aws:states:::states:startExecution.sync:2",
+            "Parameters": {
+                "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:waiting_child",
+                "Name": "orphan",
+                "Input": {}
+            },
+            "End": true
+        }}
+    })
+    .to_string();
+    env.deploy("waiting_parent", &parent).await;
+    let parent_arn = env.start_execution("waiting_parent", "p", json!({})).await;
+    let child_arn = ExecutionRef::new("waiting_child", "orphan").unwrap().arn();
+    env.wait_until(&child_arn, |d| d.status == ExecutionStatus::Running)
+        .await;
+
+    // The coordinator dies right after recording the parent's stop, before
+    // telling the child: its last step is appended here by hand.
+    let cluster = env.cluster.take().expect("coordinator");
+    let store = cluster.store().clone();
+    cluster.shutdown().await;
+    let parent_ref = ExecutionRef::from_arn(&parent_arn).unwrap();
+    let history = store.read_history(&parent_ref).await.expect("history");
+    let machine = Arc::new(sagaflow_asl::parse::parse_definition(&parent).expect("valid"));
+    let mut exec = Execution::new(machine, options().runtime.interp_options());
+    let mut out = Vec::new();
+    for batch in &history.batches {
+        for entry in &batch.entries {
+            if let HistoryItem::Event(event) = &entry.item {
+                exec.apply(entry.at, event.clone(), &mut out)
+                    .expect("replay");
+            }
+        }
+    }
+    out.clear();
+    let at = jiff::Timestamp::now();
+    let stop = Event::StopRequested {
+        error: None,
+        cause: None,
+    };
+    exec.apply(at, stop.clone(), &mut out).expect("stop");
+    assert!(
+        out.iter().any(|c| matches!(c, Command::CancelTask { .. })),
+        "{out:?}"
+    );
+    let mut entries = vec![HistoryEntry {
+        at,
+        item: HistoryItem::Event(stop),
+    }];
+    entries.extend(out.into_iter().map(|c| HistoryEntry {
+        at,
+        item: HistoryItem::Command(c),
+    }));
+    store
+        .append_history(
+            &parent_ref,
+            history.last_sequence,
+            &HistoryBatch {
+                meta: None,
+                entries,
+            },
+        )
+        .await
+        .expect("append");
+
+    // The next owner finds the parent ended and stops the child it had
+    // stopped waiting for.
+    env.restart_coordinator().await;
+    env.describe(&parent_arn).await; // the API answers again
+    assert_status(&env.wait(&parent_arn).await, ExecutionStatus::Aborted);
+    let child = env
+        .wait_until(&child_arn, |d| d.status != ExecutionStatus::Running)
+        .await;
+    assert_status(&child, ExecutionStatus::Aborted);
+    env.shutdown().await;
+}
+
 // -------------------------------------------------------------- 8. stop
 
 const NEVER: &str = r#"{

@@ -904,9 +904,16 @@ impl Partition {
                 }
             }
         }
-        // Children cancelled in the past were stopped then.
-        live.stop_children.clear();
-        self.live.insert(key, live);
+        // The `.sync` children this execution stopped waiting for are sent
+        // their stop again: the previous owner may have died between
+        // recording the cancellation and sending it. A child that ended (or
+        // got the first stop) ignores it; the broker drops a repeat within
+        // its duplicate window.
+        let children = std::mem::take(&mut live.stop_children);
+        self.live.insert(key.clone(), live);
+        for child in children {
+            self.stop_child(&key, &child).await;
+        }
         Ok(Some(()))
     }
 

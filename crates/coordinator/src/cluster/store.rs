@@ -278,11 +278,27 @@ impl Store {
             .map_err(|e| nats("read history")(&e))?;
         let mut batches = Vec::new();
         let mut last_sequence = 0;
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
         while last_sequence < last {
-            let next = tokio::time::timeout(Duration::from_secs(10), messages.next()).await;
+            let next = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
             let message = match next {
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(e))) => return Err(nats("read history")(&e)),
+                Err(_) if tokio::time::Instant::now() < give_up => {
+                    // Nothing came: the history may have been deleted
+                    // (retention) since its last sequence was read.
+                    match self
+                        .infra
+                        .history
+                        .get_last_raw_message_by_subject(subject.as_str())
+                        .await
+                    {
+                        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                            return Ok(StoredHistory::default());
+                        }
+                        _ => continue,
+                    }
+                }
                 Ok(None) | Err(_) => {
                     return Err(StoreError::Nats {
                         operation: "read history",
