@@ -585,3 +585,56 @@ async fn a_resumed_trace_emits_what_the_first_owner_would_have() {
         assert_eq!(shape(&spans), reference, "taken over at step {switch}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_carry_the_handlers_trace_context() {
+    use futures::StreamExt as _;
+    let _telemetry = telemetry();
+    let mut env = Env::start().await;
+    env.worker(|b| {
+        b.handler(
+            "beating",
+            handler_fn(|_: Value, ctx: TaskContext| async move {
+                ctx.heartbeat().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<Value, TaskError>(json!({"beat": true}))
+            }),
+        )
+    })
+    .await;
+    env.deploy(
+        "beats",
+        r#"{"StartAt": "Work", "States": {"Work": {"Type": "Task", "Resource": "beating", "HeartbeatSeconds": 30, "End": true}}}"#,
+    )
+    .await;
+    // Heartbeats go to the execution's inbox; watch it.
+    let mut inbox = env
+        .nats
+        .subscribe(env.options.settings.namespace.inbox_wildcard())
+        .await
+        .expect("subscribe");
+    env.nats.flush().await.expect("flush");
+    let done = env.run("beats", "b1", json!({})).await;
+    assert_eq!(done.status, ExecutionStatus::Succeeded);
+    let trace_id = done.trace_id.clone().expect("traced");
+    let beat = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = inbox.next().await {
+            let text = String::from_utf8_lossy(&m.payload).to_string();
+            if text.contains("TaskHeartbeat") {
+                return m;
+            }
+        }
+        panic!("the subscription ended");
+    })
+    .await
+    .expect("a heartbeat in the inbox");
+    let tp = beat
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("traceparent"))
+        .map(|v| v.as_str().to_string())
+        .expect("a traceparent header on the heartbeat");
+    let sc = parse_traceparent(&tp).expect("a valid traceparent");
+    assert_eq!(sc.trace_id().to_string(), trace_id);
+    env.shutdown().await;
+}

@@ -409,9 +409,13 @@ impl TaskRunner {
         task: &TaskMessage,
         heartbeat: &Bytes,
     ) -> Option<<jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture> {
+        // The handler span's context goes along, as with the result.
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(headers::TASK_ID, task.task_id.as_str());
+        sagaflow_telemetry::propagation::inject_current(&mut headers);
         match self
             .js
-            .publish(task.reply_to.clone(), heartbeat.clone())
+            .publish_with_headers(task.reply_to.clone(), headers, heartbeat.clone())
             .await
         {
             Ok(ack) => Some(ack.into_future()),
