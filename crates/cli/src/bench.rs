@@ -93,10 +93,10 @@ impl Drop for Participants {
     }
 }
 
-/// CPU time (user + system) of this process, from /proc (USER_HZ is 100 on
-/// Linux); `None` elsewhere.
-fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// CPU time (user + system) of process `pid` ("self" for this one), from
+/// /proc (USER_HZ is 100 on Linux); `None` elsewhere.
+fn cpu_of(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
@@ -173,7 +173,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         std::env::temp_dir().join(format!("sagaflow-bench-{}.json", std::process::id()));
     std::fs::write(&stubs_path, STUBS).context("cannot write the stubs file")?;
     let exe = std::env::current_exe().context("cannot find the sagaflow binary")?;
-    let _participants = Participants(
+    let server_pid = server.as_ref().and_then(|s| s.pid());
+    let participants = Participants(
         ProcessCommand::new(exe)
             .args([
                 "stub-participants",
@@ -191,6 +192,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .spawn()
             .context("cannot start the participants")?,
     );
+    let participants_pid = participants.0.id();
 
     let done = Arc::new(Mutex::new(
         std::collections::HashMap::<String, Instant>::new(),
@@ -231,16 +233,42 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     let mut figures = Vec::new();
     for (path, fail, transitions) in [("success", false, 3u64), ("compensation", true, 6u64)] {
-        let cpu_before = process_cpu();
+        // CPU of each process over the saturation run: this one
+        // (coordinator and load generator), the participants, the server
+        // (when the benchmark started it).
+        let processes = [
+            Some("self".to_string()),
+            Some(participants_pid.to_string()),
+            server_pid.map(|p| p.to_string()),
+        ];
+        let before: Vec<Option<Duration>> = processes
+            .iter()
+            .map(|p| p.as_deref().and_then(cpu_of))
+            .collect();
         let (elapsed, _) = load
             .run_batch(args.sagas, fail, Duration::from_secs(300))
             .await?;
-        let cpu = process_cpu()
-            .zip(cpu_before)
-            .map(|(a, b)| a.saturating_sub(b));
+        let spent: Vec<Option<Duration>> = processes
+            .iter()
+            .zip(&before)
+            .map(|(p, b)| {
+                p.as_deref()
+                    .and_then(cpu_of)
+                    .zip(*b)
+                    .map(|(a, b)| a.saturating_sub(b))
+            })
+            .collect();
+        let per_saga_us =
+            |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e6 / args.sagas as f64);
+        let cpu = spent[0];
         let per_sec = args.sagas as f64 / elapsed.as_secs_f64();
         let cpu_per_transition_us =
             cpu.map(|c| c.as_secs_f64() * 1e6 / (args.sagas as u64 * transitions) as f64);
+        let (coordinator_us, participants_us, server_us) = (
+            per_saga_us(spent[0]),
+            per_saga_us(spent[1]),
+            per_saga_us(spent[2]),
+        );
         let latencies = load
             .paced(
                 per_sec / 2.0,
@@ -277,6 +305,14 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             )),
             cpu_per_transition_us.map_or("n/a".to_string(), |us| format!("{us:.1} us")),
         ));
+        let show = |us: Option<f64>| us.map_or("n/a".to_string(), |us| format!("{us:.0} us"));
+        say(format!(
+            "{:>12}  CPU per saga at saturation: coordinator process {}, participants {}, nats-server {}",
+            "",
+            show(coordinator_us),
+            show(participants_us),
+            show(server_us),
+        ));
         figures.push(json!({
             "path": path,
             "sagasPerSecond": per_sec,
@@ -287,6 +323,11 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "lightP50Ms": light.map(|(p50, _)| ms(p50)),
             "lightP99Ms": light.map(|(_, p99)| ms(p99)),
             "coordinatorCpuMicrosPerTransition": cpu_per_transition_us,
+            "cpuMicrosPerSaga": {
+                "coordinatorProcess": coordinator_us,
+                "participants": participants_us,
+                "natsServer": server_us,
+            },
             "transitionsPerSaga": transitions,
         }));
     }

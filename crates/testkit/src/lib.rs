@@ -233,6 +233,11 @@ impl NatsServer {
         &self.binary
     }
 
+    /// The server process's id while it runs (for measuring it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The server's log so far (every start of this server, appended).
     pub fn log(&self) -> String {
         read_lossy(&self.log_path)
