@@ -30,6 +30,10 @@ use sagaflow_asl::model::{StateKind, StateMachine, Task, Template, TemplateField
 /// The AWS Lambda service integration (request-response).
 pub const LAMBDA_INVOKE: &str = "arn:aws:states:::lambda:invoke";
 
+/// The child-execution integration (with `.sync` and `.sync:2`): the
+/// runtime starts an execution of another state machine itself.
+pub const START_EXECUTION: &str = "arn:aws:states:::states:startExecution";
+
 /// The HTTP Task (`arn:aws:states:::http:invoke`).
 pub const HTTP_INVOKE: &str = "arn:aws:states:::http:invoke";
 
@@ -311,6 +315,98 @@ pub fn wrap_lambda_invoke(payload: Value, request_id: &str) -> Value {
         },
         "StatusCode": 200
     })
+}
+
+/// The child execution a `states:startExecution` task starts: the state
+/// machine named by the `StateMachineArn` parameter (an ARN or a name), under
+/// the `Name` parameter or else a name derived from the parent execution and
+/// the task id (the parent's name cut to 63 characters, a dash and 16 hex
+/// digits): unique per parent execution and task, the same on every retry of
+/// the dispatch, within the 80 characters of a name.
+pub fn child_execution(
+    parent: &sagaflow_protocol::ExecutionRef,
+    task_id: &str,
+    parameters: &Value,
+) -> Result<sagaflow_protocol::ExecutionRef, String> {
+    let Some(machine_arn) = parameters.get("StateMachineArn").and_then(Value::as_str) else {
+        return Err("startExecution needs a string StateMachineArn parameter".into());
+    };
+    let machine = machine_arn
+        .split(":stateMachine:")
+        .nth(1)
+        .map(|rest| rest.split(':').next().unwrap_or(rest))
+        .unwrap_or(machine_arn);
+    let name = match parameters.get("Name").and_then(Value::as_str) {
+        Some(n) => n.to_string(),
+        None => format!(
+            "{}-{:016x}",
+            parent.name().chars().take(63).collect::<String>(),
+            fnv(&format!("{}\n{task_id}", parent.arn()))
+        ),
+    };
+    sagaflow_protocol::ExecutionRef::new(machine, &name).map_err(|e| e.to_string())
+}
+
+/// The child's input: the `Input` parameter (a JSON string is parsed, as
+/// AWS does), `{}` without one.
+pub fn child_input(parameters: &Value) -> Value {
+    match parameters.get("Input") {
+        Some(Value::String(s)) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+        Some(v) => v.clone(),
+        None => json!({}),
+    }
+}
+
+/// What a `.sync` task returns (or, with `Error` and `Cause`, fails with)
+/// once its child ended: the DescribeExecution fields AWS returns. `output`
+/// is the child's output when it succeeded; with `.sync` (not `.sync:2`)
+/// it is a JSON string, as in AWS.
+#[allow(clippy::too_many_arguments)]
+pub fn child_report(
+    execution_arn: &str,
+    input: &Value,
+    name: &str,
+    start_date: &str,
+    state_machine: &str,
+    status: &str,
+    stop_date: Option<&str>,
+    outcome: Result<&Value, (Option<&str>, Option<&str>)>,
+    v2: bool,
+) -> Value {
+    let mut report = json!({
+        "ExecutionArn": execution_arn,
+        "Input": input,
+        "Name": name,
+        "StartDate": start_date,
+        "StateMachineArn": sagaflow_protocol::state_machine_arn(state_machine),
+        "Status": status,
+        "StopDate": stop_date,
+    });
+    match outcome {
+        Ok(output) => {
+            report["Output"] = if v2 {
+                output.clone()
+            } else {
+                Value::String(output.to_string())
+            };
+        }
+        Err((error, cause)) => {
+            report["Error"] = json!(error);
+            report["Cause"] = json!(cause);
+        }
+    }
+    report
+}
+
+/// FNV-1a, 64 bits: stable across processes and versions (names derived
+/// from it must not change).
+pub fn fnv(text: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }
 
 #[cfg(test)]

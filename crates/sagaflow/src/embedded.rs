@@ -1,8 +1,16 @@
 //! The embedded backend: the coordinator's driver and the handlers in this
 //! process, executions and histories in memory.
+//!
+//! Child executions (`arn:aws:states:::states:startExecution`, `.sync`,
+//! `.sync:2`) start executions of the state machines deployed here, named
+//! and shaped as over NATS (`sagaflow_coordinator::resource::child_execution`,
+//! `child_report`); a `.sync` child whose parent stops waiting (timeout, a
+//! failed sibling branch) is stopped and ends `ABORTED`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,10 +20,11 @@ use tokio::task::AbortHandle;
 use sagaflow_asl::interp::{ExecutionInfo, Outcome};
 use sagaflow_asl::model::StateMachine;
 use sagaflow_coordinator::cluster::history_view;
+use sagaflow_coordinator::resource::{self, Pattern};
 use sagaflow_coordinator::{
     Coordinator, EmbeddedDispatcher, ExecutionRun, RuntimeOptions, SystemClock,
 };
-use sagaflow_participant::{Handler, TaskError};
+use sagaflow_participant::{Handler, TaskContext, TaskError};
 use sagaflow_protocol::{ExecutionRef, state_machine_arn};
 
 use crate::{Error, ExecutionResult, Status};
@@ -26,8 +35,26 @@ type Ended = Result<Arc<ExecutionRun>, String>;
 struct Entry {
     name: String,
     input: Value,
+    /// RFC 3339, milliseconds.
+    start_date: String,
     done: watch::Receiver<Option<Ended>>,
     task: AbortHandle,
+    /// Set when it was stopped (a `.sync` child whose parent stopped
+    /// waiting): error and cause.
+    stopped: Option<(String, String)>,
+}
+
+/// What `entry` hands out: name, start date, the end to wait for, and the
+/// stop, if it was stopped.
+type EntryView = (
+    String,
+    String,
+    watch::Receiver<Option<Ended>>,
+    Option<(String, String)>,
+);
+
+fn rfc3339(ts: jiff::Timestamp) -> String {
+    ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 pub(crate) struct Embedded {
@@ -45,19 +72,30 @@ impl Embedded {
     pub(crate) fn new(
         handlers: Vec<(String, Arc<dyn Handler>)>,
         runtime: RuntimeOptions,
-    ) -> Embedded {
-        let dispatcher = Arc::new(EmbeddedDispatcher::new(handlers).with_callbacks());
-        let coordinator = Arc::new(Coordinator::new(
-            Arc::new(SystemClock),
-            Arc::clone(&dispatcher) as Arc<dyn sagaflow_coordinator::Dispatcher>,
-            runtime,
-        ));
-        Embedded {
-            coordinator,
-            dispatcher,
-            machines: Mutex::default(),
-            executions: Mutex::default(),
-        }
+    ) -> Arc<Embedded> {
+        Arc::new_cyclic(|me: &Weak<Embedded>| {
+            // Child executions are served here, unless a handler keyed by the
+            // full resource (a stub) takes them first.
+            let mut handlers = handlers;
+            handlers.push((
+                resource::START_EXECUTION.to_string(),
+                Arc::new(ChildExecutions {
+                    embedded: me.clone(),
+                }),
+            ));
+            let dispatcher = Arc::new(EmbeddedDispatcher::new(handlers).with_callbacks());
+            let coordinator = Arc::new(Coordinator::new(
+                Arc::new(SystemClock),
+                Arc::clone(&dispatcher) as Arc<dyn sagaflow_coordinator::Dispatcher>,
+                runtime,
+            ));
+            Embedded {
+                coordinator,
+                dispatcher,
+                machines: Mutex::default(),
+                executions: Mutex::default(),
+            }
+        })
     }
 
     pub(crate) fn deploy(&self, name: &str, definition: &str) -> Result<u64, Error> {
@@ -121,24 +159,44 @@ impl Embedded {
             Entry {
                 name,
                 input,
+                start_date: rfc3339(jiff::Timestamp::now()),
                 done: rx,
                 task: task.abort_handle(),
+                stopped: None,
             },
         );
         Ok(arn)
     }
 
-    fn entry(&self, arn: &str) -> Result<(String, watch::Receiver<Option<Ended>>), Error> {
+    fn entry(&self, arn: &str) -> Result<EntryView, Error> {
         lock(&self.executions)
             .get(arn)
-            .map(|e| (e.name.clone(), e.done.clone()))
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    e.start_date.clone(),
+                    e.done.clone(),
+                    e.stopped.clone(),
+                )
+            })
             .ok_or_else(|| Error::ExecutionDoesNotExist(arn.to_string()))
     }
 
+    /// Stops a running execution (a `.sync` child its parent no longer
+    /// waits for): it runs no further state and ends `ABORTED`.
+    fn stop(&self, arn: &str, error: &str, cause: &str) {
+        if let Some(e) = lock(&self.executions).get_mut(arn)
+            && e.done.borrow().is_none()
+        {
+            e.stopped = Some((error.to_string(), cause.to_string()));
+            e.task.abort();
+        }
+    }
+
     pub(crate) fn describe(&self, arn: &str) -> Result<ExecutionResult, Error> {
-        let (name, done) = self.entry(arn)?;
+        let (name, _, done, stopped) = self.entry(arn)?;
         let ended = done.borrow().clone();
-        result_of(arn, name, ended)
+        result_of(arn, name, ended, stopped)
     }
 
     pub(crate) async fn wait(
@@ -146,11 +204,9 @@ impl Embedded {
         arn: &str,
         timeout: Duration,
     ) -> Result<ExecutionResult, Error> {
-        let (name, mut done) = self.entry(arn)?;
-        let ended = match tokio::time::timeout(timeout, done.wait_for(Option::is_some)).await {
-            Ok(Ok(ended)) => ended.clone(),
-            // The sender is gone without an outcome: the run was abandoned.
-            Ok(Err(_)) => Some(Err("the execution was abandoned (shut down)".to_string())),
+        let (name, _, done, _) = self.entry(arn)?;
+        let ended = match tokio::time::timeout(timeout, ended(done)).await {
+            Ok(ended) => ended,
             Err(_) => {
                 return Err(Error::Timeout {
                     execution: arn.to_string(),
@@ -158,11 +214,13 @@ impl Embedded {
                 });
             }
         };
-        result_of(arn, name, ended)
+        // Read again: a stop is recorded before the run is aborted.
+        let (_, _, _, stopped) = self.entry(arn)?;
+        result_of(arn, name, Some(ended), stopped)
     }
 
     pub(crate) fn history(&self, arn: &str) -> Result<Vec<Value>, Error> {
-        let (_, done) = self.entry(arn)?;
+        let (_, _, done, _) = self.entry(arn)?;
         let ended = done.borrow().clone();
         match ended {
             None => Err(Error::StillRunning(arn.to_string())),
@@ -191,7 +249,23 @@ impl Embedded {
     }
 }
 
-fn result_of(arn: &str, name: String, ended: Option<Ended>) -> Result<ExecutionResult, Error> {
+/// Waits for a run's end; a run abandoned (aborted: stopped or shut down)
+/// ends with an error.
+async fn ended(mut done: watch::Receiver<Option<Ended>>) -> Ended {
+    match done.wait_for(Option::is_some).await {
+        Ok(ended) => ended
+            .clone()
+            .unwrap_or_else(|| Err("no outcome".to_string())),
+        Err(_) => Err("the execution was abandoned (shut down)".to_string()),
+    }
+}
+
+fn result_of(
+    arn: &str,
+    name: String,
+    ended: Option<Ended>,
+    stopped: Option<(String, String)>,
+) -> Result<ExecutionResult, Error> {
     let mut result = ExecutionResult {
         arn: arn.to_string(),
         name,
@@ -201,6 +275,12 @@ fn result_of(arn: &str, name: String, ended: Option<Ended>) -> Result<ExecutionR
         cause: None,
         trace_id: None,
     };
+    if let (Some((error, cause)), None | Some(Err(_))) = (&stopped, &ended) {
+        result.status = Status::Aborted;
+        result.error = Some(error.clone());
+        result.cause = Some(cause.clone());
+        return Ok(result);
+    }
     let run = match ended {
         None => return Ok(result),
         Some(Err(message)) => {
@@ -234,4 +314,101 @@ fn result_of(arn: &str, name: String, ended: Option<Ended>) -> Result<ExecutionR
         }
     }
     Ok(result)
+}
+
+/// Serves `arn:aws:states:::states:startExecution` (and `.sync`, `.sync:2`)
+/// with the state machines deployed in this process.
+struct ChildExecutions {
+    embedded: Weak<Embedded>,
+}
+
+/// Stops a `.sync` child if its parent stops waiting (the handler's future
+/// is dropped: task timeout, failed sibling, shutdown).
+struct StopOnDrop {
+    embedded: Weak<Embedded>,
+    arn: Option<String>,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let (Some(arn), Some(embedded)) = (self.arn.take(), self.embedded.upgrade()) {
+            embedded.stop(
+                &arn,
+                "States.Aborted",
+                "the parent execution no longer waits for this execution",
+            );
+        }
+    }
+}
+
+const TASK_FAILED: &str = "States.TaskFailed";
+
+impl Handler for ChildExecutions {
+    fn call(
+        &self,
+        input: Value,
+        ctx: TaskContext,
+    ) -> Pin<Box<dyn Future<Output = Result<Value, TaskError>> + Send + '_>> {
+        Box::pin(async move {
+            let failed = |cause: String| TaskError::new(TASK_FAILED, cause);
+            let embedded = self
+                .embedded
+                .upgrade()
+                .ok_or_else(|| failed("the runtime is shutting down".to_string()))?;
+            let parent = ExecutionRef::from_arn(&ctx.execution_id)
+                .map_err(|e| failed(format!("parent execution: {e}")))?;
+            let child = resource::child_execution(&parent, &ctx.task_id, &input).map_err(failed)?;
+            let child_input = resource::child_input(&input);
+            let arn = match embedded.start(
+                child.state_machine(),
+                child_input.clone(),
+                Some(child.name()),
+            ) {
+                Ok(arn) => arn,
+                Err(Error::ExecutionAlreadyExists(arn)) => {
+                    return Err(TaskError::new(
+                        "StepFunctions.ExecutionAlreadyExistsException",
+                        format!("execution {arn} already exists"),
+                    ));
+                }
+                Err(e) => return Err(failed(e.to_string())),
+            };
+            let (name, start_date, done, _) =
+                embedded.entry(&arn).map_err(|e| failed(e.to_string()))?;
+            let (_, pattern) = resource::strip_pattern(&ctx.resource);
+            if pattern != Pattern::Sync {
+                return Ok(serde_json::json!({"ExecutionArn": arn, "StartDate": start_date}));
+            }
+            let v2 = ctx.resource.ends_with(".sync:2");
+            // Wait without keeping the runtime alive.
+            drop(embedded);
+            let mut guard = StopOnDrop {
+                embedded: self.embedded.clone(),
+                arn: Some(arn.clone()),
+            };
+            let run_end = ended(done).await;
+            guard.arn = None;
+            let result = result_of(&arn, name.clone(), Some(run_end), None)
+                .map_err(|e| failed(e.to_string()))?;
+            let report = resource::child_report(
+                &arn,
+                &child_input,
+                &name,
+                &start_date,
+                child.state_machine(),
+                result.status.as_str(),
+                Some(&rfc3339(jiff::Timestamp::now())),
+                match &result.output {
+                    Some(output) if result.status == Status::Succeeded => Ok(output),
+                    _ => Err((result.error.as_deref(), result.cause.as_deref())),
+                },
+                v2,
+            );
+            if result.status == Status::Succeeded {
+                Ok(report)
+            } else {
+                Err(failed(report.to_string()))
+            }
+        })
+    }
 }

@@ -306,10 +306,10 @@ impl SagaflowBuilder {
             }
         }
         let backend = match &self.options.nats_url {
-            None => Backend::Embedded(Arc::new(embedded::Embedded::new(
+            None => Backend::Embedded(embedded::Embedded::new(
                 self.handlers,
                 self.options.runtime.clone(),
-            ))),
+            )),
             Some(url) => Backend::Distributed(Arc::new(
                 // Boxed: connecting (and starting a coordinator) is a large
                 // future, kept off the caller's stack.

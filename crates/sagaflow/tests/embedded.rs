@@ -201,3 +201,165 @@ async fn callback_tasks_wait_for_their_token() {
     assert_eq!(no.states_entered().await.unwrap(), ["Ask", "Refused"]);
     saga.shutdown().await;
 }
+
+/// A parent calling `startExecution` of `child` with `pattern` (`""`,
+/// `".sync"`, `".sync:2"`) and `name` (none: derived), catching every error.
+fn parent(child: &str, pattern: &str, name: Option<&str>, timeout: Option<u64>) -> String {
+    let mut parameters = json!({
+        "StateMachineArn": format!("arn:aws:states:local:000000000000:stateMachine:{child}"),
+        "Input": {"n.$": "$.n"},
+    });
+    if let Some(name) = name {
+        parameters["Name"] = json!(name);
+    }
+    let mut call = json!({
+        "Type": "Task",
+        "Resource": format!("arn:aws:states:::states:startExecution{pattern}"),
+        "Parameters": parameters,
+        "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Caught"}],
+        "End": true
+    });
+    if let Some(t) = timeout {
+        call["TimeoutSeconds"] = json!(t);
+    }
+    json!({"StartAt": "Call", "States": {"Call": call, "Caught": {"Type": "Pass", "End": true}}})
+        .to_string()
+}
+
+async fn family() -> Sagaflow {
+    Sagaflow::builder()
+        .handler(
+            "double",
+            handler_fn(|input: Value, _ctx: TaskContext| async move {
+                Ok::<_, TaskError>(json!({"n": input["n"].as_i64().unwrap_or(0) * 2}))
+            }),
+        )
+        .handler(
+            "boom",
+            handler_fn(|_: Value, _ctx: TaskContext| async move {
+                Err::<Value, _>(TaskError::new("Boom", "it broke"))
+            }),
+        )
+        .handler(
+            "slow",
+            handler_fn(|_: Value, _ctx: TaskContext| async move {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, TaskError>(json!(null))
+            }),
+        )
+        .state_machine(
+            "double",
+            r#"{"StartAt": "D", "States": {"D": {"Type": "Task", "Resource": "double", "End": true}}}"#,
+        )
+        .state_machine(
+            "boom",
+            r#"{"StartAt": "B", "States": {"B": {"Type": "Task", "Resource": "boom", "End": true}}}"#,
+        )
+        .state_machine(
+            "slow",
+            r#"{"StartAt": "S", "States": {"S": {"Type": "Task", "Resource": "slow", "End": true}}}"#,
+        )
+        .state_machine("sync2", parent("double", ".sync:2", Some("kid-1"), None))
+        .state_machine("sync1", parent("double", ".sync", None, None))
+        .state_machine("fire", parent("double", "", Some("kid-3"), None))
+        .state_machine("sync_fail", parent("boom", ".sync:2", None, None))
+        .state_machine("sync_slow", parent("slow", ".sync:2", Some("kid-slow"), Some(1)))
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn child_executions_run_on_the_machines_deployed_here() {
+    let saga = family().await;
+
+    // .sync:2: the child's output as JSON, in DescribeExecution's fields.
+    let r = saga
+        .start("sync2", json!({"n": 21}), Some("p2"))
+        .await
+        .unwrap()
+        .wait(LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(r.status, Status::Succeeded, "{r:?}");
+    let out = r.output.unwrap();
+    assert_eq!(out["Output"], json!({"n": 42}), "{out}");
+    assert_eq!(out["Status"], "SUCCEEDED");
+    assert_eq!(out["Name"], "kid-1");
+    assert_eq!(out["Input"], json!({"n": 21}));
+    assert_eq!(
+        out["StateMachineArn"],
+        "arn:aws:states:local:000000000000:stateMachine:double"
+    );
+    let kid = out["ExecutionArn"].as_str().unwrap().to_string();
+    assert!(kid.ends_with(":execution:double:kid-1"), "{kid}");
+    let child = saga.execution(kid.as_str()).describe().await.unwrap();
+    assert_eq!(child.status, Status::Succeeded);
+    assert_eq!(child.output, Some(json!({"n": 42})));
+
+    // .sync: the output as a JSON string; the name derived from the parent.
+    let r = saga
+        .start("sync1", json!({"n": 5}), Some("p1"))
+        .await
+        .unwrap()
+        .wait(LIMIT)
+        .await
+        .unwrap();
+    let out = r.output.unwrap();
+    assert_eq!(out["Output"], json!(r#"{"n":10}"#), "{out}");
+    let name = out["Name"].as_str().unwrap();
+    assert!(name.starts_with("p1-") && name.len() == 3 + 16, "{name}");
+
+    // Request-response: started, not waited for.
+    let r = saga
+        .start("fire", json!({"n": 1}), Some("p3"))
+        .await
+        .unwrap()
+        .wait(LIMIT)
+        .await
+        .unwrap();
+    let out = r.output.unwrap();
+    assert!(out.get("Output").is_none(), "{out}");
+    assert!(out["StartDate"].is_string(), "{out}");
+    let kid = out["ExecutionArn"].as_str().unwrap();
+    let child = saga.execution(kid).wait(LIMIT).await.unwrap();
+    assert_eq!(child.output, Some(json!({"n": 2})));
+
+    // A failed child fails the task with States.TaskFailed, its cause the
+    // child's description.
+    let r = saga
+        .start("sync_fail", json!({"n": 1}), Some("p4"))
+        .await
+        .unwrap()
+        .wait(LIMIT)
+        .await
+        .unwrap();
+    let error = &r.output.unwrap()["error"];
+    assert_eq!(error["Error"], "States.TaskFailed", "{error}");
+    let cause: Value = serde_json::from_str(error["Cause"].as_str().unwrap()).unwrap();
+    assert_eq!(cause["Status"], "FAILED");
+    assert_eq!(cause["Error"], "Boom");
+    assert_eq!(cause["Cause"], "it broke");
+    saga.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sync_child_is_stopped_when_its_parent_stops_waiting() {
+    let saga = family().await;
+    let r = saga
+        .start("sync_slow", json!({"n": 1}), Some("p5"))
+        .await
+        .unwrap()
+        .wait(LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(r.output.unwrap()["error"]["Error"], "States.Timeout");
+    let child = saga
+        .execution("arn:aws:states:local:000000000000:execution:slow:kid-slow")
+        .wait(LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(child.status, Status::Aborted, "{child:?}");
+    assert_eq!(child.error.as_deref(), Some("States.Aborted"));
+    saga.shutdown().await;
+}

@@ -51,8 +51,7 @@ use super::store::{ExecutionMeta, HistoryBatch, Store, StoreError};
 use crate::driver::{HistoryEntry, HistoryItem, RuntimeOptions};
 use crate::resource::{self, Pattern, ResultShape};
 
-/// The child-execution integration.
-const START_EXECUTION: &str = "arn:aws:states:::states:startExecution";
+use crate::resource::START_EXECUTION;
 
 /// Options of a coordinator.
 #[derive(Debug, Clone)]
@@ -1638,11 +1637,7 @@ impl Partition {
             Err(e) => return fail(e),
         };
         let machine = child.state_machine();
-        let child_input = match input.get("Input") {
-            Some(Value::String(s)) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
-            Some(v) => v.clone(),
-            None => json!({}),
-        };
+        let child_input = resource::child_input(input);
         // A name already taken (AWS: ExecutionAlreadyExists): its start
         // would be dropped as a duplicate and a .sync task would wait forever.
         // Unless the child is this task's own, started before a restart: a
@@ -1697,7 +1692,7 @@ impl Partition {
             execution_arn: child.arn(),
             version,
             input: child_input,
-            seed: fnv(&format!("{}{}", live.exec_ref.arn(), request.task_id)),
+            seed: resource::fnv(&format!("{}{}", live.exec_ref.arn(), request.task_id)),
             // The child's trace hangs under this task's span (else the
             // caller's context is passed on).
             traceparent: live
@@ -1858,35 +1853,37 @@ impl Partition {
             serde_json::to_vec(&full).unwrap_or_default(),
         );
         let parent = live.meta.parent.as_ref().and_then(|parent| {
-            let mut report = json!({
-                "ExecutionArn": desc.execution_arn,
-                "Input": live.input,
-                "Name": desc.name,
-                "StartDate": desc.start_date,
-                "StateMachineArn": state_machine_arn(&desc.state_machine),
-                "Status": status.as_str(),
-                "StopDate": desc.stop_date,
-            });
-            let message = match (status, output) {
-                (ExecutionStatus::Succeeded, Some(output)) => {
-                    report["Output"] = output;
-                    InboxMessage::TaskSucceeded {
-                        execution_arn: parent.execution_arn.clone(),
-                        task_id: parent.task_id.clone(),
-                        output: report,
-                        callback: false,
-                    }
+            // `.sync:2`'s shape; the parent turns `Output` into a string
+            // for `.sync` (see `shape_output`).
+            let succeeded = status == ExecutionStatus::Succeeded && output.is_some();
+            let report = resource::child_report(
+                &desc.execution_arn,
+                &live.input,
+                &desc.name,
+                &desc.start_date,
+                &desc.state_machine,
+                status.as_str(),
+                desc.stop_date.as_deref(),
+                match &output {
+                    Some(o) if succeeded => Ok(o),
+                    _ => Err((error.as_deref(), cause.as_deref())),
+                },
+                true,
+            );
+            let message = if succeeded {
+                InboxMessage::TaskSucceeded {
+                    execution_arn: parent.execution_arn.clone(),
+                    task_id: parent.task_id.clone(),
+                    output: report,
+                    callback: false,
                 }
-                _ => {
-                    report["Error"] = json!(error);
-                    report["Cause"] = json!(cause);
-                    InboxMessage::TaskFailed {
-                        execution_arn: parent.execution_arn.clone(),
-                        task_id: parent.task_id.clone(),
-                        error: "States.TaskFailed".to_string(),
-                        cause: report.to_string(),
-                        callback: false,
-                    }
+            } else {
+                InboxMessage::TaskFailed {
+                    execution_arn: parent.execution_arn.clone(),
+                    task_id: parent.task_id.clone(),
+                    error: "States.TaskFailed".to_string(),
+                    cause: report.to_string(),
+                    callback: false,
                 }
             };
             let parent_ref = ExecutionRef::from_arn(&parent.execution_arn).ok()?;
@@ -2009,15 +2006,6 @@ fn slim_batch(batch: &HistoryBatch) -> HistoryBatch {
     }
 }
 
-fn fnv(text: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
 fn shape_output(shape: Shape, output: Value, task_id: &str) -> Value {
     match shape {
         Shape::Raw => output,
@@ -2087,26 +2075,7 @@ fn expired(desc: &ExecutionDescription, retention: Duration, now: Timestamp) -> 
 /// named by its `StateMachineArn` (an ARN or a name), with the task's `Name`
 /// or, without one, a name derived from the parent execution and task.
 fn child_ref(parent: &ExecutionRef, request: &TaskRequest) -> Result<ExecutionRef, String> {
-    let input = &request.input;
-    let Some(machine_arn) = input.get("StateMachineArn").and_then(Value::as_str) else {
-        return Err("startExecution needs a string StateMachineArn parameter".into());
-    };
-    let machine = machine_arn
-        .split(":stateMachine:")
-        .nth(1)
-        .map(|rest| rest.split(':').next().unwrap_or(rest))
-        .unwrap_or(machine_arn);
-    let name = match input.get("Name").and_then(Value::as_str) {
-        Some(n) => n.to_string(),
-        // Unique per parent execution (not only per parent name) and
-        // task, and within the 80 characters of a name.
-        None => format!(
-            "{}-{:016x}",
-            parent.name().chars().take(63).collect::<String>(),
-            fnv(&format!("{}\n{}", parent.arn(), request.task_id))
-        ),
-    };
-    ExecutionRef::new(machine, &name).map_err(|e| e.to_string())
+    resource::child_execution(parent, &request.task_id, &request.input)
 }
 
 /// Keeps an execution's pending tasks and timers in step with the commands
