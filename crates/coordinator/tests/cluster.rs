@@ -423,3 +423,81 @@ async fn of_two_appends_expecting_the_same_sequence_exactly_one_wins() {
         Err(StoreError::Conflict { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_changes_are_read_from_where_the_last_read_stopped() {
+    let server = NatsServer::start().expect("nats-server");
+    let store = store_for(&server.url()).await;
+    // Executions of one partition.
+    let mut execs = Vec::new();
+    let mut n = 0;
+    while execs.len() < 3 {
+        let exec = ExecutionRef::new("travel", &format!("x{n}")).unwrap();
+        if store.partition_of(&exec) == 1 {
+            execs.push(exec);
+        }
+        n += 1;
+    }
+    let desc = |exec: &ExecutionRef, status: ExecutionStatus| ExecutionDescription {
+        execution_arn: exec.arn(),
+        name: exec.name().to_string(),
+        state_machine: "travel".into(),
+        version: 1,
+        status,
+        start_date: "2024-01-01T00:00:00.000Z".into(),
+        stop_date: (status != ExecutionStatus::Running).then(|| "2024-01-01T00:00:01.000Z".into()),
+        input: None,
+        output: None,
+        error: None,
+        cause: None,
+        redrive_count: 0,
+        trace_id: None,
+    };
+    let (none, cursor) = store.partition_index_changes(1, 0).await.unwrap();
+    assert!(none.is_empty());
+    assert_eq!(cursor, 0);
+    for exec in &execs {
+        store
+            .put_execution(&desc(exec, ExecutionStatus::Running))
+            .await
+            .unwrap();
+    }
+    // The first read: every entry as it stands.
+    let (all, cursor) = store.partition_index_changes(1, 0).await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(
+        all.iter()
+            .all(|c| c.entry.as_ref().unwrap().status == ExecutionStatus::Running)
+    );
+    // Nothing changed: nothing read.
+    let (same, again) = store.partition_index_changes(1, cursor).await.unwrap();
+    assert!(same.is_empty(), "{same:?}");
+    assert_eq!(again, cursor);
+    // One ends, one is deleted: only those two changes come.
+    store
+        .put_execution(&desc(&execs[0], ExecutionStatus::Succeeded))
+        .await
+        .unwrap();
+    store.forget_execution(&execs[1]).await.unwrap();
+    let (changes, later) = store.partition_index_changes(1, cursor).await.unwrap();
+    assert!(later > cursor);
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[0].key, execs[0].key());
+    assert_eq!(
+        changes[0].entry.as_ref().unwrap().status,
+        ExecutionStatus::Succeeded
+    );
+    assert_eq!(changes[1].key, execs[1].key());
+    assert_eq!(changes[1].entry, None);
+    // Another partition's entries are not read.
+    let other = (0..)
+        .map(|i| ExecutionRef::new("travel", &format!("y{i}")).unwrap())
+        .find(|e| store.partition_of(e) != 1)
+        .unwrap();
+    store
+        .put_execution(&desc(&other, ExecutionStatus::Running))
+        .await
+        .unwrap();
+    let (none, _) = store.partition_index_changes(1, later).await.unwrap();
+    assert!(none.is_empty(), "{none:?}");
+}

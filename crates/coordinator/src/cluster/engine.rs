@@ -525,7 +525,10 @@ impl Partition {
             .reconcile_every
             .max(Duration::from_millis(100));
         let mut next_reconcile = tokio::time::Instant::now() + reconcile_every;
-        let mut reconciling: Option<JoinHandle<Vec<ExecutionRef>>> = None;
+        let mut reconciling: Option<JoinHandle<(IndexView, Vec<ExecutionRef>)>> = None;
+        // The index as of the last reconciliation (a panicked round loses
+        // it: the next one reads every entry again).
+        let mut index_view = IndexView::default();
         let mut results: Option<async_nats::Subscriber> = None;
         loop {
             // (Re)open the inbox; while NATS is away, keep firing timers.
@@ -668,13 +671,17 @@ impl Partition {
                         reconciling = Some(tokio::spawn(list_for_reconcile(
                             self.store().clone(),
                             self.partition,
+                            std::mem::take(&mut index_view),
                         )));
                     }
                     listed = reconciled => {
                         reconciling = None;
                         next_reconcile = tokio::time::Instant::now() + reconcile_every;
                         match listed {
-                            Ok(running) => self.reconcile(running).await,
+                            Ok((view, running)) => {
+                                index_view = view;
+                                self.reconcile(running).await;
+                            }
                             Err(e) => {
                                 self.finished_while_listing = None;
                                 tracing::warn!(partition = self.partition, error = %e, "reconciliation failed");
@@ -2020,55 +2027,98 @@ fn shape_output(shape: Shape, output: Value, task_id: &str) -> Value {
     }
 }
 
-/// The reconciliation's reads, run beside a partition's loop: lists the
-/// partition's execution index, deletes the ended executions whose retention
-/// ran out ([`sagaflow_nats::Settings::retention`]), and returns the running
-/// ones (empty when the index cannot be listed: the next round tries again).
-async fn list_for_reconcile(store: Store, partition: u32) -> Vec<ExecutionRef> {
-    // Bounded: a listing that stalls is dropped, the next round tries again.
-    let listing = store.partition_executions(partition);
-    let Ok(Ok(entries)) = tokio::time::timeout(Duration::from_secs(60), listing).await else {
-        return Vec::new();
-    };
-    let retention = store.infra().settings.retention;
-    let mut running = Vec::new();
-    for desc in entries {
-        let Ok(exec_ref) = ExecutionRef::from_arn(&desc.execution_arn) else {
-            continue;
-        };
-        if desc.status == ExecutionStatus::Running {
-            running.push(exec_ref);
-        } else if expired(&desc, retention, now()) {
-            match store.forget_execution(&exec_ref).await {
-                Ok(()) => tracing::debug!(execution = %desc.execution_arn, "retention: forgotten"),
-                Err(e) => {
-                    tracing::warn!(execution = %desc.execution_arn, error = %e, "retention: cannot delete")
-                }
+/// What a partition owner knows of its execution index between two
+/// reconciliations: kept up to date from the index's changes, so that each
+/// round reads only what changed since the previous one (the first reads
+/// every entry once).
+#[derive(Debug, Default)]
+struct IndexView {
+    /// Last index stream sequence applied (0: nothing read yet).
+    cursor: u64,
+    /// Running executions, by key.
+    running: HashMap<String, ExecutionRef>,
+    /// Ended executions and when they stopped, by key; kept only when a
+    /// retention is set (they are deleted once it ran out).
+    ended: HashMap<String, (Timestamp, ExecutionRef)>,
+}
+
+impl IndexView {
+    /// Applies index changes.
+    fn apply(&mut self, changes: Vec<super::store::IndexChange>, retention: Duration) {
+        for change in changes {
+            self.running.remove(&change.key);
+            self.ended.remove(&change.key);
+            let Some(desc) = change.entry else {
+                continue;
+            };
+            let Ok(exec_ref) = ExecutionRef::from_arn(&desc.execution_arn) else {
+                continue;
+            };
+            if desc.status == ExecutionStatus::Running {
+                self.running.insert(change.key, exec_ref);
+            } else if !retention.is_zero()
+                && let Some(stopped) = desc
+                    .stop_date
+                    .as_deref()
+                    .and_then(|d| d.parse::<Timestamp>().ok())
+            {
+                self.ended.insert(change.key, (stopped, exec_ref));
             }
         }
     }
-    running
+
+    /// The ended executions whose retention ran out at `now`.
+    fn expired(&self, retention: Duration, now: Timestamp) -> Vec<(String, ExecutionRef)> {
+        let Ok(retention) = jiff::SignedDuration::try_from(retention) else {
+            return Vec::new();
+        };
+        if retention.is_zero() {
+            return Vec::new();
+        }
+        self.ended
+            .iter()
+            .filter(|(_, (stopped, _))| {
+                stopped
+                    .checked_add(retention)
+                    .is_ok_and(|until| until < now)
+            })
+            .map(|(key, (_, exec_ref))| (key.clone(), exec_ref.clone()))
+            .collect()
+    }
 }
 
-/// True when an ended execution's retention has run out: it stopped more
-/// than `retention` ago (a zero retention keeps everything).
-fn expired(desc: &ExecutionDescription, retention: Duration, now: Timestamp) -> bool {
-    if retention.is_zero() || desc.status == ExecutionStatus::Running {
-        return false;
-    }
-    let Some(stopped) = desc
-        .stop_date
-        .as_deref()
-        .and_then(|d| d.parse::<Timestamp>().ok())
+/// One reconciliation round's reads, run beside a partition's loop: brings
+/// the partition's [`IndexView`] up to date, deletes the ended executions
+/// whose retention ran out ([`sagaflow_nats::Settings::retention`]), and
+/// returns the view with the running executions (none when the index
+/// cannot be read: the next round tries again).
+async fn list_for_reconcile(
+    store: Store,
+    partition: u32,
+    mut view: IndexView,
+) -> (IndexView, Vec<ExecutionRef>) {
+    // Bounded: a read that stalls is dropped, the next round tries again.
+    let reading = store.partition_index_changes(partition, view.cursor);
+    let Ok(Ok((changes, cursor))) = tokio::time::timeout(Duration::from_secs(60), reading).await
     else {
-        return false;
+        return (view, Vec::new());
     };
-    let Ok(retention) = jiff::SignedDuration::try_from(retention) else {
-        return false;
-    };
-    stopped
-        .checked_add(retention)
-        .is_ok_and(|until| until < now)
+    let retention = store.infra().settings.retention;
+    view.apply(changes, retention);
+    view.cursor = cursor;
+    for (key, exec_ref) in view.expired(retention, now()) {
+        match store.forget_execution(&exec_ref).await {
+            Ok(()) => {
+                tracing::debug!(execution = %exec_ref.arn(), "retention: forgotten");
+                view.ended.remove(&key);
+            }
+            Err(e) => {
+                tracing::warn!(execution = %exec_ref.arn(), error = %e, "retention: cannot delete")
+            }
+        }
+    }
+    let running = view.running.values().cloned().collect();
+    (view, running)
 }
 
 /// The child execution a `states:startExecution` task starts: the machine
@@ -2202,6 +2252,66 @@ mod tests {
             redrive_count: 0,
             trace_id: None,
         }
+    }
+
+    use super::super::store::IndexChange;
+
+    fn change(key: &str, entry: Option<ExecutionDescription>) -> IndexChange {
+        IndexChange {
+            key: key.into(),
+            entry,
+        }
+    }
+
+    /// Whether a view holding only `desc` finds it expired.
+    fn expired(desc: &ExecutionDescription, retention: Duration, now: Timestamp) -> bool {
+        let mut view = IndexView::default();
+        view.apply(vec![change("k", Some(desc.clone()))], retention);
+        !view.expired(retention, now).is_empty()
+    }
+
+    #[test]
+    fn the_index_view_follows_the_changes() {
+        let hour = Duration::from_secs(3600);
+        let mut view = IndexView::default();
+        view.apply(
+            vec![
+                change("a", Some(ended(ExecutionStatus::Running, None))),
+                change("b", Some(ended(ExecutionStatus::Running, None))),
+            ],
+            hour,
+        );
+        assert_eq!(view.running.len(), 2);
+        // a ends, b is deleted.
+        view.apply(
+            vec![
+                change(
+                    "a",
+                    Some(ended(
+                        ExecutionStatus::Succeeded,
+                        Some("2024-01-01T00:00:00Z"),
+                    )),
+                ),
+                change("b", None),
+            ],
+            hour,
+        );
+        assert!(view.running.is_empty());
+        assert_eq!(view.ended.len(), 1);
+        let later: Timestamp = "2024-01-01T02:00:00Z".parse().unwrap();
+        assert_eq!(view.expired(hour, later).len(), 1);
+        view.apply(vec![change("a", None)], hour);
+        assert!(view.ended.is_empty());
+        // Without a retention, ended executions are not kept.
+        let mut view = IndexView::default();
+        view.apply(
+            vec![change(
+                "a",
+                Some(ended(ExecutionStatus::Failed, Some("2024-01-01T00:00:00Z"))),
+            )],
+            Duration::ZERO,
+        );
+        assert!(view.ended.is_empty() && view.running.is_empty());
     }
 
     #[test]

@@ -70,6 +70,16 @@ pub struct StoredHistory {
     pub last_sequence: u64,
 }
 
+/// One change to the execution index (see
+/// [`Store::partition_index_changes`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexChange {
+    /// The execution's key ([`ExecutionRef::key`]).
+    pub key: String,
+    /// Its entry now; `None` when it was deleted.
+    pub entry: Option<ExecutionDescription>,
+}
+
 /// A storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -581,6 +591,84 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The changes to a partition's index entries after stream sequence
+    /// `after` (0: every entry as it stands), and the last sequence seen
+    /// (`after` when nothing changed). A deleted entry comes as `None`.
+    /// One ordered-consumer read: each round of a reconciliation reads only
+    /// what changed since the previous one.
+    pub async fn partition_index_changes(
+        &self,
+        partition: u32,
+        after: u64,
+    ) -> Result<(Vec<IndexChange>, u64), StoreError> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
+        let failed = nats("read a partition's index changes");
+        let kv = &self.infra.executions;
+        let prefix = format!("{}e.{partition}.", kv.prefix);
+        let consumer = kv
+            .stream
+            .create_consumer(OrderedConfig {
+                deliver_subject: self.infra.client.new_inbox(),
+                filter_subject: format!("{prefix}>"),
+                deliver_policy: if after == 0 {
+                    DeliverPolicy::LastPerSubject
+                } else {
+                    DeliverPolicy::ByStartSequence {
+                        start_sequence: after + 1,
+                    }
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut out = Vec::new();
+        let mut last = after;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok((out, last));
+        }
+        let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| failed(&e))?;
+            let info = message.info().map_err(|e| failed(&e))?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            last = last.max(sequence);
+            let key = message
+                .subject
+                .as_str()
+                .strip_prefix(prefix.as_str())
+                .unwrap_or_default()
+                .to_string();
+            // Deleted or purged keys leave a marker with an operation header.
+            let removed = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some();
+            let entry = if removed {
+                None
+            } else {
+                match serde_json::from_slice::<ExecutionDescription>(&message.payload) {
+                    Ok(desc) => Some(desc),
+                    Err(_) => {
+                        tracing::warn!(
+                            subject = %message.subject,
+                            "skipping an execution index entry that does not decode"
+                        );
+                        if pending == 0 {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            };
+            out.push(IndexChange { key, entry });
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok((out, last))
     }
 
     /// Index entries, optionally of one partition, one state machine or one
