@@ -76,6 +76,29 @@ pub enum HistoryItem {
     Command(Command),
 }
 
+/// An execution's history as it grows, shared between the driver that
+/// appends to it and whoever reads it meanwhile.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryLog(Arc<std::sync::Mutex<Vec<HistoryEntry>>>);
+
+impl HistoryLog {
+    /// Appends an entry.
+    pub fn push(&self, entry: HistoryEntry) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(entry);
+    }
+
+    /// The entries so far, oldest first.
+    pub fn entries(&self) -> Vec<HistoryEntry> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// A finished execution.
 #[derive(Debug, Clone)]
 pub struct ExecutionRun {
@@ -135,10 +158,23 @@ impl Coordinator {
         info: ExecutionInfo,
         input: Value,
     ) -> Result<ExecutionRun, DriveError> {
+        self.run_with_log(machine, info, input, HistoryLog::default())
+            .await
+    }
+
+    /// [`Coordinator::run`], appending each history entry to `log` as it
+    /// happens, so that others can read the history of a running execution.
+    pub async fn run_with_log(
+        &self,
+        machine: Arc<StateMachine>,
+        info: ExecutionInfo,
+        input: Value,
+        log: HistoryLog,
+    ) -> Result<ExecutionRun, DriveError> {
         let mut execution = Execution::new(machine, self.options.interp_options());
         let (reply, mut completions) = mpsc::unbounded_channel::<Completion>();
         let (fire, mut fired) = mpsc::unbounded_channel::<String>();
-        let mut history = Vec::new();
+        let history = &log;
         let mut pending: HashSet<String> = HashSet::new();
         let mut timers: HashMap<String, AbortHandle> = HashMap::new();
         let mut commands = Vec::new();
@@ -256,7 +292,7 @@ impl Coordinator {
         Ok(ExecutionRun {
             info,
             outcome,
-            history,
+            history: log.entries(),
             trace_id: trace.as_ref().map(ExecutionTrace::trace_id),
         })
     }

@@ -25,7 +25,7 @@ pub use dispatch::{
     Completion, CompletionSender, DispatchError, Dispatcher, EmbeddedDispatcher, UnknownTaskToken,
 };
 pub use driver::{
-    Coordinator, DriveError, ExecutionRun, HistoryEntry, HistoryItem, RuntimeOptions,
+    Coordinator, DriveError, ExecutionRun, HistoryEntry, HistoryItem, HistoryLog, RuntimeOptions,
 };
 pub use local::{
     RunError, RunReport, RunRequest, RunStatus, run, run_blocking, run_blocking_with_handlers,

@@ -22,7 +22,7 @@ use sagaflow_asl::model::StateMachine;
 use sagaflow_coordinator::cluster::history_view;
 use sagaflow_coordinator::resource::{self, Pattern};
 use sagaflow_coordinator::{
-    Coordinator, EmbeddedDispatcher, ExecutionRun, RuntimeOptions, SystemClock,
+    Coordinator, EmbeddedDispatcher, ExecutionRun, HistoryLog, RuntimeOptions, SystemClock,
 };
 use sagaflow_participant::{Handler, TaskContext, TaskError};
 use sagaflow_protocol::{ExecutionRef, state_machine_arn};
@@ -38,6 +38,8 @@ struct Entry {
     /// RFC 3339, milliseconds.
     start_date: String,
     done: watch::Receiver<Option<Ended>>,
+    /// Its history so far.
+    log: HistoryLog,
     task: AbortHandle,
     /// Set when it was stopped (a `.sync` child whose parent stopped
     /// waiting): error and cause.
@@ -146,9 +148,11 @@ impl Embedded {
         let (tx, rx) = watch::channel(None);
         let coordinator = Arc::clone(&self.coordinator);
         let run_input = input.clone();
+        let log = HistoryLog::default();
+        let run_log = log.clone();
         let task = tokio::spawn(async move {
             let ended = coordinator
-                .run(machine, info, run_input)
+                .run_with_log(machine, info, run_input, run_log)
                 .await
                 .map(Arc::new)
                 .map_err(|e| e.to_string());
@@ -161,6 +165,7 @@ impl Embedded {
                 input,
                 start_date: rfc3339(jiff::Timestamp::now()),
                 done: rx,
+                log,
                 task: task.abort_handle(),
                 stopped: None,
             },
@@ -219,17 +224,19 @@ impl Embedded {
         result_of(arn, name, Some(ended), stopped)
     }
 
+    /// The history so far (Step Functions-style events), also while it runs.
     pub(crate) fn history(&self, arn: &str) -> Result<Vec<Value>, Error> {
-        let (_, _, done, _) = self.entry(arn)?;
-        let ended = done.borrow().clone();
-        match ended {
-            None => Err(Error::StillRunning(arn.to_string())),
-            Some(Err(message)) => Err(Error::Runtime {
+        let (log, done) = lock(&self.executions)
+            .get(arn)
+            .map(|e| (e.log.clone(), e.done.clone()))
+            .ok_or_else(|| Error::ExecutionDoesNotExist(arn.to_string()))?;
+        if let Some(Err(message)) = done.borrow().clone() {
+            return Err(Error::Runtime {
                 execution: arn.to_string(),
                 message,
-            }),
-            Some(Ok(run)) => Ok(history_view::render(&run.history)),
+            });
         }
+        Ok(history_view::render(&log.entries()))
     }
 
     pub(crate) fn complete(

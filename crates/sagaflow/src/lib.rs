@@ -143,9 +143,6 @@ pub enum Error {
         /// How long was waited.
         waited: Duration,
     },
-    /// Embedded: the execution's history is complete only once it ends.
-    #[error("execution '{0}' is still running; its history is available when it ends")]
-    StillRunning(String),
     /// Embedded: the runtime could not carry the execution on (a Sagaflow
     /// bug, not a saga failure).
     #[error("execution '{execution}' broke down: {message}")]
@@ -534,10 +531,8 @@ impl Execution {
 
     /// What happened, as Step Functions-style history events
     /// (`{"id", "timestamp", "type": "TaskStateEntered", "stateEnteredEventDetails": {...}}`,
-    /// oldest first). Embedded: available once the execution has ended
-    /// ([`Error::StillRunning`] before). Distributed: what has happened so
-    /// far (empty for an execution just started whose start is still
-    /// queued).
+    /// oldest first): what has happened so far, in both modes (distributed:
+    /// empty for an execution just started whose start is still queued).
     pub async fn history(&self) -> Result<Vec<Value>, Error> {
         match &self.backend {
             Backend::Embedded(e) => e.history(&self.arn),
