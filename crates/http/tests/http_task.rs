@@ -525,6 +525,9 @@ async fn a_failing_token_endpoint_is_an_authentication_error() {
 async fn secrets_never_reach_the_logs() {
     let capture = LogCapture::default();
     let _guard = tracing::subscriber::set_default(capturing_subscriber(&capture));
+    // Other tests of this binary run on other threads without a
+    // subscriber: make sure no callsite stays cached as uninteresting.
+    tracing::callsite::rebuild_interest_cache();
     let server = MockServer::start().await;
     Mock::given(path("/token"))
         .respond_with(

@@ -115,6 +115,9 @@ async fn retried_on_503_then_succeeds() {
         .await;
     let capture = LogCapture::default();
     let _guard = tracing::subscriber::set_default(capturing_subscriber(&capture));
+    // Other tests of this binary run on other threads without a
+    // subscriber: make sure no callsite stays cached as uninteresting.
+    tracing::callsite::rebuild_interest_cache();
     let run = run_saga(&format!("{}/charges", server.uri()), "ok").await;
     let Outcome::Succeeded { output } = &run.outcome else {
         panic!("{:?}", run.outcome)
