@@ -1,7 +1,7 @@
 //! # sagaflow-nats
 //!
 //! NATS plumbing shared by Sagaflow coordinators and participants:
-//! [`connect`] and [`connect_with`] (credentials and TLS from
+//! [`connect()`] and [`connect_with`] (credentials and TLS from
 //! [`ConnectOptions`]; servers older than 2.11 or without JetStream are
 //! refused), and [`setup`], which creates the JetStream streams and key-value buckets on first start with
 //! the settings documented in `docs/operations.md`:

@@ -84,7 +84,7 @@
 //!
 //! # Error names
 //!
-//! A handler's [`TaskError::error`] is reported as-is. Names starting with
+//! A handler's [`TaskError::error`](crate::TaskError::error) is reported as-is. Names starting with
 //! `States.` are reserved by ASL for the runtime's own errors; they are
 //! accepted (the AWS Lambda runtime can raise `States.*` errors, and
 //! handlers ported from it may forward them), but participants should use
@@ -507,7 +507,7 @@ struct Pulled {
 
 impl Worker {
     /// A builder for a worker using this connection (see
-    /// [`sagaflow_nats::connect`]).
+    /// [`sagaflow_nats::connect()`]).
     pub fn builder(client: async_nats::Client) -> WorkerBuilder {
         WorkerBuilder {
             client,
@@ -523,7 +523,7 @@ impl Worker {
         }
     }
 
-    /// Connects to NATS at `url` ([`sagaflow_nats::connect`]: checks the
+    /// Connects to NATS at `url` ([`sagaflow_nats::connect()`]: checks the
     /// server's version and JetStream) and returns a builder.
     pub async fn connect(url: &str) -> Result<WorkerBuilder, WorkerError> {
         Ok(Worker::builder(sagaflow_nats::connect(url).await?))
