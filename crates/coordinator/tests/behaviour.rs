@@ -713,6 +713,24 @@ async fn child_executions_run_and_report_to_their_parent() {
     env.shutdown().await;
 }
 
+/// A parent whose one state runs `child` (named `name`) with `.sync:2`.
+fn sync_parent(child: &str, name: &str) -> String {
+    json!({
+        "StartAt": "Call",
+        "States": {"Call": {
+            "Type": "Task",
+            "Resource": "arn:aws:states:::states:startExecution.sync:2",
+            "Parameters": {
+                "StateMachineArn": format!("arn:aws:states:local:000000000000:stateMachine:{child}"),
+                "Name": name,
+                "Input": {}
+            },
+            "End": true
+        }}
+    })
+    .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_a_parent_stops_its_sync_child() {
     let env = Env::start().await;
@@ -721,20 +739,11 @@ async fn stopping_a_parent_stops_its_sync_child() {
         r#"{"StartAt": "Pause", "States": {"Pause": {"Type": "Wait", "Seconds": 600, "End": true}}}"#,
     )
     .await;
-    let parent = json!({
-        "StartAt": "Call",
-        "States": {"Call": {
-            "Type": "Task",
-            "Resource": "arn:aws:states:::states:startExecution.sync:2",
-            "Parameters": {
-                "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:long_child",
-                "Name": "child-of-stopped",
-                "Input": {}
-            },
-            "End": true
-        }}
-    });
-    env.deploy("long_parent", &parent.to_string()).await;
+    env.deploy(
+        "long_parent",
+        &sync_parent("long_child", "child-of-stopped"),
+    )
+    .await;
     let parent_arn = env
         .start_execution("long_parent", "stopped", json!({}))
         .await;
@@ -768,20 +777,7 @@ async fn a_parent_reloaded_after_recording_its_stop_stops_its_sync_child() {
         r#"{"StartAt": "Pause", "States": {"Pause": {"Type": "Wait", "Seconds": 600, "End": true}}}"#,
     )
     .await;
-    let parent = json!({
-        "StartAt": "Call",
-        "States": {"Call": {
-            "Type": "Task",
-            "Resource": "arn:aws:states:::states:startExecution.sync:2",
-            "Parameters": {
-                "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:waiting_child",
-                "Name": "orphan",
-                "Input": {}
-            },
-            "End": true
-        }}
-    })
-    .to_string();
+    let parent = sync_parent("waiting_child", "orphan");
     env.deploy("waiting_parent", &parent).await;
     let parent_arn = env.start_execution("waiting_parent", "p", json!({})).await;
     let child_arn = ExecutionRef::new("waiting_child", "orphan").unwrap().arn();

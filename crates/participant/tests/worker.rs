@@ -913,10 +913,13 @@ async fn inbox_messages(env: &Env) -> u64 {
     inbox.info().await.expect("inbox info").state.messages
 }
 
-#[tokio::test]
-async fn a_result_recorded_by_the_coordinator_skips_the_inbox() {
-    let env = env().await;
-    let (mut taken, taker) = result_taker(&env, true).await;
+/// A worker serving `flights.book` with [`echo`], and one task for it
+/// (number `n`, from `from`) whose result goes to the owner first.
+async fn serve_direct_task(
+    env: &Env,
+    n: usize,
+    from: &str,
+) -> (TaskMessage, ShutdownHandle, JoinHandle<()>) {
     let worker = env
         .builder()
         .handler("flights.book", echo())
@@ -924,13 +927,27 @@ async fn a_result_recorded_by_the_coordinator_skips_the_inbox() {
         .await
         .expect("build");
     let (stop_h, run) = spawn(worker);
-    let task = direct_task(&env, 1, "flights.book", json!({"from": "CDG"}));
-    env.publish_task(&task, "k/1").await;
+    let task = direct_task(env, n, "flights.book", json!({"from": from}));
+    env.publish_task(&task, &format!("k/{n}")).await;
+    (task, stop_h, run)
+}
 
-    let msg = tokio::time::timeout(PATIENCE, taken.recv())
+/// The next result the stand-in owner took.
+async fn next_taken(
+    taken: &mut tokio::sync::mpsc::UnboundedReceiver<InboxMessage>,
+) -> InboxMessage {
+    tokio::time::timeout(PATIENCE, taken.recv())
         .await
         .expect("a result within the patience")
-        .expect("taker alive");
+        .expect("taker alive")
+}
+
+#[tokio::test]
+async fn a_result_recorded_by_the_coordinator_skips_the_inbox() {
+    let env = env().await;
+    let (mut taken, taker) = result_taker(&env, true).await;
+    let (task, stop_h, run) = serve_direct_task(&env, 1, "CDG").await;
+    let msg = next_taken(&mut taken).await;
     let (task_id, output) = succeeded(&msg);
     assert_eq!(task_id, task.task_id);
     assert_eq!(output["input"], json!({"from": "CDG"}));
@@ -945,21 +962,8 @@ async fn a_result_recorded_by_the_coordinator_skips_the_inbox() {
 async fn a_result_the_coordinator_did_not_record_goes_to_the_inbox() {
     let env = env().await;
     let (mut taken, taker) = result_taker(&env, false).await;
-    let worker = env
-        .builder()
-        .handler("flights.book", echo())
-        .build()
-        .await
-        .expect("build");
-    let (stop_h, run) = spawn(worker);
-    let task = direct_task(&env, 2, "flights.book", json!({"from": "NRT"}));
-    env.publish_task(&task, "k/2").await;
-
-    let direct = tokio::time::timeout(PATIENCE, taken.recv())
-        .await
-        .expect("the direct attempt")
-        .expect("taker alive");
-    assert_eq!(succeeded(&direct).0, task.task_id);
+    let (task, stop_h, run) = serve_direct_task(&env, 2, "NRT").await;
+    assert_eq!(succeeded(&next_taken(&mut taken).await).0, task.task_id);
     let (msg, msg_id) = env.next_inbox().await;
     let (task_id, output) = succeeded(&msg);
     assert_eq!(task_id, task.task_id);
@@ -976,16 +980,8 @@ async fn a_result_the_coordinator_did_not_record_goes_to_the_inbox() {
 #[tokio::test]
 async fn a_result_nobody_takes_directly_goes_to_the_inbox() {
     let env = env().await;
-    let worker = env
-        .builder()
-        .handler("flights.book", echo())
-        .build()
-        .await
-        .expect("build");
-    let (stop_h, run) = spawn(worker);
     // No partition owner listens: "no responders", then the inbox.
-    let task = direct_task(&env, 3, "flights.book", json!({"from": "SFO"}));
-    env.publish_task(&task, "k/3").await;
+    let (task, stop_h, run) = serve_direct_task(&env, 3, "SFO").await;
     let (msg, _) = env.next_inbox().await;
     assert_eq!(succeeded(&msg).0, task.task_id);
     env.tasks_drained().await;

@@ -21,7 +21,13 @@ const CALLBACK: &str = r#"{
 
 async fn saga() -> (Sagaflow, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let saga = Sagaflow::builder()
+    (builder(tx).build().await.unwrap(), rx)
+}
+
+/// Handlers `double` (a number), `boom`, `slow` and `ask` (sends the task
+/// token to `tx`), with a state machine for each.
+fn builder(tx: tokio::sync::mpsc::UnboundedSender<String>) -> sagaflow::SagaflowBuilder {
+    Sagaflow::builder()
         .handler(
             "double",
             handler_fn(|n: i64, _ctx: TaskContext| async move { Ok::<_, TaskError>(n * 2) }),
@@ -63,10 +69,6 @@ async fn saga() -> (Sagaflow, tokio::sync::mpsc::UnboundedReceiver<String>) {
             r#"{"StartAt": "S", "States": {"S": {"Type": "Task", "Resource": "slow", "End": true}}}"#,
         )
         .state_machine("callback", CALLBACK)
-        .build()
-        .await
-        .unwrap();
-    (saga, rx)
 }
 
 #[tokio::test]
@@ -222,7 +224,7 @@ async fn callback_tasks_wait_for_their_token() {
 fn parent(child: &str, pattern: &str, name: Option<&str>, timeout: Option<u64>) -> String {
     let mut parameters = json!({
         "StateMachineArn": format!("arn:aws:states:local:000000000000:stateMachine:{child}"),
-        "Input": {"n.$": "$.n"},
+        "Input.$": "$.n",
     });
     if let Some(name) = name {
         parameters["Name"] = json!(name);
@@ -242,46 +244,25 @@ fn parent(child: &str, pattern: &str, name: Option<&str>, timeout: Option<u64>) 
 }
 
 async fn family() -> Sagaflow {
-    Sagaflow::builder()
-        .handler(
-            "double",
-            handler_fn(|input: Value, _ctx: TaskContext| async move {
-                Ok::<_, TaskError>(json!({"n": input["n"].as_i64().unwrap_or(0) * 2}))
-            }),
-        )
-        .handler(
-            "boom",
-            handler_fn(|_: Value, _ctx: TaskContext| async move {
-                Err::<Value, _>(TaskError::new("Boom", "it broke"))
-            }),
-        )
-        .handler(
-            "slow",
-            handler_fn(|_: Value, _ctx: TaskContext| async move {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                Ok::<_, TaskError>(json!(null))
-            }),
-        )
-        .state_machine(
-            "double",
-            r#"{"StartAt": "D", "States": {"D": {"Type": "Task", "Resource": "double", "End": true}}}"#,
-        )
-        .state_machine(
-            "boom",
-            r#"{"StartAt": "B", "States": {"B": {"Type": "Task", "Resource": "boom", "End": true}}}"#,
-        )
-        .state_machine(
-            "slow",
-            r#"{"StartAt": "S", "States": {"S": {"Type": "Task", "Resource": "slow", "End": true}}}"#,
-        )
+    let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+    builder(tx)
         .state_machine("sync2", parent("double", ".sync:2", Some("kid-1"), None))
         .state_machine("sync1", parent("double", ".sync", None, None))
         .state_machine("fire", parent("double", "", Some("kid-3"), None))
         .state_machine("sync_fail", parent("boom", ".sync:2", None, None))
-        .state_machine("sync_slow", parent("slow", ".sync:2", Some("kid-slow"), Some(1)))
+        .state_machine(
+            "sync_slow",
+            parent("slow", ".sync:2", Some("kid-slow"), Some(1)),
+        )
         .build()
         .await
         .unwrap()
+}
+
+/// Runs `machine` on `{"n": n}` as execution `name`, to its end.
+async fn run(saga: &Sagaflow, machine: &str, n: i64, name: &str) -> sagaflow::ExecutionResult {
+    let execution = saga.start(machine, json!({"n": n}), Some(name)).await;
+    execution.unwrap().wait(LIMIT).await.unwrap()
 }
 
 #[tokio::test]
@@ -289,19 +270,13 @@ async fn child_executions_run_on_the_machines_deployed_here() {
     let saga = family().await;
 
     // .sync:2: the child's output as JSON, in DescribeExecution's fields.
-    let r = saga
-        .start("sync2", json!({"n": 21}), Some("p2"))
-        .await
-        .unwrap()
-        .wait(LIMIT)
-        .await
-        .unwrap();
+    let r = run(&saga, "sync2", 21, "p2").await;
     assert_eq!(r.status, Status::Succeeded, "{r:?}");
     let out = r.output.unwrap();
-    assert_eq!(out["Output"], json!({"n": 42}), "{out}");
+    assert_eq!(out["Output"], json!(42), "{out}");
     assert_eq!(out["Status"], "SUCCEEDED");
     assert_eq!(out["Name"], "kid-1");
-    assert_eq!(out["Input"], json!({"n": 21}));
+    assert_eq!(out["Input"], json!(21));
     assert_eq!(
         out["StateMachineArn"],
         "arn:aws:states:local:000000000000:stateMachine:double"
@@ -310,45 +285,27 @@ async fn child_executions_run_on_the_machines_deployed_here() {
     assert!(kid.ends_with(":execution:double:kid-1"), "{kid}");
     let child = saga.execution(kid.as_str()).describe().await.unwrap();
     assert_eq!(child.status, Status::Succeeded);
-    assert_eq!(child.output, Some(json!({"n": 42})));
+    assert_eq!(child.output, Some(json!(42)));
 
     // .sync: the output as a JSON string; the name derived from the parent.
-    let r = saga
-        .start("sync1", json!({"n": 5}), Some("p1"))
-        .await
-        .unwrap()
-        .wait(LIMIT)
-        .await
-        .unwrap();
+    let r = run(&saga, "sync1", 5, "p1").await;
     let out = r.output.unwrap();
-    assert_eq!(out["Output"], json!(r#"{"n":10}"#), "{out}");
+    assert_eq!(out["Output"], json!("10"), "{out}");
     let name = out["Name"].as_str().unwrap();
     assert!(name.starts_with("p1-") && name.len() == 3 + 16, "{name}");
 
     // Request-response: started, not waited for.
-    let r = saga
-        .start("fire", json!({"n": 1}), Some("p3"))
-        .await
-        .unwrap()
-        .wait(LIMIT)
-        .await
-        .unwrap();
+    let r = run(&saga, "fire", 1, "p3").await;
     let out = r.output.unwrap();
     assert!(out.get("Output").is_none(), "{out}");
     assert!(out["StartDate"].is_string(), "{out}");
     let kid = out["ExecutionArn"].as_str().unwrap();
     let child = saga.execution(kid).wait(LIMIT).await.unwrap();
-    assert_eq!(child.output, Some(json!({"n": 2})));
+    assert_eq!(child.output, Some(json!(2)));
 
     // A failed child fails the task with States.TaskFailed, its cause the
     // child's description.
-    let r = saga
-        .start("sync_fail", json!({"n": 1}), Some("p4"))
-        .await
-        .unwrap()
-        .wait(LIMIT)
-        .await
-        .unwrap();
+    let r = run(&saga, "sync_fail", 1, "p4").await;
     let error = &r.output.unwrap()["error"];
     assert_eq!(error["Error"], "States.TaskFailed", "{error}");
     let cause: Value = serde_json::from_str(error["Cause"].as_str().unwrap()).unwrap();
@@ -361,13 +318,7 @@ async fn child_executions_run_on_the_machines_deployed_here() {
 #[tokio::test]
 async fn a_sync_child_is_stopped_when_its_parent_stops_waiting() {
     let saga = family().await;
-    let r = saga
-        .start("sync_slow", json!({"n": 1}), Some("p5"))
-        .await
-        .unwrap()
-        .wait(LIMIT)
-        .await
-        .unwrap();
+    let r = run(&saga, "sync_slow", 1, "p5").await;
     assert_eq!(r.output.unwrap()["error"]["Error"], "States.Timeout");
     let child = saga
         .execution("arn:aws:states:local:000000000000:execution:slow:kid-slow")
