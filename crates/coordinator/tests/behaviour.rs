@@ -1129,6 +1129,79 @@ async fn malformed_messages_stop_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_results_sent_directly_get_an_answer_and_stop_nothing() {
+    let mut env = Env::start().await;
+    env.deploy("echo", ECHO).await;
+    env.worker(|b| b.handler("echo", echo_handler())).await;
+    let ns = sagaflow_protocol::Namespace::default();
+    let victim = ExecutionRef::new("echo", "victim").unwrap();
+    let subject = ns.result_subject(
+        env.cluster.as_ref().unwrap().store().partition_of(&victim),
+        &victim,
+    );
+    // The owner subscribes once it holds the partition.
+    let ask = |body: Vec<u8>| {
+        let (nats, subject) = (env.nats.clone(), subject.clone());
+        async move {
+            for _ in 0..100 {
+                match nats.request(subject.clone(), body.clone().into()).await {
+                    Ok(reply) => {
+                        return serde_json::from_slice::<sagaflow_protocol::ResultReply>(
+                            &reply.payload,
+                        )
+                        .expect("a ResultReply");
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            panic!("no answer on {subject}");
+        }
+    };
+    for body in [
+        b"{not json".to_vec(),
+        vec![0xff, 0xfe, 0x00],
+        br#"{"type": "Nope"}"#.to_vec(),
+        // Only task results come this way.
+        serde_json::to_vec(&InboxMessage::StartExecution(StartExecution {
+            execution_arn: victim.arn(),
+            version: 1,
+            input: json!({}),
+            seed: 1,
+            traceparent: None,
+            parent: None,
+        }))
+        .unwrap(),
+    ] {
+        let answer = ask(body).await;
+        assert!(!answer.recorded, "{answer:?}");
+        assert!(answer.error.is_some(), "{answer:?}");
+    }
+    // A well-formed result for an execution that does not exist needs no
+    // record: answered as recorded, and nothing starts.
+    let late = ask(serde_json::to_vec(&InboxMessage::TaskSucceeded {
+        execution_arn: victim.arn(),
+        task_id: "Echo@0#0".into(),
+        output: json!(1),
+        callback: false,
+    })
+    .unwrap())
+    .await;
+    assert!(late.recorded, "{late:?}");
+    let done = env.run("echo", "after", json!({"i": 1})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(
+        env.api
+            .describe_execution(&victim.arn())
+            .await
+            .err()
+            .and_then(|e| e.code().map(str::to_string))
+            .as_deref(),
+        Some("ExecutionDoesNotExist")
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_over_the_limits_fail_with_data_limit_exceeded() {
     let mut o = options();
     o.runtime.max_payload_bytes = 1000;
