@@ -1202,6 +1202,70 @@ async fn bad_results_sent_directly_get_an_answer_and_stop_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_start_of_an_ended_execution_changes_nothing() {
+    let env = Env::start().await;
+    let version = env
+        .deploy(
+            "quick",
+            r#"{"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": true}}}"#,
+        )
+        .await;
+    let done = env.run("quick", "once", json!({"n": 1})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    // The same start again, straight into the inbox (no API check, no
+    // Nats-Msg-Id): a first delivery, applied without reading the history,
+    // finds the history there and changes nothing.
+    let exec = ExecutionRef::from_arn(&done.execution_arn).unwrap();
+    env.publish_inbox(
+        &exec,
+        &InboxMessage::StartExecution(StartExecution {
+            execution_arn: exec.arn(),
+            version,
+            input: json!({"n": 2}),
+            seed: 7,
+            traceparent: None,
+            parent: None,
+        }),
+    )
+    .await;
+    // Handled (acknowledged) in the end.
+    let js = async_nats::jetstream::new(env.nats.clone());
+    let mut inbox = js
+        .get_stream(env.options.settings.namespace.inbox_stream())
+        .await
+        .expect("inbox stream");
+    let deadline = Instant::now() + common::LIMIT;
+    while inbox.info().await.expect("inbox info").state.messages > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the repeated start was never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = env
+        .wait_until(&done.execution_arn, |d| {
+            d.status != ExecutionStatus::Running
+        })
+        .await;
+    assert_status(&again, ExecutionStatus::Succeeded);
+    assert_eq!(again.output, Some(json!({"n": 1})));
+    assert_eq!(again.start_date, done.start_date);
+    assert_eq!(again.stop_date, done.stop_date);
+    let types = env.history_types(&done.execution_arn).await;
+    assert_eq!(
+        types.iter().filter(|t| *t == "ExecutionStarted").count(),
+        1,
+        "{types:?}"
+    );
+    assert_eq!(
+        types.iter().filter(|t| *t == "ExecutionSucceeded").count(),
+        1,
+        "{types:?}"
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_over_the_limits_fail_with_data_limit_exceeded() {
     let mut o = options();
     o.runtime.max_payload_bytes = 1000;

@@ -414,6 +414,8 @@ struct Live {
     /// `.sync` children to stop: their task was cancelled in the step being
     /// carried out.
     stop_children: Vec<ExecutionRef>,
+    /// When it completed (the step that produced its outcome).
+    completed_at: Option<Timestamp>,
     /// Its spans and metrics (None when telemetry is off).
     trace: Option<ExecutionTrace>,
 }
@@ -439,6 +441,9 @@ struct Partition {
     /// (pipelined): index entries to write before the history appends, task
     /// messages to publish and completions to announce after them.
     index_writes: Vec<(String, ExecutionDescription)>,
+    /// Executions whose start is in the batch being handled, delivered for
+    /// the first time: applied without reading their (absent) history.
+    fresh_starts: HashSet<String>,
     outgoing: Vec<(String, TaskMessage)>,
     completed: Vec<(String, Outcome)>,
     /// (when, execution key, what), earliest first.
@@ -492,6 +497,7 @@ impl Partition {
             reload: HashSet::new(),
             finished_while_listing: None,
             index_writes: Vec::new(),
+            fresh_starts: HashSet::new(),
             outgoing: Vec::new(),
             completed: Vec::new(),
             wheel: BTreeMap::new(),
@@ -732,7 +738,21 @@ impl Partition {
                     let completed = self.live.get(&key).and_then(|l| l.exec.outcome().cloned());
                     match completed {
                         Some(outcome) => self.finish(&key, &outcome).await,
-                        None => self.resume(&key).await,
+                        None => {
+                            // Its index entry as the history has it (a start
+                            // applied optimistically to an existing execution
+                            // may have rewritten it).
+                            if let Some(live) = self.live.get(&key)
+                                && let Err(e) = self
+                                    .shared
+                                    .store
+                                    .put_execution(&running_description(live))
+                                    .await
+                            {
+                                tracing::warn!(execution = %key, error = %e, "cannot rewrite the execution index");
+                            }
+                            self.resume(&key).await
+                        }
                     }
                 }
                 Ok(None) => {
@@ -879,6 +899,7 @@ impl Partition {
             heartbeats: HashMap::new(),
             redrive_count: 0,
             stop_children: Vec::new(),
+            completed_at: None,
             trace: None,
         };
         // The execution's trace goes on where the previous owner left it:
@@ -907,6 +928,9 @@ impl Partition {
                         trace.observe(entry.at, event, &out, false);
                     }
                     track(&mut live, &out, &self.shared.store);
+                    if out.iter().any(|c| matches!(c, Command::Complete(_))) {
+                        live.completed_at = Some(entry.at);
+                    }
                 }
             }
         }
@@ -983,6 +1007,11 @@ impl Partition {
                 ) => Ok(m),
                 (Delivery::Result(_), _) => Err("not a task result".to_string()),
             });
+            if let (Ok(InboxMessage::StartExecution(_)), Delivery::Inbox(m)) = (&parsed, message)
+                && m.info().is_ok_and(|i| i.delivered == 1)
+            {
+                self.fresh_starts.insert(key.clone());
+            }
             match parsed {
                 Ok(m) if ExecutionRef::from_key(&key).is_ok() => {
                     let slot = *index.entry(key.clone()).or_insert_with(|| {
@@ -999,6 +1028,7 @@ impl Partition {
             }
         }
         let results = self.step(groups).await;
+        self.fresh_starts.clear();
         // Acknowledge what was recorded (or needed no record), hand back the
         // rest, terminate what cannot be decoded. A result sent directly
         // is answered: recorded, or not (its sender then stores it in the
@@ -1154,8 +1184,17 @@ impl Partition {
                 Ok(ack) => waiting.push((key, applied, inbox_indexes, exec_ref, ack)),
                 Err(e) => {
                     tracing::warn!(execution = %exec_ref.arn(), error = %e, "history append failed");
-                    self.evict(&key, matches!(e, StoreError::Conflict { .. }));
-                    result.retry.extend(inbox_indexes);
+                    let optimistic_conflict =
+                        matches!(e, StoreError::Conflict { .. }) && applied.optimistic;
+                    if optimistic_conflict {
+                        // A start of an execution that exists after all: a
+                        // repeat. Reloaded from its history (which also puts
+                        // its index entry right); the repeat is acknowledged.
+                        self.evict(&key, false);
+                    } else {
+                        self.evict(&key, matches!(e, StoreError::Conflict { .. }));
+                        result.retry.extend(inbox_indexes);
+                    }
                 }
             }
         }
@@ -1173,8 +1212,17 @@ impl Partition {
                 }
                 Err(e) => {
                     tracing::warn!(execution = %exec_ref.arn(), error = %e, "history append failed");
-                    self.evict(&key, matches!(e, StoreError::Conflict { .. }));
-                    result.retry.extend(inbox_indexes);
+                    let optimistic_conflict =
+                        matches!(e, StoreError::Conflict { .. }) && applied.optimistic;
+                    if optimistic_conflict {
+                        // A start of an execution that exists after all: a
+                        // repeat. Reloaded from its history (which also puts
+                        // its index entry right); the repeat is acknowledged.
+                        self.evict(&key, false);
+                    } else {
+                        self.evict(&key, matches!(e, StoreError::Conflict { .. }));
+                        result.retry.extend(inbox_indexes);
+                    }
                 }
             }
         }
@@ -1213,7 +1261,14 @@ impl Partition {
         let exec_ref = ExecutionRef::from_key(key).map_err(|e| e.to_string())?;
         let mut meta_for_new = None;
         let mut extra = Vec::new();
-        if !self.live.contains_key(key) {
+        // A start delivered for the first time is for a new execution (the
+        // API and child starts check that the name is free, the broker drops
+        // repeats): no history to read. The append expects an empty history
+        // and fails if there is one after all.
+        let optimistic = !self.live.contains_key(key)
+            && !self.reload.contains(key)
+            && self.fresh_starts.contains(key);
+        if !self.live.contains_key(key) && !optimistic {
             self.load(&exec_ref).await?;
             if self.reload.remove(key) && self.live.contains_key(key) {
                 // Dropped after a failed write: its timers and tasks were
@@ -1317,24 +1372,13 @@ impl Partition {
                 trace.observe(t, &event, &out, true);
             }
             track(live, &out, &self.shared.store);
+            if out.iter().any(|c| matches!(c, Command::Complete(_))) {
+                live.completed_at = Some(t);
+            }
             if matches!(event, Event::RedriveRequested) && live.exec.outcome().is_none() {
                 // Running again: index first, as for a start.
-                let desc = ExecutionDescription {
-                    execution_arn: live.exec_ref.arn(),
-                    name: live.exec_ref.name().to_string(),
-                    state_machine: live.meta.state_machine.clone(),
-                    version: live.meta.version,
-                    status: ExecutionStatus::Running,
-                    start_date: rfc3339(live.start),
-                    stop_date: None,
-                    input: None,
-                    output: None,
-                    error: None,
-                    cause: None,
-                    redrive_count: live.redrive_count,
-                    trace_id: trace_id_of(&live.meta),
-                };
-                self.index_writes.push((key.to_string(), desc));
+                self.index_writes
+                    .push((key.to_string(), running_description(live)));
             }
             entries.push(HistoryEntry {
                 at: t,
@@ -1367,6 +1411,7 @@ impl Partition {
                 entries,
             },
             commands,
+            optimistic,
         }))
     }
 
@@ -1423,6 +1468,7 @@ impl Partition {
             heartbeats: HashMap::new(),
             redrive_count: 0,
             stop_children: Vec::new(),
+            completed_at: None,
             trace,
         };
         self.live.insert(exec_ref.key(), live);
@@ -1843,7 +1889,7 @@ impl Partition {
             version: live.meta.version,
             status,
             start_date: rfc3339(live.start),
-            stop_date: Some(rfc3339(now())),
+            stop_date: Some(rfc3339(live.completed_at.unwrap_or_else(now))),
             input: None,
             output: None,
             error: error.clone(),
@@ -1962,6 +2008,29 @@ struct Applied {
     expected: u64,
     batch: HistoryBatch,
     commands: Vec<Command>,
+    /// A start applied without reading the history first (see
+    /// `Partition::fresh_starts`): if the append finds a history after all,
+    /// the execution is reloaded from it.
+    optimistic: bool,
+}
+
+/// The index entry of a running execution.
+fn running_description(live: &Live) -> ExecutionDescription {
+    ExecutionDescription {
+        execution_arn: live.exec_ref.arn(),
+        name: live.exec_ref.name().to_string(),
+        state_machine: live.meta.state_machine.clone(),
+        version: live.meta.version,
+        status: ExecutionStatus::Running,
+        start_date: rfc3339(live.start),
+        stop_date: None,
+        input: None,
+        output: None,
+        error: None,
+        cause: None,
+        redrive_count: live.redrive_count,
+        trace_id: trace_id_of(&live.meta),
+    }
 }
 
 /// The id of the execution's trace, from the span context stored with it
