@@ -4,7 +4,8 @@
 //! NATS: subject and stream names ([`Namespace`]), execution identities
 //! ([`ExecutionRef`]), the task message a participant receives
 //! ([`TaskMessage`]), the events that reach an execution's inbox
-//! ([`InboxMessage`]), the API requests and replies ([`api`]) and header
+//! ([`InboxMessage`]), the answer to a result sent straight to a partition's
+//! owner ([`ResultReply`]), the API requests and replies ([`api`]) and header
 //! names ([`headers`]). Pure data and encoding: no I/O.
 //!
 //! ```
