@@ -1116,16 +1116,19 @@ async fn malformed_messages_stop_nothing() {
         assert_eq!(done.output, Some(json!({"i": i})));
     }
     // The start for a version that does not exist started nothing.
-    assert_eq!(
-        env.api
-            .describe_execution(&victim.arn())
-            .await
-            .err()
-            .and_then(|e| e.code().map(str::to_string))
-            .as_deref(),
-        Some("ExecutionDoesNotExist")
-    );
+    assert_never_started(&env, &victim).await;
     env.shutdown().await;
+}
+
+/// The execution does not exist: nothing started it.
+async fn assert_never_started(env: &Env, exec: &ExecutionRef) {
+    let code = env
+        .api
+        .describe_execution(&exec.arn())
+        .await
+        .err()
+        .and_then(|e| e.code().map(str::to_string));
+    assert_eq!(code.as_deref(), Some("ExecutionDoesNotExist"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1189,15 +1192,7 @@ async fn bad_results_sent_directly_get_an_answer_and_stop_nothing() {
     assert!(late.recorded, "{late:?}");
     let done = env.run("echo", "after", json!({"i": 1})).await;
     assert_status(&done, ExecutionStatus::Succeeded);
-    assert_eq!(
-        env.api
-            .describe_execution(&victim.arn())
-            .await
-            .err()
-            .and_then(|e| e.code().map(str::to_string))
-            .as_deref(),
-        Some("ExecutionDoesNotExist")
-    );
+    assert_never_started(&env, &victim).await;
     env.shutdown().await;
 }
 
