@@ -765,6 +765,21 @@ impl Partition {
         }
     }
 
+    /// After a failed append: drops the execution from memory (see
+    /// [`Partition::evict`]); true when its inbox messages must be handed
+    /// back. A start applied without reading the history that finds one
+    /// there is a repeat: the execution is reloaded from its history (which
+    /// also puts its index entry right) and the repeat is acknowledged.
+    fn append_failed(&mut self, key: &str, error: &StoreError, optimistic: bool) -> bool {
+        let conflict = matches!(error, StoreError::Conflict { .. });
+        if conflict && optimistic {
+            self.evict(key, false);
+            return false;
+        }
+        self.evict(key, conflict);
+        true
+    }
+
     /// Drops an execution from memory after a failed write; unless another
     /// coordinator advanced it, it is reloaded and resumed later.
     fn evict(&mut self, key: &str, conflict: bool) {
@@ -1184,15 +1199,7 @@ impl Partition {
                 Ok(ack) => waiting.push((key, applied, inbox_indexes, exec_ref, ack)),
                 Err(e) => {
                     tracing::warn!(execution = %exec_ref.arn(), error = %e, "history append failed");
-                    let optimistic_conflict =
-                        matches!(e, StoreError::Conflict { .. }) && applied.optimistic;
-                    if optimistic_conflict {
-                        // A start of an execution that exists after all: a
-                        // repeat. Reloaded from its history (which also puts
-                        // its index entry right); the repeat is acknowledged.
-                        self.evict(&key, false);
-                    } else {
-                        self.evict(&key, matches!(e, StoreError::Conflict { .. }));
+                    if self.append_failed(&key, &e, applied.optimistic) {
                         result.retry.extend(inbox_indexes);
                     }
                 }
@@ -1212,15 +1219,7 @@ impl Partition {
                 }
                 Err(e) => {
                     tracing::warn!(execution = %exec_ref.arn(), error = %e, "history append failed");
-                    let optimistic_conflict =
-                        matches!(e, StoreError::Conflict { .. }) && applied.optimistic;
-                    if optimistic_conflict {
-                        // A start of an execution that exists after all: a
-                        // repeat. Reloaded from its history (which also puts
-                        // its index entry right); the repeat is acknowledged.
-                        self.evict(&key, false);
-                    } else {
-                        self.evict(&key, matches!(e, StoreError::Conflict { .. }));
+                    if self.append_failed(&key, &e, applied.optimistic) {
                         result.retry.extend(inbox_indexes);
                     }
                 }
