@@ -545,52 +545,14 @@ impl Store {
 
     /// Every index entry of one partition, read with one ordered consumer
     /// over the partition's keys (last value per key) rather than one read
-    /// per key: what the reconciliation lists every round.
+    /// per key: [`Store::partition_index_changes`] from the start, without
+    /// the deleted entries.
     pub async fn partition_executions(
         &self,
         partition: u32,
     ) -> Result<Vec<ExecutionDescription>, StoreError> {
-        use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
-        let failed = nats("list a partition's executions");
-        let kv = &self.infra.executions;
-        let consumer = kv
-            .stream
-            .create_consumer(OrderedConfig {
-                deliver_subject: self.infra.client.new_inbox(),
-                filter_subject: format!("{}e.{partition}.>", kv.prefix),
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| failed(&e))?;
-        let mut out = Vec::new();
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(out);
-        }
-        let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| failed(&e))?;
-            let pending = message.info().map(|i| i.pending).unwrap_or(0);
-            // Deleted or purged keys leave a marker with an operation header.
-            let removed = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some();
-            if !removed {
-                match serde_json::from_slice::<ExecutionDescription>(&message.payload) {
-                    Ok(desc) => out.push(desc),
-                    Err(_) => tracing::warn!(
-                        subject = %message.subject,
-                        "skipping an execution index entry that does not decode"
-                    ),
-                }
-            }
-            if pending == 0 {
-                break;
-            }
-        }
-        Ok(out)
+        let (changes, _) = self.partition_index_changes(partition, 0).await?;
+        Ok(changes.into_iter().filter_map(|c| c.entry).collect())
     }
 
     /// The changes to a partition's index entries after stream sequence
