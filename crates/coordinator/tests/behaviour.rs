@@ -1223,19 +1223,35 @@ async fn a_repeated_start_of_an_ended_execution_changes_nothing() {
         }),
     )
     .await;
-    // Handled (acknowledged) in the end.
+    // Handled (acknowledged) in the end; meanwhile, and for a while after,
+    // its index entry never shows it running again (the start creates an
+    // entry only where there is none).
     let js = async_nats::jetstream::new(env.nats.clone());
     let mut inbox = js
         .get_stream(env.options.settings.namespace.inbox_stream())
         .await
         .expect("inbox stream");
     let deadline = Instant::now() + common::LIMIT;
-    while inbox.info().await.expect("inbox info").state.messages > 0 {
+    let mut acknowledged_at: Option<Instant> = None;
+    loop {
+        let status = env.describe(&done.execution_arn).await.status;
+        assert_eq!(
+            status,
+            ExecutionStatus::Succeeded,
+            "the index entry changed"
+        );
+        let pending = inbox.info().await.expect("inbox info").state.messages;
+        match (pending, acknowledged_at) {
+            (0, None) => acknowledged_at = Some(Instant::now()),
+            (0, Some(at)) if at.elapsed() > Duration::from_millis(1500) => break,
+            (0, Some(_)) => {}
+            _ => acknowledged_at = None,
+        }
         assert!(
             Instant::now() < deadline,
             "the repeated start was never acknowledged"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let again = env
         .wait_until(&done.execution_arn, |d| {
@@ -1257,6 +1273,73 @@ async fn a_repeated_start_of_an_ended_execution_changes_nothing() {
         1,
         "{types:?}"
     );
+    env.shutdown().await;
+}
+
+/// A first delivery of a start creates the index entry together with the
+/// history append. A coordinator that dies between the two leaves a history
+/// that recovery cannot find through the index; the start, never
+/// acknowledged, comes again to the next owner, which must put the entry
+/// right and carry the execution on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_start_whose_index_entry_is_missing_is_resumed_when_it_comes_again() {
+    let mut env = Env::start().await;
+    let version = env.deploy("echo", ECHO).await;
+    let arn = env
+        .start_execution("echo", "unindexed", json!({"n": 1}))
+        .await;
+    // No participant yet: the task waits.
+    env.wait_until(&arn, |d| d.status == ExecutionStatus::Running)
+        .await;
+    let deadline = Instant::now() + common::LIMIT;
+    while !env
+        .history_types(&arn)
+        .await
+        .contains(&"TaskScheduled".to_string())
+    {
+        assert!(Instant::now() < deadline, "the task was never scheduled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let original = env.describe(&arn).await;
+    // The crash: the history is there, the index entry is not, the start is
+    // in the inbox again (a new owner gets it as a first delivery).
+    let exec = ExecutionRef::from_arn(&arn).unwrap();
+    let store = env.cluster.as_ref().unwrap().store().clone();
+    let inbox = env.inbox_subject(&exec);
+    env.cluster.take().unwrap().shutdown().await;
+    store
+        .infra()
+        .executions
+        .purge(format!("e.{}.{}", store.partition_of(&exec), exec.key()))
+        .await
+        .expect("purge the index entry");
+    assert!(store.execution(&exec).await.unwrap().is_none());
+    let start = InboxMessage::StartExecution(StartExecution {
+        execution_arn: arn.clone(),
+        version,
+        input: json!({"n": 1}),
+        seed: 1,
+        traceparent: None,
+        parent: None,
+    });
+    env.publish_raw(inbox, serde_json::to_vec(&start).unwrap())
+        .await;
+    env.restart_coordinator().await;
+    env.worker(|b| b.handler("echo", echo_handler())).await;
+    let done = env
+        .wait_until(&arn, |d| d.status != ExecutionStatus::Running)
+        .await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!({"n": 1})));
+    assert_eq!(done.start_date, original.start_date);
+    let types = env.history_types(&arn).await;
+    for kind in ["ExecutionStarted", "TaskScheduled", "ExecutionSucceeded"] {
+        assert_eq!(
+            types.iter().filter(|t| *t == kind).count(),
+            1,
+            "{kind}: {types:?}"
+        );
+    }
     env.shutdown().await;
 }
 

@@ -441,6 +441,11 @@ struct Partition {
     /// (pipelined): index entries to write before the history appends, task
     /// messages to publish and completions to announce after them.
     index_writes: Vec<(String, ExecutionDescription)>,
+    /// Index entries of the fresh starts in the batch: created (if absent)
+    /// together with their first history append rather than before it. A
+    /// start whose entry could not be written is handed back, and its
+    /// redelivery finds the history and puts the entry right.
+    index_creates: Vec<(String, ExecutionDescription)>,
     /// Executions whose start is in the batch being handled, delivered for
     /// the first time: applied without reading their (absent) history.
     fresh_starts: HashSet<String>,
@@ -497,6 +502,7 @@ impl Partition {
             reload: HashSet::new(),
             finished_while_listing: None,
             index_writes: Vec::new(),
+            index_creates: Vec::new(),
             fresh_starts: HashSet::new(),
             outgoing: Vec::new(),
             completed: Vec::new(),
@@ -766,18 +772,15 @@ impl Partition {
     }
 
     /// After a failed append: drops the execution from memory (see
-    /// [`Partition::evict`]); true when its inbox messages must be handed
-    /// back. A start applied without reading the history that finds one
-    /// there is a repeat: the execution is reloaded from its history (which
-    /// also puts its index entry right) and the repeat is acknowledged.
-    fn append_failed(&mut self, key: &str, error: &StoreError, optimistic: bool) -> bool {
+    /// [`Partition::evict`]); the caller hands back its inbox messages
+    /// (nothing of the step was recorded). A
+    /// start applied without reading the history that finds one there is a
+    /// repeat: the execution is reloaded from its history (which also puts
+    /// its index entry right), and the messages that came with the start
+    /// (a result, a stop) are applied to it when they come again.
+    fn append_failed(&mut self, key: &str, error: &StoreError, optimistic: bool) {
         let conflict = matches!(error, StoreError::Conflict { .. });
-        if conflict && optimistic {
-            self.evict(key, false);
-            return false;
-        }
-        self.evict(key, conflict);
-        true
+        self.evict(key, conflict && !optimistic);
     }
 
     /// Drops an execution from memory after a failed write; unless another
@@ -1138,6 +1141,9 @@ impl Partition {
     async fn step(&mut self, groups: Vec<(String, Vec<Input>)>) -> StepResult {
         let mut result = StepResult::default();
         let mut appends = Vec::new();
+        // The inbox messages of each execution (by index in the batch), to
+        // hand back if its writes fail.
+        let mut handed: HashMap<String, Vec<usize>> = HashMap::new();
         for (key, inputs) in groups {
             let inbox_indexes: Vec<usize> = inputs
                 .iter()
@@ -1147,8 +1153,13 @@ impl Partition {
                 })
                 .collect();
             match self.apply_group(&key, inputs).await {
-                Ok(Some(applied)) => appends.push((key, applied, inbox_indexes)),
-                Ok(None) => {}
+                Ok(Some(applied)) => {
+                    handed.insert(key.clone(), inbox_indexes);
+                    appends.push((key, applied));
+                }
+                Ok(None) => {
+                    handed.insert(key, inbox_indexes);
+                }
                 Err(e) => {
                     tracing::warn!(execution = %key, error = %e, "events handed back");
                     self.evict(&key, false);
@@ -1156,57 +1167,80 @@ impl Partition {
                 }
             }
         }
-        // Index entries first (recovery finds executions through them),
-        // all at once.
+        let store = self.shared.store.clone();
+        // Index entries of redelivered starts and redrives first (recovery
+        // finds executions through them), all at once.
         let writes = std::mem::take(&mut self.index_writes);
         if !writes.is_empty() {
-            let store = self.shared.store.clone();
             let results =
                 futures::future::join_all(writes.iter().map(|(_, d)| store.put_execution(d))).await;
             for ((key, _), r) in writes.iter().zip(results) {
                 if let Err(e) = r {
                     tracing::warn!(execution = %key, error = %e, "cannot write the execution index");
-                    if let Some(slot) = appends.iter().position(|(k, _, _)| k == key) {
-                        let (_, _, indexes) = appends.remove(slot);
-                        result.retry.extend(indexes);
-                    }
+                    appends.retain(|(k, _)| k != key);
+                    result.retry.extend(handed.remove(key).unwrap_or_default());
                     self.evict(key, false);
                 }
             }
         }
-        // Send every append, then wait for them together.
-        let mut waiting = Vec::new();
-        for (key, applied, inbox_indexes) in appends {
-            let Some(live) = self.live.get(&key) else {
-                continue;
-            };
-            let exec_ref = live.exec_ref.clone();
-            let mut sent = self
-                .store()
-                .send_history(&exec_ref, applied.expected, &applied.batch)
-                .await;
-            if matches!(sent, Err(StoreError::TooLarge { .. })) {
-                // The records' copies of state inputs and outputs made the
-                // batch too large for a message: keep the events and the
-                // commands (what replay needs), drop the copies.
-                let slim = slim_batch(&applied.batch);
-                sent = self
-                    .store()
-                    .send_history(&exec_ref, applied.expected, &slim)
+        // Send every append, and create the index entries of fresh starts
+        // meanwhile; then wait for the appends together.
+        let creates = std::mem::take(&mut self.index_creates);
+        let create_all =
+            futures::future::join_all(creates.iter().map(|(_, d)| store.create_execution(d)));
+        let live = &self.live;
+        let send_all = async {
+            let mut sent = Vec::new();
+            for (key, applied) in appends {
+                let Some(exec_ref) = live.get(&key).map(|l| l.exec_ref.clone()) else {
+                    continue;
+                };
+                let mut r = store
+                    .send_history(&exec_ref, applied.expected, &applied.batch)
                     .await;
+                if matches!(r, Err(StoreError::TooLarge { .. })) {
+                    // The records' copies of state inputs and outputs made
+                    // the batch too large for a message: keep the events and
+                    // the commands (what replay needs), drop the copies.
+                    let slim = slim_batch(&applied.batch);
+                    r = store.send_history(&exec_ref, applied.expected, &slim).await;
+                }
+                sent.push((key, applied, exec_ref, r));
             }
+            sent
+        };
+        let (created, sent) = futures::join!(create_all, send_all);
+        // Fresh starts whose entry could not be created, and those that
+        // found one already there (rewritten once their append succeeds:
+        // it may be left over from an execution of the same name whose
+        // deletion did not finish).
+        let mut not_indexed = HashSet::new();
+        let mut rewrite = HashSet::new();
+        for ((key, _), r) in creates.iter().zip(created) {
+            match r {
+                Ok(true) => {}
+                Ok(false) => {
+                    rewrite.insert(key.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(execution = %key, error = %e, "cannot write the execution index");
+                    not_indexed.insert(key.clone());
+                }
+            }
+        }
+        let mut waiting = Vec::new();
+        for (key, applied, exec_ref, sent) in sent {
             match sent {
-                Ok(ack) => waiting.push((key, applied, inbox_indexes, exec_ref, ack)),
+                Ok(ack) => waiting.push((key, applied, exec_ref, ack)),
                 Err(e) => {
                     tracing::warn!(execution = %exec_ref.arn(), error = %e, "history append failed");
-                    if self.append_failed(&key, &e, applied.optimistic) {
-                        result.retry.extend(inbox_indexes);
-                    }
+                    self.append_failed(&key, &e, applied.optimistic);
+                    result.retry.extend(handed.remove(&key).unwrap_or_default());
                 }
             }
         }
         let mut done = Vec::new();
-        for (key, applied, inbox_indexes, exec_ref, ack) in waiting {
+        for (key, applied, exec_ref, ack) in waiting {
             match self.store().await_history(&exec_ref, ack).await {
                 Ok(sequence) => {
                     if let Some(live) = self.live.get_mut(&key) {
@@ -1219,9 +1253,43 @@ impl Partition {
                 }
                 Err(e) => {
                     tracing::warn!(execution = %exec_ref.arn(), error = %e, "history append failed");
-                    if self.append_failed(&key, &e, applied.optimistic) {
-                        result.retry.extend(inbox_indexes);
+                    self.append_failed(&key, &e, applied.optimistic);
+                    result.retry.extend(handed.remove(&key).unwrap_or_default());
+                }
+            }
+        }
+        // A recorded start without its index entry is not carried on:
+        // recovery could not find it. It is dropped from memory and its start
+        // handed back; the redelivery (or the reload, whichever comes first)
+        // writes the entry from the history and resumes it.
+        let rewrites: Vec<ExecutionDescription> = done
+            .iter()
+            .filter(|(key, _)| rewrite.contains(key))
+            .filter_map(|(key, _)| self.live.get(key).map(running_description))
+            .collect();
+        if !rewrites.is_empty() {
+            let results =
+                futures::future::join_all(rewrites.iter().map(|d| store.put_execution(d))).await;
+            for (d, r) in rewrites.iter().zip(results) {
+                if let Err(e) = r {
+                    tracing::warn!(execution = %d.execution_arn, error = %e, "cannot write the execution index");
+                    if let Ok(exec_ref) = ExecutionRef::from_arn(&d.execution_arn) {
+                        not_indexed.insert(exec_ref.key());
                     }
+                }
+            }
+        }
+        if !not_indexed.is_empty() {
+            done.retain(|(key, _)| {
+                if !not_indexed.contains(key) {
+                    return true;
+                }
+                result.retry.extend(handed.remove(key).unwrap_or_default());
+                false
+            });
+            for key in &not_indexed {
+                if self.live.contains_key(key) {
+                    self.evict(key, false);
                 }
             }
         }
@@ -1267,14 +1335,22 @@ impl Partition {
         let optimistic = !self.live.contains_key(key)
             && !self.reload.contains(key)
             && self.fresh_starts.contains(key);
+        // Loaded from its history by this call (not held before), and
+        // resumed by it.
+        let mut loaded_here = false;
+        let mut resumed_here = false;
         if !self.live.contains_key(key) && !optimistic {
             self.load(&exec_ref).await?;
-            if self.reload.remove(key) && self.live.contains_key(key) {
+            let dropped = self.reload.remove(key);
+            loaded_here = self.live.contains_key(key);
+            if dropped && loaded_here {
                 // Dropped after a failed write: its timers and tasks were
                 // not re-armed yet.
                 extra = self.rearm_and_republish(key).await;
+                resumed_here = true;
             }
         }
+        let mut repeated_start = false;
         let inputs = inputs.into_iter().chain(extra);
         let mut entries = Vec::new();
         let mut commands = Vec::new();
@@ -1284,9 +1360,15 @@ impl Partition {
             let event = match input {
                 Input::Inbox(_, InboxMessage::StartExecution(start)) => {
                     if self.live.contains_key(key) {
-                        continue; // A duplicate start.
+                        // A duplicate start. If nobody held the execution,
+                        // the first delivery's owner may have died after its
+                        // history append and before its index entry, task
+                        // messages or timers: reloading it (below) writes
+                        // the entry from the history and resumes it.
+                        repeated_start |= loaded_here;
+                        continue;
                     }
-                    match self.new_execution(&exec_ref, &start, t).await {
+                    match self.new_execution(&exec_ref, &start, t, optimistic).await {
                         Ok((event, meta)) => {
                             meta_for_new = Some(meta);
                             event
@@ -1391,6 +1473,17 @@ impl Partition {
             }
             commands.extend(out);
         }
+        if repeated_start {
+            match self.live.get(key) {
+                Some(live) if resumed_here && live.exec.outcome().is_none() => {
+                    self.index_writes
+                        .push((key.to_string(), running_description(live)));
+                }
+                _ => {
+                    self.reload.insert(key.to_string());
+                }
+            }
+        }
         if entries.is_empty() {
             // A late or duplicate message loaded a completed execution:
             // nothing to do, nothing to keep in memory.
@@ -1419,6 +1512,7 @@ impl Partition {
         exec_ref: &ExecutionRef,
         start: &StartExecution,
         t: Timestamp,
+        optimistic: bool,
     ) -> Result<(Event, ExecutionMeta), String> {
         let machine = self
             .shared
@@ -1436,7 +1530,6 @@ impl Partition {
             execution_span: trace.as_ref().map(ExecutionTrace::traceparent),
             parent: start.parent.clone(),
         };
-        // Index first: recovery finds executions through the index.
         let desc = ExecutionDescription {
             execution_arn: exec_ref.arn(),
             name: exec_ref.name().to_string(),
@@ -1452,9 +1545,16 @@ impl Partition {
             redrive_count: 0,
             trace_id: trace.as_ref().map(ExecutionTrace::trace_id),
         };
-        // Written before the history append (recovery finds executions
-        // through the index), with the other writes of the batch.
-        self.index_writes.push((exec_ref.key(), desc));
+        // Recovery finds executions through the index. A first delivery
+        // creates the entry together with the history append (if the
+        // coordinator dies in between, the start is redelivered and its
+        // redelivery puts the entry right, see `Partition::apply_group`);
+        // a redelivery writes it before the append.
+        if optimistic {
+            self.index_creates.push((exec_ref.key(), desc));
+        } else {
+            self.index_writes.push((exec_ref.key(), desc));
+        }
         let live = Live {
             exec_ref: exec_ref.clone(),
             exec: Execution::new(machine, self.shared.options.runtime.interp_options()),

@@ -487,6 +487,29 @@ impl Store {
     /// Writes an execution's index entry (input and output are not kept
     /// there; they are in the history).
     pub async fn put_execution(&self, desc: &ExecutionDescription) -> Result<(), StoreError> {
+        let (key, body) = self.index_entry(desc)?;
+        self.infra
+            .executions
+            .put(key, body.into())
+            .await
+            .map_err(|e| nats("write execution index")(&e))?;
+        Ok(())
+    }
+
+    /// Writes an execution's index entry unless it has one: `Ok(false)` when
+    /// an entry was already there (left as it was). A deleted entry (see
+    /// [`Store::forget_execution`]) counts as none.
+    pub async fn create_execution(&self, desc: &ExecutionDescription) -> Result<bool, StoreError> {
+        let (key, body) = self.index_entry(desc)?;
+        match self.infra.executions.create(key, body.into()).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(nats("create execution index entry")(&e)),
+        }
+    }
+
+    /// An index entry's key and body (without input and output).
+    fn index_entry(&self, desc: &ExecutionDescription) -> Result<(String, Vec<u8>), StoreError> {
         let exec =
             ExecutionRef::from_arn(&desc.execution_arn).map_err(|e| StoreError::Corrupt {
                 what: "execution ARN",
@@ -501,12 +524,7 @@ impl Store {
             key: desc.execution_arn.clone(),
             message: e.to_string(),
         })?;
-        self.infra
-            .executions
-            .put(self.index_key(&exec), body.into())
-            .await
-            .map_err(|e| nats("write execution index")(&e))?;
-        Ok(())
+        Ok((self.index_key(&exec), body))
     }
 
     /// Deletes an ended execution for good: its history messages and its
