@@ -32,7 +32,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use sagaflow_asl::interp::{
@@ -453,6 +453,12 @@ struct Partition {
     completed: Vec<(String, Outcome)>,
     /// (when, execution key, what), earliest first.
     wheel: BTreeMap<(Timestamp, String, Due), ()>,
+    /// Writes whose outcome is not needed to go on (task messages'
+    /// acknowledgements, completions) are awaited beside the loop; the keys
+    /// of the executions whose write failed come back here, to be reloaded
+    /// (which writes them again).
+    failed_writes: mpsc::UnboundedSender<String>,
+    failed_writes_rx: Option<mpsc::UnboundedReceiver<String>>,
 }
 
 /// Something to apply to one execution.
@@ -495,7 +501,10 @@ impl Delivery {
 
 impl Partition {
     fn new(shared: Arc<Shared>, partition: u32) -> Partition {
+        let (failed_writes, failed_writes_rx) = mpsc::unbounded_channel();
         Partition {
+            failed_writes,
+            failed_writes_rx: Some(failed_writes_rx),
             shared,
             partition,
             live: HashMap::new(),
@@ -525,7 +534,12 @@ impl Partition {
             .inbox
             .delete_consumer(&ns.inbox_consumer(self.partition))
             .await;
-        let mut recovered = self.recover().await;
+        // The index as of the last reconciliation (a panicked round loses
+        // it: the next one reads every entry again). Recovery reads every
+        // entry of the partition's index once; reconciliation rounds then
+        // read only what changed since.
+        let mut index_view = IndexView::default();
+        let mut recovered = self.recover(&mut index_view).await;
         // Retries run at absolute times: a timer made afresh on every turn
         // of the loop would never fire while messages keep coming.
         let retry_every = Duration::from_secs(1);
@@ -536,12 +550,18 @@ impl Partition {
             .options
             .reconcile_every
             .max(Duration::from_millis(100));
-        let mut next_reconcile = tokio::time::Instant::now() + reconcile_every;
+        // Partitions take turns: partition p's rounds run p/partitions of a
+        // period later than partition 0's, so that their reads (every index
+        // change of the period) do not all land at once.
+        let phase = reconcile_every
+            .mul_f64(f64::from(self.partition) / f64::from(self.store().partitions().max(1)));
+        let mut next_reconcile = tokio::time::Instant::now() + reconcile_every + phase;
         let mut reconciling: Option<JoinHandle<(IndexView, Vec<ExecutionRef>)>> = None;
-        // The index as of the last reconciliation (a panicked round loses
-        // it: the next one reads every entry again).
-        let mut index_view = IndexView::default();
         let mut results: Option<async_nats::Subscriber> = None;
+        let mut failed_writes = self
+            .failed_writes_rx
+            .take()
+            .ok_or("the partition loop runs once")?;
         loop {
             // (Re)open the inbox; while NATS is away, keep firing timers.
             let messages = async {
@@ -668,12 +688,15 @@ impl Partition {
                         self.handle_inbox(batch).await;
                     }
                     _ = sleep => self.fire_due().await,
+                    Some(key) = failed_writes.recv() => {
+                        self.reload.insert(key);
+                    }
                     _ = retry_reloads => {
                         self.retry_reloads().await;
                         next_reload = tokio::time::Instant::now() + retry_every;
                     }
                     _ = retry_recovery => {
-                        recovered = self.recover().await;
+                        recovered = self.recover(&mut index_view).await;
                         next_recovery = tokio::time::Instant::now() + retry_every;
                     }
                     _ = reconcile => {
@@ -793,12 +816,14 @@ impl Partition {
         }
     }
 
-    /// Recovers the running executions of the partition. `false` when they
-    /// could not even be listed (NATS away): the caller tries again.
-    async fn recover(&mut self) -> bool {
-        let running = match self
+    /// Recovers the running executions of the partition, read from its
+    /// index into `view` (which reconciliation then keeps up to date).
+    /// `false` when they could not even be listed (NATS away): the caller
+    /// tries again.
+    async fn recover(&mut self, view: &mut IndexView) -> bool {
+        let (changes, cursor) = match self
             .store()
-            .list_executions(Some(self.partition), None, Some(ExecutionStatus::Running))
+            .partition_index_changes(self.partition, 0)
             .await
         {
             Ok(r) => r,
@@ -807,10 +832,11 @@ impl Partition {
                 return false;
             }
         };
-        for desc in running {
-            let Ok(exec_ref) = ExecutionRef::from_arn(&desc.execution_arn) else {
-                continue;
-            };
+        *view = IndexView::default();
+        view.apply(changes, self.store().infra().settings.retention);
+        view.cursor = cursor;
+        let running: Vec<ExecutionRef> = view.running.values().cloned().collect();
+        for exec_ref in running {
             match self.load(&exec_ref).await {
                 Ok(Some(())) => {
                     let key = exec_ref.key();
@@ -827,7 +853,7 @@ impl Partition {
                     // inbox and will arrive.
                 }
                 Err(e) => {
-                    tracing::warn!(execution = %desc.execution_arn, error = %e, "cannot recover an execution yet; retrying");
+                    tracing::warn!(execution = %exec_ref.arn(), error = %e, "cannot recover an execution yet; retrying");
                     self.reload.insert(exec_ref.key());
                 }
             }
@@ -1758,11 +1784,18 @@ impl Partition {
                 }
             }
         }
-        for (key, task_id, ack) in acks {
-            if let Err(e) = ack.await {
-                tracing::warn!(task = %task_id, error = %e, "task publish failed; publishing it again shortly");
-                self.reload.insert(key);
-            }
+        if !acks.is_empty() {
+            // Acknowledgements are awaited beside the loop: a failed one
+            // puts its execution on the reload list.
+            let failed_writes = self.failed_writes.clone();
+            tokio::spawn(async move {
+                for (key, task_id, ack) in acks {
+                    if let Err(e) = ack.await {
+                        tracing::warn!(task = %task_id, error = %e, "task publish failed; publishing it again shortly");
+                        let _ = failed_writes.send(key);
+                    }
+                }
+            });
         }
         failed
     }
@@ -1942,14 +1975,21 @@ impl Partition {
         if finished.is_empty() {
             return;
         }
+        // Written beside the loop: the history already holds the outcome.
+        // A completion that could not be written is written again by the
+        // reload, which finds the execution completed (and by a new owner's
+        // recovery, which finds its index entry still running).
         let store = self.shared.store.clone();
-        let results = futures::future::join_all(finished.iter().map(|f| deliver(&store, f))).await;
-        for (f, ok) in finished.iter().zip(results) {
-            if !ok {
-                // Reloading finds it completed and finishes it again.
-                self.reload.insert(f.key.clone());
+        let failed_writes = self.failed_writes.clone();
+        tokio::spawn(async move {
+            let results =
+                futures::future::join_all(finished.iter().map(|f| deliver(&store, f))).await;
+            for (f, ok) in finished.iter().zip(results) {
+                if !ok {
+                    let _ = failed_writes.send(f.key.clone());
+                }
             }
-        }
+        });
     }
 
     fn prepare_finish(&mut self, key: &str, outcome: &Outcome) -> Option<Finished> {
