@@ -420,9 +420,10 @@ pub struct ResultReply {
 }
 
 impl TaskMessage {
-    /// The `Nats-Msg-Id` of this task: `EXECUTION_KEY/TASK_ID`.
-    pub fn msg_id(&self, exec: &ExecutionRef) -> String {
-        format!("{}/{}", exec.key(), self.task_id)
+    /// The `Nats-Msg-Id` of this task: `EXECUTION_KEY/TASK_ID`, from its
+    /// execution's key ([`ExecutionRef::key`]).
+    pub fn msg_id(&self, execution_key: &str) -> String {
+        format!("{execution_key}/{}", self.task_id)
     }
 }
 

@@ -398,6 +398,8 @@ enum Shape {
 /// An execution held in memory by the partition that owns it.
 struct Live {
     exec_ref: ExecutionRef,
+    /// Where its task messages send results, computed once.
+    route: Route,
     exec: Execution,
     meta: ExecutionMeta,
     /// Stream sequence of its last history batch.
@@ -933,6 +935,7 @@ impl Partition {
             .await?;
         let mut live = Live {
             exec_ref: exec_ref.clone(),
+            route: Route::new(exec_ref, self.store()),
             exec: Execution::new(machine, self.shared.options.runtime.interp_options()),
             meta,
             last_sequence: history.last_sequence,
@@ -971,7 +974,7 @@ impl Partition {
                     if let Some(trace) = live.trace.as_mut() {
                         trace.observe(entry.at, event, &out, false);
                     }
-                    track(&mut live, &out, &self.shared.store);
+                    track(&mut live, &out);
                     if out.iter().any(|c| matches!(c, Command::Complete(_))) {
                         live.completed_at = Some(entry.at);
                     }
@@ -1478,7 +1481,7 @@ impl Partition {
                 // Queued; emitted once the step is stored.
                 trace.observe(t, &event, &out, true);
             }
-            track(live, &out, &self.shared.store);
+            track(live, &out);
             if out.iter().any(|c| matches!(c, Command::Complete(_))) {
                 live.completed_at = Some(t);
             }
@@ -1583,6 +1586,7 @@ impl Partition {
         }
         let live = Live {
             exec_ref: exec_ref.clone(),
+            route: Route::new(exec_ref, self.store()),
             exec: Execution::new(machine, self.shared.options.runtime.interp_options()),
             meta: meta.clone(),
             last_sequence: 0,
@@ -1652,20 +1656,23 @@ impl Partition {
                     let Some(live) = self.live.get(key) else {
                         continue;
                     };
-                    let Some(pending) = live.pending.get(&*request.task_id).cloned() else {
+                    let Some(pending) = live.pending.get(&*request.task_id) else {
                         continue;
                     };
-                    if let Some(hb) = request.heartbeat_seconds {
-                        self.heartbeat(key, &request.task_id);
-                        let _ = hb;
-                    }
-                    match &pending.message {
-                        Some(message) => publishes.push(message.clone()),
-                        None => {
-                            if let Some(event) = self.dispatch_in_coordinator(key, &pending).await {
-                                local.push(Input::Local(event));
-                            }
+                    let in_coordinator = match &pending.message {
+                        Some(message) => {
+                            publishes.push(message.clone());
+                            None
                         }
+                        None => Some(pending.clone()),
+                    };
+                    if request.heartbeat_seconds.is_some() {
+                        self.heartbeat(key, &request.task_id);
+                    }
+                    if let Some(pending) = in_coordinator
+                        && let Some(event) = self.dispatch_in_coordinator(key, &pending).await
+                    {
+                        local.push(Input::Local(event));
                     }
                 }
                 Command::StartTimer {
@@ -1733,9 +1740,6 @@ impl Partition {
         let mut failed = Vec::new();
         let mut acks = Vec::with_capacity(items.len());
         for (key, message) in items {
-            let Ok(exec_ref) = ExecutionRef::from_key(&key) else {
-                continue;
-            };
             let body = match serde_json::to_vec(&message) {
                 Ok(b) => b,
                 Err(e) => {
@@ -1765,7 +1769,7 @@ impl Partition {
                 continue;
             }
             let mut hdrs = async_nats::HeaderMap::new();
-            hdrs.insert(headers::MSG_ID, message.msg_id(&exec_ref).as_str());
+            hdrs.insert(headers::MSG_ID, message.msg_id(&key).as_str());
             hdrs.insert(headers::TASK_ID, message.task_id.as_str());
             // The participant's handler span hangs under the task's span.
             if let Some(trace) = self.live.get(&key).and_then(|l| l.trace.as_ref()) {
@@ -2336,13 +2340,34 @@ fn child_ref(parent: &ExecutionRef, request: &TaskRequest) -> Result<ExecutionRe
     resource::child_execution(parent, &request.task_id, &request.input)
 }
 
+/// An execution's ARN and the subjects its results go to.
+struct Route {
+    arn: String,
+    /// Its inbox subject.
+    reply_to: String,
+    /// The subject of results sent straight to its owner.
+    result_to: String,
+}
+
+impl Route {
+    fn new(exec_ref: &ExecutionRef, store: &Store) -> Route {
+        let partition = store.partition_of(exec_ref);
+        let ns = store.infra().ns();
+        Route {
+            arn: exec_ref.arn(),
+            reply_to: ns.inbox_subject(partition, exec_ref),
+            result_to: ns.result_subject(partition, exec_ref),
+        }
+    }
+}
+
 /// Keeps an execution's pending tasks and timers in step with the commands
 /// it produced.
-fn track(live: &mut Live, commands: &[Command], store: &Store) {
+fn track(live: &mut Live, commands: &[Command]) {
     for c in commands {
         match c {
             Command::ScheduleTask(request) => {
-                let pending = plan_task(&live.exec_ref, request, store);
+                let pending = plan_task(&live.exec_ref, &live.route, request);
                 live.pending.insert(request.task_id.to_string(), pending);
             }
             Command::CancelTask { task_id } => {
@@ -2380,7 +2405,7 @@ fn track(live: &mut Live, commands: &[Command], store: &Store) {
 
 /// Where a task goes: a handler (with the message to publish), or a child
 /// execution started by the coordinator.
-fn plan_task(exec_ref: &ExecutionRef, request: &TaskRequest, store: &Store) -> Pending {
+fn plan_task(exec_ref: &ExecutionRef, route: &Route, request: &TaskRequest) -> Pending {
     let (base, pattern) = resource::strip_pattern(&request.resource);
     if base == START_EXECUTION {
         let v2 = request.resource.ends_with(".sync:2");
@@ -2409,7 +2434,7 @@ fn plan_task(exec_ref: &ExecutionRef, request: &TaskRequest, store: &Store) -> P
         Err(_) => (None, Value::clone(&request.input), Shape::Raw),
     };
     let message = handler.as_ref().map(|h| TaskMessage {
-        execution_arn: exec_ref.arn(),
+        execution_arn: route.arn.clone(),
         execution_name: exec_ref.name().to_string(),
         state_machine: exec_ref.state_machine().to_string(),
         task_id: request.task_id.to_string(),
@@ -2421,16 +2446,8 @@ fn plan_task(exec_ref: &ExecutionRef, request: &TaskRequest, store: &Store) -> P
         heartbeat_seconds: request.heartbeat_seconds,
         timeout_seconds: request.timeout_seconds,
         task_token: request.task_token.clone(),
-        reply_to: store
-            .infra()
-            .ns()
-            .inbox_subject(store.partition_of(exec_ref), exec_ref),
-        result_to: Some(
-            store
-                .infra()
-                .ns()
-                .result_subject(store.partition_of(exec_ref), exec_ref),
-        ),
+        reply_to: route.reply_to.clone(),
+        result_to: Some(route.result_to.clone()),
     });
     Pending {
         request: request.clone(),
