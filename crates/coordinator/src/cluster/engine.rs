@@ -382,7 +382,7 @@ struct Pending {
     shape: Shape,
     pattern: Pattern,
     /// The message published (None: handled by the coordinator itself), for re-publishing after a restart.
-    message: Option<TaskMessage>,
+    message: Option<Arc<TaskMessage>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,7 +451,7 @@ struct Partition {
     /// Executions whose start is in the batch being handled, delivered for
     /// the first time: applied without reading their (absent) history.
     fresh_starts: HashSet<String>,
-    outgoing: Vec<(String, TaskMessage)>,
+    outgoing: Vec<(String, Arc<TaskMessage>)>,
     completed: Vec<(String, Outcome)>,
     /// (when, execution key, what), earliest first.
     wheel: BTreeMap<(Timestamp, String, Due), ()>,
@@ -1718,7 +1718,7 @@ impl Partition {
     }
 
     /// Publishes one task (see [`Partition::publish_tasks`]).
-    async fn publish_task(&mut self, key: &str, message: &TaskMessage) -> Result<(), Event> {
+    async fn publish_task(&mut self, key: &str, message: &Arc<TaskMessage>) -> Result<(), Event> {
         match self
             .publish_tasks(vec![(key.to_string(), message.clone())])
             .await
@@ -1734,8 +1734,12 @@ impl Partition {
     /// failure event; one that could not be published now (NATS down) puts
     /// its execution on the reload list, which publishes it again (same
     /// `Nats-Msg-Id`: the broker drops it if it had arrived after all).
-    async fn publish_tasks(&mut self, items: Vec<(String, TaskMessage)>) -> Vec<(String, Event)> {
-        let infra = self.shared.store.infra().clone();
+    async fn publish_tasks(
+        &mut self,
+        items: Vec<(String, Arc<TaskMessage>)>,
+    ) -> Vec<(String, Event)> {
+        let store = self.shared.store.clone();
+        let infra = store.infra();
         let max = infra.settings.max_message_bytes.max(0) as usize;
         let mut failed = Vec::new();
         let mut acks = Vec::with_capacity(items.len());
@@ -1781,7 +1785,7 @@ impl Partition {
                 .publish_with_headers(subject, hdrs, body.into())
                 .await
             {
-                Ok(ack) => acks.push((key, message.task_id, ack)),
+                Ok(ack) => acks.push((key, message.task_id.clone(), ack)),
                 Err(e) => {
                     tracing::warn!(task = %message.task_id, error = %e, "task publish failed; publishing it again shortly");
                     self.reload.insert(key);
@@ -2433,21 +2437,23 @@ fn plan_task(exec_ref: &ExecutionRef, route: &Route, request: &TaskRequest) -> P
         }
         Err(_) => (None, Value::clone(&request.input), Shape::Raw),
     };
-    let message = handler.as_ref().map(|h| TaskMessage {
-        execution_arn: route.arn.clone(),
-        execution_name: exec_ref.name().to_string(),
-        state_machine: exec_ref.state_machine().to_string(),
-        task_id: request.task_id.to_string(),
-        state_name: request.state_name.to_string(),
-        resource: request.resource.to_string(),
-        handler: h.clone(),
-        input,
-        attempt: request.attempt,
-        heartbeat_seconds: request.heartbeat_seconds,
-        timeout_seconds: request.timeout_seconds,
-        task_token: request.task_token.clone(),
-        reply_to: route.reply_to.clone(),
-        result_to: Some(route.result_to.clone()),
+    let message = handler.as_ref().map(|h| {
+        Arc::new(TaskMessage {
+            execution_arn: route.arn.clone(),
+            execution_name: exec_ref.name().to_string(),
+            state_machine: exec_ref.state_machine().to_string(),
+            task_id: request.task_id.to_string(),
+            state_name: request.state_name.to_string(),
+            resource: request.resource.to_string(),
+            handler: h.clone(),
+            input,
+            attempt: request.attempt,
+            heartbeat_seconds: request.heartbeat_seconds,
+            timeout_seconds: request.timeout_seconds,
+            task_token: request.task_token.clone(),
+            reply_to: route.reply_to.clone(),
+            result_to: Some(route.result_to.clone()),
+        })
     });
     Pending {
         request: request.clone(),

@@ -150,10 +150,11 @@ fn b64(text: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
-/// Durable state of one deployment.
+/// Durable state of one deployment. Cheap to clone (the streams and
+/// buckets are shared).
 #[derive(Clone)]
 pub struct Store {
-    infra: Infra,
+    infra: std::sync::Arc<Infra>,
     partitions: u32,
 }
 
@@ -162,7 +163,7 @@ impl Store {
     /// spread over `partitions` partitions.
     pub fn new(infra: Infra, partitions: u32) -> Store {
         Store {
-            infra,
+            infra: std::sync::Arc::new(infra),
             partitions: partitions.max(1),
         }
     }
