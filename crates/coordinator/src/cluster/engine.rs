@@ -33,7 +33,7 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use sagaflow_asl::interp::{
     self, Command, Event, Execution, ExecutionInfo, Outcome, TaskRequest, Timestamp,
@@ -352,6 +352,9 @@ async fn count_keys(store: &jetstream::kv::Store) -> usize {
 
 // -------------------------------------------------------------- partitions
 
+/// How long a stopping partition waits for its writes beside the loop.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(5);
+
 struct PartitionHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -461,6 +464,9 @@ struct Partition {
     /// (which writes them again).
     failed_writes: mpsc::UnboundedSender<String>,
     failed_writes_rx: Option<mpsc::UnboundedReceiver<String>>,
+    /// Those writes while they run: a partition that stops lets them
+    /// finish (for a while) before it hands the partition back.
+    background: JoinSet<()>,
 }
 
 /// Something to apply to one execution.
@@ -507,6 +513,7 @@ impl Partition {
         Partition {
             failed_writes,
             failed_writes_rx: Some(failed_writes_rx),
+            background: JoinSet::new(),
             shared,
             partition,
             live: HashMap::new(),
@@ -662,7 +669,17 @@ impl Partition {
                 };
                 tokio::select! {
                     biased;
-                    _ = stop.changed() => return Ok(()),
+                    _ = stop.changed() => {
+                        self.finish_background().await;
+                        return Ok(());
+                    }
+                    Some(joined) = self.background.join_next() => {
+                        if let Err(e) = joined
+                            && e.is_panic()
+                        {
+                            tracing::error!(partition = self.partition, error = %e, "a write beside the loop panicked");
+                        }
+                    }
                     first = next => {
                         let Some(first) = first else {
                             tracing::warn!(partition = self.partition, "the inbox subscription ended; reopening");
@@ -728,6 +745,25 @@ impl Partition {
                     _ = reopen => break,
                 }
             }
+        }
+    }
+
+    /// Lets the writes still running beside the loop finish, for at most
+    /// [`BACKGROUND_GRACE`]: what is cut short is written again by the next
+    /// owner (its recovery finds the execution still running in the index,
+    /// or its task still to publish).
+    async fn finish_background(&mut self) {
+        let drained = tokio::time::timeout(BACKGROUND_GRACE, async {
+            while self.background.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                partition = self.partition,
+                left = self.background.len(),
+                "writes still running when the partition stopped; the next owner makes them again"
+            );
+            self.background.shutdown().await;
         }
     }
 
@@ -1796,7 +1832,7 @@ impl Partition {
             // Acknowledgements are awaited beside the loop: a failed one
             // puts its execution on the reload list.
             let failed_writes = self.failed_writes.clone();
-            tokio::spawn(async move {
+            self.background.spawn(async move {
                 for (key, task_id, ack) in acks {
                     if let Err(e) = ack.await {
                         tracing::warn!(task = %task_id, error = %e, "task publish failed; publishing it again shortly");
@@ -1989,7 +2025,7 @@ impl Partition {
         // recovery, which finds its index entry still running).
         let store = self.shared.store.clone();
         let failed_writes = self.failed_writes.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let results =
                 futures::future::join_all(finished.iter().map(|f| deliver(&store, f))).await;
             for (f, ok) in finished.iter().zip(results) {
