@@ -544,16 +544,28 @@ async fn secrets_never_reach_the_logs() {
         connections(&format!("{}/token", server.uri())),
     )
     .unwrap();
-    for conn in ["Keyed", "Partner", "Bank"] {
-        let e = invoke(
-            &h,
-            json!({"ApiEndpoint": format!("{}/pay", server.uri()), "Method": "POST",
-                   "RequestBody": {"a": 1}, "Authentication": {"ConnectionArn": conn}}),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(e.error, "States.Http.StatusCode.503");
-        tracing::error!(error = ?e, handler = ?h, "as a caller would log it");
+    // A callsite is registered once, by the first thread that reaches it:
+    // one reached first by a test without a subscriber, registered while the
+    // cache above was rebuilt, can stay cached as uninteresting. Registered
+    // by now, it is put right by a second rebuild and a second round.
+    for round in 0..2 {
+        if round == 1 {
+            if capture.text().contains("HTTP Task call") {
+                break;
+            }
+            tracing::callsite::rebuild_interest_cache();
+        }
+        for conn in ["Keyed", "Partner", "Bank"] {
+            let e = invoke(
+                &h,
+                json!({"ApiEndpoint": format!("{}/pay", server.uri()), "Method": "POST",
+                       "RequestBody": {"a": 1}, "Authentication": {"ConnectionArn": conn}}),
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(e.error, "States.Http.StatusCode.503");
+            tracing::error!(error = ?e, handler = ?h, "as a caller would log it");
+        }
     }
     let logs = capture.text();
     assert!(logs.contains("HTTP Task call"), "nothing captured: {logs}");
