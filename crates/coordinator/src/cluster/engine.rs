@@ -673,13 +673,6 @@ impl Partition {
                         self.finish_background().await;
                         return Ok(());
                     }
-                    Some(joined) = self.background.join_next() => {
-                        if let Err(e) = joined
-                            && e.is_panic()
-                        {
-                            tracing::error!(partition = self.partition, error = %e, "a write beside the loop panicked");
-                        }
-                    }
                     first = next => {
                         let Some(first) = first else {
                             tracing::warn!(partition = self.partition, "the inbox subscription ended; reopening");
@@ -744,6 +737,18 @@ impl Partition {
                     }
                     _ = reopen => break,
                 }
+            }
+        }
+    }
+
+    /// Collects the writes beside the loop that finished (without waking
+    /// the loop for each: done before spawning the next ones).
+    fn reap_background(&mut self) {
+        while let Some(joined) = self.background.try_join_next() {
+            if let Err(e) = joined
+                && e.is_panic()
+            {
+                tracing::error!(partition = self.partition, error = %e, "a write beside the loop panicked");
             }
         }
     }
@@ -1832,6 +1837,7 @@ impl Partition {
             // Acknowledgements are awaited beside the loop: a failed one
             // puts its execution on the reload list.
             let failed_writes = self.failed_writes.clone();
+            self.reap_background();
             self.background.spawn(async move {
                 for (key, task_id, ack) in acks {
                     if let Err(e) = ack.await {
@@ -2025,6 +2031,7 @@ impl Partition {
         // recovery, which finds its index entry still running).
         let store = self.shared.store.clone();
         let failed_writes = self.failed_writes.clone();
+        self.reap_background();
         self.background.spawn(async move {
             let results =
                 futures::future::join_all(finished.iter().map(|f| deliver(&store, f))).await;
