@@ -741,9 +741,10 @@ impl Partition {
         }
     }
 
-    /// Collects the writes beside the loop that finished (without waking
-    /// the loop for each: done before spawning the next ones).
-    fn reap_background(&mut self) {
+    /// Runs `write` beside the loop; the executions it returns (those whose
+    /// write failed) are put on the reload list. The writes that finished
+    /// meanwhile are collected first (rather than waking the loop for each).
+    fn beside_loop(&mut self, write: impl Future<Output = Vec<String>> + Send + 'static) {
         while let Some(joined) = self.background.try_join_next() {
             if let Err(e) = joined
                 && e.is_panic()
@@ -751,6 +752,12 @@ impl Partition {
                 tracing::error!(partition = self.partition, error = %e, "a write beside the loop panicked");
             }
         }
+        let failed_writes = self.failed_writes.clone();
+        self.background.spawn(async move {
+            for key in write.await {
+                let _ = failed_writes.send(key);
+            }
+        });
     }
 
     /// Lets the writes still running beside the loop finish, for at most
@@ -839,11 +846,11 @@ impl Partition {
 
     /// After a failed append: drops the execution from memory (see
     /// [`Partition::evict`]); the caller hands back its inbox messages
-    /// (nothing of the step was recorded). A
-    /// start applied without reading the history that finds one there is a
-    /// repeat: the execution is reloaded from its history (which also puts
-    /// its index entry right), and the messages that came with the start
-    /// (a result, a stop) are applied to it when they come again.
+    /// (nothing of the step was recorded). A start applied without reading
+    /// the history that finds one there is a repeat: the execution is
+    /// reloaded from its history (which also puts its index entry right),
+    /// and the messages that came with the start (a result, a stop) are
+    /// applied to it when they come again.
     fn append_failed(&mut self, key: &str, error: &StoreError, optimistic: bool) {
         let conflict = matches!(error, StoreError::Conflict { .. });
         self.evict(key, conflict && !optimistic);
@@ -1328,27 +1335,26 @@ impl Partition {
                 }
             }
         }
+        let rewrites: Vec<(&String, ExecutionDescription)> = done
+            .iter()
+            .filter(|(key, _)| rewrite.contains(key))
+            .filter_map(|(key, _)| self.live.get(key).map(|l| (key, running_description(l))))
+            .collect();
+        if !rewrites.is_empty() {
+            let results =
+                futures::future::join_all(rewrites.iter().map(|(_, d)| store.put_execution(d)))
+                    .await;
+            for ((key, _), r) in rewrites.iter().zip(results) {
+                if let Err(e) = r {
+                    tracing::warn!(execution = %key, error = %e, "cannot write the execution index");
+                    not_indexed.insert((*key).clone());
+                }
+            }
+        }
         // A recorded start without its index entry is not carried on:
         // recovery could not find it. It is dropped from memory and its start
         // handed back; the redelivery (or the reload, whichever comes first)
         // writes the entry from the history and resumes it.
-        let rewrites: Vec<ExecutionDescription> = done
-            .iter()
-            .filter(|(key, _)| rewrite.contains(key))
-            .filter_map(|(key, _)| self.live.get(key).map(running_description))
-            .collect();
-        if !rewrites.is_empty() {
-            let results =
-                futures::future::join_all(rewrites.iter().map(|d| store.put_execution(d))).await;
-            for (d, r) in rewrites.iter().zip(results) {
-                if let Err(e) = r {
-                    tracing::warn!(execution = %d.execution_arn, error = %e, "cannot write the execution index");
-                    if let Ok(exec_ref) = ExecutionRef::from_arn(&d.execution_arn) {
-                        not_indexed.insert(exec_ref.key());
-                    }
-                }
-            }
-        }
         if !not_indexed.is_empty() {
             done.retain(|(key, _)| {
                 if !not_indexed.contains(key) {
@@ -1836,15 +1842,15 @@ impl Partition {
         if !acks.is_empty() {
             // Acknowledgements are awaited beside the loop: a failed one
             // puts its execution on the reload list.
-            let failed_writes = self.failed_writes.clone();
-            self.reap_background();
-            self.background.spawn(async move {
+            self.beside_loop(async move {
+                let mut failed = Vec::new();
                 for (key, task_id, ack) in acks {
                     if let Err(e) = ack.await {
                         tracing::warn!(task = %task_id, error = %e, "task publish failed; publishing it again shortly");
-                        let _ = failed_writes.send(key);
+                        failed.push(key);
                     }
                 }
+                failed
             });
         }
         failed
@@ -2030,16 +2036,15 @@ impl Partition {
         // reload, which finds the execution completed (and by a new owner's
         // recovery, which finds its index entry still running).
         let store = self.shared.store.clone();
-        let failed_writes = self.failed_writes.clone();
-        self.reap_background();
-        self.background.spawn(async move {
+        self.beside_loop(async move {
             let results =
                 futures::future::join_all(finished.iter().map(|f| deliver(&store, f))).await;
-            for (f, ok) in finished.iter().zip(results) {
-                if !ok {
-                    let _ = failed_writes.send(f.key.clone());
-                }
-            }
+            finished
+                .into_iter()
+                .zip(results)
+                .filter(|(_, ok)| !ok)
+                .map(|(f, _)| f.key)
+                .collect()
         });
     }
 
