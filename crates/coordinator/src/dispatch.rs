@@ -10,14 +10,16 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use sagaflow_asl::errors;
 use sagaflow_asl::interp::{ExecutionInfo, TaskRequest};
-use sagaflow_participant::{Handler, HeartbeatReceiver, TaskContext, TaskError, heartbeat_channel};
+use sagaflow_participant::{
+    Handler, HeartbeatReceiver, HeartbeatSender, TaskContext, TaskError, heartbeat_channel,
+};
 
 use crate::resource::{self, Pattern, ResultShape};
 
@@ -77,7 +79,10 @@ type Running = Arc<Mutex<HashMap<(String, String), AbortHandle>>>;
 struct Waiting {
     execution_id: String,
     task_id: String,
-    reply: CompletionSender,
+    /// Takes the `SendTaskSuccess`/`SendTaskFailure` answer.
+    answer: oneshot::Sender<Result<Value, TaskError>>,
+    /// `SendTaskHeartbeat`: the task's heartbeat channel.
+    heartbeat: HeartbeatSender,
 }
 
 type Callbacks = Arc<Mutex<HashMap<String, Waiting>>>;
@@ -96,7 +101,9 @@ pub struct UnknownTaskToken;
 /// (the local runner's behaviour). With [`EmbeddedDispatcher::with_callbacks`]
 /// such a task waits, as over NATS, for [`EmbeddedDispatcher::complete_task`]
 /// with its token; the handler only hands the token out (its error still
-/// fails the task).
+/// fails the task). Its `HeartbeatSeconds` counts until the answer, reset by
+/// [`EmbeddedDispatcher::heartbeat_task`] as by the handler's own
+/// heartbeats.
 pub struct EmbeddedDispatcher {
     handlers: HashMap<String, Arc<dyn Handler>>,
     running: Running,
@@ -144,12 +151,23 @@ impl EmbeddedDispatcher {
             })
             .ok_or(UnknownTaskToken)?;
         waiting
-            .reply
-            .send(Completion {
-                task_id: waiting.task_id,
-                result,
-            })
-            // The execution is gone: nobody waits any more.
+            .answer
+            .send(result)
+            // The task is over (timed out, cancelled): nobody waits any more.
+            .map_err(|_| UnknownTaskToken)
+    }
+
+    /// `SendTaskHeartbeat` for the `.waitForTaskToken` task waiting on
+    /// `token` (only with [`EmbeddedDispatcher::with_callbacks`]): its
+    /// `HeartbeatSeconds` counts again from now.
+    pub fn heartbeat_task(&self, token: &str) -> Result<(), UnknownTaskToken> {
+        let callbacks = self.callbacks.as_ref().ok_or(UnknownTaskToken)?;
+        let waiting = callbacks.lock().unwrap_or_else(PoisonError::into_inner);
+        waiting
+            .get(token)
+            .ok_or(UnknownTaskToken)?
+            .heartbeat
+            .send(())
             .map_err(|_| UnknownTaskToken)
     }
 
@@ -166,7 +184,8 @@ impl EmbeddedDispatcher {
             .clone()
     }
 
-    /// Number of handlers still running.
+    /// Number of tasks still running: handlers, and `.waitForTaskToken`
+    /// tasks waiting for their answer.
     pub fn running(&self) -> usize {
         self.running
             .lock()
@@ -221,7 +240,7 @@ impl Dispatcher for EmbeddedDispatcher {
                 });
 
             let (heartbeat, heartbeats) = heartbeat_channel();
-            let mut ctx = TaskContext::new(task_id.clone(), heartbeat);
+            let mut ctx = TaskContext::new(task_id.clone(), heartbeat.clone());
             ctx.execution_id = execution.execution_id.clone();
             ctx.execution_name = execution.execution_name.clone();
             ctx.state_name = request.state_name.to_string();
@@ -261,15 +280,17 @@ impl Dispatcher for EmbeddedDispatcher {
             let heartbeat_seconds = request.heartbeat_seconds;
             let callbacks = match (&self.callbacks, &request.task_token) {
                 (Some(c), Some(token)) if resolution.pattern == Pattern::WaitForTaskToken => {
+                    let (answer, answered) = oneshot::channel();
                     c.lock().unwrap_or_else(PoisonError::into_inner).insert(
                         token.clone(),
                         Waiting {
                             execution_id: execution.execution_id.clone(),
                             task_id: task_id.clone(),
-                            reply: reply.clone(),
+                            answer,
+                            heartbeat,
                         },
                     );
-                    Some((Arc::clone(c), token.clone()))
+                    Some((Arc::clone(c), token.clone(), answered))
                 }
                 _ => None,
             };
@@ -279,8 +300,27 @@ impl Dispatcher for EmbeddedDispatcher {
             let join = tokio::spawn(
                 async move {
                     let call = handler.call(input, ctx);
+                    let (call, token) = match callbacks {
+                        // The handler takes the token out; the answer comes
+                        // through `complete_task`, as it is, and the
+                        // heartbeat clock runs until it does.
+                        Some((callbacks, token, answered)) => {
+                            let call: BoxFuture<'_, Result<Value, TaskError>> =
+                                Box::pin(async move {
+                                    call.await?;
+                                    answered.await.unwrap_or_else(|_| {
+                                        Err(TaskError::new(
+                                            errors::TASK_FAILED,
+                                            "the task's callback was withdrawn",
+                                        ))
+                                    })
+                                });
+                            (call, Some((callbacks, token)))
+                        }
+                        None => (call, None),
+                    };
                     let mut result = supervise(call, heartbeats, heartbeat_seconds).await;
-                    if shape == ResultShape::LambdaInvoke {
+                    if shape == ResultShape::LambdaInvoke && token.is_none() {
                         result = result
                             .map(|payload| resource::wrap_lambda_invoke(payload, &spawned_slot.1));
                     }
@@ -288,12 +328,7 @@ impl Dispatcher for EmbeddedDispatcher {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .remove(&spawned_slot);
-                    if let Some((callbacks, token)) = callbacks {
-                        if result.is_ok() {
-                            // The handler took the token; the answer comes
-                            // through `complete_task`.
-                            return;
-                        }
+                    if let Some((callbacks, token)) = token {
                         callbacks
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
@@ -639,11 +674,14 @@ mod tests {
         d.dispatch(&info, token_request("t2", "tok-2"), tx)
             .await
             .unwrap();
-        // The handlers return, yet nothing is answered until the callbacks.
-        while d.running() > 0 {
+        // The handlers return, yet nothing is answered until the callbacks:
+        // both tasks wait.
+        while d.calls().len() < 2 {
             tokio::task::yield_now().await;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(rx.try_recv().is_err());
+        assert_eq!(d.running(), 2);
         assert_eq!(d.complete_task("nope", Ok(json!(1))), Err(UnknownTaskToken));
         d.complete_task("tok-2", Err(TaskError::new("Rejected", "no")))
             .unwrap();
@@ -660,6 +698,10 @@ mod tests {
             d.complete_task("tok-1", Ok(json!(2))),
             Err(UnknownTaskToken)
         );
+        assert_eq!(d.heartbeat_task("tok-1"), Err(UnknownTaskToken));
+        while d.running() > 0 {
+            tokio::task::yield_now().await;
+        }
     }
 
     #[tokio::test]
@@ -691,6 +733,61 @@ mod tests {
             d.complete_task("tok-2", Ok(json!(1))),
             Err(UnknownTaskToken)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callback_heartbeats_reset_the_heartbeat_clock_until_the_answer() {
+        let h: Arc<dyn Handler> = Arc::new(handler_fn(|_: Value, _c: TaskContext| async move {
+            Ok::<_, TaskError>(json!(null))
+        }));
+        let d = EmbeddedDispatcher::new([("review".to_string(), h)]).with_callbacks();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let info = info();
+        let mut beating = token_request("t1", "tok-1");
+        beating.heartbeat_seconds = Some(2);
+        let mut silent = token_request("t2", "tok-2");
+        silent.heartbeat_seconds = Some(2);
+        d.dispatch(&info, beating, tx.clone()).await.unwrap();
+        d.dispatch(&info, silent, tx).await.unwrap();
+        let start = Instant::now();
+        // tok-1 beats every second for 5 s; tok-2 never does.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            d.heartbeat_task("tok-1").unwrap();
+        }
+        let c = rx.recv().await.unwrap();
+        assert_eq!(c.task_id, "t2");
+        assert_eq!(c.result.unwrap_err().error, errors::HEARTBEAT_TIMEOUT);
+        assert!(start.elapsed() >= Duration::from_secs(2));
+        assert_eq!(d.heartbeat_task("tok-2"), Err(UnknownTaskToken));
+        assert!(rx.try_recv().is_err(), "tok-1 is still alive");
+        d.complete_task("tok-1", Ok(json!("late but alive")))
+            .unwrap();
+        let c = rx.recv().await.unwrap();
+        assert_eq!(c.task_id, "t1");
+        assert_eq!(c.result, Ok(json!("late but alive")));
+        assert!(start.elapsed() >= Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_callback_task_answers_nothing() {
+        let h: Arc<dyn Handler> = Arc::new(handler_fn(|_: Value, _c: TaskContext| async move {
+            Ok::<_, TaskError>(json!(null))
+        }));
+        let d = EmbeddedDispatcher::new([("review".to_string(), h)]).with_callbacks();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut request = token_request("t1", "tok-1");
+        request.heartbeat_seconds = Some(1);
+        d.dispatch(&info(), request, tx).await.unwrap();
+        while d.calls().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        d.cancel("exec-1", "t1").await;
+        assert_eq!(d.running(), 0);
+        assert_eq!(d.heartbeat_task("tok-1"), Err(UnknownTaskToken));
+        // Neither a heartbeat timeout nor a "withdrawn" failure comes.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(rx.try_recv().is_err());
     }
 
     #[tokio::test]

@@ -111,6 +111,60 @@ pub struct ExecutionRun {
     /// The id of the execution's trace (32 hex digits) when telemetry is on
     /// (see `sagaflow_telemetry::init`): open it in Jaeger.
     pub trace_id: Option<String>,
+    /// The `traceparent` of the execution's span when telemetry is on: a
+    /// [`Begin::Redrive`] goes on in the same trace.
+    pub execution_span: Option<String>,
+}
+
+/// Where [`Coordinator::drive`] begins.
+#[derive(Debug, Clone)]
+pub enum Begin {
+    /// A new execution.
+    Start {
+        /// Who it is.
+        info: ExecutionInfo,
+        /// Its input.
+        input: Value,
+    },
+    /// `RedriveExecution`: an execution that ended FAILED, TIMED_OUT or
+    /// ABORTED runs again from the top-level state that was running when
+    /// it ended, with the input that state had. Its history (the log given
+    /// to [`Coordinator::prepare`]) is replayed first and goes on growing.
+    Redrive {
+        /// [`ExecutionRun::execution_span`] of its last run, to go on in
+        /// the same trace.
+        execution_span: Option<String>,
+    },
+}
+
+/// An execution ready to run, from [`Coordinator::prepare`].
+pub struct Prepared {
+    execution: Execution,
+    info: ExecutionInfo,
+    trace: Option<ExecutionTrace>,
+    first: Event,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("execution_id", &self.info.execution_id)
+            .field("first", &self.first)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request from outside to a running execution.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// `StopExecution`: cancel what runs, run no further state, end
+    /// ABORTED with this error and cause.
+    Stop {
+        /// The error recorded with the abort.
+        error: Option<String>,
+        /// The cause recorded with the abort.
+        cause: Option<String>,
+    },
 }
 
 /// The driver could not carry an execution to its end. None of these is
@@ -127,6 +181,9 @@ pub enum DriveError {
     /// not completed (an interpreter bug).
     #[error("the execution is stuck: no task running, no timer armed, and no outcome")]
     Stalled,
+    /// [`Begin::Redrive`] of an execution that cannot run again.
+    #[error("the execution cannot be redriven: {0}")]
+    NotRedrivable(&'static str),
 }
 
 /// Drives executions with one clock and one dispatcher. Several executions
@@ -171,34 +228,137 @@ impl Coordinator {
         input: Value,
         log: HistoryLog,
     ) -> Result<ExecutionRun, DriveError> {
+        let (_controls, receiver) = mpsc::unbounded_channel();
+        let prepared = self.prepare(machine, Begin::Start { info, input }, &log)?;
+        self.drive(prepared, log, receiver).await
+    }
+
+    /// Gets an execution ready for [`Coordinator::drive`]: a new one
+    /// ([`Begin::Start`]), or one that ended and runs again
+    /// ([`Begin::Redrive`]), rebuilt from the history in `log`. Fails, and
+    /// changes nothing, when a redrive is not possible.
+    pub fn prepare(
+        &self,
+        machine: Arc<StateMachine>,
+        begin: Begin,
+        log: &HistoryLog,
+    ) -> Result<Prepared, DriveError> {
         let mut execution = Execution::new(machine, self.options.interp_options());
+        match begin {
+            Begin::Start { info, input } => {
+                // One trace per execution, under the caller's current span if any.
+                let trace = ExecutionTrace::start(
+                    &info.execution_id,
+                    &info.state_machine_name,
+                    sagaflow_telemetry::propagation::current_traceparent().as_deref(),
+                );
+                let first = Event::ExecutionStarted {
+                    info: info.clone(),
+                    input,
+                };
+                Ok(Prepared {
+                    execution,
+                    info,
+                    trace,
+                    first,
+                })
+            }
+            Begin::Redrive { execution_span } => {
+                // History in: the recorded events rebuild the execution as
+                // it ended (the interpreter is deterministic).
+                let entries = log.entries();
+                let info = entries
+                    .iter()
+                    .find_map(|e| match &e.item {
+                        HistoryItem::Event(Event::ExecutionStarted { info, .. }) => {
+                            Some(info.clone())
+                        }
+                        _ => None,
+                    })
+                    .ok_or(DriveError::NotRedrivable(
+                        "its history has no ExecutionStarted event",
+                    ))?;
+                let mut commands = Vec::new();
+                for entry in &entries {
+                    if let HistoryItem::Event(event) = &entry.item {
+                        execution.apply(entry.at, event.clone(), &mut commands)?;
+                    }
+                }
+                if !execution.redrivable() {
+                    return Err(DriveError::NotRedrivable(match execution.outcome() {
+                        None => "it has not ended",
+                        Some(Outcome::Succeeded { .. }) => "it succeeded",
+                        Some(_) => "no state was running when it ended",
+                    }));
+                }
+                // The same trace goes on: its spans are rebuilt by a replay.
+                let mut trace = execution_span.as_deref().and_then(|span| {
+                    ExecutionTrace::resume(span, None, &info.execution_id, &info.state_machine_name)
+                });
+                if let Some(trace) = trace.as_mut() {
+                    let mut replay = Execution::new(
+                        Arc::clone(execution.machine()),
+                        self.options.interp_options(),
+                    );
+                    for entry in &entries {
+                        if let HistoryItem::Event(event) = &entry.item {
+                            commands.clear();
+                            replay.apply(entry.at, event.clone(), &mut commands)?;
+                            trace.observe(entry.at, event, &commands, false);
+                        }
+                    }
+                }
+                Ok(Prepared {
+                    execution,
+                    info,
+                    trace,
+                    first: Event::RedriveRequested,
+                })
+            }
+        }
+    }
+
+    /// Drives a [`Prepared`] execution to its end. Each history entry is
+    /// appended to `log` as it happens; `controls` carries requests from
+    /// outside ([`Control::Stop`]) while it runs.
+    pub async fn drive(
+        &self,
+        prepared: Prepared,
+        log: HistoryLog,
+        mut controls: mpsc::UnboundedReceiver<Control>,
+    ) -> Result<ExecutionRun, DriveError> {
+        let Prepared {
+            mut execution,
+            info,
+            mut trace,
+            first: mut event,
+        } = prepared;
         let (reply, mut completions) = mpsc::unbounded_channel::<Completion>();
         let (fire, mut fired) = mpsc::unbounded_channel::<String>();
         let history = &log;
         let mut pending: HashSet<String> = HashSet::new();
         let mut timers: HashMap<String, AbortHandle> = HashMap::new();
         let mut commands = Vec::new();
-        // One trace per execution, under the caller's current span if any.
-        let mut trace = ExecutionTrace::start(
-            &info.execution_id,
-            &info.state_machine_name,
-            sagaflow_telemetry::propagation::current_traceparent().as_deref(),
-        );
+        let mut controls_open = true;
 
-        let mut event = Event::ExecutionStarted {
-            info: info.clone(),
-            input,
-        };
         let outcome = loop {
             let at = self.clock.now();
-            history.push(HistoryEntry {
-                at,
-                item: HistoryItem::Event(event.clone()),
-            });
+            let redrive = matches!(event, Event::RedriveRequested);
+            execution.apply(at, event.clone(), &mut commands)?;
+            if redrive && commands.is_empty() {
+                // Nothing to run again (no state was running when it
+                // ended): the request changed nothing and is not recorded.
+                return Err(DriveError::NotRedrivable(
+                    "no state was running when it ended",
+                ));
+            }
             if let Some(trace) = trace.as_mut() {
                 trace.on_event(at, &event, true);
             }
-            execution.apply(at, event, &mut commands)?;
+            history.push(HistoryEntry {
+                at,
+                item: HistoryItem::Event(event),
+            });
             let mut outcome = None;
             for command in commands.drain(..) {
                 let at = self.clock.now();
@@ -279,6 +439,12 @@ impl Coordinator {
                             break Event::TimerFired { timer_id };
                         }
                     }
+                    control = controls.recv(), if controls_open => match control {
+                        Some(Control::Stop { error, cause }) => {
+                            break Event::StopRequested { error, cause };
+                        }
+                        None => controls_open = false,
+                    },
                     else => return Err(DriveError::Stalled),
                 }
             };
@@ -294,6 +460,7 @@ impl Coordinator {
             outcome,
             history: log.entries(),
             trace_id: trace.as_ref().map(ExecutionTrace::trace_id),
+            execution_span: trace.as_ref().map(ExecutionTrace::traceparent),
         })
     }
 }
@@ -436,6 +603,136 @@ mod tests {
         assert_eq!(calls.len(), 2);
         // b waited less, so it called first.
         assert_eq!(calls[0].execution_id, "exec:b");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_cancels_the_task_and_a_redrive_runs_the_state_again() {
+        let m = machine(
+            r#"{"StartAt": "P", "States": {
+                "P": {"Type": "Pass", "Result": 1, "ResultPath": "$.p", "Next": "T"},
+                "T": {"Type": "Task", "Resource": "hang", "End": true}}}"#,
+        );
+        let dropped = Arc::new(AtomicBool::new(false));
+        let handlers: Vec<(String, Arc<dyn Handler>)> =
+            vec![("hang".into(), Arc::new(Hang(Arc::clone(&dropped))))];
+        let dispatcher = Arc::new(EmbeddedDispatcher::new(handlers));
+        let c = Coordinator::new(
+            Arc::new(VirtualClock::new(Timestamp::UNIX_EPOCH)),
+            dispatcher.clone(),
+            RuntimeOptions::default(),
+        );
+        let log = HistoryLog::default();
+        let begin = Begin::Start {
+            info: info("s"),
+            input: json!({"k": 1}),
+        };
+        let prepared = c.prepare(Arc::clone(&m), begin, &log).unwrap();
+        let (controls, rx) = mpsc::unbounded_channel();
+        let stopper = async {
+            // Once the handler runs.
+            while dispatcher.running() == 0 {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            controls
+                .send(Control::Stop {
+                    error: Some("Halt".into()),
+                    cause: None,
+                })
+                .unwrap();
+        };
+        let (run, ()) = tokio::join!(c.drive(prepared, log.clone(), rx), stopper);
+        let run = run.unwrap();
+        assert_eq!(
+            run.outcome,
+            Outcome::Aborted {
+                error: Some("Halt".into()),
+                cause: None
+            }
+        );
+        tokio::task::yield_now().await;
+        assert!(dropped.load(Ordering::SeqCst), "the task was not cancelled");
+        let events = log.entries().len();
+
+        // A redrive replays the log and enters T again (not P).
+        let redrive = Begin::Redrive {
+            execution_span: None,
+        };
+        let prepared = c.prepare(Arc::clone(&m), redrive.clone(), &log).unwrap();
+        let (controls, rx) = mpsc::unbounded_channel();
+        let running = tokio::spawn({
+            let c = Coordinator::new(
+                Arc::new(VirtualClock::new(Timestamp::UNIX_EPOCH)),
+                dispatcher.clone(),
+                RuntimeOptions::default(),
+            );
+            let log = log.clone();
+            async move { c.drive(prepared, log, rx).await }
+        });
+        while dispatcher.running() == 0 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // While it runs, it cannot be redriven.
+        assert!(matches!(
+            c.prepare(Arc::clone(&m), redrive.clone(), &log),
+            Err(DriveError::NotRedrivable(_))
+        ));
+        controls
+            .send(Control::Stop {
+                error: None,
+                cause: None,
+            })
+            .unwrap();
+        let run = running.await.unwrap().unwrap();
+        assert!(matches!(run.outcome, Outcome::Aborted { .. }));
+        let entered: Vec<String> = log.entries()[events..]
+            .iter()
+            .filter_map(|h| match &h.item {
+                HistoryItem::Command(Command::Record(Record::StateEntered { name, .. })) => {
+                    Some(name.to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(entered, ["T"]);
+        assert!(matches!(
+            log.entries()[events].item,
+            HistoryItem::Event(Event::RedriveRequested)
+        ));
+    }
+
+    #[test]
+    fn a_history_without_a_start_or_a_success_is_not_redriven() {
+        let m = machine(r#"{"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}"#);
+        let c = Coordinator::new(
+            Arc::new(VirtualClock::new(Timestamp::UNIX_EPOCH)),
+            Arc::new(EmbeddedDispatcher::new(Vec::new())),
+            RuntimeOptions::default(),
+        );
+        let redrive = Begin::Redrive {
+            execution_span: None,
+        };
+        let empty = HistoryLog::default();
+        assert!(matches!(
+            c.prepare(Arc::clone(&m), redrive.clone(), &empty),
+            Err(DriveError::NotRedrivable(_))
+        ));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let log = HistoryLog::default();
+        let run = rt
+            .block_on(c.run_with_log(Arc::clone(&m), info("ok"), json!(1), log.clone()))
+            .unwrap();
+        assert!(matches!(run.outcome, Outcome::Succeeded { .. }));
+        let before = log.entries().len();
+        assert!(matches!(
+            c.prepare(m, redrive, &log),
+            Err(DriveError::NotRedrivable("it succeeded"))
+        ));
+        assert_eq!(log.entries().len(), before, "nothing recorded");
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,7 +25,8 @@ pub use dispatch::{
     Completion, CompletionSender, DispatchError, Dispatcher, EmbeddedDispatcher, UnknownTaskToken,
 };
 pub use driver::{
-    Coordinator, DriveError, ExecutionRun, HistoryEntry, HistoryItem, HistoryLog, RuntimeOptions,
+    Begin, Control, Coordinator, DriveError, ExecutionRun, HistoryEntry, HistoryItem, HistoryLog,
+    Prepared, RuntimeOptions,
 };
 pub use local::{
     RunError, RunReport, RunRequest, RunStatus, run, run_blocking, run_blocking_with_handlers,

@@ -13,12 +13,13 @@ use sagaflow_coordinator::cluster::{Cluster, ClusterHandle};
 use sagaflow_participant::{Handler, ShutdownHandle, Worker};
 use sagaflow_protocol::api::{ExecutionDescription, StartExecutionRequest};
 
-use crate::{Error, ExecutionResult, Options};
+use crate::{Error, ExecutionResult, ExecutionSummary, Options};
 
 type Running = (ShutdownHandle, JoinHandle<()>);
 
 pub(crate) struct Distributed {
     api: ApiClient,
+    api_timeout: Duration,
     worker: Mutex<Option<Running>>,
     cluster: Mutex<Option<ClusterHandle>>,
 }
@@ -63,6 +64,7 @@ impl Distributed {
         let api = ApiClient::new(client, settings.namespace).with_timeout(options.api_timeout);
         Ok(Distributed {
             api,
+            api_timeout: options.api_timeout,
             worker: Mutex::new(worker),
             cluster: Mutex::new(cluster),
         })
@@ -150,6 +152,80 @@ impl Distributed {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// `StopExecution`. An execution started here whose start a
+    /// coordinator has not taken yet is asked again until it is known (at
+    /// most the API timeout).
+    pub(crate) async fn stop(
+        &self,
+        arn: &str,
+        error: Option<&str>,
+        cause: Option<&str>,
+        started_here: bool,
+    ) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + self.api_timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self
+                .api
+                .stop_execution(arn, error.map(str::to_string), cause.map(str::to_string))
+                .await
+            {
+                Err(ApiClientError::Api(e))
+                    if started_here
+                        && e.code == "ExecutionDoesNotExist"
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    /// `RedriveExecution`, then waits (at most the API timeout) until a
+    /// coordinator has taken it: the index shows a higher redrive count,
+    /// so that a [`crate::Execution::wait`] that follows waits for the new
+    /// end, not the old one.
+    pub(crate) async fn redrive(&self, arn: &str) -> Result<(), Error> {
+        let before = self.api.describe_execution(arn).await?.redrive_count;
+        self.api.redrive_execution(arn).await?;
+        let deadline = tokio::time::Instant::now() + self.api_timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            if self.api.describe_execution(arn).await?.redrive_count > before {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() + pause >= deadline {
+                return Err(Error::Timeout {
+                    execution: arn.to_string(),
+                    waited: self.api_timeout,
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    pub(crate) async fn list(
+        &self,
+        state_machine: Option<&str>,
+        status: Option<crate::Status>,
+    ) -> Result<Vec<ExecutionSummary>, Error> {
+        let list = self.api.list_executions(state_machine, status).await?;
+        Ok(list
+            .into_iter()
+            .map(|d| ExecutionSummary {
+                arn: d.execution_arn,
+                name: d.name,
+                state_machine: d.state_machine,
+                status: d.status,
+                start_date: d.start_date,
+                stop_date: d.stop_date,
+            })
+            .collect())
     }
 
     pub(crate) async fn shutdown(&self) {

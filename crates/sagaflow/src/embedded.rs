@@ -6,6 +6,10 @@
 //! and shaped as over NATS (`sagaflow_coordinator::resource::child_execution`,
 //! `child_report`); a `.sync` child whose parent stops waiting (timeout, a
 //! failed sibling branch) is stopped and ends `ABORTED`.
+//!
+//! Stop and redrive go through the interpreter as over NATS: a stop is
+//! `StopRequested` (the history ends with `ExecutionAborted`), a redrive
+//! replays the history and applies `RedriveRequested`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
 use sagaflow_asl::interp::{ExecutionInfo, Outcome};
@@ -22,38 +26,36 @@ use sagaflow_asl::model::StateMachine;
 use sagaflow_coordinator::cluster::history_view;
 use sagaflow_coordinator::resource::{self, Pattern};
 use sagaflow_coordinator::{
-    Coordinator, EmbeddedDispatcher, ExecutionRun, HistoryLog, RuntimeOptions, SystemClock,
+    Begin, Control, Coordinator, EmbeddedDispatcher, ExecutionRun, HistoryLog, RuntimeOptions,
+    SystemClock,
 };
 use sagaflow_participant::{Handler, TaskContext, TaskError};
 use sagaflow_protocol::{ExecutionRef, state_machine_arn};
 
-use crate::{Error, ExecutionResult, Status};
+use crate::{Error, ExecutionResult, ExecutionSummary, Status};
 
 /// How an execution ended: its run, or why the driver gave up.
 type Ended = Result<Arc<ExecutionRun>, String>;
 
 struct Entry {
     name: String,
+    state_machine: String,
+    /// The version it started with (a redrive runs it again).
+    machine: Arc<StateMachine>,
     input: Value,
     /// RFC 3339, milliseconds.
     start_date: String,
+    /// The end of its current run (a redrive starts another).
     done: watch::Receiver<Option<Ended>>,
-    /// Its history so far.
+    /// Its history so far, across redrives.
     log: HistoryLog,
     task: AbortHandle,
-    /// Set when it was stopped (a `.sync` child whose parent stopped
-    /// waiting): error and cause.
-    stopped: Option<(String, String)>,
+    /// Requests to the current run (stop).
+    controls: mpsc::UnboundedSender<Control>,
 }
 
-/// What `entry` hands out: name, start date, the end to wait for, and the
-/// stop, if it was stopped.
-type EntryView = (
-    String,
-    String,
-    watch::Receiver<Option<Ended>>,
-    Option<(String, String)>,
-);
+/// What `entry` hands out: name, start date and the end to wait for.
+type EntryView = (String, String, watch::Receiver<Option<Ended>>);
 
 fn rfc3339(ts: jiff::Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
@@ -145,63 +147,182 @@ impl Embedded {
             role_arn: String::new(),
             seed: sagaflow_coordinator::cluster::api::random_u64(),
         };
-        let (tx, rx) = watch::channel(None);
-        let coordinator = Arc::clone(&self.coordinator);
-        let run_input = input.clone();
         let log = HistoryLog::default();
-        let run_log = log.clone();
-        let task = tokio::spawn(async move {
-            let ended = coordinator
-                .run_with_log(machine, info, run_input, run_log)
-                .await
-                .map(Arc::new)
-                .map_err(|e| e.to_string());
-            tx.send_replace(Some(ended));
-        });
+        let begin = Begin::Start {
+            info,
+            input: input.clone(),
+        };
+        let prepared = self
+            .coordinator
+            .prepare(Arc::clone(&machine), begin, &log)
+            .map_err(|e| Error::Runtime {
+                execution: arn.clone(),
+                message: e.to_string(),
+            })?;
+        let (done, task, controls) = self.spawn_run(prepared, &log);
         executions.insert(
             arn.clone(),
             Entry {
                 name,
+                state_machine: state_machine.to_string(),
+                machine,
                 input,
                 start_date: rfc3339(jiff::Timestamp::now()),
-                done: rx,
+                done,
                 log,
-                task: task.abort_handle(),
-                stopped: None,
+                task,
+                controls,
             },
         );
         Ok(arn)
     }
 
+    /// Drives a prepared run in a task of its own.
+    fn spawn_run(
+        &self,
+        prepared: sagaflow_coordinator::Prepared,
+        log: &HistoryLog,
+    ) -> (
+        watch::Receiver<Option<Ended>>,
+        AbortHandle,
+        mpsc::UnboundedSender<Control>,
+    ) {
+        let (tx, rx) = watch::channel(None);
+        let (controls, control_rx) = mpsc::unbounded_channel();
+        let coordinator = Arc::clone(&self.coordinator);
+        let log = log.clone();
+        let task = tokio::spawn(async move {
+            let ended = coordinator
+                .drive(prepared, log, control_rx)
+                .await
+                .map(Arc::new)
+                .map_err(|e| e.to_string());
+            tx.send_replace(Some(ended));
+        });
+        (rx, task.abort_handle(), controls)
+    }
+
     fn entry(&self, arn: &str) -> Result<EntryView, Error> {
         lock(&self.executions)
             .get(arn)
-            .map(|e| {
-                (
-                    e.name.clone(),
-                    e.start_date.clone(),
-                    e.done.clone(),
-                    e.stopped.clone(),
-                )
-            })
+            .map(|e| (e.name.clone(), e.start_date.clone(), e.done.clone()))
             .ok_or_else(|| Error::ExecutionDoesNotExist(arn.to_string()))
     }
 
-    /// Stops a running execution (a `.sync` child its parent no longer
-    /// waits for): it runs no further state and ends `ABORTED`.
-    fn stop(&self, arn: &str, error: &str, cause: &str) {
-        if let Some(e) = lock(&self.executions).get_mut(arn)
-            && e.done.borrow().is_none()
-        {
-            e.stopped = Some((error.to_string(), cause.to_string()));
-            e.task.abort();
+    /// `StopExecution`: a running execution cancels its tasks, runs no
+    /// further state and ends `ABORTED` with `error` and `cause`; an ended
+    /// one is left as it is.
+    pub(crate) fn stop(
+        &self,
+        arn: &str,
+        error: Option<&str>,
+        cause: Option<&str>,
+    ) -> Result<(), Error> {
+        let executions = lock(&self.executions);
+        let e = executions
+            .get(arn)
+            .ok_or_else(|| Error::ExecutionDoesNotExist(arn.to_string()))?;
+        if e.done.borrow().is_none() {
+            // The run is gone only when it ended meanwhile: nothing to stop.
+            let _ = e.controls.send(Control::Stop {
+                error: error.map(str::to_string),
+                cause: cause.map(str::to_string),
+            });
         }
+        Ok(())
+    }
+
+    /// `RedriveExecution`: a FAILED, TIMED_OUT or ABORTED execution runs
+    /// again from the top-level state that was running when it ended.
+    pub(crate) fn redrive(&self, arn: &str) -> Result<(), Error> {
+        let mut executions = lock(&self.executions);
+        let e = executions
+            .get_mut(arn)
+            .ok_or_else(|| Error::ExecutionDoesNotExist(arn.to_string()))?;
+        let ended = e.done.borrow().clone();
+        let run = match ended {
+            Some(Ok(run)) => run,
+            Some(Err(message)) => {
+                return Err(Error::Runtime {
+                    execution: arn.to_string(),
+                    message,
+                });
+            }
+            None => {
+                return Err(Error::ExecutionNotRedrivable {
+                    execution: arn.to_string(),
+                    reason: "it is RUNNING".to_string(),
+                });
+            }
+        };
+        let begin = Begin::Redrive {
+            execution_span: run.execution_span.clone(),
+        };
+        let prepared = self
+            .coordinator
+            .prepare(Arc::clone(&e.machine), begin, &e.log)
+            .map_err(|err| match err {
+                sagaflow_coordinator::DriveError::NotRedrivable(reason) => {
+                    Error::ExecutionNotRedrivable {
+                        execution: arn.to_string(),
+                        reason: reason.to_string(),
+                    }
+                }
+                other => Error::Runtime {
+                    execution: arn.to_string(),
+                    message: other.to_string(),
+                },
+            })?;
+        let (done, task, controls) = self.spawn_run(prepared, &e.log);
+        e.done = done;
+        e.task = task;
+        e.controls = controls;
+        Ok(())
+    }
+
+    /// `ListExecutions`: newest first, optionally of one state machine and
+    /// one status.
+    pub(crate) fn list(
+        &self,
+        state_machine: Option<&str>,
+        status: Option<Status>,
+    ) -> Vec<ExecutionSummary> {
+        let executions = lock(&self.executions);
+        let mut list: Vec<ExecutionSummary> = executions
+            .iter()
+            .filter(|(_, e)| state_machine.is_none_or(|m| m == e.state_machine))
+            .map(|(arn, e)| {
+                let ended = e.done.borrow().clone();
+                let (status, stop_date) = match &ended {
+                    None => (Status::Running, None),
+                    Some(Ok(run)) => (
+                        status_of(&run.outcome),
+                        run.history.last().map(|h| rfc3339(h.at)),
+                    ),
+                    // The run broke down (a runtime bug) or was abandoned
+                    // at shutdown: it did not end by itself.
+                    Some(Err(_)) => (Status::Aborted, None),
+                };
+                ExecutionSummary {
+                    arn: arn.clone(),
+                    name: e.name.clone(),
+                    state_machine: e.state_machine.clone(),
+                    status,
+                    start_date: e.start_date.clone(),
+                    stop_date,
+                }
+            })
+            .filter(|s| status.is_none_or(|wanted| wanted == s.status))
+            .collect();
+        drop(executions);
+        list.sort_by(|a, b| b.start_date.cmp(&a.start_date).then(a.arn.cmp(&b.arn)));
+        list
     }
 
     pub(crate) fn describe(&self, arn: &str) -> Result<ExecutionResult, Error> {
-        let (name, _, done, stopped) = self.entry(arn)?;
+        let (name, _, done) = self.entry(arn)?;
         let ended = done.borrow().clone();
-        result_of(arn, name, ended, stopped)
+        result_of(arn, name, ended)
     }
 
     pub(crate) async fn wait(
@@ -209,7 +330,7 @@ impl Embedded {
         arn: &str,
         timeout: Duration,
     ) -> Result<ExecutionResult, Error> {
-        let (name, _, done, _) = self.entry(arn)?;
+        let (name, _, done) = self.entry(arn)?;
         let ended = match tokio::time::timeout(timeout, ended(done)).await {
             Ok(ended) => ended,
             Err(_) => {
@@ -219,9 +340,7 @@ impl Embedded {
                 });
             }
         };
-        // Read again: a stop is recorded before the run is aborted.
-        let (_, _, _, stopped) = self.entry(arn)?;
-        result_of(arn, name, Some(ended), stopped)
+        result_of(arn, name, Some(ended))
     }
 
     /// The history so far (Step Functions-style events), also while it runs.
@@ -249,6 +368,13 @@ impl Embedded {
             .map_err(|_| Error::TaskDoesNotExist)
     }
 
+    /// `SendTaskHeartbeat`.
+    pub(crate) fn heartbeat(&self, token: &str) -> Result<(), Error> {
+        self.dispatcher
+            .heartbeat_task(token)
+            .map_err(|_| Error::TaskDoesNotExist)
+    }
+
     pub(crate) fn shutdown(&self) {
         for entry in lock(&self.executions).values() {
             entry.task.abort();
@@ -267,12 +393,16 @@ async fn ended(mut done: watch::Receiver<Option<Ended>>) -> Ended {
     }
 }
 
-fn result_of(
-    arn: &str,
-    name: String,
-    ended: Option<Ended>,
-    stopped: Option<(String, String)>,
-) -> Result<ExecutionResult, Error> {
+fn status_of(outcome: &Outcome) -> Status {
+    match outcome {
+        Outcome::Succeeded { .. } => Status::Succeeded,
+        Outcome::Failed { .. } => Status::Failed,
+        Outcome::TimedOut { .. } => Status::TimedOut,
+        Outcome::Aborted { .. } => Status::Aborted,
+    }
+}
+
+fn result_of(arn: &str, name: String, ended: Option<Ended>) -> Result<ExecutionResult, Error> {
     let mut result = ExecutionResult {
         arn: arn.to_string(),
         name,
@@ -282,12 +412,6 @@ fn result_of(
         cause: None,
         trace_id: None,
     };
-    if let (Some((error, cause)), None | Some(Err(_))) = (&stopped, &ended) {
-        result.status = Status::Aborted;
-        result.error = Some(error.clone());
-        result.cause = Some(cause.clone());
-        return Ok(result);
-    }
     let run = match ended {
         None => return Ok(result),
         Some(Err(message)) => {
@@ -339,10 +463,10 @@ struct StopOnDrop {
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         if let (Some(arn), Some(embedded)) = (self.arn.take(), self.embedded.upgrade()) {
-            embedded.stop(
+            let _ = embedded.stop(
                 &arn,
-                "States.Aborted",
-                "the parent execution no longer waits for this execution",
+                Some("States.Aborted"),
+                Some("the parent execution no longer waits for this execution"),
             );
         }
     }
@@ -380,7 +504,7 @@ impl Handler for ChildExecutions {
                 }
                 Err(e) => return Err(failed(e.to_string())),
             };
-            let (name, start_date, done, _) =
+            let (name, start_date, done) =
                 embedded.entry(&arn).map_err(|e| failed(e.to_string()))?;
             let (_, pattern) = resource::strip_pattern(&ctx.resource);
             if pattern != Pattern::Sync {
@@ -395,8 +519,8 @@ impl Handler for ChildExecutions {
             };
             let run_end = ended(done).await;
             guard.arn = None;
-            let result = result_of(&arn, name.clone(), Some(run_end), None)
-                .map_err(|e| failed(e.to_string()))?;
+            let result =
+                result_of(&arn, name.clone(), Some(run_end)).map_err(|e| failed(e.to_string()))?;
             let report = resource::child_report(
                 &arn,
                 &child_input,

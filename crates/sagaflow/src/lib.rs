@@ -19,8 +19,12 @@
 //! Both backends run on the caller's tokio runtime (multi-threaded or not).
 //!
 //! The calls are the same either way: [`Sagaflow::deploy`],
-//! [`Sagaflow::start`], [`Execution::wait`], [`Execution::history`],
-//! [`Sagaflow::send_task_success`] and [`Sagaflow::send_task_failure`].
+//! [`Sagaflow::start`], [`Execution::wait`], [`Execution::describe`],
+//! [`Execution::history`], [`Execution::stop`], [`Execution::redrive`],
+//! [`Sagaflow::list_executions`], [`Sagaflow::send_task_success`],
+//! [`Sagaflow::send_task_failure`] and [`Sagaflow::send_task_heartbeat`];
+//! `tests/both_modes.rs` runs the same scenarios on both backends and
+//! compares the histories.
 //!
 //! ```
 //! use sagaflow::{Sagaflow, Status, TaskContext, TaskError, handler_fn};
@@ -131,12 +135,23 @@ pub enum Error {
     /// No execution has this ARN.
     #[error("no execution '{0}'")]
     ExecutionDoesNotExist(String),
+    /// Only a FAILED, TIMED_OUT or ABORTED execution can be redriven, and
+    /// only when a state was running when it ended.
+    #[error("execution '{execution}' cannot be redriven: {reason}")]
+    ExecutionNotRedrivable {
+        /// The execution's ARN.
+        execution: String,
+        /// Why not.
+        reason: String,
+    },
     /// No task waits on this task token (unknown, already answered, timed
     /// out or cancelled).
     #[error("no task waits on this task token")]
     TaskDoesNotExist,
-    /// The execution did not end in time.
-    #[error("execution '{execution}' did not end within {waited:?}")]
+    /// The execution did not end in time ([`Execution::wait`]), or a
+    /// redrive was not taken up by a coordinator in time
+    /// ([`Execution::redrive`], distributed).
+    #[error("execution '{execution}': gave up waiting after {waited:?}")]
     Timeout {
         /// The execution's ARN.
         execution: String,
@@ -174,6 +189,10 @@ impl From<ApiClientError> for Error {
                 "ExecutionAlreadyExists" => Error::ExecutionAlreadyExists(api.message.clone()),
                 "ExecutionDoesNotExist" => Error::ExecutionDoesNotExist(api.message.clone()),
                 "TaskDoesNotExist" | "InvalidToken" => Error::TaskDoesNotExist,
+                "ExecutionNotRedrivable" => Error::ExecutionNotRedrivable {
+                    execution: String::new(),
+                    reason: api.message.clone(),
+                },
                 "InvalidDefinition" => Error::InvalidDefinition {
                     name: String::new(),
                     message: api
@@ -452,6 +471,29 @@ impl Sagaflow {
         }
     }
 
+    /// `SendTaskHeartbeat`: the `.waitForTaskToken` task waiting on
+    /// `token` is alive; its `HeartbeatSeconds` counts again from now.
+    pub async fn send_task_heartbeat(&self, token: &str) -> Result<(), Error> {
+        match &self.backend {
+            Backend::Embedded(e) => e.heartbeat(token),
+            Backend::Distributed(d) => Ok(d.api().send_task_heartbeat(token).await?),
+        }
+    }
+
+    /// `ListExecutions`: the executions, optionally of one state machine
+    /// and in one status. Embedded: newest first. Distributed: as the
+    /// coordinators' index lists them.
+    pub async fn list_executions(
+        &self,
+        state_machine: Option<&str>,
+        status: Option<Status>,
+    ) -> Result<Vec<ExecutionSummary>, Error> {
+        match &self.backend {
+            Backend::Embedded(e) => Ok(e.list(state_machine, status)),
+            Backend::Distributed(d) => d.list(state_machine, status).await,
+        }
+    }
+
     /// Stops: embedded, abandons running executions; distributed, stops
     /// the worker (in-flight handlers get the grace period) and the
     /// in-process coordinator (which hands its partitions back).
@@ -482,6 +524,23 @@ pub struct ExecutionResult {
     /// (`OTEL_EXPORTER_OTLP_ENDPOINT` set, see `docs/tracing.md`): open it in
     /// Jaeger. Embedded: known once the execution has ended.
     pub trace_id: Option<String>,
+}
+
+/// One line of [`Sagaflow::list_executions`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionSummary {
+    /// The execution's ARN.
+    pub arn: String,
+    /// Its name.
+    pub name: String,
+    /// The state machine it runs.
+    pub state_machine: String,
+    /// How it stands.
+    pub status: Status,
+    /// When it started (RFC 3339).
+    pub start_date: String,
+    /// When it ended (RFC 3339), once it has.
+    pub stop_date: Option<String>,
 }
 
 /// One execution. Cheap to clone.
@@ -537,6 +596,32 @@ impl Execution {
         match &self.backend {
             Backend::Embedded(e) => e.history(&self.arn),
             Backend::Distributed(d) => d.history(&self.arn, self.started_here).await,
+        }
+    }
+
+    /// `StopExecution`: a running execution cancels its tasks, runs no
+    /// further state and ends [`Status::Aborted`] with `error` and `cause`
+    /// (its history ends with `ExecutionAborted`); an ended one is left as
+    /// it is. Returns once the stop is handed over: [`Execution::wait`] for
+    /// the end.
+    pub async fn stop(&self, error: Option<&str>, cause: Option<&str>) -> Result<(), Error> {
+        match &self.backend {
+            Backend::Embedded(e) => e.stop(&self.arn, error, cause),
+            Backend::Distributed(d) => d.stop(&self.arn, error, cause, self.started_here).await,
+        }
+    }
+
+    /// `RedriveExecution`: a [`Status::Failed`], [`Status::TimedOut`] or
+    /// [`Status::Aborted`] execution runs again from the top-level state
+    /// that was running when it ended, with the input that state had
+    /// (`$$.Execution.RedriveCount` goes up by one; the history goes on,
+    /// with an `ExecutionRedriven` event). Others:
+    /// [`Error::ExecutionNotRedrivable`]. Returns once the redrive is handed
+    /// over: [`Execution::wait`] for the new end.
+    pub async fn redrive(&self) -> Result<(), Error> {
+        match &self.backend {
+            Backend::Embedded(e) => e.redrive(&self.arn),
+            Backend::Distributed(d) => d.redrive(&self.arn).await,
         }
     }
 

@@ -260,6 +260,13 @@ impl Execution {
         self.outcome.as_ref()
     }
 
+    /// True when [`Event::RedriveRequested`] would run it again: it ended
+    /// failed, timed out or aborted while a top-level state was running.
+    pub fn redrivable(&self) -> bool {
+        !matches!(self.outcome, Some(Outcome::Succeeded { .. }) | None)
+            && self.redrive_point.is_some()
+    }
+
     /// Ids of the tasks scheduled and not yet answered, in no order.
     pub fn pending_tasks(&self) -> impl Iterator<Item = &str> {
         self.tasks.keys().map(|id| &**id)

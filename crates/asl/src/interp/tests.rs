@@ -1091,10 +1091,13 @@ fn redrive_restarts_the_failed_state_with_its_input() {
                   "Retry": [{"ErrorEquals": ["E"], "MaxAttempts": 1}], "End": true}
         }}"#,
     );
+    assert!(!sim.exec.redrivable(), "not started");
     let o = sim.run(json!({"x": 1}), |_| err("E", "down"));
     assert_eq!(failed(&o).0, "E");
+    assert!(sim.exec.redrivable());
     // Succeeded or running executions are not redriven.
     sim.apply(Event::RedriveRequested);
+    assert!(!sim.exec.redrivable(), "running again");
     let before = sim.log.len();
     sim.apply(Event::RedriveRequested); // (already running again: ignored)
     let tasks: Vec<TaskRequest> = sim
@@ -1126,6 +1129,7 @@ fn redrive_restarts_the_failed_state_with_its_input() {
         output: json!("ok"),
     });
     assert_eq!(succeeded(sim.exec.outcome().unwrap()), &json!("ok"));
+    assert!(!sim.exec.redrivable(), "succeeded");
     let n = sim.log.len();
     sim.apply(Event::RedriveRequested);
     assert_eq!(sim.log.len(), n, "a succeeded execution is not redriven");
@@ -1145,6 +1149,7 @@ fn a_stopped_execution_can_be_redriven() {
         cause: None,
     });
     assert!(matches!(sim.exec.outcome(), Some(Outcome::Aborted { .. })));
+    assert!(sim.exec.redrivable());
     sim.apply(Event::RedriveRequested);
     assert!(sim.exec.outcome().is_none());
     let o = sim.try_run_more();

@@ -1,0 +1,425 @@
+//! The same scenarios on both backends: embedded (no NATS) and distributed
+//! (a real nats-server started here, a coordinator in this process). Each
+//! test runs its scenario on one backend, then on the other, and checks
+//! the same things; the history test also checks that both backends record
+//! the same events in the same order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sagaflow::{
+    Error, Execution, Mode, Options, Sagaflow, SagaflowBuilder, Status, TaskContext, TaskError,
+    handler_fn,
+};
+use sagaflow_testkit::NatsServer;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+const TRAVEL: &str = include_str!("../../../examples/travel-booking/travel_booking.asl.json");
+
+/// A backend to run a scenario on: the server lives as long as it does.
+struct Backend {
+    mode: Mode,
+    _server: Option<NatsServer>,
+}
+
+impl Backend {
+    fn both() -> [Mode; 2] {
+        [Mode::Embedded, Mode::Distributed]
+    }
+
+    fn new(mode: Mode) -> Backend {
+        let server = match mode {
+            Mode::Embedded => None,
+            Mode::Distributed => Some(NatsServer::start().expect("nats-server")),
+        };
+        Backend {
+            mode,
+            _server: server,
+        }
+    }
+
+    fn options(&self) -> Options {
+        match &self._server {
+            None => Options::default(),
+            Some(server) => {
+                let mut o = Options {
+                    nats_url: Some(server.url()),
+                    run_coordinator: true,
+                    worker_grace_period: Duration::from_millis(200),
+                    ..Options::default()
+                };
+                o.cluster.partitions = 2;
+                o.cluster.settings.lease_ttl = Duration::from_secs(2);
+                o
+            }
+        }
+    }
+
+    async fn build(&self, builder: SagaflowBuilder) -> Sagaflow {
+        let saga = builder
+            .options(self.options())
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("{:?}: {e}", self.mode));
+        assert_eq!(saga.mode(), self.mode);
+        saga
+    }
+}
+
+fn types(history: &[Value]) -> Vec<String> {
+    history
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// Waits until the history shows an event of type `kind`.
+async fn until_event(e: &Execution, kind: &str) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        if types(&e.history().await.unwrap()).iter().any(|t| t == kind) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: no {kind} event",
+            e.arn()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn confirm(prefix: &'static str) -> impl sagaflow::Handler {
+    handler_fn(move |input: Value, _ctx: TaskContext| async move {
+        Ok::<_, TaskError>(json!({"confirmation": format!("{prefix}-{}", input["trip_id"])}))
+    })
+}
+
+fn travel(builder: SagaflowBuilder) -> SagaflowBuilder {
+    builder
+        .handler("BookFlight", confirm("F"))
+        .handler("BookHotel", confirm("H"))
+        .handler(
+            "BookCar",
+            handler_fn(|input: Value, _ctx: TaskContext| async move {
+                if input["fail_car"] == json!(true) {
+                    return Err(TaskError::new("CarUnavailable", "no cars left"));
+                }
+                Ok(json!({"confirmation": format!("C-{}", input["trip_id"])}))
+            }),
+        )
+        .handler("CancelCar", confirm("xC"))
+        .handler("CancelHotel", confirm("xH"))
+        .handler("CancelFlight", confirm("xF"))
+        .state_machine("travel", TRAVEL)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_backends_record_the_same_history_for_a_saga() {
+    let mut seen: Vec<(Mode, Vec<String>, Vec<String>)> = Vec::new();
+    for mode in Backend::both() {
+        let backend = Backend::new(mode);
+        let saga = backend.build(travel(Sagaflow::builder())).await;
+
+        let ok = saga
+            .start("travel", json!({"trip_id": 1}), Some("ok"))
+            .await
+            .unwrap();
+        let r = ok.wait(LIMIT).await.unwrap();
+        assert_eq!(r.status, Status::Succeeded, "{mode:?}");
+        assert_eq!(
+            r.output,
+            Some(
+                json!({"status": "BOOKED", "trip_id": 1, "flight": "F-1", "hotel": "H-1", "car": "C-1"})
+            )
+        );
+
+        let undone = saga
+            .start(
+                "travel",
+                json!({"trip_id": 2, "fail_car": true}),
+                Some("undone"),
+            )
+            .await
+            .unwrap();
+        let r = undone.wait(LIMIT).await.unwrap();
+        assert_eq!(r.status, Status::Failed, "{mode:?}");
+        assert_eq!(r.error.as_deref(), Some("BookingFailed"));
+        assert_eq!(
+            undone.states_entered().await.unwrap(),
+            [
+                "BookFlight",
+                "BookHotel",
+                "BookCar",
+                "CancelCar",
+                "CancelHotel",
+                "CancelFlight",
+                "TripCancelled",
+                "BookingFailed"
+            ],
+            "{mode:?}"
+        );
+        let ok_history = ok.history().await.unwrap();
+        let undone_history = undone.history().await.unwrap();
+        // Ids count up from 1.
+        for history in [&ok_history, &undone_history] {
+            for (i, event) in history.iter().enumerate() {
+                assert_eq!(event["id"], json!(i + 1), "{mode:?}: {event}");
+            }
+        }
+        seen.push((mode, types(&ok_history), types(&undone_history)));
+        saga.shutdown().await;
+    }
+    let (_, embedded_ok, embedded_undone) = &seen[0];
+    let (_, distributed_ok, distributed_undone) = &seen[1];
+    assert_eq!(embedded_ok, distributed_ok, "success path");
+    assert_eq!(embedded_undone, distributed_undone, "compensation path");
+    assert_eq!(
+        embedded_ok.first().map(String::as_str),
+        Some("ExecutionStarted")
+    );
+    assert_eq!(
+        embedded_ok.last().map(String::as_str),
+        Some("ExecutionSucceeded")
+    );
+    assert_eq!(
+        embedded_undone.last().map(String::as_str),
+        Some("ExecutionFailed")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_aborts_a_running_execution_on_both_backends() {
+    const WAITS: &str = r#"{"StartAt": "Hold", "States": {
+        "Hold": {"Type": "Wait", "Seconds": 3600, "Next": "Never"},
+        "Never": {"Type": "Succeed"}}}"#;
+    for mode in Backend::both() {
+        let backend = Backend::new(mode);
+        let saga = backend
+            .build(Sagaflow::builder().state_machine("waits", WAITS))
+            .await;
+        let e = saga
+            .start("waits", json!({"k": 1}), Some("held"))
+            .await
+            .unwrap();
+        until_event(&e, "WaitStateEntered").await;
+        assert_eq!(e.describe().await.unwrap().status, Status::Running);
+
+        e.stop(Some("Cancelled"), Some("the customer changed their mind"))
+            .await
+            .unwrap();
+        let r = e.wait(LIMIT).await.unwrap();
+        assert_eq!(r.status, Status::Aborted, "{mode:?}");
+        assert_eq!(r.error.as_deref(), Some("Cancelled"));
+        assert_eq!(r.cause.as_deref(), Some("the customer changed their mind"));
+        let history = e.history().await.unwrap();
+        let last = history.last().unwrap();
+        assert_eq!(last["type"], "ExecutionAborted", "{mode:?}: {last}");
+        assert_eq!(last["executionAbortedEventDetails"]["error"], "Cancelled");
+        assert_eq!(e.states_entered().await.unwrap(), ["Hold"]);
+
+        // An ended execution is left as it is.
+        e.stop(Some("Again"), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let again = e.describe().await.unwrap();
+        assert_eq!(again.status, Status::Aborted);
+        assert_eq!(again.error.as_deref(), Some("Cancelled"), "{mode:?}");
+        assert_eq!(e.history().await.unwrap().len(), history.len());
+
+        // Unknown executions are an error.
+        let ghost = saga.execution(e.arn().replace(":held", ":ghost"));
+        assert!(
+            matches!(
+                ghost.stop(None, None).await,
+                Err(Error::ExecutionDoesNotExist(_))
+            ),
+            "{mode:?}"
+        );
+        saga.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_runs_a_failed_execution_again_from_the_failed_state_on_both_backends() {
+    const FLAKY: &str = r#"{"StartAt": "Prepare", "States": {
+        "Prepare": {"Type": "Pass", "Result": "prepared", "ResultPath": "$.prepared", "Next": "Call"},
+        "Call": {"Type": "Task", "Resource": "flaky",
+                 "Parameters": {"redrives.$": "$$.Execution.RedriveCount", "prepared.$": "$.prepared"},
+                 "End": true}}}"#;
+    for mode in Backend::both() {
+        let backend = Backend::new(mode);
+        let broken = Arc::new(AtomicBool::new(true));
+        let flag = Arc::clone(&broken);
+        let saga = backend
+            .build(
+                Sagaflow::builder()
+                    .handler(
+                        "flaky",
+                        handler_fn(move |input: Value, _ctx: TaskContext| {
+                            let down = flag.load(Ordering::SeqCst);
+                            async move {
+                                if down {
+                                    Err(TaskError::new("Down", "the partner is down"))
+                                } else {
+                                    Ok(input)
+                                }
+                            }
+                        }),
+                    )
+                    .state_machine("flaky", FLAKY),
+            )
+            .await;
+        let e = saga.start("flaky", json!({}), Some("f1")).await.unwrap();
+        let r = e.wait(LIMIT).await.unwrap();
+        assert_eq!(r.status, Status::Failed, "{mode:?}");
+        assert_eq!(r.error.as_deref(), Some("Down"));
+
+        broken.store(false, Ordering::SeqCst);
+        e.redrive().await.unwrap();
+        let r = e.wait(LIMIT).await.unwrap();
+        assert_eq!(r.status, Status::Succeeded, "{mode:?}: {r:?}");
+        assert_eq!(
+            r.output,
+            Some(json!({"redrives": 1, "prepared": "prepared"}))
+        );
+        // The failed state ran again; the one before it did not.
+        assert_eq!(
+            e.states_entered().await.unwrap(),
+            ["Prepare", "Call", "Call"],
+            "{mode:?}"
+        );
+        let kinds = types(&e.history().await.unwrap());
+        let failed = kinds.iter().position(|t| t == "ExecutionFailed").unwrap();
+        let redriven = kinds.iter().position(|t| t == "ExecutionRedriven").unwrap();
+        assert!(failed < redriven, "{mode:?}: {kinds:?}");
+        assert_eq!(kinds.last().map(String::as_str), Some("ExecutionSucceeded"));
+
+        // A succeeded execution is not redriven, and nothing changes.
+        let before = e.history().await.unwrap().len();
+        assert!(
+            matches!(e.redrive().await, Err(Error::ExecutionNotRedrivable { .. })),
+            "{mode:?}"
+        );
+        assert_eq!(e.history().await.unwrap().len(), before);
+        assert_eq!(e.describe().await.unwrap().status, Status::Succeeded);
+        saga.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_heartbeats_keep_a_task_alive_on_both_backends() {
+    const ASK: &str = r#"{"StartAt": "Ask", "States": {
+        "Ask": {"Type": "Task", "Resource": "ask.waitForTaskToken", "HeartbeatSeconds": 1, "End": true}}}"#;
+    for mode in Backend::both() {
+        let backend = Backend::new(mode);
+        let (tx, mut tokens) = mpsc::unbounded_channel::<String>();
+        let saga = backend
+            .build(
+                Sagaflow::builder()
+                    .handler(
+                        "ask",
+                        handler_fn(move |_: Value, ctx: TaskContext| {
+                            let _ = tx.send(ctx.task_token.clone().unwrap_or_default());
+                            async move { Ok::<_, TaskError>(json!("asked")) }
+                        }),
+                    )
+                    .state_machine("ask", ASK),
+            )
+            .await;
+
+        // Beats every 300 ms for 2.5 s (more than twice HeartbeatSeconds),
+        // then the answer.
+        let alive = saga.start("ask", json!({}), Some("alive")).await.unwrap();
+        let token = tokens.recv().await.unwrap();
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            saga.send_task_heartbeat(&token)
+                .await
+                .unwrap_or_else(|e| panic!("{mode:?}: heartbeat refused: {e}"));
+        }
+        saga.send_task_success(&token, json!({"answer": "yes"}))
+            .await
+            .unwrap();
+        let r = alive.wait(LIMIT).await.unwrap();
+        assert_eq!(r.status, Status::Succeeded, "{mode:?}: {r:?}");
+        assert_eq!(r.output, Some(json!({"answer": "yes"})));
+
+        // No beats: the task times out after HeartbeatSeconds.
+        let silent = saga.start("ask", json!({}), Some("silent")).await.unwrap();
+        let token = tokens.recv().await.unwrap();
+        let r = silent.wait(LIMIT).await.unwrap();
+        assert_eq!(r.status, Status::Failed, "{mode:?}");
+        assert_eq!(r.error.as_deref(), Some("States.HeartbeatTimeout"));
+        // Its token is dead now.
+        assert!(
+            matches!(
+                saga.send_task_heartbeat(&token).await,
+                Err(Error::TaskDoesNotExist)
+            ),
+            "{mode:?}"
+        );
+        saga.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_are_listed_by_machine_and_status_on_both_backends() {
+    const PASS: &str = r#"{"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}"#;
+    const FAIL: &str = r#"{"StartAt": "F", "States": {"F": {"Type": "Fail", "Error": "No"}}}"#;
+    for mode in Backend::both() {
+        let backend = Backend::new(mode);
+        let saga = backend
+            .build(
+                Sagaflow::builder()
+                    .state_machine("pass", PASS)
+                    .state_machine("fail", FAIL),
+            )
+            .await;
+        for name in ["p1", "p2"] {
+            let e = saga.start("pass", json!({}), Some(name)).await.unwrap();
+            e.wait(LIMIT).await.unwrap();
+        }
+        let f = saga.start("fail", json!({}), Some("f1")).await.unwrap();
+        f.wait(LIMIT).await.unwrap();
+
+        let mut all: Vec<(String, Status)> = saga
+            .list_executions(None, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.name, s.status))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            all,
+            [
+                ("f1".to_string(), Status::Failed),
+                ("p1".to_string(), Status::Succeeded),
+                ("p2".to_string(), Status::Succeeded)
+            ],
+            "{mode:?}"
+        );
+        let failed = saga
+            .list_executions(None, Some(Status::Failed))
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), 1, "{mode:?}");
+        assert_eq!(failed[0].arn, f.arn());
+        assert_eq!(failed[0].state_machine, "fail");
+        assert!(failed[0].stop_date.is_some(), "{mode:?}");
+        let passes = saga.list_executions(Some("pass"), None).await.unwrap();
+        assert_eq!(passes.len(), 2, "{mode:?}");
+        assert!(passes.iter().all(|s| s.state_machine == "pass"));
+        assert!(
+            saga.list_executions(Some("pass"), Some(Status::Running))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        saga.shutdown().await;
+    }
+}
