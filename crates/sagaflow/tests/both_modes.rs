@@ -423,3 +423,101 @@ async fn executions_are_listed_by_machine_and_status_on_both_backends() {
         saga.shutdown().await;
     }
 }
+
+/// A definition whose history is the same on both backends: every runtime
+/// behaviour the interpreter leaves to the runtime (retries and their
+/// backoff timers, Wait, Map with its iterations one at a time, Choice, a
+/// caught error, a `.sync` child execution) in one execution.
+const EVERYTHING: &str = r#"{
+  "StartAt": "Route",
+  "States": {
+    "Route": {"Type": "Choice", "Choices": [{"Variable": "$.n", "NumericGreaterThan": 0, "Next": "Flaky"}], "Default": "Done"},
+    "Flaky": {"Type": "Task", "Resource": "flaky", "ResultPath": "$.flaky",
+              "Retry": [{"ErrorEquals": ["Again"], "IntervalSeconds": 1, "MaxAttempts": 2}], "Next": "Pause"},
+    "Pause": {"Type": "Wait", "Seconds": 1, "Next": "Each"},
+    "Each": {"Type": "Map", "ItemsPath": "$.items", "MaxConcurrency": 1, "ResultPath": "$.each",
+             "Iterator": {"StartAt": "Double", "States": {"Double": {"Type": "Task", "Resource": "double", "End": true}}},
+             "Next": "Child"},
+    "Child": {"Type": "Task", "Resource": "arn:aws:states:::states:startExecution.sync:2",
+              "Parameters": {"StateMachineArn": "arn:aws:states:us-east-1:123456789012:stateMachine:child", "Input": {"v.$": "$.n"}},
+              "ResultSelector": {"out.$": "$.Output"}, "ResultPath": "$.child", "Next": "Boom"},
+    "Boom": {"Type": "Task", "Resource": "boom", "Catch": [{"ErrorEquals": ["Boom"], "ResultPath": "$.caught", "Next": "Done"}], "End": true},
+    "Done": {"Type": "Pass", "End": true}
+  }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_backends_record_the_same_history_for_every_runtime_behaviour() {
+    const CHILD: &str = r#"{"StartAt": "D", "States": {"D": {"Type": "Task", "Resource": "double", "InputPath": "$.v", "End": true}}}"#;
+    let mut seen: Vec<Vec<String>> = Vec::new();
+    for mode in Backend::both() {
+        let backend = Backend::new(mode);
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = Arc::clone(&calls);
+        let saga = backend
+            .build(
+                Sagaflow::builder()
+                    .handler(
+                        "flaky",
+                        handler_fn(move |_: Value, _ctx: TaskContext| {
+                            let n = counter.fetch_add(1, Ordering::SeqCst);
+                            async move {
+                                if n < 2 {
+                                    Err(TaskError::new("Again", format!("attempt {n}")))
+                                } else {
+                                    Ok(json!("third time lucky"))
+                                }
+                            }
+                        }),
+                    )
+                    .handler(
+                        "double",
+                        handler_fn(
+                            |n: i64, _ctx: TaskContext| async move { Ok::<_, TaskError>(n * 2) },
+                        ),
+                    )
+                    .handler(
+                        "boom",
+                        handler_fn(|_: Value, _ctx: TaskContext| async move {
+                            Err::<Value, _>(TaskError::new("Boom", "it broke"))
+                        }),
+                    )
+                    .state_machine("child", CHILD)
+                    .state_machine("everything", EVERYTHING),
+            )
+            .await;
+        let e = saga
+            .start(
+                "everything",
+                json!({"n": 4, "items": [1, 2, 3]}),
+                Some("all"),
+            )
+            .await
+            .unwrap();
+        let r = e.wait(LIMIT).await.unwrap();
+        assert_eq!(r.status, Status::Succeeded, "{mode:?}: {r:?}");
+        let output = r.output.unwrap();
+        assert_eq!(output["flaky"], json!("third time lucky"), "{mode:?}");
+        assert_eq!(output["each"], json!([2, 4, 6]), "{mode:?}");
+        assert_eq!(output["child"], json!({"out": 8}), "{mode:?}");
+        assert_eq!(output["caught"]["Error"], json!("Boom"), "{mode:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        seen.push(types(&e.history().await.unwrap()));
+        saga.shutdown().await;
+    }
+    assert_eq!(seen[0], seen[1], "embedded (left) and distributed (right)");
+    for kind in [
+        "ChoiceStateEntered",
+        "TaskFailed",
+        "WaitStateEntered",
+        "MapStateStarted",
+        "MapIterationSucceeded",
+        "ExecutionSucceeded",
+    ] {
+        assert!(
+            seen[0].iter().any(|t| t == kind),
+            "no {kind}: {:?}",
+            seen[0]
+        );
+    }
+}
