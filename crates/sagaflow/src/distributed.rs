@@ -11,7 +11,9 @@ use tokio::task::JoinHandle;
 use sagaflow_coordinator::cluster::client::{ApiClient, ApiClientError};
 use sagaflow_coordinator::cluster::{Cluster, ClusterHandle};
 use sagaflow_participant::{Handler, ShutdownHandle, Worker};
-use sagaflow_protocol::api::{ExecutionDescription, StartExecutionRequest};
+use sagaflow_protocol::api::{
+    ExecutionDescription, StartExecutionRequest, StateMachineSummary, StateMachineVersion,
+};
 
 use crate::{Error, ExecutionResult, ExecutionSummary, Options};
 
@@ -183,6 +185,29 @@ impl Distributed {
                 other => return Ok(other?),
             }
         }
+    }
+
+    pub(crate) async fn describe_machine(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<StateMachineVersion, Error> {
+        match self.api.describe_state_machine(name, version).await {
+            Ok(v) => Ok(v),
+            Err(ApiClientError::Api(e)) if e.code == "StateMachineDoesNotExist" => {
+                Err(Error::StateMachineDoesNotExist(match version {
+                    Some(n) => format!("{name} version {n}"),
+                    None => name.to_string(),
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn list_machines(&self) -> Result<Vec<StateMachineSummary>, Error> {
+        let mut list = self.api.list_state_machines().await?;
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(list)
     }
 
     /// `RedriveExecution`, then waits (at most the API timeout) until a

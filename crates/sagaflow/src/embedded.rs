@@ -30,6 +30,7 @@ use sagaflow_coordinator::{
     SystemClock,
 };
 use sagaflow_participant::{Handler, TaskContext, TaskError};
+use sagaflow_protocol::api::{StateMachineSummary, StateMachineVersion};
 use sagaflow_protocol::{ExecutionRef, state_machine_arn};
 
 use crate::{Error, ExecutionResult, ExecutionSummary, Status};
@@ -61,10 +62,18 @@ fn rfc3339(ts: jiff::Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
+/// One version of a deployed state machine.
+struct Deployed {
+    machine: Arc<StateMachine>,
+    definition: String,
+    /// RFC 3339, milliseconds.
+    created: String,
+}
+
 pub(crate) struct Embedded {
     coordinator: Arc<Coordinator>,
     dispatcher: Arc<EmbeddedDispatcher>,
-    machines: Mutex<HashMap<String, Vec<Arc<StateMachine>>>>,
+    machines: Mutex<HashMap<String, Vec<Deployed>>>,
     executions: Mutex<HashMap<String, Entry>>,
 }
 
@@ -112,8 +121,50 @@ impl Embedded {
         })?;
         let mut machines = lock(&self.machines);
         let versions = machines.entry(name.to_string()).or_default();
-        versions.push(Arc::new(machine));
+        versions.push(Deployed {
+            machine: Arc::new(machine),
+            definition: definition.to_string(),
+            created: rfc3339(jiff::Timestamp::now()),
+        });
         Ok(versions.len() as u64)
+    }
+
+    /// `DescribeStateMachine`: a version (the latest when `None`).
+    pub(crate) fn describe_machine(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<StateMachineVersion, Error> {
+        let machines = lock(&self.machines);
+        let versions = machines
+            .get(name)
+            .ok_or_else(|| Error::StateMachineDoesNotExist(name.to_string()))?;
+        let number = version.unwrap_or(versions.len() as u64);
+        let deployed = number
+            .checked_sub(1)
+            .and_then(|i| versions.get(usize::try_from(i).ok()?))
+            .ok_or_else(|| Error::StateMachineDoesNotExist(format!("{name} version {number}")))?;
+        Ok(StateMachineVersion {
+            name: name.to_string(),
+            arn: state_machine_arn(name),
+            version: number,
+            definition: deployed.definition.clone(),
+            created: deployed.created.clone(),
+        })
+    }
+
+    /// `ListStateMachines`, by name.
+    pub(crate) fn list_machines(&self) -> Vec<StateMachineSummary> {
+        let mut list: Vec<StateMachineSummary> = lock(&self.machines)
+            .iter()
+            .map(|(name, versions)| StateMachineSummary {
+                name: name.clone(),
+                arn: state_machine_arn(name),
+                latest_version: versions.len() as u64,
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
     }
 
     pub(crate) fn start(
@@ -124,7 +175,7 @@ impl Embedded {
     ) -> Result<String, Error> {
         let machine = lock(&self.machines)
             .get(state_machine)
-            .and_then(|v| v.last().cloned())
+            .and_then(|v| v.last().map(|d| Arc::clone(&d.machine)))
             .ok_or_else(|| Error::StateMachineDoesNotExist(state_machine.to_string()))?;
         let name = name
             .map(str::to_string)

@@ -19,6 +19,7 @@
 //! Both backends run on the caller's tokio runtime (multi-threaded or not).
 //!
 //! The calls are the same either way: [`Sagaflow::deploy`],
+//! [`Sagaflow::describe_state_machine`], [`Sagaflow::list_state_machines`],
 //! [`Sagaflow::start`], [`Execution::wait`], [`Execution::describe`],
 //! [`Execution::history`], [`Execution::stop`], [`Execution::redrive`],
 //! [`Sagaflow::list_executions`], [`Sagaflow::send_task_success`],
@@ -97,6 +98,7 @@ pub use sagaflow_participant::{
 };
 pub use sagaflow_protocol::Namespace;
 pub use sagaflow_protocol::api::ExecutionStatus as Status;
+pub use sagaflow_protocol::api::{StateMachineSummary, StateMachineVersion};
 /// OpenTelemetry set-up (`telemetry::init(service)`: logs, and traces and
 /// metrics over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set) and trace
 /// context helpers. See `docs/tracing.md`.
@@ -386,6 +388,29 @@ impl Sagaflow {
         match &self.backend {
             Backend::Embedded(e) => e.deploy(name, definition),
             Backend::Distributed(d) => d.deploy(name, definition).await,
+        }
+    }
+
+    /// `DescribeStateMachine`: a deployed version (the latest when
+    /// `version` is `None`) with its definition;
+    /// [`Error::StateMachineDoesNotExist`] for an unknown name or version.
+    pub async fn describe_state_machine(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<StateMachineVersion, Error> {
+        match &self.backend {
+            Backend::Embedded(e) => e.describe_machine(name, version),
+            Backend::Distributed(d) => d.describe_machine(name, version).await,
+        }
+    }
+
+    /// `ListStateMachines`: every deployed state machine with its latest
+    /// version, by name.
+    pub async fn list_state_machines(&self) -> Result<Vec<StateMachineSummary>, Error> {
+        match &self.backend {
+            Backend::Embedded(e) => Ok(e.list_machines()),
+            Backend::Distributed(d) => d.list_machines().await,
         }
     }
 

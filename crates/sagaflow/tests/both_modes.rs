@@ -521,3 +521,91 @@ async fn both_backends_record_the_same_history_for_every_runtime_behaviour() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_keeps_the_version_it_started_with_on_both_backends() {
+    fn version(result: &str) -> String {
+        format!(
+            r#"{{"StartAt": "Hold", "States": {{
+                "Hold": {{"Type": "Task", "Resource": "hold.waitForTaskToken", "Next": "Say"}},
+                "Say": {{"Type": "Pass", "Result": "{result}", "End": true}}}}}}"#
+        )
+    }
+    for mode in Backend::both() {
+        let backend = Backend::new(mode);
+        let (tx, mut tokens) = mpsc::unbounded_channel::<String>();
+        let saga = backend
+            .build(Sagaflow::builder().handler(
+                "hold",
+                handler_fn(move |_: Value, ctx: TaskContext| {
+                    let _ = tx.send(ctx.task_token.clone().unwrap_or_default());
+                    async move { Ok::<_, TaskError>(json!(null)) }
+                }),
+            ))
+            .await;
+        assert!(saga.list_state_machines().await.unwrap().is_empty());
+        assert_eq!(saga.deploy("versioned", &version("v1")).await.unwrap(), 1);
+        let old = saga
+            .start("versioned", json!({}), Some("old"))
+            .await
+            .unwrap();
+        let old_token = tokens.recv().await.unwrap();
+        assert_eq!(saga.deploy("versioned", &version("v2")).await.unwrap(), 2);
+
+        let latest = saga
+            .describe_state_machine("versioned", None)
+            .await
+            .unwrap();
+        assert_eq!(latest.version, 2, "{mode:?}");
+        assert_eq!(latest.definition, version("v2"));
+        assert!(latest.arn.ends_with(":stateMachine:versioned"));
+        let first = saga
+            .describe_state_machine("versioned", Some(1))
+            .await
+            .unwrap();
+        assert_eq!(first.definition, version("v1"), "{mode:?}");
+        for (name, v) in [
+            ("versioned", Some(3)),
+            ("versioned", Some(0)),
+            ("nope", None),
+        ] {
+            assert!(
+                matches!(
+                    saga.describe_state_machine(name, v).await,
+                    Err(Error::StateMachineDoesNotExist(_))
+                ),
+                "{mode:?}: {name} {v:?}"
+            );
+        }
+        let list = saga.list_state_machines().await.unwrap();
+        assert_eq!(list.len(), 1, "{mode:?}");
+        assert_eq!(
+            (list[0].name.as_str(), list[0].latest_version),
+            ("versioned", 2)
+        );
+
+        // The running execution finishes on version 1; a new one runs 2.
+        let new = saga
+            .start("versioned", json!({}), Some("new"))
+            .await
+            .unwrap();
+        let new_token = tokens.recv().await.unwrap();
+        saga.send_task_success(&old_token, json!(null))
+            .await
+            .unwrap();
+        saga.send_task_success(&new_token, json!(null))
+            .await
+            .unwrap();
+        assert_eq!(
+            old.wait(LIMIT).await.unwrap().output,
+            Some(json!("v1")),
+            "{mode:?}"
+        );
+        assert_eq!(
+            new.wait(LIMIT).await.unwrap().output,
+            Some(json!("v2")),
+            "{mode:?}"
+        );
+        saga.shutdown().await;
+    }
+}
