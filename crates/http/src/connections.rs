@@ -80,8 +80,8 @@ pub struct KeyValue {
 }
 
 /// Extra parameters sent with every call through a connection
-/// (EventBridge's `InvocationHttpParameters`; body parameters are not
-/// supported).
+/// (EventBridge's `InvocationHttpParameters`), or with every token request
+/// (`OAuthHttpParameters`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct HttpParameters {
@@ -91,6 +91,13 @@ pub struct HttpParameters {
     /// Query parameters added to the URL; they win over the definition's.
     #[serde(default)]
     pub query_string_parameters: Vec<KeyValue>,
+    /// Fields added to the request body, as strings; they win over the
+    /// definition's. A JSON `RequestBody` must then be an object (or
+    /// absent: the body is these fields); a URL-encoded one gets them as
+    /// form fields. Token requests get them as form fields (`POST`) or
+    /// query parameters (`GET`).
+    #[serde(default)]
+    pub body_parameters: Vec<KeyValue>,
 }
 
 /// How a connection authenticates.

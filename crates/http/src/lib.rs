@@ -242,20 +242,66 @@ impl HttpHandler {
         {
             headers.insert(HeaderName::from_static("traceparent"), v);
         }
+        // The connection's body fields win over the definition's, as its
+        // headers and query parameters do.
+        let extra: &[connections::KeyValue] =
+            connection.map_or(&[], |c| c.invocation.body_parameters.as_slice());
+        let json_body = |v: &Value| -> Result<Vec<u8>, TaskError> {
+            if extra.is_empty() {
+                return Ok(serde_json::to_vec(v).unwrap_or_default());
+            }
+            let mut fields = match v {
+                Value::Object(fields) => fields.clone(),
+                _ => {
+                    return Err(TaskError::new(
+                        INVALID_PARAMETERS,
+                        format!(
+                            "{target}: connection '{}' has BodyParameters, so RequestBody must be \
+                             a JSON object (or absent)",
+                            connection.map_or("", |c| c.name.as_str())
+                        ),
+                    ));
+                }
+            };
+            for field in extra {
+                fields.insert(
+                    field.key.clone(),
+                    Value::String(field.value.expose().to_string()),
+                );
+            }
+            Ok(serde_json::to_vec(&Value::Object(fields)).unwrap_or_default())
+        };
         let body = match &plan.body {
-            Body::None => None,
-            Body::Json(v) => {
+            Body::None if extra.is_empty() => None,
+            Body::None | Body::Json(_) => {
                 if !plan.has_header("content-type") {
                     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 }
-                Some(serde_json::to_vec(v).unwrap_or_default())
+                let empty = Value::Object(serde_json::Map::new());
+                Some(json_body(match &plan.body {
+                    Body::Json(v) => v,
+                    _ => &empty,
+                })?)
             }
             Body::Form(text) => {
                 headers.insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("application/x-www-form-urlencoded"),
                 );
-                Some(text.clone().into_bytes())
+                if extra.is_empty() {
+                    Some(text.clone().into_bytes())
+                } else {
+                    let mut form = form_urlencoded::Serializer::new(String::new());
+                    for (k, v) in form_urlencoded::parse(text.as_bytes()) {
+                        if !extra.iter().any(|f| f.key == k) {
+                            form.append_pair(&k, &v);
+                        }
+                    }
+                    for field in extra {
+                        form.append_pair(&field.key, field.value.expose());
+                    }
+                    Some(form.finish().into_bytes())
+                }
             }
         };
         if let Some(conn) = connection {
@@ -402,6 +448,10 @@ impl HttpHandler {
         }
         for q in &oauth.token_parameters.query_string_parameters {
             form.push((q.key.clone(), q.value.expose().to_string()));
+        }
+        for b in &oauth.token_parameters.body_parameters {
+            form.retain(|(k, _)| *k != b.key);
+            form.push((b.key.clone(), b.value.expose().to_string()));
         }
         let mut request = if oauth.method == "GET" {
             url.query_pairs_mut().extend_pairs(form.iter());

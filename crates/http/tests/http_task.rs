@@ -571,3 +571,141 @@ async fn secrets_never_reach_the_logs() {
     assert!(logs.contains("HTTP Task call"), "nothing captured: {logs}");
     assert_no_secret("logs", &logs);
 }
+
+/// Connections with `BodyParameters`: `Bodied` (API key, a body field that
+/// also comes in the definition) and `BankForm` (OAuth with a body
+/// parameter for the token request).
+fn bodied_connections(token_url: &str) -> Connections {
+    Connections::from_json(
+        &format!(
+            r#"{{"Connections": [
+            {{"Name": "Bodied", "AuthorizationType": "API_KEY",
+              "AuthParameters": {{"ApiKeyAuthParameters": {{"ApiKeyName": "x-api-key", "ApiKeyValue": "{API_KEY}"}},
+                "InvocationHttpParameters": {{"BodyParameters": [
+                    {{"Key": "account", "Value": "{EXTRA_HEADER}", "IsValueSecret": true}},
+                    {{"Key": "mode", "Value": "live"}}]}}}}}},
+            {{"Name": "BankForm", "AuthorizationType": "OAUTH_CLIENT_CREDENTIALS",
+              "AuthParameters": {{"OAuthParameters": {{"AuthorizationEndpoint": "{token_url}", "HttpMethod": "POST",
+                "ClientParameters": {{"ClientID": "client-1", "ClientSecret": "{CLIENT_SECRET}"}},
+                "OAuthHttpParameters": {{"BodyParameters": [{{"Key": "audience", "Value": "payments"}}]}}}}}}}}
+        ]}}"#
+        ),
+        "bodied.json",
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn connection_body_parameters_are_merged_into_the_body() {
+    let server = MockServer::start().await;
+    // Echoes what it got: the content type and the body, parsed.
+    Mock::given(path("/echo"))
+        .respond_with(|r: &Request| {
+            let kind = r
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = if kind.starts_with("application/json") {
+                serde_json::from_slice::<Value>(&r.body).unwrap_or(Value::Null)
+            } else {
+                json!(form_pairs(&r.body))
+            };
+            ResponseTemplate::new(200).set_body_json(json!({"type": kind, "body": body}))
+        })
+        .mount(&server)
+        .await;
+    let h = HttpHandler::new(
+        HttpConfig::default(),
+        bodied_connections("https://unused.example/token"),
+    )
+    .unwrap();
+    let call = |extra: Value| {
+        let mut params = json!({"ApiEndpoint": format!("{}/echo", server.uri()), "Method": "POST",
+                                "Authentication": {"ConnectionArn": "Bodied"}});
+        for (k, v) in extra.as_object().unwrap() {
+            params[k] = v.clone();
+        }
+        let h = &h;
+        async move { invoke(h, params).await }
+    };
+
+    // A JSON object: the connection's fields are added and win.
+    let out = call(json!({"RequestBody": {"amount": 10, "mode": "test"}}))
+        .await
+        .unwrap();
+    assert_eq!(out["ResponseBody"]["type"], "application/json");
+    assert_eq!(
+        out["ResponseBody"]["body"],
+        json!({"amount": 10, "mode": "live", "account": EXTRA_HEADER})
+    );
+    // No RequestBody: the body is the connection's fields.
+    let out = call(json!({})).await.unwrap();
+    assert_eq!(
+        out["ResponseBody"]["body"],
+        json!({"mode": "live", "account": EXTRA_HEADER})
+    );
+    // URL-encoded: form fields, the connection's replacing the definition's.
+    let out = call(json!({"RequestBody": {"amount": 10, "mode": "test"},
+                          "Transform": {"RequestBodyEncoding": "URL_ENCODED"}}))
+    .await
+    .unwrap();
+    assert_eq!(
+        out["ResponseBody"]["type"],
+        "application/x-www-form-urlencoded"
+    );
+    assert_eq!(
+        out["ResponseBody"]["body"],
+        json!([
+            ["amount", "10"],
+            ["account", EXTRA_HEADER],
+            ["mode", "live"]
+        ])
+    );
+    // A body that is not an object cannot take fields: a definition error,
+    // with no secret in it, and nothing sent.
+    let before = server.received_requests().await.unwrap().len();
+    let e = call(json!({"RequestBody": [1, 2]})).await.unwrap_err();
+    assert_eq!(e.error, "States.Runtime");
+    assert!(e.cause.contains("BodyParameters"), "{}", e.cause);
+    assert_no_secret("error", &format!("{e:?} {e}"));
+    assert_eq!(server.received_requests().await.unwrap().len(), before);
+}
+
+#[tokio::test]
+async fn oauth_body_parameters_go_to_the_token_request() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string(
+            "grant_type=client_credentials&audience=payments",
+        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": ACCESS_TOKEN, "expires_in": 3600})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let bearer = format!("Bearer {ACCESS_TOKEN}");
+    Mock::given(path("/pay"))
+        .and(header("authorization", bearer.as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"paid": true})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let h = HttpHandler::new(
+        HttpConfig::default(),
+        bodied_connections(&format!("{}/token", server.uri())),
+    )
+    .unwrap();
+    let out = invoke(
+        &h,
+        json!({"ApiEndpoint": format!("{}/pay", server.uri()), "Method": "POST",
+               "Authentication": {"ConnectionArn": "BankForm"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["ResponseBody"], json!({"paid": true}));
+}
