@@ -347,6 +347,30 @@ pub struct SendTaskHeartbeat {
     pub task_token: String,
 }
 
+/// Longest `error` of `StopExecution` and `SendTaskFailure` (AWS's limit),
+/// in characters.
+pub const MAX_ERROR_CHARS: usize = 256;
+
+/// Longest `cause` of `StopExecution` and `SendTaskFailure` (AWS's limit),
+/// in characters.
+pub const MAX_CAUSE_CHARS: usize = 32_768;
+
+/// Checks the `error` and `cause` of `StopExecution` and `SendTaskFailure`
+/// against AWS's limits; the message says which one is too long.
+pub fn check_error_cause(error: Option<&str>, cause: Option<&str>) -> Result<(), String> {
+    if error.is_some_and(|e| e.chars().count() > MAX_ERROR_CHARS) {
+        return Err(format!(
+            "error must be at most {MAX_ERROR_CHARS} characters"
+        ));
+    }
+    if cause.is_some_and(|c| c.chars().count() > MAX_CAUSE_CHARS) {
+        return Err(format!(
+            "cause must be at most {MAX_CAUSE_CHARS} characters"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -269,6 +269,7 @@ impl Embedded {
         error: Option<&str>,
         cause: Option<&str>,
     ) -> Result<(), Error> {
+        sagaflow_protocol::api::check_error_cause(error, cause).map_err(Error::InvalidRequest)?;
         let executions = lock(&self.executions);
         let e = executions
             .get(arn)
@@ -414,6 +415,10 @@ impl Embedded {
         token: &str,
         result: Result<Value, TaskError>,
     ) -> Result<(), Error> {
+        if let Err(e) = &result {
+            sagaflow_protocol::api::check_error_cause(Some(&e.error), Some(&e.cause))
+                .map_err(Error::InvalidRequest)?;
+        }
         self.dispatcher
             .complete_task(token, result)
             .map_err(|_| Error::TaskDoesNotExist)

@@ -137,6 +137,10 @@ pub enum Error {
     /// No execution has this ARN.
     #[error("no execution '{0}'")]
     ExecutionDoesNotExist(String),
+    /// A request the API refuses whatever the state: an `error` longer
+    /// than 256 characters or a `cause` longer than 32,768 (AWS's limits).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
     /// Only a FAILED, TIMED_OUT or ABORTED execution can be redriven, and
     /// only when a state was running when it ended.
     #[error("execution '{execution}' cannot be redriven: {reason}")]
@@ -191,6 +195,7 @@ impl From<ApiClientError> for Error {
                 "ExecutionAlreadyExists" => Error::ExecutionAlreadyExists(api.message.clone()),
                 "ExecutionDoesNotExist" => Error::ExecutionDoesNotExist(api.message.clone()),
                 "TaskDoesNotExist" | "InvalidToken" => Error::TaskDoesNotExist,
+                "InvalidRequest" => Error::InvalidRequest(api.message.clone()),
                 "ExecutionNotRedrivable" => Error::ExecutionNotRedrivable {
                     execution: String::new(),
                     reason: api.message.clone(),

@@ -209,6 +209,25 @@ async fn stop_aborts_a_running_execution_on_both_backends() {
         until_event(&e, "WaitStateEntered").await;
         assert_eq!(e.describe().await.unwrap().status, Status::Running);
 
+        // AWS's limits on error and cause: refused, and nothing changes.
+        let long_error = "e".repeat(257);
+        let long_cause = "c".repeat(32_769);
+        for (error, cause) in [
+            (Some(long_error.as_str()), None),
+            (None, Some(long_cause.as_str())),
+        ] {
+            assert!(
+                matches!(e.stop(error, cause).await, Err(Error::InvalidRequest(_))),
+                "{mode:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            e.describe().await.unwrap().status,
+            Status::Running,
+            "{mode:?}"
+        );
+
         e.stop(Some("Cancelled"), Some("the customer changed their mind"))
             .await
             .unwrap();
@@ -335,6 +354,16 @@ async fn callback_heartbeats_keep_a_task_alive_on_both_backends() {
         // then the answer.
         let alive = saga.start("ask", json!({}), Some("alive")).await.unwrap();
         let token = tokens.recv().await.unwrap();
+        // A failure with a cause over AWS's limit is refused; the task
+        // still waits.
+        assert!(
+            matches!(
+                saga.send_task_failure(&token, "No", &"c".repeat(32_769))
+                    .await,
+                Err(Error::InvalidRequest(_))
+            ),
+            "{mode:?}"
+        );
         for _ in 0..8 {
             tokio::time::sleep(Duration::from_millis(300)).await;
             saga.send_task_heartbeat(&token)

@@ -839,19 +839,8 @@ fn machine_missing(name: &str, version: Option<u64>) -> ApiError {
 
 /// AWS's limits: error names up to 256 characters, causes up to 32,768.
 fn check_error_cause(error: Option<&str>, cause: Option<&str>) -> Result<(), ApiError> {
-    if error.is_some_and(|e| e.chars().count() > 256) {
-        return Err(ApiError::new(
-            codes::INVALID_REQUEST,
-            "error must be at most 256 characters",
-        ));
-    }
-    if cause.is_some_and(|c| c.chars().count() > 32_768) {
-        return Err(ApiError::new(
-            codes::INVALID_REQUEST,
-            "cause must be at most 32768 characters",
-        ));
-    }
-    Ok(())
+    sagaflow_protocol::api::check_error_cause(error, cause)
+        .map_err(|message| ApiError::new(codes::INVALID_REQUEST, message))
 }
 
 fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ApiError> {
