@@ -515,6 +515,21 @@ mod tests {
         }
     }
 
+    /// A dispatcher whose `hang` handler never answers, the flag it sets
+    /// when dropped, and a coordinator on a virtual clock using it.
+    fn hanging() -> (Arc<AtomicBool>, Arc<EmbeddedDispatcher>, Coordinator) {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let handlers: Vec<(String, Arc<dyn Handler>)> =
+            vec![("hang".into(), Arc::new(Hang(Arc::clone(&dropped))))];
+        let dispatcher = Arc::new(EmbeddedDispatcher::new(handlers));
+        let c = Coordinator::new(
+            Arc::new(VirtualClock::new(Timestamp::UNIX_EPOCH)),
+            dispatcher.clone(),
+            RuntimeOptions::default(),
+        );
+        (dropped, dispatcher, c)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_failing_branch_cancels_its_sibling() {
         let m = machine(
@@ -612,15 +627,7 @@ mod tests {
                 "P": {"Type": "Pass", "Result": 1, "ResultPath": "$.p", "Next": "T"},
                 "T": {"Type": "Task", "Resource": "hang", "End": true}}}"#,
         );
-        let dropped = Arc::new(AtomicBool::new(false));
-        let handlers: Vec<(String, Arc<dyn Handler>)> =
-            vec![("hang".into(), Arc::new(Hang(Arc::clone(&dropped))))];
-        let dispatcher = Arc::new(EmbeddedDispatcher::new(handlers));
-        let c = Coordinator::new(
-            Arc::new(VirtualClock::new(Timestamp::UNIX_EPOCH)),
-            dispatcher.clone(),
-            RuntimeOptions::default(),
-        );
+        let (dropped, dispatcher, c) = hanging();
         let log = HistoryLog::default();
         let begin = Begin::Start {
             info: info("s"),
@@ -740,15 +747,7 @@ mod tests {
         let m = machine(
             r#"{"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "hang", "TimeoutSeconds": 3, "End": true}}}"#,
         );
-        let dropped = Arc::new(AtomicBool::new(false));
-        let handlers: Vec<(String, Arc<dyn Handler>)> =
-            vec![("hang".into(), Arc::new(Hang(Arc::clone(&dropped))))];
-        let dispatcher = Arc::new(EmbeddedDispatcher::new(handlers));
-        let c = Coordinator::new(
-            Arc::new(VirtualClock::new(Timestamp::UNIX_EPOCH)),
-            dispatcher.clone(),
-            RuntimeOptions::default(),
-        );
+        let (dropped, _, c) = hanging();
         let run = c.run(m, info("t"), json!({})).await.unwrap();
         assert!(matches!(&run.outcome, Outcome::Failed { error, .. } if error == "States.Timeout"));
         tokio::task::yield_now().await;

@@ -17,7 +17,11 @@ use sagaflow_http::{Connections, HttpConfig, HttpHandler};
 use common::*;
 
 fn handler() -> HttpHandler {
-    HttpHandler::new(HttpConfig::default(), Connections::empty()).unwrap()
+    with_connections(Connections::empty())
+}
+
+fn with_connections(connections: Connections) -> HttpHandler {
+    HttpHandler::new(HttpConfig::default(), connections).unwrap()
 }
 
 async fn invoke(h: &HttpHandler, params: Value) -> Result<Value, sagaflow_participant::TaskError> {
@@ -421,11 +425,7 @@ async fn api_key_and_basic_connections_authenticate_without_leaking() {
         .expect(1)
         .mount(&server)
         .await;
-    let h = HttpHandler::new(
-        HttpConfig::default(),
-        connections("https://unused.example/token"),
-    )
-    .unwrap();
+    let h = with_connections(connections("https://unused.example/token"));
     let out = invoke(
         &h,
         json!({"ApiEndpoint": format!("{}/keyed", server.uri()), "Method": "GET",
@@ -481,11 +481,7 @@ async fn oauth_tokens_are_fetched_once_and_cached() {
         .expect(2)
         .mount(&server)
         .await;
-    let h = HttpHandler::new(
-        HttpConfig::default(),
-        connections(&format!("{}/token", server.uri())),
-    )
-    .unwrap();
+    let h = with_connections(connections(&format!("{}/token", server.uri())));
     let params = json!({"ApiEndpoint": format!("{}/pay", server.uri()), "Method": "POST",
                         "Authentication": {"ConnectionArn": "Bank"}});
     for _ in 0..2 {
@@ -504,11 +500,7 @@ async fn a_failing_token_endpoint_is_an_authentication_error() {
         )
         .mount(&server)
         .await;
-    let h = HttpHandler::new(
-        HttpConfig::default(),
-        connections(&format!("{}/token", server.uri())),
-    )
-    .unwrap();
+    let h = with_connections(connections(&format!("{}/token", server.uri())));
     let e = invoke(
         &h,
         json!({"ApiEndpoint": format!("{}/pay", server.uri()), "Method": "POST",
@@ -539,11 +531,7 @@ async fn secrets_never_reach_the_logs() {
         .respond_with(ResponseTemplate::new(503).set_body_string("try later"))
         .mount(&server)
         .await;
-    let h = HttpHandler::new(
-        HttpConfig::default(),
-        connections(&format!("{}/token", server.uri())),
-    )
-    .unwrap();
+    let h = with_connections(connections(&format!("{}/token", server.uri())));
     // A callsite is registered once, by the first thread that reaches it:
     // one reached first by a test without a subscriber, registered while the
     // cache above was rebuilt, can stay cached as uninteresting. Registered
@@ -616,11 +604,7 @@ async fn connection_body_parameters_are_merged_into_the_body() {
         })
         .mount(&server)
         .await;
-    let h = HttpHandler::new(
-        HttpConfig::default(),
-        bodied_connections("https://unused.example/token"),
-    )
-    .unwrap();
+    let h = with_connections(bodied_connections("https://unused.example/token"));
     let call = |extra: Value| {
         let mut params = json!({"ApiEndpoint": format!("{}/echo", server.uri()), "Method": "POST",
                                 "Authentication": {"ConnectionArn": "Bodied"}});
@@ -695,11 +679,7 @@ async fn oauth_body_parameters_go_to_the_token_request() {
         .expect(1)
         .mount(&server)
         .await;
-    let h = HttpHandler::new(
-        HttpConfig::default(),
-        bodied_connections(&format!("{}/token", server.uri())),
-    )
-    .unwrap();
+    let h = with_connections(bodied_connections(&format!("{}/token", server.uri())));
     let out = invoke(
         &h,
         json!({"ApiEndpoint": format!("{}/pay", server.uri()), "Method": "POST",
