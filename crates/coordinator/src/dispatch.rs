@@ -303,17 +303,28 @@ impl Dispatcher for EmbeddedDispatcher {
                     let (call, token) = match callbacks {
                         // The handler takes the token out; the answer comes
                         // through `complete_task`, as it is, and the
-                        // heartbeat clock runs until it does.
-                        Some((callbacks, token, answered)) => {
+                        // heartbeat clock runs until it does. An answer
+                        // that comes while the handler still runs ends the
+                        // task (as over NATS, where the answer goes to the
+                        // coordinator, not to the handler); a handler error
+                        // before any answer fails it.
+                        Some((callbacks, token, mut answered)) => {
+                            let withdrawn = |_| {
+                                Err(TaskError::new(
+                                    errors::TASK_FAILED,
+                                    "the task's callback was withdrawn",
+                                ))
+                            };
                             let call: BoxFuture<'_, Result<Value, TaskError>> =
                                 Box::pin(async move {
-                                    call.await?;
-                                    answered.await.unwrap_or_else(|_| {
-                                        Err(TaskError::new(
-                                            errors::TASK_FAILED,
-                                            "the task's callback was withdrawn",
-                                        ))
-                                    })
+                                    let mut call = call;
+                                    tokio::select! {
+                                        handed_out = &mut call => handed_out?,
+                                        answer = &mut answered => {
+                                            return answer.unwrap_or_else(withdrawn);
+                                        }
+                                    };
+                                    answered.await.unwrap_or_else(withdrawn)
                                 });
                             (call, Some((callbacks, token)))
                         }
@@ -767,6 +778,44 @@ mod tests {
         assert_eq!(c.task_id, "t1");
         assert_eq!(c.result, Ok(json!("late but alive")));
         assert!(start.elapsed() >= Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_ends_a_callback_task_whose_handler_still_runs() {
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        struct Flag(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let flag = Arc::clone(&dropped);
+        let h: Arc<dyn Handler> = Arc::new(handler_fn(move |_: Value, _c: TaskContext| {
+            let flag = Flag(Arc::clone(&flag));
+            async move {
+                let _flag = flag;
+                // Hands the token out, then keeps working, for ever.
+                std::future::pending::<()>().await;
+                Ok::<_, TaskError>(json!(null))
+            }
+        }));
+        let d = EmbeddedDispatcher::new([("review".to_string(), h)]).with_callbacks();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        d.dispatch(&info(), token_request("t1", "tok-1"), tx)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        d.complete_task("tok-1", Ok(json!({"approved": true})))
+            .unwrap();
+        let c = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("the answer did not end the task")
+            .unwrap();
+        assert_eq!(c.result, Ok(json!({"approved": true})));
+        // The handler's work is dropped with the task.
+        tokio::task::yield_now().await;
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(d.running(), 0);
     }
 
     #[tokio::test(start_paused = true)]
