@@ -72,6 +72,9 @@ struct Deployed {
 
 pub(crate) struct Embedded {
     coordinator: Arc<Coordinator>,
+    /// Largest execution input or callback output, in bytes of JSON (the
+    /// API's limit).
+    max_payload_bytes: usize,
     dispatcher: Arc<EmbeddedDispatcher>,
     machines: Mutex<HashMap<String, Vec<Deployed>>>,
     executions: Mutex<HashMap<String, Entry>>,
@@ -97,6 +100,7 @@ impl Embedded {
                 }),
             ));
             let dispatcher = Arc::new(EmbeddedDispatcher::new(handlers).with_callbacks());
+            let max_payload_bytes = runtime.max_payload_bytes;
             let coordinator = Arc::new(Coordinator::new(
                 Arc::new(SystemClock),
                 Arc::clone(&dispatcher) as Arc<dyn sagaflow_coordinator::Dispatcher>,
@@ -105,6 +109,7 @@ impl Embedded {
             Embedded {
                 coordinator,
                 dispatcher,
+                max_payload_bytes,
                 machines: Mutex::default(),
                 executions: Mutex::default(),
             }
@@ -181,6 +186,7 @@ impl Embedded {
             .map(str::to_string)
             .unwrap_or_else(sagaflow_coordinator::cluster::api::fresh_name);
         let exec = ExecutionRef::new(state_machine, &name)?;
+        self.check_size("input", &input)?;
         let arn = exec.arn();
         let mut executions = lock(&self.executions);
         if let Some(existing) = executions.get(&arn) {
@@ -226,6 +232,18 @@ impl Embedded {
             },
         );
         Ok(arn)
+    }
+
+    /// Refuses a payload over the limit, as the API does.
+    fn check_size(&self, what: &str, value: &Value) -> Result<(), Error> {
+        let size = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
+        if size > self.max_payload_bytes {
+            return Err(Error::PayloadTooLarge(format!(
+                "the {what} is {size} bytes; at most {} are allowed",
+                self.max_payload_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// Drives a prepared run in a task of its own.
@@ -415,9 +433,10 @@ impl Embedded {
         token: &str,
         result: Result<Value, TaskError>,
     ) -> Result<(), Error> {
-        if let Err(e) = &result {
-            sagaflow_protocol::api::check_error_cause(Some(&e.error), Some(&e.cause))
-                .map_err(Error::InvalidRequest)?;
+        match &result {
+            Ok(output) => self.check_size("output", output)?,
+            Err(e) => sagaflow_protocol::api::check_error_cause(Some(&e.error), Some(&e.cause))
+                .map_err(Error::InvalidRequest)?,
         }
         self.dispatcher
             .complete_task(token, result)

@@ -141,6 +141,11 @@ pub enum Error {
     /// than 256 characters or a `cause` longer than 32,768 (AWS's limits).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// An execution input or a callback output is larger than
+    /// [`RuntimeOptions::max_payload_bytes`] (distributed: the
+    /// coordinators' limit).
+    #[error("payload too large: {0}")]
+    PayloadTooLarge(String),
     /// Only a FAILED, TIMED_OUT or ABORTED execution can be redriven, and
     /// only when a state was running when it ended.
     #[error("execution '{execution}' cannot be redriven: {reason}")]
@@ -196,6 +201,7 @@ impl From<ApiClientError> for Error {
                 "ExecutionDoesNotExist" => Error::ExecutionDoesNotExist(api.message.clone()),
                 "TaskDoesNotExist" | "InvalidToken" => Error::TaskDoesNotExist,
                 "InvalidRequest" => Error::InvalidRequest(api.message.clone()),
+                "PayloadTooLarge" => Error::PayloadTooLarge(api.message.clone()),
                 "ExecutionNotRedrivable" => Error::ExecutionNotRedrivable {
                     execution: String::new(),
                     reason: api.message.clone(),

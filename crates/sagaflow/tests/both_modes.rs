@@ -638,3 +638,53 @@ async fn an_execution_keeps_the_version_it_started_with_on_both_backends() {
         saga.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_over_the_limit_are_refused_on_both_backends() {
+    const ASK: &str = r#"{"StartAt": "Ask", "States": {
+        "Ask": {"Type": "Task", "Resource": "ask.waitForTaskToken", "End": true}}}"#;
+    // 300 KB of JSON: over the default 256 KiB.
+    let big = json!({"blob": "x".repeat(300_000)});
+    for mode in Backend::both() {
+        let backend = Backend::new(mode);
+        let (tx, mut tokens) = mpsc::unbounded_channel::<String>();
+        let saga = backend
+            .build(
+                Sagaflow::builder()
+                    .handler(
+                        "ask",
+                        handler_fn(move |_: Value, ctx: TaskContext| {
+                            let _ = tx.send(ctx.task_token.clone().unwrap_or_default());
+                            async move { Ok::<_, TaskError>(json!(null)) }
+                        }),
+                    )
+                    .state_machine("ask", ASK),
+            )
+            .await;
+        let refused = saga.start("ask", big.clone(), Some("big")).await;
+        assert!(
+            matches!(refused, Err(Error::PayloadTooLarge(_))),
+            "{mode:?}: {refused:?}"
+        );
+        let e = saga.start("ask", json!({}), Some("small")).await.unwrap();
+        let token = tokens.recv().await.unwrap();
+        let refused = saga.send_task_success(&token, big.clone()).await;
+        assert!(
+            matches!(refused, Err(Error::PayloadTooLarge(_))),
+            "{mode:?}: {refused:?}"
+        );
+        // Nothing was started or answered: the task still waits.
+        let names: Vec<String> = saga
+            .list_executions(None, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["small"], "{mode:?}");
+        assert_eq!(e.describe().await.unwrap().status, Status::Running);
+        saga.send_task_success(&token, json!("fits")).await.unwrap();
+        assert_eq!(e.wait(LIMIT).await.unwrap().output, Some(json!("fits")));
+        saga.shutdown().await;
+    }
+}
