@@ -77,6 +77,9 @@ impl Distributed {
     }
 
     pub(crate) async fn deploy(&self, name: &str, definition: &str) -> Result<u64, Error> {
+        // Checked here too, so that a bad name is the same error as
+        // embedded (the API would refuse it as well).
+        sagaflow_protocol::check_name("state machine name", name)?;
         match self.api.create_state_machine(name, definition).await {
             Ok(v) => Ok(v.version),
             Err(e) => Err(match Error::from(e) {
@@ -95,6 +98,10 @@ impl Distributed {
         input: Value,
         name: Option<&str>,
     ) -> Result<String, Error> {
+        sagaflow_protocol::check_name("state machine name", state_machine)?;
+        if let Some(name) = name {
+            sagaflow_protocol::ExecutionRef::new(state_machine, name)?;
+        }
         let reply = self
             .api
             .start_execution(StartExecutionRequest {

@@ -178,6 +178,7 @@ impl Embedded {
         input: Value,
         name: Option<&str>,
     ) -> Result<String, Error> {
+        sagaflow_protocol::check_name("state machine name", state_machine)?;
         let machine = lock(&self.machines)
             .get(state_machine)
             .and_then(|v| v.last().map(|d| Arc::clone(&d.machine)))

@@ -596,6 +596,12 @@ impl std::fmt::Debug for Execution {
 }
 
 impl Execution {
+    /// A malformed ARN is [`Error::InvalidName`] on both backends.
+    fn check_arn(&self) -> Result<(), Error> {
+        sagaflow_protocol::ExecutionRef::from_arn(&self.arn)?;
+        Ok(())
+    }
+
     /// `arn:aws:states:local:000000000000:execution:MACHINE:NAME`.
     pub fn arn(&self) -> &str {
         &self.arn
@@ -610,6 +616,7 @@ impl Execution {
     /// execution just returned by [`Sagaflow::start`] whose start the
     /// coordinators have not processed yet is reported as running.
     pub async fn describe(&self) -> Result<ExecutionResult, Error> {
+        self.check_arn()?;
         match &self.backend {
             Backend::Embedded(e) => e.describe(&self.arn),
             Backend::Distributed(d) => d.describe(&self.arn, self.started_here).await,
@@ -618,6 +625,7 @@ impl Execution {
 
     /// Waits until it ends, at most `timeout` ([`Error::Timeout`]).
     pub async fn wait(&self, timeout: Duration) -> Result<ExecutionResult, Error> {
+        self.check_arn()?;
         match &self.backend {
             Backend::Embedded(e) => e.wait(&self.arn, timeout).await,
             Backend::Distributed(d) => d.wait(&self.arn, timeout).await,
@@ -629,6 +637,7 @@ impl Execution {
     /// oldest first): what has happened so far, in both modes (distributed:
     /// empty for an execution just started whose start is still queued).
     pub async fn history(&self) -> Result<Vec<Value>, Error> {
+        self.check_arn()?;
         match &self.backend {
             Backend::Embedded(e) => e.history(&self.arn),
             Backend::Distributed(d) => d.history(&self.arn, self.started_here).await,
@@ -641,6 +650,7 @@ impl Execution {
     /// it is. Returns once the stop is handed over: [`Execution::wait`] for
     /// the end.
     pub async fn stop(&self, error: Option<&str>, cause: Option<&str>) -> Result<(), Error> {
+        self.check_arn()?;
         match &self.backend {
             Backend::Embedded(e) => e.stop(&self.arn, error, cause),
             Backend::Distributed(d) => d.stop(&self.arn, error, cause, self.started_here).await,
@@ -655,6 +665,7 @@ impl Execution {
     /// [`Error::ExecutionNotRedrivable`]. Returns once the redrive is handed
     /// over: [`Execution::wait`] for the new end.
     pub async fn redrive(&self) -> Result<(), Error> {
+        self.check_arn()?;
         match &self.backend {
             Backend::Embedded(e) => e.redrive(&self.arn),
             Backend::Distributed(d) => d.redrive(&self.arn).await,

@@ -640,7 +640,7 @@ async fn an_execution_keeps_the_version_it_started_with_on_both_backends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payloads_over_the_limit_are_refused_on_both_backends() {
+async fn bad_names_and_payloads_over_the_limit_are_refused_on_both_backends() {
     const ASK: &str = r#"{"StartAt": "Ask", "States": {
         "Ask": {"Type": "Task", "Resource": "ask.waitForTaskToken", "End": true}}}"#;
     // 300 KB of JSON: over the default 256 KiB.
@@ -661,6 +661,30 @@ async fn payloads_over_the_limit_are_refused_on_both_backends() {
                     .state_machine("ask", ASK),
             )
             .await;
+        // Names outside AWS's rules are the same error on both.
+        for (machine, name) in [("ask", "a b"), ("ask", &*"n".repeat(81)), ("a:b", "ok")] {
+            let refused = saga.start(machine, json!({}), Some(name)).await;
+            assert!(
+                matches!(refused, Err(Error::InvalidName(_))),
+                "{mode:?}: {machine} {name}: {refused:?}"
+            );
+        }
+        assert!(
+            matches!(
+                saga.deploy("bad name", ASK).await,
+                Err(Error::InvalidName(_))
+            ),
+            "{mode:?}"
+        );
+        let garbage = saga.execution("not an ARN");
+        assert!(
+            matches!(garbage.describe().await, Err(Error::InvalidName(_))),
+            "{mode:?}"
+        );
+        assert!(
+            matches!(garbage.stop(None, None).await, Err(Error::InvalidName(_))),
+            "{mode:?}"
+        );
         let refused = saga.start("ask", big.clone(), Some("big")).await;
         assert!(
             matches!(refused, Err(Error::PayloadTooLarge(_))),
