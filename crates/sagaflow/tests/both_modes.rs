@@ -712,3 +712,85 @@ async fn bad_names_and_payloads_over_the_limit_are_refused_on_both_backends() {
         saga.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_mistakes_get_the_same_errors_on_both_backends() {
+    const HOLD: &str =
+        r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 3600, "End": true}}}"#;
+    for mode in Backend::both() {
+        let backend = Backend::new(mode);
+        let saga = backend
+            .build(Sagaflow::builder().state_machine("hold", HOLD))
+            .await;
+        let e = saga
+            .start("hold", json!({"a": 1}), Some("h1"))
+            .await
+            .unwrap();
+        until_event(&e, "WaitStateEntered").await;
+
+        let same = saga
+            .start("hold", json!({"a": 1}), Some("h1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            same.arn(),
+            e.arn(),
+            "{mode:?}: a repeated start is the same execution"
+        );
+        let other = saga.start("hold", json!({"a": 2}), Some("h1")).await;
+        assert!(
+            matches!(other, Err(Error::ExecutionAlreadyExists(_))),
+            "{mode:?}: {other:?}"
+        );
+        let unknown = saga.start("nope", json!({}), None).await;
+        assert!(
+            matches!(unknown, Err(Error::StateMachineDoesNotExist(_))),
+            "{mode:?}: {unknown:?}"
+        );
+        let invalid = saga
+            .deploy("broken", r#"{"StartAt": "X", "States": {}}"#)
+            .await;
+        assert!(
+            matches!(invalid, Err(Error::InvalidDefinition { .. })),
+            "{mode:?}: {invalid:?}"
+        );
+
+        let running = e.redrive().await;
+        assert!(
+            matches!(running, Err(Error::ExecutionNotRedrivable { .. })),
+            "{mode:?}: {running:?}"
+        );
+        let waited = e.wait(Duration::from_millis(300)).await;
+        assert!(
+            matches!(waited, Err(Error::Timeout { .. })),
+            "{mode:?}: {waited:?}"
+        );
+
+        let ghost = saga.execution(e.arn().replace(":h1", ":ghost"));
+        for result in [
+            ghost.describe().await.map(|_| ()),
+            ghost.history().await.map(|_| ()),
+        ] {
+            assert!(
+                matches!(result, Err(Error::ExecutionDoesNotExist(_))),
+                "{mode:?}: {result:?}"
+            );
+        }
+        for result in [
+            saga.send_task_success("no-such-token", json!(1)).await,
+            saga.send_task_failure("no-such-token", "E", "c").await,
+            saga.send_task_heartbeat("no-such-token").await,
+        ] {
+            assert!(
+                matches!(result, Err(Error::TaskDoesNotExist)),
+                "{mode:?}: {result:?}"
+            );
+        }
+        let none = saga.list_executions(Some("nope"), None).await;
+        assert!(
+            matches!(&none, Ok(list) if list.is_empty()),
+            "{mode:?}: {none:?}"
+        );
+        saga.shutdown().await;
+    }
+}
