@@ -145,6 +145,14 @@ pub struct Prepared {
     first: Event,
 }
 
+impl Prepared {
+    /// The id of the execution's trace (32 hex digits) when telemetry is
+    /// on: known before it runs.
+    pub fn trace_id(&self) -> Option<String> {
+        self.trace.as_ref().map(ExecutionTrace::trace_id)
+    }
+}
+
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prepared")

@@ -53,6 +53,8 @@ struct Entry {
     task: AbortHandle,
     /// Requests to the current run (stop).
     controls: mpsc::UnboundedSender<Control>,
+    /// Its trace's id when tracing is on (the same across redrives).
+    trace_id: Option<String>,
 }
 
 /// What `entry` hands out: name, start date and the end to wait for.
@@ -217,6 +219,7 @@ impl Embedded {
                 execution: arn.clone(),
                 message: e.to_string(),
             })?;
+        let trace_id = prepared.trace_id();
         let (done, task, controls) = self.spawn_run(prepared, &log);
         executions.insert(
             arn.clone(),
@@ -230,6 +233,7 @@ impl Embedded {
                 log,
                 task,
                 controls,
+                trace_id,
             },
         );
         Ok(arn)
@@ -393,7 +397,14 @@ impl Embedded {
     pub(crate) fn describe(&self, arn: &str) -> Result<ExecutionResult, Error> {
         let (name, _, done) = self.entry(arn)?;
         let ended = done.borrow().clone();
-        result_of(arn, name, ended)
+        let mut result = result_of(arn, name, ended)?;
+        if result.trace_id.is_none() {
+            // Known from the start, also while it runs.
+            result.trace_id = lock(&self.executions)
+                .get(arn)
+                .and_then(|e| e.trace_id.clone());
+        }
+        Ok(result)
     }
 
     pub(crate) async fn wait(

@@ -558,7 +558,7 @@ pub struct ExecutionResult {
     pub cause: Option<String>,
     /// The execution's trace id (32 hex digits), when tracing is on
     /// (`OTEL_EXPORTER_OTLP_ENDPOINT` set, see `docs/tracing.md`): open it in
-    /// Jaeger. Embedded: known once the execution has ended.
+    /// Jaeger.
     pub trace_id: Option<String>,
 }
 
