@@ -93,6 +93,15 @@ async fn until_event(e: &Execution, kind: &str) {
     }
 }
 
+/// A `.waitForTaskToken` handler that sends its task's token to `tx` and
+/// leaves the answer to whoever receives it.
+fn hands_out_its_token(tx: mpsc::UnboundedSender<String>) -> impl sagaflow::Handler {
+    handler_fn(move |_: Value, ctx: TaskContext| {
+        let _ = tx.send(ctx.task_token.clone().unwrap_or_default());
+        async move { Ok::<_, TaskError>(json!(null)) }
+    })
+}
+
 fn confirm(prefix: &'static str) -> impl sagaflow::Handler {
     handler_fn(move |input: Value, _ctx: TaskContext| async move {
         Ok::<_, TaskError>(json!({"confirmation": format!("{prefix}-{}", input["trip_id"])}))
@@ -339,13 +348,7 @@ async fn callback_heartbeats_keep_a_task_alive_on_both_backends() {
         let saga = backend
             .build(
                 Sagaflow::builder()
-                    .handler(
-                        "ask",
-                        handler_fn(move |_: Value, ctx: TaskContext| {
-                            let _ = tx.send(ctx.task_token.clone().unwrap_or_default());
-                            async move { Ok::<_, TaskError>(json!("asked")) }
-                        }),
-                    )
+                    .handler("ask", hands_out_its_token(tx))
                     .state_machine("ask", ASK),
             )
             .await;
@@ -564,13 +567,7 @@ async fn an_execution_keeps_the_version_it_started_with_on_both_backends() {
         let backend = Backend::new(mode);
         let (tx, mut tokens) = mpsc::unbounded_channel::<String>();
         let saga = backend
-            .build(Sagaflow::builder().handler(
-                "hold",
-                handler_fn(move |_: Value, ctx: TaskContext| {
-                    let _ = tx.send(ctx.task_token.clone().unwrap_or_default());
-                    async move { Ok::<_, TaskError>(json!(null)) }
-                }),
-            ))
+            .build(Sagaflow::builder().handler("hold", hands_out_its_token(tx)))
             .await;
         assert!(saga.list_state_machines().await.unwrap().is_empty());
         assert_eq!(saga.deploy("versioned", &version("v1")).await.unwrap(), 1);
@@ -651,13 +648,7 @@ async fn bad_names_and_payloads_over_the_limit_are_refused_on_both_backends() {
         let saga = backend
             .build(
                 Sagaflow::builder()
-                    .handler(
-                        "ask",
-                        handler_fn(move |_: Value, ctx: TaskContext| {
-                            let _ = tx.send(ctx.task_token.clone().unwrap_or_default());
-                            async move { Ok::<_, TaskError>(json!(null)) }
-                        }),
-                    )
+                    .handler("ask", hands_out_its_token(tx))
                     .state_machine("ask", ASK),
             )
             .await;
