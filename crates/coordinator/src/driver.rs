@@ -286,10 +286,19 @@ impl Coordinator {
                     .ok_or(DriveError::NotRedrivable(
                         "its history has no ExecutionStarted event",
                     ))?;
+                // Each event's commands are kept when the trace is to go on
+                // (its spans are rebuilt from them), once the redrive is
+                // known to be possible.
+                let traced = execution_span.is_some();
+                let mut replayed = Vec::new();
                 let mut commands = Vec::new();
                 for entry in &entries {
                     if let HistoryItem::Event(event) = &entry.item {
                         execution.apply(entry.at, event.clone(), &mut commands)?;
+                        if traced {
+                            replayed.push((entry.at, event, std::mem::take(&mut commands)));
+                        }
+                        commands.clear();
                     }
                 }
                 if !execution.redrivable() {
@@ -299,21 +308,13 @@ impl Coordinator {
                         Some(_) => "no state was running when it ended",
                     }));
                 }
-                // The same trace goes on: its spans are rebuilt by a replay.
+                // The same trace goes on.
                 let mut trace = execution_span.as_deref().and_then(|span| {
                     ExecutionTrace::resume(span, None, &info.execution_id, &info.state_machine_name)
                 });
                 if let Some(trace) = trace.as_mut() {
-                    let mut replay = Execution::new(
-                        Arc::clone(execution.machine()),
-                        self.options.interp_options(),
-                    );
-                    for entry in &entries {
-                        if let HistoryItem::Event(event) = &entry.item {
-                            commands.clear();
-                            replay.apply(entry.at, event.clone(), &mut commands)?;
-                            trace.observe(entry.at, event, &commands, false);
-                        }
+                    for (at, event, commands) in &replayed {
+                        trace.observe(*at, event, commands, false);
                     }
                 }
                 Ok(Prepared {

@@ -510,23 +510,14 @@ fn result_of(arn: &str, name: String, ended: Option<Ended>) -> Result<ExecutionR
         Some(Ok(run)) => run,
     };
     result.trace_id = run.trace_id.clone();
+    result.status = status_of(&run.outcome);
     match &run.outcome {
-        Outcome::Succeeded { output } => {
-            result.status = Status::Succeeded;
-            result.output = Some(Value::clone(output));
-        }
-        Outcome::Failed { error, cause } => {
-            result.status = Status::Failed;
-            result.error = Some(error.clone());
-            result.cause = Some(cause.clone());
-        }
-        Outcome::TimedOut { error, cause } => {
-            result.status = Status::TimedOut;
+        Outcome::Succeeded { output } => result.output = Some(Value::clone(output)),
+        Outcome::Failed { error, cause } | Outcome::TimedOut { error, cause } => {
             result.error = Some(error.clone());
             result.cause = Some(cause.clone());
         }
         Outcome::Aborted { error, cause } => {
-            result.status = Status::Aborted;
             result.error = error.clone();
             result.cause = cause.clone();
         }
