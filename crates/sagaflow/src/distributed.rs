@@ -173,8 +173,7 @@ impl Distributed {
         cause: Option<&str>,
         started_here: bool,
     ) -> Result<(), Error> {
-        let deadline = tokio::time::Instant::now() + self.api_timeout;
-        let mut pause = Duration::from_millis(5);
+        let mut backoff = Backoff::new(self.api_timeout);
         loop {
             match self
                 .api
@@ -184,11 +183,7 @@ impl Distributed {
                 Err(ApiClientError::Api(e))
                     if started_here
                         && e.code == "ExecutionDoesNotExist"
-                        && tokio::time::Instant::now() + pause < deadline =>
-                {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(200));
-                }
+                        && backoff.wait().await => {}
                 other => return Ok(other?),
             }
         }
@@ -224,21 +219,16 @@ impl Distributed {
     pub(crate) async fn redrive(&self, arn: &str) -> Result<(), Error> {
         let before = self.api.describe_execution(arn).await?.redrive_count;
         self.api.redrive_execution(arn).await?;
-        let deadline = tokio::time::Instant::now() + self.api_timeout;
-        let mut pause = Duration::from_millis(5);
-        loop {
-            if self.api.describe_execution(arn).await?.redrive_count > before {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() + pause >= deadline {
+        let mut backoff = Backoff::new(self.api_timeout);
+        while self.api.describe_execution(arn).await?.redrive_count <= before {
+            if !backoff.wait().await {
                 return Err(Error::Timeout {
                     execution: arn.to_string(),
                     waited: self.api_timeout,
                 });
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
         }
+        Ok(())
     }
 
     pub(crate) async fn list(
@@ -278,6 +268,33 @@ impl Distributed {
         if let Some(c) = cluster {
             c.shutdown().await;
         }
+    }
+}
+
+/// Pauses between polls of the API: 5 ms, doubling up to 100 ms, until a
+/// deadline.
+struct Backoff {
+    deadline: tokio::time::Instant,
+    pause: Duration,
+}
+
+impl Backoff {
+    fn new(patience: Duration) -> Backoff {
+        Backoff {
+            deadline: tokio::time::Instant::now() + patience,
+            pause: Duration::from_millis(5),
+        }
+    }
+
+    /// Sleeps the next pause; false (without sleeping) when it would end
+    /// past the deadline.
+    async fn wait(&mut self) -> bool {
+        if tokio::time::Instant::now() + self.pause >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(100));
+        true
     }
 }
 
