@@ -102,6 +102,18 @@ fn hands_out_its_token(tx: mpsc::UnboundedSender<String>) -> impl sagaflow::Hand
     })
 }
 
+/// A sagaflow with state machine `hold` (one Wait of an hour), and an
+/// execution of it named `name` that has entered its Wait.
+async fn held(backend: &Backend, name: &str, input: Value) -> (Sagaflow, Execution) {
+    const HOLD: &str = r#"{"StartAt": "Hold", "States": {"Hold": {"Type": "Wait", "Seconds": 3600, "End": true}}}"#;
+    let saga = backend
+        .build(Sagaflow::builder().state_machine("hold", HOLD))
+        .await;
+    let e = saga.start("hold", input, Some(name)).await.unwrap();
+    until_event(&e, "WaitStateEntered").await;
+    (saga, e)
+}
+
 fn confirm(prefix: &'static str) -> impl sagaflow::Handler {
     handler_fn(move |input: Value, _ctx: TaskContext| async move {
         Ok::<_, TaskError>(json!({"confirmation": format!("{prefix}-{}", input["trip_id"])}))
@@ -203,19 +215,9 @@ async fn both_backends_record_the_same_history_for_a_saga() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_aborts_a_running_execution_on_both_backends() {
-    const WAITS: &str = r#"{"StartAt": "Hold", "States": {
-        "Hold": {"Type": "Wait", "Seconds": 3600, "Next": "Never"},
-        "Never": {"Type": "Succeed"}}}"#;
     for mode in Backend::both() {
         let backend = Backend::new(mode);
-        let saga = backend
-            .build(Sagaflow::builder().state_machine("waits", WAITS))
-            .await;
-        let e = saga
-            .start("waits", json!({"k": 1}), Some("held"))
-            .await
-            .unwrap();
-        until_event(&e, "WaitStateEntered").await;
+        let (saga, e) = held(&backend, "held", json!({"k": 1})).await;
         assert_eq!(e.describe().await.unwrap().status, Status::Running);
 
         // AWS's limits on error and cause: refused, and nothing changes.
@@ -706,18 +708,9 @@ async fn bad_names_and_payloads_over_the_limit_are_refused_on_both_backends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_mistakes_get_the_same_errors_on_both_backends() {
-    const HOLD: &str =
-        r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 3600, "End": true}}}"#;
     for mode in Backend::both() {
         let backend = Backend::new(mode);
-        let saga = backend
-            .build(Sagaflow::builder().state_machine("hold", HOLD))
-            .await;
-        let e = saga
-            .start("hold", json!({"a": 1}), Some("h1"))
-            .await
-            .unwrap();
-        until_event(&e, "WaitStateEntered").await;
+        let (saga, e) = held(&backend, "h1", json!({"a": 1})).await;
 
         let same = saga
             .start("hold", json!({"a": 1}), Some("h1"))
