@@ -1,6 +1,6 @@
 //! The `main` of a Sagaflow application in one call: [`run_app`].
 
-use std::fmt::Display;
+use std::error::Error;
 use std::future::Future;
 use std::process::ExitCode;
 
@@ -8,8 +8,9 @@ use std::process::ExitCode;
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OpenTelemetry export under the
 /// service name `service` (`OTEL_SERVICE_NAME` wins; see
 /// [`crate::telemetry::init`]); starts a multi-threaded tokio runtime; runs
-/// `app` on it; flushes the telemetry. An error is printed with its chain of
-/// causes (`error: ...`) and gives [`ExitCode::FAILURE`].
+/// `app` on it; flushes the telemetry. An error (an `anyhow::Error`, any
+/// `std::error::Error`, a `String`) is printed with its chain of causes
+/// ([`error_report`]: `error: ...`) and gives [`ExitCode::FAILURE`].
 ///
 /// ```no_run
 /// use std::process::ExitCode;
@@ -25,7 +26,7 @@ pub fn run_app<F, Fut, E>(service: &str, app: F) -> ExitCode
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<ExitCode, E>>,
-    E: Display,
+    E: Into<Box<dyn Error + Send + Sync + 'static>>,
 {
     // Flushed when the guard drops, after the runtime below has stopped.
     let _telemetry = match crate::telemetry::init(service) {
@@ -50,9 +51,60 @@ where
     match result {
         Ok(code) => code,
         Err(e) => {
-            // `{:#}` shows an anyhow error's causes too.
-            eprintln!("error: {e:#}");
+            let e: Box<dyn Error + Send + Sync + 'static> = e.into();
+            eprintln!("error: {}", error_report(e.as_ref()));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, `outer: cause: root`, leaving out a
+/// cause whose text the line already holds: many errors (NATS's among them)
+/// print their source in their own message, and listing each cause after
+/// it would repeat it.
+///
+/// ```
+/// let e = anyhow::anyhow!("connection refused").context("cannot deploy");
+/// let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+/// assert_eq!(sagaflow::app::error_report(e.as_ref()), "cannot deploy: connection refused");
+/// ```
+pub fn error_report(error: &(dyn Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        next = cause.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot connect to NATS at nats://h:1: {0}")]
+    struct Outer(#[source] Middle);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("IO error: {0}")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn the_error_report_names_each_cause_once() {
+        let root = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(
+            error_report(&Outer(Middle(root))),
+            "cannot connect to NATS at nats://h:1: IO error: refused"
+        );
+        // Causes not in the message are listed after it.
+        let e: Box<dyn Error + Send + Sync> = anyhow::anyhow!("inner").context("outer").into();
+        assert_eq!(error_report(e.as_ref()), "outer: inner");
     }
 }
