@@ -636,7 +636,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
 
 /// `sagaflow start`.
 pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
-    let input = read_input(args.input.as_deref())?;
+    let input = read_input(args.input.as_deref(), "--input")?;
     let api = args.conn.api().await?;
     let started = api
         .start_execution(StartExecutionRequest {
@@ -797,7 +797,7 @@ pub async fn redrive(args: ExecArgs) -> anyhow::Result<ExitCode> {
 
 /// `sagaflow send-task-success`.
 pub async fn send_task_success(args: TaskSuccessArgs) -> anyhow::Result<ExitCode> {
-    let output = read_input(Some(&args.output))?;
+    let output = read_input(Some(&args.output), "the task result")?;
     let api = args.conn.api().await?;
     api.send_task_success(&args.token, output).await?;
     done(&args.conn, "task success sent")

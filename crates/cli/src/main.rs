@@ -245,7 +245,9 @@ fn parse_json(text: &str, origin: &str) -> anyhow::Result<Value> {
         .map_err(|e| anyhow!("{origin}:{}:{}: malformed JSON: {e}", e.line(), e.column()))
 }
 
-fn read_input(arg: Option<&str>) -> anyhow::Result<Value> {
+/// A JSON value given on the command line, inline or as a file name;
+/// `what` names the argument in errors (`--input`, `the task result`).
+fn read_input(arg: Option<&str>, what: &str) -> anyhow::Result<Value> {
     let Some(arg) = arg else {
         return Ok(Value::Object(serde_json::Map::new()));
     };
@@ -254,7 +256,7 @@ fn read_input(arg: Option<&str>) -> anyhow::Result<Value> {
     }
     let path = Path::new(arg);
     if !path.exists() {
-        bail!("--input: '{arg}' is neither JSON nor an existing file");
+        bail!("{what}: '{arg}' is neither JSON nor an existing file");
     }
     let text = read_text(path)?;
     parse_json(&text, &path.display().to_string())
@@ -314,7 +316,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(report_invalid(&args.definition, RunReport::invalid(errors)));
         }
     };
-    let input = read_input(args.input.as_deref())?;
+    let input = read_input(args.input.as_deref(), "--input")?;
     let stubs = read_stubs(&args.stubs)?;
     let start_time = args
         .start_time

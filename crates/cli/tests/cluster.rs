@@ -238,6 +238,14 @@ fn commands_over_nats() {
         "{}",
         stderr(&o)
     );
+    // A malformed output is refused before any request, named as the
+    // argument it is.
+    let o = with(&["send-task-success", "garbage!", "{bad"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(
+        stderr(&o).trim(),
+        "error: the task result: '{bad' is neither JSON nor an existing file"
+    );
     let o = with(&["send-task-failure", "garbage!", "--error", "E"]);
     assert!(
         stderr(&o).starts_with("error: InvalidToken: "),
