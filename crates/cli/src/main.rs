@@ -133,6 +133,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(sagaflow_telemetry::colour_logs())
         .try_init();
 }
 

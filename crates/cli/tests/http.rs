@@ -152,6 +152,13 @@ fn run_calls_the_api_with_the_connection() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(!all.contains(KEY), "the key leaked: {all}");
+    // Logs written to a pipe are plain text, without terminal colours.
+    let logs = String::from_utf8_lossy(&o.stderr);
+    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "colour codes in piped logs: {logs}"
+    );
 }
 
 #[test]

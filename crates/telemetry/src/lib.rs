@@ -240,11 +240,19 @@ fn build_providers(
     Ok((tracer_provider, meter_provider))
 }
 
+/// Whether logs on stderr get colours: only on a terminal (a log file or a
+/// collector gets plain text), and not when `NO_COLOR` is set.
+pub fn colour_logs() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn install_subscriber(default_filter: &str, tracer: Option<opentelemetry_sdk::trace::SdkTracer>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colour_logs())
         .with_filter(filter);
     let otel = tracer.map(|t| {
         tracing_opentelemetry::layer()
