@@ -285,6 +285,45 @@ async fn heartbeats_keep_a_task_alive_and_their_absence_fails_it() {
     env.shutdown().await;
 }
 
+const HEARTBEAT_FROM_INPUT: &str = r#"{
+  "StartAt": "Work",
+  "States": {
+    "Work": {"Type": "Task", "Resource": "work", "HeartbeatSecondsPath": "$.hb", "End": true}
+  }
+}"#;
+
+/// A heartbeat period taken from the input may be any positive number: one
+/// whose deadline lies past the end of time (jiff's year 9999) is never
+/// reached, and neither arming it nor resetting it stops the partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_period_past_the_end_of_time_never_expires() {
+    let mut env = Env::start().await;
+    env.deploy("hb-input", HEARTBEAT_FROM_INPUT).await;
+    env.worker(|b| {
+        b.handler(
+            "work",
+            handler_fn(|input: Value, ctx: TaskContext| async move {
+                ctx.heartbeat().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                ctx.heartbeat().await;
+                Ok::<_, TaskError>(input)
+            }),
+        )
+    })
+    .await;
+    for (name, hb) in [
+        ("far", json!(1_000_000_000_000_000_u64)),
+        ("max", json!(u64::MAX)),
+    ] {
+        let arn = env
+            .start_execution("hb-input", name, json!({"hb": hb}))
+            .await;
+        let done = env.wait(&arn).await;
+        assert_status(&done, ExecutionStatus::Succeeded);
+    }
+    env.shutdown().await;
+}
+
 // ------------------------------------------------------------- 4. Wait
 
 const WAIT_SECONDS: &str = r#"{
@@ -1102,6 +1141,22 @@ async fn malformed_messages_stop_nothing() {
         }),
     )
     .await;
+    // A well-formed start on another partition's subject: that partition's
+    // owner does not write a history that is not its partition's.
+    let stray = ExecutionRef::new("echo", "stray").unwrap();
+    let start = InboxMessage::StartExecution(StartExecution {
+        execution_arn: stray.arn(),
+        version: 1,
+        input: json!({}),
+        seed: 1,
+        traceparent: None,
+        parent: None,
+    });
+    env.publish_raw(
+        env.wrong_inbox_subject(&stray),
+        serde_json::to_vec(&start).unwrap(),
+    )
+    .await;
     let task_subject = ns.task_subject("echo");
     env.publish_raw(task_subject.clone(), b"{not json".to_vec())
         .await;
@@ -1115,8 +1170,10 @@ async fn malformed_messages_stop_nothing() {
         assert_status(&done, ExecutionStatus::Succeeded);
         assert_eq!(done.output, Some(json!({"i": i})));
     }
-    // The start for a version that does not exist started nothing.
+    // The start for a version that does not exist started nothing, nor did
+    // the one on the wrong partition.
     assert_never_started(&env, &victim).await;
+    assert_never_started(&env, &stray).await;
     env.shutdown().await;
 }
 

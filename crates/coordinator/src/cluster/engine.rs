@@ -251,6 +251,15 @@ fn now() -> Timestamp {
     jiff::Timestamp::now()
 }
 
+/// `seconds` after `at`, saturating: a `HeartbeatSecondsPath` may give any
+/// number, and a deadline past the end of time is never reached.
+fn after_seconds(at: Timestamp, seconds: u64) -> Timestamp {
+    let duration = i64::try_from(seconds)
+        .map(jiff::SignedDuration::from_secs)
+        .unwrap_or(jiff::SignedDuration::MAX);
+    at.checked_add(duration).unwrap_or(Timestamp::MAX)
+}
+
 fn rfc3339(ts: Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
@@ -935,7 +944,7 @@ impl Partition {
         }
         for p in live.pending.values() {
             if let Some(hb) = p.request.heartbeat_seconds {
-                let deadline = t + jiff::SignedDuration::from_secs(hb as i64);
+                let deadline = after_seconds(t, hb);
                 live.heartbeats
                     .insert(p.request.task_id.to_string(), deadline);
                 wheel.push((deadline, Due::Heartbeat(p.request.task_id.to_string())));
@@ -1107,8 +1116,13 @@ impl Partition {
             {
                 self.fresh_starts.insert(key.clone());
             }
+            // A key of another partition (a message published by hand to
+            // the wrong subject) is not ours to advance: its owner writes
+            // its history.
+            let ours = ExecutionRef::from_key(&key)
+                .is_ok_and(|r| self.store().partition_of(&r) == self.partition);
             match parsed {
-                Ok(m) if ExecutionRef::from_key(&key).is_ok() => {
+                Ok(m) if ours => {
                     let slot = *index.entry(key.clone()).or_insert_with(|| {
                         groups.push((key.clone(), Vec::new()));
                         groups.len() - 1
@@ -1673,8 +1687,13 @@ impl Partition {
         else {
             return;
         };
-        let deadline = now() + jiff::SignedDuration::from_secs(seconds as i64);
-        live.heartbeats.insert(task_id.to_string(), deadline);
+        let deadline = after_seconds(now(), seconds);
+        // The deadline this one replaces leaves the wheel: a task heartbeated
+        // often keeps one entry, not one per heartbeat.
+        if let Some(old) = live.heartbeats.insert(task_id.to_string(), deadline) {
+            self.wheel
+                .remove(&(old, key.to_string(), Due::Heartbeat(task_id.to_string())));
+        }
         self.wheel.insert(
             (
                 deadline,

@@ -198,6 +198,13 @@ impl Env {
             .inbox_subject(store.partition_of(exec), exec)
     }
 
+    /// The inbox subject of `exec` on a partition that is not its own.
+    pub fn wrong_inbox_subject(&self, exec: &ExecutionRef) -> String {
+        let store = self.cluster.as_ref().expect("running").store();
+        let wrong = (store.partition_of(exec) + 1) % store.partitions();
+        store.infra().ns().inbox_subject(wrong, exec)
+    }
+
     /// Publishes raw bytes to a JetStream subject and waits for the ack.
     pub async fn publish_raw(&self, subject: String, body: Vec<u8>) {
         let js = jetstream::new(self.nats.clone());
