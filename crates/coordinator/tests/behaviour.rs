@@ -1177,6 +1177,132 @@ async fn malformed_messages_stop_nothing() {
     env.shutdown().await;
 }
 
+/// A start whose state machine cannot be read at that moment (here: the
+/// bucket stops answering reads) is handed back, not dropped: whoever sent
+/// it was told it started. It starts once the machine can be read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_machine_cannot_be_read_now_starts_later() {
+    let mut env = Env::start().await;
+    env.deploy("echo", ECHO).await;
+    env.worker(|b| b.handler("echo", echo_handler())).await;
+    let js = async_nats::jetstream::new(env.nats.clone());
+    let bucket = format!("KV_{}", env.options.settings.namespace.machines_bucket());
+    let set_reads = |allowed: bool| {
+        let js = js.clone();
+        let bucket = bucket.clone();
+        async move {
+            let mut config = js
+                .get_stream(&bucket)
+                .await
+                .expect("bucket")
+                .cached_info()
+                .config
+                .clone();
+            config.allow_direct = allowed;
+            js.update_stream(config).await.expect("bucket updated");
+        }
+    };
+    // Reads of the bucket go unanswered from now on.
+    set_reads(false).await;
+    let exec = ExecutionRef::new("echo", "later").unwrap();
+    env.publish_inbox(
+        &exec,
+        &InboxMessage::StartExecution(StartExecution {
+            execution_arn: exec.arn(),
+            version: 1,
+            input: json!({"n": 1}),
+            seed: 1,
+            traceparent: None,
+            parent: None,
+        }),
+    )
+    .await;
+    // Handed back again and again meanwhile (every 200 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_never_started(&env, &exec).await;
+    // Reads work again: the start goes through.
+    set_reads(true).await;
+    let done = env.wait(&exec.arn()).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!({"n": 1})));
+    env.shutdown().await;
+}
+
+const WAIT_BESIDE_A_TASK: &str = r#"{
+  "StartAt": "Both",
+  "States": {"Both": {"Type": "Parallel", "End": true, "Branches": [
+    {"StartAt": "Pause", "States": {"Pause": {"Type": "Wait", "Seconds": 3, "End": true}}},
+    {"StartAt": "Work", "States": {"Work": {"Type": "Task", "Resource": "gated", "End": true}}}
+  ]}}
+}"#;
+
+/// Another writer (a stale owner that has not yet noticed its lease is
+/// gone) appends to an execution's history, so the owner's next append
+/// conflicts. The owner reloads the execution from its history with its
+/// timers re-armed: the Wait that was running beside the task still ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_conflicting_append_the_owner_resumes_with_its_timers() {
+    use sagaflow_asl::interp::Event;
+    use sagaflow_coordinator::cluster::store::HistoryBatch;
+    use sagaflow_coordinator::{HistoryEntry, HistoryItem};
+
+    let mut env = Env::start().await;
+    env.deploy("beside", WAIT_BESIDE_A_TASK).await;
+    let (open, gate) = watch::channel(false);
+    env.worker(move |b| {
+        b.handler(
+            "gated",
+            handler_fn(move |_input: Value, _ctx: TaskContext| {
+                let mut gate = gate.clone();
+                async move {
+                    let _ = gate.wait_for(|open| *open).await;
+                    Ok::<_, TaskError>(json!("worked"))
+                }
+            }),
+        )
+    })
+    .await;
+    let arn = env.start_execution("beside", "conflict", json!({})).await;
+    // The task runs, and the Wait's timer is armed beside it.
+    let deadline = Instant::now() + common::LIMIT;
+    // (No history until the start is applied.)
+    while !env
+        .api
+        .execution_history(&arn)
+        .await
+        .is_ok_and(|h| h.events.iter().any(|e| e["type"] == "TaskStarted"))
+    {
+        assert!(Instant::now() < deadline, "the task never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The other writer's step: an answer to a task that does not exist,
+    // which replays as nothing.
+    let store = env.cluster.as_ref().expect("running").store().clone();
+    let exec = ExecutionRef::from_arn(&arn).unwrap();
+    let stored = store.read_history(&exec).await.expect("history");
+    let stray = HistoryBatch {
+        meta: None,
+        entries: vec![HistoryEntry {
+            at: jiff::Timestamp::now(),
+            item: HistoryItem::Event(Event::TaskFailed {
+                task_id: "no-such-task".into(),
+                error: "Stray".into(),
+                cause: String::new(),
+            }),
+        }],
+    };
+    store
+        .append_history(&exec, stored.last_sequence, &stray)
+        .await
+        .expect("the other writer's append");
+    // The task's result now conflicts, is handed back, and comes again.
+    open.send(true).unwrap();
+    let done = env.wait(&arn).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!([{}, "worked"])));
+    env.shutdown().await;
+}
+
 /// The execution does not exist: nothing started it.
 async fn assert_never_started(env: &Env, exec: &ExecutionRef) {
     let code = env

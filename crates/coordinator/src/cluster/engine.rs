@@ -212,8 +212,20 @@ struct Shared {
     machines: Mutex<HashMap<(String, u64), Arc<StateMachine>>>,
 }
 
+/// Why a state machine version could not be had.
+#[derive(Debug, thiserror::Error)]
+enum MachineError {
+    /// It does not exist, or its stored definition does not parse: asking
+    /// again gives the same answer.
+    #[error("{0}")]
+    Unusable(String),
+    /// The store could not be read now.
+    #[error("{0}")]
+    Unreadable(String),
+}
+
 impl Shared {
-    async fn machine(&self, name: &str, version: u64) -> Result<Arc<StateMachine>, String> {
+    async fn machine(&self, name: &str, version: u64) -> Result<Arc<StateMachine>, MachineError> {
         let key = (name.to_string(), version);
         if let Some(m) = self
             .machines
@@ -227,10 +239,17 @@ impl Shared {
             .store
             .machine(name, Some(version))
             .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("state machine {name} version {version} does not exist"))?;
-        let parsed = sagaflow_asl::parse::parse_definition(&stored.definition)
-            .map_err(|e| format!("state machine {name} version {version} is invalid: {e}"))?;
+            .map_err(|e| MachineError::Unreadable(e.to_string()))?
+            .ok_or_else(|| {
+                MachineError::Unusable(format!(
+                    "state machine {name} version {version} does not exist"
+                ))
+            })?;
+        let parsed = sagaflow_asl::parse::parse_definition(&stored.definition).map_err(|e| {
+            MachineError::Unusable(format!(
+                "state machine {name} version {version} is invalid: {e}"
+            ))
+        })?;
         let parsed = Arc::new(parsed);
         self.machines
             .lock()
@@ -853,26 +872,22 @@ impl Partition {
         }
     }
 
-    /// After a failed append: drops the execution from memory (see
-    /// [`Partition::evict`]); the caller hands back its inbox messages
-    /// (nothing of the step was recorded). A start applied without reading
-    /// the history that finds one there is a repeat: the execution is
-    /// reloaded from its history (which also puts its index entry right),
-    /// and the messages that came with the start (a result, a stop) are
-    /// applied to it when they come again.
-    fn append_failed(&mut self, key: &str, error: &StoreError, optimistic: bool) {
-        let conflict = matches!(error, StoreError::Conflict { .. });
-        self.evict(key, conflict && !optimistic);
-    }
-
-    /// Drops an execution from memory after a failed write; unless another
-    /// coordinator advanced it, it is reloaded and resumed later.
-    fn evict(&mut self, key: &str, conflict: bool) {
+    /// Drops an execution from memory after a failed write; it is reloaded
+    /// from its history and resumed later (timers re-armed, unanswered
+    /// tasks published again). The caller hands back its inbox messages
+    /// (nothing of the step was recorded). After a failed append:
+    /// - a start applied without reading the history that finds one there
+    ///   is a repeat: the reload puts its index entry right, and the
+    ///   messages that came with the start (a result, a stop) are applied
+    ///   to it when they come again;
+    /// - a conflict is reloaded too: the other writer may be a stale owner
+    ///   that has not yet noticed its lease is gone, and the execution is
+    ///   this coordinator's to carry on (if this one is the stale owner, its
+    ///   writes keep failing until its partition stops).
+    fn evict(&mut self, key: &str) {
         self.live.remove(key);
         self.wheel.retain(|(_, k, _), _| k != key);
-        if !conflict {
-            self.reload.insert(key.to_string());
-        }
+        self.reload.insert(key.to_string());
     }
 
     /// Recovers the running executions of the partition, read from its
@@ -989,7 +1004,8 @@ impl Partition {
         let machine = self
             .shared
             .machine(&meta.state_machine, meta.version)
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
         let mut live = Live {
             exec_ref: exec_ref.clone(),
             route: Route::new(exec_ref, self.store()),
@@ -1253,7 +1269,7 @@ impl Partition {
                 }
                 Err(e) => {
                     tracing::warn!(execution = %key, error = %e, "events handed back");
-                    self.evict(&key, false);
+                    self.evict(&key);
                     result.retry.extend(inbox_indexes);
                 }
             }
@@ -1270,7 +1286,7 @@ impl Partition {
                     tracing::warn!(execution = %key, error = %e, "cannot write the execution index");
                     appends.retain(|(k, _)| k != key);
                     result.retry.extend(handed.remove(key).unwrap_or_default());
-                    self.evict(key, false);
+                    self.evict(key);
                 }
             }
         }
@@ -1325,7 +1341,7 @@ impl Partition {
                 Ok(ack) => waiting.push((key, applied, exec_ref, ack)),
                 Err(e) => {
                     tracing::warn!(execution = %exec_ref.arn(), error = %e, "history append failed");
-                    self.append_failed(&key, &e, applied.optimistic);
+                    self.evict(&key);
                     result.retry.extend(handed.remove(&key).unwrap_or_default());
                 }
             }
@@ -1344,7 +1360,7 @@ impl Partition {
                 }
                 Err(e) => {
                     tracing::warn!(execution = %exec_ref.arn(), error = %e, "history append failed");
-                    self.append_failed(&key, &e, applied.optimistic);
+                    self.evict(&key);
                     result.retry.extend(handed.remove(&key).unwrap_or_default());
                 }
             }
@@ -1379,7 +1395,7 @@ impl Partition {
             });
             for key in &not_indexed {
                 if self.live.contains_key(key) {
-                    self.evict(key, false);
+                    self.evict(key);
                 }
             }
         }
@@ -1463,9 +1479,14 @@ impl Partition {
                             meta_for_new = Some(meta);
                             event
                         }
-                        Err(e) => {
+                        Err(MachineError::Unusable(e)) => {
                             tracing::warn!(execution = %start.execution_arn, error = %e, "cannot start an execution");
                             continue;
+                        }
+                        // The start is handed back and comes again: its
+                        // sender was told it started.
+                        Err(MachineError::Unreadable(e)) => {
+                            return Err(format!("cannot read the state machine: {e}"));
                         }
                     }
                 }
@@ -1593,7 +1614,6 @@ impl Partition {
                 entries,
             },
             commands,
-            optimistic,
         }))
     }
 
@@ -1603,7 +1623,7 @@ impl Partition {
         start: &StartExecution,
         t: Timestamp,
         optimistic: bool,
-    ) -> Result<(Event, ExecutionMeta), String> {
+    ) -> Result<(Event, ExecutionMeta), MachineError> {
         let machine = self
             .shared
             .machine(exec_ref.state_machine(), start.version)
@@ -2222,10 +2242,6 @@ struct Applied {
     expected: u64,
     batch: HistoryBatch,
     commands: Vec<Command>,
-    /// A start applied without reading the history first (see
-    /// `Partition::fresh_starts`): if the append finds a history after all,
-    /// the execution is reloaded from it.
-    optimistic: bool,
 }
 
 /// The index entry of a running execution.
