@@ -377,6 +377,13 @@ async fn malformed_tasks_are_terminated_and_the_worker_keeps_serving() {
     let mut bad_reply = env.task(9, "book", json!({}));
     bad_reply.reply_to = "sagaflow.inbox.*".into();
     env.publish_task(&bad_reply, "bad-reply").await;
+    // A task id with a line break could not go into a header.
+    let mut bad_id = env.task(8, "book", json!({}));
+    bad_id.task_id = "Book@8#0\r\nX-Injected: 1".into();
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(headers::MSG_ID, "bad-id");
+    env.publish_raw("book", h, serde_json::to_vec(&bad_id).unwrap())
+        .await;
     env.publish_task(&env.task(1, "book", json!({})), "good")
         .await;
 

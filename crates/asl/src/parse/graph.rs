@@ -192,6 +192,17 @@ pub(super) fn graph(ctx: &mut Ctx, o: &Obj, p: &str, place: &str) -> Option<Grap
                     "State names must have 1 to {MAX_STATE_NAME} characters; this one has {length}"
                 ),
             );
+        } else if name.chars().any(char::is_control) {
+            // As AWS refuses in names; a state name goes into task ids,
+            // which travel in message headers.
+            ctx.err(
+                pointer.clone(),
+                codes::INVALID_STATE_NAME,
+                format!(
+                    "State names must not contain control characters (line breaks, tabs, \
+                     U+0000-U+001F, U+007F-U+009F); {name:?} does"
+                ),
+            );
         }
         if let Some(first) = ctx.state_names.get(name) {
             let message = format!(

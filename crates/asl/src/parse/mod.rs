@@ -47,7 +47,8 @@ pub mod codes {
     pub const UNREACHABLE_STATE: &str = "UNREACHABLE_STATE";
     /// Two states of the machine (including branches and item processors) share a name.
     pub const DUPLICATE_STATE_NAME: &str = "DUPLICATE_STATE_NAME";
-    /// A state name is empty or longer than 80 characters.
+    /// A state name is empty, longer than 80 characters, or holds a control
+    /// character.
     pub const INVALID_STATE_NAME: &str = "INVALID_STATE_NAME";
     /// A path does not parse or is not allowed here (e.g. not a reference path).
     pub const INVALID_PATH: &str = "INVALID_PATH";

@@ -511,6 +511,17 @@ fn state_names() {
     );
     let ok80 = "y".repeat(80);
     ok(json!({"StartAt": ok80, "States": {ok80.clone(): {"Type": "Succeed"}}}));
+    // Control characters would break the task ids they go into.
+    for bad in ["two\nlines", "cr\r", "tab\there", "nul\u{0}", "c1\u{85}"] {
+        check(
+            json!({"StartAt": bad, "States": {bad: {"Type": "Succeed"}}}),
+            &[(INVALID_STATE_NAME, &*format!("/States/{bad}"))],
+        );
+    }
+    // Any other character is fine.
+    ok(
+        json!({"StartAt": "Réserver le vol ✈ (1/2)", "States": {"Réserver le vol ✈ (1/2)": {"Type": "Succeed"}}}),
+    );
     // Names are unique in the whole machine, branches included.
     check(
         json!({"StartAt": "P", "States": {"P": {"Type": "Parallel", "End": true, "Branches": [

@@ -90,6 +90,18 @@ pub(super) fn check_reply_to(subject: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Why a task id cannot be used, if it cannot: it goes into message
+/// headers, where a line break is not allowed.
+pub(super) fn check_task_id(task_id: &str) -> Result<(), &'static str> {
+    if task_id.is_empty() {
+        return Err("it is empty");
+    }
+    if task_id.chars().any(char::is_control) {
+        return Err("it contains control characters");
+    }
+    Ok(())
+}
+
 /// The text of a panic payload.
 pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -221,6 +233,18 @@ impl TaskRunner {
                 reply_to = %task.reply_to,
                 reason,
                 "task message with an unusable reply_to subject: terminated"
+            );
+            if let Err(e) = message.ack_with(AckKind::Term).await {
+                tracing::warn!(error = %e, "cannot terminate a task message");
+            }
+            return;
+        }
+        if let Err(reason) = check_task_id(&task.task_id) {
+            tracing::warn!(
+                handler = %self.handler_name,
+                task_id = ?task.task_id,
+                reason,
+                "task message with an unusable task id: terminated"
             );
             if let Err(e) = message.ack_with(AckKind::Term).await {
                 tracing::warn!(error = %e, "cannot terminate a task message");
@@ -560,6 +584,15 @@ mod tests {
     }
 
     #[test]
+    fn task_ids_are_checked() {
+        assert!(check_task_id("Fanout@0#1[2]/Charge@0#0").is_ok());
+        assert!(check_task_id("Réserver ✈@0#0").is_ok());
+        for bad in ["", "a\nb", "a\r", "\u{0}", "a\u{85}"] {
+            assert!(check_task_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn reply_subjects_are_checked() {
         assert!(check_reply_to("sagaflow.inbox.3.abc").is_ok());
         for bad in ["", "a b", "a..b", "a.*", "a.>", ".a", "a.", "a\tb"] {
@@ -668,6 +701,7 @@ mod tests {
         #[test]
         fn reply_checks_and_recorded_parsing_never_panic(s in ".{0,64}", b in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = check_reply_to(&s);
+            let _ = check_task_id(&s);
             let task: TaskMessage = serde_json::from_value(json!({
                 "executionArn": "arn", "executionName": "e", "stateMachine": "m",
                 "taskId": "t", "stateName": "S", "resource": "r", "handler": "h",
