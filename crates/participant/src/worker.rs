@@ -98,7 +98,7 @@
 
 mod task;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -171,6 +171,23 @@ pub enum WorkerError {
     /// Two handlers have the same name.
     #[error("handler '{0}' is registered twice")]
     DuplicateHandler(String),
+    /// Two handler names map to one durable consumer (a `.` in a handler
+    /// name becomes `_` in its consumer's name: `flights.book` and
+    /// `flights_book` are both `handler-flights_book`), so one would serve
+    /// the other's tasks. Found within one worker, or against the consumer
+    /// another process made.
+    #[error(
+        "handlers '{first}' and '{second}' would share the task consumer {consumer} \
+         (a '.' in a handler name becomes '_' in its consumer's name): rename one of them"
+    )]
+    HandlerNamesClash {
+        /// The handler the consumer is (or was first) made for.
+        first: String,
+        /// The handler refused.
+        second: String,
+        /// The consumer's name.
+        consumer: String,
+    },
     /// No handler was registered.
     #[error("the worker has no handler: register at least one with .handler(name, handler)")]
     NoHandlers,
@@ -336,9 +353,19 @@ impl WorkerBuilder {
             return Err(WorkerError::NoHandlers);
         }
         let mut seen = HashSet::new();
+        let mut consumers: HashMap<String, &str> = HashMap::new();
+        let ns = self.settings.namespace.clone();
         for (name, _) in &self.handlers {
             if !seen.insert(name.as_str()) {
                 return Err(WorkerError::DuplicateHandler(name.clone()));
+            }
+            let consumer = ns.task_consumer(name);
+            if let Some(first) = consumers.insert(consumer.clone(), name) {
+                return Err(WorkerError::HandlerNamesClash {
+                    first: first.to_string(),
+                    second: name.clone(),
+                    consumer,
+                });
             }
         }
         if self.concurrency == 0 {
@@ -373,6 +400,7 @@ impl WorkerBuilder {
                 handler: name.clone(),
                 name: infra.ns().task_consumer(&name),
                 filter_subject: infra.ns().task_subject(&name),
+                task_prefix: infra.ns().task_subject(""),
                 ack_wait: self.ack_wait,
                 max_ack_pending,
             };
@@ -403,6 +431,8 @@ struct ConsumerSpec {
     handler: String,
     name: String,
     filter_subject: String,
+    /// `sagaflow.task.`: what every handler's filter starts with.
+    task_prefix: String,
     ack_wait: Duration,
     max_ack_pending: i64,
 }
@@ -438,6 +468,19 @@ impl ConsumerSpec {
             .await
             .map_err(|e| self.error(e))?;
         let current = &existing.cached_info().config;
+        // The consumer of another handler whose name maps to the same
+        // consumer name: taking it over would serve that handler's tasks
+        // with this one.
+        if current.filter_subject != self.filter_subject
+            && let Some(other) = current.filter_subject.strip_prefix(&self.task_prefix)
+            && !other.is_empty()
+        {
+            return Err(WorkerError::HandlerNamesClash {
+                first: other.to_string(),
+                second: self.handler.clone(),
+                consumer: self.name.clone(),
+            });
+        }
         let pending_ok =
             current.max_ack_pending < 0 || current.max_ack_pending >= self.max_ack_pending;
         if current.ack_wait == self.ack_wait

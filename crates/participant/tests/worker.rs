@@ -789,6 +789,49 @@ async fn bad_configurations_are_refused() {
         matches!(err, WorkerError::DuplicateHandler(ref h) if h == "a"),
         "{err}"
     );
+    // Two names, one consumer name: refused in one worker...
+    let err = env
+        .builder()
+        .handler("flights.book", echo())
+        .handler("flights_book", echo())
+        .build()
+        .await
+        .expect_err("clash");
+    assert!(
+        matches!(err, WorkerError::HandlerNamesClash { ref first, ref second, ref consumer }
+            if first == "flights.book" && second == "flights_book" && consumer == "handler-flights_book"),
+        "{err}"
+    );
+    // ... and across workers: the second does not take over the first's
+    // consumer, which keeps its filter.
+    let first = env
+        .builder()
+        .handler("cars.book", echo())
+        .build()
+        .await
+        .expect("first worker");
+    let err = env
+        .builder()
+        .handler("cars_book", echo())
+        .build()
+        .await
+        .expect_err("clash across workers");
+    assert!(
+        matches!(err, WorkerError::HandlerNamesClash { ref first, ref second, .. }
+            if first == "cars.book" && second == "cars_book"),
+        "{err}"
+    );
+    let info = env
+        .infra
+        .tasks
+        .consumer_info("handler-cars_book")
+        .await
+        .expect("consumer info");
+    assert_eq!(
+        info.config.filter_subject,
+        env.infra.ns().task_subject("cars.book")
+    );
+    drop(first);
     let err = env
         .builder()
         .handler("a", echo())
