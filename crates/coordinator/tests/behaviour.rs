@@ -1950,6 +1950,75 @@ async fn ended_executions_are_deleted_after_their_retention_running_ones_never()
     env.shutdown().await;
 }
 
+/// An execution deleted after its retention takes its tasks' idempotency
+/// records along: a new execution of the same name (whose tasks get the
+/// same ids) runs its handlers, rather than being handed the old results.
+/// While the broker still remembers the first start (its duplicate
+/// window), the API refuses the name and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_name_after_deletion_does_not_replay_the_old_results() {
+    let mut o = options();
+    o.settings.retention = Duration::from_secs(1);
+    o.settings.duplicate_window = Duration::from_secs(5);
+    o.reconcile_every = Duration::from_millis(300);
+    let mut env = Env::start_with(o).await;
+    env.deploy("count", ECHO_COUNT).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    env.worker(move |b| {
+        b.idempotency(true).handler(
+            "count",
+            handler_fn(move |input: Value, _ctx: TaskContext| {
+                let call = c.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { Ok::<_, TaskError>(json!({"run": input["run"], "call": call})) }
+            }),
+        )
+    })
+    .await;
+    let started = Instant::now();
+    let arn = env
+        .start_execution("count", "again", json!({"run": 1}))
+        .await;
+    let first = env.wait(&arn).await;
+    assert_eq!(first.output, Some(json!({"run": 1, "call": 1})));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match env.api.describe_execution(&arn).await {
+            Err(e) if e.code() == Some("ExecutionDoesNotExist") => break,
+            Ok(_) => {}
+            Err(e) => panic!("describing {arn}: {e:?}"),
+        }
+        assert!(Instant::now() < deadline, "{arn} was not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = |run: u64| StartExecutionRequest {
+        state_machine: "count".into(),
+        version: None,
+        name: Some("again".into()),
+        input: Some(json!({"run": run})),
+        traceparent: None,
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "too slow to test the window"
+    );
+    let refused = env.api.start_execution(again(2)).await;
+    assert_eq!(api_code(refused), "ExecutionAlreadyExists");
+    // Once the window has passed, the name starts a new execution.
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(started.elapsed())).await;
+    let reply = env.api.start_execution(again(2)).await.expect("started");
+    assert!(!reply.already_started);
+    let second = env.wait(&arn).await;
+    assert_eq!(second.output, Some(json!({"run": 2, "call": 2})));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    env.shutdown().await;
+}
+
+const ECHO_COUNT: &str = r#"{
+  "StartAt": "Count",
+  "States": {"Count": {"Type": "Task", "Resource": "count", "End": true}}
+}"#;
+
 // ------------------------------------------- results handed over directly
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

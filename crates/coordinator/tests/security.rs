@@ -162,7 +162,8 @@ async fn each_role_runs_a_saga_with_the_example_permissions_and_nothing_more() {
     };
     cluster_options.settings.lease_ttl = Duration::from_secs(2);
     // Ended executions are deleted 3 s after they stop: the coordinator's
-    // purge of their history subjects runs under its permissions too.
+    // purge of their history subjects and of the participant's idempotency
+    // records runs under its permissions too.
     cluster_options.settings.retention = Duration::from_secs(3);
     cluster_options.reconcile_every = Duration::from_millis(300);
     let cluster = Cluster::start(coordinator.clone(), cluster_options.clone())

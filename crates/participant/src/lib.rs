@@ -120,7 +120,9 @@ impl TaskContext {
 
     /// The task's idempotency key, unique across executions:
     /// `EXECUTION_ID/TASK_ID`. A task delivered twice has the same key; key
-    /// your own writes by it to make their effect happen once.
+    /// your own writes by it to make their effect happen once. (An
+    /// execution's name, and so its keys, can come back once the execution
+    /// was deleted after its retention; see `docs/guarantees.md` §2.)
     pub fn idempotency_key(&self) -> String {
         format!("{}/{}", self.execution_id, self.task_id)
     }

@@ -465,11 +465,21 @@ impl Api {
             // Someone started it at the same time: compare with theirs.
             return match self.existing_start(&exec).await? {
                 Some(existing) => same_or_conflict(Some(existing)),
-                None => Ok(StartExecutionReply {
-                    execution_arn: exec.arn(),
-                    version: machine.version,
-                    already_started: true,
-                }),
+                // The broker still remembers a start of this name, but
+                // the execution is gone: it ended and was deleted after its
+                // retention. A new start would be dropped as a repeat
+                // until the broker forgets the first.
+                None => Err(ApiError::new(
+                    codes::EXECUTION_ALREADY_EXISTS,
+                    format!(
+                        "execution {} was started less than {} s ago and deleted since \
+                         (its retention ran out); its name can be used again once {} s \
+                         have passed since that start",
+                        exec.arn(),
+                        self.store.infra().settings.duplicate_window.as_secs(),
+                        self.store.infra().settings.duplicate_window.as_secs(),
+                    ),
+                )),
             };
         }
         Ok(StartExecutionReply {

@@ -531,6 +531,10 @@ impl Store {
     /// Deletes an ended execution for good: its history messages and its
     /// index entry (retention, see [`sagaflow_nats::Settings::retention`]).
     pub async fn forget_execution(&self, exec: &ExecutionRef) -> Result<(), StoreError> {
+        // The participants' idempotency records of its tasks go first: a
+        // new execution of the same name gives its tasks the same ids, and
+        // must not find this one's results and have them replayed.
+        self.forget_idempotency_records(exec).await?;
         let subject = self
             .infra
             .ns()
@@ -546,6 +550,43 @@ impl Store {
             .purge(self.index_key(exec))
             .await
             .map_err(|e| nats("delete execution index entry")(&e))?;
+        Ok(())
+    }
+
+    /// Purges the idempotency records of an execution's tasks (those its
+    /// history scheduled), where there are any.
+    async fn forget_idempotency_records(&self, exec: &ExecutionRef) -> Result<(), StoreError> {
+        use crate::driver::HistoryItem;
+        use sagaflow_asl::interp::Command;
+        let history = self.read_history(exec).await?;
+        let arn = exec.arn();
+        let keys: std::collections::BTreeSet<String> = history
+            .batches
+            .iter()
+            .flat_map(|b| &b.entries)
+            .filter_map(|e| match &e.item {
+                HistoryItem::Command(Command::ScheduleTask(request)) => Some(
+                    sagaflow_participant::worker::idempotency_key(&arn, &request.task_id),
+                ),
+                _ => None,
+            })
+            .collect();
+        let bucket = &self.infra.idempotency;
+        let keys: Vec<String> = keys.into_iter().collect();
+        for chunk in keys.chunks(64) {
+            let results = futures::future::join_all(chunk.iter().map(|key| async move {
+                // Read first: most workers keep no records, and a purge
+                // of a missing key would still write a marker.
+                if bucket.get(key).await?.is_some() {
+                    bucket.purge(key).await?;
+                }
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            }))
+            .await;
+            if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+                return Err(nats("purge idempotency records")(&e));
+            }
+        }
         Ok(())
     }
 
