@@ -336,8 +336,9 @@ impl WorkerBuilder {
 
     /// Largest result sent, in bytes of the result's JSON (default 256 KiB,
     /// AWS's limit). A larger success is reported as a `TaskFailed`
-    /// [`DATA_LIMIT_EXCEEDED`]; a longer failure cause is truncated. Keep it
-    /// below the streams' `max_message_bytes`.
+    /// [`DATA_LIMIT_EXCEEDED`]. A failure's error name is cut to 256
+    /// characters and its cause to 32,768 bytes (AWS's limits), or to this
+    /// limit if lower. Keep it below the streams' `max_message_bytes`.
     pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
         self.max_payload_bytes = bytes;
         self

@@ -11,6 +11,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use sagaflow_protocol::api::{MAX_CAUSE_CHARS, MAX_ERROR_CHARS};
 use sagaflow_protocol::{InboxMessage, ResultReply, TaskMessage, headers};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -140,11 +141,15 @@ pub fn result_message(
     result: Result<Value, TaskError>,
     max_bytes: usize,
 ) -> InboxMessage {
+    // AWS's limits on a failure's error (256 characters) and cause (32,768)
+    // bound the message too: JSON escaping can make a string up to six
+    // times longer (a control character is `\u001b`), and a message over
+    // the broker's limit could never be delivered.
     let failed = |error: String, cause: String| InboxMessage::TaskFailed {
         execution_arn: execution_arn.to_string(),
         task_id: task_id.to_string(),
-        error,
-        cause: truncate(cause, max_bytes),
+        error: error.chars().take(MAX_ERROR_CHARS).collect(),
+        cause: truncate(cause, max_bytes.min(MAX_CAUSE_CHARS)),
         callback: false,
     };
     match result {
@@ -597,6 +602,24 @@ mod tests {
         assert!(check_reply_to("sagaflow.inbox.3.abc").is_ok());
         for bad in ["", "a b", "a..b", "a.*", "a.>", ".a", "a.", "a\tb"] {
             assert!(check_reply_to(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_failure_always_fits_in_a_message() {
+        // Control characters are escaped six times longer in JSON.
+        let cause = "\u{1b}".repeat(300_000);
+        let error = "E".repeat(1_000);
+        let m = result_message("arn", "t", Err(TaskError::new(error, cause)), 262_144);
+        let encoded = encode(&m);
+        assert!(encoded.len() < 1_048_576, "{} bytes", encoded.len());
+        match m {
+            InboxMessage::TaskFailed { error, cause, .. } => {
+                assert_eq!(error.chars().count(), MAX_ERROR_CHARS);
+                assert!(cause.len() <= MAX_CAUSE_CHARS, "{}", cause.len());
+                assert!(cause.ends_with("(truncated)"));
+            }
+            other => panic!("{other:?}"),
         }
     }
 
