@@ -289,6 +289,55 @@ async fn state_machines_are_created_described_and_listed() {
     );
 }
 
+/// A version stored whose creator died before making it the latest (an
+/// orphan `v.NAME.N` while `m.NAME` still says N-1) does not block the
+/// machine: the next create adopts it as version N and makes its own N+1.
+#[tokio::test]
+async fn a_version_left_behind_by_a_dead_creator_does_not_block_the_machine() {
+    let env = Env::new().await;
+    let c = &env.client;
+    assert_eq!(
+        c.create_state_machine("m", DEFINITION)
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    let name = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("m");
+    let orphan = json!({
+        "name": "m",
+        "arn": "arn:aws:states:local:000000000000:stateMachine:m",
+        "version": 2,
+        "definition": DEFINITION,
+        "created": "2026-01-01T00:00:00Z",
+    });
+    env.store
+        .infra()
+        .machines
+        .create(
+            format!("v.{name}.2"),
+            serde_json::to_vec(&orphan).unwrap().into(),
+        )
+        .await
+        .expect("orphan stored");
+    let v = c
+        .create_state_machine("m", DEFINITION)
+        .await
+        .expect("created");
+    assert_eq!(v.version, 3);
+    assert_eq!(
+        c.describe_state_machine("m", None).await.unwrap().version,
+        3
+    );
+    assert_eq!(
+        c.describe_state_machine("m", Some(2))
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+}
+
 #[tokio::test]
 async fn start_publishes_one_start_per_execution_name() {
     let env = Env::new().await;

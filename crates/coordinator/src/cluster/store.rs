@@ -378,34 +378,57 @@ impl Store {
                 message: e.to_string(),
             })?;
             let version_key = format!("v.{}.{}", b64(name), version.version);
-            if self
-                .infra
-                .machines
-                .create(&version_key, body.into())
-                .await
-                .is_err()
-            {
-                // Another writer took this version number: look again.
-                continue;
-            }
             let bumped = version.version.to_string();
-            let ok = match revision {
-                Some(r) => self
-                    .infra
-                    .machines
-                    .update(&latest_key, bumped.into_bytes().into(), r)
-                    .await
-                    .is_ok(),
-                None => self
-                    .infra
-                    .machines
-                    .create(&latest_key, bumped.into_bytes().into())
-                    .await
-                    .is_ok(),
+            let advance = || async {
+                match revision {
+                    Some(r) => self
+                        .infra
+                        .machines
+                        .update(&latest_key, bumped.clone().into_bytes().into(), r)
+                        .await
+                        .is_ok(),
+                    None => self
+                        .infra
+                        .machines
+                        .create(&latest_key, bumped.clone().into_bytes().into())
+                        .await
+                        .is_ok(),
+                }
             };
-            if ok {
+            match self.infra.machines.create(&version_key, body.into()).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    // Another writer took this number and has not advanced
+                    // the latest version yet, or died before it could:
+                    // advance it for them (a version stored is a version
+                    // made), then look again.
+                    advance().await;
+                    continue;
+                }
+                Err(e) => return Err(nats("create state machine")(&e)),
+            }
+            if advance().await {
                 return Ok(version);
             }
+            // Someone may have advanced it for us meanwhile (see above).
+            let latest_now = self
+                .infra
+                .machines
+                .get(&latest_key)
+                .await
+                .map_err(|e| nats("read state machine")(&e))?
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
+            if latest_now.is_some_and(|n| n >= version.version) {
+                return Ok(version);
+            }
+            // Not recorded as the latest: the next create advances it.
+            return Err(StoreError::Nats {
+                operation: "create state machine",
+                message: format!(
+                    "version {} was stored but could not be made the latest",
+                    version.version
+                ),
+            });
         }
         Err(StoreError::Nats {
             operation: "create state machine",
