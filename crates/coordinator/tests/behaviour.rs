@@ -753,6 +753,70 @@ async fn child_executions_run_and_report_to_their_parent() {
 }
 
 /// A parent whose one state runs `child` (named `name`) with `.sync:2`.
+/// A child that cannot be started for a moment (here: the execution index,
+/// which the start checks for a taken name, stops answering reads) is not a
+/// failure of the parent's task: the parent tries again and, once the index
+/// answers, the child runs and reports back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_cannot_be_started_now_is_started_later() {
+    let mut env = Env::start().await;
+    env.deploy("child", CHILD).await;
+    env.deploy(
+        "parent",
+        &parent("arn:aws:states:::states:startExecution.sync:2", "child"),
+    )
+    .await;
+    env.worker(|b| {
+        b.handler(
+            "double",
+            handler_fn(|input: Value, _ctx: TaskContext| async move {
+                let n = input["n"].as_i64().unwrap_or(0);
+                Ok::<_, TaskError>(json!({"doubled": n * 2}))
+            }),
+        )
+    })
+    .await;
+    let js = async_nats::jetstream::new(env.nats.clone());
+    let bucket = format!("KV_{}", env.options.settings.namespace.executions_bucket());
+    let set_reads = |allowed: bool| {
+        let js = js.clone();
+        let bucket = bucket.clone();
+        async move {
+            let mut config = js
+                .get_stream(&bucket)
+                .await
+                .expect("bucket")
+                .cached_info()
+                .config
+                .clone();
+            config.allow_direct = allowed;
+            js.update_stream(config).await.expect("bucket updated");
+        }
+    };
+    set_reads(false).await;
+    // Started through the inbox: the API's start reads the index too.
+    let exec = ExecutionRef::new("parent", "p").unwrap();
+    env.publish_inbox(
+        &exec,
+        &InboxMessage::StartExecution(StartExecution {
+            execution_arn: exec.arn(),
+            version: 1,
+            input: json!({"n": 21}),
+            seed: 1,
+            traceparent: None,
+            parent: None,
+        }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    set_reads(true).await;
+    let done = env.wait(&exec.arn()).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    let out = done.output.expect("output");
+    assert_eq!(out["Output"], json!({"doubled": 42}), "{out}");
+    env.shutdown().await;
+}
+
 fn sync_parent(child: &str, name: &str) -> String {
     json!({
         "StartAt": "Call",

@@ -1783,10 +1783,20 @@ impl Partition {
     /// (again, after a restart: the child's start is de-duplicated by name);
     /// anything else no handler can serve fails with `States.Runtime`, as in
     /// embedded mode. Returns the event to apply, if one is known at once.
-    async fn dispatch_in_coordinator(&self, key: &str, pending: &Pending) -> Option<Event> {
+    /// A child that cannot be started now (NATS away) is not a failure of
+    /// the task: the execution is reloaded and resumed later, which tries
+    /// again (the child's start is de-duplicated by name).
+    async fn dispatch_in_coordinator(&mut self, key: &str, pending: &Pending) -> Option<Event> {
         let request = &pending.request;
         if resource::strip_pattern(&request.resource).0 == START_EXECUTION {
-            return self.start_child(key, request, pending).await;
+            return match self.start_child(key, request, pending).await {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::warn!(execution = %key, task = %request.task_id, error = %e, "cannot start a child execution now; trying again shortly");
+                    self.reload.insert(key.to_string());
+                    None
+                }
+            };
         }
         Some(Event::TaskFailed {
             task_id: request.task_id.to_string(),
@@ -1902,14 +1912,16 @@ impl Partition {
         key: &str,
         request: &TaskRequest,
         pending: &Pending,
-    ) -> Option<Event> {
-        let live = self.live.get(key)?;
+    ) -> Result<Option<Event>, String> {
+        let Some(live) = self.live.get(key) else {
+            return Ok(None);
+        };
         let fail = |cause: String| {
-            Some(Event::TaskFailed {
+            Ok(Some(Event::TaskFailed {
                 task_id: request.task_id.to_string(),
                 error: "States.TaskFailed".to_string(),
                 cause,
-            })
+            }))
         };
         let input = &request.input;
         let child = match child_ref(&live.exec_ref, request) {
@@ -1950,23 +1962,23 @@ impl Partition {
                                 (_, _) => started_input == Some(&child_input),
                             }
                         }),
-                        Err(e) => return fail(e.to_string()),
+                        Err(e) => return Err(e.to_string()),
                     }
                 };
                 if !ours {
-                    return Some(Event::TaskFailed {
+                    return Ok(Some(Event::TaskFailed {
                         task_id: request.task_id.to_string(),
                         error: "StepFunctions.ExecutionAlreadyExistsException".to_string(),
                         cause: format!("execution {} already exists", child.arn()),
-                    });
+                    }));
                 }
             }
-            Err(e) => return fail(e.to_string()),
+            Err(e) => return Err(e.to_string()),
         }
         let version = match self.store().machine(machine, None).await {
             Ok(Some(v)) => v.version,
             Ok(None) => return fail(format!("state machine {machine} does not exist")),
-            Err(e) => return fail(e.to_string()),
+            Err(e) => return Err(e.to_string()),
         };
         let start = InboxMessage::StartExecution(StartExecution {
             execution_arn: child.arn(),
@@ -1994,26 +2006,27 @@ impl Partition {
             .inbox_subject(self.store().partition_of(&child), &child);
         let mut hdrs = async_nats::HeaderMap::new();
         hdrs.insert(headers::MSG_ID, format!("start/{}", child.key()).as_str());
-        let body = serde_json::to_vec(&start).ok()?;
-        match infra
+        let body = match serde_json::to_vec(&start) {
+            Ok(body) => body,
+            Err(e) => return fail(format!("the child's start does not encode: {e}")),
+        };
+        // Stored, or not known to be: a repeat is dropped by name.
+        let stored = match infra
             .js
             .publish_with_headers(subject, hdrs, body.into())
             .await
         {
-            Ok(ack) => {
-                if let Err(e) = ack.await {
-                    return fail(format!("cannot start {}: {e}", child.arn()));
-                }
-            }
-            Err(e) => return fail(format!("cannot start {}: {e}", child.arn())),
-        }
-        match pending.shape {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        stored.map_err(|e| format!("cannot start {}: {e}", child.arn()))?;
+        Ok(match pending.shape {
             Shape::ChildSync { .. } => None,
             _ => Some(Event::TaskSucceeded {
                 task_id: request.task_id.to_string(),
                 output: json!({"ExecutionArn": child.arn(), "StartDate": rfc3339(now())}),
             }),
-        }
+        })
     }
 
     /// Asks a `.sync` child to stop (its parent no longer waits for it).
