@@ -165,6 +165,9 @@ struct Fanout {
     inputs: Vec<Payload>,
     children: Vec<Option<FrameId>>,
     results: Vec<Option<Payload>>,
+    /// Which children succeeded (a tolerated failure has a result too), or
+    /// were carried over from the run before a redrive.
+    succeeded: Vec<bool>,
     next_to_start: usize,
     running: usize,
     max_concurrency: usize,
@@ -200,6 +203,19 @@ struct RedrivePoint {
     input: Payload,
     steps: u32,
     vars: Option<HashMap<String, Value>>,
+    /// When that state is a Parallel or Map: the results of the branches or
+    /// iterations that had succeeded, by index. A redrive runs only the
+    /// others, as AWS does.
+    done: Option<Vec<Option<Payload>>>,
+}
+
+/// What the top-level Parallel or Map had finished when a failure of one of
+/// its children tore it down (kept for [`RedrivePoint::done`]).
+struct FanoutDone {
+    state: StateId,
+    step: u32,
+    retry_count: u32,
+    results: Vec<Option<Payload>>,
 }
 
 struct Started {
@@ -226,6 +242,10 @@ pub struct Execution {
     redrive_point: Option<RedrivePoint>,
     /// `$$.Execution.RedriveCount`.
     redrive_count: u32,
+    /// See [`FanoutDone`].
+    fanout_done: Option<FanoutDone>,
+    /// [`RedrivePoint::done`] while a redrive enters its state.
+    redrive_prefill: Option<Vec<Option<Payload>>>,
     /// A reused buffer for building ids.
     scratch: String,
 }
@@ -246,6 +266,8 @@ impl Execution {
             outcome: None,
             redrive_point: None,
             redrive_count: 0,
+            fanout_done: None,
+            redrive_prefill: None,
             scratch: String::new(),
         }
     }
@@ -383,15 +405,29 @@ impl Execution {
 
     /// Remembers the top-level state that is running, for a later redrive.
     fn capture_redrive_point(&mut self) {
+        let torn_down = self.fanout_done.take();
         let root = self.frames.iter().flatten().find(|f| f.parent.is_none());
         if let Some(frame) = root
             && let Some(active) = &frame.active
         {
+            let done = match &active.waiting {
+                // Stopped or timed out while the fan-out ran.
+                Waiting::Fanout(fan) => succeeded_results(fan),
+                // A child's failure tore this very fan-out down.
+                _ => torn_down
+                    .filter(|d| {
+                        d.state == active.state
+                            && d.step == active.step
+                            && d.retry_count == active.retry_count
+                    })
+                    .map(|d| d.results),
+            };
             self.redrive_point = Some(RedrivePoint {
                 state: active.state,
                 input: active.raw_input.clone(),
                 steps: frame.steps,
                 vars: frame.vars.clone(),
+                done,
             });
         }
     }
@@ -430,11 +466,14 @@ impl Execution {
             active: None,
             vars: point.vars,
         });
+        // Entering the state starts its fan-out (if it is one) at once.
+        self.redrive_prefill = point.done;
         self.drive(
             at,
             VecDeque::from([(root, Flow::Enter(point.state, point.input))]),
             out,
         );
+        self.redrive_prefill = None;
     }
 
     // ------------------------------------------------------------ the driver
@@ -1119,9 +1158,22 @@ impl Execution {
         at: Timestamp,
         f: FrameId,
         state: &State,
-        fanout: Fanout,
+        mut fanout: Fanout,
         out: &mut Vec<Command>,
     ) -> Flow {
+        // A redrive of a top-level Parallel or Map: what succeeded before
+        // is kept and not run again.
+        if self.frame(f).parent.is_none()
+            && let Some(prefill) = self.redrive_prefill.take()
+            && prefill.len() == fanout.inputs.len()
+        {
+            for (index, result) in prefill.into_iter().enumerate() {
+                if let Some(result) = result {
+                    fanout.results[index] = Some(result);
+                    fanout.succeeded[index] = true;
+                }
+            }
+        }
         if fanout.inputs.is_empty() {
             let empty = Payload {
                 value: Arc::new(Value::Array(Vec::new())),
@@ -1144,6 +1196,14 @@ impl Execution {
         out: &mut Vec<Command>,
     ) {
         loop {
+            // Children carried over by a redrive are not started again.
+            if let Some(Waiting::Fanout(fan)) =
+                self.frame_mut(f).active.as_mut().map(|a| &mut a.waiting)
+            {
+                while fan.next_to_start < fan.inputs.len() && fan.succeeded[fan.next_to_start] {
+                    fan.next_to_start += 1;
+                }
+            }
             let (loc, prefix, index, input, is_map) = {
                 let frame = self.frame(f);
                 let active = frame.active.as_ref().expect("active fan-out state");
@@ -1221,6 +1281,7 @@ impl Execution {
         let failure = match result {
             Ok(value) => {
                 fan.results[index] = Some(value);
+                fan.succeeded[index] = true;
                 if is_map {
                     out.push(Command::Record(Record::MapIterationSucceeded {
                         path,
@@ -1270,6 +1331,9 @@ impl Execution {
             }
         };
         if let Some(failure) = failure {
+            if self.frame(f).parent.is_none() {
+                self.fanout_done = self.fanout_done_of(f);
+            }
             self.abort_children(f, out);
             let flow = self.state_failed(at, f, failure, out);
             queue.push_back((f, flow));
@@ -1633,6 +1697,20 @@ impl Execution {
         }
     }
 
+    /// What the fan-out of frame `f` has finished, for a redrive.
+    fn fanout_done_of(&self, f: FrameId) -> Option<FanoutDone> {
+        let active = self.frame(f).active.as_ref()?;
+        let Waiting::Fanout(fan) = &active.waiting else {
+            return None;
+        };
+        Some(FanoutDone {
+            state: active.state,
+            step: active.step,
+            retry_count: active.retry_count,
+            results: succeeded_results(fan)?,
+        })
+    }
+
     fn abort_children(&mut self, f: FrameId, out: &mut Vec<Command>) {
         let Some(active) = self
             .frames
@@ -1855,6 +1933,22 @@ impl Execution {
     }
 }
 
+/// The results of the children that succeeded, by index; `None` when none
+/// did (nothing to keep) or all did.
+fn succeeded_results(fan: &Fanout) -> Option<Vec<Option<Payload>>> {
+    let kept = fan.succeeded.iter().filter(|s| **s).count();
+    if kept == 0 || kept == fan.inputs.len() {
+        return None;
+    }
+    Some(
+        fan.results
+            .iter()
+            .zip(&fan.succeeded)
+            .map(|(r, ok)| if *ok { r.clone() } else { None })
+            .collect(),
+    )
+}
+
 impl Fanout {
     fn new(
         is_map: bool,
@@ -1869,6 +1963,7 @@ impl Fanout {
             inputs,
             children: vec![None; n],
             results: vec![None; n],
+            succeeded: vec![false; n],
             next_to_start: 0,
             running: 0,
             max_concurrency,

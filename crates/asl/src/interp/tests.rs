@@ -1135,6 +1135,133 @@ fn redrive_restarts_the_failed_state_with_its_input() {
     assert_eq!(sim.log.len(), n, "a succeeded execution is not redriven");
 }
 
+/// Answers the tasks a redrive scheduled (those still in `sim.tasks`) with
+/// `answer`, until the execution ends; returns the ids of the tasks run.
+fn run_redrive(sim: &mut Sim, mut answer: impl FnMut(&TaskRequest) -> Answer) -> Vec<String> {
+    let mut ran = Vec::new();
+    while sim.exec.outcome().is_none() {
+        let task = sim.tasks.remove(0);
+        ran.push(task.task_id.to_string());
+        match answer(&task) {
+            Some(Ok(output)) => sim.apply(Event::TaskSucceeded {
+                task_id: task.task_id.to_string(),
+                output,
+            }),
+            Some(Err((error, cause))) => sim.apply(Event::TaskFailed {
+                task_id: task.task_id.to_string(),
+                error,
+                cause,
+            }),
+            None => panic!("every task is answered"),
+        }
+    }
+    ran
+}
+
+#[test]
+fn a_redriven_parallel_runs_only_the_branches_that_did_not_succeed() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "P", "States": {"P": {"Type": "Parallel", "End": true, "Branches": [
+            {"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "a", "End": true}}},
+            {"StartAt": "B", "States": {"B": {"Type": "Task", "Resource": "b", "End": true}}},
+            {"StartAt": "C", "States": {"C": {"Type": "Task", "Resource": "c", "End": true}}}
+        ]}}}"#,
+    );
+    // A succeeds, B fails, which cancels C.
+    let o = sim.run(json!({}), |t| match &*t.resource {
+        "a" => ok(json!("a1")),
+        "b" => err("Down", "b is down"),
+        _ => None,
+    });
+    assert_eq!(failed(&o).0, "Down");
+    assert!(sim.exec.redrivable());
+    sim.tasks.clear();
+    sim.apply(Event::RedriveRequested);
+    let ran = run_redrive(&mut sim, |t| ok(json!(format!("{}2", t.resource))));
+    // B and C run again, with new ids; A does not, and keeps its result.
+    assert_eq!(ran, vec!["P@1#0[1]/B@0#0", "P@1#0[2]/C@0#0"]);
+    assert_eq!(
+        succeeded(sim.exec.outcome().unwrap()),
+        &json!(["a1", "b2", "c2"])
+    );
+}
+
+#[test]
+fn a_redriven_map_runs_only_the_iterations_that_did_not_succeed() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "M", "States": {"M": {"Type": "Map", "MaxConcurrency": 1, "End": true,
+            "ItemProcessor": {"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "t", "End": true}}}}}}"#,
+    );
+    // Items 0 and 1 succeed, item 2 fails; item 3 never started.
+    let o = sim.run(json!([0, 1, 2, 3]), |t| match t.input.as_u64() {
+        Some(2) => err("Bad", "item 2"),
+        Some(n) => ok(json!(n * 10)),
+        None => None,
+    });
+    assert_eq!(failed(&o).0, "Bad");
+    sim.tasks.clear();
+    sim.apply(Event::RedriveRequested);
+    let ran = run_redrive(&mut sim, |t| ok(json!(t.input.as_u64().unwrap() * 100)));
+    assert_eq!(ran, vec!["M@1#0[2]/T@0#0", "M@1#0[3]/T@0#0"]);
+    assert_eq!(
+        succeeded(sim.exec.outcome().unwrap()),
+        &json!([0, 10, 200, 300])
+    );
+}
+
+#[test]
+fn a_stopped_parallel_keeps_its_finished_branches_for_a_redrive() {
+    let mut sim = Sim::new(
+        r#"{"StartAt": "P", "States": {"P": {"Type": "Parallel", "End": true, "Branches": [
+            {"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "a", "End": true}}},
+            {"StartAt": "B", "States": {"B": {"Type": "Task", "Resource": "b", "End": true}}}
+        ]}}}"#,
+    );
+    let o = sim.try_run(json!({}), |t| match &*t.resource {
+        "a" => ok(json!("a1")),
+        _ => None,
+    });
+    assert!(o.is_none(), "B waits");
+    sim.apply(Event::StopRequested {
+        error: None,
+        cause: None,
+    });
+    sim.tasks.clear();
+    sim.apply(Event::RedriveRequested);
+    let ran = run_redrive(&mut sim, |_| ok(json!("b2")));
+    assert_eq!(ran, vec!["P@1#0[1]/B@0#0"]);
+    assert_eq!(succeeded(sim.exec.outcome().unwrap()), &json!(["a1", "b2"]));
+}
+
+#[test]
+fn a_parallel_retried_after_a_failure_runs_every_branch_again() {
+    // Retry (not redrive) runs the whole state again, as on AWS; a later
+    // redrive keeps only what the last attempt finished.
+    let mut sim = Sim::new(
+        r#"{"StartAt": "P", "States": {"P": {"Type": "Parallel", "End": true,
+            "Retry": [{"ErrorEquals": ["Down"], "MaxAttempts": 1, "IntervalSeconds": 1}],
+            "Branches": [
+            {"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "a", "End": true}}},
+            {"StartAt": "B", "States": {"B": {"Type": "Task", "Resource": "b", "End": true}}}
+        ]}}}"#,
+    );
+    let mut a_calls = 0;
+    let o = sim.run(json!({}), |t| match &*t.resource {
+        "a" => {
+            a_calls += 1;
+            ok(json!(format!("a{a_calls}")))
+        }
+        _ => err("Down", "b is down"),
+    });
+    assert_eq!(failed(&o).0, "Down");
+    assert_eq!(a_calls, 2, "the retry ran A again");
+    sim.tasks.clear();
+    sim.apply(Event::RedriveRequested);
+    let ran = run_redrive(&mut sim, |_| ok(json!("b3")));
+    assert_eq!(ran, vec!["P@1#0[1]/B@0#0"]);
+    assert_eq!(succeeded(sim.exec.outcome().unwrap()), &json!(["a2", "b3"]));
+}
+
 #[test]
 fn a_stopped_execution_can_be_redriven() {
     let mut sim = Sim::new(
