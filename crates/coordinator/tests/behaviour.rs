@@ -1115,6 +1115,63 @@ async fn a_failed_execution_is_redriven_to_success() {
     env.shutdown().await;
 }
 
+const BOOK_BESIDE_FRAGILE: &str = r#"{
+  "StartAt": "Both",
+  "States": {"Both": {"Type": "Parallel", "End": true, "Branches": [
+    {"StartAt": "Book", "States": {"Book": {"Type": "Task", "Resource": "book", "End": true}}},
+    {"StartAt": "Fragile", "States": {"Fragile": {"Type": "Task", "Resource": "fragile", "End": true}}}
+  ]}}
+}"#;
+
+/// A redrive of a Parallel runs only the branch that failed: the booking
+/// made by the other branch is not made twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_parallel_does_not_run_its_succeeded_branch_again() {
+    let mut env = Env::start().await;
+    env.deploy("both", BOOK_BESIDE_FRAGILE).await;
+    let bookings = Arc::new(AtomicUsize::new(0));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (b, a) = (bookings.clone(), attempts.clone());
+    env.worker(move |w| {
+        w.handler(
+            "book",
+            handler_fn(move |_: Value, _ctx: TaskContext| {
+                let n = b.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { Ok::<_, TaskError>(json!(format!("booking {n}"))) }
+            }),
+        )
+        .handler(
+            "fragile",
+            handler_fn(move |_: Value, _ctx: TaskContext| {
+                let n = a.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    if n == 1 {
+                        // Long enough for the booking to be recorded first.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Err(TaskError::new("Transient", "first time"))
+                    } else {
+                        Ok(json!("fine"))
+                    }
+                }
+            }),
+        )
+    })
+    .await;
+    let arn = env.start_execution("both", "p1", json!({})).await;
+    assert_status(&env.wait(&arn).await, ExecutionStatus::Failed);
+    env.api.redrive_execution(&arn).await.unwrap();
+    let done = env
+        .wait_until(&arn, |d| {
+            d.redrive_count >= 1 && d.status != ExecutionStatus::Running
+        })
+        .await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!(["booking 1", "fine"])));
+    assert_eq!(bookings.load(Ordering::SeqCst), 1, "booked once");
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    env.shutdown().await;
+}
+
 // ------------------------------------------------------- 10. lambda:invoke
 
 const LAMBDA: &str = r#"{
