@@ -193,31 +193,17 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: {}", error_report(&e));
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: {}",
+                sagaflow_telemetry::error_report(e.as_ref())
+            );
             ExitCode::from(EXIT_ERROR)
         }
     }
 }
 
 /// Writes a line to stdout; a closed stdout is not worth a panic.
-/// An error and its causes on one line, `outer: cause: root`, leaving out
-/// a cause whose text the line already holds (many errors print their
-/// source in their own message, and `{:#}` would repeat it).
-fn error_report(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
-}
-
 fn out(line: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");
@@ -385,30 +371,4 @@ fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_INVALID)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("cannot connect to NATS at nats://h:1: {0}")]
-    struct Outer(#[source] Middle);
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("IO error: {0}")]
-    struct Middle(#[source] std::io::Error);
-
-    #[test]
-    fn the_error_report_names_each_cause_once() {
-        let root = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let e = anyhow::Error::new(Outer(Middle(root))).context("deploy failed");
-        assert_eq!(
-            error_report(&e),
-            "deploy failed: cannot connect to NATS at nats://h:1: IO error: refused"
-        );
-        // A cause not already in the message is kept.
-        let e = anyhow!("inner").context("outer");
-        assert_eq!(error_report(&e), "outer: inner");
-    }
 }

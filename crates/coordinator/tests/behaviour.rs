@@ -24,7 +24,7 @@ use sagaflow_participant::{TaskContext, TaskError, handler_fn, lambda_fn};
 use sagaflow_protocol::api::{ExecutionStatus, StartExecutionRequest};
 use sagaflow_protocol::{ExecutionRef, InboxMessage, StartExecution};
 
-use common::{Env, assert_status, events_of, options};
+use common::{Env, assert_status, events_of, options, start_message};
 
 fn api_code<T: std::fmt::Debug>(result: Result<T, ApiClientError>) -> String {
     match result {
@@ -776,40 +776,14 @@ async fn a_child_that_cannot_be_started_now_is_started_later() {
         )
     })
     .await;
-    let js = async_nats::jetstream::new(env.nats.clone());
-    let bucket = format!("KV_{}", env.options.settings.namespace.executions_bucket());
-    let set_reads = |allowed: bool| {
-        let js = js.clone();
-        let bucket = bucket.clone();
-        async move {
-            let mut config = js
-                .get_stream(&bucket)
-                .await
-                .expect("bucket")
-                .cached_info()
-                .config
-                .clone();
-            config.allow_direct = allowed;
-            js.update_stream(config).await.expect("bucket updated");
-        }
-    };
-    set_reads(false).await;
+    let bucket = env.options.settings.namespace.executions_bucket();
+    env.set_bucket_reads(&bucket, false).await;
     // Started through the inbox: the API's start reads the index too.
     let exec = ExecutionRef::new("parent", "p").unwrap();
-    env.publish_inbox(
-        &exec,
-        &InboxMessage::StartExecution(StartExecution {
-            execution_arn: exec.arn(),
-            version: 1,
-            input: json!({"n": 21}),
-            seed: 1,
-            traceparent: None,
-            parent: None,
-        }),
-    )
-    .await;
+    env.publish_inbox(&exec, &start_message(&exec, 1, json!({"n": 21})))
+        .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    set_reads(true).await;
+    env.set_bucket_reads(&bucket, true).await;
     let done = env.wait(&exec.arn()).await;
     assert_status(&done, ExecutionStatus::Succeeded);
     let out = done.output.expect("output");
@@ -1250,29 +1224,12 @@ async fn malformed_messages_stop_nothing() {
         },
     )
     .await;
-    env.publish_inbox(
-        &victim,
-        &InboxMessage::StartExecution(StartExecution {
-            execution_arn: victim.arn(),
-            version: 99,
-            input: json!({}),
-            seed: 1,
-            traceparent: None,
-            parent: None,
-        }),
-    )
-    .await;
+    env.publish_inbox(&victim, &start_message(&victim, 99, json!({})))
+        .await;
     // A well-formed start on another partition's subject: that partition's
     // owner does not write a history that is not its partition's.
     let stray = ExecutionRef::new("echo", "stray").unwrap();
-    let start = InboxMessage::StartExecution(StartExecution {
-        execution_arn: stray.arn(),
-        version: 1,
-        input: json!({}),
-        seed: 1,
-        traceparent: None,
-        parent: None,
-    });
+    let start = start_message(&stray, 1, json!({}));
     env.publish_raw(
         env.wrong_inbox_subject(&stray),
         serde_json::to_vec(&start).unwrap(),
@@ -1306,43 +1263,17 @@ async fn a_start_whose_machine_cannot_be_read_now_starts_later() {
     let mut env = Env::start().await;
     env.deploy("echo", ECHO).await;
     env.worker(|b| b.handler("echo", echo_handler())).await;
-    let js = async_nats::jetstream::new(env.nats.clone());
-    let bucket = format!("KV_{}", env.options.settings.namespace.machines_bucket());
-    let set_reads = |allowed: bool| {
-        let js = js.clone();
-        let bucket = bucket.clone();
-        async move {
-            let mut config = js
-                .get_stream(&bucket)
-                .await
-                .expect("bucket")
-                .cached_info()
-                .config
-                .clone();
-            config.allow_direct = allowed;
-            js.update_stream(config).await.expect("bucket updated");
-        }
-    };
+    let bucket = env.options.settings.namespace.machines_bucket();
     // Reads of the bucket go unanswered from now on.
-    set_reads(false).await;
+    env.set_bucket_reads(&bucket, false).await;
     let exec = ExecutionRef::new("echo", "later").unwrap();
-    env.publish_inbox(
-        &exec,
-        &InboxMessage::StartExecution(StartExecution {
-            execution_arn: exec.arn(),
-            version: 1,
-            input: json!({"n": 1}),
-            seed: 1,
-            traceparent: None,
-            parent: None,
-        }),
-    )
-    .await;
+    env.publish_inbox(&exec, &start_message(&exec, 1, json!({"n": 1})))
+        .await;
     // Handed back again and again meanwhile (every 200 ms).
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_never_started(&env, &exec).await;
     // Reads work again: the start goes through.
-    set_reads(true).await;
+    env.set_bucket_reads(&bucket, true).await;
     let done = env.wait(&exec.arn()).await;
     assert_status(&done, ExecutionStatus::Succeeded);
     assert_eq!(done.output, Some(json!({"n": 1})));
@@ -1469,15 +1400,7 @@ async fn bad_results_sent_directly_get_an_answer_and_stop_nothing() {
         vec![0xff, 0xfe, 0x00],
         br#"{"type": "Nope"}"#.to_vec(),
         // Only task results come this way.
-        serde_json::to_vec(&InboxMessage::StartExecution(StartExecution {
-            execution_arn: victim.arn(),
-            version: 1,
-            input: json!({}),
-            seed: 1,
-            traceparent: None,
-            parent: None,
-        }))
-        .unwrap(),
+        serde_json::to_vec(&start_message(&victim, 1, json!({}))).unwrap(),
     ] {
         let answer = ask(body).await;
         assert!(!answer.recorded, "{answer:?}");

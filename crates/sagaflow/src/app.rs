@@ -58,31 +58,7 @@ where
     }
 }
 
-/// An error and its causes on one line, `outer: cause: root`, leaving out a
-/// cause whose text the line already holds: many errors (NATS's among them)
-/// print their source in their own message, and listing each cause after
-/// it would repeat it.
-///
-/// ```
-/// let e = anyhow::anyhow!("connection refused").context("cannot deploy");
-/// let e: Box<dyn std::error::Error + Send + Sync> = e.into();
-/// assert_eq!(sagaflow::app::error_report(e.as_ref()), "cannot deploy: connection refused");
-/// ```
-pub fn error_report(error: &(dyn Error + 'static)) -> String {
-    let mut line = String::new();
-    let mut next = Some(error);
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-        next = cause.source();
-    }
-    line
-}
+pub use sagaflow_telemetry::error_report;
 
 #[cfg(test)]
 mod tests {

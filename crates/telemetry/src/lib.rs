@@ -240,6 +240,43 @@ fn build_providers(
     Ok((tracer_provider, meter_provider))
 }
 
+/// An error and its causes on one line, `outer: cause: root`, leaving out a
+/// cause whose text the line already holds: many errors (NATS's among them)
+/// print their source in their own message, and listing each cause after
+/// it would repeat it.
+///
+/// ```
+/// #[derive(Debug)]
+/// struct Outer(std::io::Error);
+/// impl std::fmt::Display for Outer {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         write!(f, "cannot deploy: {}", self.0)
+///     }
+/// }
+/// impl std::error::Error for Outer {
+///     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+///         Some(&self.0)
+///     }
+/// }
+/// let e = Outer(std::io::Error::other("connection refused"));
+/// assert_eq!(sagaflow_telemetry::error_report(&e), "cannot deploy: connection refused");
+/// ```
+pub fn error_report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        next = cause.source();
+    }
+    line
+}
+
 /// Whether logs on stderr get colours: only on a terminal (a log file or a
 /// collector gets plain text), and not when `NO_COLOR` is set.
 pub fn colour_logs() -> bool {

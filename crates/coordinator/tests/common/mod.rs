@@ -14,7 +14,7 @@ use sagaflow_coordinator::cluster::client::{ApiClient, ApiClientError};
 use sagaflow_coordinator::cluster::{Cluster, ClusterHandle, ClusterOptions};
 use sagaflow_participant::{ShutdownHandle, Worker, WorkerBuilder};
 use sagaflow_protocol::api::{ExecutionDescription, ExecutionStatus, StartExecutionRequest};
-use sagaflow_protocol::{ExecutionRef, InboxMessage, Namespace};
+use sagaflow_protocol::{ExecutionRef, InboxMessage, Namespace, StartExecution};
 use sagaflow_testkit::NatsServer;
 
 /// How long a test waits for an execution before giving up (only to avoid
@@ -205,6 +205,23 @@ impl Env {
         store.infra().ns().inbox_subject(wrong, exec)
     }
 
+    /// Turns the reads of KV bucket `bucket` (its name in the namespace,
+    /// without `KV_`) off, or back on. With direct gets off its reads fail
+    /// as when NATS is away; writes still work.
+    pub async fn set_bucket_reads(&self, bucket: &str, allowed: bool) {
+        let js = jetstream::new(self.nats.clone());
+        let stream = format!("KV_{bucket}");
+        let mut config = js
+            .get_stream(&stream)
+            .await
+            .expect("bucket")
+            .cached_info()
+            .config
+            .clone();
+        config.allow_direct = allowed;
+        js.update_stream(config).await.expect("bucket updated");
+    }
+
     /// Publishes raw bytes to a JetStream subject and waits for the ack.
     pub async fn publish_raw(&self, subject: String, body: Vec<u8>) {
         let js = jetstream::new(self.nats.clone());
@@ -259,4 +276,17 @@ pub fn events_of<'a>(history: &'a [Value], kind: &str) -> Vec<&'a Value> {
 /// Asserts an execution ended with this status.
 pub fn assert_status(d: &ExecutionDescription, status: ExecutionStatus) {
     assert_eq!(d.status, status, "{d:#?}");
+}
+
+/// The start of `exec` on version `version` of its machine, as the API puts
+/// it in the inbox (seed 1).
+pub fn start_message(exec: &ExecutionRef, version: u64, input: Value) -> InboxMessage {
+    InboxMessage::StartExecution(StartExecution {
+        execution_arn: exec.arn(),
+        version,
+        input,
+        seed: 1,
+        traceparent: None,
+        parent: None,
+    })
 }
