@@ -299,7 +299,11 @@ impl Dispatcher for EmbeddedDispatcher {
             let spawned_slot = slot.clone();
             let join = tokio::spawn(
                 async move {
-                    let call = handler.call(input, ctx);
+                    // Called inside the future that `supervise` guards, so
+                    // that a panic in `call` itself (before its first
+                    // await) fails the task too, as over NATS.
+                    let call: BoxFuture<'static, Result<Value, TaskError>> =
+                        Box::pin(async move { handler.call(input, ctx).await });
                     let (call, token) = match callbacks {
                         // The handler takes the token out; the answer comes
                         // through `complete_task`, as it is, and the
@@ -376,16 +380,6 @@ impl Dispatcher for EmbeddedDispatcher {
     }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(non-string panic payload)".to_string()
-    }
-}
-
 /// Runs a handler's future under watch: a panic becomes `States.TaskFailed`
 /// with the panic message; with `heartbeat_seconds`, a gap of that long
 /// without a heartbeat (counted from the start, then from each heartbeat,
@@ -401,7 +395,7 @@ pub async fn supervise(
         Ok(result) => result,
         Err(payload) => Err(TaskError::new(
             errors::TASK_FAILED,
-            format!("handler panicked: {}", panic_message(payload.as_ref())),
+            sagaflow_participant::panic_message(payload.as_ref()),
         )),
     };
     let Some(seconds) = heartbeat_seconds else {

@@ -539,6 +539,38 @@ mod tests {
         (dropped, dispatcher, c)
     }
 
+    /// Panics in `call` itself, before there is a future to poll.
+    struct PanicsAtCall;
+    impl Handler for PanicsAtCall {
+        fn call(&self, _: Value, _: TaskContext) -> BoxFuture<'_, Result<Value, TaskError>> {
+            panic!("no future for you")
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_that_panics_in_call_fails_its_task() {
+        let m = machine(
+            r#"{"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "p", "End": true}}}"#,
+        );
+        let handlers: Vec<(String, Arc<dyn Handler>)> = vec![("p".into(), Arc::new(PanicsAtCall))];
+        let c = Coordinator::new(
+            Arc::new(VirtualClock::new(Timestamp::UNIX_EPOCH)),
+            Arc::new(EmbeddedDispatcher::new(handlers)),
+            RuntimeOptions::default(),
+        );
+        let run = tokio::time::timeout(Duration::from_secs(60), c.run(m, info("p"), json!({})))
+            .await
+            .expect("the execution ends")
+            .unwrap();
+        assert_eq!(
+            run.outcome,
+            Outcome::Failed {
+                error: "States.TaskFailed".into(),
+                cause: "no future for you".into()
+            }
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_failing_branch_cancels_its_sibling() {
         let m = machine(

@@ -255,6 +255,19 @@ where
     }
 }
 
+/// The text of a handler's panic, as its task's failure cause
+/// (`States.TaskFailed`): the panic message, in embedded mode and over NATS
+/// alike.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "the handler panicked".to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

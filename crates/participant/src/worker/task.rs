@@ -103,17 +103,6 @@ pub(super) fn check_task_id(task_id: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The text of a panic payload.
-pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "the handler panicked".to_string()
-    }
-}
-
 /// Cuts `text` to at most `max` bytes, on a character boundary, marking the
 /// cut.
 fn truncate(text: String, max: usize) -> String {
@@ -421,7 +410,7 @@ impl TaskRunner {
                     return Outcome::Done(match joined {
                         Ok(result) => result,
                         Err(panic) => {
-                            let cause = panic_message(panic.as_ref());
+                            let cause = crate::panic_message(panic.as_ref());
                             tracing::warn!(cause = %cause, "handler panicked");
                             Err(TaskError::new(TASK_FAILED, cause))
                         }
@@ -678,11 +667,11 @@ mod tests {
     #[test]
     fn panic_messages_are_extracted() {
         let p: Box<dyn std::any::Any + Send> = Box::new("boom");
-        assert_eq!(panic_message(p.as_ref()), "boom");
+        assert_eq!(crate::panic_message(p.as_ref()), "boom");
         let p: Box<dyn std::any::Any + Send> = Box::new(String::from("bang 7"));
-        assert_eq!(panic_message(p.as_ref()), "bang 7");
+        assert_eq!(crate::panic_message(p.as_ref()), "bang 7");
         let p: Box<dyn std::any::Any + Send> = Box::new(7_u32);
-        assert_eq!(panic_message(p.as_ref()), "the handler panicked");
+        assert_eq!(crate::panic_message(p.as_ref()), "the handler panicked");
     }
 
     #[test]
