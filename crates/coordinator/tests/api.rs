@@ -739,6 +739,23 @@ async fn bad_requests_get_errors_and_the_service_keeps_working() {
     // Still serving.
     c.create_state_machine("hello", DEFINITION).await.unwrap();
     assert_eq!(c.list_state_machines().await.unwrap().len(), 1);
+
+    // A malformed trace context (here with a line break, which no header
+    // may hold) is ignored, as W3C asks: the start is answered and stored.
+    for traceparent in [
+        "00-a\nb",
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x\r\ny",
+    ] {
+        let started = raw(
+            Operation::StartExecution,
+            json!({"stateMachine": "hello", "traceparent": traceparent})
+                .to_string()
+                .as_bytes(),
+        )
+        .await
+        .expect("started");
+        assert_eq!(started["alreadyStarted"], json!(false), "{started}");
+    }
 }
 
 #[tokio::test]

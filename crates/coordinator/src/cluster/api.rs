@@ -444,7 +444,13 @@ impl Api {
         if let Some(existing) = self.existing_start(&exec).await? {
             return same_or_conflict(Some(existing));
         }
-        let traceparent = req.traceparent;
+        // The caller's trace context, as W3C asks: a malformed one is
+        // ignored; a valid one is passed on in its canonical form (it goes
+        // into a message header).
+        let traceparent = req.traceparent.as_deref().and_then(|text| {
+            let context = sagaflow_telemetry::propagation::parse_traceparent(text)?;
+            sagaflow_telemetry::propagation::format_traceparent(&context)
+        });
         let message = InboxMessage::StartExecution(StartExecution {
             execution_arn: exec.arn(),
             version: machine.version,
