@@ -791,6 +791,65 @@ async fn a_child_that_cannot_be_started_now_is_started_later() {
     env.shutdown().await;
 }
 
+/// `states:startExecution.waitForTaskToken`: the parent waits until its
+/// child (or anyone holding the token it passed on) answers, as on AWS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_started_with_a_task_token_is_waited_for_until_the_callback() {
+    let mut env = Env::start().await;
+    env.deploy(
+        "notifier",
+        r#"{"StartAt": "Notify", "States": {"Notify": {"Type": "Task", "Resource": "notify", "End": true}}}"#,
+    )
+    .await;
+    env.deploy(
+        "waiting_parent",
+        &json!({
+            "StartAt": "Call",
+            "States": {"Call": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::states:startExecution.waitForTaskToken",
+                "Parameters": {
+                    "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:notifier",
+                    "Input": {"token.$": "$$.Task.Token", "n.$": "$.n"}
+                },
+                "End": true
+            }}
+        })
+        .to_string(),
+    )
+    .await;
+    let api = env.api.clone();
+    let (answer, mut answered) = mpsc::unbounded_channel::<String>();
+    env.worker(move |b| {
+        b.handler(
+            "notify",
+            handler_fn(move |input: Value, _ctx: TaskContext| {
+                let answer = answer.clone();
+                async move {
+                    // The child hands the token over and is done; the
+                    // parent goes on only when the token is answered.
+                    let _ = answer.send(input["token"].as_str().unwrap_or_default().to_string());
+                    Ok::<_, TaskError>(json!("notified"))
+                }
+            }),
+        )
+    })
+    .await;
+    let arn = env
+        .start_execution("waiting_parent", "w", json!({"n": 7}))
+        .await;
+    let token = answered.recv().await.expect("the child ran");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_status(&env.describe(&arn).await, ExecutionStatus::Running);
+    api.send_task_success(&token, json!({"approved": 7}))
+        .await
+        .expect("the token is waited for");
+    let done = env.wait(&arn).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!({"approved": 7})));
+    env.shutdown().await;
+}
+
 fn sync_parent(child: &str, name: &str) -> String {
     json!({
         "StartAt": "Call",

@@ -2021,7 +2021,10 @@ impl Partition {
         };
         stored.map_err(|e| format!("cannot start {}: {e}", child.arn()))?;
         Ok(match pending.shape {
+            // `.sync`: the child's end answers; `.waitForTaskToken`: the
+            // callback with the token the child was given does.
             Shape::ChildSync { .. } => None,
+            _ if pending.pattern == Pattern::WaitForTaskToken => None,
             _ => Some(Event::TaskSucceeded {
                 task_id: request.task_id.to_string(),
                 output: json!({"ExecutionArn": child.arn(), "StartDate": rfc3339(now())}),
