@@ -108,6 +108,7 @@ pub struct EmbeddedDispatcher {
     handlers: HashMap<String, Arc<dyn Handler>>,
     running: Running,
     calls: Mutex<Vec<CallRecord>>,
+    record_calls: bool,
     callbacks: Option<Callbacks>,
 }
 
@@ -121,8 +122,17 @@ impl EmbeddedDispatcher {
             handlers: handlers.into_iter().collect(),
             running: Arc::default(),
             calls: Mutex::default(),
+            record_calls: true,
             callbacks: None,
         }
+    }
+
+    /// Keeps no [`CallRecord`]s ([`EmbeddedDispatcher::calls`] stays
+    /// empty): for a long-running process, whose record of every call ever
+    /// made would only grow.
+    pub fn without_call_records(mut self) -> EmbeddedDispatcher {
+        self.record_calls = false;
+        self
     }
 
     /// `.waitForTaskToken` tasks wait for [`EmbeddedDispatcher::complete_task`]
@@ -176,7 +186,8 @@ impl EmbeddedDispatcher {
         self.handlers.contains_key(key)
     }
 
-    /// Every call made so far, in dispatch order.
+    /// Every call made so far, in dispatch order (none with
+    /// [`EmbeddedDispatcher::without_call_records`]).
     pub fn calls(&self) -> Vec<CallRecord> {
         self.calls
             .lock()
@@ -230,14 +241,16 @@ impl Dispatcher for EmbeddedDispatcher {
                 let _ = reply.send(fail(errors::RUNTIME, format!("handler '{key}' vanished")));
                 return Ok(());
             };
-            self.calls
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(CallRecord {
-                    execution_id: execution.execution_id.clone(),
-                    task_id: task_id.clone(),
-                    key: key.to_string(),
-                });
+            if self.record_calls {
+                self.calls
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(CallRecord {
+                        execution_id: execution.execution_id.clone(),
+                        task_id: task_id.clone(),
+                        key: key.to_string(),
+                    });
+            }
 
             let (heartbeat, heartbeats) = heartbeat_channel();
             let mut ctx = TaskContext::new(task_id.clone(), heartbeat.clone());
@@ -507,6 +520,27 @@ mod tests {
         d.dispatch(&info, req, tx).await.unwrap();
         let c = rx.recv().await.unwrap();
         (c, d)
+    }
+
+    #[tokio::test]
+    async fn calls_are_recorded_unless_asked_not_to() {
+        let echo = || -> Arc<dyn Handler> {
+            Arc::new(handler_fn(|v: Value, _c: TaskContext| async move {
+                Ok::<_, TaskError>(v)
+            }))
+        };
+        for record in [true, false] {
+            let mut d = EmbeddedDispatcher::new([("echo".to_string(), echo())]);
+            if !record {
+                d = d.without_call_records();
+            }
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            d.dispatch(&info(), request("t1", "echo", json!(1), None), tx)
+                .await
+                .unwrap();
+            assert_eq!(rx.recv().await.unwrap().result.unwrap(), json!(1));
+            assert_eq!(d.calls().len(), usize::from(record));
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -101,7 +101,12 @@ impl Embedded {
                     embedded: me.clone(),
                 }),
             ));
-            let dispatcher = Arc::new(EmbeddedDispatcher::new(handlers).with_callbacks());
+            let dispatcher = Arc::new(
+                EmbeddedDispatcher::new(handlers)
+                    .with_callbacks()
+                    // An application runs for long: no record of every call.
+                    .without_call_records(),
+            );
             let max_payload_bytes = runtime.max_payload_bytes;
             let coordinator = Arc::new(Coordinator::new(
                 Arc::new(SystemClock),
