@@ -388,6 +388,27 @@ async fn start_publishes_one_start_per_execution_name() {
         }
         other => panic!("expected a start, got {other:?}"),
     }
+    // A stop right after the start, before any coordinator took it (none
+    // runs here), is not refused as unknown: it goes in after the start.
+    c.stop_execution(&exec.arn(), Some("Halt".into()), None)
+        .await
+        .expect("stop of a queued start");
+    assert!(
+        matches!(env.last_inbox_message(&exec).await,
+            InboxMessage::StopExecution { ref error, .. } if error.as_deref() == Some("Halt")),
+        "the stop is queued after the start"
+    );
+    assert_eq!(
+        code(
+            c.stop_execution(
+                &ExecutionRef::new("hello", "never").unwrap().arn(),
+                None,
+                None
+            )
+            .await
+        ),
+        "ExecutionDoesNotExist"
+    );
 
     // Concurrent starts of one name: exactly one is the real start.
     let mut handles = Vec::new();
@@ -405,7 +426,7 @@ async fn start_publishes_one_start_per_execution_name() {
         }
     }
     assert_eq!(fresh, 1);
-    assert_eq!(env.inbox_count().await, 2);
+    assert_eq!(env.inbox_count().await, 3);
 
     // Without a name: a fresh one each time, input defaults to {}.
     let a = c
@@ -423,7 +444,7 @@ async fn start_publishes_one_start_per_execution_name() {
         .await
         .unwrap();
     assert_ne!(a.execution_arn, b.execution_arn);
-    assert_eq!(env.inbox_count().await, 4);
+    assert_eq!(env.inbox_count().await, 5);
     match env
         .last_inbox_message(&ExecutionRef::from_arn(&a.execution_arn).unwrap())
         .await
@@ -454,7 +475,7 @@ async fn start_publishes_one_start_per_execution_name() {
         code(c.start_execution(versioned).await),
         "StateMachineDoesNotExist"
     );
-    assert_eq!(env.inbox_count().await, 4);
+    assert_eq!(env.inbox_count().await, 5);
 }
 
 #[tokio::test]

@@ -1205,6 +1205,30 @@ async fn a_redriven_parallel_does_not_run_its_succeeded_branch_again() {
     env.shutdown().await;
 }
 
+/// An execution that failed between states (here: on the state-transition
+/// limit) has no state to run again: its redrive is refused at once, as
+/// the embedded mode refuses it, rather than accepted and never done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_with_no_state_to_run_again_is_refused() {
+    let mut o = options();
+    o.runtime.max_state_transitions = 5;
+    let env = Env::start_with(o).await;
+    env.deploy(
+        "loop",
+        r#"{"StartAt": "A", "States": {"A": {"Type": "Pass", "Next": "B"}, "B": {"Type": "Pass", "Next": "A"}}}"#,
+    )
+    .await;
+    let done = env.run("loop", "l", json!({})).await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("States.Runtime"));
+    assert_eq!(
+        api_code(env.api.redrive_execution(&done.execution_arn).await),
+        "ExecutionNotRedrivable"
+    );
+    assert_eq!(env.describe(&done.execution_arn).await.redrive_count, 0);
+    env.shutdown().await;
+}
+
 // ------------------------------------------------------- 10. lambda:invoke
 
 const LAMBDA: &str = r#"{

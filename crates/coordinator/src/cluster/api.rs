@@ -104,6 +104,9 @@ pub struct ApiOptions {
     pub max_payload_bytes: usize,
     /// Requests handled at once by this process.
     pub max_in_flight: usize,
+    /// The interpreter's options the coordinators run with, for the
+    /// replays the API makes (history with payloads, redrive checks).
+    pub interp: sagaflow_asl::interp::Options,
 }
 
 impl Default for ApiOptions {
@@ -118,6 +121,7 @@ impl ApiOptions {
         ApiOptions {
             max_payload_bytes: runtime.max_payload_bytes,
             max_in_flight: 256,
+            interp: runtime.interp_options(),
         }
     }
 }
@@ -554,7 +558,7 @@ impl Api {
         {
             replayed = history_view::replay_with_payloads(
                 std::sync::Arc::new(machine),
-                &sagaflow_asl::interp::Options::default(),
+                &self.options.interp,
                 stored(),
             );
         }
@@ -582,9 +586,20 @@ impl Api {
     pub async fn stop_execution(&self, req: StopExecutionRequest) -> Result<(), ApiError> {
         let exec = parse_arn(&req.execution_arn)?;
         check_error_cause(req.error.as_deref(), req.cause.as_deref())?;
-        let entry = self.index_entry(&exec).await?;
-        if entry.status != ExecutionStatus::Running {
-            return Ok(());
+        let entry = self.store.execution(&exec).await.map_err(internal)?;
+        let running = entry
+            .as_ref()
+            .is_some_and(|e| e.status == ExecutionStatus::Running);
+        // A start or a redrive accepted and still in the inbox is running
+        // as far as its caller knows: the stop goes in after it.
+        if !running && !self.queued_in_inbox(&exec).await {
+            return match entry {
+                Some(_) => Ok(()),
+                None => Err(ApiError::new(
+                    codes::EXECUTION_DOES_NOT_EXIST,
+                    format!("execution {} does not exist", exec.arn()),
+                )),
+            };
         }
         self.publish(
             &exec,
@@ -617,6 +632,15 @@ impl Api {
                 ));
             }
         }
+        if !self.history_redrivable(&exec).await? {
+            return Err(ApiError::new(
+                codes::EXECUTION_NOT_REDRIVABLE,
+                format!(
+                    "execution {} cannot be redriven: no state was running when it ended",
+                    exec.arn()
+                ),
+            ));
+        }
         // One redrive per redrive count: concurrent requests collapse.
         self.publish(
             &exec,
@@ -628,6 +652,61 @@ impl Api {
         )
         .await?;
         Ok(())
+    }
+
+    /// Whether an inbox message for the execution waits to be taken (the
+    /// inbox is a work queue: a message taken is gone).
+    async fn queued_in_inbox(&self, exec: &ExecutionRef) -> bool {
+        self.store
+            .infra()
+            .inbox
+            .get_last_raw_message_by_subject(self.inbox_subject(exec).as_str())
+            .await
+            .is_ok()
+    }
+
+    /// Whether the execution's history, replayed, leaves a state to run
+    /// again: an execution that failed between states (the state-transition
+    /// limit) or before its first cannot be redriven. When the history or
+    /// its machine cannot be read or replayed to the same end, the engine
+    /// decides.
+    async fn history_redrivable(&self, exec: &ExecutionRef) -> Result<bool, ApiError> {
+        use sagaflow_asl::interp::Execution;
+        let history = self.store.read_history(exec).await.map_err(internal)?;
+        let Some(meta) = history.batches.first().and_then(|b| b.meta.as_ref()) else {
+            return Ok(true);
+        };
+        let Ok(Some(version)) = self
+            .store
+            .machine(&meta.state_machine, Some(meta.version))
+            .await
+        else {
+            return Ok(true);
+        };
+        let Ok(machine) = sagaflow_asl::parse::parse_definition(&version.definition) else {
+            return Ok(true);
+        };
+        let mut execution =
+            Execution::new(std::sync::Arc::new(machine), self.options.interp.clone());
+        let mut out = Vec::new();
+        for entry in history.batches.iter().flat_map(|b| &b.entries) {
+            if let crate::HistoryItem::Event(event) = &entry.item {
+                out.clear();
+                if execution.apply(entry.at, event.clone(), &mut out).is_err() {
+                    return Ok(true);
+                }
+            }
+        }
+        // A replay that does not end as the execution did (its definition
+        // changed under it) proves nothing: the engine decides.
+        Ok(match execution.outcome() {
+            Some(
+                sagaflow_asl::interp::Outcome::Failed { .. }
+                | sagaflow_asl::interp::Outcome::TimedOut { .. }
+                | sagaflow_asl::interp::Outcome::Aborted { .. },
+            ) => execution.redrivable(),
+            _ => true,
+        })
     }
 
     /// The execution and task a token names; the execution must be running.
