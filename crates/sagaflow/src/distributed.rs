@@ -142,7 +142,13 @@ impl Distributed {
         &self,
         arn: &str,
         timeout: Duration,
+        started_here: bool,
     ) -> Result<ExecutionResult, Error> {
+        // An execution not started here must exist already (one started
+        // here may still be queued for a coordinator, and is waited for).
+        if !started_here {
+            self.describe(arn, false).await?;
+        }
         match self.api.wait_for_completion(arn, timeout).await {
             Ok(d) => Ok(result_of(d)),
             Err(ApiClientError::Timeout { .. }) => Err(Error::Timeout {

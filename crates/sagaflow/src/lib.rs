@@ -404,12 +404,14 @@ impl Sagaflow {
 
     /// `DescribeStateMachine`: a deployed version (the latest when
     /// `version` is `None`) with its definition;
-    /// [`Error::StateMachineDoesNotExist`] for an unknown name or version.
+    /// [`Error::StateMachineDoesNotExist`] for an unknown name or version,
+    /// [`Error::InvalidName`] for a name no machine can have.
     pub async fn describe_state_machine(
         &self,
         name: &str,
         version: Option<u64>,
     ) -> Result<StateMachineVersion, Error> {
+        sagaflow_protocol::check_name("state machine name", name)?;
         match &self.backend {
             Backend::Embedded(e) => e.describe_machine(name, version),
             Backend::Distributed(d) => d.describe_machine(name, version).await,
@@ -524,6 +526,9 @@ impl Sagaflow {
         state_machine: Option<&str>,
         status: Option<Status>,
     ) -> Result<Vec<ExecutionSummary>, Error> {
+        if let Some(name) = state_machine {
+            sagaflow_protocol::check_name("state machine name", name)?;
+        }
         match &self.backend {
             Backend::Embedded(e) => Ok(e.list(state_machine, status)),
             Backend::Distributed(d) => d.list(state_machine, status).await,
@@ -628,7 +633,7 @@ impl Execution {
         self.check_arn()?;
         match &self.backend {
             Backend::Embedded(e) => e.wait(&self.arn, timeout).await,
-            Backend::Distributed(d) => d.wait(&self.arn, timeout).await,
+            Backend::Distributed(d) => d.wait(&self.arn, timeout, self.started_here).await,
         }
     }
 

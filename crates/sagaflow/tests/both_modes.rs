@@ -754,6 +754,8 @@ async fn the_same_mistakes_get_the_same_errors_on_both_backends() {
         for result in [
             ghost.describe().await.map(|_| ()),
             ghost.history().await.map(|_| ()),
+            // At once, not after the whole wait.
+            ghost.wait(Duration::from_secs(60)).await.map(|_| ()),
         ] {
             assert!(
                 matches!(result, Err(Error::ExecutionDoesNotExist(_))),
@@ -774,6 +776,17 @@ async fn the_same_mistakes_get_the_same_errors_on_both_backends() {
         assert!(
             matches!(&none, Ok(list) if list.is_empty()),
             "{mode:?}: {none:?}"
+        );
+        // A name no machine can have.
+        let listed = saga.list_executions(Some("bad name"), None).await;
+        assert!(
+            matches!(listed, Err(Error::InvalidName(_))),
+            "{mode:?}: {listed:?}"
+        );
+        let described = saga.describe_state_machine("bad name", None).await;
+        assert!(
+            matches!(described, Err(Error::InvalidName(_))),
+            "{mode:?}: {described:?}"
         );
         saga.shutdown().await;
     }
