@@ -185,6 +185,18 @@ impl Embedded {
         input: Value,
         name: Option<&str>,
     ) -> Result<String, Error> {
+        self.start_new(state_machine, input, name)
+            .map(|(arn, _)| arn)
+    }
+
+    /// [`Embedded::start`], also telling whether this call started it
+    /// (`false`: an execution of that name and input existed).
+    fn start_new(
+        &self,
+        state_machine: &str,
+        input: Value,
+        name: Option<&str>,
+    ) -> Result<(String, bool), Error> {
         sagaflow_protocol::check_name("state machine name", state_machine)?;
         let machine = lock(&self.machines)
             .get(state_machine)
@@ -199,7 +211,7 @@ impl Embedded {
         let mut executions = lock(&self.executions);
         if let Some(existing) = executions.get(&arn) {
             return if existing.input == input {
-                Ok(arn)
+                Ok((arn, false))
             } else {
                 Err(Error::ExecutionAlreadyExists(arn))
             };
@@ -241,7 +253,7 @@ impl Embedded {
                 trace_id,
             },
         );
-        Ok(arn)
+        Ok((arn, true))
     }
 
     /// Refuses a payload over the limit, as the API does.
@@ -573,23 +585,29 @@ impl Handler for ChildExecutions {
                 .map_err(|e| failed(format!("parent execution: {e}")))?;
             let child = resource::child_execution(&parent, &ctx.task_id, &input).map_err(failed)?;
             let child_input = resource::child_input(&input);
-            let arn = match embedded.start(
+            let (_, pattern) = resource::strip_pattern(&ctx.resource);
+            let taken = |arn: &str| {
+                TaskError::new(
+                    "StepFunctions.ExecutionAlreadyExistsException",
+                    format!("execution {arn} already exists"),
+                )
+            };
+            let arn = match embedded.start_new(
                 child.state_machine(),
                 child_input.clone(),
                 Some(child.name()),
             ) {
-                Ok(arn) => arn,
-                Err(Error::ExecutionAlreadyExists(arn)) => {
-                    return Err(TaskError::new(
-                        "StepFunctions.ExecutionAlreadyExistsException",
-                        format!("execution {arn} already exists"),
-                    ));
-                }
+                Ok((arn, true)) => arn,
+                // The same name and input: a request-response start is
+                // idempotent, as AWS's StartExecution; a `.sync` task does
+                // not wait on an execution it did not start (as over NATS).
+                Ok((arn, false)) if pattern != Pattern::Sync => arn,
+                Ok((arn, false)) => return Err(taken(&arn)),
+                Err(Error::ExecutionAlreadyExists(arn)) => return Err(taken(&arn)),
                 Err(e) => return Err(failed(e.to_string())),
             };
             let (name, start_date, done) =
                 embedded.entry(&arn).map_err(|e| failed(e.to_string()))?;
-            let (_, pattern) = resource::strip_pattern(&ctx.resource);
             if pattern != Pattern::Sync {
                 return Ok(serde_json::json!({"ExecutionArn": arn, "StartDate": start_date}));
             }

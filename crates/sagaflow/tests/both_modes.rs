@@ -791,3 +791,81 @@ async fn the_same_mistakes_get_the_same_errors_on_both_backends() {
         saga.shutdown().await;
     }
 }
+
+/// A `.sync` child with a given `Name`: its parent's retry finds the name
+/// taken by the first attempt's child and fails with
+/// `StepFunctions.ExecutionAlreadyExistsException` (as on AWS), rather than
+/// waiting on the old child; a request-response start of the same name and
+/// input is idempotent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_sync_child_is_not_reused_by_a_retry_on_both_backends() {
+    const CHILD: &str = r#"{"StartAt": "Work", "States": {"Work": {"Type": "Task", "Resource": "flaky", "End": true}}}"#;
+    let parent = |resource: &str| {
+        json!({
+            "StartAt": "Call",
+            "States": {"Call": {
+                "Type": "Task",
+                "Resource": resource,
+                "Parameters": {
+                    "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:kid",
+                    "Name.$": "$.child",
+                    "Input": {}
+                },
+                "Retry": [{"ErrorEquals": ["States.TaskFailed"], "MaxAttempts": 1, "IntervalSeconds": 1}],
+                "End": true
+            }}
+        })
+        .to_string()
+    };
+    for mode in Backend::both() {
+        let backend = Backend::new(mode);
+        let saga = backend
+            .build(Sagaflow::builder().handler(
+                "flaky",
+                handler_fn(|_: Value, _ctx: TaskContext| async move {
+                    Err::<Value, _>(TaskError::new("Broken", "always"))
+                }),
+            ))
+            .await;
+        saga.deploy("kid", CHILD).await.unwrap();
+        saga.deploy(
+            "sync_parent",
+            &parent("arn:aws:states:::states:startExecution.sync:2"),
+        )
+        .await
+        .unwrap();
+        saga.deploy(
+            "fire_parent",
+            &parent("arn:aws:states:::states:startExecution"),
+        )
+        .await
+        .unwrap();
+        let sync = saga
+            .start("sync_parent", json!({"child": "k1"}), None)
+            .await
+            .unwrap()
+            .wait(LIMIT)
+            .await
+            .unwrap();
+        assert_eq!(sync.status, Status::Failed, "{mode:?}");
+        assert_eq!(
+            sync.error.as_deref(),
+            Some("StepFunctions.ExecutionAlreadyExistsException"),
+            "{mode:?}: {sync:?}"
+        );
+        // Fire and forget, twice with the same name and input: one child.
+        for run in ["f1", "f2"] {
+            let fired = saga
+                .start("fire_parent", json!({"child": "k2"}), Some(run))
+                .await
+                .unwrap()
+                .wait(LIMIT)
+                .await
+                .unwrap();
+            assert_eq!(fired.status, Status::Succeeded, "{mode:?}: {fired:?}");
+        }
+        let kids = saga.list_executions(Some("kid"), None).await.unwrap();
+        assert_eq!(kids.len(), 2, "{mode:?}: {kids:?}");
+        saga.shutdown().await;
+    }
+}
