@@ -181,6 +181,24 @@ impl EmbeddedDispatcher {
             .map_err(|_| UnknownTaskToken)
     }
 
+    /// Aborts every running handler and forgets every waiting callback
+    /// task (their executions are being abandoned: a shutdown).
+    pub fn cancel_all(&self) {
+        let running: Vec<AbortHandle> = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for handle in running {
+            handle.abort();
+        }
+        if let Some(c) = &self.callbacks {
+            c.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
+    }
+
     /// True when a handler is registered under `key`.
     pub fn has(&self, key: &str) -> bool {
         self.handlers.contains_key(key)

@@ -194,6 +194,15 @@ pub enum DriveError {
     NotRedrivable(&'static str),
 }
 
+/// A timer's sleeping task, aborted when this is dropped.
+struct TimerTask(AbortHandle);
+
+impl Drop for TimerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Drives executions with one clock and one dispatcher. Several executions
 /// may run at once (each [`Coordinator::run`] future is independent).
 pub struct Coordinator {
@@ -346,7 +355,9 @@ impl Coordinator {
         let (fire, mut fired) = mpsc::unbounded_channel::<String>();
         let history = &log;
         let mut pending: HashSet<String> = HashSet::new();
-        let mut timers: HashMap<String, AbortHandle> = HashMap::new();
+        // Aborted when dropped too: a run abandoned (its future dropped)
+        // leaves no sleeping timer behind.
+        let mut timers: HashMap<String, TimerTask> = HashMap::new();
         let mut commands = Vec::new();
         let mut controls_open = true;
 
@@ -406,14 +417,11 @@ impl Coordinator {
                             tokio::time::sleep_until(when).await;
                             let _ = fire.send(id);
                         });
-                        if let Some(old) = timers.insert(timer_id, handle.abort_handle()) {
-                            old.abort();
-                        }
+                        // The timer it replaces (if any) is aborted as it drops.
+                        timers.insert(timer_id, TimerTask(handle.abort_handle()));
                     }
                     Command::CancelTimer { timer_id } => {
-                        if let Some(h) = timers.remove(&timer_id) {
-                            h.abort();
-                        }
+                        timers.remove(&timer_id);
                     }
                     Command::Record(_) => {}
                     Command::Complete(o) => outcome = Some(o),
@@ -461,9 +469,7 @@ impl Coordinator {
         for task_id in pending {
             self.dispatcher.cancel(&info.execution_id, &task_id).await;
         }
-        for (_, h) in timers {
-            h.abort();
-        }
+        drop(timers);
         Ok(ExecutionRun {
             info,
             outcome,

@@ -483,6 +483,8 @@ impl Embedded {
         for entry in lock(&self.executions).values() {
             entry.task.abort();
         }
+        // Their handlers and waiting callback tasks go too.
+        self.dispatcher.cancel_all();
     }
 }
 

@@ -535,7 +535,8 @@ impl Sagaflow {
         }
     }
 
-    /// Stops: embedded, abandons running executions; distributed, stops
+    /// Stops: embedded, abandons running executions (their handlers are
+    /// stopped, their timers dropped); distributed, stops
     /// the worker (in-flight handlers get the grace period) and the
     /// in-process coordinator (which hands its partitions back).
     pub async fn shutdown(self) {

@@ -1,10 +1,12 @@
 //! The facade on the embedded backend: deploy, start, wait, history,
 //! callbacks and the errors.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sagaflow::{Error, Mode, Sagaflow, Status, TaskContext, TaskError, handler_fn, lambda_fn};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -328,4 +330,60 @@ async fn a_sync_child_is_stopped_when_its_parent_stops_waiting() {
     assert_eq!(child.status, Status::Aborted, "{child:?}");
     assert_eq!(child.error.as_deref(), Some("States.Aborted"));
     saga.shutdown().await;
+}
+
+/// A shutdown takes the running handlers (and waiting callback tasks) of
+/// the executions it abandons along: nothing keeps running behind it.
+#[tokio::test]
+async fn shutdown_stops_the_handlers_still_running() {
+    struct Hang(
+        Arc<std::sync::atomic::AtomicBool>,
+        mpsc::UnboundedSender<()>,
+    );
+    impl sagaflow::Handler for Hang {
+        fn call(
+            &self,
+            _: Value,
+            _: TaskContext,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Value, TaskError>> + Send + '_>,
+        > {
+            struct Flag(Arc<std::sync::atomic::AtomicBool>);
+            impl Drop for Flag {
+                fn drop(&mut self) {
+                    self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            let flag = Flag(Arc::clone(&self.0));
+            let _ = self.1.send(());
+            Box::pin(async move {
+                let _flag = flag;
+                std::future::pending::<()>().await;
+                Ok(Value::Null)
+            })
+        }
+    }
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (running, mut started) = mpsc::unbounded_channel();
+    let saga = Sagaflow::builder()
+        .handler("hang", Hang(Arc::clone(&dropped), running))
+        .build()
+        .await
+        .unwrap();
+    saga.deploy(
+        "hang",
+        r#"{"StartAt": "H", "States": {"H": {"Type": "Task", "Resource": "hang", "End": true}}}"#,
+    )
+    .await
+    .unwrap();
+    saga.start("hang", json!({}), None).await.unwrap();
+    started.recv().await.expect("the handler runs");
+    saga.shutdown().await;
+    for _ in 0..100 {
+        if dropped.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the handler still runs after the shutdown");
 }
