@@ -532,7 +532,13 @@ fn result_of(arn: &str, name: String, ended: Option<Ended>) -> Result<ExecutionR
     result.status = status_of(&run.outcome);
     match &run.outcome {
         Outcome::Succeeded { output } => result.output = Some(Value::clone(output)),
-        Outcome::Failed { error, cause } | Outcome::TimedOut { error, cause } => {
+        // A Fail state without Error or Cause: none, as the coordinators'
+        // index has it.
+        Outcome::Failed { error, cause } => {
+            result.error = Some(error.clone()).filter(|e| !e.is_empty());
+            result.cause = Some(cause.clone()).filter(|c| !c.is_empty());
+        }
+        Outcome::TimedOut { error, cause } => {
             result.error = Some(error.clone());
             result.cause = Some(cause.clone());
         }

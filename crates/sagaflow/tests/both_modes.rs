@@ -869,3 +869,59 @@ async fn a_named_sync_child_is_not_reused_by_a_retry_on_both_backends() {
         saga.shutdown().await;
     }
 }
+
+/// A Fail state with neither `Error` nor `Cause`: the execution has none,
+/// and a `.sync:2` parent's report says so (`null`), on both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_fail_state_reports_no_error_on_both_backends() {
+    for mode in Backend::both() {
+        let backend = Backend::new(mode);
+        let saga = backend.build(Sagaflow::builder()).await;
+        saga.deploy(
+            "bare",
+            r#"{"StartAt": "F", "States": {"F": {"Type": "Fail"}}}"#,
+        )
+        .await
+        .unwrap();
+        saga.deploy(
+            "over_bare",
+            &json!({
+                "StartAt": "Call",
+                "States": {"Call": {
+                    "Type": "Task",
+                    "Resource": "arn:aws:states:::states:startExecution.sync:2",
+                    "Parameters": {"StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:bare"},
+                    "End": true
+                }}
+            })
+            .to_string(),
+        )
+        .await
+        .unwrap();
+        let bare = saga
+            .start("bare", json!({}), None)
+            .await
+            .unwrap()
+            .wait(LIMIT)
+            .await
+            .unwrap();
+        assert_eq!(bare.status, Status::Failed, "{mode:?}");
+        assert_eq!((bare.error, bare.cause), (None, None), "{mode:?}");
+        let parent = saga
+            .start("over_bare", json!({}), None)
+            .await
+            .unwrap()
+            .wait(LIMIT)
+            .await
+            .unwrap();
+        assert_eq!(
+            parent.error.as_deref(),
+            Some("States.TaskFailed"),
+            "{mode:?}"
+        );
+        let report: Value = serde_json::from_str(parent.cause.as_deref().unwrap()).unwrap();
+        assert_eq!(report["Status"], json!("FAILED"), "{mode:?}: {report}");
+        assert_eq!(report["Error"], Value::Null, "{mode:?}: {report}");
+        saga.shutdown().await;
+    }
+}

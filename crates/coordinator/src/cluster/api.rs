@@ -515,9 +515,11 @@ impl Api {
                 Some(Outcome::Succeeded { output }) => {
                     desc.output = Some(Arc::unwrap_or_clone(output));
                 }
+                // A Fail state without Error or Cause has none (AWS leaves
+                // the fields out), as the index has it.
                 Some(Outcome::Failed { error, cause } | Outcome::TimedOut { error, cause }) => {
-                    desc.error = desc.error.or(Some(error));
-                    desc.cause = desc.cause.or(Some(cause));
+                    desc.error = desc.error.or(Some(error).filter(|e| !e.is_empty()));
+                    desc.cause = desc.cause.or(Some(cause).filter(|c| !c.is_empty()));
                 }
                 Some(Outcome::Aborted { error, cause }) => {
                     desc.error = desc.error.or(error);
