@@ -696,7 +696,8 @@ async fn task_callbacks() {
         "PayloadTooLarge"
     );
     env.index("hello", "cb", ExecutionStatus::Succeeded).await;
-    assert_eq!(code(c.send_task_heartbeat(&t).await), "TaskDoesNotExist");
+    // AWS's answer for a task closed or an execution ended.
+    assert_eq!(code(c.send_task_heartbeat(&t).await), "TaskTimedOut");
 }
 
 #[tokio::test]

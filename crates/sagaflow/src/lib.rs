@@ -199,7 +199,7 @@ impl From<ApiClientError> for Error {
                 "StateMachineDoesNotExist" => Error::StateMachineDoesNotExist(api.message.clone()),
                 "ExecutionAlreadyExists" => Error::ExecutionAlreadyExists(api.message.clone()),
                 "ExecutionDoesNotExist" => Error::ExecutionDoesNotExist(api.message.clone()),
-                "TaskDoesNotExist" | "InvalidToken" => Error::TaskDoesNotExist,
+                "TaskDoesNotExist" | "TaskTimedOut" | "InvalidToken" => Error::TaskDoesNotExist,
                 "InvalidRequest" => Error::InvalidRequest(api.message.clone()),
                 "PayloadTooLarge" => Error::PayloadTooLarge(api.message.clone()),
                 "ExecutionNotRedrivable" => Error::ExecutionNotRedrivable {

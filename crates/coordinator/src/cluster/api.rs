@@ -70,8 +70,11 @@ pub mod codes {
     pub const INVALID_NAME: &str = "InvalidName";
     /// A task token does not decode.
     pub const INVALID_TOKEN: &str = "InvalidToken";
-    /// The task's execution does not exist or has finished.
+    /// The task's execution does not exist.
     pub const TASK_DOES_NOT_EXIST: &str = "TaskDoesNotExist";
+    /// The task no longer waits: answered, timed out or cancelled, or its
+    /// execution has ended (AWS's answer then).
+    pub const TASK_TIMED_OUT: &str = "TaskTimedOut";
     /// The request is malformed.
     pub const INVALID_REQUEST: &str = "InvalidRequest";
     /// Only failed, timed-out or aborted executions can be redriven.
@@ -722,7 +725,7 @@ impl Api {
                 format!("execution {} does not exist", exec.arn()),
             )),
             Some(entry) if entry.status != ExecutionStatus::Running => Err(ApiError::new(
-                codes::TASK_DOES_NOT_EXIST,
+                codes::TASK_TIMED_OUT,
                 format!(
                     "execution {} has finished ({}); its tasks no longer wait",
                     exec.arn(),
@@ -736,7 +739,7 @@ impl Api {
                     CallbackState::Waiting => Ok((exec, task_id)),
                     CallbackState::Unknown => Err(invalid()),
                     CallbackState::Closed => Err(ApiError::new(
-                        codes::TASK_DOES_NOT_EXIST,
+                        codes::TASK_TIMED_OUT,
                         format!(
                             "task {task_id} of {} no longer waits for an answer",
                             exec.arn()
