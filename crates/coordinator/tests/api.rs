@@ -16,7 +16,7 @@ use sagaflow_coordinator::cluster::store::{ExecutionMeta, HistoryBatch, Store};
 use sagaflow_coordinator::{HistoryEntry, HistoryItem};
 use sagaflow_nats::Settings;
 use sagaflow_protocol::api::{
-    ExecutionDescription, ExecutionStatus, Operation, StartExecutionRequest,
+    ExecutionDescription, ExecutionStatus, ListExecutions, Operation, StartExecutionRequest,
 };
 use sagaflow_protocol::{ExecutionRef, InboxMessage, Namespace};
 use sagaflow_testkit::NatsServer;
@@ -575,6 +575,30 @@ async fn started_executions_are_idempotent_and_described() {
 
     let all = c.list_executions(Some("hello"), None).await.unwrap();
     assert_eq!(all.len(), 3);
+    // Page by page (the client above follows the pages itself).
+    let page = |max: usize, token: Option<String>| ListExecutions {
+        state_machine: Some("hello".into()),
+        status: None,
+        max_results: Some(max),
+        next_token: token,
+    };
+    let first = c.list_executions_page(&page(2, None)).await.unwrap();
+    assert_eq!(first.executions.len(), 2);
+    let token = first.next_token.clone().expect("more to come");
+    let second = c.list_executions_page(&page(2, Some(token))).await.unwrap();
+    assert_eq!(second.executions.len(), 1);
+    assert_eq!(second.next_token, None);
+    let mut names: Vec<String> = first
+        .executions
+        .iter()
+        .chain(&second.executions)
+        .map(|e| e.name.clone())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["done", "failed", "running"]);
+    // A page size out of range is brought into it.
+    let all_at_once = c.list_executions_page(&page(0, None)).await.unwrap();
+    assert_eq!(all_at_once.executions.len(), 1);
     let running = c
         .list_executions(None, Some(ExecutionStatus::Running))
         .await
@@ -618,6 +642,42 @@ async fn started_executions_are_idempotent_and_described() {
     c.redrive_execution(&arn("failed")).await.unwrap();
     c.redrive_execution(&arn("failed")).await.unwrap();
     assert_eq!(env.inbox_count().await, 2, "one redrive per redrive count");
+}
+
+/// More executions than one reply can hold (messages of 64 KiB here):
+/// the list comes page by page, every one of them in it.
+#[tokio::test]
+async fn many_executions_are_listed_page_by_page() {
+    let env = Env::new().await;
+    let c = &env.client;
+    c.create_state_machine("hello", DEFINITION).await.unwrap();
+    let writes = (0..400).map(|i| {
+        let env = &env;
+        async move {
+            env.index("hello", &format!("e{i:03}"), ExecutionStatus::Succeeded)
+                .await
+        }
+    });
+    futures::future::join_all(writes).await;
+    let all = c
+        .list_executions(Some("hello"), None)
+        .await
+        .expect("listed");
+    assert_eq!(all.len(), 400);
+    let mut names: Vec<&str> = all.iter().map(|e| e.name.as_str()).collect();
+    names.dedup();
+    assert_eq!(names.len(), 400, "no execution twice");
+    let first = c
+        .list_executions_page(&ListExecutions {
+            state_machine: None,
+            status: None,
+            max_results: None,
+            next_token: None,
+        })
+        .await
+        .unwrap();
+    assert!(first.executions.len() < 400, "{}", first.executions.len());
+    assert!(first.next_token.is_some());
 }
 
 #[tokio::test]

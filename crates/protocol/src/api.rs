@@ -299,6 +299,29 @@ pub struct ListExecutions {
     /// Only executions with this status.
     #[serde(default)]
     pub status: Option<ExecutionStatus>,
+    /// Most executions in the reply ([`MAX_LIST_RESULTS`] when absent, and
+    /// at most that).
+    #[serde(default)]
+    pub max_results: Option<usize>,
+    /// Where to go on: the [`ExecutionList::next_token`] of the page
+    /// before.
+    #[serde(default)]
+    pub next_token: Option<String>,
+}
+
+/// Most executions in one `execution.list` reply (AWS's `maxResults` limit):
+/// a page stays well under the message size limit.
+pub const MAX_LIST_RESULTS: usize = 1000;
+
+/// The reply to `execution.list`: one page, in the index's key order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionList {
+    /// The executions of this page.
+    pub executions: Vec<ExecutionDescription>,
+    /// Present when there are more: ask again with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// `execution.stop`.

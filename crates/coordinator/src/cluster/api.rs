@@ -33,9 +33,9 @@ use tokio::task::JoinHandle;
 use sagaflow_asl::interp::Outcome;
 use sagaflow_protocol::api::{
     ApiError, CreateStateMachine, DescribeStateMachine, ExecutionDescription, ExecutionHistory,
-    ExecutionRequest, ExecutionStatus, ListExecutions, Operation, Reply, SendTaskFailure,
-    SendTaskHeartbeat, SendTaskSuccess, StartExecutionReply, StartExecutionRequest,
-    StateMachineSummary, StateMachineVersion, StopExecutionRequest,
+    ExecutionList, ExecutionRequest, ExecutionStatus, ListExecutions, MAX_LIST_RESULTS, Operation,
+    Reply, SendTaskFailure, SendTaskHeartbeat, SendTaskSuccess, StartExecutionReply,
+    StartExecutionRequest, StateMachineSummary, StateMachineVersion, StopExecutionRequest,
 };
 use sagaflow_protocol::{
     ExecutionRef, InboxMessage, StartExecution, check_name, decode_task_token, headers,
@@ -572,18 +572,32 @@ impl Api {
         Ok(ExecutionHistory { events })
     }
 
-    /// `ListExecutions`.
-    pub async fn list_executions(
-        &self,
-        req: ListExecutions,
-    ) -> Result<Vec<ExecutionDescription>, ApiError> {
+    /// `ListExecutions`: one page (at most `max_results`, 1,000 by default
+    /// and at most), in the index's key order; `next_token` goes on.
+    pub async fn list_executions(&self, req: ListExecutions) -> Result<ExecutionList, ApiError> {
         if let Some(m) = &req.state_machine {
             check_name("state machine name", m).map_err(invalid_name)?;
         }
-        self.store
-            .list_executions(None, req.state_machine.as_deref(), req.status)
+        let limit = req
+            .max_results
+            .unwrap_or(MAX_LIST_RESULTS)
+            .clamp(1, MAX_LIST_RESULTS);
+        let (executions, next_token) = self
+            .store
+            .list_executions_page(
+                req.state_machine.as_deref(),
+                req.status,
+                req.next_token.as_deref(),
+                limit,
+                // The reply's other fields and envelope fit in the rest.
+                self.max_request_bytes().saturating_sub(4096),
+            )
             .await
-            .map_err(internal)
+            .map_err(internal)?;
+        Ok(ExecutionList {
+            executions,
+            next_token,
+        })
     }
 
     /// `StopExecution`: asks the engine to abort it (a finished execution

@@ -33,9 +33,9 @@ use serde_json::{Value, json};
 
 use sagaflow_protocol::api::{
     ApiError, CreateStateMachine, DescribeStateMachine, ExecutionDescription, ExecutionHistory,
-    ExecutionRequest, ExecutionStatus, ListExecutions, Operation, Reply, SendTaskFailure,
-    SendTaskHeartbeat, SendTaskSuccess, StartExecutionReply, StartExecutionRequest,
-    StateMachineSummary, StateMachineVersion, StopExecutionRequest,
+    ExecutionList, ExecutionRequest, ExecutionStatus, ListExecutions, Operation, Reply,
+    SendTaskFailure, SendTaskHeartbeat, SendTaskSuccess, StartExecutionReply,
+    StartExecutionRequest, StateMachineSummary, StateMachineVersion, StopExecutionRequest,
 };
 use sagaflow_protocol::{ExecutionRef, Namespace};
 
@@ -267,14 +267,33 @@ impl ApiClient {
         state_machine: Option<&str>,
         status: Option<ExecutionStatus>,
     ) -> Result<Vec<ExecutionDescription>, ApiClientError> {
-        self.call(
-            Operation::ListExecutions,
-            &ListExecutions {
-                state_machine: state_machine.map(str::to_string),
-                status,
-            },
-        )
-        .await
+        let mut all = Vec::new();
+        let mut next_token = None;
+        loop {
+            let page = self
+                .list_executions_page(&ListExecutions {
+                    state_machine: state_machine.map(str::to_string),
+                    status,
+                    max_results: None,
+                    next_token: next_token.take(),
+                })
+                .await?;
+            all.extend(page.executions);
+            match page.next_token {
+                Some(token) => next_token = Some(token),
+                None => break,
+            }
+        }
+        all.sort_by(|a, b| a.start_date.cmp(&b.start_date).then(a.name.cmp(&b.name)));
+        Ok(all)
+    }
+
+    /// One page of `ListExecutions` (see [`ListExecutions`]).
+    pub async fn list_executions_page(
+        &self,
+        request: &ListExecutions,
+    ) -> Result<ExecutionList, ApiClientError> {
+        self.call(Operation::ListExecutions, request).await
     }
 
     /// `StopExecution`.

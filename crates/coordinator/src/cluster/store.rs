@@ -716,8 +716,74 @@ impl Store {
         Ok((out, last))
     }
 
+    /// One page of the execution index, in key order: the entries after
+    /// key `after` that match the filters, at most `limit` of them and at
+    /// most `max_bytes` of their JSON, and the key to go on from when there
+    /// may be more. Only the page's entries (and the ones skipped by the
+    /// filters) are read.
+    pub async fn list_executions_page(
+        &self,
+        state_machine: Option<&str>,
+        status: Option<ExecutionStatus>,
+        after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<ExecutionDescription>, Option<String>), StoreError> {
+        let mut listed = self
+            .infra
+            .executions
+            .keys()
+            .await
+            .map_err(|e| nats("list executions")(&e))?;
+        let mut keys = Vec::new();
+        while let Some(key) = listed.next().await {
+            let key = key.map_err(|e| nats("list executions")(&e))?;
+            if after.is_none_or(|a| key.as_str() > a) {
+                keys.push(key);
+            }
+        }
+        keys.sort_unstable();
+        let mut page = Vec::new();
+        let mut bytes_used = 2;
+        for (i, key) in keys.iter().enumerate() {
+            if page.len() == limit {
+                // More keys after the last one read: go on from there.
+                return Ok((page, i.checked_sub(1).map(|j| keys[j].clone())));
+            }
+            let Some(bytes) = self
+                .infra
+                .executions
+                .get(key)
+                .await
+                .map_err(|e| nats("list executions")(&e))?
+            else {
+                continue;
+            };
+            let Ok(desc) = serde_json::from_slice::<ExecutionDescription>(&bytes) else {
+                tracing::warn!(
+                    key,
+                    "skipping an execution index entry that does not decode"
+                );
+                continue;
+            };
+            if state_machine.is_some_and(|m| m != desc.state_machine)
+                || status.is_some_and(|s| s != desc.status)
+            {
+                continue;
+            }
+            let size = bytes.len() + 1;
+            if !page.is_empty() && bytes_used + size > max_bytes {
+                // Full: this entry opens the next page.
+                return Ok((page, i.checked_sub(1).map(|j| keys[j].clone())));
+            }
+            bytes_used += size;
+            page.push(desc);
+        }
+        Ok((page, None))
+    }
+
     /// Index entries, optionally of one partition, one state machine or one
-    /// status.
+    /// status, all at once, by start date.
     pub async fn list_executions(
         &self,
         partition: Option<u32>,
