@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use sagaflow_coordinator::cluster::client::ApiClientError;
 use sagaflow_participant::{TaskContext, TaskError, handler_fn, lambda_fn};
-use sagaflow_protocol::api::{ExecutionStatus, StartExecutionRequest};
+use sagaflow_protocol::api::{ExecutionStatus, HistoryRequest, StartExecutionRequest};
 use sagaflow_protocol::{ExecutionRef, InboxMessage, StartExecution};
 
 use common::{Env, assert_status, events_of, options, start_message};
@@ -1226,6 +1226,76 @@ async fn a_redrive_with_no_state_to_run_again_is_refused() {
         "ExecutionNotRedrivable"
     );
     assert_eq!(env.describe(&done.execution_arn).await.redrive_count, 0);
+    env.shutdown().await;
+}
+
+/// A history larger than one reply (1 MiB) comes page by page: every
+/// event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_over_a_message_is_read_page_by_page() {
+    let mut env = Env::start().await;
+    let step =
+        |next: &str| json!({"Type": "Task", "Resource": "big", "ResultPath": null, "Next": next});
+    let mut states = serde_json::Map::new();
+    for i in 0..6 {
+        states.insert(format!("S{i}"), step(&format!("S{}", i + 1)));
+    }
+    states.insert("S6".into(), json!({"Type": "Succeed"}));
+    env.deploy(
+        "long",
+        &json!({"StartAt": "S0", "States": states}).to_string(),
+    )
+    .await;
+    env.worker(|b| {
+        b.handler(
+            "big",
+            handler_fn(|_: Value, _ctx: TaskContext| async move {
+                Ok::<_, TaskError>(json!({"pad": "x".repeat(200_000)}))
+            }),
+        )
+    })
+    .await;
+    let done = env.run("long", "l", json!({})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    let all = env
+        .api
+        .execution_history(&done.execution_arn)
+        .await
+        .expect("history");
+    let ids: Vec<u64> = all
+        .events
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len() as u64).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert_eq!(events_of(&all.events, "TaskSucceeded").len(), 6);
+    let first = env
+        .api
+        .execution_history_page(&HistoryRequest {
+            execution_arn: done.execution_arn.clone(),
+            max_results: None,
+            next_token: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        first.events.len() < all.events.len(),
+        "{}",
+        first.events.len()
+    );
+    let bad = env
+        .api
+        .execution_history_page(&HistoryRequest {
+            execution_arn: done.execution_arn.clone(),
+            max_results: None,
+            next_token: Some("nope".into()),
+        })
+        .await;
+    assert_eq!(api_code(bad), "InvalidRequest");
     env.shutdown().await;
 }
 

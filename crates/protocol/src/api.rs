@@ -281,12 +281,32 @@ pub struct ExecutionDescription {
     pub trace_id: Option<String>,
 }
 
-/// `execution.history` reply: the events, oldest first.
+/// `execution.history` reply: the events, oldest first (one page of them
+/// when asked with [`HistoryRequest`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionHistory {
     /// Step Functions-style events (`{"id", "timestamp", "type", ...details}`).
     pub events: Vec<Value>,
+    /// Present when there are more events: ask again with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// `execution.history`: an execution's events, a page at a time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryRequest {
+    /// The execution.
+    pub execution_arn: String,
+    /// Most events in the reply ([`MAX_LIST_RESULTS`] when absent, and at
+    /// most that; fewer when they would not fit in a message).
+    #[serde(default)]
+    pub max_results: Option<usize>,
+    /// Where to go on: the [`ExecutionHistory::next_token`] of the page
+    /// before.
+    #[serde(default)]
+    pub next_token: Option<String>,
 }
 
 /// `execution.list`.

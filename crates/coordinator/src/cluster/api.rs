@@ -33,9 +33,10 @@ use tokio::task::JoinHandle;
 use sagaflow_asl::interp::Outcome;
 use sagaflow_protocol::api::{
     ApiError, CreateStateMachine, DescribeStateMachine, ExecutionDescription, ExecutionHistory,
-    ExecutionList, ExecutionRequest, ExecutionStatus, ListExecutions, MAX_LIST_RESULTS, Operation,
-    Reply, SendTaskFailure, SendTaskHeartbeat, SendTaskSuccess, StartExecutionReply,
-    StartExecutionRequest, StateMachineSummary, StateMachineVersion, StopExecutionRequest,
+    ExecutionList, ExecutionRequest, ExecutionStatus, HistoryRequest, ListExecutions,
+    MAX_LIST_RESULTS, Operation, Reply, SendTaskFailure, SendTaskHeartbeat, SendTaskSuccess,
+    StartExecutionReply, StartExecutionRequest, StateMachineSummary, StateMachineVersion,
+    StopExecutionRequest,
 };
 use sagaflow_protocol::{
     ExecutionRef, InboxMessage, StartExecution, check_name, decode_task_token, headers,
@@ -534,10 +535,12 @@ impl Api {
         Ok(desc)
     }
 
-    /// `GetExecutionHistory`: Step Functions-style events.
+    /// `GetExecutionHistory`: Step Functions-style events, a page at a time
+    /// (at most `max_results`, 1,000 by default and at most, and what fits
+    /// in a message); `next_token` goes on.
     pub async fn execution_history(
         &self,
-        req: ExecutionRequest,
+        req: HistoryRequest,
     ) -> Result<ExecutionHistory, ApiError> {
         let exec = parse_arn(&req.execution_arn)?;
         let history: StoredHistory = self.store.read_history(&exec).await.map_err(internal)?;
@@ -569,7 +572,35 @@ impl Api {
         }
         let entries: Vec<_> = replayed.unwrap_or_else(|| stored().collect());
         let events = history_view::render(entries.iter());
-        Ok(ExecutionHistory { events })
+        let start = match req.next_token.as_deref() {
+            None => 0,
+            Some(token) => token
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= events.len())
+                .ok_or_else(|| ApiError::new(codes::INVALID_REQUEST, "invalid next token"))?,
+        };
+        let limit = req
+            .max_results
+            .unwrap_or(MAX_LIST_RESULTS)
+            .clamp(1, MAX_LIST_RESULTS);
+        // The reply's envelope fits in the rest.
+        let budget = self.max_request_bytes().saturating_sub(4096);
+        let mut used = 2;
+        let mut end = start;
+        for event in &events[start..] {
+            let size = serde_json::to_vec(event).map_or(usize::MAX, |b| b.len()) + 1;
+            if end - start == limit || (end > start && used + size > budget) {
+                break;
+            }
+            used += size;
+            end += 1;
+        }
+        let next_token = (end < events.len()).then(|| end.to_string());
+        let mut events = events;
+        events.truncate(end);
+        events.drain(..start);
+        Ok(ExecutionHistory { events, next_token })
     }
 
     /// `ListExecutions`: one page (at most `max_results`, 1,000 by default

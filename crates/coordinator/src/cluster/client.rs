@@ -33,8 +33,8 @@ use serde_json::{Value, json};
 
 use sagaflow_protocol::api::{
     ApiError, CreateStateMachine, DescribeStateMachine, ExecutionDescription, ExecutionHistory,
-    ExecutionList, ExecutionRequest, ExecutionStatus, ListExecutions, Operation, Reply,
-    SendTaskFailure, SendTaskHeartbeat, SendTaskSuccess, StartExecutionReply,
+    ExecutionList, ExecutionRequest, ExecutionStatus, HistoryRequest, ListExecutions, Operation,
+    Reply, SendTaskFailure, SendTaskHeartbeat, SendTaskSuccess, StartExecutionReply,
     StartExecutionRequest, StateMachineSummary, StateMachineVersion, StopExecutionRequest,
 };
 use sagaflow_protocol::{ExecutionRef, Namespace};
@@ -252,13 +252,34 @@ impl ApiClient {
         &self,
         execution_arn: &str,
     ) -> Result<ExecutionHistory, ApiClientError> {
-        self.call(
-            Operation::GetExecutionHistory,
-            &ExecutionRequest {
-                execution_arn: execution_arn.to_string(),
-            },
-        )
-        .await
+        let mut events = Vec::new();
+        let mut next_token = None;
+        loop {
+            let page = self
+                .execution_history_page(&HistoryRequest {
+                    execution_arn: execution_arn.to_string(),
+                    max_results: None,
+                    next_token: next_token.take(),
+                })
+                .await?;
+            events.extend(page.events);
+            match page.next_token {
+                Some(token) => next_token = Some(token),
+                None => break,
+            }
+        }
+        Ok(ExecutionHistory {
+            events,
+            next_token: None,
+        })
+    }
+
+    /// One page of `GetExecutionHistory` (see [`HistoryRequest`]).
+    pub async fn execution_history_page(
+        &self,
+        request: &HistoryRequest,
+    ) -> Result<ExecutionHistory, ApiClientError> {
+        self.call(Operation::GetExecutionHistory, request).await
     }
 
     /// `ListExecutions`.
