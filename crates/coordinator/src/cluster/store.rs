@@ -716,6 +716,33 @@ impl Store {
         Ok((out, last))
     }
 
+    /// An index entry for a listing and its size in bytes; `None` when it
+    /// is gone or does not decode (skipped, with a warning).
+    async fn listed_entry(
+        &self,
+        key: &str,
+    ) -> Result<Option<(ExecutionDescription, usize)>, StoreError> {
+        let Some(bytes) = self
+            .infra
+            .executions
+            .get(key)
+            .await
+            .map_err(|e| nats("list executions")(&e))?
+        else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<ExecutionDescription>(&bytes) {
+            Ok(desc) => Ok(Some((desc, bytes.len()))),
+            Err(_) => {
+                tracing::warn!(
+                    key,
+                    "skipping an execution index entry that does not decode"
+                );
+                Ok(None)
+            }
+        }
+    }
+
     /// One page of the execution index, in key order: the entries after
     /// key `after` that match the filters, at most `limit` of them and at
     /// most `max_bytes` of their JSON, and the key to go on from when there
@@ -750,20 +777,7 @@ impl Store {
                 // More keys after the last one read: go on from there.
                 return Ok((page, i.checked_sub(1).map(|j| keys[j].clone())));
             }
-            let Some(bytes) = self
-                .infra
-                .executions
-                .get(key)
-                .await
-                .map_err(|e| nats("list executions")(&e))?
-            else {
-                continue;
-            };
-            let Ok(desc) = serde_json::from_slice::<ExecutionDescription>(&bytes) else {
-                tracing::warn!(
-                    key,
-                    "skipping an execution index entry that does not decode"
-                );
+            let Some((desc, size)) = self.listed_entry(key).await? else {
                 continue;
             };
             if state_machine.is_some_and(|m| m != desc.state_machine)
@@ -771,7 +785,7 @@ impl Store {
             {
                 continue;
             }
-            let size = bytes.len() + 1;
+            let size = size + 1;
             if !page.is_empty() && bytes_used + size > max_bytes {
                 // Full: this entry opens the next page.
                 return Ok((page, i.checked_sub(1).map(|j| keys[j].clone())));
@@ -806,20 +820,7 @@ impl Store {
         }
         let mut out = Vec::new();
         for key in wanted {
-            let Some(bytes) = self
-                .infra
-                .executions
-                .get(&key)
-                .await
-                .map_err(|e| nats("list executions")(&e))?
-            else {
-                continue;
-            };
-            let Ok(desc) = serde_json::from_slice::<ExecutionDescription>(&bytes) else {
-                tracing::warn!(
-                    key,
-                    "skipping an execution index entry that does not decode"
-                );
+            let Some((desc, _)) = self.listed_entry(&key).await? else {
                 continue;
             };
             if state_machine.is_some_and(|m| m != desc.state_machine) {
