@@ -109,6 +109,7 @@ pub struct EmbeddedDispatcher {
     running: Running,
     calls: Mutex<Vec<CallRecord>>,
     record_calls: bool,
+    max_result_bytes: Option<usize>,
     callbacks: Option<Callbacks>,
 }
 
@@ -123,8 +124,17 @@ impl EmbeddedDispatcher {
             running: Arc::default(),
             calls: Mutex::default(),
             record_calls: true,
+            max_result_bytes: None,
             callbacks: None,
         }
+    }
+
+    /// A handler result over `bytes` of JSON fails its task with
+    /// `States.DataLimitExceeded`, as a Worker reports it over NATS (by
+    /// default the interpreter fails the state when it takes the result).
+    pub fn with_max_result_bytes(mut self, bytes: usize) -> EmbeddedDispatcher {
+        self.max_result_bytes = Some(bytes);
+        self
     }
 
     /// Keeps no [`CallRecord`]s ([`EmbeddedDispatcher::calls`] stays
@@ -328,6 +338,8 @@ impl Dispatcher for EmbeddedDispatcher {
             let shape = resolution.shape;
             let input = resolution.input;
             let spawned_slot = slot.clone();
+            let max_result_bytes = self.max_result_bytes;
+            let state_name = request.state_name.to_string();
             let join = tokio::spawn(
                 async move {
                     // Called inside the future that `supervise` guards, so
@@ -366,6 +378,11 @@ impl Dispatcher for EmbeddedDispatcher {
                         None => (call, None),
                     };
                     let mut result = supervise(call, heartbeats, heartbeat_seconds).await;
+                    if let Some(max) = max_result_bytes
+                        && token.is_none()
+                    {
+                        result = sagaflow_participant::within_limit(result, &state_name, max);
+                    }
                     if shape == ResultShape::LambdaInvoke && token.is_none() {
                         result = result
                             .map(|payload| resource::wrap_lambda_invoke(payload, &spawned_slot.1));

@@ -255,6 +255,32 @@ where
     }
 }
 
+/// A handler's result as its task's answer, in-process and over NATS
+/// alike: a success whose JSON is over `max_bytes` becomes a
+/// `States.DataLimitExceeded` failure of state `state_name`, with AWS's
+/// cause.
+pub fn within_limit(
+    result: Result<serde_json::Value, TaskError>,
+    state_name: &str,
+    max_bytes: usize,
+) -> Result<serde_json::Value, TaskError> {
+    let output = result?;
+    match serde_json::to_vec(&output) {
+        Ok(bytes) if bytes.len() <= max_bytes => Ok(output),
+        Ok(_) => Err(TaskError::new(
+            worker::DATA_LIMIT_EXCEEDED,
+            format!(
+                "The state/task '{state_name}' returned a result with a size exceeding the \
+                 maximum number of bytes service limit."
+            ),
+        )),
+        Err(e) => Err(TaskError::new(
+            INVALID_OUTPUT,
+            format!("the task's result does not serialize: {e}"),
+        )),
+    }
+}
+
 /// The text of a handler's panic, as its task's failure cause
 /// (`States.TaskFailed`): the panic message, in embedded mode and over NATS
 /// alike.

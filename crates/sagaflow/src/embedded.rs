@@ -105,7 +105,9 @@ impl Embedded {
                 EmbeddedDispatcher::new(handlers)
                     .with_callbacks()
                     // An application runs for long: no record of every call.
-                    .without_call_records(),
+                    .without_call_records()
+                    // Results over the limit fail as a Worker reports them.
+                    .with_max_result_bytes(runtime.max_payload_bytes),
             );
             let max_payload_bytes = runtime.max_payload_bytes;
             let coordinator = Arc::new(Coordinator::new(

@@ -925,3 +925,46 @@ async fn a_bare_fail_state_reports_no_error_on_both_backends() {
         saga.shutdown().await;
     }
 }
+
+/// A handler result over the payload limit (256 KiB) fails its task with
+/// `States.DataLimitExceeded` and the same cause on both backends, and both
+/// record the same events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_the_limit_fails_the_same_way_on_both_backends() {
+    let mut seen = Vec::new();
+    for mode in Backend::both() {
+        let backend = Backend::new(mode);
+        let saga = backend
+            .build(Sagaflow::builder().handler(
+                "huge",
+                handler_fn(|_: Value, _ctx: TaskContext| async move {
+                    Ok::<_, TaskError>(json!({"pad": "x".repeat(300_000)}))
+                }),
+            ))
+            .await;
+        saga.deploy(
+            "huge",
+            r#"{"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "huge", "End": true}}}"#,
+        )
+        .await
+        .unwrap();
+        let e = saga.start("huge", json!({}), Some("h")).await.unwrap();
+        let done = e.wait(LIMIT).await.unwrap();
+        assert_eq!(done.status, Status::Failed, "{mode:?}");
+        assert_eq!(
+            done.error.as_deref(),
+            Some("States.DataLimitExceeded"),
+            "{mode:?}"
+        );
+        seen.push((done.cause, types(&e.history().await.unwrap())));
+        saga.shutdown().await;
+    }
+    assert_eq!(seen[0], seen[1]);
+    // AWS's cause.
+    assert_eq!(
+        seen[0].0.as_deref(),
+        Some(
+            "The state/task 'T' returned a result with a size exceeding the maximum number of bytes service limit."
+        )
+    );
+}

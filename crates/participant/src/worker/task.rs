@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
-use super::{DATA_LIMIT_EXCEEDED, TASK_FAILED};
+use super::TASK_FAILED;
 use crate::{Handler, TaskContext, TaskError, heartbeat_channel};
 
 /// Delay before a task whose result could not be stored (or whose
@@ -127,6 +127,7 @@ fn truncate(text: String, max: usize) -> String {
 pub fn result_message(
     execution_arn: &str,
     task_id: &str,
+    state_name: &str,
     result: Result<Value, TaskError>,
     max_bytes: usize,
 ) -> InboxMessage {
@@ -141,25 +142,12 @@ pub fn result_message(
         cause: truncate(cause, max_bytes.min(MAX_CAUSE_CHARS)),
         callback: false,
     };
-    match result {
-        Ok(output) => match serde_json::to_vec(&output) {
-            Ok(bytes) if bytes.len() <= max_bytes => InboxMessage::TaskSucceeded {
-                execution_arn: execution_arn.to_string(),
-                task_id: task_id.to_string(),
-                output,
-                callback: false,
-            },
-            Ok(bytes) => failed(
-                DATA_LIMIT_EXCEEDED.to_string(),
-                format!(
-                    "the task's result is {} bytes, more than the limit of {max_bytes} bytes",
-                    bytes.len()
-                ),
-            ),
-            Err(e) => failed(
-                crate::INVALID_OUTPUT.to_string(),
-                format!("the task's result does not serialize: {e}"),
-            ),
+    match crate::within_limit(result, state_name, max_bytes) {
+        Ok(output) => InboxMessage::TaskSucceeded {
+            execution_arn: execution_arn.to_string(),
+            task_id: task_id.to_string(),
+            output,
+            callback: false,
         },
         Err(TaskError { error, cause }) => failed(error, cause),
     }
@@ -297,6 +285,7 @@ impl TaskRunner {
         let reply = result_message(
             &task.execution_arn,
             &task.task_id,
+            &task.state_name,
             result,
             self.max_payload_bytes,
         );
@@ -599,7 +588,7 @@ mod tests {
         // Control characters are escaped six times longer in JSON.
         let cause = "\u{1b}".repeat(300_000);
         let error = "E".repeat(1_000);
-        let m = result_message("arn", "t", Err(TaskError::new(error, cause)), 262_144);
+        let m = result_message("arn", "t", "S", Err(TaskError::new(error, cause)), 262_144);
         let encoded = encode(&m);
         assert!(encoded.len() < 1_048_576, "{} bytes", encoded.len());
         match m {
@@ -614,7 +603,7 @@ mod tests {
 
     #[test]
     fn results_within_the_limit_are_sent() {
-        let m = result_message("arn", "t", Ok(json!({"a": 1})), 100);
+        let m = result_message("arn", "t", "S", Ok(json!({"a": 1})), 100);
         assert_eq!(
             m,
             InboxMessage::TaskSucceeded {
@@ -628,19 +617,22 @@ mod tests {
 
     #[test]
     fn oversized_results_become_data_limit_exceeded() {
-        let big = json!("x".repeat(200));
-        match result_message("arn", "t", Ok(big), 100) {
+        let big = json!("x".repeat(2000));
+        match result_message("arn", "t", "S", Ok(big), 1000) {
             InboxMessage::TaskFailed { error, cause, .. } => {
-                assert_eq!(error, DATA_LIMIT_EXCEEDED);
-                assert!(cause.contains("202 bytes"), "{cause}");
-                assert!(cause.contains("100 bytes"), "{cause}");
+                assert_eq!(error, super::super::DATA_LIMIT_EXCEEDED);
+                // AWS's cause.
+                assert_eq!(
+                    cause,
+                    "The state/task 'S' returned a result with a size exceeding the maximum number of bytes service limit."
+                );
             }
             other => panic!("{other:?}"),
         }
         // Exactly at the limit is fine.
         let exact = json!("x".repeat(98));
         assert!(matches!(
-            result_message("arn", "t", Ok(exact), 100),
+            result_message("arn", "t", "S", Ok(exact), 100),
             InboxMessage::TaskSucceeded { .. }
         ));
     }
@@ -650,6 +642,7 @@ mod tests {
         let m = result_message(
             "arn",
             "t",
+            "S",
             Err(TaskError::new("States.Timeout", "é".repeat(100))),
             51,
         );
@@ -682,9 +675,9 @@ mod tests {
             "input": null, "attempt": 0, "replyTo": "x.y"
         }))
         .unwrap();
-        let ok = encode(&result_message("arn", "t", Ok(json!(1)), 10));
+        let ok = encode(&result_message("arn", "t", "S", Ok(json!(1)), 10));
         assert!(is_result_of(&ok, &task));
-        let other = encode(&result_message("arn", "u", Ok(json!(1)), 10));
+        let other = encode(&result_message("arn", "u", "S", Ok(json!(1)), 10));
         assert!(!is_result_of(&other, &task));
         assert!(!is_result_of(b"not json", &task));
         let beat = encode(&InboxMessage::TaskHeartbeat {
@@ -701,7 +694,7 @@ mod tests {
             name in "[A-Za-z.]{0,20}",
             max in 0usize..400,
         ) {
-            match result_message("arn", "t", Err(TaskError::new(name.clone(), cause)), max) {
+            match result_message("arn", "t", "S", Err(TaskError::new(name.clone(), cause)), max) {
                 InboxMessage::TaskFailed { error, cause, .. } => {
                     prop_assert_eq!(error, name);
                     prop_assert!(cause.len() <= max);
