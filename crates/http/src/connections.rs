@@ -353,9 +353,11 @@ impl Connections {
                         .api_key_auth_parameters
                         .ok_or_else(|| need("ApiKeyAuthParameters"))?;
                     if reqwest::header::HeaderName::from_bytes(k.api_key_name.as_bytes()).is_err() {
+                        // Not quoted: a secret pasted into the wrong field
+                        // would be printed.
                         return Err(invalid(format!(
-                            "connection '{}': ApiKeyName '{}' is not a valid header name",
-                            c.name, k.api_key_name
+                            "connection '{}': ApiKeyName is not a valid header name",
+                            c.name
                         )));
                     }
                     Auth::ApiKey {
@@ -426,11 +428,11 @@ impl Connections {
     }
 }
 
-/// serde_json's message, unless it quotes a string value (which may be a
-/// secret put in the wrong place): then only the position.
+/// serde_json's message, unless it quotes a value (which may be a secret
+/// put in the wrong place, or of the wrong type): then only the position.
 fn safe_message(e: &serde_json::Error) -> String {
     let m = e.to_string();
-    if m.contains("string \"") {
+    if m.contains("string \"") || m.contains("invalid type:") || m.contains("invalid value:") {
         format!(
             "a value has the wrong type or form at line {} column {}",
             e.line(),
@@ -519,6 +521,9 @@ mod tests {
             r#"{"Connections": [{"Name": "x", "AuthorizationType": "API_KEY", "AuthParameters": {"ApiKeyAuthParameters": {"ApiKeyName": "bad name", "ApiKeyValue": "v-SECRET"}}}]}"#,
             r#"{"Connections": [{"Name": "a/b", "AuthorizationType": "BASIC", "AuthParameters": {"BasicAuthParameters": {"Username": "u", "Password": "p"}}}]}"#,
             r#"{"Connections": [{"Name": "x", "AuthorizationType": "BASIC", "AuthParameters": {"BasicAuthParameters": {"Username": "u", "Password": 5}}}]}"#,
+            // A numeric secret, and a secret pasted in as the key's name.
+            r#"{"Connections": [{"Name": "x", "AuthorizationType": "BASIC", "AuthParameters": {"BasicAuthParameters": {"Username": "u", "Password": 735129864}}}]}"#,
+            r#"{"Connections": [{"Name": "x", "AuthorizationType": "API_KEY", "AuthParameters": {"ApiKeyAuthParameters": {"ApiKeyName": "Authorization: Bearer SECRET", "ApiKeyValue": "v"}}}]}"#,
             r#"{"Connections": [{"Name": "x", "AuthorizationType": "BASIC", "AuthParameters": {"BasicAuthParameters": "u:p-SECRET"}}]}"#,
             "[1",
         ];
@@ -527,6 +532,7 @@ mod tests {
             let m = e.to_string();
             assert!(m.contains("conn.json"), "{m}");
             assert!(!m.contains("SECRET"), "{m}");
+            assert!(!m.contains("735129864"), "{m}");
         }
         let dup = r#"{"Connections": [
             {"Name": "x", "AuthorizationType": "BASIC", "AuthParameters": {"BasicAuthParameters": {"Username": "u", "Password": "p"}}},

@@ -104,7 +104,12 @@ pub struct HttpConfig {
     /// Bytes of a non-2xx body quoted in the error's cause (512).
     pub error_excerpt_bytes: usize,
     /// Follow redirects (up to 10). Off by default, as on AWS: a 3xx fails
-    /// the task with `States.Http.StatusCode.3xx`.
+    /// the task with `States.Http.StatusCode.3xx`, its `Location` named in
+    /// the cause without its query. When on, a redirect to another host
+    /// drops `Authorization` (basic and OAuth connections) but not an API
+    /// key sent in a header of another name, nor a connection's
+    /// `HeaderParameters`: turn it on only for endpoints that redirect to
+    /// hosts you trust.
     pub follow_redirects: bool,
     /// The `User-Agent` header.
     pub user_agent: String,
@@ -385,13 +390,21 @@ impl HttpHandler {
         if !status.is_success() {
             let excerpt = read_excerpt(&mut response, self.config.error_excerpt_bytes).await;
             let mut cause = format!("{target}: {} {status_text}", status.as_u16());
-            if status.is_redirection()
-                && let Some(location) = response
+            if status.is_redirection() {
+                // Without its query, as every URL in a cause: a redirect may
+                // carry the connection's query parameters along.
+                let location = response
                     .headers()
                     .get(LOCATION)
                     .and_then(|l| l.to_str().ok())
-            {
-                cause.push_str(&format!(" (redirect to {location} not followed)"));
+                    .and_then(|l| response.url().join(l).ok())
+                    .map(|l| redacted_url(&l));
+                match location {
+                    Some(location) => {
+                        cause.push_str(&format!(" (redirect to {location} not followed)"));
+                    }
+                    None => cause.push_str(" (redirect not followed)"),
+                }
             }
             if !excerpt.is_empty() {
                 cause.push_str(": ");
@@ -492,13 +505,23 @@ impl HttpHandler {
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| fail("the token response has no access_token".into()))?;
+        // Checked before it is kept: a token no header can carry would fail
+        // every call until it expired.
+        if HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
+            return Err(fail(
+                "the token response's access_token cannot be sent in a header".into(),
+            ));
+        }
         let lifetime = parsed
             .get("expires_in")
             .and_then(|v| {
                 v.as_u64()
                     .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
             })
-            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
+            // Any lifetime beyond a day is a day: a token is fetched again
+            // at least that often (and no deadline overflows).
+            .min(MAX_TOKEN_LIFETIME);
         let token = Secret::new(token);
         *slot = Some(CachedToken {
             token: token.clone(),
@@ -507,6 +530,9 @@ impl HttpHandler {
         Ok(token)
     }
 }
+
+/// The longest an OAuth token is kept, whatever its `expires_in`.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 impl Handler for HttpHandler {
     fn call(&self, input: Value, ctx: TaskContext) -> BoxFuture<'_, Result<Value, TaskError>> {

@@ -689,3 +689,72 @@ async fn oauth_body_parameters_go_to_the_token_request() {
     .unwrap();
     assert_eq!(out["ResponseBody"], json!({"paid": true}));
 }
+
+/// A redirect (not followed) is named in the cause without its query: it
+/// may carry the connection's query parameters along.
+#[tokio::test]
+async fn a_redirect_is_named_without_its_query() {
+    let server = MockServer::start().await;
+    Mock::given(path("/moved"))
+        .respond_with(
+            ResponseTemplate::new(301)
+                .insert_header("location", format!("/moved/?api_key={API_KEY}").as_str()),
+        )
+        .mount(&server)
+        .await;
+    let e = invoke(
+        &handler(),
+        json!({"ApiEndpoint": format!("{}/moved", server.uri()), "Method": "GET"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error, "States.Http.StatusCode.301");
+    assert!(
+        e.cause
+            .contains(&format!("redirect to {}/moved/ not followed", server.uri())),
+        "{}",
+        e.cause
+    );
+    assert_no_secret("error", &e.to_string());
+}
+
+/// A token endpoint's answer is checked before the token is kept: any
+/// `expires_in` is fine (a lifetime over a day counts as a day), and a
+/// token no header can carry is an authentication failure (catchable), not
+/// a runtime error kept until it expires.
+#[tokio::test]
+async fn odd_token_responses_are_handled() {
+    for (expires_in, token, works) in [
+        (json!(u64::MAX), json!(ACCESS_TOKEN), true),
+        (json!("18446744073709551615"), json!(ACCESS_TOKEN), true),
+        (json!(60), json!("line\nbreak"), false),
+    ] {
+        let server = MockServer::start().await;
+        Mock::given(path("/token"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"access_token": token, "expires_in": expires_in})),
+            )
+            .mount(&server)
+            .await;
+        Mock::given(path("/pay"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"paid": true})))
+            .mount(&server)
+            .await;
+        let h = with_connections(connections(&format!("{}/token", server.uri())));
+        let result = invoke(
+            &h,
+            json!({"ApiEndpoint": format!("{}/pay", server.uri()), "Method": "POST",
+                   "Authentication": {"ConnectionArn": "Bank"}}),
+        )
+        .await;
+        match (works, result) {
+            (true, Ok(out)) => assert_eq!(out["ResponseBody"], json!({"paid": true})),
+            (false, Err(e)) => {
+                assert_eq!(e.error, "Sagaflow.Http.AuthenticationFailed", "{e}");
+                assert!(!e.cause.contains("line"), "{}", e.cause);
+            }
+            (_, other) => panic!("{expires_in} {token}: {other:?}"),
+        }
+    }
+}
