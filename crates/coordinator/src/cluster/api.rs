@@ -557,18 +557,8 @@ impl Api {
         // Records are stored without copies of state inputs and outputs;
         // replaying the events brings them back.
         let mut replayed = None;
-        if let Some(meta) = history.batches.first().and_then(|b| b.meta.as_ref())
-            && let Ok(Some(version)) = self
-                .store
-                .machine(&meta.state_machine, Some(meta.version))
-                .await
-            && let Ok(machine) = sagaflow_asl::parse::parse_definition(&version.definition)
-        {
-            replayed = history_view::replay_with_payloads(
-                std::sync::Arc::new(machine),
-                &self.options.interp,
-                stored(),
-            );
+        if let Some(machine) = self.machine_of(&history).await {
+            replayed = history_view::replay_with_payloads(machine, &self.options.interp, stored());
         }
         let entries: Vec<_> = replayed.unwrap_or_else(|| stored().collect());
         let events = history_view::render(entries.iter());
@@ -715,6 +705,23 @@ impl Api {
             .is_ok()
     }
 
+    /// The state machine version a history was started with, parsed;
+    /// `None` when the history has no start or the version cannot be read
+    /// or parsed.
+    async fn machine_of(
+        &self,
+        history: &StoredHistory,
+    ) -> Option<std::sync::Arc<sagaflow_asl::model::StateMachine>> {
+        let meta = history.batches.first()?.meta.as_ref()?;
+        let version = self
+            .store
+            .machine(&meta.state_machine, Some(meta.version))
+            .await
+            .ok()??;
+        let machine = sagaflow_asl::parse::parse_definition(&version.definition).ok()?;
+        Some(std::sync::Arc::new(machine))
+    }
+
     /// Whether the execution's history, replayed, leaves a state to run
     /// again: an execution that failed between states (the state-transition
     /// limit) or before its first cannot be redriven. When the history or
@@ -723,21 +730,10 @@ impl Api {
     async fn history_redrivable(&self, exec: &ExecutionRef) -> Result<bool, ApiError> {
         use sagaflow_asl::interp::Execution;
         let history = self.store.read_history(exec).await.map_err(internal)?;
-        let Some(meta) = history.batches.first().and_then(|b| b.meta.as_ref()) else {
+        let Some(machine) = self.machine_of(&history).await else {
             return Ok(true);
         };
-        let Ok(Some(version)) = self
-            .store
-            .machine(&meta.state_machine, Some(meta.version))
-            .await
-        else {
-            return Ok(true);
-        };
-        let Ok(machine) = sagaflow_asl::parse::parse_definition(&version.definition) else {
-            return Ok(true);
-        };
-        let mut execution =
-            Execution::new(std::sync::Arc::new(machine), self.options.interp.clone());
+        let mut execution = Execution::new(machine, self.options.interp.clone());
         let mut out = Vec::new();
         for entry in history.batches.iter().flat_map(|b| &b.entries) {
             if let crate::HistoryItem::Event(event) = &entry.item {
