@@ -461,7 +461,10 @@ pub async fn connect_resolved(resolved: Resolved) -> Result<async_nats::Client, 
         credential,
         tls,
     } = resolved;
-    let client = match options.connect(url.as_str()).await {
+    // A comma-separated list is a list of servers (the client tries them
+    // in turn); handed over whole it would be read as one URL.
+    let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+    let client = match options.connect(servers).await {
         Ok(client) => client,
         Err(source) => {
             return Err(match source.kind() {

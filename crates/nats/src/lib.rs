@@ -30,8 +30,10 @@ pub use connect::{
 use async_nats::jetstream::{self, kv, stream};
 use sagaflow_protocol::Namespace;
 
-/// The oldest nats-server Sagaflow runs on: per-message TTL, KV per-key
-/// TTL and consumer priority groups arrived in 2.11.
+/// The oldest nats-server Sagaflow runs on. Sagaflow is tested on 2.11 and
+/// later (2.15.1 in CI); older servers (Debian's 2.9, for one) lack
+/// JetStream API behaviour the async-nats key-value client relies on, and
+/// are refused rather than run untested.
 pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 11, 0);
 
 /// How to install a recent server, for error messages.
@@ -42,11 +44,21 @@ pub const INSTALL_HINT: &str = "install nats-server 2.11 or newer, for example w
 /// at least [`MIN_SERVER_VERSION`]. Unparsable versions are refused.
 pub fn check_server_version(version: &str) -> Result<(), String> {
     let trimmed = version.trim().trim_start_matches('v');
-    let core = trimmed.split(['-', '+']).next().unwrap_or("");
+    let without_build = trimmed.split('+').next().unwrap_or("");
+    let (core, pre_release) = match without_build.split_once('-') {
+        Some((core, _)) => (core, true),
+        None => (without_build, false),
+    };
     let mut parts = core.split('.').map(|p| p.parse::<u64>());
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(Ok(a)), Some(Ok(b)), Some(Ok(c))) => {
-            if (a, b, c) >= MIN_SERVER_VERSION {
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(a)), Some(Ok(b)), Some(Ok(c)), None) => {
+            // A pre-release comes before its release (2.11.0-beta < 2.11.0).
+            let at_least = if pre_release {
+                (a, b, c) > MIN_SERVER_VERSION
+            } else {
+                (a, b, c) >= MIN_SERVER_VERSION
+            };
+            if at_least {
                 Ok(())
             } else {
                 Err(version.to_string())
@@ -112,13 +124,38 @@ pub enum SetupError {
         source: jetstream::context::CreateStreamError,
     },
     /// A key-value bucket.
-    #[error("cannot create or open key-value bucket {name}: {source}")]
+    #[error("cannot create key-value bucket {name}: {source}")]
     Bucket {
         /// The bucket's name.
         name: String,
         /// The client's error.
         #[source]
         source: jetstream::context::CreateKeyValueError,
+    },
+    /// A key-value bucket exists (or may) but could not be opened, for
+    /// another reason than its absence (no answer from JetStream, no
+    /// permission).
+    #[error("cannot open key-value bucket {name}: {source}")]
+    OpenBucket {
+        /// The bucket's name.
+        name: String,
+        /// The client's error.
+        #[source]
+        source: jetstream::context::KeyValueError,
+    },
+    /// A stream of this name exists but holds other subjects than this
+    /// namespace's: another deployment (or another tool) owns the name.
+    #[error(
+        "stream {name} exists with subjects {found:?}, not {expected:?}: it belongs to something else; \
+         use another namespace"
+    )]
+    Foreign {
+        /// The stream's name.
+        name: String,
+        /// The subjects this namespace needs.
+        expected: Vec<String>,
+        /// The subjects the existing stream has.
+        found: Vec<String>,
     },
 }
 
@@ -129,7 +166,9 @@ pub struct Infra {
     pub client: async_nats::Client,
     /// The JetStream context.
     pub js: jetstream::Context,
-    /// The settings they were created with.
+    /// The settings in effect: those asked for, except where existing
+    /// streams and buckets were created with others (their lease TTL,
+    /// idempotency TTL and message size limit are taken; see [`setup`]).
     pub settings: Settings,
     /// Histories.
     pub history: stream::Stream,
@@ -158,9 +197,17 @@ impl Infra {
 
 /// Creates (or opens) every stream and bucket. Safe to call from every
 /// process at every start: existing ones are left as they are.
+///
+/// Existing ones keep the settings they were created with, and those are
+/// the ones the returned [`Infra::settings`] carry where the runtime acts on
+/// them: the partition lease TTL (the leases bucket's), the idempotency TTL
+/// (the idempotency bucket's) and the largest message (the smallest limit
+/// of any stream or bucket). Each difference is logged as a warning, as is
+/// a different replica count. A stream whose subjects are not this
+/// namespace's is refused ([`SetupError::Foreign`]).
 pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Infra, SetupError> {
     let js = jetstream::new(client.clone());
-    let ns = &settings.namespace;
+    let ns = settings.namespace.clone();
     let stream = |name: String, subjects: Vec<String>, retention, max_age| stream::Config {
         name,
         subjects,
@@ -177,9 +224,23 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
         let js = js.clone();
         async move {
             let name = config.name.clone();
-            js.get_or_create_stream(config)
-                .await
-                .map_err(|source| SetupError::Stream { name, source })
+            let expected = config.subjects.clone();
+            let stream =
+                js.get_or_create_stream(config)
+                    .await
+                    .map_err(|source| SetupError::Stream {
+                        name: name.clone(),
+                        source,
+                    })?;
+            let found = stream.cached_info().config.subjects.clone();
+            if found != expected {
+                return Err(SetupError::Foreign {
+                    name,
+                    expected,
+                    found,
+                });
+            }
+            Ok(stream)
         }
     };
     // No max age: ended executions are deleted one by one by their owner
@@ -220,10 +281,11 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
             let name = config.bucket.clone();
             match js.get_key_value(&name).await {
                 Ok(store) => Ok(store),
-                Err(_) => js
+                Err(e) if bucket_missing(&e) => js
                     .create_key_value(config)
                     .await
                     .map_err(|source| SetupError::Bucket { name, source }),
+                Err(source) => Err(SetupError::OpenBucket { name, source }),
             }
         }
     };
@@ -232,10 +294,53 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
     let leases = open_kv(bucket(ns.leases_bucket(), 1, settings.lease_ttl)).await?;
     let coordinators = open_kv(bucket(ns.coordinators_bucket(), 1, settings.lease_ttl)).await?;
     let idempotency = open_kv(bucket(ns.idempotency_bucket(), 1, settings.idempotency_ttl)).await?;
+
+    let mut in_effect = settings.clone();
+    let mut configs: Vec<stream::Config> = vec![
+        history.cached_info().config.clone(),
+        inbox.cached_info().config.clone(),
+        tasks.cached_info().config.clone(),
+    ];
+    for store in [&machines, &executions, &leases, &coordinators, &idempotency] {
+        configs.push(bucket_config(store).await);
+    }
+    for config in &configs {
+        if config.num_replicas != settings.replicas {
+            tracing::warn!(
+                stream = %config.name,
+                replicas = config.num_replicas,
+                asked = settings.replicas,
+                "this stream exists with another replica count, kept as it is"
+            );
+        }
+        let limit = config.max_message_size;
+        if limit > 0 && limit < in_effect.max_message_bytes {
+            tracing::warn!(
+                stream = %config.name,
+                max_message_bytes = limit,
+                asked = settings.max_message_bytes,
+                "this stream exists with a smaller message limit, which is the one in effect"
+            );
+            in_effect.max_message_bytes = limit;
+        }
+    }
+    let ttl_of = |config: &stream::Config, asked: Duration, what: &str| {
+        if config.max_age != asked {
+            tracing::warn!(
+                bucket = %config.name,
+                ttl = ?config.max_age,
+                asked = ?asked,
+                "this bucket exists with another {what}, which is the one in effect"
+            );
+        }
+        config.max_age
+    };
+    in_effect.lease_ttl = ttl_of(&configs[5], settings.lease_ttl, "lease TTL");
+    in_effect.idempotency_ttl = ttl_of(&configs[7], settings.idempotency_ttl, "idempotency TTL");
     Ok(Infra {
         client,
         js,
-        settings,
+        settings: in_effect,
         history,
         inbox,
         tasks,
@@ -247,16 +352,60 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
     })
 }
 
+/// The configuration of a bucket's stream, as the server gave it when the
+/// bucket was opened.
+async fn bucket_config(store: &kv::Store) -> stream::Config {
+    // `status` reads what `get_key_value`/`create_key_value` received; it
+    // makes no request and cannot fail in this client version.
+    match store.status().await {
+        Ok(status) => status.info.config,
+        Err(_) => stream::Config::default(),
+    }
+}
+
+/// Whether opening a bucket failed because it does not exist (and not
+/// because JetStream did not answer, or refused).
+fn bucket_missing(error: &jetstream::context::KeyValueError) -> bool {
+    use jetstream::context::{GetStreamError, GetStreamErrorKind};
+    use std::error::Error as _;
+    error
+        .source()
+        .and_then(|source| source.downcast_ref::<GetStreamError>())
+        .is_some_and(|source| match source.kind() {
+            GetStreamErrorKind::JetStream(e) => {
+                e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            }
+            _ => false,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn versions() {
-        for ok in ["2.11.0", "v2.11.3", "2.12.0-beta.1", "2.15.1", "3.0.0"] {
+        for ok in [
+            "2.11.0",
+            "v2.11.3",
+            "2.12.0-beta.1",
+            "2.11.0+build.7",
+            "2.15.1",
+            "3.0.0",
+        ] {
             assert!(check_server_version(ok).is_ok(), "{ok}");
         }
-        for old in ["2.10.25", "2.9.10", "1.4.0", "", "two", "2.11"] {
+        for old in [
+            "2.10.25",
+            "2.9.10",
+            "1.4.0",
+            "",
+            "two",
+            "2.11",
+            "2.11.0-beta",
+            "2.11.0-RC.2",
+            "2.11.0.1",
+        ] {
             assert!(check_server_version(old).is_err(), "{old}");
         }
     }

@@ -126,3 +126,96 @@ async fn data_survives_a_restart_and_the_client_reconnects() {
         Some(&b"v1"[..])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_streams_and_buckets_keep_their_settings_and_those_are_in_effect() {
+    let server = NatsServer::start().unwrap();
+    let client = connect(&server.url()).await.unwrap();
+    let first = Settings {
+        lease_ttl: std::time::Duration::from_secs(3),
+        idempotency_ttl: std::time::Duration::from_secs(3600),
+        max_message_bytes: 64 * 1024,
+        ..Settings::default()
+    };
+    let created = setup(client.clone(), first.clone()).await.unwrap();
+    assert_eq!(created.settings.lease_ttl, first.lease_ttl);
+
+    // A second process asks for other settings: the buckets keep theirs,
+    // and those are the ones it is told to act on (a lease renewed every
+    // 10/3 s would expire every 3 s).
+    let second = setup(client.clone(), Settings::default()).await.unwrap();
+    assert_eq!(second.settings.lease_ttl, first.lease_ttl);
+    assert_eq!(second.settings.idempotency_ttl, first.idempotency_ttl);
+    assert_eq!(second.settings.max_message_bytes, 64 * 1024);
+    let leases = second.leases.status().await.unwrap();
+    assert_eq!(leases.max_age(), first.lease_ttl);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_the_same_name_with_other_subjects_is_refused() {
+    let server = NatsServer::start().unwrap();
+    let client = connect(&server.url()).await.unwrap();
+    let ns = Namespace::new("acme-prod").unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: ns.history_stream(),
+        subjects: vec!["elsewhere.history.>".to_string()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = setup(
+        client.clone(),
+        Settings {
+            namespace: ns.clone(),
+            ..Settings::default()
+        },
+    )
+    .await
+    .err()
+    .expect("a foreign stream is refused");
+    match &err {
+        sagaflow_nats::SetupError::Foreign { name, found, .. } => {
+            assert_eq!(name, &ns.history_stream());
+            assert_eq!(found, &vec!["elsewhere.history.>".to_string()]);
+        }
+        other => panic!("expected Foreign, got {other}"),
+    }
+    assert!(err.to_string().contains("another namespace"), "{err}");
+
+    // Namespaces that differ only by '-' and '_' have streams of their own.
+    let dash = setup(
+        client.clone(),
+        Settings {
+            namespace: Namespace::new("tenant-a").unwrap(),
+            ..Settings::default()
+        },
+    )
+    .await
+    .unwrap();
+    let underscore = setup(
+        client,
+        Settings {
+            namespace: Namespace::new("tenant_a").unwrap(),
+            ..Settings::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_ne!(
+        dash.history.cached_info().config.name,
+        underscore.history.cached_info().config.name
+    );
+    assert_ne!(dash.ns().leases_bucket(), underscore.ns().leases_bucket());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comma_separated_list_of_servers_connects_to_one_that_answers() {
+    let server = NatsServer::start().unwrap();
+    let mut gone = NatsServer::start().unwrap();
+    let gone_url = gone.url();
+    gone.kill().unwrap();
+    let list = format!("{gone_url}, {}", server.url());
+    let client = connect(&list).await.expect("the live server of the list");
+    assert!(client.server_info().jetstream);
+}

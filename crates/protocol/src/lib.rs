@@ -214,19 +214,32 @@ impl Default for Namespace {
 }
 
 impl Namespace {
-    /// A namespace with this prefix (a subject token: letters, digits, `-`, `_`).
+    /// A namespace with this prefix: one subject token of lowercase
+    /// letters, digits, `-` and `_`.
+    ///
+    /// Uppercase letters are refused because stream and bucket names are
+    /// the prefix in uppercase: `Acme` and `acme` would share them while
+    /// their subjects differ. Each prefix gives names no other prefix
+    /// gives (`acme-prod` gives `ACME-PROD_HISTORY`, `acme_prod` gives
+    /// `ACME_PROD_HISTORY`).
     pub fn new(prefix: &str) -> Result<Namespace, NameError> {
+        let refuse = |reason| NameError {
+            what: "namespace",
+            value: prefix.to_string(),
+            reason,
+        };
         if prefix.contains('.') {
-            return Err(NameError {
-                what: "namespace",
-                value: prefix.to_string(),
-                reason: "it must be a single subject token",
-            });
+            return Err(refuse("it must be a single subject token"));
         }
         check_handler(prefix).map_err(|e| NameError {
             what: "namespace",
             ..e
         })?;
+        if prefix.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(refuse(
+                "it must be lowercase (stream and bucket names are its uppercase form)",
+            ));
+        }
         Ok(Namespace {
             prefix: prefix.to_string(),
         })
@@ -238,7 +251,9 @@ impl Namespace {
     }
 
     fn upper(&self, suffix: &str) -> String {
-        format!("{}_{suffix}", self.prefix.to_uppercase().replace('-', "_"))
+        // One-to-one: the prefix is lowercase and no suffix has a `_`, so
+        // the name is split back at its last `_`.
+        format!("{}_{suffix}", self.prefix.to_uppercase())
     }
 
     /// Stream of execution histories (`SAGAFLOW_HISTORY`).
@@ -584,7 +599,13 @@ mod tests {
     #[test]
     fn namespace_names() {
         let ns = Namespace::new("acme-prod").unwrap();
-        assert_eq!(ns.history_stream(), "ACME_PROD_HISTORY");
+        assert_eq!(ns.history_stream(), "ACME-PROD_HISTORY");
+        assert_eq!(
+            Namespace::new("acme_prod").unwrap().history_stream(),
+            "ACME_PROD_HISTORY"
+        );
+        let err = Namespace::new("Acme-prod").unwrap_err().to_string();
+        assert!(err.contains("lowercase"), "{err}");
         assert_eq!(
             ns.task_subject("flights.book"),
             "acme-prod.task.flights.book"

