@@ -230,7 +230,12 @@ pub struct Execution {
     options: Options,
     started: Option<Started>,
     frames: Vec<Option<Frame>>,
+    /// Slots free for reuse.
     free: Vec<FrameId>,
+    /// Slots released during the current drive: reused only from the next
+    /// one, so a flow still queued for a frame that was aborted meanwhile
+    /// finds its slot empty (and is dropped) instead of a new frame.
+    released: Vec<FrameId>,
     tasks: HashMap<Arc<str>, FrameId>,
     timers: HashMap<String, TimerRole>,
     transitions: u64,
@@ -259,6 +264,7 @@ impl Execution {
             started: None,
             frames: Vec::new(),
             free: Vec::new(),
+            released: Vec::new(),
             tasks: HashMap::new(),
             timers: HashMap::new(),
             transitions: 0,
@@ -484,9 +490,17 @@ impl Execution {
         mut queue: VecDeque<(FrameId, Flow)>,
         out: &mut Vec<Command>,
     ) {
+        // No flow of an earlier drive is queued: every slot released then
+        // can be reused now.
+        self.free.append(&mut self.released);
         while let Some((frame, flow)) = queue.pop_front() {
             if self.outcome.is_some() {
                 return;
+            }
+            // A sibling's failure aborted this frame (a Parallel branch, a
+            // Map iteration) after this flow was queued: it goes nowhere.
+            if !matches!(self.frames.get(frame), Some(Some(_))) {
+                continue;
             }
             match flow {
                 Flow::Blocked => {}
@@ -550,7 +564,7 @@ impl Execution {
         if let Some(slot) = self.frames.get_mut(id)
             && slot.take().is_some()
         {
-            self.free.push(id);
+            self.released.push(id);
         }
     }
 
@@ -1504,9 +1518,12 @@ impl Execution {
             Some(ResultPath::Discard) => self.active(f).raw_input.clone(),
             Some(ResultPath::Path(path)) if path.is_identity() => result,
             Some(ResultPath::Path(path)) => {
-                let raw = std::mem::replace(&mut self.active_mut(f).raw_input, null_payload());
-                // Bound: the input, the result, and the field names written.
-                let size = raw.size + result.size + path.as_str().len() + 8;
+                // The state's input stays as it was: if the output fails
+                // (here, at OutputPath or at the size limit), a retrier
+                // runs the state again on it, a catcher merges the error
+                // into it, and a redrive starts from it.
+                let raw = self.active(f).raw_input.clone();
+                let size = raw.size + result.size + result_path_overhead(path.as_str());
                 let mut target = Arc::unwrap_or_clone(raw.value);
                 match path.write_in_place(&mut target, Arc::unwrap_or_clone(result.value)) {
                     Ok(()) => Payload {
@@ -1514,11 +1531,6 @@ impl Execution {
                         size,
                     },
                     Err(e) => {
-                        // The input is untouched: a catcher gets it back.
-                        self.active_mut(f).raw_input = Payload {
-                            value: Arc::new(target),
-                            size: raw.size,
-                        };
                         let failure = Failure::new(errors::RESULT_PATH_MATCH_FAILURE, e.message);
                         return self.state_failed(at, f, failure, out);
                     }
@@ -1622,7 +1634,9 @@ impl Execution {
                 },
                 None => None,
             };
-            let raw_input = std::mem::replace(&mut self.active_mut(f).raw_input, null_payload());
+            // Cloned, not taken: if the catcher's ResultPath fails, the
+            // state fails with its input intact (for a redrive).
+            let raw_input = self.active(f).raw_input.clone();
             let error_size = data::json_len_within(&error_output, usize::MAX).unwrap_or(0);
             let output = match &catcher.result_path {
                 ResultPath::Discard => raw_input,
@@ -1630,7 +1644,7 @@ impl Execution {
                     match p.write(Arc::unwrap_or_clone(raw_input.value), error_output) {
                         Ok(v) => Payload {
                             value: Arc::new(v),
-                            size: raw_input.size + error_size + p.as_str().len() + 8,
+                            size: raw_input.size + error_size + result_path_overhead(p.as_str()),
                         },
                         Err(e) => {
                             return Flow::Done(Err(Failure::new(
@@ -1752,6 +1766,9 @@ impl Execution {
             .collect();
         for root in roots {
             self.abort_frame(root, out);
+            // The execution ended: a redrive starts a root of its own (and
+            // finds where from in `redrive_point`, captured before this).
+            self.release(root);
         }
         // Anything left (there should be nothing) is dropped silently.
         self.tasks.clear();
@@ -1991,13 +2008,6 @@ fn null_value() -> Arc<Value> {
     NULL.clone()
 }
 
-fn null_payload() -> Payload {
-    Payload {
-        value: null_value(),
-        size: 4,
-    }
-}
-
 /// The path of a state in history records: its name at the top level,
 /// `Fanout@0#0[2]/Charge` inside a branch or iteration.
 fn state_path(prefix: &str, state: &State) -> Arc<str> {
@@ -2127,3 +2137,12 @@ impl Env for FrameEnv<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// An upper bound of the bytes a ResultPath write adds besides the value
+/// written: each field it names (quoted and escaped, a colon, a comma) and,
+/// for a field it has to create, the braces of a new object. A segment of k
+/// characters takes at least k + 1 of the path (`.k`), and adds at most
+/// 6k + 6 bytes (every character escaped as `\u00XX`).
+fn result_path_overhead(path: &str) -> usize {
+    path.len() * 7 + 8
+}

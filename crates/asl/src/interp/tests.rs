@@ -1282,3 +1282,115 @@ fn a_stopped_execution_can_be_redriven() {
     let o = sim.try_run_more();
     assert_eq!(succeeded(&o), &json!({"k": 1}));
 }
+
+#[test]
+fn a_branch_that_fails_at_once_beside_one_that_ends_at_once_fails_the_parallel() {
+    // Both branches end in the first round: the failure aborts the Parallel
+    // while the other branch's end is still queued.
+    let def = r#"{"StartAt": "P", "States": {"P": {"Type": "Parallel", "End": true, "Branches": [
+        {"StartAt": "F", "States": {"F": {"Type": "Fail", "Error": "NoStock", "Cause": "none left"}}},
+        {"StartAt": "S", "States": {"S": {"Type": "Pass", "End": true}}}
+    ]}}}"#;
+    let mut sim = Sim::new(def);
+    let o = sim.run(json!({}), |_| None);
+    assert_eq!(failed(&o), ("NoStock", "none left"));
+
+    // The same in a Map, and with a Catch that goes on to another Parallel
+    // (which reuses the aborted branches' slots).
+    let def = r#"{"StartAt": "M", "States": {
+        "M": {"Type": "Map", "ItemsPath": "$.items", "Next": "Done",
+              "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Again"}],
+              "ItemProcessor": {"StartAt": "C", "States": {
+                "C": {"Type": "Choice", "Choices": [{"Variable": "$", "StringEquals": "bad", "Next": "F"}],
+                      "Default": "S"},
+                "F": {"Type": "Fail", "Error": "Bad"},
+                "S": {"Type": "Pass", "End": true}}}},
+        "Again": {"Type": "Parallel", "Next": "Done", "Branches": [
+            {"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "a", "End": true}}},
+            {"StartAt": "B", "States": {"B": {"Type": "Pass", "Result": "b", "End": true}}}]},
+        "Done": {"Type": "Succeed"}
+    }}"#;
+    let mut sim = Sim::new(def);
+    let o = sim.run(json!({"items": ["bad", "good", "good"]}), |t| {
+        ok(json!(format!("{}-done", t.resource)))
+    });
+    assert_eq!(succeeded(&o), &json!(["a-done", "b"]));
+}
+
+#[test]
+fn a_second_redrive_after_a_stop_or_a_timeout_restarts_from_the_state_that_failed() {
+    let def = r#"{"StartAt": "A", "TimeoutSeconds": 60, "States": {
+        "A": {"Type": "Task", "Resource": "a", "Next": "B"},
+        "B": {"Type": "Task", "Resource": "b", "End": true}}}"#;
+    for timed_out in [false, true] {
+        let mut sim = Sim::new(def);
+        sim.apply(Event::ExecutionStarted {
+            info: info(),
+            input: json!({}),
+        });
+        if timed_out {
+            let o = sim.try_run_more();
+            assert!(matches!(o, Outcome::TimedOut { .. }), "{o:?}");
+        } else {
+            sim.apply(Event::StopRequested {
+                error: None,
+                cause: None,
+            });
+        }
+        sim.tasks.clear();
+        sim.timers.clear();
+        sim.apply(Event::RedriveRequested);
+        let ran = run_redrive(&mut sim, |t| match &*t.resource {
+            "a" => ok(json!("a")),
+            _ => err("B.Down", "b is down"),
+        });
+        assert_eq!(ran.len(), 2, "{ran:?}");
+        sim.tasks.clear();
+        sim.timers.clear();
+        sim.apply(Event::RedriveRequested);
+        // B failed: the second redrive runs B, not A again.
+        let ran = run_redrive(&mut sim, |_| ok(json!("b")));
+        assert_eq!(ran.len(), 1, "timed out: {timed_out}, ran {ran:?}");
+        assert!(ran[0].contains("B@"), "timed out: {timed_out}, ran {ran:?}");
+        assert_eq!(succeeded(sim.exec.outcome().unwrap()), &json!("b"));
+    }
+}
+
+#[test]
+fn a_state_whose_output_fails_is_retried_caught_and_redriven_with_its_input() {
+    // The merged output is over the size limit: the retry runs on the
+    // state's input, and the catcher merges the error into that input.
+    let def = r#"{"StartAt": "T", "States": {
+        "T": {"Type": "Task", "Resource": "r", "ResultPath": "$.r",
+              "Retry": [{"ErrorEquals": ["States.DataLimitExceeded"], "MaxAttempts": 1, "IntervalSeconds": 1}],
+              "Catch": [{"ErrorEquals": ["States.DataLimitExceeded"], "ResultPath": "$.error", "Next": "Done"}],
+              "End": true},
+        "Done": {"Type": "Pass", "End": true}}}"#;
+    let options = Options {
+        max_payload_bytes: 1000,
+        ..Options::default()
+    };
+    let mut sim = Sim::with_options(def, options.clone());
+    let mut inputs = Vec::new();
+    let o = sim.run(json!({"order": 7}), |t| {
+        inputs.push(Value::clone(&t.input));
+        ok(json!("x".repeat(990)))
+    });
+    assert_eq!(inputs, vec![json!({"order": 7}), json!({"order": 7})]);
+    let output = succeeded(&o);
+    assert_eq!(output["order"], json!(7), "{output}");
+    assert_eq!(output["error"]["Error"], json!("States.DataLimitExceeded"));
+
+    // An uncaught output failure (OutputPath finds nothing): a redrive runs
+    // the task again on its input.
+    let def = r#"{"StartAt": "T", "States": {
+        "T": {"Type": "Task", "Resource": "r", "ResultPath": "$.r", "OutputPath": "$.r.missing",
+              "End": true}}}"#;
+    let mut sim = Sim::new(def);
+    let o = sim.run(json!({"order": 8}), |_| ok(json!({})));
+    assert_eq!(failed(&o).0, "States.Runtime");
+    sim.tasks.clear();
+    sim.apply(Event::RedriveRequested);
+    assert_eq!(sim.tasks.len(), 1);
+    assert_eq!(*sim.tasks[0].input, json!({"order": 8}));
+}
