@@ -2,8 +2,62 @@
 //!
 //! The core never draws entropy itself: an execution receives a seed in its
 //! `ExecutionStarted` event and every random value (`States.MathRandom`,
-//! `States.UUID`, retry jitter, task tokens) is derived from it, so a replay
-//! produces the same values.
+//! `States.UUID`, retry jitter, task tokens, child executions' seeds) is
+//! derived from it ([`Secrets`]), so a replay produces the same values.
+
+/// The secrets of one execution, derived from its seed with SHA-256 under
+/// distinct labels, so that no value an execution hands out reveals
+/// another: the random stream (`States.UUID`, `States.MathRandom`, jitter)
+/// starts from one derived state, and task tokens and child seeds are
+/// keyed hashes of another. Knowing every random value drawn (the stream's
+/// state can be worked back from one SplitMix64 output) gives neither the
+/// seed nor any token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Secrets {
+    seed: u64,
+}
+
+impl Secrets {
+    /// The secrets of the execution with this seed.
+    pub fn new(seed: u64) -> Secrets {
+        Secrets { seed }
+    }
+
+    fn digest(&self, label: &str, parts: &[&[u8]]) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut hash = sha2::Sha256::new();
+        hash.update(label.as_bytes());
+        hash.update([0u8]);
+        hash.update(self.seed.to_le_bytes());
+        for part in parts {
+            // Length-prefixed: no two lists of parts hash the same bytes.
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part);
+        }
+        hash.finalize().into()
+    }
+
+    /// The first state of the execution's random stream.
+    pub fn stream_start(&self) -> u64 {
+        let d = self.digest("sagaflow random stream", &[]);
+        u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+    }
+
+    /// The nonce of the task token of `task_id` (32 hex digits).
+    pub fn token_nonce(&self, execution_id: &str, task_id: &str) -> String {
+        let d = self.digest(
+            "sagaflow task token",
+            &[execution_id.as_bytes(), task_id.as_bytes()],
+        );
+        d[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The seed of the child execution started by `task_id`.
+    pub fn child_seed(&self, task_id: &str) -> u64 {
+        let d = self.digest("sagaflow child seed", &[task_id.as_bytes()]);
+        u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+    }
+}
 
 /// A source of random 64-bit numbers.
 pub trait RandomSource {
@@ -59,6 +113,24 @@ impl RandomSource for SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_keyed_by_the_seed_and_apart_from_each_other() {
+        let a = Secrets::new(42);
+        assert_eq!(a.token_nonce("e", "T@1#0"), a.token_nonce("e", "T@1#0"));
+        assert_eq!(a.token_nonce("e", "T@1#0").len(), 32);
+        assert_ne!(a.token_nonce("e", "T@1#0"), a.token_nonce("e", "T@1#1"));
+        assert_ne!(a.token_nonce("e", "T@1#0"), a.token_nonce("f", "T@1#0"));
+        assert_ne!(
+            a.token_nonce("e", "T@1#0"),
+            Secrets::new(43).token_nonce("e", "T@1#0")
+        );
+        // The random stream does not start at the seed (whose next states
+        // would give it away), and children get seeds of their own.
+        assert_ne!(a.stream_start(), 42);
+        assert_ne!(a.child_seed("C@1#0"), a.child_seed("C@1#1"));
+        assert_ne!(a.child_seed("C@1#0"), a.stream_start());
+    }
 
     #[test]
     fn same_seed_same_sequence() {

@@ -75,7 +75,7 @@ use crate::model::{
     StateId, StateKind, StateMachine, Template, Transition, Wait,
 };
 use crate::path::{Env, ReadPath};
-use crate::rand::{RandomSource, SharedRandom};
+use crate::rand::{RandomSource, Secrets, SharedRandom};
 use data::{Failure, Payload, eval_expr, eval_template, format_timestamp, select};
 
 /// Limits and knobs of the interpreter.
@@ -371,7 +371,7 @@ impl Execution {
     // ----------------------------------------------------------------- start
 
     fn start(&mut self, at: Timestamp, info: ExecutionInfo, input: Value, out: &mut Vec<Command>) {
-        self.rng = AtomicU64::new(info.seed);
+        self.rng = AtomicU64::new(Secrets::new(info.seed).stream_start());
         let input = Arc::new(input);
         self.started = Some(Started {
             info,
@@ -800,21 +800,27 @@ impl Execution {
         Ok(())
     }
 
-    /// A deterministic, unguessable-without-the-seed callback token that
-    /// names its execution and task (base64url, no padding).
+    /// A deterministic callback token that names its execution and task
+    /// (base64url, no padding), with a nonce keyed by the execution's seed:
+    /// whoever holds one token (or any random value of the execution)
+    /// cannot work out another.
     fn task_token(&self, task_id: &str) -> String {
-        let mut rng = SharedRandom(&self.rng);
-        let execution_id = self
+        let (execution_id, seed) = self
             .started
             .as_ref()
-            .map(|s| s.info.execution_id.as_str())
-            .unwrap_or("");
-        let raw = format!(
-            "{execution_id}\n{task_id}\n{:016x}{:016x}",
-            rng.next_u64(),
-            rng.next_u64()
-        );
+            .map(|s| (s.info.execution_id.as_str(), s.info.seed))
+            .unwrap_or(("", 0));
+        let nonce = Secrets::new(seed).token_nonce(execution_id, task_id);
+        let raw = format!("{execution_id}\n{task_id}\n{nonce}");
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// The seed of the child execution a task starts
+    /// (`states:startExecution`): keyed by this execution's seed, so that
+    /// it cannot be worked out from the names involved.
+    pub fn child_seed(&self, task_id: &str) -> u64 {
+        let seed = self.started.as_ref().map_or(0, |s| s.info.seed);
+        Secrets::new(seed).child_seed(task_id)
     }
 
     /// Removes a task from the pending set, cancelling its timeout timer.

@@ -1394,3 +1394,37 @@ fn a_state_whose_output_fails_is_retried_caught_and_redriven_with_its_input() {
     assert_eq!(sim.tasks.len(), 1);
     assert_eq!(*sim.tasks[0].input, json!({"order": 8}));
 }
+
+#[test]
+fn task_tokens_are_keyed_by_the_seed_not_drawn_from_the_random_stream() {
+    use crate::rand::Secrets;
+    use base64::Engine as _;
+    let def = r#"{"StartAt": "U", "States": {
+        "U": {"Type": "Pass", "Parameters": {"n.$": "States.MathRandom(0, 1000000000)"}, "Next": "A"},
+        "A": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
+              "Parameters": {"FunctionName": "notify", "Payload": {"t.$": "$$.Task.Token"}}, "Next": "B"},
+        "B": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
+              "Parameters": {"FunctionName": "approve", "Payload": {"t.$": "$$.Task.Token"}}, "End": true}}}"#;
+    let mut sim = Sim::new(def);
+    let mut tokens = Vec::new();
+    let mut inputs = Vec::new();
+    sim.run(json!({}), |t| {
+        tokens.push(t.task_token.clone().expect("a token"));
+        inputs.push(Value::clone(&t.input));
+        ok(json!({}))
+    });
+    assert_eq!(tokens.len(), 2);
+    let info = info();
+    for (token, task_id) in tokens.iter().zip(["A@1#0", "B@2#0"]) {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.as_bytes())
+            .unwrap();
+        let expected = format!(
+            "{}\n{task_id}\n{}",
+            info.execution_id,
+            Secrets::new(info.seed).token_nonce(&info.execution_id, task_id)
+        );
+        assert_eq!(String::from_utf8(raw).unwrap(), expected);
+    }
+    assert_ne!(inputs[0]["Payload"]["t"], json!(null));
+}

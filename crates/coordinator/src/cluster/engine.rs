@@ -1984,7 +1984,8 @@ impl Partition {
             execution_arn: child.arn(),
             version,
             input: child_input,
-            seed: resource::fnv(&format!("{}{}", live.exec_ref.arn(), request.task_id)),
+            // Keyed by the parent's seed: its tokens cannot be worked out.
+            seed: live.exec.child_seed(&request.task_id),
             // The child's trace hangs under this task's span (else the
             // caller's context is passed on).
             traceparent: live
