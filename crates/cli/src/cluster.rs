@@ -545,17 +545,15 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     crate::err(&format!(
-        "coordinator {} serving namespace '{}' on {} ({} partitions, API on {}.>); Ctrl-C to stop",
+        "coordinator {} serving namespace '{}' on {} ({} partitions, API on {}.>); Ctrl-C or SIGTERM to stop",
         handle.id(),
         namespace.prefix(),
         args.conn.display_url(),
         args.partitions,
         namespace.api_prefix()
     ));
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot listen for Ctrl-C")?;
-    crate::err("stopping: handing back partitions");
+    let signal = stop_signal().await?;
+    crate::err(&format!("{signal}: stopping, handing back partitions"));
     if let Some((stop, running)) = http_worker {
         stop.shutdown();
         let _ = running.await;
@@ -846,21 +844,46 @@ pub async fn stub_participants(args: StubParticipantsArgs) -> anyhow::Result<Exi
     let stop = worker.shutdown_handle();
     let mut running = tokio::spawn(worker.run());
     crate::err(&format!(
-        "serving {} stub(s) on {} (namespace '{}'): {}; Ctrl-C to stop",
+        "serving {} stub(s) on {} (namespace '{}'): {}; Ctrl-C or SIGTERM to stop",
         served.len(),
         args.conn.display_url(),
         namespace.prefix(),
         served.join(", ")
     ));
     tokio::select! {
-        r = tokio::signal::ctrl_c() => {
-            r.context("cannot listen for Ctrl-C")?;
+        signal = stop_signal() => {
+            let signal = signal?;
+            crate::err(&format!("{signal}: stopping, handing back tasks"));
             stop.shutdown();
             let _ = running.await;
         }
         _ = &mut running => bail!("the worker stopped on its own (connection lost?)"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM (what `docker stop`,
+/// Kubernetes and systemd send), and names the one that came.
+async fn stop_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                r.context("cannot listen for Ctrl-C")?;
+                Ok("Ctrl-C")
+            }
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
 }
 
 #[cfg(test)]

@@ -285,3 +285,66 @@ fn unreachable_nats_is_an_error() {
     // Each cause once: the client's error repeats its source in its text.
     assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
 }
+
+/// Waits for a child to exit, for at most `limit`.
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_the_coordinator_and_the_stubs_cleanly() {
+    use std::io::Read as _;
+    let server = NatsServer::start().expect("nats-server");
+    let url = server.url();
+    let dir = temp_dir("sigterm");
+    let stubs = write(&dir, "stubs.json", STUBS);
+    let start = |args: &[&str]| {
+        bin()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sagaflow")
+    };
+    let coordinator = start(&["coordinator", "--nats", &url, "--partitions", "2"]);
+    let participants = start(&["stub-participants", "--stubs", &stubs, "--nats", &url]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run(&["machines", "--nats", &url]).status.success() {
+        assert!(Instant::now() < deadline, "no API");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Let the stubs' worker start too (its consumers are made at start).
+    std::thread::sleep(Duration::from_millis(500));
+    for (mut child, what) in [(coordinator, "partitions"), (participants, "tasks")] {
+        let pid = child.id().to_string();
+        let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(kill.success());
+        let status = wait_exit(&mut child, Duration::from_secs(30));
+        if status.is_none() {
+            let _ = child.kill();
+        }
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = status.unwrap_or_else(|| panic!("still running after SIGTERM: {err}"));
+        assert!(status.success(), "{status}: {err}");
+        assert!(
+            err.contains(&format!("SIGTERM: stopping, handing back {what}")),
+            "{err}"
+        );
+    }
+}

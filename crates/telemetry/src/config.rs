@@ -92,9 +92,22 @@ pub struct Config {
     /// `service.name` of the resource (`OTEL_SERVICE_NAME`, else the
     /// program's default).
     pub service_name: String,
-    /// Where to export (`OTEL_EXPORTER_OTLP_ENDPOINT`); `None`: no export,
-    /// no spans, no metrics (only logs).
+    /// Where to export (`OTEL_EXPORTER_OTLP_ENDPOINT`); `None` (and no
+    /// signal endpoint below): no export, no spans, no metrics (only logs).
+    /// Over `http/protobuf`, `/v1/traces` and `/v1/metrics` are appended.
     pub endpoint: Option<String>,
+    /// Where traces go, used as is, before [`Config::endpoint`]
+    /// (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).
+    pub traces_endpoint: Option<String>,
+    /// Where metrics go, used as is, before [`Config::endpoint`]
+    /// (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`).
+    pub metrics_endpoint: Option<String>,
+    /// Whether traces are exported (`OTEL_TRACES_EXPORTER`: `otlp`, the
+    /// default, or `none`).
+    pub traces: bool,
+    /// Whether metrics are exported (`OTEL_METRICS_EXPORTER`: `otlp`, the
+    /// default, or `none`; Jaeger, for one, takes no metrics).
+    pub metrics: bool,
     /// `OTEL_EXPORTER_OTLP_PROTOCOL`.
     pub protocol: Protocol,
     /// `OTEL_TRACES_SAMPLER` (+ `_ARG`).
@@ -114,6 +127,30 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where traces are exported, if they are.
+    pub fn traces_url(&self) -> Option<String> {
+        self.signal_url(self.traces, &self.traces_endpoint, "v1/traces")
+    }
+
+    /// Where metrics are exported, if they are.
+    pub fn metrics_url(&self) -> Option<String> {
+        self.signal_url(self.metrics, &self.metrics_endpoint, "v1/metrics")
+    }
+
+    fn signal_url(&self, on: bool, own: &Option<String>, path: &str) -> Option<String> {
+        if !on {
+            return None;
+        }
+        if let Some(own) = own {
+            return Some(own.clone());
+        }
+        let endpoint = self.endpoint.as_ref()?;
+        Some(match self.protocol {
+            Protocol::Grpc => endpoint.clone(),
+            Protocol::HttpProtobuf => format!("{}/{path}", endpoint.trim_end_matches('/')),
+        })
+    }
+
     /// The configuration from the process's environment.
     pub fn from_env(service_name_default: &str) -> Result<Config, TelemetryError> {
         Config::from_lookup(service_name_default, |name| std::env::var(name).ok())
@@ -162,11 +199,36 @@ impl Config {
                     ))
                 })?,
         };
+        let exporter = |name: &str| -> Result<bool, TelemetryError> {
+            match get(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+                None | Some("otlp") => Ok(true),
+                Some("none") => Ok(false),
+                Some(other) => Err(TelemetryError::Config(format!(
+                    "{name} '{other}' is not supported (use otlp or none)"
+                ))),
+            }
+        };
+        // The specification's switch for the whole SDK: nothing is exported.
+        let disabled = match get("OTEL_SDK_DISABLED").map(|v| v.trim().to_ascii_lowercase()) {
+            None => false,
+            Some(v) if v == "true" => true,
+            Some(v) if v == "false" => false,
+            Some(v) => {
+                return Err(TelemetryError::Config(format!(
+                    "OTEL_SDK_DISABLED '{v}' is neither true nor false"
+                )));
+            }
+        };
+        let endpoint = |name: &str| get(name).map(|e| e.trim().to_string());
         Ok(Config {
             service_name: get("OTEL_SERVICE_NAME")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|| service_name_default.to_string()),
-            endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| e.trim().to_string()),
+            endpoint: endpoint("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            traces_endpoint: endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            metrics_endpoint: endpoint("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
+            traces: exporter("OTEL_TRACES_EXPORTER")? && !disabled,
+            metrics: exporter("OTEL_METRICS_EXPORTER")? && !disabled,
             protocol,
             sampler: SamplerConfig::parse(
                 get("OTEL_TRACES_SAMPLER").as_deref(),
@@ -223,8 +285,53 @@ mod tests {
     }
 
     #[test]
+    fn signal_endpoints_exporters_and_the_sdk_switch() {
+        let c = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ])
+        .unwrap();
+        assert_eq!(c.traces_url().as_deref(), Some("http://c:4318/v1/traces"));
+        assert_eq!(c.metrics_url().as_deref(), Some("http://c:4318/v1/metrics"));
+
+        // A signal's own endpoint wins and is taken as is; it alone turns
+        // export on.
+        let c = config(&[
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://t:9/custom/traces",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ])
+        .unwrap();
+        assert_eq!(c.traces_url().as_deref(), Some("http://t:9/custom/traces"));
+        assert_eq!(c.metrics_url(), None);
+
+        // Metrics off (Jaeger takes none); traces still go.
+        let c = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+        ])
+        .unwrap();
+        assert_eq!(c.traces_url().as_deref(), Some("http://jaeger:4317"));
+        assert_eq!(c.metrics_url(), None);
+
+        // The whole SDK off: nothing is exported, whatever the endpoints.
+        let c = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:9"),
+            ("OTEL_SDK_DISABLED", "TRUE"),
+        ])
+        .unwrap();
+        assert_eq!((c.traces_url(), c.metrics_url()), (None, None));
+    }
+
+    #[test]
     fn bad_values_are_refused_with_their_name() {
         for (k, v) in [
+            ("OTEL_SDK_DISABLED", "yes"),
+            ("OTEL_TRACES_EXPORTER", "zipkin"),
+            ("OTEL_METRICS_EXPORTER", "prometheus"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
             ("OTEL_TRACES_SAMPLER", "sometimes"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),

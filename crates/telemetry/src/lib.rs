@@ -123,10 +123,11 @@ pub fn init(service_name_default: &str) -> Result<TelemetryGuard, TelemetryError
 /// global tracer and meter providers. If a global subscriber is already
 /// installed it is left in place.
 pub fn init_with(config: Config) -> Result<TelemetryGuard, TelemetryError> {
-    let Some(endpoint) = config.endpoint.clone() else {
+    let (traces_url, metrics_url) = (config.traces_url(), config.metrics_url());
+    if traces_url.is_none() && metrics_url.is_none() {
         install_subscriber(&config.default_log_filter, None);
         return Ok(TelemetryGuard { inner: None });
-    };
+    }
     // reqwest may be built with rustls but no crypto provider (another crate
     // of the program asked for `rustls-no-provider`): building the HTTP
     // exporter's client would then panic. Install ring unless a provider is
@@ -140,9 +141,18 @@ pub fn init_with(config: Config) -> Result<TelemetryGuard, TelemetryError> {
         .thread_name("sagaflow-otel")
         .enable_all()
         .build()?;
-    let (tracer_provider, meter_provider) = {
+    let built = {
         let _entered = runtime.enter();
-        build_providers(&config, &endpoint)?
+        build_providers(&config, traces_url.as_deref(), metrics_url.as_deref())
+    };
+    let (tracer_provider, meter_provider) = match built {
+        Ok(providers) => providers,
+        Err(e) => {
+            // Dropping a runtime blocks, which panics when `init` is
+            // called from async code.
+            runtime.shutdown_background();
+            return Err(e);
+        }
     };
     install(&tracer_provider, &meter_provider, config.sampler.sampler());
     install_subscriber(
@@ -164,18 +174,12 @@ fn resource(config: &Config) -> Resource {
         .build()
 }
 
-fn signal_url(endpoint: &str, protocol: Protocol, path: &str) -> String {
-    match protocol {
-        Protocol::Grpc => endpoint.to_string(),
-        Protocol::HttpProtobuf => format!("{}/{path}", endpoint.trim_end_matches('/')),
-    }
-}
-
 fn build_providers(
     config: &Config,
-    endpoint: &str,
+    traces_url: Option<&str>,
+    metrics_url: Option<&str>,
 ) -> Result<(SdkTracerProvider, SdkMeterProvider), TelemetryError> {
-    let exporter_error = |signal: &'static str| {
+    let exporter_error = |signal: &'static str, endpoint: &str| {
         let endpoint = endpoint.to_string();
         move |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
             signal,
@@ -183,60 +187,69 @@ fn build_providers(
             message: e.to_string(),
         }
     };
-    let traces_url = signal_url(endpoint, config.protocol, "v1/traces");
-    let metrics_url = signal_url(endpoint, config.protocol, "v1/metrics");
-    let (span_exporter, metric_exporter) = match config.protocol {
-        Protocol::Grpc => (
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(traces_url)
-                .with_timeout(config.export_timeout)
-                .build()
-                .map_err(exporter_error("traces"))?,
-            opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .with_endpoint(metrics_url)
-                .with_timeout(config.export_timeout)
-                .build()
-                .map_err(exporter_error("metrics"))?,
-        ),
-        Protocol::HttpProtobuf => (
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(traces_url)
-                .with_timeout(config.export_timeout)
-                .build()
-                .map_err(exporter_error("traces"))?,
-            opentelemetry_otlp::MetricExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(metrics_url)
-                .with_timeout(config.export_timeout)
-                .build()
-                .map_err(exporter_error("metrics"))?,
+    let span_exporter = match traces_url {
+        None => None,
+        Some(url) => Some(
+            match config.protocol {
+                Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(url)
+                    .with_timeout(config.export_timeout)
+                    .build(),
+                Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_endpoint(url)
+                    .with_timeout(config.export_timeout)
+                    .build(),
+            }
+            .map_err(exporter_error("traces", url))?,
         ),
     };
-    let processor = BatchSpanProcessor::builder(span_exporter)
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                .with_max_queue_size(config.max_queue_size)
-                .build(),
-        )
-        .build();
-    let tracer_provider = SdkTracerProvider::builder()
-        .with_span_processor(processor)
+    let metric_exporter = match metrics_url {
+        None => None,
+        Some(url) => Some(
+            match config.protocol {
+                Protocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(url)
+                    .with_timeout(config.export_timeout)
+                    .build(),
+                Protocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_endpoint(url)
+                    .with_timeout(config.export_timeout)
+                    .build(),
+            }
+            .map_err(exporter_error("metrics", url))?,
+        ),
+    };
+    // A signal that is not exported gets a provider with nothing behind it.
+    let mut tracer_provider = SdkTracerProvider::builder();
+    if let Some(span_exporter) = span_exporter {
+        let processor = BatchSpanProcessor::builder(span_exporter)
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_max_queue_size(config.max_queue_size)
+                    .build(),
+            )
+            .build();
+        tracer_provider = tracer_provider.with_span_processor(processor);
+    }
+    let tracer_provider = tracer_provider
         .with_sampler(config.sampler.sampler())
         .with_id_generator(SagaflowIdGenerator::default())
         .with_resource(resource(config))
         .build();
-    let reader = PeriodicReader::builder(metric_exporter)
-        .with_interval(config.metric_interval)
-        .build();
-    let meter_provider = SdkMeterProvider::builder()
-        .with_reader(reader)
-        .with_resource(resource(config))
-        .build();
+    let mut meter_provider = SdkMeterProvider::builder();
+    if let Some(metric_exporter) = metric_exporter {
+        let reader = PeriodicReader::builder(metric_exporter)
+            .with_interval(config.metric_interval)
+            .build();
+        meter_provider = meter_provider.with_reader(reader);
+    }
+    let meter_provider = meter_provider.with_resource(resource(config)).build();
     Ok((tracer_provider, meter_provider))
 }
 

@@ -422,7 +422,11 @@ impl ApiClient {
             .subscribe(subject)
             .await
             .map_err(|e| ApiClientError::Transport(e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A timeout past what the clock can count waits for ever (about).
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         loop {
             match self.describe_execution(execution_arn).await {
                 Ok(d) if d.status != ExecutionStatus::Running => {
