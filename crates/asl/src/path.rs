@@ -137,9 +137,50 @@ impl fmt::Display for ReadPath {
     }
 }
 
+/// The deepest nesting of brackets and parentheses a path may have.
+pub const MAX_NESTING: usize = 32;
+
+/// How deeply brackets and parentheses nest in a path, outside quoted
+/// strings (`'...'`, `"..."`, with `\` escapes).
+fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in text.chars() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '(' | '[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' | ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 impl ReadPath {
     /// Parses a path (`$`, `$.a`, `$$.Execution.Id`, `$var.x[0]`, `$.a[?(@.b > 1)]`, ...).
     pub fn parse(text: &str) -> Result<ReadPath, PathSyntaxError> {
+        // The JSONPath parser recurses once per bracket or parenthesis: a
+        // deeper path would overflow the stack instead of being refused.
+        if nesting_depth(text) > MAX_NESTING {
+            return Err(PathSyntaxError::new(
+                text,
+                format!("brackets and parentheses are nested more than {MAX_NESTING} levels deep"),
+            ));
+        }
         let (root, rest) = parse_root(text)?;
         let pieces = tokenize(text, rest)?;
         let compiled = if pieces.iter().all(|p| matches!(p, Piece::Seg(_))) {
@@ -201,6 +242,14 @@ impl ReadPath {
     pub fn is_identity(&self) -> bool {
         matches!(self.inner.root, PathRoot::Input)
             && matches!(&self.inner.compiled, Compiled::Definite(segs) if segs.is_empty())
+    }
+
+    /// True when what the path selects is a part of its `$` input (a
+    /// definite path from `$`), and so never larger than that input. A path
+    /// from `$$` or a variable selects from elsewhere, and an indefinite one
+    /// can select a node many times (`$[0,0]`, `$..*`).
+    pub fn selects_part_of_input(&self) -> bool {
+        matches!(self.inner.root, PathRoot::Input) && self.is_definite()
     }
 
     /// True when the path can select at most one node (no wildcard, filter,
@@ -1377,6 +1426,18 @@ mod tests {
                 "the target is reported unchanged"
             );
         }
+    }
+
+    #[test]
+    fn deeply_nested_paths_are_refused_not_a_stack_overflow() {
+        let deep = format!("$[?({}@.a{})]", "(".repeat(50_000), ")".repeat(50_000));
+        let e = ReadPath::parse(&deep).unwrap_err();
+        assert!(e.to_string().contains("nested more than 32 levels"), "{e}");
+        // Brackets inside quoted names do not count.
+        let quoted = format!("$['{}']", "[(".repeat(100));
+        assert!(ReadPath::parse(&quoted).is_ok());
+        let fine = "$.a[?(@.b[0] > 1 && (@.c == 2 || (@.d == 3)))]";
+        assert!(ReadPath::parse(fine).is_ok(), "{fine}");
     }
 
     #[test]

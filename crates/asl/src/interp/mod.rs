@@ -1828,7 +1828,7 @@ impl Execution {
     }
 
     /// The input after `InputPath` (shared with the raw input when the path
-    /// is `$`; a selection is never larger than what it selects from).
+    /// is `$`).
     fn input_path(&self, f: FrameId, state: &State) -> Result<Payload, Failure> {
         let raw = &self.active(f).raw_input;
         match &state.input_path {
@@ -1836,11 +1836,22 @@ impl Execution {
             Some(p) if p.is_identity() => Ok(raw.clone()),
             Some(p) => {
                 let env = self.env(f, state, None);
-                select(p, "InputPath", &raw.value, &env, &state.name).map(|v| Payload {
-                    value: Arc::new(v),
-                    size: raw.size,
-                })
+                let selected = select(p, "InputPath", &raw.value, &env, &state.name)?;
+                Ok(self.selection(p, selected, raw.size))
             }
+        }
+    }
+
+    /// A selected value with its size: bounded by what it was selected from
+    /// when it is a part of it, measured (up to the limit) otherwise.
+    fn selection(&self, path: &ReadPath, value: Value, from_size: usize) -> Payload {
+        if path.selects_part_of_input() {
+            Payload {
+                value: Arc::new(value),
+                size: from_size,
+            }
+        } else {
+            Payload::measure(value, self.options.max_payload_bytes)
         }
     }
 
@@ -1850,10 +1861,8 @@ impl Execution {
             Some(p) if p.is_identity() => Ok(value),
             Some(p) => {
                 let env = self.env(f, state, None);
-                select(p, "OutputPath", &value.value, &env, &state.name).map(|v| Payload {
-                    value: Arc::new(v),
-                    size: value.size,
-                })
+                let selected = select(p, "OutputPath", &value.value, &env, &state.name)?;
+                Ok(self.selection(p, selected, value.size))
             }
         }
     }

@@ -1428,3 +1428,27 @@ fn task_tokens_are_keyed_by_the_seed_not_drawn_from_the_random_stream() {
     }
     assert_ne!(inputs[0]["Payload"]["t"], json!(null));
 }
+
+#[test]
+fn a_selection_larger_than_its_input_is_held_to_the_size_limit() {
+    let options = Options {
+        max_payload_bytes: 1000,
+        ..Options::default()
+    };
+    let input = json!(["x".repeat(300)]);
+    // A union selects the same node four times.
+    let def = r#"{"StartAt": "P", "States": {"P": {"Type": "Pass", "OutputPath": "$[0,0,0,0]", "End": true}}}"#;
+    let mut sim = Sim::with_options(def, options.clone());
+    let o = sim.run(input.clone(), |_| None);
+    assert_eq!(failed(&o).0, "States.DataLimitExceeded");
+    // The same through InputPath into a task's input.
+    let def = r#"{"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "r", "InputPath": "$[*,*,*,*]", "End": true}}}"#;
+    let mut sim = Sim::with_options(def, options.clone());
+    let o = sim.run(input.clone(), |_| ok(json!(1)));
+    assert_eq!(failed(&o).0, "States.DataLimitExceeded");
+    // Within the limit, a union is fine.
+    let def = r#"{"StartAt": "P", "States": {"P": {"Type": "Pass", "OutputPath": "$[0,0]", "End": true}}}"#;
+    let mut sim = Sim::with_options(def, options);
+    let o = sim.run(input, |_| None);
+    assert_eq!(succeeded(&o).as_array().map(Vec::len), Some(2));
+}
