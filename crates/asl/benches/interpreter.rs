@@ -189,6 +189,48 @@ fn summary(fixture: &Fixture) {
     }
 }
 
+/// A Map over `items` numbers whose ItemSelector reads `$$.Map.Item.Value`
+/// (AWS's usual pattern), with a Pass processor: the time per item should
+/// not grow with the number of items (the execution input, which holds
+/// them all, is not copied for each one).
+fn map_summary(fixture: &Fixture) {
+    let definition = r#"{"StartAt": "M", "States": {"M": {"Type": "Map", "ItemsPath": "$.items",
+        "ItemSelector": {"v.$": "$$.Map.Item.Value", "i.$": "$$.Map.Item.Index"},
+        "ItemProcessor": {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}},
+        "ResultPath": null, "End": true}}}"#;
+    let machine = Arc::new(sagaflow_asl::parse::parse_definition(definition).expect("valid"));
+    println!();
+    println!("== Map with an ItemSelector reading $$.Map.Item.Value, Pass processor ==");
+    for items in [1_000usize, 10_000, 30_000] {
+        let input = json!({"items": (0..items).collect::<Vec<_>>()});
+        let options = Options::default();
+        let mut out = Vec::new();
+        let start = Instant::now();
+        let mut execution = Execution::new(machine.clone(), options);
+        execution
+            .apply(
+                fixture.now,
+                Event::ExecutionStarted {
+                    info: fixture.info.clone(),
+                    input,
+                },
+                &mut out,
+            )
+            .expect("started");
+        let elapsed = start.elapsed();
+        assert!(
+            matches!(execution.outcome(), Some(Outcome::Succeeded { .. })),
+            "{:?}",
+            execution.outcome()
+        );
+        println!(
+            "{items:>6} items: {:.2} ms, {:.2} us per item",
+            elapsed.as_secs_f64() * 1e3,
+            elapsed.as_secs_f64() * 1e6 / items as f64
+        );
+    }
+}
+
 fn main() {
     let fixture = Fixture::new();
     let mut criterion = Criterion::default().configure_from_args();
@@ -215,4 +257,5 @@ fn main() {
     }
     criterion.final_summary();
     summary(&fixture);
+    map_summary(&fixture);
 }

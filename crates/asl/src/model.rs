@@ -550,4 +550,12 @@ pub struct Map {
     pub catch: Vec<Catcher>,
     /// `Label` (Distributed mode), kept for display.
     pub label: Option<String>,
+    /// `ItemProcessor.ProcessorConfig.Mode` is `DISTRIBUTED`. Both modes run
+    /// inline here; an inline Map runs at most [`INLINE_MAP_CONCURRENCY`]
+    /// iterations at a time, as on AWS.
+    pub distributed: bool,
 }
+
+/// The most iterations an inline Map runs at once (AWS: "up to 40
+/// concurrent iterations"), whatever its `MaxConcurrency`.
+pub const INLINE_MAP_CONCURRENCY: u64 = 40;

@@ -46,6 +46,13 @@ pub enum PathRoot {
 pub trait Env {
     /// The context object (`$$`). Implementations may build it lazily.
     fn context(&self) -> &Value;
+    /// One field of the context object (`$$.Execution`, `$$.Map`, ...).
+    /// Implementations may build each field on its own, so that a path
+    /// into one (`$$.Map.Item.Value`, once per Map item) does not build
+    /// the others (`$$.Execution.Input`, which can be large).
+    fn context_field(&self, name: &str) -> Option<&Value> {
+        self.context().get(name)
+    }
     /// A workflow variable, if it is set.
     fn variable(&self, name: &str) -> Option<&Value>;
 }
@@ -267,6 +274,28 @@ impl ReadPath {
         input: &'a Value,
         env: &'a dyn Env,
     ) -> Result<Cow<'a, Value>, PathMiss> {
+        // `$$.Field...`: start at that field of the context, built alone.
+        if let (PathRoot::Context, Compiled::Definite(segs)) =
+            (&self.inner.root, &self.inner.compiled)
+            && let Some((Seg::Field(first), rest)) = segs.split_first()
+        {
+            let mut cur = match env.context_field(first) {
+                Some(v) => v,
+                None => return Err(self.miss(env.context())),
+            };
+            for seg in rest {
+                let next = match (seg, cur) {
+                    (Seg::Field(name), Value::Object(map)) => map.get(&**name),
+                    (Seg::Index(i), Value::Array(items)) => index(items, *i),
+                    _ => None,
+                };
+                cur = match next {
+                    Some(v) => v,
+                    None => return Err(self.miss(env.context())),
+                };
+            }
+            return Ok(Cow::Borrowed(cur));
+        }
         let start: &'a Value = match &self.inner.root {
             PathRoot::Input => input,
             PathRoot::Context => env.context(),

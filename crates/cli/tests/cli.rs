@@ -485,6 +485,39 @@ fn same_seed_same_report() {
 }
 
 #[test]
+fn a_result_and_a_timeout_at_the_same_virtual_instant_settle_the_same_way_every_run() {
+    let dir = temp_dir("tie");
+    let def = write(
+        &dir,
+        "def.json",
+        r#"{"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "slow",
+            "TimeoutSeconds": 5, "End": true}}}"#,
+    );
+    let stubs = write(
+        &dir,
+        "stubs.json",
+        r#"{"slow": {"returns": 1, "delaySeconds": 5}}"#,
+    );
+    let args = [
+        "--definition",
+        def.as_str(),
+        "--stubs",
+        stubs.as_str(),
+        "--virtual-clock",
+        "--seed",
+        "1",
+    ];
+    let first = run(&args);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    let first = stdout_json(&first);
+    // The result is taken before the timeout that fires with it.
+    assert_eq!(first["status"], "SUCCEEDED", "{first}");
+    for _ in 0..7 {
+        assert_eq!(stdout_json(&run(&args)), first);
+    }
+}
+
+#[test]
 fn wait_for_task_token_and_lambda_invoke_wrapping() {
     let dir = temp_dir("token");
     let def = write(

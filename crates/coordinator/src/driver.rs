@@ -437,7 +437,12 @@ impl Coordinator {
                 return Err(DriveError::Stalled);
             }
             event = loop {
+                // Biased: when a result and a timer are both ready (a task
+                // answering exactly at its timeout on a virtual clock), the
+                // result is taken first, every time, so that the same seed
+                // gives the same run.
                 tokio::select! {
+                    biased;
                     Some(c) = completions.recv() => {
                         // Late answers of cancelled tasks are dropped here.
                         if pending.remove(&c.task_id) {

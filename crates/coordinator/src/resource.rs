@@ -359,8 +359,9 @@ pub fn child_input(parameters: &Value) -> Value {
 
 /// What a `.sync` task returns (or, with `Error` and `Cause`, fails with)
 /// once its child ended: the DescribeExecution fields AWS returns. `output`
-/// is the child's output when it succeeded; with `.sync` (not `.sync:2`)
-/// it is a JSON string, as in AWS.
+/// is the child's output when it succeeded. With `.sync` (not `.sync:2`)
+/// `Input` and `Output` are JSON strings, as DescribeExecution gives them
+/// (see [`sync_v1`]); `.sync:2` gives them as JSON.
 #[allow(clippy::too_many_arguments)]
 pub fn child_report(
     execution_arn: &str,
@@ -383,19 +384,26 @@ pub fn child_report(
         "StopDate": stop_date,
     });
     match outcome {
-        Ok(output) => {
-            report["Output"] = if v2 {
-                output.clone()
-            } else {
-                Value::String(output.to_string())
-            };
-        }
+        Ok(output) => report["Output"] = output.clone(),
         Err((error, cause)) => {
             report["Error"] = json!(error);
             report["Cause"] = json!(cause);
         }
     }
+    if !v2 {
+        sync_v1(&mut report);
+    }
     report
+}
+
+/// Turns a `.sync:2` report ([`child_report`]) into `.sync`'s: `Input` and
+/// `Output` become the JSON text of their values.
+pub fn sync_v1(report: &mut Value) {
+    for field in ["Input", "Output"] {
+        if let Some(v) = report.get_mut(field) {
+            *v = Value::String(v.to_string());
+        }
+    }
 }
 
 /// FNV-1a, 64 bits: stable across processes and versions (names derived

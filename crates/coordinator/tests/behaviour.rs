@@ -687,6 +687,8 @@ async fn child_executions_run_and_report_to_their_parent() {
     env.deploy("parent_fire", &parent(fire, "slow_child")).await;
     env.deploy("parent_broken", &parent(sync2, "broken_child"))
         .await;
+    env.deploy("parent_broken_v1", &parent(sync1, "broken_child"))
+        .await;
     env.worker(|b| {
         b.handler(
             "double",
@@ -719,6 +721,8 @@ async fn child_executions_run_and_report_to_their_parent() {
         serde_json::from_str::<Value>(text).unwrap(),
         json!({"doubled": 10})
     );
+    // ... and its input too, as DescribeExecution gives it.
+    assert_eq!(out["Input"], json!(r#"{"n":5}"#), "{out}");
 
     // Request-response: the parent gets the ARN at once; the child runs on.
     let done = env.run("parent_fire", "fire", json!({"n": 1})).await;
@@ -749,6 +753,17 @@ async fn child_executions_run_and_report_to_their_parent() {
     assert_eq!(done.error.as_deref(), Some("States.TaskFailed"));
     let cause = done.cause.clone().unwrap_or_default();
     assert!(cause.contains("ChildBroke"), "{cause}");
+    let report: Value = serde_json::from_str(&cause).expect("the child's report");
+    assert_eq!(report["Input"], json!({"n": 1}), "{report}");
+    // With .sync the report's input is a string there too.
+    let done = env
+        .run("parent_broken_v1", "broken_v1", json!({"n": 1}))
+        .await;
+    assert_status(&done, ExecutionStatus::Failed);
+    let cause = done.cause.clone().unwrap_or_default();
+    let report: Value = serde_json::from_str(&cause).expect("the child's report");
+    assert_eq!(report["Error"], json!("ChildBroke"), "{report}");
+    assert_eq!(report["Input"], json!(r#"{"n":1}"#), "{report}");
     env.shutdown().await;
 }
 

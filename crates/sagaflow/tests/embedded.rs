@@ -293,6 +293,7 @@ async fn child_executions_run_on_the_machines_deployed_here() {
     let r = run(&saga, "sync1", 5, "p1").await;
     let out = r.output.unwrap();
     assert_eq!(out["Output"], json!("10"), "{out}");
+    assert_eq!(out["Input"], json!("5"), "{out}");
     let name = out["Name"].as_str().unwrap();
     assert!(name.starts_with("p1-") && name.len() == 3 + 16, "{name}");
 

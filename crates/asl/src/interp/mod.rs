@@ -1063,8 +1063,18 @@ impl Execution {
         drop(env);
         let max_concurrency = match &map.max_concurrency {
             None => 0,
-            Some(c) => self.count(f, state, c, "MaxConcurrencyPath", &effective)? as usize,
+            Some(c) => self.count(f, state, c, "MaxConcurrencyPath", &effective)?,
         };
+        // An inline Map runs at most 40 iterations at once on AWS, whatever
+        // its MaxConcurrency (0: no limit of its own).
+        let max_concurrency = if map.distributed {
+            max_concurrency
+        } else if max_concurrency == 0 {
+            crate::model::INLINE_MAP_CONCURRENCY
+        } else {
+            max_concurrency.min(crate::model::INLINE_MAP_CONCURRENCY)
+        };
+        let max_concurrency = usize::try_from(max_concurrency).unwrap_or(usize::MAX);
         let tolerated_count = match &map.tolerated_failure_count {
             None => None,
             Some(c) => Some(self.count(f, state, c, "ToleratedFailureCountPath", &effective)?),
@@ -1795,6 +1805,11 @@ impl Execution {
             state,
             map_item,
             context: OnceCell::new(),
+            execution: OnceCell::new(),
+            state_machine: OnceCell::new(),
+            state_field: OnceCell::new(),
+            task: OnceCell::new(),
+            map: OnceCell::new(),
         }
     }
 
@@ -2065,15 +2080,30 @@ struct FrameEnv<'a> {
     frame: FrameId,
     state: &'a State,
     map_item: Option<(usize, &'a Value)>,
+    /// The whole context object, built on first use of `$$` as a whole.
     context: OnceCell<Value>,
+    /// Its fields, each built on first use of `$$.Field...`.
+    execution: OnceCell<Option<Value>>,
+    state_machine: OnceCell<Option<Value>>,
+    state_field: OnceCell<Option<Value>>,
+    task: OnceCell<Option<Value>>,
+    map: OnceCell<Option<Value>>,
 }
 
-impl Env for FrameEnv<'_> {
-    fn context(&self) -> &Value {
-        self.context.get_or_init(|| {
-            let exec = self.exec;
-            let mut root = Map::new();
-            if let Some(started) = &exec.started {
+impl FrameEnv<'_> {
+    const FIELDS: [&'static str; 5] = ["Execution", "StateMachine", "State", "Task", "Map"];
+
+    fn build_field(&self, name: &str) -> Option<Value> {
+        let exec = self.exec;
+        let active = || {
+            exec.frames
+                .get(self.frame)
+                .and_then(|f| f.as_ref())
+                .and_then(|f| f.active.as_ref())
+        };
+        match name {
+            "Execution" => {
+                let started = exec.started.as_ref()?;
                 let mut execution = Map::new();
                 execution.insert(
                     "Id".into(),
@@ -2093,7 +2123,10 @@ impl Env for FrameEnv<'_> {
                     Value::String(format_timestamp(started.start_time)),
                 );
                 execution.insert("RedriveCount".into(), Value::from(exec.redrive_count));
-                root.insert("Execution".into(), Value::Object(execution));
+                Some(Value::Object(execution))
+            }
+            "StateMachine" => {
+                let started = exec.started.as_ref()?;
                 let mut machine = Map::new();
                 machine.insert(
                     "Id".into(),
@@ -2103,14 +2136,10 @@ impl Env for FrameEnv<'_> {
                     "Name".into(),
                     Value::String(started.info.state_machine_name.clone()),
                 );
-                root.insert("StateMachine".into(), Value::Object(machine));
+                Some(Value::Object(machine))
             }
-            if let Some(active) = exec
-                .frames
-                .get(self.frame)
-                .and_then(|f| f.as_ref())
-                .and_then(|f| f.active.as_ref())
-            {
+            "State" => {
+                let active = active()?;
                 let mut state = Map::new();
                 state.insert(
                     "EnteredTime".into(),
@@ -2118,23 +2147,51 @@ impl Env for FrameEnv<'_> {
                 );
                 state.insert("Name".into(), Value::String(self.state.name.to_string()));
                 state.insert("RetryCount".into(), Value::from(active.retry_count));
-                root.insert("State".into(), Value::Object(state));
-                if let Some(token) = &active.task_token {
-                    let mut task = Map::new();
-                    task.insert("Token".into(), Value::String(token.clone()));
-                    root.insert("Task".into(), Value::Object(task));
-                }
+                Some(Value::Object(state))
             }
-            if let Some((index, value)) = self.map_item {
+            "Task" => {
+                let token = active()?.task_token.as_ref()?;
+                let mut task = Map::new();
+                task.insert("Token".into(), Value::String(token.clone()));
+                Some(Value::Object(task))
+            }
+            "Map" => {
+                let (index, value) = self.map_item?;
                 let mut item = Map::new();
                 item.insert("Index".into(), Value::from(index));
                 item.insert("Value".into(), value.clone());
                 let mut map = Map::new();
                 map.insert("Item".into(), Value::Object(item));
-                root.insert("Map".into(), Value::Object(map));
+                Some(Value::Object(map))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Env for FrameEnv<'_> {
+    fn context(&self) -> &Value {
+        self.context.get_or_init(|| {
+            let mut root = Map::new();
+            for name in Self::FIELDS {
+                if let Some(value) = self.build_field(name) {
+                    root.insert(name.into(), value);
+                }
             }
             Value::Object(root)
         })
+    }
+
+    fn context_field(&self, name: &str) -> Option<&Value> {
+        let cell = match name {
+            "Execution" => &self.execution,
+            "StateMachine" => &self.state_machine,
+            "State" => &self.state_field,
+            "Task" => &self.task,
+            "Map" => &self.map,
+            _ => return None,
+        };
+        cell.get_or_init(|| self.build_field(name)).as_ref()
     }
 
     fn variable(&self, name: &str) -> Option<&Value> {

@@ -1452,3 +1452,37 @@ fn a_selection_larger_than_its_input_is_held_to_the_size_limit() {
     let o = sim.run(input, |_| None);
     assert_eq!(succeeded(&o).as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn an_inline_map_runs_at_most_40_iterations_at_once() {
+    let def = |mode: &str, max: &str| {
+        format!(
+            r#"{{"StartAt": "M", "States": {{"M": {{"Type": "Map", {max}
+                "ItemProcessor": {{"ProcessorConfig": {{"Mode": "{mode}"}},
+                  "StartAt": "T", "States": {{"T": {{"Type": "Task", "Resource": "t", "End": true}}}}}},
+                "End": true}}}}}}"#
+        )
+    };
+    let items = json!((0..100).collect::<Vec<_>>());
+    for (mode, max, at_once) in [
+        ("INLINE", "", 40),
+        ("INLINE", r#""MaxConcurrency": 500,"#, 40),
+        ("INLINE", r#""MaxConcurrency": 7,"#, 7),
+        ("DISTRIBUTED", "", 100),
+        ("DISTRIBUTED", r#""MaxConcurrency": 60,"#, 60),
+    ] {
+        let mut sim = Sim::new(&def(mode, max));
+        sim.apply(Event::ExecutionStarted {
+            info: info(),
+            input: items.clone(),
+        });
+        assert_eq!(sim.tasks.len(), at_once, "{mode} {max}");
+        let ran = run_redrive(&mut sim, |t| ok(Value::clone(&t.input)));
+        assert_eq!(ran.len(), 100);
+        assert_eq!(
+            succeeded(sim.exec.outcome().unwrap()),
+            &items,
+            "{mode} {max}"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use super::ctx::{Ctx, Obj};
 use super::locate::child;
 use super::states::{self, Parsed};
 use super::{MAX_DEPTH, ValidationError, codes};
-use crate::model::{Graph, StateId, StateMachine};
+use crate::model::{Graph, StateId, StateKind, StateMachine, Transition};
 
 /// AWS's limit on the length of a state name (the spec says 128; AWS 80).
 const MAX_STATE_NAME: usize = 80;
@@ -281,6 +281,23 @@ pub(super) fn graph(ctx: &mut Ctx, o: &Obj, p: &str, place: &str) -> Option<Grap
     }
 
     let states: Option<Vec<_>> = parsed.into_iter().collect();
+    // AWS's MISSING_END_STATE: with no state that ends the graph, an
+    // execution could only loop until a limit stops it.
+    if let Some(states) = &states
+        && !opaque
+        && !states.is_empty()
+        && !states.iter().any(|s| {
+            matches!(s.transition, Transition::End)
+                || matches!(s.kind, StateKind::Succeed | StateKind::Fail(_))
+        })
+    {
+        ctx.err(
+            states_pointer.clone(),
+            codes::MISSING_END_STATE,
+            "Workflow has no terminal state (a state with \"End\": true, or of type Succeed or Fail)"
+                .to_string(),
+        );
+    }
     Some(Graph {
         start_at: start?,
         states: states?,

@@ -45,6 +45,9 @@ pub mod codes {
     pub const MISSING_TRANSITION_TARGET: &str = "MISSING_TRANSITION_TARGET";
     /// A state cannot be reached from `StartAt`.
     pub const UNREACHABLE_STATE: &str = "UNREACHABLE_STATE";
+    /// A graph (the machine, a branch, an item processor) has no state that
+    /// ends it (`"End": true`, Succeed or Fail): it could only loop.
+    pub const MISSING_END_STATE: &str = "MISSING_END_STATE";
     /// Two states of the machine (including branches and item processors) share a name.
     pub const DUPLICATE_STATE_NAME: &str = "DUPLICATE_STATE_NAME";
     /// A state name is empty, longer than 80 characters, or holds a control

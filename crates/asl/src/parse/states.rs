@@ -26,7 +26,8 @@ pub(super) enum Parsed {
 
 /// Fields every state type allows.
 const COMMON: &[&str] = &["Type", "Comment", "QueryLanguage"];
-/// `MaxDelaySeconds` must be below this (AWS: one year and a day... 366 days).
+/// The largest `MaxDelaySeconds` (366 days; AWS: "greater than 0 and less
+/// than 31622401").
 const MAX_DELAY_LIMIT: u64 = 31_622_400;
 /// `MaxInputBytesPerBatch` upper bound (256 KiB, AWS's payload limit).
 const MAX_BATCH_BYTES: u64 = 262_144;
@@ -386,9 +387,9 @@ impl StateParser<'_, '_, '_, '_> {
             let attempts = self
                 .ctx
                 .opt_int(element, &ep, "MaxAttempts", 0, MAX_SECONDS);
-            let max_delay =
-                self.ctx
-                    .opt_int(element, &ep, "MaxDelaySeconds", 1, MAX_DELAY_LIMIT - 1);
+            let max_delay = self
+                .ctx
+                .opt_int(element, &ep, "MaxDelaySeconds", 1, MAX_DELAY_LIMIT);
             let backoff = match element.get("BackoffRate") {
                 None => Some(2.0),
                 Some(v) => match v.as_f64() {
@@ -836,7 +837,7 @@ impl StateParser<'_, '_, '_, '_> {
                 self.ok = false;
             }
         }
-        let processor = self.processor();
+        let (processor, distributed) = self.processor();
         let items_path = self.ctx.opt_read_path(o, p, "ItemsPath", true);
         let items_path = self
             .keep(items_path)
@@ -874,12 +875,20 @@ impl StateParser<'_, '_, '_, '_> {
             retry,
             catch,
             label,
+            distributed,
         });
         Some((kind, transition, assign, input, output))
     }
 
-    /// `ItemProcessor` or the legacy `Iterator`.
-    fn processor(&mut self) -> Option<crate::model::Graph> {
+    /// `ItemProcessor` or the legacy `Iterator`, and whether its mode is
+    /// `DISTRIBUTED`.
+    fn processor(&mut self) -> (Option<crate::model::Graph>, bool) {
+        let mut distributed = false;
+        let graph = self.processor_graph(&mut distributed);
+        (graph, distributed)
+    }
+
+    fn processor_graph(&mut self, distributed: &mut bool) -> Option<crate::model::Graph> {
         let (o, p) = (self.o, self.p);
         if self.ctx.exclusive(o, p, "ItemProcessor", "Iterator") {
             self.ok = false;
@@ -912,7 +921,7 @@ impl StateParser<'_, '_, '_, '_> {
             self.ok = false;
         }
         if !legacy {
-            self.processor_config(proc_obj, &pp);
+            *distributed = self.processor_config(proc_obj, &pp);
         }
         let graph = graph::graph(self.ctx, proc_obj, &pp, &place);
         if graph.is_none() {
@@ -921,16 +930,17 @@ impl StateParser<'_, '_, '_, '_> {
         graph
     }
 
-    fn processor_config(&mut self, proc_obj: &Obj, pp: &str) {
+    /// Checks `ProcessorConfig`; true when its `Mode` is `DISTRIBUTED`.
+    fn processor_config(&mut self, proc_obj: &Obj, pp: &str) -> bool {
         let key = "ProcessorConfig";
         let Some(value) = proc_obj.get(key) else {
-            return;
+            return false;
         };
         let cp = child(pp, key);
         let Value::Object(config) = value else {
             self.ctx.wrong_type(cp, key, "an object", value);
             self.ok = false;
-            return;
+            return false;
         };
         self.ctx
             .unknown_fields(config, &cp, &["Mode", "ExecutionType"], "ProcessorConfig");
@@ -956,6 +966,7 @@ impl StateParser<'_, '_, '_, '_> {
                 }
             }
         }
+        config.get("Mode").and_then(Value::as_str) == Some("DISTRIBUTED")
     }
 
     fn item_batcher(&mut self) -> Option<ItemBatcher> {

@@ -463,6 +463,25 @@ fn transition_errors() {
         single(json!({"Type": "Pass"})),
         &[(MISSING_TRANSITION, "/States/S")],
     );
+    // A graph that can only loop: AWS's MISSING_END_STATE.
+    check(
+        json!({"StartAt": "A", "States": {"A": {"Type": "Pass", "Next": "B"},
+                                          "B": {"Type": "Task", "Resource": "r", "Next": "A"}}}),
+        &[(MISSING_END_STATE, "/States")],
+    );
+    check(
+        json!({"StartAt": "P", "States": {"P": {"Type": "Parallel", "End": true, "Branches": [
+            {"StartAt": "L", "States": {"L": {"Type": "Wait", "Seconds": 1, "Next": "L"}}}]}}}),
+        &[(MISSING_END_STATE, "/States/P/Branches/0/States")],
+    );
+    // A loop with a way out is fine.
+    assert!(
+        parse_value(&json!({"StartAt": "A", "States": {
+            "A": {"Type": "Choice", "Choices": [{"Variable": "$.done", "BooleanEquals": true, "Next": "Z"}], "Default": "B"},
+            "B": {"Type": "Pass", "Next": "A"},
+            "Z": {"Type": "Succeed"}}}))
+        .is_ok()
+    );
     check(
         json!({"StartAt": "A", "States": {"A": {"Type": "Pass", "Next": "B", "End": true},
                                           "B": {"Type": "Succeed"}}}),
@@ -599,7 +618,7 @@ fn retry_and_catch_errors() {
     check(
         task(
             json!([{"ErrorEquals": ["A"], "MaxAttempts": -1, "BackoffRate": 0.5,
-                    "IntervalSeconds": 0, "JitterStrategy": "SOME", "MaxDelaySeconds": 31622400,
+                    "IntervalSeconds": 0, "JitterStrategy": "SOME", "MaxDelaySeconds": 31622401,
                     "Foo": 1}]),
             json!([{"ErrorEquals": ["States.ALL"], "Next": "H"}]),
         ),

@@ -1523,11 +1523,31 @@ impl Partition {
                         cause,
                         ..
                     },
-                ) => Event::TaskFailed {
-                    task_id,
-                    error,
-                    cause,
-                },
+                ) => {
+                    // A `.sync` child's failure carries its report as the
+                    // cause, in `.sync:2`'s shape.
+                    let v1 = self
+                        .live
+                        .get(key)
+                        .and_then(|l| l.pending.get(&task_id))
+                        .is_some_and(|p| matches!(p.shape, Shape::ChildSync { v2: false }));
+                    let cause = if v1 {
+                        match serde_json::from_str::<Value>(&cause) {
+                            Ok(mut report @ Value::Object(_)) => {
+                                resource::sync_v1(&mut report);
+                                report.to_string()
+                            }
+                            _ => cause,
+                        }
+                    } else {
+                        cause
+                    };
+                    Event::TaskFailed {
+                        task_id,
+                        error,
+                        cause,
+                    }
+                }
                 Input::Inbox(_, InboxMessage::StopExecution { error, cause, .. }) => {
                     Event::StopRequested { error, cause }
                 }
@@ -2335,8 +2355,8 @@ fn shape_output(shape: Shape, output: Value, task_id: &str) -> Value {
         Shape::LambdaInvoke => resource::wrap_lambda_invoke(output, task_id),
         Shape::ChildSync { v2 } => {
             let mut output = output;
-            if !v2 && let Some(o) = output.get_mut("Output") {
-                *o = Value::String(o.to_string());
+            if !v2 {
+                resource::sync_v1(&mut output);
             }
             output
         }
