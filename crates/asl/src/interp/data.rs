@@ -210,6 +210,42 @@ impl Payload {
     }
 }
 
+/// The deepest nesting of arrays and objects a value may have at run time
+/// (an execution input, a task's input or result, a state's output). Values
+/// are kept in histories, which are read back with serde_json's nesting
+/// limit of 128 (envelope included); without a limit of its own, a loop
+/// that nests its input one level deeper each time (`"ResultPath":
+/// "$.previous"`) would grow it until its history could no longer be read.
+pub const MAX_DEPTH: usize = 100;
+
+/// True when `value` nests arrays and objects more than `max` levels deep.
+/// Iterative (no recursion whatever the depth), and free for values too
+/// small to be that deep (`size` is an upper bound of their JSON length:
+/// each level takes at least two bytes).
+pub(crate) fn deeper_than(value: &Value, size: usize, max: usize) -> bool {
+    if size <= 2 * max {
+        return false;
+    }
+    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        let depth = depth + 1;
+        if depth > max {
+            return true;
+        }
+        stack.extend(
+            children
+                .filter(|c| matches!(c, Value::Array(_) | Value::Object(_)))
+                .map(|c| (c, depth)),
+        );
+    }
+    false
+}
+
 /// The length of the JSON text of `value` when it is at most `limit` bytes.
 /// Walks the value without serializing it and stops as soon as the limit is
 /// passed.

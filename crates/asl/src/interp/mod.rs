@@ -398,6 +398,13 @@ impl Execution {
         });
         let limit = self.options.max_payload_bytes;
         let flow = match Payload::measure_shared(input, limit).fits(limit) {
+            Ok(input) if too_deep(&input) => Flow::Done(Err(Failure::new(
+                errors::DATA_LIMIT_EXCEEDED,
+                format!(
+                    "The execution input is nested more than {} levels deep.",
+                    data::MAX_DEPTH
+                ),
+            ))),
             Ok(input) => Flow::Enter(self.machine.graph.start_at, input),
             Err(_) => Flow::Done(Err(Failure::new(
                 errors::DATA_LIMIT_EXCEEDED,
@@ -761,6 +768,16 @@ impl Execution {
                 ),
             ));
         };
+        if too_deep(&effective) {
+            return Err(Failure::new(
+                errors::DATA_LIMIT_EXCEEDED,
+                format!(
+                    "The input of the task '{}' is nested more than {} levels deep.",
+                    state.name,
+                    data::MAX_DEPTH
+                ),
+            ));
+        }
         let timeout_timer = timeout_seconds.map(|seconds| {
             let timer_id = format!("{task_id}:timeout");
             self.timers.insert(
@@ -856,7 +873,24 @@ impl Execution {
         match result {
             Ok(output) => {
                 let limit = self.options.max_payload_bytes;
-                let Ok(output) = Payload::measure(output, limit).fits(limit) else {
+                let output = match Payload::measure(output, limit).fits(limit) {
+                    Ok(output) if too_deep(&output) => {
+                        let machine = self.machine.clone();
+                        let state =
+                            Self::state_of(&machine, &self.frame(f).loc, self.active(f).state);
+                        let failure = Failure::new(
+                            errors::DATA_LIMIT_EXCEEDED,
+                            format!(
+                                "The state/task '{}' returned a result nested more than {} levels deep.",
+                                state.name,
+                                data::MAX_DEPTH
+                            ),
+                        );
+                        return self.state_failed(at, f, failure, out);
+                    }
+                    other => other,
+                };
+                let Ok(output) = output else {
                     let machine = self.machine.clone();
                     let state = Self::state_of(&machine, &self.frame(f).loc, self.active(f).state);
                     let failure = Failure::new(
@@ -1567,6 +1601,17 @@ impl Execution {
             );
             return self.state_failed(at, f, failure, out);
         };
+        if too_deep(&output) {
+            let failure = Failure::new(
+                errors::DATA_LIMIT_EXCEEDED,
+                format!(
+                    "The output of the state '{}' is nested more than {} levels deep.",
+                    state.name,
+                    data::MAX_DEPTH
+                ),
+            );
+            return self.state_failed(at, f, failure, out);
+        }
         self.exit_state(f, state, &output, assigned, out);
         transition(state, output)
     }
@@ -2217,4 +2262,9 @@ mod tests;
 /// 6k + 6 bytes (every character escaped as `\u00XX`).
 fn result_path_overhead(path: &str) -> usize {
     path.len() * 7 + 8
+}
+
+/// True when a payload nests deeper than [`data::MAX_DEPTH`].
+fn too_deep(payload: &Payload) -> bool {
+    data::deeper_than(&payload.value, payload.size, data::MAX_DEPTH)
 }

@@ -1486,3 +1486,39 @@ fn an_inline_map_runs_at_most_40_iterations_at_once() {
         );
     }
 }
+
+#[test]
+fn a_value_nested_deeper_than_the_limit_fails_the_state_that_made_it() {
+    // Each round nests the input one level deeper under `p`.
+    let def = r#"{"StartAt": "Grow", "States": {
+        "Grow": {"Type": "Pass", "ResultPath": "$.p", "Next": "Check"},
+        "Check": {"Type": "Choice", "Choices": [{"Variable": "$.stop", "IsPresent": true, "Next": "Done"}],
+                  "Default": "Grow"},
+        "Done": {"Type": "Succeed"}}}"#;
+    let mut sim = Sim::new(def);
+    let o = sim.run(json!({"x": 1}), |_| None);
+    let (error, cause) = failed(&o);
+    assert_eq!(error, "States.DataLimitExceeded");
+    assert!(
+        cause.contains("nested more than 100 levels deep"),
+        "{cause}"
+    );
+    let grown = sim.entered().iter().filter(|s| *s == "Grow").count();
+    assert!((95..=105).contains(&grown), "{grown}");
+
+    // A task result from an embedded handler is held to it too.
+    let mut deep = json!(1);
+    for _ in 0..150 {
+        deep = json!([deep]);
+    }
+    let def =
+        r#"{"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "r", "End": true}}}"#;
+    let mut sim = Sim::new(def);
+    let o = sim.run(json!({}), |_| ok(deep.clone()));
+    let (error, cause) = failed(&o);
+    assert_eq!(error, "States.DataLimitExceeded");
+    assert!(
+        cause.contains("returned a result nested more than"),
+        "{cause}"
+    );
+}
