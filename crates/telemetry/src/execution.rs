@@ -69,6 +69,10 @@ pub struct ExecutionTrace {
     /// Paths a Catch sends execution to next.
     catch_targets: HashSet<String>,
     caught: bool,
+    /// The task failure of the event being observed: the failed state's
+    /// path, the error and the cause (records that fail the states around
+    /// it carry no cause).
+    task_failure: Option<(String, String, String)>,
     ready: Vec<Ready>,
     /// Counted in `sagaflow.executions.in_flight` and not yet taken out.
     in_flight: bool,
@@ -144,6 +148,30 @@ fn frame_of(path: &str) -> &str {
         Some(i) => &path[..=i],
         None => "",
     }
+}
+
+/// Whether `inner` is the path of a state inside the Parallel/Map state at
+/// `outer` (`Fanout@0#0[2]/Charge` and `Fanout@0#0[2]/Sub@1#0[0]/Leg` are
+/// inside `Fanout`), and, when `index` is given, inside its branch or
+/// iteration `index`.
+fn is_inside(inner: &str, outer: &str, index: Option<usize>) -> bool {
+    let Some(rest) = inner
+        .strip_prefix(outer)
+        .and_then(|rest| rest.strip_prefix('@'))
+    else {
+        return false;
+    };
+    let Some(index) = index else {
+        return true;
+    };
+    // `0#0[2]/Charge`: the state's step and attempt, then the index.
+    let Some((_, rest)) = rest.split_once('[') else {
+        return false;
+    };
+    let Some((i, rest)) = rest.split_once(']') else {
+        return false;
+    };
+    rest.starts_with('/') && i.parse() == Ok(index)
 }
 
 impl ExecutionTrace {
@@ -243,6 +271,7 @@ impl ExecutionTrace {
             compensating: HashSet::new(),
             catch_targets: HashSet::new(),
             caught: false,
+            task_failure: None,
             ready: Vec::new(),
             in_flight,
         }
@@ -311,6 +340,7 @@ impl ExecutionTrace {
     /// handle the commands one by one with [`ExecutionTrace::on_command`]).
     pub fn on_event(&mut self, at: Timestamp, event: &Event, live: bool) {
         let t = time(at);
+        self.task_failure = None;
         match event {
             Event::ExecutionStarted { .. } => {
                 self.started_at = Some(t);
@@ -327,6 +357,8 @@ impl ExecutionTrace {
                 error,
                 cause,
             } => {
+                let state_path = task_id.rsplit_once('@').map_or(&**task_id, |(p, _)| p);
+                self.task_failure = Some((state_path.to_string(), error.clone(), cause.clone()));
                 self.close_task(task_id, t, "failed", Some((error, cause)), live);
             }
             Event::TimerFired { .. } | Event::RedriveRequested | Event::StopRequested { .. } => {}
@@ -436,11 +468,13 @@ impl ExecutionTrace {
                 self.caught = true;
                 self.catch_targets
                     .insert(format!("{}{}", frame_of(path), next));
+                // What still runs inside it (the failed branch or iteration)
+                // failed with it.
                 self.close_state(
                     path,
                     t,
                     Status::error(format!("{error}: caught, next {next}")),
-                    Some((error, cause)),
+                    Some((error, Some(cause))),
                     live,
                 );
             }
@@ -450,6 +484,11 @@ impl ExecutionTrace {
                 attempt,
                 delay_seconds,
             } => {
+                // The attempt that failed ends with what ran inside it (the
+                // failed branch or iteration): the next attempt runs
+                // branches and iterations of its own.
+                let cause = self.cause_inside(path, None, error);
+                self.close_inside(path, None, t, Some((error, cause.as_deref())), live);
                 if let Some(state) = self.states.get_mut(path.as_str()) {
                     state.events.push(SpanEvent::new(
                         "retry",
@@ -467,6 +506,9 @@ impl ExecutionTrace {
                 }
             }
             Record::MapIterationFailed { path, index, error } => {
+                // The iteration's states that are still open failed with it.
+                let cause = self.cause_inside(path, Some(*index), error);
+                self.close_inside(path, Some(*index), t, Some((error, cause.as_deref())), live);
                 if let Some(state) = self.states.get_mut(path.as_str()) {
                     state.events.push(SpanEvent::new(
                         "iteration_failed",
@@ -480,6 +522,9 @@ impl ExecutionTrace {
                 }
             }
             Record::BranchAborted { path, index } => {
+                // Its states end now, neither succeeded nor failed (as the
+                // task attempts cancelled with them).
+                self.close_inside(path, Some(*index), t, None, live);
                 if let Some(state) = self.states.get_mut(path.as_str()) {
                     state.events.push(SpanEvent::new(
                         "branch_aborted",
@@ -566,35 +611,37 @@ impl ExecutionTrace {
         })));
     }
 
+    /// The cause of the task failure being observed, when it is the failure
+    /// `error` of a state inside `path` (in its branch or iteration `index`,
+    /// when given).
+    fn cause_inside(&self, path: &str, index: Option<usize>, error: &str) -> Option<String> {
+        self.task_failure
+            .as_ref()
+            .filter(|(state, e, _)| e == error && is_inside(state, path, index))
+            .map(|(_, _, cause)| cause.clone())
+    }
+
+    /// Ends `path`'s span with `status` (and an `exception` event when it
+    /// failed: `failure` is the error and, when known, the cause); what is
+    /// still open inside it ends with it (see
+    /// [`ExecutionTrace::close_inside`]).
     fn close_state(
         &mut self,
         path: &str,
         t: SystemTime,
         status: Status,
-        failure: Option<(&String, &String)>,
+        failure: Option<(&str, Option<&str>)>,
         live: bool,
     ) {
         let Some(mut state) = self.states.remove(path) else {
             return;
         };
-        // Whatever still runs inside it (branches of a Parallel that ended)
-        // ends with it.
-        let inner: Vec<Arc<str>> = self
-            .states
-            .keys()
-            .filter(|p| {
-                p.len() > path.len() && p.starts_with(path) && p.as_bytes()[path.len()] == b'@'
-            })
-            .cloned()
-            .collect();
-        for p in inner {
-            self.close_state(&p, t, Status::Unset, None, live);
-        }
+        self.close_inside(path, None, t, failure, live);
         if !live || !self.root.is_sampled() {
             return;
         }
         if let Some((error, cause)) = failure {
-            state.events.push(exception(t, error, cause));
+            state.events.push(exception_event(t, error, cause));
         }
         self.ready.push(Ready::Span(Box::new(FinishedSpan {
             name: format!("state {}", state.name),
@@ -613,6 +660,34 @@ impl ExecutionTrace {
             events: std::mem::take(&mut state.events),
             status,
         })));
+    }
+
+    /// Ends the spans still open inside the Parallel/Map state at `path`
+    /// (only in its branch or iteration `index`, when given), innermost
+    /// first: as failed with `failure` (status error, an `exception`
+    /// event), or, without one, as cut off (status unset: an aborted branch,
+    /// a state that ended otherwise).
+    fn close_inside(
+        &mut self,
+        path: &str,
+        index: Option<usize>,
+        t: SystemTime,
+        failure: Option<(&str, Option<&str>)>,
+        live: bool,
+    ) {
+        let mut inner: Vec<Arc<str>> = self
+            .states
+            .keys()
+            .filter(|p| is_inside(p, path, index))
+            .cloned()
+            .collect();
+        // A state's path is longer than the path of the state it runs in.
+        inner.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        for p in inner {
+            let status =
+                failure.map_or(Status::Unset, |(error, _)| Status::error(error.to_string()));
+            self.close_state(&p, t, status, failure, live);
+        }
     }
 
     fn complete(&mut self, t: SystemTime, outcome: &Outcome, live: bool) {
@@ -648,7 +723,9 @@ impl ExecutionTrace {
                 Some((e, _)) => Status::error(e.clone()),
                 None => Status::Unset,
             };
-            let fail = failure.as_ref().map(|(e, c)| (e, c));
+            let fail = failure
+                .as_ref()
+                .map(|(e, c)| (e.as_str(), Some(c.as_str())));
             self.close_state(&p, t, state_status, fail, live);
         }
         if !live {
@@ -798,15 +875,18 @@ impl Drop for ExecutionTrace {
 }
 
 fn exception(t: SystemTime, error: &str, cause: &str) -> SpanEvent {
-    SpanEvent::new(
-        "exception",
-        t,
-        vec![
-            KeyValue::new(EXCEPTION_TYPE, error.to_string()),
-            KeyValue::new(EXCEPTION_MESSAGE, cause.to_string()),
-        ],
-        0,
-    )
+    exception_event(t, error, Some(cause))
+}
+
+/// An `exception` event; without `exception.message` when the cause is not
+/// known (a state inside a branch whose failure reached the trace only as
+/// its error name).
+fn exception_event(t: SystemTime, error: &str, cause: Option<&str>) -> SpanEvent {
+    let mut attributes = vec![KeyValue::new(EXCEPTION_TYPE, error.to_string())];
+    if let Some(cause) = cause {
+        attributes.push(KeyValue::new(EXCEPTION_MESSAGE, cause.to_string()));
+    }
+    SpanEvent::new("exception", t, attributes, 0)
 }
 
 fn state_type_name(t: StateType) -> &'static str {
