@@ -738,7 +738,10 @@ impl Api {
         for entry in history.batches.iter().flat_map(|b| &b.entries) {
             if let crate::HistoryItem::Event(event) = &entry.item {
                 out.clear();
-                if execution.apply(entry.at, event.clone(), &mut out).is_err() {
+                if !matches!(
+                    super::engine::apply_guarded(&mut execution, entry.at, event.clone(), &mut out),
+                    Ok(Ok(()))
+                ) {
                     return Ok(true);
                 }
             }

@@ -1041,8 +1041,18 @@ impl Partition {
                         live.input = input.clone();
                     }
                     out.clear();
-                    if let Err(e) = live.exec.apply(entry.at, event.clone(), &mut out) {
-                        return Err(format!("replay of {} failed: {e}", exec_ref.arn()));
+                    match apply_guarded(&mut live.exec, entry.at, event.clone(), &mut out) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            return Err(format!("replay of {} failed: {e}", exec_ref.arn()));
+                        }
+                        Err(panic) => {
+                            tracing::error!(execution = %exec_ref.arn(), panic = %panic, "the interpreter panicked in a replay");
+                            return Err(format!(
+                                "replay of {} failed: the interpreter panicked: {panic}",
+                                exec_ref.arn()
+                            ));
+                        }
                     }
                     if let Some(trace) = live.trace.as_mut() {
                         trace.observe(entry.at, event, &out, false);
@@ -1572,9 +1582,18 @@ impl Partition {
                 continue;
             };
             let mut out = Vec::new();
-            if let Err(e) = live.exec.apply(t, event.clone(), &mut out) {
-                tracing::warn!(execution = %exec_ref.arn(), error = %e, "event rejected");
-                continue;
+            match apply_guarded(&mut live.exec, t, event.clone(), &mut out) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(execution = %exec_ref.arn(), error = %e, "event rejected");
+                    continue;
+                }
+                // A defect of the interpreter: this execution's events are
+                // handed back (and it is evicted), the partition goes on.
+                Err(panic) => {
+                    tracing::error!(execution = %exec_ref.arn(), panic = %panic, "the interpreter panicked");
+                    return Err(format!("the interpreter panicked: {panic}"));
+                }
             }
             if out.is_empty() {
                 continue; // A late or duplicate answer: nothing happened.
@@ -2525,6 +2544,19 @@ fn track(live: &mut Live, commands: &[Command]) {
     live.heartbeats.retain(|id, _| tasks.contains(id.as_str()));
     let timers: HashSet<&str> = live.exec.pending_timers().collect();
     live.timers.retain(|id, _| timers.contains(id.as_str()));
+}
+
+/// Applies an event, catching a panic of the interpreter (a defect, not
+/// something an input may cause): `Err` holds its message. The execution is
+/// then in an unknown state and must be dropped (its history is intact).
+pub(crate) fn apply_guarded(
+    exec: &mut Execution,
+    at: Timestamp,
+    event: Event,
+    out: &mut Vec<Command>,
+) -> Result<Result<(), interp::ApplyError>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exec.apply(at, event, out)))
+        .map_err(|payload| sagaflow_participant::panic_message(payload.as_ref()))
 }
 
 /// Where a task goes: a handler (with the message to publish), or a child

@@ -506,7 +506,9 @@ pub fn replay_with_payloads(
             continue;
         };
         out.clear();
-        execution.apply(entry.at, event.clone(), &mut out).ok()?;
+        super::engine::apply_guarded(&mut execution, entry.at, event.clone(), &mut out)
+            .ok()?
+            .ok()?;
         replayed_effects.extend(
             out.iter()
                 .filter(|c| !matches!(c, Command::Record(_)))
