@@ -327,33 +327,82 @@ pub fn child_execution(
     parent: &sagaflow_protocol::ExecutionRef,
     task_id: &str,
     parameters: &Value,
-) -> Result<sagaflow_protocol::ExecutionRef, String> {
+) -> Result<sagaflow_protocol::ExecutionRef, ChildError> {
     let Some(machine_arn) = parameters.get("StateMachineArn").and_then(Value::as_str) else {
-        return Err("startExecution needs a string StateMachineArn parameter".into());
+        return Err(ChildError::task_failed(
+            "startExecution needs a string StateMachineArn parameter",
+        ));
     };
     let machine = machine_arn
         .split(":stateMachine:")
         .nth(1)
         .map(|rest| rest.split(':').next().unwrap_or(rest))
         .unwrap_or(machine_arn);
-    let name = match parameters.get("Name").and_then(Value::as_str) {
-        Some(n) => n.to_string(),
-        None => format!(
+    let name = match parameters.get("Name") {
+        Some(Value::String(n)) => n.to_string(),
+        None | Some(Value::Null) => format!(
             "{}-{:016x}",
             parent.name().chars().take(63).collect::<String>(),
             fnv(&format!("{}\n{task_id}", parent.arn()))
         ),
+        Some(other) => {
+            return Err(ChildError {
+                error: INVALID_NAME,
+                cause: format!("the Name parameter must be a string, not {other}"),
+            });
+        }
     };
-    sagaflow_protocol::ExecutionRef::new(machine, &name).map_err(|e| e.to_string())
+    let machine_name = sagaflow_protocol::check_name("state machine name", machine);
+    if let Err(e) = machine_name {
+        return Err(ChildError::task_failed(e.to_string()));
+    }
+    sagaflow_protocol::ExecutionRef::new(machine, &name).map_err(|e| ChildError {
+        error: INVALID_NAME,
+        cause: e.to_string(),
+    })
 }
 
-/// The child's input: the `Input` parameter (a JSON string is parsed, as
-/// AWS does), `{}` without one.
-pub fn child_input(parameters: &Value) -> Value {
+/// AWS's error for a child execution name that is not valid.
+pub const INVALID_NAME: &str = "StepFunctions.InvalidNameException";
+/// AWS's error for a child execution input that is not JSON.
+pub const INVALID_EXECUTION_INPUT: &str = "StepFunctions.InvalidExecutionInputException";
+
+/// Why a child execution cannot be started: the error name the task fails
+/// with (AWS's, for `Catch` and `Retry`) and a cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildError {
+    /// The error name.
+    pub error: &'static str,
+    /// What is wrong.
+    pub cause: String,
+}
+
+impl ChildError {
+    fn task_failed(cause: impl Into<String>) -> ChildError {
+        ChildError {
+            error: "States.TaskFailed",
+            cause: cause.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ChildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error, self.cause)
+    }
+}
+
+/// The child's input: the `Input` parameter, `{}` without one. A string is
+/// the input's JSON text, as for StartExecution (AWS): it is parsed, and
+/// one that is not JSON is refused.
+pub fn child_input(parameters: &Value) -> Result<Value, ChildError> {
     match parameters.get("Input") {
-        Some(Value::String(s)) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
-        Some(v) => v.clone(),
-        None => json!({}),
+        Some(Value::String(s)) => serde_json::from_str(s).map_err(|e| ChildError {
+            error: INVALID_EXECUTION_INPUT,
+            cause: format!("the Input parameter is a string that is not JSON: {e}"),
+        }),
+        Some(v) => Ok(v.clone()),
+        None => Ok(json!({})),
     }
 }
 

@@ -1230,7 +1230,10 @@ async fn a_redrive_with_no_state_to_run_again_is_refused() {
     let env = Env::start_with(o).await;
     env.deploy(
         "loop",
-        r#"{"StartAt": "A", "States": {"A": {"Type": "Pass", "Next": "B"}, "B": {"Type": "Pass", "Next": "A"}}}"#,
+        r#"{"StartAt": "A", "States": {
+            "A": {"Type": "Choice", "Choices": [{"Variable": "$.stop", "IsPresent": true, "Next": "Z"}], "Default": "B"},
+            "B": {"Type": "Pass", "Next": "A"},
+            "Z": {"Type": "Succeed"}}}"#,
     )
     .await;
     let done = env.run("loop", "l", json!({})).await;

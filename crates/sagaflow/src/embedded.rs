@@ -593,8 +593,10 @@ impl Handler for ChildExecutions {
                 .ok_or_else(|| failed("the runtime is shutting down".to_string()))?;
             let parent = ExecutionRef::from_arn(&ctx.execution_id)
                 .map_err(|e| failed(format!("parent execution: {e}")))?;
-            let child = resource::child_execution(&parent, &ctx.task_id, &input).map_err(failed)?;
-            let child_input = resource::child_input(&input);
+            let refused = |e: resource::ChildError| TaskError::new(e.error, e.cause);
+            let child =
+                resource::child_execution(&parent, &ctx.task_id, &input).map_err(refused)?;
+            let child_input = resource::child_input(&input).map_err(refused)?;
             let (_, pattern) = resource::strip_pattern(&ctx.resource);
             let taken = |arn: &str| {
                 TaskError::new(

@@ -870,6 +870,80 @@ async fn a_named_sync_child_is_not_reused_by_a_retry_on_both_backends() {
     }
 }
 
+/// A child execution whose input is a string that is not JSON, or whose
+/// `Name` is not a valid name: the task fails with AWS's error names, which
+/// a `Catch` can match, on both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_with_a_bad_input_or_name_fails_with_aws_errors_on_both_backends() {
+    const CHILD: &str = r#"{"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}"#;
+    let parent = json!({
+        "StartAt": "Call",
+        "States": {"Call": {
+            "Type": "Task",
+            "Resource": "arn:aws:states:::states:startExecution.sync:2",
+            "Parameters": {
+                "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:kid",
+                "Name.$": "$.name",
+                "Input.$": "$.input"
+            },
+            "End": true
+        }}
+    })
+    .to_string();
+    for mode in Backend::both() {
+        let backend = Backend::new(mode);
+        let saga = backend.build(Sagaflow::builder()).await;
+        saga.deploy("kid", CHILD).await.unwrap();
+        saga.deploy("parent", &parent).await.unwrap();
+        for (run, input, error) in [
+            (
+                "bad-input",
+                json!({"name": "k1", "input": "hello"}),
+                "StepFunctions.InvalidExecutionInputException",
+            ),
+            (
+                "bad-name",
+                json!({"name": "no spaces allowed", "input": "{}"}),
+                "StepFunctions.InvalidNameException",
+            ),
+            (
+                "number-name",
+                json!({"name": 7, "input": "{}"}),
+                "StepFunctions.InvalidNameException",
+            ),
+        ] {
+            let done = saga
+                .start("parent", input, Some(run))
+                .await
+                .unwrap()
+                .wait(LIMIT)
+                .await
+                .unwrap();
+            assert_eq!(done.status, Status::Failed, "{mode:?} {run}");
+            assert_eq!(
+                done.error.as_deref(),
+                Some(error),
+                "{mode:?} {run}: {done:?}"
+            );
+        }
+        // A string that is JSON text is the child's input.
+        let done = saga
+            .start(
+                "parent",
+                json!({"name": "k2", "input": r#"{"a": 1}"#}),
+                Some("json-text"),
+            )
+            .await
+            .unwrap()
+            .wait(LIMIT)
+            .await
+            .unwrap();
+        assert_eq!(done.status, Status::Succeeded, "{mode:?}: {done:?}");
+        assert_eq!(done.output.unwrap()["Input"], json!({"a": 1}));
+        saga.shutdown().await;
+    }
+}
+
 /// A Fail state with neither `Error` nor `Cause`: the execution has none,
 /// and a `.sync:2` parent's report says so (`null`), on both backends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

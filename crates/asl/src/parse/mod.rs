@@ -118,10 +118,12 @@ fn first_error(errors: &[ValidationError]) -> String {
         .map_or_else(|| "(none)".to_string(), ToString::to_string)
 }
 
-/// Parses and validates a definition read as bytes (a file): text that is
-/// not UTF-8 is an `INVALID_JSON` error located at the first bad byte;
-/// otherwise as [`parse_definition`].
+/// Parses and validates a definition read as bytes (a file): a UTF-8 byte
+/// order mark at the start (which some Windows editors write) is skipped;
+/// text that is not UTF-8 is an `INVALID_JSON` error located at the first
+/// bad byte; otherwise as [`parse_definition`].
 pub fn parse_definition_bytes(bytes: &[u8]) -> Result<StateMachine, InvalidDefinition> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     match std::str::from_utf8(bytes) {
         Ok(text) => parse_definition(text),
         Err(e) => {

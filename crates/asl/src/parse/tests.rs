@@ -1325,3 +1325,10 @@ fn invalid_utf8_is_located_invalid_json() {
     );
     assert!(ok.is_ok());
 }
+
+#[test]
+fn a_byte_order_mark_at_the_start_of_a_file_is_skipped() {
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend_from_slice(br#"{"StartAt": "A", "States": {"A": {"Type": "Succeed"}}}"#);
+    assert!(crate::parse::parse_definition_bytes(&bytes).is_ok());
+}

@@ -1962,13 +1962,23 @@ impl Partition {
                 cause,
             }))
         };
+        let refused = |e: resource::ChildError| {
+            Ok(Some(Event::TaskFailed {
+                task_id: request.task_id.to_string(),
+                error: e.error.to_string(),
+                cause: e.cause,
+            }))
+        };
         let input = &request.input;
         let child = match child_ref(&live.exec_ref, request) {
             Ok(c) => c,
-            Err(e) => return fail(e),
+            Err(e) => return refused(e),
         };
         let machine = child.state_machine();
-        let child_input = resource::child_input(input);
+        let child_input = match resource::child_input(input) {
+            Ok(v) => v,
+            Err(e) => return refused(e),
+        };
         // A name already taken (AWS: ExecutionAlreadyExists): its start
         // would be dropped as a duplicate and a .sync task would wait forever.
         // Unless the child is this task's own, started before a restart: a
@@ -2479,7 +2489,10 @@ async fn list_for_reconcile(
 /// The child execution a `states:startExecution` task starts: the machine
 /// named by its `StateMachineArn` (an ARN or a name), with the task's `Name`
 /// or, without one, a name derived from the parent execution and task.
-fn child_ref(parent: &ExecutionRef, request: &TaskRequest) -> Result<ExecutionRef, String> {
+fn child_ref(
+    parent: &ExecutionRef,
+    request: &TaskRequest,
+) -> Result<ExecutionRef, resource::ChildError> {
     resource::child_execution(parent, &request.task_id, &request.input)
 }
 
