@@ -354,7 +354,15 @@ impl Coordinator {
         let (reply, mut completions) = mpsc::unbounded_channel::<Completion>();
         let (fire, mut fired) = mpsc::unbounded_channel::<String>();
         let history = &log;
-        let mut pending: HashSet<String> = HashSet::new();
+        // Tasks dispatched and not answered. Cancelled when the run ends,
+        // however it ends: an error returned, or the run abandoned (its
+        // future dropped) leaves no handler running and no callback waiting.
+        let mut pending = PendingTasks {
+            dispatcher: self.dispatcher.clone(),
+            execution_id: info.execution_id.clone(),
+            tasks: HashSet::new(),
+        };
+        let pending_tasks = &mut pending.tasks;
         // Aborted when dropped too: a run abandoned (its future dropped)
         // leaves no sleeping timer behind.
         let mut timers: HashMap<String, TimerTask> = HashMap::new();
@@ -391,7 +399,7 @@ impl Coordinator {
                 });
                 match command {
                     Command::ScheduleTask(request) => {
-                        pending.insert(request.task_id.to_string());
+                        pending_tasks.insert(request.task_id.to_string());
                         let task_cx = trace
                             .as_ref()
                             .and_then(|t| t.task_context(&request.task_id));
@@ -404,7 +412,7 @@ impl Coordinator {
                         }
                     }
                     Command::CancelTask { task_id } => {
-                        pending.remove(&task_id);
+                        pending_tasks.remove(&task_id);
                         self.dispatcher.cancel(&info.execution_id, &task_id).await;
                     }
                     Command::StartTimer {
@@ -433,7 +441,7 @@ impl Coordinator {
             if let Some(o) = outcome.or_else(|| execution.outcome().cloned()) {
                 break o;
             }
-            if pending.is_empty() && timers.is_empty() {
+            if pending_tasks.is_empty() && timers.is_empty() {
                 return Err(DriveError::Stalled);
             }
             event = loop {
@@ -445,7 +453,7 @@ impl Coordinator {
                     biased;
                     Some(c) = completions.recv() => {
                         // Late answers of cancelled tasks are dropped here.
-                        if pending.remove(&c.task_id) {
+                        if pending_tasks.remove(&c.task_id) {
                             break match c.result {
                                 Ok(output) => Event::TaskSucceeded { task_id: c.task_id, output },
                                 Err(e) => Event::TaskFailed {
@@ -471,7 +479,7 @@ impl Coordinator {
                 }
             };
         };
-        for task_id in pending {
+        for task_id in std::mem::take(&mut pending.tasks) {
             self.dispatcher.cancel(&info.execution_id, &task_id).await;
         }
         drop(timers);
@@ -482,6 +490,34 @@ impl Coordinator {
             trace_id: trace.as_ref().map(ExecutionTrace::trace_id),
             execution_span: trace.as_ref().map(ExecutionTrace::traceparent),
         })
+    }
+}
+
+/// The tasks a run dispatched and still waits for; dropped with some left
+/// (the run returned an error or was abandoned), it cancels them on a task
+/// of its own (cancelling is asynchronous).
+struct PendingTasks {
+    dispatcher: Arc<dyn Dispatcher>,
+    execution_id: String,
+    tasks: HashSet<String>,
+}
+
+impl Drop for PendingTasks {
+    fn drop(&mut self) {
+        if self.tasks.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let dispatcher = self.dispatcher.clone();
+        let execution_id = std::mem::take(&mut self.execution_id);
+        let tasks = std::mem::take(&mut self.tasks);
+        runtime.spawn(async move {
+            for task_id in tasks {
+                dispatcher.cancel(&execution_id, &task_id).await;
+            }
+        });
     }
 }
 
@@ -580,6 +616,24 @@ mod tests {
                 cause: "no future for you".into()
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_run_stops_its_handlers() {
+        let m = machine(
+            r#"{"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "hang", "End": true}}}"#,
+        );
+        let (dropped, dispatcher, c) = hanging();
+        // The caller gives up on the run (its future is dropped).
+        let abandoned =
+            tokio::time::timeout(Duration::from_secs(5), c.run(m, info("gone"), json!({}))).await;
+        assert!(abandoned.is_err(), "the task never answers");
+        // The cancellation runs on a task of its own.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(dropped.load(Ordering::SeqCst), "the handler was stopped");
+        assert_eq!(dispatcher.running(), 0);
     }
 
     #[tokio::test(start_paused = true)]
