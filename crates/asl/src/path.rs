@@ -470,7 +470,7 @@ impl ReferencePath {
             return Ok(());
         }
         match write_at(target, &self.inner.segs, value) {
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
             // AWS: "Unable to apply ReferencePath $.a.b to input \"abc\"".
             Err(()) => Err(PathWriteError {
                 path: self.inner.text.to_string(),
@@ -484,10 +484,98 @@ impl ReferencePath {
     }
 }
 
+/// What [`ReferencePath::write_in_place_undoable`] changed, to put it back
+/// with [`ReferencePath::undo`].
+#[derive(Debug)]
+pub struct WriteUndo {
+    /// The segment at which the write changed the target (`None`: the
+    /// whole target, for `$`).
+    at: Option<usize>,
+    /// What was there (`None`: nothing, the field was added).
+    old: Option<Value>,
+}
+
+impl ReferencePath {
+    /// [`ReferencePath::write_in_place`], keeping what it changed so that
+    /// [`ReferencePath::undo`] can put the target back exactly as it was
+    /// (field order included) without a copy of it.
+    pub fn write_in_place_undoable(
+        &self,
+        target: &mut Value,
+        value: Value,
+    ) -> Result<WriteUndo, PathWriteError> {
+        if self.inner.segs.is_empty() {
+            let old = std::mem::replace(target, value);
+            return Ok(WriteUndo {
+                at: None,
+                old: Some(old),
+            });
+        }
+        match write_at(target, &self.inner.segs, value) {
+            Ok((at, old)) => Ok(WriteUndo { at: Some(at), old }),
+            Err(()) => Err(PathWriteError {
+                path: self.inner.text.to_string(),
+                message: format!(
+                    "Unable to apply ReferencePath {} to input {}",
+                    self.inner.text,
+                    truncated_json(target)
+                ),
+            }),
+        }
+    }
+
+    /// Puts back what [`ReferencePath::write_in_place_undoable`] changed in
+    /// `target` (which must not have changed since).
+    pub fn undo(&self, target: &mut Value, undo: WriteUndo) {
+        let Some(at) = undo.at else {
+            if let Some(old) = undo.old {
+                *target = old;
+            }
+            return;
+        };
+        let mut cur = target;
+        for seg in self.inner.segs.iter().take(at) {
+            let next = match (seg, cur) {
+                (RefSeg::Field(name), Value::Object(map)) => map.get_mut(&**name),
+                (RefSeg::Index(idx), Value::Array(items)) => items.get_mut(*idx),
+                _ => None,
+            };
+            match next {
+                Some(v) => cur = v,
+                None => return,
+            }
+        }
+        match (self.inner.segs.get(at), cur) {
+            (Some(RefSeg::Field(name)), Value::Object(map)) => match undo.old {
+                // Same key: it keeps its place.
+                Some(old) => {
+                    map.insert(name.to_string(), old);
+                }
+                // Added last: removing it leaves the others in order.
+                None => {
+                    map.remove(&**name);
+                }
+            },
+            (Some(RefSeg::Index(idx)), Value::Array(items)) => {
+                if let (Some(slot), Some(old)) = (items.get_mut(*idx), undo.old) {
+                    *slot = old;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Writes `value` at `segs` (not empty) under `cur`. Fails, without
 /// modifying anything, when the path goes through a non-object or a missing
 /// array element.
-fn write_at(mut cur: &mut Value, segs: &[RefSeg], value: Value) -> Result<(), ()> {
+/// On success, the segment where the target changed and what was there
+/// (`None`: a field was added, possibly with a chain of new objects).
+fn write_at(
+    mut cur: &mut Value,
+    segs: &[RefSeg],
+    value: Value,
+) -> Result<(usize, Option<Value>), ()> {
     let mut i = 0;
     while let Some(seg) = segs.get(i) {
         let last = i + 1 == segs.len();
@@ -497,8 +585,8 @@ fn write_at(mut cur: &mut Value, segs: &[RefSeg], value: Value) -> Result<(), ()
                     return Err(());
                 };
                 if last {
-                    map.insert(name.to_string(), value);
-                    return Ok(());
+                    let old = map.insert(name.to_string(), value);
+                    return Ok((i, old));
                 }
                 if !map.contains_key(&**name) {
                     // Create the rest of the chain, as AWS does, but only
@@ -517,7 +605,7 @@ fn write_at(mut cur: &mut Value, segs: &[RefSeg], value: Value) -> Result<(), ()
                         }
                     }
                     map.insert(name.to_string(), built);
-                    return Ok(());
+                    return Ok((i, None));
                 }
                 cur = match map.get_mut(&**name) {
                     Some(v) => v,
@@ -532,15 +620,15 @@ fn write_at(mut cur: &mut Value, segs: &[RefSeg], value: Value) -> Result<(), ()
                     return Err(());
                 };
                 if last {
-                    *slot = value;
-                    return Ok(());
+                    let old = std::mem::replace(slot, value);
+                    return Ok((i, Some(old)));
                 }
                 cur = slot;
             }
         }
         i += 1;
     }
-    Ok(())
+    Err(())
 }
 
 // ---------------------------------------------------------------------------
@@ -1467,6 +1555,35 @@ mod tests {
         assert!(ReadPath::parse(&quoted).is_ok());
         let fine = "$.a[?(@.b[0] > 1 && (@.c == 2 || (@.d == 3)))]";
         assert!(ReadPath::parse(fine).is_ok(), "{fine}");
+    }
+
+    #[test]
+    fn an_undoable_write_is_undone_exactly() {
+        let input = json!({"a": {"b": 1, "c": [1, 2]}, "d": 4});
+        for (path, value) in [
+            ("$.a.b", json!("x")),
+            ("$.a.new", json!("x")),
+            ("$.n.m.o", json!("x")),
+            ("$.a.c[1]", json!("x")),
+            ("$.d", json!({"deep": [1]})),
+            ("$", json!(7)),
+        ] {
+            let p = ReferencePath::parse(path).unwrap();
+            let mut target = input.clone();
+            let undo = p
+                .write_in_place_undoable(&mut target, value.clone())
+                .unwrap();
+            assert_eq!(target, p.write(input.clone(), value).unwrap(), "{path}");
+            p.undo(&mut target, undo);
+            assert_eq!(target, input, "{path}");
+            // Field order too.
+            assert_eq!(target.to_string(), input.to_string(), "{path}");
+        }
+        // A write that cannot be made changes nothing.
+        let p = ReferencePath::parse("$.d.e").unwrap();
+        let mut target = input.clone();
+        assert!(p.write_in_place_undoable(&mut target, json!(1)).is_err());
+        assert_eq!(target, input);
     }
 
     #[test]

@@ -226,22 +226,29 @@ pub(crate) fn deeper_than(value: &Value, size: usize, max: usize) -> bool {
     if size <= 2 * max {
         return false;
     }
-    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
+    // Containers only, with their depth (1 for the top one).
+    let container = |v: &Value| matches!(v, Value::Array(_) | Value::Object(_));
+    let mut stack: Vec<(&Value, usize)> = Vec::new();
+    if container(value) {
+        stack.push((value, 1));
+    }
     while let Some((v, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
-        };
-        let depth = depth + 1;
         if depth > max {
             return true;
         }
-        stack.extend(
-            children
-                .filter(|c| matches!(c, Value::Array(_) | Value::Object(_)))
-                .map(|c| (c, depth)),
-        );
+        match v {
+            Value::Array(items) => {
+                for item in items.iter().filter(|c| container(c)) {
+                    stack.push((item, depth + 1));
+                }
+            }
+            Value::Object(map) => {
+                for item in map.values().filter(|c| container(c)) {
+                    stack.push((item, depth + 1));
+                }
+            }
+            _ => {}
+        }
     }
     false
 }
