@@ -62,6 +62,7 @@ impl Fixture {
                 state_machine_name: "travel".into(),
                 role_arn: String::new(),
                 seed: 1,
+                rules: sagaflow_asl::interp::RULES,
             },
             now: "2024-01-01T00:00:00Z".parse().expect("timestamp"),
         }
@@ -201,7 +202,7 @@ fn map_summary(fixture: &Fixture) {
     let machine = Arc::new(sagaflow_asl::parse::parse_definition(definition).expect("valid"));
     println!();
     println!("== Map with an ItemSelector reading $$.Map.Item.Value, Pass processor ==");
-    for items in [1_000usize, 10_000, 30_000] {
+    for items in [1_000usize, 5_000, 20_000] {
         let input = json!({"items": (0..items).collect::<Vec<_>>()});
         let options = Options::default();
         let mut out = Vec::new();

@@ -494,6 +494,7 @@ mod tests {
             state_machine_name: "sm".into(),
             role_arn: String::new(),
             seed: 1,
+            rules: sagaflow_asl::interp::RULES,
         }
     }
 

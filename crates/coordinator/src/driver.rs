@@ -445,12 +445,20 @@ impl Coordinator {
                 return Err(DriveError::Stalled);
             }
             event = loop {
-                // Biased: when a result and a timer are both ready (a task
-                // answering exactly at its timeout on a virtual clock), the
-                // result is taken first, every time, so that the same seed
-                // gives the same run.
+                // Biased, in this order: a stop first (it must not wait
+                // behind a stream of results), then results, then timers:
+                // when a result and a timer are both ready (a task answering
+                // exactly at its timeout on a virtual clock), the result is
+                // taken, every time, so that the same seed gives the same
+                // run.
                 tokio::select! {
                     biased;
+                    control = controls.recv(), if controls_open => match control {
+                        Some(Control::Stop { error, cause }) => {
+                            break Event::StopRequested { error, cause };
+                        }
+                        None => controls_open = false,
+                    },
                     Some(c) = completions.recv() => {
                         // Late answers of cancelled tasks are dropped here.
                         if pending_tasks.remove(&c.task_id) {
@@ -469,12 +477,6 @@ impl Coordinator {
                             break Event::TimerFired { timer_id };
                         }
                     }
-                    control = controls.recv(), if controls_open => match control {
-                        Some(Control::Stop { error, cause }) => {
-                            break Event::StopRequested { error, cause };
-                        }
-                        None => controls_open = false,
-                    },
                     else => return Err(DriveError::Stalled),
                 }
             };
@@ -545,6 +547,7 @@ mod tests {
             state_machine_name: "sm".into(),
             role_arn: String::new(),
             seed: 3,
+            rules: sagaflow_asl::interp::RULES,
         }
     }
 

@@ -271,6 +271,7 @@ pub async fn run_with_handlers(
         state_machine_name: STATE_MACHINE_NAME.to_string(),
         role_arn: String::new(),
         seed,
+        rules: sagaflow_asl::interp::RULES,
     };
     let clock: Arc<dyn Clock> = match (request.virtual_clock, request.start_time) {
         (false, None) => Arc::new(SystemClock),

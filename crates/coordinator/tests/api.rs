@@ -107,6 +107,7 @@ impl Env {
                     state_machine_name: machine.into(),
                     role_arn: String::new(),
                     seed: 7,
+                    rules: sagaflow_asl::interp::RULES,
                 },
                 input,
             }),

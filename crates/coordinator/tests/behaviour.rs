@@ -2270,3 +2270,37 @@ async fn task_results_reach_the_owner_directly_and_skip_the_inbox() {
     assert_eq!(state.messages, 0, "{state:?}");
     env.shutdown().await;
 }
+
+/// A task result nested deeper than a history can be read back with is
+/// not recorded as a success: the task fails with States.DataLimitExceeded,
+/// and the history stays readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_nested_too_deep_fails_its_task_and_the_history_stays_readable() {
+    let mut env = Env::start().await;
+    env.deploy(
+        "deep",
+        r#"{"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "deep", "End": true}}}"#,
+    )
+    .await;
+    env.worker(|b| {
+        b.handler(
+            "deep",
+            handler_fn(|_: Value, _ctx: TaskContext| async move {
+                let mut deep = json!(1);
+                for _ in 0..124 {
+                    deep = json!([deep]);
+                }
+                Ok::<_, TaskError>(deep)
+            }),
+        )
+    })
+    .await;
+    let done = env.run("deep", "d", json!({})).await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("States.DataLimitExceeded"));
+    let cause = done.cause.clone().unwrap_or_default();
+    assert!(cause.contains("nested more than 100 levels"), "{cause}");
+    let history = env.history(&done.execution_arn).await;
+    assert!(!history.is_empty());
+    env.shutdown().await;
+}

@@ -56,6 +56,7 @@ async fn spans_and_metrics_arrive_at_an_otlp_receiver() {
         state_machine_name: "travel".into(),
         role_arn: String::new(),
         seed: 1,
+        rules: sagaflow_asl::interp::RULES,
     };
     let run = coordinator
         .run(machine, info, json!({"to": "Lisbon"}))

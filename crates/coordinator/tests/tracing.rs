@@ -428,6 +428,7 @@ async fn branch_states_hang_under_their_parallel_state_in_embedded_runs() {
         state_machine_name: "fanout".into(),
         role_arn: String::new(),
         seed: 7,
+        rules: sagaflow_asl::interp::RULES,
     };
     let run = coordinator
         .run(machine, info, json!({"items": [1, 2]}))
@@ -492,6 +493,7 @@ fn drive_travel(switch_at: Option<usize>) -> (TraceId, usize) {
         state_machine_name: "travel".into(),
         role_arn: String::new(),
         seed: 1,
+        rules: sagaflow_asl::interp::RULES,
     };
     let mut first = ExecutionTrace::start("arn:exec:moving", "travel", None).expect("enabled");
     let stored = first.traceparent();

@@ -137,6 +137,7 @@ pub async fn demo() -> anyhow::Result<Vec<Booking>> {
             state_machine_name: "Booking".into(),
             role_arn: String::new(),
             seed: n,
+            rules: sagaflow_asl::interp::RULES,
         };
         let input =
             json!({"partnerUrl": format!("{}/v1/charges", partner.uri()), "amount": amount});

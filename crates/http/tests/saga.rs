@@ -58,6 +58,7 @@ fn info(name: &str) -> ExecutionInfo {
         state_machine_name: "Saga".into(),
         role_arn: String::new(),
         seed: 7,
+        rules: sagaflow_asl::interp::RULES,
     }
 }
 

@@ -225,6 +225,7 @@ impl Embedded {
             state_machine_name: state_machine.to_string(),
             role_arn: String::new(),
             seed: sagaflow_coordinator::cluster::api::random_u64(),
+            rules: sagaflow_asl::interp::RULES,
         };
         let log = HistoryLog::default();
         let begin = Begin::Start {
@@ -258,8 +259,15 @@ impl Embedded {
         Ok((arn, true))
     }
 
-    /// Refuses a payload over the limit, as the API does.
+    /// Refuses a payload over the limit or nested too deep, as the API
+    /// does (the depth first: measuring the size recurses).
     fn check_size(&self, what: &str, value: &Value) -> Result<(), Error> {
+        if sagaflow_asl::interp::too_deeply_nested(value) {
+            return Err(Error::InvalidPayload(format!(
+                "the {what} nests arrays and objects more than {} levels deep",
+                sagaflow_asl::interp::MAX_DEPTH
+            )));
+        }
         let size = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
         if size > self.max_payload_bytes {
             return Err(Error::PayloadTooLarge(format!(

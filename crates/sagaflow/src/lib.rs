@@ -146,6 +146,10 @@ pub enum Error {
     /// coordinators' limit).
     #[error("payload too large: {0}")]
     PayloadTooLarge(String),
+    /// An execution input or a callback output nests arrays and objects
+    /// more than 100 levels deep ([`sagaflow_asl::interp::MAX_DEPTH`]).
+    #[error("payload refused: {0}")]
+    InvalidPayload(String),
     /// Only a FAILED, TIMED_OUT or ABORTED execution can be redriven, and
     /// only when a state was running when it ended.
     #[error("execution '{execution}' cannot be redriven: {reason}")]
@@ -202,6 +206,9 @@ impl From<ApiClientError> for Error {
                 "TaskDoesNotExist" | "TaskTimedOut" | "InvalidToken" => Error::TaskDoesNotExist,
                 "InvalidRequest" => Error::InvalidRequest(api.message.clone()),
                 "PayloadTooLarge" => Error::PayloadTooLarge(api.message.clone()),
+                "InvalidExecutionInput" | "InvalidOutput" => {
+                    Error::InvalidPayload(api.message.clone())
+                }
                 "ExecutionNotRedrivable" => Error::ExecutionNotRedrivable {
                     execution: String::new(),
                     reason: api.message.clone(),

@@ -738,6 +738,17 @@ async fn the_same_mistakes_get_the_same_errors_on_both_backends() {
             matches!(invalid, Err(Error::InvalidDefinition { .. })),
             "{mode:?}: {invalid:?}"
         );
+        // An input nested deeper than histories can hold is refused before
+        // anything is recorded.
+        let mut deep = json!(1);
+        for _ in 0..110 {
+            deep = json!([deep]);
+        }
+        let too_deep = saga.start("hold", deep, None).await;
+        assert!(
+            matches!(too_deep, Err(Error::InvalidPayload(_))),
+            "{mode:?}: {too_deep:?}"
+        );
 
         let running = e.redrive().await;
         assert!(

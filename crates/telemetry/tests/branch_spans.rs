@@ -45,6 +45,7 @@ fn drive(name: &str, definition: &str, input: Value) -> TraceId {
         state_machine_name: name.into(),
         role_arn: String::new(),
         seed: 1,
+        rules: sagaflow_asl::interp::RULES,
     };
     let mut queue = VecDeque::from([Event::ExecutionStarted { info, input }]);
     let mut step = 0;

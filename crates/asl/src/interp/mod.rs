@@ -37,6 +37,7 @@
 //!     state_machine_name: "trip".into(),
 //!     role_arn: String::new(),
 //!     seed: 7,
+//!     rules: sagaflow_asl::interp::RULES,
 //! };
 //! let mut out = Vec::new();
 //! execution.apply(now, Event::ExecutionStarted { info, input: json!({"trip": 1}) }, &mut out).unwrap();
@@ -283,6 +284,16 @@ impl Execution {
         &self.machine
     }
 
+    /// The rules the execution runs under ([`ExecutionInfo::rules`]).
+    fn rules(&self) -> u32 {
+        self.started.as_ref().map_or(RULES, |s| s.info.rules)
+    }
+
+    /// True when a payload nests deeper than rules 1 allow.
+    fn too_deep(&self, payload: &Payload) -> bool {
+        self.rules() >= 1 && too_deep(payload)
+    }
+
     /// The outcome, once the execution has completed.
     pub fn outcome(&self) -> Option<&Outcome> {
         self.outcome.as_ref()
@@ -371,7 +382,11 @@ impl Execution {
     // ----------------------------------------------------------------- start
 
     fn start(&mut self, at: Timestamp, info: ExecutionInfo, input: Value, out: &mut Vec<Command>) {
-        self.rng = AtomicU64::new(Secrets::new(info.seed).stream_start());
+        self.rng = AtomicU64::new(if info.rules >= 1 {
+            Secrets::new(info.seed).stream_start()
+        } else {
+            info.seed
+        });
         let input = Arc::new(input);
         self.started = Some(Started {
             info,
@@ -398,7 +413,7 @@ impl Execution {
         });
         let limit = self.options.max_payload_bytes;
         let flow = match Payload::measure_shared(input, limit).fits(limit) {
-            Ok(input) if too_deep(&input) => Flow::Done(Err(Failure::new(
+            Ok(input) if self.too_deep(&input) => Flow::Done(Err(Failure::new(
                 errors::DATA_LIMIT_EXCEEDED,
                 format!(
                     "The execution input is nested more than {} levels deep.",
@@ -521,7 +536,9 @@ impl Execution {
                     if parent.is_none() && result.is_err() {
                         self.capture_redrive_point();
                     }
-                    self.release(frame);
+                    // Its only flow was this one: the slot can be reused at
+                    // once (a Map of many quick iterations keeps few slots).
+                    self.release_now(frame);
                     match parent {
                         None => {
                             let outcome = match result {
@@ -567,6 +584,17 @@ impl Execution {
         }
     }
 
+    /// Frees a slot whose frame has no flow left in the drive's queue.
+    fn release_now(&mut self, id: FrameId) {
+        if let Some(slot) = self.frames.get_mut(id)
+            && slot.take().is_some()
+        {
+            self.free.push(id);
+        }
+    }
+
+    /// Frees a slot whose frame may still have a flow queued (a branch or
+    /// iteration aborted by a sibling): reused from the next drive on.
     fn release(&mut self, id: FrameId) {
         if let Some(slot) = self.frames.get_mut(id)
             && slot.take().is_some()
@@ -768,7 +796,7 @@ impl Execution {
                 ),
             ));
         };
-        if too_deep(&effective) {
+        if self.too_deep(&effective) {
             return Err(Failure::new(
                 errors::DATA_LIMIT_EXCEEDED,
                 format!(
@@ -822,12 +850,18 @@ impl Execution {
     /// whoever holds one token (or any random value of the execution)
     /// cannot work out another.
     fn task_token(&self, task_id: &str) -> String {
-        let (execution_id, seed) = self
+        let (execution_id, seed, rules) = self
             .started
             .as_ref()
-            .map(|s| (s.info.execution_id.as_str(), s.info.seed))
-            .unwrap_or(("", 0));
-        let nonce = Secrets::new(seed).token_nonce(execution_id, task_id);
+            .map(|s| (s.info.execution_id.as_str(), s.info.seed, s.info.rules))
+            .unwrap_or(("", 0, RULES));
+        let nonce = if rules >= 1 {
+            Secrets::new(seed).token_nonce(execution_id, task_id)
+        } else {
+            // Rules 0: drawn from the random stream.
+            let mut rng = SharedRandom(&self.rng);
+            format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
+        };
         let raw = format!("{execution_id}\n{task_id}\n{nonce}");
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     }
@@ -874,7 +908,7 @@ impl Execution {
             Ok(output) => {
                 let limit = self.options.max_payload_bytes;
                 let output = match Payload::measure(output, limit).fits(limit) {
-                    Ok(output) if too_deep(&output) => {
+                    Ok(output) if self.too_deep(&output) => {
                         let machine = self.machine.clone();
                         let state =
                             Self::state_of(&machine, &self.frame(f).loc, self.active(f).state);
@@ -1101,7 +1135,7 @@ impl Execution {
         };
         // An inline Map runs at most 40 iterations at once on AWS, whatever
         // its MaxConcurrency (0: no limit of its own).
-        let max_concurrency = if map.distributed {
+        let max_concurrency = if map.distributed || self.rules() == 0 {
             max_concurrency
         } else if max_concurrency == 0 {
             crate::model::INLINE_MAP_CONCURRENCY
@@ -1563,55 +1597,91 @@ impl Execution {
             },
             None => None,
         };
+        // The state's input must survive a failure of its output (at
+        // OutputPath, at the size or depth limit): a retrier runs the state
+        // again on it, a catcher merges the error into it, and a redrive
+        // starts from it. The result is merged into it in place, and the
+        // merge is undone on such a failure (no copy of the input).
+        let mut undo = None;
         let merged = match result_path {
             None => result,
             Some(ResultPath::Discard) => self.active(f).raw_input.clone(),
             Some(ResultPath::Path(path)) if path.is_identity() => result,
             Some(ResultPath::Path(path)) => {
-                // The state's input stays as it was: if the output fails
-                // (here, at OutputPath or at the size limit), a retrier
-                // runs the state again on it, a catcher merges the error
-                // into it, and a redrive starts from it.
-                let raw = self.active(f).raw_input.clone();
+                let raw = std::mem::replace(
+                    &mut self.active_mut(f).raw_input,
+                    Payload {
+                        value: null_value(),
+                        size: 4,
+                    },
+                );
+                let raw_size = raw.size;
                 let size = raw.size + result.size + result_path_overhead(path.as_str());
                 let mut target = Arc::unwrap_or_clone(raw.value);
-                match path.write_in_place(&mut target, Arc::unwrap_or_clone(result.value)) {
-                    Ok(()) => Payload {
-                        value: Arc::new(target),
-                        size,
-                    },
+                match path.write_in_place_undoable(&mut target, Arc::unwrap_or_clone(result.value))
+                {
+                    Ok(written) => {
+                        undo = Some((path, written, raw_size));
+                        Payload {
+                            value: Arc::new(target),
+                            size,
+                        }
+                    }
                     Err(e) => {
+                        // Nothing was written: the input is as it was.
+                        self.active_mut(f).raw_input = Payload {
+                            value: Arc::new(target),
+                            size: raw_size,
+                        };
                         let failure = Failure::new(errors::RESULT_PATH_MATCH_FAILURE, e.message);
                         return self.state_failed(at, f, failure, out);
                     }
                 }
             }
         };
-        let output = match self.output_path(f, state, merged) {
-            Ok(v) => v,
-            Err(failure) => return self.state_failed(at, f, failure, out),
+        let checked = self
+            .output_path(f, state, merged.clone())
+            .and_then(|output| {
+                output.fits(limit).map_err(|_| {
+                    Failure::new(
+                        errors::DATA_LIMIT_EXCEEDED,
+                        format!(
+                            "The output of the state '{}' exceeds the maximum payload size of {} bytes.",
+                            state.name, self.options.max_payload_bytes
+                        ),
+                    )
+                })
+            })
+            .and_then(|output| {
+                if self.too_deep(&output) {
+                    Err(Failure::new(
+                        errors::DATA_LIMIT_EXCEEDED,
+                        format!(
+                            "The output of the state '{}' is nested more than {} levels deep.",
+                            state.name,
+                            data::MAX_DEPTH
+                        ),
+                    ))
+                } else {
+                    Ok(output)
+                }
+            });
+        let output = match checked {
+            Ok(output) => output,
+            Err(failure) => {
+                if let Some((path, written, raw_size)) = undo {
+                    // Nothing else holds the merged value now.
+                    let mut value = Arc::try_unwrap(merged.value).unwrap_or_else(|v| (*v).clone());
+                    path.undo(&mut value, written);
+                    self.active_mut(f).raw_input = Payload {
+                        value: Arc::new(value),
+                        size: raw_size,
+                    };
+                }
+                return self.state_failed(at, f, failure, out);
+            }
         };
-        let Ok(output) = output.fits(limit) else {
-            let failure = Failure::new(
-                errors::DATA_LIMIT_EXCEEDED,
-                format!(
-                    "The output of the state '{}' exceeds the maximum payload size of {} bytes.",
-                    state.name, self.options.max_payload_bytes
-                ),
-            );
-            return self.state_failed(at, f, failure, out);
-        };
-        if too_deep(&output) {
-            let failure = Failure::new(
-                errors::DATA_LIMIT_EXCEEDED,
-                format!(
-                    "The output of the state '{}' is nested more than {} levels deep.",
-                    state.name,
-                    data::MAX_DEPTH
-                ),
-            );
-            return self.state_failed(at, f, failure, out);
-        }
+        drop(merged);
         self.exit_state(f, state, &output, assigned, out);
         transition(state, output)
     }
@@ -1695,19 +1765,31 @@ impl Execution {
                 },
                 None => None,
             };
-            // Cloned, not taken: if the catcher's ResultPath fails, the
-            // state fails with its input intact (for a redrive).
-            let raw_input = self.active(f).raw_input.clone();
             let error_size = data::json_len_within(&error_output, usize::MAX).unwrap_or(0);
             let output = match &catcher.result_path {
-                ResultPath::Discard => raw_input,
+                ResultPath::Discard => self.active(f).raw_input.clone(),
                 ResultPath::Path(p) => {
-                    match p.write(Arc::unwrap_or_clone(raw_input.value), error_output) {
-                        Ok(v) => Payload {
-                            value: Arc::new(v),
-                            size: raw_input.size + error_size + result_path_overhead(p.as_str()),
+                    let raw_input = std::mem::replace(
+                        &mut self.active_mut(f).raw_input,
+                        Payload {
+                            value: null_value(),
+                            size: 4,
+                        },
+                    );
+                    let raw_size = raw_input.size;
+                    let mut target = Arc::unwrap_or_clone(raw_input.value);
+                    match p.write_in_place(&mut target, error_output) {
+                        Ok(()) => Payload {
+                            value: Arc::new(target),
+                            size: raw_size + error_size + result_path_overhead(p.as_str()),
                         },
                         Err(e) => {
+                            // Nothing was written: the state fails with its
+                            // input intact (for a redrive).
+                            self.active_mut(f).raw_input = Payload {
+                                value: Arc::new(target),
+                                size: raw_size,
+                            };
                             return Flow::Done(Err(Failure::new(
                                 errors::RESULT_PATH_MATCH_FAILURE,
                                 e.message,
@@ -2262,6 +2344,15 @@ mod tests;
 /// 6k + 6 bytes (every character escaped as `\u00XX`).
 fn result_path_overhead(path: &str) -> usize {
     path.len() * 7 + 8
+}
+
+pub use data::MAX_DEPTH;
+
+/// True when `value` nests arrays and objects more than [`MAX_DEPTH`]
+/// levels deep: what a runtime refuses before recording it (an execution
+/// input, a task result), since its history could not be read back.
+pub fn too_deeply_nested(value: &Value) -> bool {
+    data::deeper_than(value, usize::MAX, MAX_DEPTH)
 }
 
 /// True when a payload nests deeper than [`data::MAX_DEPTH`].

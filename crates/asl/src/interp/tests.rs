@@ -33,6 +33,7 @@ fn info() -> ExecutionInfo {
         state_machine_name: "test".into(),
         role_arn: String::new(),
         seed: 42,
+        rules: RULES,
     }
 }
 
@@ -1521,4 +1522,47 @@ fn a_value_nested_deeper_than_the_limit_fails_the_state_that_made_it() {
         cause.contains("returned a result nested more than"),
         "{cause}"
     );
+}
+
+#[test]
+fn a_history_is_replayed_under_the_rules_it_was_written_with() {
+    use crate::rand::{RandomSource, SplitMix64};
+    use base64::Engine as _;
+    // A history from before rules 1: its ExecutionStarted has no `rules`.
+    let started: Event = serde_json::from_value(json!({
+        "type": "ExecutionStarted",
+        "info": {"executionId": "e", "executionName": "e", "stateMachineId": "m",
+                 "stateMachineName": "m", "seed": 9},
+        "input": {"items": (0..50).collect::<Vec<_>>()}
+    }))
+    .unwrap();
+    let Event::ExecutionStarted { info, .. } = &started else {
+        unreachable!()
+    };
+    assert_eq!(info.rules, 0);
+    let def = r#"{"StartAt": "A", "States": {
+        "A": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
+              "Parameters": {"FunctionName": "f", "Payload": {"t.$": "$$.Task.Token"}}, "Next": "M"},
+        "M": {"Type": "Map", "ItemsPath": "$.items", "End": true,
+              "ItemProcessor": {"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "t", "End": true}}}}}}"#;
+    let mut sim = Sim::new(def);
+    sim.apply(started);
+    // The token's nonce was drawn from the stream, which starts at the seed.
+    let token = sim.tasks[0].task_token.clone().unwrap();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.as_bytes())
+        .unwrap();
+    let mut stream = SplitMix64::new(9);
+    let nonce = format!("{:016x}{:016x}", stream.next_u64(), stream.next_u64());
+    assert_eq!(
+        String::from_utf8(raw).unwrap(),
+        format!("e\nA@0#0\n{nonce}")
+    );
+    // And its inline Map had no limit of 40.
+    let task = sim.tasks.remove(0);
+    sim.apply(Event::TaskSucceeded {
+        task_id: task.task_id.to_string(),
+        output: json!({"items": (0..50).collect::<Vec<_>>()}),
+    });
+    assert_eq!(sim.tasks.len(), 50);
 }

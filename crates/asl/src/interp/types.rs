@@ -30,7 +30,25 @@ pub struct ExecutionInfo {
     /// The seed of every random value of this execution (`States.UUID`,
     /// `States.MathRandom`, jitter, task tokens).
     pub seed: u64,
+    /// The interpreter rules the execution started under: [`RULES`] for a
+    /// new one. A history is always replayed under the rules it was written
+    /// with, so that a newer interpreter gives the commands the older one
+    /// gave (the same tokens, random values and Map concurrency). Histories
+    /// that predate this field are rules 0.
+    #[serde(default)]
+    pub rules: u32,
 }
+
+/// The interpreter rules of new executions ([`ExecutionInfo::rules`]).
+///
+/// - 0: the random stream starts at the seed; task tokens draw their nonce
+///   from it; an inline Map has no concurrency limit of its own; values may
+///   nest to any depth.
+/// - 1: the random stream starts from a state derived from the seed, and
+///   task tokens and child seeds are keyed hashes of it
+///   ([`crate::rand::Secrets`]); an inline Map runs at most 40 iterations
+///   at once; values nest at most 100 levels.
+pub const RULES: u32 = 1;
 
 /// An input to the interpreter: something that happened outside it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -158,6 +158,23 @@ pub fn parse_definition_bytes(bytes: &[u8]) -> Result<StateMachine, InvalidDefin
 /// of its pointer's key in `text` (or of its nearest ancestor when the
 /// pointer names a field that is absent).
 pub fn parse_definition(text: &str) -> Result<StateMachine, InvalidDefinition> {
+    parse_text(text, &[])
+}
+
+/// Checks added to the validator after definitions could be deployed
+/// without them. A definition accepted then must still load (its running
+/// executions must go on), so [`parse_accepted_definition`] skips them.
+const LATER_CHECKS: &[&str] = &[codes::MISSING_END_STATE];
+
+/// Parses a definition that was validated and stored before (a deployed
+/// state machine version), leaving out the checks added since
+/// (`MISSING_END_STATE`): tightening the validator refuses new definitions,
+/// never the ones already running.
+pub fn parse_accepted_definition(text: &str) -> Result<StateMachine, InvalidDefinition> {
+    parse_text(text, LATER_CHECKS)
+}
+
+fn parse_text(text: &str, skipped: &[&str]) -> Result<StateMachine, InvalidDefinition> {
     let value: Value = match serde_json::from_str(text) {
         Ok(value) => value,
         Err(e) => {
@@ -178,6 +195,7 @@ pub fn parse_definition(text: &str) -> Result<StateMachine, InvalidDefinition> {
         mut errors,
         states_objects,
     } = graph::parse_machine(&value);
+    errors.retain(|e| !skipped.contains(&e.code));
     // serde_json keeps the last of two equal keys; AWS rejects a definition
     // that names two states alike, so duplicate keys of a `States` object
     // are errors. Other duplicate keys keep serde_json's last-wins reading.

@@ -1332,3 +1332,16 @@ fn a_byte_order_mark_at_the_start_of_a_file_is_skipped() {
     bytes.extend_from_slice(br#"{"StartAt": "A", "States": {"A": {"Type": "Succeed"}}}"#);
     assert!(crate::parse::parse_definition_bytes(&bytes).is_ok());
 }
+
+#[test]
+fn a_definition_deployed_before_a_check_was_added_still_loads() {
+    // Deployed when a graph without a terminal state was accepted.
+    let text = r#"{"StartAt": "A", "States": {"A": {"Type": "Pass", "Next": "B"},
+                                           "B": {"Type": "Wait", "Seconds": 60, "Next": "A"}}}"#;
+    let e = crate::parse::parse_definition(text).unwrap_err();
+    assert_eq!(e.errors[0].code, MISSING_END_STATE);
+    assert!(crate::parse::parse_accepted_definition(text).is_ok());
+    // Other errors are errors either way.
+    let broken = r#"{"StartAt": "A", "States": {"A": {"Type": "Pass", "Next": "Nope"}}}"#;
+    assert!(crate::parse::parse_accepted_definition(broken).is_err());
+}

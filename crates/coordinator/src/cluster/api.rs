@@ -82,6 +82,10 @@ pub mod codes {
     pub const EXECUTION_NOT_REDRIVABLE: &str = "ExecutionNotRedrivable";
     /// A request, input or output is too large.
     pub const PAYLOAD_TOO_LARGE: &str = "PayloadTooLarge";
+    /// An execution input that cannot be taken (nested too deep).
+    pub const INVALID_EXECUTION_INPUT: &str = "InvalidExecutionInput";
+    /// A task output that cannot be taken (nested too deep).
+    pub const INVALID_OUTPUT: &str = "InvalidOutput";
     /// Something failed inside the coordinator or NATS.
     pub const INTERNAL: &str = "Internal";
 }
@@ -421,6 +425,15 @@ impl Api {
                 ),
             ));
         }
+        if sagaflow_asl::interp::too_deeply_nested(&input) {
+            return Err(ApiError::new(
+                codes::INVALID_EXECUTION_INPUT,
+                format!(
+                    "the input nests arrays and objects more than {} levels deep",
+                    sagaflow_asl::interp::MAX_DEPTH
+                ),
+            ));
+        }
         let machine = self
             .store
             .machine(&req.state_machine, req.version)
@@ -718,7 +731,7 @@ impl Api {
             .machine(&meta.state_machine, Some(meta.version))
             .await
             .ok()??;
-        let machine = sagaflow_asl::parse::parse_definition(&version.definition).ok()?;
+        let machine = sagaflow_asl::parse::parse_accepted_definition(&version.definition).ok()?;
         Some(std::sync::Arc::new(machine))
     }
 
@@ -803,6 +816,15 @@ impl Api {
                 format!(
                     "the output is {size} bytes; at most {} are allowed",
                     self.options.max_payload_bytes
+                ),
+            ));
+        }
+        if sagaflow_asl::interp::too_deeply_nested(&req.output) {
+            return Err(ApiError::new(
+                codes::INVALID_OUTPUT,
+                format!(
+                    "the output nests arrays and objects more than {} levels deep",
+                    sagaflow_asl::interp::MAX_DEPTH
                 ),
             ));
         }

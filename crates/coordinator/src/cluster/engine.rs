@@ -245,11 +245,12 @@ impl Shared {
                     "state machine {name} version {version} does not exist"
                 ))
             })?;
-        let parsed = sagaflow_asl::parse::parse_definition(&stored.definition).map_err(|e| {
-            MachineError::Unusable(format!(
-                "state machine {name} version {version} is invalid: {e}"
-            ))
-        })?;
+        let parsed =
+            sagaflow_asl::parse::parse_accepted_definition(&stored.definition).map_err(|e| {
+                MachineError::Unusable(format!(
+                    "state machine {name} version {version} is invalid: {e}"
+                ))
+            })?;
         let parsed = Arc::new(parsed);
         self.machines
             .lock()
@@ -1522,8 +1523,21 @@ impl Partition {
                         // through SendTaskSuccess.
                         continue;
                     }
-                    let output = shape_output(pending.shape, output, &task_id);
-                    Event::TaskSucceeded { task_id, output }
+                    if sagaflow_asl::interp::too_deeply_nested(&output) {
+                        // Recorded, it would make the history unreadable.
+                        let state = pending.request.state_name.clone();
+                        Event::TaskFailed {
+                            task_id,
+                            error: sagaflow_asl::errors::DATA_LIMIT_EXCEEDED.to_string(),
+                            cause: format!(
+                                "The state/task '{state}' returned a result nested more than {} levels deep.",
+                                sagaflow_asl::interp::MAX_DEPTH
+                            ),
+                        }
+                    } else {
+                        let output = shape_output(pending.shape, output, &task_id);
+                        Event::TaskSucceeded { task_id, output }
+                    }
                 }
                 Input::Inbox(
                     _,
@@ -1729,6 +1743,7 @@ impl Partition {
                 state_machine_name: exec_ref.state_machine().to_string(),
                 role_arn: String::new(),
                 seed: start.seed,
+                rules: sagaflow_asl::interp::RULES,
             },
             input: start.input.clone(),
         };

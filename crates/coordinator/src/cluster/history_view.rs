@@ -630,6 +630,7 @@ mod tests {
                 state_machine_name: "m".into(),
                 role_arn: "arn:role".into(),
                 seed: 1,
+                rules: sagaflow_asl::interp::RULES,
             },
             input,
         }
@@ -1125,6 +1126,7 @@ mod replay_tests {
                 state_machine_name: "m".into(),
                 role_arn: String::new(),
                 seed: 1,
+                rules: sagaflow_asl::interp::RULES,
             },
             input: json!({"x": 1}),
         };
