@@ -862,28 +862,11 @@ pub async fn stub_participants(args: StubParticipantsArgs) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM (what `docker stop`,
-/// Kubernetes and systemd send), and names the one that came.
+/// Ctrl-C or SIGTERM ([`sagaflow_participant::stop_signal`]).
 async fn stop_signal() -> anyhow::Result<&'static str> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => {
-                r.context("cannot listen for Ctrl-C")?;
-                Ok("Ctrl-C")
-            }
-            _ = term.recv() => Ok("SIGTERM"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot listen for Ctrl-C")?;
-        Ok("Ctrl-C")
-    }
+    sagaflow_participant::stop_signal()
+        .await
+        .context("cannot listen for Ctrl-C or SIGTERM")
 }
 
 #[cfg(test)]

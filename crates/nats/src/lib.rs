@@ -144,10 +144,12 @@ pub enum SetupError {
         source: jetstream::context::KeyValueError,
     },
     /// A stream of this name exists but holds other subjects than this
-    /// namespace's: another deployment (or another tool) owns the name.
+    /// namespace's, or a stream of another name holds this namespace's
+    /// subjects: another deployment (or another tool) owns them.
     #[error(
-        "stream {name} exists with subjects {found:?}, not {expected:?}: it belongs to something else; \
-         use another namespace"
+        "stream {name} exists with subjects {found:?}, which clash with this namespace's \
+         {expected:?}: it belongs to something else; use another namespace (or delete that stream \
+         if it is left over from an older deployment)"
     )]
     Foreign {
         /// The stream's name.
@@ -225,13 +227,28 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
         async move {
             let name = config.name.clone();
             let expected = config.subjects.clone();
-            let stream =
-                js.get_or_create_stream(config)
-                    .await
-                    .map_err(|source| SetupError::Stream {
-                        name: name.clone(),
-                        source,
-                    })?;
+            let subject = expected.first().cloned().unwrap_or_default();
+            let stream = match js.get_or_create_stream(config).await {
+                Ok(stream) => stream,
+                Err(source) => {
+                    // Another stream holds these subjects (another tool's,
+                    // or one named by an older Sagaflow for this namespace):
+                    // name it.
+                    if let jetstream::context::CreateStreamErrorKind::JetStream(e) = source.kind()
+                        && e.error_code() == jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP
+                        && let Ok(other) = js.stream_by_subject(subject).await
+                        && let Ok(other) = js.get_stream(&other).await
+                    {
+                        let info = other.cached_info();
+                        return Err(SetupError::Foreign {
+                            name: info.config.name.clone(),
+                            expected,
+                            found: info.config.subjects.clone(),
+                        });
+                    }
+                    return Err(SetupError::Stream { name, source });
+                }
+            };
             let found = stream.cached_info().config.subjects.clone();
             if found != expected {
                 return Err(SetupError::Foreign {

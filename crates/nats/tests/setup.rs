@@ -219,3 +219,33 @@ async fn a_comma_separated_list_of_servers_connects_to_one_that_answers() {
     let client = connect(&list).await.expect("the live server of the list");
     assert!(client.server_info().jetstream);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_another_name_holding_the_subjects_is_named() {
+    let server = NatsServer::start().unwrap();
+    let client = connect(&server.url()).await.unwrap();
+    let ns = Namespace::new("acme-prod").unwrap();
+    // As an older Sagaflow named it ('-' became '_').
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "ACME_PROD_HISTORY".to_string(),
+        subjects: vec![ns.history_wildcard()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = setup(
+        client,
+        Settings {
+            namespace: ns,
+            ..Settings::default()
+        },
+    )
+    .await
+    .err()
+    .expect("refused");
+    match &err {
+        sagaflow_nats::SetupError::Foreign { name, .. } => assert_eq!(name, "ACME_PROD_HISTORY"),
+        other => panic!("expected Foreign, got {other}"),
+    }
+}

@@ -294,6 +294,34 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Waits until the process is asked to stop: Ctrl-C (SIGINT) or, on Unix,
+/// SIGTERM (what `docker stop`, Kubernetes and systemd send), and names the
+/// signal. Stop the worker after it (`Worker::shutdown_handle`), so that tasks
+/// in flight finish or are handed back.
+///
+/// ```no_run
+/// # async fn f() -> std::io::Result<()> {
+/// let signal = sagaflow_participant::stop_signal().await?;
+/// eprintln!("{signal}: stopping");
+/// # Ok(())
+/// # }
+/// ```
+pub async fn stop_signal() -> std::io::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map(|()| "Ctrl-C"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

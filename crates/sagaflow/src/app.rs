@@ -4,6 +4,8 @@ use std::error::Error;
 use std::future::Future;
 use std::process::ExitCode;
 
+pub use sagaflow_participant::stop_signal;
+
 /// Runs an application: sets up logs (`RUST_LOG`) and, when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OpenTelemetry export under the
 /// service name `service` (`OTEL_SERVICE_NAME` wins; see

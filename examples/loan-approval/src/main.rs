@@ -330,9 +330,10 @@ async fn participants(bank: &Arc<Bank>, nats: &NatsArgs) -> anyhow::Result<ExitC
         "loan-approval participants serving validate_application, credit_check, request_review, disburse_funds, notify_applicant, reverse_disbursement on {}; Ctrl-C to stop",
         nats.nats
     );
-    tokio::signal::ctrl_c()
+    // Ctrl-C, or SIGTERM from `docker stop`.
+    sagaflow::app::stop_signal()
         .await
-        .context("cannot listen for Ctrl-C")?;
+        .context("cannot listen for Ctrl-C or SIGTERM")?;
     saga.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

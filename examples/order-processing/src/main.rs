@@ -194,9 +194,10 @@ async fn participants(shop: &Arc<Shop>, nats: &NatsArgs) -> anyhow::Result<ExitC
         "order-processing participants serving validate_data, process_order, send_notification on {}; Ctrl-C to stop",
         nats.nats
     );
-    tokio::signal::ctrl_c()
+    // Ctrl-C, or SIGTERM from `docker stop`.
+    sagaflow::app::stop_signal()
         .await
-        .context("cannot listen for Ctrl-C")?;
+        .context("cannot listen for Ctrl-C or SIGTERM")?;
     saga.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

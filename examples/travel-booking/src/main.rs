@@ -280,9 +280,10 @@ async fn participants(args: &TripArgs, nats: &NatsArgs) -> anyhow::Result<ExitCo
         },
         args.failure_rate
     );
-    tokio::signal::ctrl_c()
+    // Ctrl-C, or SIGTERM from `docker stop`.
+    sagaflow::app::stop_signal()
         .await
-        .context("cannot listen for Ctrl-C")?;
+        .context("cannot listen for Ctrl-C or SIGTERM")?;
     println!("stopping: finishing the tasks in flight");
     saga.shutdown().await;
     Ok(ExitCode::SUCCESS)
