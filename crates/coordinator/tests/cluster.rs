@@ -94,7 +94,8 @@ async fn a_saga_succeeds_and_another_compensates() {
     let server = NatsServer::start().expect("nats-server");
     let cluster = start_cluster(&server.url()).await;
     let version = deploy(&cluster).await;
-    tokio::spawn(ledger_participant(server.url(), Ledger::default(), "p1"));
+    let ledger = Ledger::default();
+    tokio::spawn(ledger_participant(server.url(), ledger.clone(), "p1"));
 
     let ok = start(&server.url(), &cluster, "ok-1", json!({"trip": 1}), version).await;
     let bad = start(
@@ -111,15 +112,68 @@ async fn a_saga_succeeds_and_another_compensates() {
     assert_eq!(bad.status, ExecutionStatus::Failed, "{bad:?}");
     assert_eq!(bad.error.as_deref(), Some("BookingFailed"));
 
-    // The history holds every step, in order.
+    // The car failure was compensated: the flight cancelled once.
+    let done = [ok, bad];
+    check_ledger(&ledger, &done);
+    // The histories hold every step, in order, each once.
+    check_histories(cluster.store(), &done).await;
     let history = cluster
         .store()
-        .read_history(&ExecutionRef::from_arn(&ok.execution_arn).unwrap())
+        .read_history(&ExecutionRef::from_arn(&done[0].execution_arn).unwrap())
         .await
         .unwrap();
     assert!(history.batches[0].meta.is_some());
-    assert!(history.last_sequence > 0);
     cluster.shutdown().await;
+}
+
+/// What an execution's history says happened: the top-level states
+/// entered, in order, the task ids scheduled and the task ids answered.
+async fn history_of(
+    store: &sagaflow_coordinator::cluster::Store,
+    arn: &str,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    use sagaflow_asl::interp::{Command, Event, Record};
+    use sagaflow_coordinator::HistoryItem;
+    let history = store
+        .read_history(&ExecutionRef::from_arn(arn).unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("history of {arn}: {e}"));
+    let (mut entered, mut scheduled, mut answered) = (Vec::new(), Vec::new(), Vec::new());
+    for entry in history.batches.iter().flat_map(|b| &b.entries) {
+        match &entry.item {
+            HistoryItem::Command(Command::Record(Record::StateEntered { name, .. })) => {
+                entered.push(name.to_string());
+            }
+            HistoryItem::Command(Command::ScheduleTask(t)) => scheduled.push(t.task_id.to_string()),
+            HistoryItem::Event(Event::TaskSucceeded { task_id, .. })
+            | HistoryItem::Event(Event::TaskFailed { task_id, .. }) => {
+                answered.push(task_id.clone());
+            }
+            _ => {}
+        }
+    }
+    (entered, scheduled, answered)
+}
+
+/// Every execution advanced exactly once along its path: its states entered
+/// once each, in order, and every task scheduled once and answered once. An
+/// execution advanced twice (by two owners, or by a replayed event) would
+/// show a state entered again or a task scheduled or answered again.
+async fn check_histories(
+    store: &sagaflow_coordinator::cluster::Store,
+    done: &[ExecutionDescription],
+) {
+    for d in done {
+        let (entered, scheduled, answered) = history_of(store, &d.execution_arn).await;
+        let expected: &[&str] = match d.status {
+            ExecutionStatus::Succeeded => &["BookFlight", "BookCar"],
+            _ => &["BookFlight", "BookCar", "CancelFlight", "Failed"],
+        };
+        assert_eq!(entered, expected, "{}: states entered", d.execution_arn);
+        let tasks = expected.len().min(3);
+        assert_eq!(scheduled.len(), tasks, "{}: {scheduled:?}", d.execution_arn);
+        assert_eq!(answered, scheduled, "{}: answers", d.execution_arn);
+    }
 }
 
 /// What the test participant did: effects keyed by (execution, handler),
@@ -328,8 +382,24 @@ async fn a_crashed_coordinator_is_replaced_and_nothing_is_lost() {
         };
         execs.push(publish_start(&url, &store, &format!("trip-{i}"), input, version).await);
     }
-    // Let A make progress, then crash it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let A make progress (some sagas ended, some still running), then
+    // crash it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut ended = 0;
+        for e in &execs {
+            if let Ok(Some(d)) = store.execution(e).await
+                && d.status != ExecutionStatus::Running
+            {
+                ended += 1;
+            }
+        }
+        if ended > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "A made no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     runtime_a.shutdown_background();
     let mut unfinished = 0;
     for e in &execs {
@@ -347,6 +417,7 @@ async fn a_crashed_coordinator_is_replaced_and_nothing_is_lost() {
     let b = start_cluster(&url).await;
     let done = wait_all(&store, &execs, Duration::from_secs(60)).await;
     check_ledger(&ledger, &done);
+    check_histories(&store, &done).await;
     b.shutdown().await;
 }
 
@@ -373,11 +444,32 @@ async fn two_coordinators_share_the_work_and_never_advance_an_execution_twice() 
         };
         execs.push(publish_start(&url, &store, &format!("two-{i}"), input, version).await);
     }
+    // While they run, take partition 0's lease away from its owner a few
+    // times: the other coordinator takes the partition while the first
+    // still holds its executions in memory (until its next renewal fails),
+    // so both may try to advance the same execution. Only one append can
+    // win (expected last sequence); the histories below show no step twice.
+    let infra = store.infra();
+    let mut owners_of_p0 = std::collections::HashSet::new();
+    for _ in 0..6 {
+        if let Ok(Some(owner)) = infra.leases.get("p0").await {
+            owners_of_p0.insert(String::from_utf8_lossy(&owner).to_string());
+        }
+        let _ = infra.leases.delete("p0").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let done = wait_all(&store, &execs, Duration::from_secs(60)).await;
     check_ledger(&ledger, &done);
+    check_histories(&store, &done).await;
+    if let Ok(Some(owner)) = infra.leases.get("p0").await {
+        owners_of_p0.insert(String::from_utf8_lossy(&owner).to_string());
+    }
+    assert!(
+        !owners_of_p0.is_empty(),
+        "partition 0 had an owner during the run"
+    );
     // Both coordinators own partitions (the work is shared). Rebalancing
     // runs every third of the lease TTL: wait for it rather than race it.
-    let infra = store.infra();
     let mut owners = std::collections::HashSet::new();
     for _ in 0..100 {
         owners.clear();

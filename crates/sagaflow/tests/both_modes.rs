@@ -343,7 +343,7 @@ async fn redrive_runs_a_failed_execution_again_from_the_failed_state_on_both_bac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callback_heartbeats_keep_a_task_alive_on_both_backends() {
     const ASK: &str = r#"{"StartAt": "Ask", "States": {
-        "Ask": {"Type": "Task", "Resource": "ask.waitForTaskToken", "HeartbeatSeconds": 1, "End": true}}}"#;
+        "Ask": {"Type": "Task", "Resource": "ask.waitForTaskToken", "HeartbeatSeconds": 2, "End": true}}}"#;
     for mode in Backend::both() {
         let backend = Backend::new(mode);
         let (tx, mut tokens) = mpsc::unbounded_channel::<String>();
@@ -355,7 +355,7 @@ async fn callback_heartbeats_keep_a_task_alive_on_both_backends() {
             )
             .await;
 
-        // Beats every 300 ms for 2.5 s (more than twice HeartbeatSeconds),
+        // Beats every 300 ms for 4.8 s (more than twice HeartbeatSeconds),
         // then the answer.
         let alive = saga.start("ask", json!({}), Some("alive")).await.unwrap();
         let token = tokens.recv().await.unwrap();
@@ -369,7 +369,7 @@ async fn callback_heartbeats_keep_a_task_alive_on_both_backends() {
             ),
             "{mode:?}"
         );
-        for _ in 0..8 {
+        for _ in 0..16 {
             tokio::time::sleep(Duration::from_millis(300)).await;
             saga.send_task_heartbeat(&token)
                 .await
