@@ -116,7 +116,9 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Runs the benchmark.
+/// Runs the benchmark. Ctrl-C (or SIGTERM) stops it: the participants
+/// process, the nats-server it started (with its store) and the stubs file
+/// are removed all the same.
 pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if !args.light_rate.is_finite() || args.light_rate < 0.0 {
         bail!(
@@ -136,6 +138,32 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         (None, Some(s)) => s.url(),
         (None, None) => bail!("no NATS server"),
     };
+    let server_pid = server.as_ref().and_then(|s| s.pid());
+    let stubs_path =
+        std::env::temp_dir().join(format!("sagaflow-bench-{}.json", std::process::id()));
+    let result = tokio::select! {
+        r = run(&args, url, server_pid, &stubs_path) => r,
+        signal = sagaflow_participant::stop_signal() => {
+            eprintln!("{}: benchmark stopped", signal.unwrap_or("signal"));
+            // The coordinator's tasks are still running: leave at once
+            // after cleaning up, rather than let them report the server's
+            // end.
+            let _ = std::fs::remove_file(&stubs_path);
+            drop(server);
+            std::process::exit(130);
+        }
+    };
+    let _ = std::fs::remove_file(&stubs_path);
+    drop(server);
+    result
+}
+
+async fn run(
+    args: &BenchArgs,
+    url: String,
+    server_pid: Option<u32>,
+    stubs_path: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
     let say = |line: String| {
         if !args.json {
             println!("{line}");
@@ -169,11 +197,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     store
         .create_machine("travel-bench", SAGA, "2024-01-01T00:00:00Z")
         .await?;
-    let stubs_path =
-        std::env::temp_dir().join(format!("sagaflow-bench-{}.json", std::process::id()));
-    std::fs::write(&stubs_path, STUBS).context("cannot write the stubs file")?;
+    std::fs::write(stubs_path, STUBS).context("cannot write the stubs file")?;
     let exe = std::env::current_exe().context("cannot find the sagaflow binary")?;
-    let server_pid = server.as_ref().and_then(|s| s.pid());
     let participants = Participants(
         ProcessCommand::new(exe)
             .args([
@@ -184,7 +209,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 ns.prefix(),
                 "--stubs",
             ])
-            .arg(&stubs_path)
+            .arg(stubs_path)
             .args(["--concurrency", &args.concurrency.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -348,7 +373,6 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             })
         );
     }
-    let _ = std::fs::remove_file(&stubs_path);
     cluster.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
