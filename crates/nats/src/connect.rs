@@ -428,8 +428,8 @@ pub enum ConnectError {
     },
     /// The server does not have JetStream enabled.
     #[error(
-        "the NATS server at {url} has JetStream disabled for this user's account; start it with \
-         -js (or `jetstream {{}}` in its config) and enable JetStream in the account"
+        "the NATS server at {url} runs without JetStream; start it with -js (or `jetstream {{}}` \
+         in its config)"
     )]
     NoJetStream {
         /// The URL.

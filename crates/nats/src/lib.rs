@@ -143,6 +143,14 @@ pub enum SetupError {
         #[source]
         source: jetstream::context::KeyValueError,
     },
+    /// The server has JetStream, but not for the account of this
+    /// connection's user.
+    #[error(
+        "JetStream is not enabled for this user's account: enable it in the account \
+         (`jetstream: enabled` in the server's accounts configuration), or connect as a user of \
+         an account that has it"
+    )]
+    NoJetStream,
     /// A stream of this name exists but holds other subjects than this
     /// namespace's, or a stream of another name holds this namespace's
     /// subjects: another deployment (or another tool) owns them.
@@ -231,6 +239,15 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
             let stream = match js.get_or_create_stream(config).await {
                 Ok(stream) => stream,
                 Err(source) => {
+                    if let jetstream::context::CreateStreamErrorKind::JetStream(e) = source.kind()
+                        && matches!(
+                            e.error_code(),
+                            jetstream::ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT
+                                | jetstream::ErrorCode::JETSTREAM_NOT_ENABLED
+                        )
+                    {
+                        return Err(SetupError::NoJetStream);
+                    }
                     // Another stream holds these subjects (another tool's,
                     // or one named by an older Sagaflow for this namespace):
                     // name it.

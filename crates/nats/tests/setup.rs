@@ -249,3 +249,37 @@ async fn a_stream_of_another_name_holding_the_subjects_is_named() {
         other => panic!("expected Foreign, got {other}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_without_jetstream_is_told_so_at_setup() {
+    let server = NatsServer::start_with(ServerOptions {
+        config_file: Some(
+            r#"
+accounts {
+  WITH: { jetstream: enabled, users: [{user: with, password: with}] }
+  WITHOUT: { users: [{user: without, password: without}] }
+}
+"#
+            .to_string(),
+        ),
+        ..Default::default()
+    })
+    .unwrap();
+    let url = server.url().replace("nats://", "nats://without:without@");
+    let client = sagaflow_nats::connect_with(&url, &sagaflow_nats::ConnectOptions::default())
+        .await
+        .expect("the server has JetStream; the connection is made");
+    let err = setup(client, Settings::default())
+        .await
+        .err()
+        .expect("no JetStream in this account");
+    let text = err.to_string();
+    assert!(
+        matches!(err, sagaflow_nats::SetupError::NoJetStream),
+        "{text}"
+    );
+    assert!(
+        text.contains("not enabled for this user's account"),
+        "{text}"
+    );
+}
