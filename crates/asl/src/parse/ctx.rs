@@ -163,10 +163,18 @@ impl Ctx {
         };
         let pointer = child(p, key);
         let Some(n) = as_integer(value) else {
-            let found = if value.is_number() {
-                "a fractional number"
-            } else {
-                type_name(value)
+            let found = match value.as_f64() {
+                Some(f) if f.is_finite() && f.fract() == 0.0 => {
+                    // Integral, but past what is taken (1e30).
+                    self.err(
+                        pointer,
+                        codes::INVALID_VALUE,
+                        format!("'{key}' must be an integer of at most {max}, not {value}"),
+                    );
+                    return Err(());
+                }
+                Some(_) => "a fractional number",
+                None => type_name(value),
             };
             self.err(
                 pointer,
@@ -176,8 +184,10 @@ impl Ctx {
             return Err(());
         };
         if n < i128::from(min) || n > i128::from(max) {
-            let range = if max == u64::MAX {
-                format!("at least {min}")
+            let range = if max == u64::MAX && n > i128::from(max) {
+                format!("of at most {max}")
+            } else if max == u64::MAX {
+                format!("of at least {min}")
             } else {
                 format!("between {min} and {max}")
             };

@@ -127,6 +127,10 @@ pub(super) struct Targets<'g> {
     index: &'g HashMap<String, StateId>,
     /// Ids of the states this state can go to.
     pub edges: Vec<usize>,
+    /// A transition field was there but could not be read (`Next`,
+    /// `Catch`, `Choices` or `Default` of the wrong type): the edges are
+    /// incomplete.
+    pub lost: bool,
 }
 
 impl Targets<'_> {
@@ -236,6 +240,7 @@ pub(super) fn graph(ctx: &mut Ctx, o: &Obj, p: &str, place: &str) -> Option<Grap
         let mut targets = Targets {
             index: &index,
             edges: Vec::new(),
+            lost: false,
         };
         let state = match value {
             Value::Object(so) => states::parse_state(ctx, name, so, &pointer, &mut targets),
@@ -251,11 +256,14 @@ pub(super) fn graph(ctx: &mut Ctx, o: &Obj, p: &str, place: &str) -> Option<Grap
                 parsed.push(None);
             }
         }
+        opaque |= targets.lost;
         edges.push(targets.edges);
     }
 
     // Reachability is only meaningful when every state's transitions are
-    // known (a state of unknown type or in JSONata mode hides its own).
+    // known (a state of unknown type or in JSONata mode hides its own; a
+    // transition field of the wrong type loses its target, which would
+    // otherwise be reported unreachable on top of the real error).
     if let (Some(start), false) = (start, opaque) {
         let mut reached = vec![false; edges.len()];
         let mut stack = vec![start.0];

@@ -91,10 +91,12 @@ pub(super) fn parse_state(
             return Parsed::Opaque;
         }
     };
+    // Checked whatever else failed: every problem is reported.
+    let comment = s.ctx.opt_str(o, p, "Comment").map(str::to_string);
+    let comment_bad = o.contains_key("Comment") && comment.is_none();
     Parsed::State(
         kind.and_then(|(kind, transition, assign, input_path, output_path)| {
-            let comment = s.ctx.opt_str(o, p, "Comment").map(str::to_string);
-            if !s.ok || (o.contains_key("Comment") && comment.is_none()) {
+            if !s.ok || comment_bad {
                 return None;
             }
             Some(Box::new(State {
@@ -179,6 +181,7 @@ impl StateParser<'_, '_, '_, '_> {
                 self.ctx
                     .wrong_type(child(p, "Next"), "Next", "a string", other);
                 self.ok = false;
+                self.targets.lost = true;
                 return Transition::End;
             }
         };
@@ -453,6 +456,7 @@ impl StateParser<'_, '_, '_, '_> {
         let (o, p) = (self.o, self.p);
         let Some(elements) = array_of_objects(self.ctx, o, p, "Catch") else {
             self.ok = false;
+            self.targets.lost = true;
             return Vec::new();
         };
         let count = elements.len();
@@ -460,6 +464,7 @@ impl StateParser<'_, '_, '_, '_> {
         for (i, (ep, element)) in elements.into_iter().enumerate() {
             let Some(element) = element else {
                 self.ok = false;
+                self.targets.lost = true;
                 continue;
             };
             self.ctx.unknown_fields(
@@ -524,6 +529,7 @@ impl StateParser<'_, '_, '_, '_> {
                 self.ctx
                     .wrong_type(choices_pointer.clone(), "Choices", "an array", other);
                 self.ok = false;
+                self.targets.lost = true;
             }
         }
         let default = match self.ctx.opt_str(o, p, "Default") {

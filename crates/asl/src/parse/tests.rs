@@ -654,11 +654,25 @@ fn retry_and_catch_errors() {
     );
     check(
         task(json!({}), json!("H")),
+        // H is named by the Catch that could not be read: not reported
+        // unreachable on top of it.
         &[
             (INVALID_TYPE, "/States/S/Retry"),
             (INVALID_TYPE, "/States/S/Catch"),
-            (UNREACHABLE_STATE, "/States/H"),
         ],
+    );
+    // A bad Comment is reported beside another error of the state.
+    check(
+        single(json!({"Type": "Wait", "Seconds": "5", "Comment": 7, "End": true})),
+        &[
+            (INVALID_TYPE, "/States/S/Seconds"),
+            (INVALID_TYPE, "/States/S/Comment"),
+        ],
+    );
+    check(
+        json!({"StartAt": "A", "States": {"A": {"Type": "Pass", "Next": ["B"]},
+                                          "B": {"Type": "Pass", "End": true}}}),
+        &[(INVALID_TYPE, "/States/A/Next")],
     );
 }
 
@@ -1344,4 +1358,22 @@ fn a_definition_deployed_before_a_check_was_added_still_loads() {
     // Other errors are errors either way.
     let broken = r#"{"StartAt": "A", "States": {"A": {"Type": "Pass", "Next": "Nope"}}}"#;
     assert!(crate::parse::parse_accepted_definition(broken).is_err());
+}
+
+#[test]
+fn numbers_too_large_get_a_message_that_says_so() {
+    for (value, text) in [
+        (json!(1e20), "at most 18446744073709551615"),
+        (json!(1e30), "at most 18446744073709551615"),
+    ] {
+        let e = parse_value(&json!({"StartAt": "A", "TimeoutSeconds": value,
+            "States": {"A": {"Type": "Succeed"}}}))
+        .unwrap_err();
+        assert_eq!(e.errors[0].code, INVALID_VALUE, "{value}");
+        assert!(
+            e.errors[0].message.contains(text),
+            "{}",
+            e.errors[0].message
+        );
+    }
 }
