@@ -298,11 +298,13 @@ impl Dispatcher for EmbeddedDispatcher {
             let span = tracing::info_span!(
                 "handler",
                 otel.name = %format_args!("handler {key}"),
+                otel.kind = "consumer",
                 sagaflow.task.handler = %key,
                 sagaflow.task.id = %task_id,
                 sagaflow.execution.id = %execution.execution_id,
                 sagaflow.state.name = %request.state_name,
-                sagaflow.task.attempt = request.attempt,
+                // i64: exported as an integer, as on the task span.
+                sagaflow.task.attempt = i64::from(request.attempt),
             );
             sagaflow_telemetry::propagation::set_parent_context(&span, &parent);
             ctx.trace_parent =

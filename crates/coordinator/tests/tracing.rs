@@ -285,6 +285,19 @@ async fn a_saga_is_one_trace_across_coordinator_and_participant() {
             "{} {task_id}",
             h.name
         );
+        // As the span table says: consumer, the attempt an integer.
+        assert_eq!(
+            h.span_kind,
+            sagaflow_telemetry::opentelemetry::trace::SpanKind::Consumer,
+            "{}",
+            h.name
+        );
+        assert!(
+            matches!(attr(h, "sagaflow.task.attempt"), Some(OtelValue::I64(_))),
+            "{}: {:?}",
+            h.name,
+            attr(h, "sagaflow.task.attempt")
+        );
         assert_eq!(
             seen.get(&task_id).cloned().flatten(),
             format_traceparent(&h.span_context),
@@ -460,6 +473,19 @@ async fn branch_states_hang_under_their_parallel_state_in_embedded_runs() {
     assert_ne!(item_ids[0], item_ids[1]);
     for t in spans.iter().filter(|s| s.name == "task Item") {
         assert!(item_ids.contains(&t.parent_span_id), "{all:?}");
+    }
+    // Embedded handler spans are consumers too, their attempt an integer.
+    for h in spans.iter().filter(|s| s.name.starts_with("handler ")) {
+        assert_eq!(
+            h.span_kind,
+            sagaflow_telemetry::opentelemetry::trace::SpanKind::Consumer,
+            "{}",
+            h.name
+        );
+        assert!(matches!(
+            attr(h, "sagaflow.task.attempt"),
+            Some(OtelValue::I64(_))
+        ));
     }
     assert_eq!(
         one(&spans, "task Hotel").parent_span_id,

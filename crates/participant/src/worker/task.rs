@@ -243,7 +243,8 @@ impl TaskRunner {
             sagaflow.task.id = %task.task_id,
             sagaflow.execution.id = %task.execution_arn,
             sagaflow.state.name = %task.state_name,
-            sagaflow.task.attempt = task.attempt,
+            // i64: exported as an integer, as on the task span.
+            sagaflow.task.attempt = i64::from(task.attempt),
         );
         sagaflow_telemetry::propagation::set_parent_from_headers(&span, message.headers.as_ref());
         self.serve(message, task).instrument(span).await;
