@@ -220,15 +220,18 @@ fn java_round(x: f64) -> Option<i64> {
 }
 
 fn check_length(f: Function, s: &str) -> Result<(), IntrinsicFailure> {
-    // Cheap bound first: a string of at most N bytes has at most N chars.
-    if s.len() > MAX_INPUT_CHARS && s.chars().count() > MAX_INPUT_CHARS {
-        return Err(fail(
-            f,
-            format!(
-                "the input has {} characters; the maximum is {MAX_INPUT_CHARS}",
-                s.chars().count()
-            ),
-        ));
+    // Characters as AWS (Java) counts them: UTF-16 code units, so a
+    // character outside the Basic Multilingual Plane (an emoji) counts
+    // twice. Cheap bound first: a string of at most N bytes has at most N
+    // code units.
+    if s.len() > MAX_INPUT_CHARS {
+        let units = s.encode_utf16().count();
+        if units > MAX_INPUT_CHARS {
+            return Err(fail(
+                f,
+                format!("the input has {units} characters; the maximum is {MAX_INPUT_CHARS}"),
+            ));
+        }
     }
     Ok(())
 }

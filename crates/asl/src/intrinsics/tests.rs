@@ -632,6 +632,18 @@ fn base64_length_limit_counts_characters() {
         json!({ "s": "A".repeat(10_004) }),
     );
     assert!(m.contains("maximum is 10000"), "{m}");
+    // Characters outside the BMP count twice, as in Java (AWS): 6,000
+    // emoji are 12,000 characters there.
+    let m = failure(
+        "States.Base64Encode($.s)",
+        json!({ "s": "\u{1F600}".repeat(6_000) }),
+    );
+    assert!(m.contains("12000 characters; the maximum is 10000"), "{m}");
+    let fits = run(
+        "States.Base64Encode($.s)",
+        json!({ "s": "\u{1F600}".repeat(5_000) }),
+    );
+    assert!(fits.is_string());
 }
 
 #[test]
