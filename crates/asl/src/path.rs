@@ -147,25 +147,45 @@ impl fmt::Display for ReadPath {
 /// The deepest nesting of brackets and parentheses a path may have.
 pub const MAX_NESTING: usize = 32;
 
+/// Tells, character by character, which characters of a path belong to a
+/// quoted string (`'...'`, `"..."`, with `\\` escapes; quotes included).
+#[derive(Default)]
+struct Quotes {
+    open: Option<char>,
+    escaped: bool,
+}
+
+impl Quotes {
+    /// Feeds the next character; true when it is part of a quoted string.
+    fn quoted(&mut self, c: char) -> bool {
+        if let Some(q) = self.open {
+            if self.escaped {
+                self.escaped = false;
+            } else if c == '\\' {
+                self.escaped = true;
+            } else if c == q {
+                self.open = None;
+            }
+            return true;
+        }
+        if c == '\'' || c == '"' {
+            self.open = Some(c);
+            return true;
+        }
+        false
+    }
+}
+
 /// How deeply brackets and parentheses nest in a path, outside quoted
-/// strings (`'...'`, `"..."`, with `\` escapes).
+/// strings.
 fn nesting_depth(text: &str) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
+    let mut quotes = Quotes::default();
     for c in text.chars() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
+        if quotes.quoted(c) {
             continue;
         }
         match c {
-            '\'' | '"' => quote = Some(c),
             '(' | '[' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -799,32 +819,18 @@ fn functions_unsupported(name: &str) -> String {
 /// The name of the first Jayway-style function call (`.name(`) outside
 /// quoted strings, if any.
 fn dot_function(text: &str) -> Option<&str> {
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
+    let mut quotes = Quotes::default();
     for (i, c) in text.char_indices() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
+        if quotes.quoted(c) || c != '.' {
             continue;
         }
-        match c {
-            '\'' | '"' => quote = Some(c),
-            '.' => {
-                let rest = text.get(i + 1..)?;
-                let len = rest
-                    .bytes()
-                    .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
-                    .count();
-                if len > 0 && rest.as_bytes().get(len) == Some(&b'(') {
-                    return rest.get(..len);
-                }
-            }
-            _ => {}
+        let rest = text.get(i + 1..)?;
+        let len = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+            .count();
+        if len > 0 && rest.as_bytes().get(len) == Some(&b'(') {
+            return rest.get(..len);
         }
     }
     None
