@@ -176,6 +176,15 @@ impl Quotes {
     }
 }
 
+/// The node `segs` lead to from `start`, if there is one.
+fn walk<'a>(start: &'a Value, segs: &[Seg]) -> Option<&'a Value> {
+    segs.iter().try_fold(start, |cur, seg| match (seg, cur) {
+        (Seg::Field(name), Value::Object(map)) => map.get(&**name),
+        (Seg::Index(i), Value::Array(items)) => index(items, *i),
+        _ => None,
+    })
+}
+
 /// How deeply brackets and parentheses nest in a path, outside quoted
 /// strings.
 fn nesting_depth(text: &str) -> usize {
@@ -299,22 +308,10 @@ impl ReadPath {
             (&self.inner.root, &self.inner.compiled)
             && let Some((Seg::Field(first), rest)) = segs.split_first()
         {
-            let mut cur = match env.context_field(first) {
-                Some(v) => v,
-                None => return Err(self.miss(env.context())),
+            return match env.context_field(first).and_then(|v| walk(v, rest)) {
+                Some(v) => Ok(Cow::Borrowed(v)),
+                None => Err(self.miss(env.context())),
             };
-            for seg in rest {
-                let next = match (seg, cur) {
-                    (Seg::Field(name), Value::Object(map)) => map.get(&**name),
-                    (Seg::Index(i), Value::Array(items)) => index(items, *i),
-                    _ => None,
-                };
-                cur = match next {
-                    Some(v) => v,
-                    None => return Err(self.miss(env.context())),
-                };
-            }
-            return Ok(Cow::Borrowed(cur));
         }
         let start: &'a Value = match &self.inner.root {
             PathRoot::Input => input,
@@ -325,21 +322,10 @@ impl ReadPath {
             })?,
         };
         match &self.inner.compiled {
-            Compiled::Definite(segs) => {
-                let mut cur = start;
-                for seg in segs.iter() {
-                    let next = match (seg, cur) {
-                        (Seg::Field(name), Value::Object(map)) => map.get(&**name),
-                        (Seg::Index(i), Value::Array(items)) => index(items, *i),
-                        _ => None,
-                    };
-                    cur = match next {
-                        Some(v) => v,
-                        None => return Err(self.miss(start)),
-                    };
-                }
-                Ok(Cow::Borrowed(cur))
-            }
+            Compiled::Definite(segs) => match walk(start, segs) {
+                Some(v) => Ok(Cow::Borrowed(v)),
+                None => Err(self.miss(start)),
+            },
             Compiled::Indefinite(jp) => {
                 let matches: Vec<Value> = jp.query(start).all().into_iter().cloned().collect();
                 Ok(Cow::Owned(Value::Array(matches)))
