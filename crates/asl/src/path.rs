@@ -471,22 +471,7 @@ impl ReferencePath {
     /// Like [`ReferencePath::write`], in place: on error `target` is left
     /// exactly as it was. `$` replaces the whole target.
     pub fn write_in_place(&self, target: &mut Value, value: Value) -> Result<(), PathWriteError> {
-        if self.inner.segs.is_empty() {
-            *target = value;
-            return Ok(());
-        }
-        match write_at(target, &self.inner.segs, value) {
-            Ok(_) => Ok(()),
-            // AWS: "Unable to apply ReferencePath $.a.b to input \"abc\"".
-            Err(()) => Err(PathWriteError {
-                path: self.inner.text.to_string(),
-                message: format!(
-                    "Unable to apply ReferencePath {} to input {}",
-                    self.inner.text,
-                    truncated_json(target)
-                ),
-            }),
-        }
+        self.write_in_place_undoable(target, value).map(|_| ())
     }
 }
 
@@ -519,6 +504,7 @@ impl ReferencePath {
         }
         match write_at(target, &self.inner.segs, value) {
             Ok((at, old)) => Ok(WriteUndo { at: Some(at), old }),
+            // AWS: "Unable to apply ReferencePath $.a.b to input \"abc\"".
             Err(()) => Err(PathWriteError {
                 path: self.inner.text.to_string(),
                 message: format!(
