@@ -694,6 +694,11 @@ impl Worker {
                 tasks.shutdown().await;
             }
         }
+        // Acks are published without waiting for the broker's answer: send
+        // the last ones before returning.
+        if let Err(e) = self.infra.js.client().flush().await {
+            tracing::warn!(error = %e, "could not flush the last acks");
+        }
         tracing::info!("worker stopped");
     }
 }

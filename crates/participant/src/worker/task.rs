@@ -449,7 +449,11 @@ impl TaskRunner {
         if let Some(result_to) = &task.result_to {
             match self.send_result(result_to, &payload).await {
                 Ok(()) => {
-                    if let Err(e) = message.double_ack().await {
+                    // A plain ack, not a double ack: an ack lost on the way is
+                    // not worth a round trip, since the result is recorded
+                    // and a redelivery sends it again (the coordinator
+                    // ignores the repeat).
+                    if let Err(e) = message.ack().await {
                         // The result is recorded; a redelivery sends it
                         // again and the coordinator ignores the repeat.
                         tracing::warn!(error = %e, "result recorded but the task ack failed");
@@ -516,7 +520,7 @@ impl TaskRunner {
         };
         match stored {
             Ok(()) => {
-                if let Err(e) = message.double_ack().await {
+                if let Err(e) = message.ack().await {
                     // The result is stored; a redelivery will publish it
                     // again and the inbox drops the duplicate.
                     tracing::warn!(error = %e, "result stored but the task ack failed");
