@@ -60,26 +60,40 @@
 //!
 //! # Idempotency store
 //!
-//! With [`WorkerBuilder::idempotency`] on, results are recorded in the
+//! With [`WorkerBuilder::idempotency`] on, each task has a record in the
 //! `SAGAFLOW_IDEMPOTENCY` key-value bucket, keyed by the base64url encoding
-//! of `EXECUTION_ARN/TASK_ID`, before they are published. A delivery of a
-//! task whose result is recorded publishes the recorded result again
-//! instead of running the handler. What this guarantees, exactly:
+//! of `EXECUTION_ARN/TASK_ID`. Every write to it is conditional on the
+//! record's last revision:
+//!
+//! 1. before running the handler, a delivery *claims* the task (creates the
+//!    record); a delivery that finds a result publishes it instead of
+//!    running the handler, and one that finds another worker's claim waits
+//!    for that claim to turn into a result;
+//! 2. while the handler runs, the claim is refreshed every `ack_wait / 3`;
+//!    a claim left unchanged for longer than its holder's `ack_wait`
+//!    (measured on the waiting worker's own clock) belongs to a worker that
+//!    died, and is taken over;
+//! 3. the result replaces the claim before it is published; a delivery
+//!    handed back at shutdown deletes its claim.
+//!
+//! What this guarantees, exactly:
 //!
 //! - a task delivered twice (redelivery after a lost ack, a duplicate
 //!   publish outside the tasks stream's duplicate window, a second worker
-//!   taking over after `ack_wait`) runs its handler **once**, and every
-//!   delivery yields the **same** result, *unless* the worker dies (or loses
-//!   the store) between the handler's effect and the record: then the
-//!   handler runs again;
-//! - two deliveries running *at the same time* on two workers may both run
-//!   the handler; the first result recorded wins and both publish it;
+//!   taking over after `ack_wait`), one delivery after the other or *at
+//!   the same time* on two workers, runs its handler **once**, and every
+//!   delivery yields the **same** result, *unless* the worker holding the
+//!   claim dies (or cannot reach the store) after the handler's effect and
+//!   before the record, or stalls for longer than `ack_wait` while the
+//!   handler runs: then the handler runs again (the first result recorded
+//!   wins, and every later delivery publishes it);
 //! - a recorded failure is replayed too: a retry of the same task id gets the
 //!   same failure (the coordinator gives every retry attempt a new task id,
 //!   so ASL `Retry` still runs the handler again).
 //!
 //! Handlers whose effect must happen exactly once (a payment, an email)
-//! should also key their own writes by [`TaskContext::task_id`](crate::TaskContext::task_id),
+//! should also key their own writes by
+//! [`TaskContext::idempotency_key`](crate::TaskContext::idempotency_key),
 //! which is the same on every delivery of a task.
 //!
 //! # Error names
@@ -96,6 +110,7 @@
 //! - [`DATA_LIMIT_EXCEEDED`] (`States.DataLimitExceeded`) when a result is
 //!   larger than [`WorkerBuilder::max_payload_bytes`].
 
+mod claims;
 mod task;
 
 use std::collections::{HashMap, HashSet};
@@ -614,7 +629,22 @@ impl Worker {
     pub async fn run(self) {
         let semaphore = Arc::new(Semaphore::new(self.concurrency));
         let (abandon_tx, abandon_rx) = watch::channel(false);
-        let idempotency = self.idempotency.then(|| self.infra.idempotency.clone());
+        // Claims name the worker in the logs: its process and a unique
+        // token of its connection.
+        let worker_name = format!(
+            "pid {} ({})",
+            std::process::id(),
+            self.infra
+                .js
+                .client()
+                .new_inbox()
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+        );
+        let claims = self
+            .idempotency
+            .then(|| task::Claims::new(self.infra.idempotency.clone(), worker_name, self.ack_wait));
         let fair_share = (self.concurrency / self.slots.len().max(1)).clamp(1, MAX_PULL_BATCH);
         let runners: Vec<Arc<TaskRunner>> = self
             .slots
@@ -622,7 +652,7 @@ impl Worker {
             .map(|slot| {
                 Arc::new(TaskRunner {
                     js: self.infra.js.clone(),
-                    idempotency: idempotency.clone(),
+                    claims: claims.clone(),
                     handler_name: slot.spec.handler.clone(),
                     handler: slot.handler.clone(),
                     ack_wait: self.ack_wait,

@@ -668,6 +668,128 @@ async fn without_idempotency_a_task_delivered_twice_runs_twice() {
     assert_eq!(kept, 1);
 }
 
+/// Two deliveries of one task at the same time, on two workers: the second
+/// waits for the first's claim instead of running the handler, through a
+/// handler run longer than the claim's stale period (so the claim must be
+/// refreshed).
+#[tokio::test]
+async fn with_idempotency_two_deliveries_at_once_run_the_handler_once() {
+    let env = env().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let c = calls.clone();
+        let started = started_tx.clone();
+        let handler = handler_fn(move |_: Value, _ctx: TaskContext| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            let _ = started.send(());
+            async move {
+                // Four stale periods of the claim (ack wait 300 ms).
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                Ok::<_, TaskError>(json!({ "call": n }))
+            }
+        });
+        let worker = env
+            .builder()
+            .handler("pay", handler)
+            .concurrency(1)
+            .ack_wait(Duration::from_millis(300))
+            .idempotency(true)
+            .build()
+            .await
+            .expect("build");
+        workers.push(spawn(worker));
+    }
+    let task = env.task(1, "pay", json!({}));
+    let mut replies = env
+        .client
+        .subscribe(task.reply_to.clone())
+        .await
+        .expect("subscribe");
+    env.client.flush().await.expect("flush");
+    env.publish_task(&task, "first").await;
+    tokio::time::timeout(PATIENCE, started_rx.recv())
+        .await
+        .expect("the handler started");
+    // The first delivery occupies one worker's only slot: the second goes
+    // to the other worker while the handler still runs.
+    env.publish_task(&task, "second").await;
+    let mut published = Vec::new();
+    for _ in 0..2 {
+        let m = tokio::time::timeout(PATIENCE, replies.next())
+            .await
+            .expect("a result")
+            .expect("subscription open");
+        published.push(m.payload.to_vec());
+    }
+    env.tasks_drained().await;
+    for (stop_h, run) in workers {
+        stop(stop_h, run).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(
+        published[0], published[1],
+        "both deliveries publish the same result"
+    );
+    let msg: InboxMessage = serde_json::from_slice(&published[0]).expect("json");
+    assert_eq!(succeeded(&msg), ("Book@1#0", &json!({"call": 0})));
+    let recorded = env
+        .infra
+        .idempotency
+        .get(idempotency_key(&task.execution_arn, &task.task_id))
+        .await
+        .expect("kv get")
+        .expect("recorded");
+    assert_eq!(recorded.to_vec(), published[0]);
+}
+
+/// A claim its holder stopped refreshing (the worker died) is taken over
+/// once it stayed unchanged for the holder's ack wait.
+#[tokio::test]
+async fn a_claim_left_by_a_dead_worker_is_taken_over() {
+    let env = env().await;
+    let task = env.task(1, "pay", json!({}));
+    let key = idempotency_key(&task.execution_arn, &task.task_id);
+    env.infra
+        .idempotency
+        .create(
+            key.as_str(),
+            br#"{"claim":{"worker":"gone","staleAfterMs":200}}"#.as_slice().into(),
+        )
+        .await
+        .expect("a claim");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let handler = handler_fn(move |_: Value, _ctx: TaskContext| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, TaskError>(json!("taken over")) }
+    });
+    let worker = env
+        .builder()
+        .handler("pay", handler)
+        .idempotency(true)
+        .build()
+        .await
+        .expect("build");
+    let (stop_h, run) = spawn(worker);
+    env.publish_task(&task, "t1").await;
+    let results = env.results(1).await;
+    assert_eq!(succeeded(&results[0]), ("Book@1#0", &json!("taken over")));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let recorded = env
+        .infra
+        .idempotency
+        .get(key.as_str())
+        .await
+        .expect("kv get")
+        .expect("recorded");
+    let recorded: InboxMessage = serde_json::from_slice(&recorded).expect("a result");
+    assert_eq!(succeeded(&recorded), ("Book@1#0", &json!("taken over")));
+    env.tasks_drained().await;
+    stop(stop_h, run).await;
+}
+
 #[tokio::test]
 async fn graceful_shutdown_finishes_an_in_flight_task() {
     let env = env().await;
@@ -699,6 +821,17 @@ async fn graceful_shutdown_finishes_an_in_flight_task() {
 
 #[tokio::test]
 async fn tasks_still_running_after_the_grace_period_are_handed_back() {
+    handed_back_at_shutdown(false).await;
+}
+
+/// The claim of a task handed back is released: the next delivery runs at
+/// once instead of waiting for the claim to go stale (30 s here).
+#[tokio::test]
+async fn with_idempotency_a_task_handed_back_releases_its_claim() {
+    handed_back_at_shutdown(true).await;
+}
+
+async fn handed_back_at_shutdown(idempotency: bool) {
     let env = env().await;
     let (started_tx, mut started_rx) = mpsc::unbounded_channel();
     let never = Arc::new(Notify::new());
@@ -717,6 +850,7 @@ async fn tasks_still_running_after_the_grace_period_are_handed_back() {
         .builder()
         .handler("book", slow)
         .grace_period(Duration::from_millis(200))
+        .idempotency(idempotency)
         .build()
         .await
         .expect("build a");
@@ -734,6 +868,7 @@ async fn tasks_still_running_after_the_grace_period_are_handed_back() {
             "book",
             handler_fn(|_: Value, _ctx: TaskContext| async { Ok::<_, TaskError>(json!("by b")) }),
         )
+        .idempotency(idempotency)
         .build()
         .await
         .expect("build b");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, kv};
+
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
@@ -18,6 +19,8 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::TASK_FAILED;
+pub(super) use super::claims::Claims;
+use super::claims::{Claimed, Unclaimed};
 use crate::{Handler, TaskContext, TaskError, heartbeat_channel};
 
 /// Delay before a task whose result could not be stored (or whose
@@ -31,7 +34,8 @@ const RESULT_ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// Runs the tasks of one handler.
 pub(super) struct TaskRunner {
     pub(super) js: jetstream::Context,
-    pub(super) idempotency: Option<kv::Store>,
+    /// The idempotency store, when it is on.
+    pub(super) claims: Option<Claims>,
     pub(super) handler_name: String,
     pub(super) handler: Arc<dyn Handler>,
     pub(super) ack_wait: Duration,
@@ -172,23 +176,6 @@ fn encode(message: &InboxMessage) -> Bytes {
     }
 }
 
-/// Whether recorded bytes are a result of this task.
-fn is_result_of(bytes: &[u8], task: &TaskMessage) -> bool {
-    match serde_json::from_slice::<InboxMessage>(bytes) {
-        Ok(InboxMessage::TaskSucceeded {
-            execution_arn,
-            task_id,
-            ..
-        })
-        | Ok(InboxMessage::TaskFailed {
-            execution_arn,
-            task_id,
-            ..
-        }) => execution_arn == task.execution_arn && task_id == task.task_id,
-        _ => false,
-    }
-}
-
 impl TaskRunner {
     /// Serves one task message to the end: it is acked, handed back or
     /// terminated when this returns (unless the future is dropped).
@@ -252,30 +239,40 @@ impl TaskRunner {
 
     async fn serve(&self, message: jetstream::Message, mut task: TaskMessage) {
         let key = idempotency_key(&task.execution_arn, &task.task_id);
-        if let Some(store) = &self.idempotency {
-            match store.get(key.as_str()).await {
-                Ok(Some(recorded)) if is_result_of(&recorded, &task) => {
+        // The revision of this delivery's claim in the idempotency store.
+        let mut claim = None;
+        if let Some(claims) = &self.claims {
+            match claims.claim(&key, &task, &message, &self.abandon).await {
+                Ok(Claimed::Ours(revision)) => claim = Some(revision),
+                Ok(Claimed::Recorded(recorded)) => {
                     tracing::info!("result already recorded: publishing it again");
                     self.publish_and_ack(&message, &task, recorded).await;
                     return;
                 }
-                Ok(Some(_)) => {
-                    tracing::warn!("unreadable idempotency record: running the handler again");
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the idempotency store: task handed back");
+                Err(Unclaimed::Store(e)) => {
+                    tracing::warn!(error = %e, "cannot use the idempotency store: task handed back");
                     nak_later(&message).await;
+                    return;
+                }
+                Err(Unclaimed::Abandoned) => {
+                    tracing::info!("shutdown grace period over: task handed back");
+                    nak_now(&message).await;
                     return;
                 }
             }
         }
 
         let input = std::mem::take(&mut task.input);
-        let result = match self.run_handler(&message, &task, input).await {
+        let result = match self
+            .run_handler(&message, &task, input, &key, &mut claim)
+            .await
+        {
             Outcome::Done(result) => result,
             Outcome::Abandoned => {
                 tracing::info!("shutdown grace period over: task handed back");
+                if let (Some(claims), Some(revision)) = (&self.claims, claim) {
+                    claims.release(&key, revision).await;
+                }
                 nak_now(&message).await;
                 return;
             }
@@ -291,39 +288,22 @@ impl TaskRunner {
             self.max_payload_bytes,
         );
         let mut payload = encode(&reply);
-        if let Some(store) = &self.idempotency {
-            match store.create(key.as_str(), payload.clone()).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    // Another delivery of the same task finished first:
-                    // publish its result so that every delivery agrees.
-                    match store.get(key.as_str()).await {
-                        Ok(Some(recorded)) if is_result_of(&recorded, &task) => {
-                            payload = recorded;
-                        }
-                        _ => tracing::warn!(
-                            "the idempotency record written meanwhile is unreadable: publishing this delivery's result"
-                        ),
-                    }
-                }
-                // The result is still published: the handler ran, and
-                // handing the task back would only run it again.
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "cannot record the result in the idempotency store; publishing it anyway"
-                ),
-            }
+        if let Some(claims) = &self.claims {
+            payload = claims.record(&key, &task, claim, payload).await;
         }
         self.publish_and_ack(&message, &task, payload).await;
     }
 
-    /// Runs the handler, keeping the task alive and forwarding heartbeats,
-    /// until it returns, panics or is abandoned.
+    /// Runs the handler, keeping the task alive (and its claim, at revision
+    /// `claim`, fresh) and forwarding heartbeats, until it returns, panics
+    /// or is abandoned.
     async fn run_handler(
         &self,
         message: &jetstream::Message,
         task: &TaskMessage,
         input: Value,
+        key: &str,
+        claim: &mut Option<u64>,
     ) -> Outcome {
         let (beat_tx, mut beat_rx) = heartbeat_channel();
         let mut ctx = TaskContext::new(task.task_id.clone(), beat_tx);
@@ -390,7 +370,10 @@ impl TaskRunner {
                         tracing::warn!(error = %e, "a heartbeat was not stored");
                     }
                 }
-                _ = keep_alive.tick() => progress(message).await,
+                _ = keep_alive.tick() => {
+                    progress(message).await;
+                    self.refresh_claim(key, claim).await;
+                }
                 joined = &mut work => {
                     // Heartbeats sent in the handler's last poll: publish
                     // them too, so that every heartbeat precedes the result.
@@ -407,6 +390,24 @@ impl TaskRunner {
                     });
                 }
             }
+        }
+    }
+
+    /// Refreshes this delivery's claim, if it holds one.
+    async fn refresh_claim(&self, key: &str, claim: &mut Option<u64>) {
+        let (Some(claims), Some(revision)) = (&self.claims, *claim) else {
+            return;
+        };
+        match claims.refresh(key, revision).await {
+            Ok(revision) => *claim = Some(revision),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                // This worker looked dead to another one (no refresh for
+                // the claim's whole period), which now runs the task too.
+                tracing::warn!("the task's claim was taken over by another worker");
+                *claim = None;
+            }
+            // Tried again at the next tick.
+            Err(e) => tracing::warn!(error = %e, "cannot refresh the task's claim"),
         }
     }
 
@@ -541,7 +542,7 @@ impl TaskRunner {
 }
 
 /// Tells the broker the task is still being worked on.
-async fn progress(message: &jetstream::Message) {
+pub(super) async fn progress(message: &jetstream::Message) {
     if let Err(e) = message.ack_with(AckKind::Progress).await {
         tracing::debug!(error = %e, "cannot send a task progress ack");
     }
@@ -550,6 +551,7 @@ async fn progress(message: &jetstream::Message) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::claims::is_result_of;
     use proptest::prelude::*;
     use serde_json::json;
 
