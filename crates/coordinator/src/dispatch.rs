@@ -286,6 +286,7 @@ impl Dispatcher for EmbeddedDispatcher {
             ctx.execution_name = execution.execution_name.clone();
             ctx.state_name = request.state_name.to_string();
             ctx.resource = request.resource.to_string();
+            ctx.handler = resolution.name.clone();
             ctx.attempt = request.attempt;
             // `.waitForTaskToken`: the handler gets the token as AWS's
             // participants do; without callbacks its return value plays the
@@ -669,7 +670,7 @@ mod tests {
     async fn wait_for_task_token_result_is_not_wrapped() {
         let h: Arc<dyn Handler> = Arc::new(lambda_fn(
             |v: Value, c: sagaflow_participant::LambdaContext| async move {
-                Ok(json!({"got": v, "token": c.task.task_token}))
+                Ok(json!({"got": v, "token": c.task.task_token, "function": c.function_name}))
             },
         ));
         let req = request(
@@ -679,7 +680,10 @@ mod tests {
             None,
         );
         let (c, _) = one(vec![("approve", h)], req).await;
-        assert_eq!(c.result, Ok(json!({"got": {"x": 1}, "token": "tok"})));
+        assert_eq!(
+            c.result,
+            Ok(json!({"got": {"x": 1}, "token": "tok", "function": "approve"}))
+        );
     }
 
     #[tokio::test]

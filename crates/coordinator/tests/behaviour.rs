@@ -1339,7 +1339,7 @@ async fn lambda_invoke_wraps_the_result() {
         b.handler(
             "echo",
             lambda_fn(|event: Value, ctx| async move {
-                Ok(json!({"echo": event, "request": ctx.request_id}))
+                Ok(json!({"echo": event, "request": ctx.request_id, "function": ctx.function_name}))
             }),
         )
     })
@@ -1349,6 +1349,8 @@ async fn lambda_invoke_wraps_the_result() {
     let out = done.output.expect("output");
     assert_eq!(out["StatusCode"], json!(200), "{out}");
     assert_eq!(out["Payload"]["echo"], json!({"hello": "world"}), "{out}");
+    // The function named in FunctionName, not the resource's last segment.
+    assert_eq!(out["Payload"]["function"], json!("echo"), "{out}");
     let request = out["Payload"]["request"].as_str().expect("request id");
     assert_eq!(out["SdkResponseMetadata"]["RequestId"], json!(request));
     assert_eq!(out["ExecutedVersion"], json!("$LATEST"));

@@ -87,6 +87,11 @@ pub struct TaskContext {
     pub state_name: String,
     /// The Task state's `Resource`, verbatim.
     pub resource: String,
+    /// The name of the handler serving the task: for a Lambda resource
+    /// (`arn:aws:lambda:...:function:NAME`, or `arn:aws:states:::lambda:invoke`
+    /// with a `FunctionName`), the function's name. Empty when the runtime
+    /// did not say.
+    pub handler: String,
     /// Retry attempt, 0 for the first try (`$$.State.RetryCount`).
     pub attempt: u32,
     /// `$$.Task.Token` for `.waitForTaskToken` resources.
@@ -110,6 +115,7 @@ impl TaskContext {
             execution_name: String::new(),
             state_name: String::new(),
             resource: String::new(),
+            handler: String::new(),
             attempt: 0,
             task_token: None,
             timeout_seconds: None,
@@ -204,7 +210,9 @@ where
 pub struct LambdaContext {
     /// Lambda's `aws_request_id`: here the task id (the idempotency key).
     pub request_id: String,
-    /// The function name: the last `:`-separated segment of the resource.
+    /// The function name: the handler's name ([`TaskContext::handler`]; for
+    /// `lambda:invoke`, the name in `FunctionName`), or else the last
+    /// `:`-separated segment of the resource.
     pub function_name: String,
     /// Lambda's `invoked_function_arn`: here the Task's `Resource`.
     pub invoked_function_arn: String,
@@ -214,12 +222,15 @@ pub struct LambdaContext {
 
 impl LambdaContext {
     fn from_task(task: TaskContext) -> LambdaContext {
-        let function_name = task
-            .resource
-            .rsplit(':')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let function_name = if task.handler.is_empty() {
+            task.resource
+                .rsplit(':')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        } else {
+            task.handler.clone()
+        };
         LambdaContext {
             request_id: task.task_id.clone(),
             function_name,

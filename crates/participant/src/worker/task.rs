@@ -311,6 +311,7 @@ impl TaskRunner {
         ctx.execution_name = task.execution_name.clone();
         ctx.state_name = task.state_name.clone();
         ctx.resource = task.resource.clone();
+        ctx.handler = task.handler.clone();
         ctx.attempt = task.attempt;
         ctx.task_token = task.task_token.clone();
         ctx.timeout_seconds = task.timeout_seconds;
