@@ -76,6 +76,14 @@
 //! 3. the result replaces the claim before it is published; a delivery
 //!    handed back at shutdown deletes its claim.
 //!
+//! Each claim names its delivery, so a worker whose write was stored but
+//! whose answer was lost recognises its own claim. A task whose worker died
+//! runs again up to about twice `ack_wait` after the last refresh (the
+//! broker redelivers it after `ack_wait`, and the claim goes stale one
+//! `ack_wait` later). While the store cannot be read, or a claim cannot be
+//! written, tasks are handed back (retried every second) rather than run
+//! unclaimed.
+//!
 //! What this guarantees, exactly:
 //!
 //! - a task delivered twice (redelivery after a lost ack, a duplicate
@@ -725,9 +733,12 @@ impl Worker {
             }
         }
         // Acks are published without waiting for the broker's answer: send
-        // the last ones before returning.
-        if let Err(e) = self.infra.js.client().flush().await {
-            tracing::warn!(error = %e, "could not flush the last acks");
+        // the last ones before returning (not waiting for ever on a broker
+        // that is away: those tasks are then redelivered after `ack_wait`).
+        match tokio::time::timeout(ABANDON_WAIT, self.infra.js.client().flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not send the last acks"),
+            Err(_) => tracing::warn!("could not send the last acks in time"),
         }
         tracing::info!("worker stopped");
     }

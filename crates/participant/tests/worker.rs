@@ -773,9 +773,17 @@ async fn a_claim_left_by_a_dead_worker_is_taken_over() {
         .await
         .expect("build");
     let (stop_h, run) = spawn(worker);
+    let published = tokio::time::Instant::now();
     env.publish_task(&task, "t1").await;
     let results = env.results(1).await;
     assert_eq!(succeeded(&results[0]), ("Book@1#0", &json!("taken over")));
+    // Not before the claim stayed unchanged for its 200 ms: a claim is not
+    // simply overwritten.
+    assert!(
+        published.elapsed() >= Duration::from_millis(200),
+        "taken over after {:?}",
+        published.elapsed()
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let recorded = env
         .infra

@@ -14,6 +14,8 @@
 //! - the holder refreshes its claim every `ack_wait / 3` while the handler
 //!   runs, and replaces it with the result when the handler returns.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
@@ -23,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// A claim as stored: `{"claim": {"worker": "...", "staleAfterMs": N}}`.
+/// A claim as stored:
+/// `{"claim": {"worker": "...", "delivery": N, "staleAfterMs": N}}`.
 #[derive(Debug, Serialize, Deserialize)]
 struct ClaimRecord {
     claim: ClaimBody,
@@ -34,6 +37,11 @@ struct ClaimRecord {
 struct ClaimBody {
     /// Who holds it (for the logs).
     worker: String,
+    /// Which of the worker's deliveries holds it: with `worker`, tells a
+    /// delivery its own claim from any other (a write whose answer was lost
+    /// may have landed).
+    #[serde(default)]
+    delivery: u64,
     /// How long the claim may stay unchanged while its holder is alive.
     stale_after_ms: u64,
 }
@@ -85,11 +93,20 @@ pub(super) fn is_result_of(bytes: &[u8], task: &TaskMessage) -> bool {
     )
 }
 
+/// A claim this delivery holds.
+#[derive(Debug)]
+pub(super) struct Held {
+    /// The record's revision as this delivery last wrote it.
+    revision: u64,
+    /// The claim's bytes, unique to this delivery.
+    bytes: Bytes,
+}
+
 /// How [`Claims::claim`] ended well.
 #[derive(Debug)]
 pub(super) enum Claimed {
-    /// This delivery holds the claim, at this revision: run the handler.
-    Ours(u64),
+    /// This delivery holds the claim: run the handler.
+    Ours(Held),
     /// The task's result is recorded: publish it, do not run the handler.
     Recorded(Bytes),
 }
@@ -103,12 +120,45 @@ pub(super) enum Unclaimed {
     Abandoned,
 }
 
+/// Why [`Claims::refresh`] failed.
+#[derive(Debug)]
+pub(super) enum RefreshError {
+    /// Another delivery took the claim over.
+    Lost,
+    /// The store could not be read or written (tried again later).
+    Store(String),
+}
+
+/// The record of a key as last written: `None` when there is none (never
+/// written, deleted, purged or expired), else its value and revision; and
+/// the revision a create must expect (0 when nothing was ever written).
+async fn current(
+    store: &kv::Store,
+    key: &str,
+) -> Result<(Option<(Bytes, u64)>, u64), kv::EntryError> {
+    Ok(match store.entry(key).await? {
+        None => (None, 0),
+        Some(e) if matches!(e.operation, Operation::Delete | Operation::Purge) => {
+            (None, e.revision)
+        }
+        Some(e) => (Some((e.value, e.revision)), e.revision),
+    })
+}
+
+/// Pause after losing a write race, so that a store answering reads from a
+/// lagging replica is not asked again and again at once.
+const CONFLICT_PAUSE: Duration = Duration::from_millis(20);
+
 /// The idempotency store of one worker.
 #[derive(Clone)]
 pub(super) struct Claims {
     store: kv::Store,
-    /// This worker's claim, encoded.
-    claim: Bytes,
+    /// This worker's name in its claims.
+    worker: String,
+    /// The staleness period its claims promise.
+    stale_after: Duration,
+    /// Numbers this worker's deliveries.
+    deliveries: Arc<AtomicU64>,
     /// How often the wait for another worker's claim looks again.
     poll: Duration,
 }
@@ -117,18 +167,26 @@ impl Claims {
     /// The store, with claims that promise a refresh within `ack_wait`
     /// (they are refreshed every `ack_wait / 3`).
     pub(super) fn new(store: kv::Store, worker: String, ack_wait: Duration) -> Self {
-        let claim = ClaimRecord {
-            claim: ClaimBody {
-                worker,
-                stale_after_ms: u64::try_from(ack_wait.as_millis()).unwrap_or(u64::MAX),
-            },
-        };
         Self {
             store,
-            // Serializing two strings and a number cannot fail.
-            claim: Bytes::from(serde_json::to_vec(&claim).unwrap_or_default()),
+            worker,
+            stale_after: ack_wait,
+            deliveries: Arc::new(AtomicU64::new(0)),
             poll: (ack_wait / 3).clamp(Duration::from_millis(10), Duration::from_secs(1)),
         }
+    }
+
+    /// A claim for a new delivery.
+    fn new_claim(&self) -> Bytes {
+        let claim = ClaimRecord {
+            claim: ClaimBody {
+                worker: self.worker.clone(),
+                delivery: self.deliveries.fetch_add(1, Ordering::Relaxed),
+                stale_after_ms: u64::try_from(self.stale_after.as_millis()).unwrap_or(u64::MAX),
+            },
+        };
+        // Serializing strings and numbers cannot fail.
+        Bytes::from(serde_json::to_vec(&claim).unwrap_or_default())
     }
 
     /// Claims `key` for this delivery of `task`, or finds its result;
@@ -141,26 +199,30 @@ impl Claims {
         message: &async_nats::jetstream::Message,
         abandon: &watch::Receiver<bool>,
     ) -> Result<Claimed, Unclaimed> {
+        let bytes = self.new_claim();
         // Another worker's claim being watched: its revision and when it was
         // first seen at that revision.
         let mut watching: Option<(u64, Instant)> = None;
+        // A write that failed without saying whether it landed.
+        let mut unsure: Option<String> = None;
         loop {
-            let entry = self
-                .store
-                .entry(key)
+            let (record, revision) = current(&self.store, key)
                 .await
                 .map_err(|e| Unclaimed::Store(e.to_string()))?;
-            // The revision to replace (0: none).
-            let expected = match entry {
-                None => 0,
-                Some(e) if matches!(e.operation, Operation::Delete | Operation::Purge) => {
-                    e.revision
+            let expected = match record {
+                Some((value, revision)) if value == bytes => {
+                    // Our own write, whose answer was lost.
+                    return Ok(Claimed::Ours(Held { revision, bytes }));
                 }
-                Some(e) => match read(&e.value, task) {
+                _ if unsure.is_some() => {
+                    return Err(Unclaimed::Store(unsure.unwrap_or_default()));
+                }
+                None => revision,
+                Some((value, revision)) => match read(&value, task) {
                     Record::Result(bytes) => return Ok(Claimed::Recorded(bytes)),
                     Record::Unreadable => {
                         tracing::warn!("unreadable idempotency record: running the handler again");
-                        e.revision
+                        revision
                     }
                     Record::Claim {
                         worker,
@@ -168,7 +230,7 @@ impl Claims {
                     } => {
                         let now = Instant::now();
                         match watching {
-                            Some((revision, since)) if revision == e.revision => {
+                            Some((seen, since)) if seen == revision => {
                                 if now.duration_since(since) <= stale_after {
                                     self.wait(message, abandon).await?;
                                     continue;
@@ -178,13 +240,13 @@ impl Claims {
                                     unchanged_for = ?now.duration_since(since),
                                     "the worker running this task stopped refreshing its claim: taking it over"
                                 );
-                                e.revision
+                                revision
                             }
                             _ => {
                                 if watching.is_none() {
                                     tracing::info!(%worker, "task running on another worker: waiting for its result");
                                 }
-                                watching = Some((e.revision, now));
+                                watching = Some((revision, now));
                                 self.wait(message, abandon).await?;
                                 continue;
                             }
@@ -192,11 +254,14 @@ impl Claims {
                     }
                 },
             };
-            match self.store.update(key, self.claim.clone(), expected).await {
-                Ok(revision) => return Ok(Claimed::Ours(revision)),
+            match self.store.update(key, bytes.clone(), expected).await {
+                Ok(revision) => return Ok(Claimed::Ours(Held { revision, bytes })),
                 // Someone wrote first: look again.
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(e) => return Err(Unclaimed::Store(e.to_string())),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    tokio::time::sleep(CONFLICT_PAUSE).await;
+                }
+                // It may have landed all the same: look once more.
+                Err(e) => unsure = Some(e.to_string()),
             }
         }
     }
@@ -215,48 +280,72 @@ impl Claims {
         }
     }
 
-    /// Refreshes the claim held at `revision`; the new revision, or why
-    /// not (`WrongLastRevision`: another worker took it over).
-    pub(super) async fn refresh(&self, key: &str, revision: u64) -> Result<u64, kv::UpdateError> {
-        self.store.update(key, self.claim.clone(), revision).await
+    /// Refreshes a claim this delivery holds.
+    pub(super) async fn refresh(&self, key: &str, held: &mut Held) -> Result<(), RefreshError> {
+        match self
+            .store
+            .update(key, held.bytes.clone(), held.revision)
+            .await
+        {
+            Ok(revision) => {
+                held.revision = revision;
+                Ok(())
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                // Lost to another delivery, unless an earlier refresh whose
+                // answer was lost moved the revision on.
+                match current(&self.store, key).await {
+                    Ok((Some((value, revision)), _)) if value == held.bytes => {
+                        held.revision = revision;
+                        Ok(())
+                    }
+                    Ok(_) => Err(RefreshError::Lost),
+                    Err(e) => Err(RefreshError::Store(e.to_string())),
+                }
+            }
+            Err(e) => Err(RefreshError::Store(e.to_string())),
+        }
     }
 
-    /// Gives up the claim held at `revision` (the task is handed back), so
-    /// that its next delivery need not wait for it to go stale.
-    pub(super) async fn release(&self, key: &str, revision: u64) {
+    /// Gives up a claim (the task is handed back), so that the task's next
+    /// delivery need not wait for it to go stale.
+    pub(super) async fn release(&self, key: &str, held: &Held) {
+        let revision = match current(&self.store, key).await {
+            Ok((Some((value, revision)), _)) if value == held.bytes => revision,
+            // Not ours any more, or unknown: leave it.
+            _ => return,
+        };
         if let Err(e) = self.store.delete_expect_revision(key, Some(revision)).await {
             tracing::debug!(error = %e, "claim not released; it goes stale");
         }
     }
 
-    /// Records `payload`, this delivery's result, in place of the claim held
-    /// at `revision` (`None`: the claim was lost), and returns the result
-    /// to publish: this one, or one recorded first by another delivery.
+    /// Records `payload`, this delivery's result, in place of its claim
+    /// (`None`: it was lost), and returns the result to publish: this one,
+    /// or one recorded first by another delivery.
     pub(super) async fn record(
         &self,
         key: &str,
         task: &TaskMessage,
-        revision: Option<u64>,
+        held: Option<&Held>,
         payload: Bytes,
     ) -> Bytes {
-        let mut expected = revision;
+        let mut expected = held.map(|h| h.revision);
         // Each round loses only to a write made meanwhile; a handful is
         // plenty (the result is published either way).
         for _ in 0..8 {
-            let revision = match expected {
+            let revision = match expected.take() {
                 Some(revision) => revision,
-                None => match self.store.entry(key).await {
-                    Ok(None) => 0,
-                    Ok(Some(e)) if matches!(e.operation, Operation::Delete | Operation::Purge) => {
-                        e.revision
-                    }
-                    Ok(Some(e)) => match read(&e.value, task) {
+                None => match current(&self.store, key).await {
+                    Ok((None, revision)) => revision,
+                    Ok((Some((value, revision)), _)) => match read(&value, task) {
                         // Another delivery finished first: every delivery
                         // publishes the same result.
                         Record::Result(recorded) => return recorded,
-                        // Another delivery took the claim over and still
+                        // Our claim (a refresh whose answer was lost), or
+                        // another delivery's that took it over and still
                         // runs: the first result recorded wins.
-                        Record::Claim { .. } | Record::Unreadable => e.revision,
+                        Record::Claim { .. } | Record::Unreadable => revision,
                     },
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the idempotency store; publishing the result unrecorded");
@@ -266,7 +355,9 @@ impl Claims {
             };
             match self.store.update(key, payload.clone(), revision).await {
                 Ok(_) => return payload,
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => expected = None,
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    tokio::time::sleep(CONFLICT_PAUSE).await;
+                }
                 Err(e) => {
                     // The result is still published: the handler ran, and
                     // handing the task back would only run it again.
@@ -305,6 +396,7 @@ mod tests {
         let claim = ClaimRecord {
             claim: ClaimBody {
                 worker: "w".into(),
+                delivery: 3,
                 stale_after_ms: 1500,
             },
         };

@@ -6,8 +6,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, kv};
-
+use async_nats::jetstream::{self, AckKind};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
@@ -20,7 +19,7 @@ use tracing::Instrument as _;
 
 use super::TASK_FAILED;
 pub(super) use super::claims::Claims;
-use super::claims::{Claimed, Unclaimed};
+use super::claims::{Claimed, Held, RefreshError, Unclaimed};
 use crate::{Handler, TaskContext, TaskError, heartbeat_channel};
 
 /// Delay before a task whose result could not be stored (or whose
@@ -239,11 +238,11 @@ impl TaskRunner {
 
     async fn serve(&self, message: jetstream::Message, mut task: TaskMessage) {
         let key = idempotency_key(&task.execution_arn, &task.task_id);
-        // The revision of this delivery's claim in the idempotency store.
+        // This delivery's claim in the idempotency store.
         let mut claim = None;
         if let Some(claims) = &self.claims {
             match claims.claim(&key, &task, &message, &self.abandon).await {
-                Ok(Claimed::Ours(revision)) => claim = Some(revision),
+                Ok(Claimed::Ours(held)) => claim = Some(held),
                 Ok(Claimed::Recorded(recorded)) => {
                     tracing::info!("result already recorded: publishing it again");
                     self.publish_and_ack(&message, &task, recorded).await;
@@ -270,8 +269,8 @@ impl TaskRunner {
             Outcome::Done(result) => result,
             Outcome::Abandoned => {
                 tracing::info!("shutdown grace period over: task handed back");
-                if let (Some(claims), Some(revision)) = (&self.claims, claim) {
-                    claims.release(&key, revision).await;
+                if let (Some(claims), Some(held)) = (&self.claims, &claim) {
+                    claims.release(&key, held).await;
                 }
                 nak_now(&message).await;
                 return;
@@ -289,21 +288,21 @@ impl TaskRunner {
         );
         let mut payload = encode(&reply);
         if let Some(claims) = &self.claims {
-            payload = claims.record(&key, &task, claim, payload).await;
+            payload = claims.record(&key, &task, claim.as_ref(), payload).await;
         }
         self.publish_and_ack(&message, &task, payload).await;
     }
 
-    /// Runs the handler, keeping the task alive (and its claim, at revision
-    /// `claim`, fresh) and forwarding heartbeats, until it returns, panics
-    /// or is abandoned.
+    /// Runs the handler, keeping the task alive (and its claim fresh) and
+    /// forwarding heartbeats, until it returns, panics or is abandoned.
+    /// `claim` is `None` on return if the claim was lost meanwhile.
     async fn run_handler(
         &self,
         message: &jetstream::Message,
         task: &TaskMessage,
         input: Value,
         key: &str,
-        claim: &mut Option<u64>,
+        claim: &mut Option<Held>,
     ) -> Outcome {
         let (beat_tx, mut beat_rx) = heartbeat_channel();
         let mut ctx = TaskContext::new(task.task_id.clone(), beat_tx);
@@ -349,13 +348,17 @@ impl TaskRunner {
         });
         let mut beats_open = true;
         let mut beat_acks = FuturesUnordered::new();
+        // A claim refresh runs beside the handler and the other duties (a
+        // slow store must not hold up progress acknowledgements); while it
+        // runs it owns the claim. At most one at a time.
+        let mut refreshing = FuturesUnordered::new();
 
-        loop {
+        let outcome = loop {
             // Biased: heartbeats the handler sent before returning are
             // published before its result.
             tokio::select! {
                 biased;
-                () = &mut abandoned => return Outcome::Abandoned,
+                () = &mut abandoned => break Outcome::Abandoned,
                 beat = beat_rx.recv(), if beats_open => match beat {
                     Some(()) => {
                         progress(message).await;
@@ -373,7 +376,15 @@ impl TaskRunner {
                 }
                 _ = keep_alive.tick() => {
                     progress(message).await;
-                    self.refresh_claim(key, claim).await;
+                    if let (Some(claims), Some(mut held)) = (&self.claims, claim.take()) {
+                        refreshing.push(async move {
+                            let refreshed = claims.refresh(key, &mut held).await;
+                            (held, refreshed)
+                        });
+                    }
+                }
+                Some((held, refreshed)) = refreshing.next(), if !refreshing.is_empty() => {
+                    *claim = kept(held, refreshed);
                 }
                 joined = &mut work => {
                     // Heartbeats sent in the handler's last poll: publish
@@ -381,7 +392,7 @@ impl TaskRunner {
                     while let Ok(()) = beat_rx.try_recv() {
                         let _ = self.publish_heartbeat(task, &heartbeat).await;
                     }
-                    return Outcome::Done(match joined {
+                    break Outcome::Done(match joined {
                         Ok(result) => result,
                         Err(panic) => {
                             let cause = crate::panic_message(panic.as_ref());
@@ -391,25 +402,12 @@ impl TaskRunner {
                     });
                 }
             }
-        }
-    }
-
-    /// Refreshes this delivery's claim, if it holds one.
-    async fn refresh_claim(&self, key: &str, claim: &mut Option<u64>) {
-        let (Some(claims), Some(revision)) = (&self.claims, *claim) else {
-            return;
         };
-        match claims.refresh(key, revision).await {
-            Ok(revision) => *claim = Some(revision),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                // This worker looked dead to another one (no refresh for
-                // the claim's whole period), which now runs the task too.
-                tracing::warn!("the task's claim was taken over by another worker");
-                *claim = None;
-            }
-            // Tried again at the next tick.
-            Err(e) => tracing::warn!(error = %e, "cannot refresh the task's claim"),
+        // The claim back from a refresh still running.
+        if let Some((held, refreshed)) = refreshing.next().await {
+            *claim = kept(held, refreshed);
         }
+        outcome
     }
 
     /// Publishes a heartbeat to the task's inbox; returns the future of the
@@ -451,13 +449,14 @@ impl TaskRunner {
         if let Some(result_to) = &task.result_to {
             match self.send_result(result_to, &payload).await {
                 Ok(()) => {
-                    // A plain ack, not a double ack: an ack lost on the way is
-                    // not worth a round trip, since the result is recorded
-                    // and a redelivery sends it again (the coordinator
-                    // ignores the repeat).
+                    // A plain ack, not a double ack: waiting for the broker's
+                    // answer would cost a round trip per task and change
+                    // nothing, since a lost ack is not sent again either way.
+                    // If it is lost, the broker redelivers the task after
+                    // `ack_wait`: it runs again (or, with the idempotency
+                    // store, publishes its recorded result), and the
+                    // coordinator ignores the repeated result.
                     if let Err(e) = message.ack().await {
-                        // The result is recorded; a redelivery sends it
-                        // again and the coordinator ignores the repeat.
                         tracing::warn!(error = %e, "result recorded but the task ack failed");
                     } else {
                         tracing::debug!("task done");
@@ -522,9 +521,10 @@ impl TaskRunner {
         };
         match stored {
             Ok(()) => {
+                // A plain ack, as above.
                 if let Err(e) = message.ack().await {
-                    // The result is stored; a redelivery will publish it
-                    // again and the inbox drops the duplicate.
+                    // The result is stored; a redelivery publishes one
+                    // again, which the coordinator ignores.
                     tracing::warn!(error = %e, "result stored but the task ack failed");
                 } else {
                     tracing::debug!("task done");
@@ -538,6 +538,24 @@ impl TaskRunner {
                 );
                 nak_later(message).await;
             }
+        }
+    }
+}
+
+/// The claim after a refresh: kept, unless another delivery took it over.
+fn kept(held: Held, refreshed: Result<(), RefreshError>) -> Option<Held> {
+    match refreshed {
+        Ok(()) => Some(held),
+        Err(RefreshError::Lost) => {
+            // This worker looked dead to another one (no refresh for the
+            // claim's whole period), which now runs the task too.
+            tracing::warn!("the task's claim was taken over by another worker");
+            None
+        }
+        Err(RefreshError::Store(e)) => {
+            // Tried again at the next tick.
+            tracing::warn!(error = %e, "cannot refresh the task's claim");
+            Some(held)
         }
     }
 }
