@@ -874,6 +874,52 @@ async fn no_responders_without_a_service() {
     ));
 }
 
+/// Two triggers on overlapping subjects each start their machine for one
+/// message (each has its own queue group).
+#[tokio::test]
+async fn overlapping_triggers_each_start_their_machine() {
+    let env = Env::new().await;
+    for machine in ["orders", "audit"] {
+        env.client
+            .create_state_machine(machine, DEFINITION)
+            .await
+            .unwrap();
+    }
+    let triggers = api::serve_triggers(
+        env.store.clone(),
+        ApiOptions::default(),
+        &[
+            Trigger::parse("shop.order.*=orders").unwrap(),
+            Trigger::parse("shop.order.created=audit").unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    let nats = env.store.infra().client.clone();
+    let mut named = async_nats::HeaderMap::new();
+    named.insert("Sagaflow-Execution-Name", "o-1");
+    nats.publish_with_headers("shop.order.created", named, "{}".into())
+        .await
+        .unwrap();
+    let mut count = 0;
+    for _ in 0..100 {
+        count = env.inbox_count().await;
+        if count >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count, 2, "one start per triggered machine");
+    for machine in ["orders", "audit"] {
+        assert!(matches!(
+            env.last_inbox_message(&ExecutionRef::new(machine, "o-1").unwrap())
+                .await,
+            InboxMessage::StartExecution(_)
+        ));
+    }
+    triggers.stop().await;
+}
+
 #[tokio::test]
 async fn triggers_start_executions_from_messages() {
     let env = Env::new().await;

@@ -39,7 +39,7 @@ use sagaflow_protocol::api::{
     StopExecutionRequest,
 };
 use sagaflow_protocol::{
-    ExecutionRef, InboxMessage, StartExecution, check_name, decode_task_token, headers,
+    ExecutionRef, InboxMessage, Namespace, StartExecution, check_name, decode_task_token, headers,
 };
 
 pub use super::engine::Trigger;
@@ -52,8 +52,31 @@ use crate::RuntimeOptions;
 pub const SERVICE_NAME: &str = "sagaflow";
 /// The queue group every coordinator's API endpoints join.
 pub const QUEUE_GROUP: &str = "sagaflow-api";
-/// The queue group of event trigger subscriptions.
+/// The prefix of the event triggers' queue groups (see
+/// [`trigger_queue_group`]).
 pub const TRIGGER_QUEUE_GROUP: &str = "sagaflow-triggers";
+
+/// The queue group of one trigger: `sagaflow-triggers.` and 16 hex digits
+/// of a SHA-256 of the namespace, the subject and the state machine. Every
+/// coordinator serving the same trigger joins the same group, so a message
+/// starts one execution of that machine; two triggers on overlapping
+/// subjects (two machines started by one event) or two namespaces on one
+/// account each get their own copy. Stable across builds.
+pub fn trigger_queue_group(namespace: &Namespace, trigger: &Trigger) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in [
+        namespace.prefix(),
+        trigger.subject.as_str(),
+        trigger.state_machine.as_str(),
+    ] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    let digest = hash.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{TRIGGER_QUEUE_GROUP}.{hex}")
+}
 /// Header naming the execution a trigger message starts.
 pub const EXECUTION_NAME_HEADER: &str = "Sagaflow-Execution-Name";
 
@@ -1271,8 +1294,9 @@ async fn on_trigger_message(api: &Api, trigger: &Trigger, message: async_nats::M
     }
 }
 
-/// Subscribes every trigger (queue group `sagaflow-triggers`, so that each
-/// message starts one execution whichever coordinators run). A message's
+/// Subscribes every trigger (each in its own queue group,
+/// [`trigger_queue_group`], so that each message starts one execution of
+/// each triggered machine whichever coordinators run). A message's
 /// JSON payload is the input (empty: `{}`); the execution is named by the
 /// `Sagaflow-Execution-Name` header, else by `Nats-Msg-Id` (so a
 /// redelivered event starts nothing new), else freshly. Messages with a
@@ -1284,12 +1308,16 @@ pub async fn serve_triggers(
     triggers: &[Trigger],
 ) -> Result<TriggerService, ServeError> {
     let client = store.infra().client.clone();
+    let namespace = store.infra().ns().clone();
     let limit = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
     let api = Api::new(store, options);
     let mut loops = Vec::new();
     for trigger in triggers {
         let subscribed = client
-            .queue_subscribe(trigger.subject.clone(), TRIGGER_QUEUE_GROUP.to_string())
+            .queue_subscribe(
+                trigger.subject.clone(),
+                trigger_queue_group(&namespace, trigger),
+            )
             .await;
         let mut subscriber = match subscribed {
             Ok(s) => s,
@@ -1375,6 +1403,23 @@ fn callback_state<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_trigger_has_its_own_stable_queue_group() {
+        let ns = Namespace::default();
+        let t = |spec: &str| Trigger::parse(spec).unwrap();
+        let a = trigger_queue_group(&ns, &t("shop.order.*=orders"));
+        // Pinned (checked with Python's hashlib): coordinators of different
+        // builds must agree on it.
+        assert_eq!(a, "sagaflow-triggers.2b436daf02169570");
+        for other in [
+            trigger_queue_group(&ns, &t("shop.order.*=audit")),
+            trigger_queue_group(&ns, &t("shop.order.created=orders")),
+            trigger_queue_group(&Namespace::new("acme").unwrap(), &t("shop.order.*=orders")),
+        ] {
+            assert_ne!(a, other);
+        }
+    }
 
     #[test]
     fn fresh_names_are_valid_and_distinct() {
