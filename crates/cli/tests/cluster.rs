@@ -76,6 +76,11 @@ fn commands_over_nats() {
     let url = server.url();
     let dir = temp_dir("commands");
     let saga = write(&dir, "saga.json", SAGA);
+    let saga_v2 = write(
+        &dir,
+        "saga-v2.json",
+        &SAGA.replacen('{', r#"{"Comment": "v2", "#, 1),
+    );
     let broken = write(
         &dir,
         "broken.json",
@@ -126,7 +131,11 @@ fn commands_over_nats() {
         "{}",
         stdout(&o)
     );
+    // The same definition again: the same version.
     let o = with(&["deploy", "hello", &saga, "--json"]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["version"], json!(1));
+    let o = with(&["deploy", "hello", &saga_v2, "--json"]);
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["version"], json!(2));
 

@@ -228,8 +228,14 @@ async fn state_machines_are_created_described_and_listed() {
         "{}",
         v1.created
     );
-    let v2 = c.create_state_machine("hello", DEFINITION).await.unwrap();
+    // The same definition again: the same version (a retried deploy adds
+    // nothing).
+    let again = c.create_state_machine("hello", DEFINITION).await.unwrap();
+    assert_eq!(again, v1);
+    let changed = DEFINITION.replacen('{', r#"{"Comment": "v2", "#, 1);
+    let v2 = c.create_state_machine("hello", &changed).await.unwrap();
     assert_eq!(v2.version, 2);
+    assert_eq!(v2.definition, changed);
     assert_eq!(
         c.describe_state_machine("hello", None)
             .await
@@ -321,8 +327,10 @@ async fn a_version_left_behind_by_a_dead_creator_does_not_block_the_machine() {
         )
         .await
         .expect("orphan stored");
+    // A new definition (the same one would be version 1 again).
+    let changed = DEFINITION.replacen('{', r#"{"Comment": "v3", "#, 1);
     let v = c
-        .create_state_machine("m", DEFINITION)
+        .create_state_machine("m", &changed)
         .await
         .expect("created");
     assert_eq!(v.version, 3);

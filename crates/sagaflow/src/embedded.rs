@@ -135,6 +135,10 @@ impl Embedded {
         })?;
         let mut machines = lock(&self.machines);
         let versions = machines.entry(name.to_string()).or_default();
+        // The same definition again: the latest version, as over NATS.
+        if versions.last().is_some_and(|d| d.definition == definition) {
+            return Ok(versions.len() as u64);
+        }
         versions.push(Deployed {
             machine: Arc::new(machine),
             definition: definition.to_string(),

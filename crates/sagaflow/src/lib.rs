@@ -401,7 +401,9 @@ impl Sagaflow {
     }
 
     /// Validates and stores a state machine (ASL JSON); returns its version
-    /// (1, 2, ...: an execution keeps the version it started with).
+    /// (1, 2, ...: an execution keeps the version it started with). The
+    /// same definition as the latest version returns that version, so
+    /// deploying at every start of an application adds no versions.
     pub async fn deploy(&self, name: &str, definition: &str) -> Result<u64, Error> {
         match &self.backend {
             Backend::Embedded(e) => e.deploy(name, definition),

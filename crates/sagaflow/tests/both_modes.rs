@@ -573,6 +573,12 @@ async fn an_execution_keeps_the_version_it_started_with_on_both_backends() {
             .await;
         assert!(saga.list_state_machines().await.unwrap().is_empty());
         assert_eq!(saga.deploy("versioned", &version("v1")).await.unwrap(), 1);
+        // The same definition again keeps the version.
+        assert_eq!(
+            saga.deploy("versioned", &version("v1")).await.unwrap(),
+            1,
+            "{mode:?}"
+        );
         let old = saga
             .start("versioned", json!({}), Some("old"))
             .await

@@ -335,7 +335,8 @@ impl Api {
     // ------------------------------------------------------ state machines
 
     /// `CreateStateMachine`: validates the definition and stores a new
-    /// version.
+    /// version (the same definition as the latest version returns that
+    /// version).
     pub async fn create_state_machine(
         &self,
         req: CreateStateMachine,

@@ -180,7 +180,8 @@ impl ApiClient {
         self.call_raw(op, body).await
     }
 
-    /// `CreateStateMachine`: stores a new version.
+    /// `CreateStateMachine`: stores a new version (the same definition as
+    /// the latest version returns that version).
     pub async fn create_state_machine(
         &self,
         name: &str,

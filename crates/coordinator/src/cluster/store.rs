@@ -336,7 +336,9 @@ impl Store {
     // ------------------------------------------------------ state machines
 
     /// Stores a new version of a state machine (the definition must have
-    /// been validated) and returns it.
+    /// been validated) and returns it; a definition identical to the latest
+    /// version's returns that version instead (deploying again, or retrying
+    /// a deploy whose answer was lost, adds nothing).
     pub async fn create_machine(
         &self,
         name: &str,
@@ -365,6 +367,12 @@ impl Store {
                 }
                 _ => (0, None),
             };
+            if latest > 0
+                && let Some(current) = self.machine(name, Some(latest)).await?
+                && current.definition == definition
+            {
+                return Ok(current);
+            }
             let version = StateMachineVersion {
                 name: name.to_string(),
                 arn: state_machine_arn(name),
