@@ -2290,9 +2290,9 @@ async fn a_result_nested_too_deep_fails_its_task_and_the_history_stays_readable(
     env.worker(|b| {
         b.handler(
             "deep",
-            handler_fn(|_: Value, _ctx: TaskContext| async move {
+            handler_fn(|input: Value, _ctx: TaskContext| async move {
                 let mut deep = json!(1);
-                for _ in 0..124 {
+                for _ in 0..input["levels"].as_u64().unwrap_or(0) {
                     deep = json!([deep]);
                 }
                 Ok::<_, TaskError>(deep)
@@ -2300,12 +2300,18 @@ async fn a_result_nested_too_deep_fails_its_task_and_the_history_stays_readable(
         )
     })
     .await;
-    let done = env.run("deep", "d", json!({})).await;
-    assert_status(&done, ExecutionStatus::Failed);
-    assert_eq!(done.error.as_deref(), Some("States.DataLimitExceeded"));
-    let cause = done.cause.clone().unwrap_or_default();
-    assert!(cause.contains("nested more than 100 levels"), "{cause}");
-    let history = env.history(&done.execution_arn).await;
-    assert!(!history.is_empty());
+    // 124 levels decode but would make the history unreadable; 200 levels
+    // would not even decode as a message (serde_json's limit of 128).
+    for levels in [124, 200] {
+        let done = env
+            .run("deep", &format!("d{levels}"), json!({"levels": levels}))
+            .await;
+        assert_status(&done, ExecutionStatus::Failed);
+        assert_eq!(done.error.as_deref(), Some("States.DataLimitExceeded"));
+        let cause = done.cause.clone().unwrap_or_default();
+        assert!(cause.contains("nested more than 100 levels"), "{cause}");
+        let history = env.history(&done.execution_arn).await;
+        assert!(!history.is_empty());
+    }
     env.shutdown().await;
 }

@@ -266,10 +266,45 @@ where
     }
 }
 
+/// How deeply a task result may nest arrays and objects: the interpreter's
+/// limit (`sagaflow_asl::interp::MAX_DEPTH`). Deeper results could not be
+/// recorded (histories are read back with serde_json's nesting limit of
+/// 128, envelope included), nor even decoded by the coordinator.
+pub const MAX_RESULT_DEPTH: usize = 100;
+
+/// True when serialized JSON nests arrays and objects more than `max`
+/// levels deep (brackets inside strings do not count).
+fn json_deeper_than(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// A handler's result as its task's answer, in-process and over NATS
-/// alike: a success whose JSON is over `max_bytes` becomes a
-/// `States.DataLimitExceeded` failure of state `state_name`, with AWS's
-/// cause.
+/// alike: a success whose JSON is over `max_bytes`, or nested more than
+/// [`MAX_RESULT_DEPTH`] levels deep, becomes a `States.DataLimitExceeded`
+/// failure of state `state_name`, with AWS's cause for the size.
 pub fn within_limit(
     result: Result<serde_json::Value, TaskError>,
     state_name: &str,
@@ -277,6 +312,15 @@ pub fn within_limit(
 ) -> Result<serde_json::Value, TaskError> {
     let output = result?;
     match serde_json::to_vec(&output) {
+        Ok(bytes) if bytes.len() <= max_bytes && json_deeper_than(&bytes, MAX_RESULT_DEPTH) => {
+            Err(TaskError::new(
+                worker::DATA_LIMIT_EXCEEDED,
+                format!(
+                    "The state/task '{state_name}' returned a result nested more than \
+                     {MAX_RESULT_DEPTH} levels deep."
+                ),
+            ))
+        }
         Ok(bytes) if bytes.len() <= max_bytes => Ok(output),
         Ok(_) => Err(TaskError::new(
             worker::DATA_LIMIT_EXCEEDED,
@@ -340,6 +384,27 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn results_nested_too_deep_are_refused_and_brackets_in_strings_do_not_count() {
+        let nest = |levels: usize| {
+            let mut v = json!("[[[{{{");
+            for _ in 0..levels {
+                v = json!({"a": [v]});
+            }
+            v
+        };
+        // 50 objects holding 50 arrays: 100 levels.
+        assert!(within_limit(Ok(nest(50)), "S", usize::MAX).is_ok());
+        let err = within_limit(Ok(nest(51)), "S", usize::MAX).unwrap_err();
+        assert_eq!(err.error, worker::DATA_LIMIT_EXCEEDED);
+        assert_eq!(
+            err.cause,
+            "The state/task 'S' returned a result nested more than 100 levels deep."
+        );
+        assert!(!json_deeper_than(br#"["\"[[[[", {"x": "]]]\\"}]"#, 2));
+        assert!(json_deeper_than(br#"["\"", [[1]]]"#, 2));
+    }
 
     fn ctx() -> (TaskContext, HeartbeatReceiver) {
         let (tx, rx) = heartbeat_channel();
