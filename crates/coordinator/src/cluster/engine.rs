@@ -1468,12 +1468,17 @@ impl Partition {
             }
         }
         let mut repeated_start = false;
+        // A message from outside (a result, a callback, a stop, a redrive)
+        // that changed nothing: a duplicate, or news for a newer copy of the
+        // execution than the one held (see the end).
+        let mut unanswered = false;
         let inputs = inputs.into_iter().chain(extra);
         let mut entries = Vec::new();
         let mut commands = Vec::new();
         let expected = self.live.get(key).map_or(0, |l| l.last_sequence);
         for input in inputs {
             let t = now();
+            let outside = matches!(input, Input::Inbox(..));
             let event = match input {
                 Input::Inbox(_, InboxMessage::StartExecution(start)) => {
                     if self.live.contains_key(key) {
@@ -1516,7 +1521,9 @@ impl Partition {
                 ) => {
                     let Some(pending) = self.live.get(key).and_then(|l| l.pending.get(&task_id))
                     else {
-                        continue; // Unknown or already answered.
+                        // Unknown or already answered.
+                        unanswered = true;
+                        continue;
                     };
                     if pending.pattern == Pattern::WaitForTaskToken && !callback {
                         // The participant took the token; the result comes
@@ -1600,6 +1607,7 @@ impl Partition {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(execution = %exec_ref.arn(), error = %e, "event rejected");
+                    unanswered |= outside;
                     continue;
                 }
                 // A defect of the interpreter: this execution's events are
@@ -1610,7 +1618,9 @@ impl Partition {
                 }
             }
             if out.is_empty() {
-                continue; // A late or duplicate answer: nothing happened.
+                // A late or duplicate answer: nothing happened.
+                unanswered |= outside;
+                continue;
             }
             if let Some(trace) = live.trace.as_mut() {
                 // Queued; emitted once the step is stored.
@@ -1645,6 +1655,27 @@ impl Partition {
                 }
                 _ => {
                     self.reload.insert(key.to_string());
+                }
+            }
+        }
+        if entries.is_empty() && unanswered && !loaded_here {
+            // The copy held may be stale: another coordinator that held the
+            // partition meanwhile (a lease that lapsed) may have advanced
+            // the execution, and this message may be news for that newer
+            // state (a result of a task this copy never scheduled). Acked
+            // here it would be lost; so unless the copy is current, it is
+            // dropped and the message handed back, to meet the reloaded
+            // history.
+            if let Some(held) = self.live.get(key).map(|l| l.last_sequence) {
+                let stored = self
+                    .store()
+                    .history_last_sequence(&exec_ref)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if stored != held {
+                    return Err(format!(
+                        "the copy held is stale (history at {stored}, held at {held}): reloading"
+                    ));
                 }
             }
         }
@@ -2679,6 +2710,14 @@ mod tests {
         let mut view = IndexView::default();
         view.apply(vec![change("k", Some(desc.clone()))], retention);
         !view.expired(retention, now).is_empty()
+    }
+
+    #[test]
+    fn workers_refuse_results_the_interpreter_would_refuse() {
+        assert_eq!(
+            sagaflow_participant::MAX_RESULT_DEPTH,
+            sagaflow_asl::interp::MAX_DEPTH
+        );
     }
 
     #[test]

@@ -255,6 +255,24 @@ impl Store {
         }
     }
 
+    /// The stream sequence of an execution's last history batch (0: none).
+    pub async fn history_last_sequence(&self, exec: &ExecutionRef) -> Result<u64, StoreError> {
+        let subject = self
+            .infra
+            .ns()
+            .history_subject(self.partition_of(exec), exec);
+        match self
+            .infra
+            .history
+            .get_last_raw_message_by_subject(subject.as_str())
+            .await
+        {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(nats("read history")(&e)),
+        }
+    }
+
     /// Reads an execution's whole history.
     pub async fn read_history(&self, exec: &ExecutionRef) -> Result<StoredHistory, StoreError> {
         let subject = self
