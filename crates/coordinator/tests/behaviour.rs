@@ -2124,6 +2124,54 @@ async fn each_parent_gets_its_own_child_and_a_taken_child_name_fails_the_task() 
     env.shutdown().await;
 }
 
+/// Two branches naming the same child in one step: the second start is a
+/// duplicate of one still waiting in the inbox (not yet indexed); its task
+/// fails as AWS's would instead of waiting for a child that answers the
+/// other branch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tasks_naming_the_same_child_at_once_fail_one_instead_of_hanging() {
+    let mut env = Env::start().await;
+    env.deploy("child", CHILD).await;
+    let call = |state: &str| {
+        json!({
+            "StartAt": state,
+            "States": {state: {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::states:startExecution.sync:2",
+                "Parameters": {
+                    "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:child",
+                    "Input": {"n": 1},
+                    "Name": "twin"
+                },
+                "End": true
+            }}
+        })
+    };
+    let parent = json!({
+        "StartAt": "Both",
+        "States": {"Both": {"Type": "Parallel", "Branches": [call("CallA"), call("CallB")], "End": true}}
+    });
+    env.deploy("twins", &parent.to_string()).await;
+    env.worker(|b| {
+        b.handler(
+            "double",
+            handler_fn(|input: Value, _ctx: TaskContext| async move {
+                let n = input["n"].as_i64().unwrap_or(0);
+                Ok::<_, TaskError>(json!({"doubled": n * 2}))
+            }),
+        )
+    })
+    .await;
+    let done = env.run("twins", "t", json!({})).await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(
+        done.error.as_deref(),
+        Some("StepFunctions.ExecutionAlreadyExistsException"),
+        "{done:?}"
+    );
+    env.shutdown().await;
+}
+
 // ----------------------------------------------------------- retention
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2109,13 +2109,54 @@ impl Partition {
         // Stored, or not known to be: a repeat is dropped by name.
         let stored = match infra
             .js
-            .publish_with_headers(subject, hdrs, body.into())
+            .publish_with_headers(subject.clone(), hdrs, body.into())
             .await
         {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Ok(ack) => ack.await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        stored.map_err(|e| format!("cannot start {}: {e}", child.arn()))?;
+        let stored = stored.map_err(|e| format!("cannot start {}: {e}", child.arn()))?;
+        if stored.duplicate {
+            // A start of that name is already waiting in the inbox (not yet
+            // indexed, so the check above missed it): this task's own,
+            // published before a restart, or another one's (two tasks
+            // naming the same child in one step, or an API start), whose
+            // child would never answer this task.
+            let queued = infra
+                .inbox
+                .get_last_raw_message_by_subject(subject.as_str())
+                .await
+                .ok()
+                .and_then(|m| serde_json::from_slice::<InboxMessage>(&m.payload).ok());
+            let InboxMessage::StartExecution(queued) = queued.ok_or_else(|| {
+                format!(
+                    "the start of {} is being processed: looked at again later",
+                    child.arn()
+                )
+            })?
+            else {
+                return Err(format!(
+                    "the start of {} is being processed: looked at again later",
+                    child.arn()
+                ));
+            };
+            let ours = match &pending.shape {
+                Shape::ChildSync { .. } => queued.parent.as_ref().is_some_and(|p| {
+                    p.execution_arn == live.exec_ref.arn() && p.task_id == *request.task_id
+                }),
+                _ => match &start {
+                    InboxMessage::StartExecution(mine) => queued.input == mine.input,
+                    _ => false,
+                },
+            };
+            if !ours {
+                return Ok(Some(Event::TaskFailed {
+                    task_id: request.task_id.to_string(),
+                    error: "StepFunctions.ExecutionAlreadyExistsException".to_string(),
+                    cause: format!("execution {} already exists", child.arn()),
+                }));
+            }
+        }
         Ok(match pending.shape {
             // `.sync`: the child's end answers; `.waitForTaskToken`: the
             // callback with the token the child was given does.
