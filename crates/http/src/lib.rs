@@ -139,6 +139,10 @@ pub enum HttpSetupError {
     Zero(&'static str),
 }
 
+/// How long after the state's `TimeoutSeconds` the call itself is cut off
+/// (the runtime's `States.Timeout` comes first).
+const STATE_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+
 /// Serves `arn:aws:states:::http:invoke` tasks.
 #[derive(Debug, Clone)]
 pub struct HttpHandler {
@@ -206,8 +210,14 @@ impl HttpHandler {
                 )
             })?),
         };
+        // The state's `TimeoutSeconds` is the runtime's to enforce
+        // (`States.Timeout`, as on AWS): the call's own cut-off comes a
+        // little later, only so that the call does not outlive the task.
         let limit = match ctx.timeout_seconds {
-            Some(s) => self.config.timeout.min(Duration::from_secs(s.max(1))),
+            Some(s) => self
+                .config
+                .timeout
+                .min(Duration::from_secs(s.max(1)) + STATE_TIMEOUT_MARGIN),
             None => self.config.timeout,
         };
         let target = format!("{} {}", plan.method, redacted_url(&plan.url));

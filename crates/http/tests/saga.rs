@@ -90,6 +90,52 @@ async fn run_saga(partner: &str, name: &str) -> ExecutionRun {
         .unwrap()
 }
 
+/// A slow partner and the state's TimeoutSeconds: `States.Timeout`, as on
+/// AWS, every run (not the call's own cut-off, `States.Http.Socket`).
+#[tokio::test]
+async fn a_task_timeout_on_an_http_task_is_states_timeout() {
+    let server = MockServer::start().await;
+    Mock::given(path("/slow"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(30)))
+        .mount(&server)
+        .await;
+    let definition = json!({
+        "StartAt": "Call",
+        "States": {"Call": {
+            "Type": "Task",
+            "Resource": "arn:aws:states:::http:invoke",
+            "Parameters": {"ApiEndpoint": format!("{}/slow", server.uri()), "Method": "GET"},
+            "TimeoutSeconds": 1,
+            "End": true
+        }}
+    })
+    .to_string();
+    let handler: Arc<dyn Handler> = Arc::new(
+        HttpHandler::new(
+            HttpConfig::default(),
+            connections("https://unused.example/token"),
+        )
+        .unwrap(),
+    );
+    let dispatcher = Arc::new(EmbeddedDispatcher::new([(
+        HTTP_INVOKE_HANDLER.to_string(),
+        handler,
+    )]));
+    let coordinator =
+        Coordinator::new(Arc::new(SystemClock), dispatcher, RuntimeOptions::default());
+    let machine = Arc::new(parse_definition(&definition).unwrap());
+    for run in 0..3 {
+        let done = coordinator
+            .run(machine.clone(), info(&format!("t{run}")), json!({}))
+            .await
+            .unwrap();
+        match &done.outcome {
+            Outcome::Failed { error, .. } => assert_eq!(error, "States.Timeout", "run {run}"),
+            other => panic!("run {run}: {other:?}"),
+        }
+    }
+}
+
 fn history_text(run: &ExecutionRun) -> String {
     serde_json::to_string(&run.history).unwrap()
 }
