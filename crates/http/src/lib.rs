@@ -97,7 +97,7 @@ pub struct HttpConfig {
     /// Largest response body accepted, in bytes ([`DEFAULT_MAX_RESPONSE_BYTES`]).
     pub max_response_bytes: usize,
     /// Longest a call may take, token fetch and body included
-    /// ([`DEFAULT_TIMEOUT`]); a state's `TimeoutSeconds` shortens it.
+    /// ([`DEFAULT_TIMEOUT`]); a state's `TimeoutSeconds` (plus a second) shortens it.
     pub timeout: Duration,
     /// Longest a connection may take to open (10 s).
     pub connect_timeout: Duration,
