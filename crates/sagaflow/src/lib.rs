@@ -333,7 +333,9 @@ impl SagaflowBuilder {
     }
 
     /// Starts the backend chosen by [`Options::nats_url`] and deploys the
-    /// registered state machines.
+    /// registered state machines. On an error nothing is left running: a
+    /// backend already started (its worker, its coordinator) is shut down
+    /// before the error is returned.
     pub async fn build(self) -> Result<Sagaflow, Error> {
         let mut seen = std::collections::HashSet::new();
         for (name, _) in &self.handlers {
@@ -359,7 +361,10 @@ impl SagaflowBuilder {
         };
         let saga = Sagaflow { backend };
         for (name, definition) in &self.machines {
-            saga.deploy(name, definition).await?;
+            if let Err(e) = saga.deploy(name, definition).await {
+                saga.shutdown().await;
+                return Err(e);
+            }
         }
         Ok(saga)
     }

@@ -110,6 +110,48 @@ async fn without_a_coordinator_the_api_error_says_so() {
     saga.shutdown().await;
 }
 
+/// A build whose deploy fails (no coordinator answers) leaves no worker
+/// pulling tasks behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_build_leaves_nothing_running() {
+    let server = NatsServer::start().expect("nats-server");
+    let mut o = options(&server.url());
+    o.run_coordinator = false;
+    o.api_timeout = Duration::from_millis(500);
+    let built = Sagaflow::builder()
+        .options(o)
+        .handler(
+            "h",
+            handler_fn(|v: Value, _ctx: TaskContext| async move { Ok::<_, TaskError>(v) }),
+        )
+        .state_machine(
+            "x",
+            r#"{"StartAt": "P", "States": {"P": {"Type": "Succeed"}}}"#,
+        )
+        .build()
+        .await;
+    let Err(err) = built else {
+        panic!("no coordinator answers the deploy, yet the build succeeded");
+    };
+    assert!(matches!(err, Error::Api(_)), "{err:?}");
+    // The worker's pulls expire within a second or so once it stopped.
+    let nats = sagaflow_nats::connect(&server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let mut waiting = u64::MAX;
+    for _ in 0..50 {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+            .get_consumer_from_stream("handler-h", "SAGAFLOW_TASKS")
+            .await
+            .expect("the worker's consumer");
+        waiting = consumer.info().await.expect("consumer info").num_waiting as u64;
+        if waiting == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(waiting, 0, "a worker still pulls tasks");
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_a_connect_error() {
     let err = Sagaflow::builder()
