@@ -593,3 +593,79 @@ async fn index_changes_are_read_from_where_the_last_read_stopped() {
     let (none, _) = store.partition_index_changes(1, later).await.unwrap();
     assert!(none.is_empty(), "{none:?}");
 }
+
+/// Waiting for an execution goes on while no coordinator answers (one
+/// restarting, failing over): the wait ends with the execution's end, not
+/// with the first error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_outlasts_a_coordinator_restart() {
+    let server = NatsServer::start().expect("nats-server");
+    let url = server.url();
+    let with_api = || {
+        let mut o = options();
+        o.api = true;
+        o
+    };
+    let a = Cluster::start(sagaflow_nats::connect(&url).await.unwrap(), with_api())
+        .await
+        .expect("cluster a");
+    let version = a
+        .store()
+        .create_machine(
+            "waiter",
+            r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 1, "End": true}}}"#,
+            "2024-01-01T00:00:00Z",
+        )
+        .await
+        .expect("machine")
+        .version;
+    let api = sagaflow_coordinator::cluster::client::ApiClient::new(
+        sagaflow_nats::connect(&url).await.unwrap(),
+        Namespace::default(),
+    )
+    .with_timeout(Duration::from_millis(500));
+    let started = api
+        .start_execution(sagaflow_protocol::api::StartExecutionRequest {
+            state_machine: "waiter".into(),
+            version: Some(version),
+            name: Some("w1".into()),
+            input: Some(json!({})),
+            traceparent: None,
+        })
+        .await
+        .expect("started");
+    assert_eq!(
+        started.execution_arn,
+        ExecutionRef::new("waiter", "w1").unwrap().arn()
+    );
+    // Wait until it is indexed (running), then take the only coordinator
+    // away.
+    for _ in 0..100 {
+        if api.describe_execution(&started.execution_arn).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.shutdown().await;
+    let waiting = {
+        let api = api.clone();
+        let arn = started.execution_arn.clone();
+        tokio::spawn(async move { api.wait_for_completion(&arn, Duration::from_secs(30)).await })
+    };
+    // Nobody answers for a while.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the wait ended while no coordinator answered"
+    );
+    let b = Cluster::start(sagaflow_nats::connect(&url).await.unwrap(), with_api())
+        .await
+        .expect("cluster b");
+    let done = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the wait ends")
+        .expect("the wait did not panic")
+        .expect("the execution's end");
+    assert_eq!(done.status, ExecutionStatus::Succeeded);
+    b.shutdown().await;
+}

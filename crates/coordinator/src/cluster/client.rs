@@ -403,7 +403,11 @@ impl ApiClient {
     }
 
     /// Waits until an execution is no longer running and returns its
-    /// description; [`ApiClientError::Timeout`] after `timeout`.
+    /// description; [`ApiClientError::Timeout`] after `timeout`. Errors that
+    /// may pass (no coordinator answering, an API call timing out, NATS
+    /// reconnecting, an internal error) do not end the wait; if the last
+    /// ask failed that way when the time is up, its error is returned
+    /// instead of `Timeout`.
     ///
     /// Listens for the engine's completion notice first, then asks once
     /// (so a completion between the two is not missed), then waits for the
@@ -428,23 +432,41 @@ impl ApiClient {
         let deadline = now
             .checked_add(timeout)
             .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
+        // The last ask's error, if it failed in a way that may pass (no
+        // coordinator at the moment, one failing over, NATS reconnecting):
+        // the wait goes on, and it is returned if the deadline comes first.
+        let mut passing: Option<ApiClientError> = None;
         loop {
-            match self.describe_execution(execution_arn).await {
-                Ok(d) if d.status != ExecutionStatus::Running => {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let asked = tokio::time::timeout(left, self.describe_execution(execution_arn)).await;
+            match asked {
+                Ok(Ok(d)) if d.status != ExecutionStatus::Running => {
                     let _ = notices.unsubscribe().await;
                     return Ok(d);
                 }
-                Ok(_) => {}
-                Err(ApiClientError::Api(e)) if e.code == "ExecutionDoesNotExist" => {}
-                Err(e) => return Err(e),
+                Ok(Ok(_)) => passing = None,
+                Ok(Err(ApiClientError::Api(e))) if e.code == "ExecutionDoesNotExist" => {
+                    passing = None;
+                }
+                Ok(Err(
+                    e @ (ApiClientError::NoResponders { .. }
+                    | ApiClientError::Timeout { .. }
+                    | ApiClientError::Transport(_)),
+                )) => passing = Some(e),
+                Ok(Err(ApiClientError::Api(e))) if e.code == super::api::codes::INTERNAL => {
+                    passing = Some(ApiClientError::Api(e));
+                }
+                Ok(Err(e)) => return Err(e),
+                // The deadline came during the ask.
+                Err(_) => {}
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 let _ = notices.unsubscribe().await;
-                return Err(ApiClientError::Timeout {
+                return Err(passing.unwrap_or(ApiClientError::Timeout {
                     subject: self.ns.api_subject(Operation::DescribeExecution),
                     timeout,
-                });
+                }));
             }
             let wait = (deadline - now).min(Duration::from_millis(500));
             // A notice or the poll interval, whichever comes first.
