@@ -2031,8 +2031,9 @@ impl Partition {
         // derived name is ours by construction; for a given name, the child
         // records its parent task (`.sync`), or has the same input (a
         // request-response start is idempotent, as AWS's StartExecution).
-        match self.store().execution(&child).await {
-            Ok(None) => {}
+        // Whether the child is indexed (and found to be this task's own).
+        let indexed = match self.store().execution(&child).await {
+            Ok(None) => false,
             Ok(Some(_)) => {
                 let ours = if input.get("Name").is_none() {
                     true
@@ -2067,9 +2068,10 @@ impl Partition {
                         cause: format!("execution {} already exists", child.arn()),
                     }));
                 }
+                true
             }
             Err(e) => return Err(e.to_string()),
-        }
+        };
         let version = match self.store().machine(machine, None).await {
             Ok(Some(v)) => v.version,
             Ok(None) => return fail(format!("state machine {machine} does not exist")),
@@ -2116,12 +2118,14 @@ impl Partition {
             Err(e) => Err(e.to_string()),
         };
         let stored = stored.map_err(|e| format!("cannot start {}: {e}", child.arn()))?;
-        if stored.duplicate {
+        if stored.duplicate && !indexed {
             // A start of that name is already waiting in the inbox (not yet
             // indexed, so the check above missed it): this task's own,
             // published before a restart, or another one's (two tasks
             // naming the same child in one step, or an API start), whose
-            // child would never answer this task.
+            // child would never answer this task. (Not found: it was taken
+            // meanwhile, and the index check decides when this is tried
+            // again.)
             let queued = infra
                 .inbox
                 .get_last_raw_message_by_subject(subject.as_str())
