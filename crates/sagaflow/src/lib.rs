@@ -533,8 +533,7 @@ impl Sagaflow {
     }
 
     /// `ListExecutions`: the executions, optionally of one state machine
-    /// and in one status. Embedded: newest first. Distributed: as the
-    /// coordinators' index lists them.
+    /// and in one status, newest first (ties by ARN) in both modes.
     pub async fn list_executions(
         &self,
         state_machine: Option<&str>,

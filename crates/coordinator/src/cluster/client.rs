@@ -283,7 +283,7 @@ impl ApiClient {
         self.call(Operation::GetExecutionHistory, request).await
     }
 
-    /// `ListExecutions`.
+    /// `ListExecutions`, every page: newest first (ties by ARN).
     pub async fn list_executions(
         &self,
         state_machine: Option<&str>,
@@ -306,7 +306,12 @@ impl ApiClient {
                 None => break,
             }
         }
-        all.sort_by(|a, b| a.start_date.cmp(&b.start_date).then(a.name.cmp(&b.name)));
+        // Newest first, as AWS lists them (and the embedded mode).
+        all.sort_by(|a, b| {
+            b.start_date
+                .cmp(&a.start_date)
+                .then(a.execution_arn.cmp(&b.execution_arn))
+        });
         Ok(all)
     }
 

@@ -823,7 +823,7 @@ impl Store {
     }
 
     /// Index entries, optionally of one partition, one state machine or one
-    /// status, all at once, by start date.
+    /// status, all at once, newest first.
     pub async fn list_executions(
         &self,
         partition: Option<u32>,
@@ -857,7 +857,12 @@ impl Store {
             }
             out.push(desc);
         }
-        out.sort_by(|a, b| a.start_date.cmp(&b.start_date).then(a.name.cmp(&b.name)));
+        // Newest first, as AWS lists them.
+        out.sort_by(|a, b| {
+            b.start_date
+                .cmp(&a.start_date)
+                .then(a.execution_arn.cmp(&b.execution_arn))
+        });
         Ok(out)
     }
 }
