@@ -413,27 +413,29 @@ async fn executions_are_listed_by_machine_and_status_on_both_backends() {
                     .state_machine("fail", FAIL),
             )
             .await;
+        // Started a few milliseconds apart (start dates have milliseconds).
         for name in ["p1", "p2"] {
             let e = saga.start("pass", json!({}), Some(name)).await.unwrap();
             e.wait(LIMIT).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let f = saga.start("fail", json!({}), Some("f1")).await.unwrap();
         f.wait(LIMIT).await.unwrap();
 
-        let mut all: Vec<(String, Status)> = saga
+        // Newest first, as AWS lists them.
+        let all: Vec<(String, Status)> = saga
             .list_executions(None, None)
             .await
             .unwrap()
             .into_iter()
             .map(|s| (s.name, s.status))
             .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
             all,
             [
                 ("f1".to_string(), Status::Failed),
-                ("p1".to_string(), Status::Succeeded),
-                ("p2".to_string(), Status::Succeeded)
+                ("p2".to_string(), Status::Succeeded),
+                ("p1".to_string(), Status::Succeeded)
             ],
             "{mode:?}"
         );
