@@ -397,6 +397,29 @@ async fn start_publishes_one_start_per_execution_name() {
         }
         other => panic!("expected a start, got {other:?}"),
     }
+    // Described right after the start, before any coordinator took it (as
+    // on AWS, it exists and runs), with its queued input; its history is
+    // empty so far; it is not redrivable.
+    let queued = c.describe_execution(&exec.arn()).await.unwrap();
+    assert_eq!(queued.status, ExecutionStatus::Running);
+    assert_eq!(queued.input, Some(json!({"a": 1})));
+    assert_eq!(queued.version, 1);
+    assert!(
+        queued.start_date.parse::<jiff::Timestamp>().is_ok(),
+        "{}",
+        queued.start_date
+    );
+    assert!(
+        c.execution_history(&exec.arn())
+            .await
+            .unwrap()
+            .events
+            .is_empty()
+    );
+    assert_eq!(
+        code(c.redrive_execution(&exec.arn()).await),
+        "ExecutionNotRedrivable"
+    );
     // A stop right after the start, before any coordinator took it (none
     // runs here), is not refused as unknown: it goes in after the start.
     c.stop_execution(&exec.arn(), Some("Halt".into()), None)

@@ -320,16 +320,55 @@ impl Api {
     }
 
     async fn index_entry(&self, exec: &ExecutionRef) -> Result<ExecutionDescription, ApiError> {
-        self.store
-            .execution(exec)
+        if let Some(desc) = self.store.execution(exec).await.map_err(internal)? {
+            return Ok(desc);
+        }
+        if let Some(desc) = self.queued_start(exec).await {
+            return Ok(desc);
+        }
+        Err(ApiError::new(
+            codes::EXECUTION_DOES_NOT_EXIST,
+            format!("execution {} does not exist", exec.arn()),
+        ))
+    }
+
+    /// An execution whose start is accepted but still queued in its inbox
+    /// (its partition's owner has not taken it yet: milliseconds normally,
+    /// longer during a failover), described as RUNNING from that start, so
+    /// that a describe right after a start finds it, as on AWS.
+    async fn queued_start(&self, exec: &ExecutionRef) -> Option<ExecutionDescription> {
+        let message = self
+            .store
+            .infra()
+            .inbox
+            .get_last_raw_message_by_subject(self.inbox_subject(exec).as_str())
             .await
-            .map_err(internal)?
-            .ok_or_else(|| {
-                ApiError::new(
-                    codes::EXECUTION_DOES_NOT_EXIST,
-                    format!("execution {} does not exist", exec.arn()),
-                )
-            })
+            .ok()?;
+        let InboxMessage::StartExecution(start) = serde_json::from_slice(&message.payload).ok()?
+        else {
+            return None;
+        };
+        if start.execution_arn != exec.arn() {
+            return None;
+        }
+        let start_date = jiff::Timestamp::from_nanosecond(message.time.unix_timestamp_nanos())
+            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+            .unwrap_or_else(|_| now());
+        Some(ExecutionDescription {
+            execution_arn: exec.arn(),
+            name: exec.name().to_string(),
+            state_machine: exec.state_machine().to_string(),
+            version: start.version,
+            status: ExecutionStatus::Running,
+            start_date,
+            stop_date: None,
+            input: Some(start.input),
+            output: None,
+            error: None,
+            cause: None,
+            redrive_count: 0,
+            trace_id: None,
+        })
     }
 
     // ------------------------------------------------------ state machines
@@ -550,7 +589,9 @@ impl Api {
         let mut desc = self.index_entry(&exec).await?;
         let history = self.store.read_history(&exec).await.map_err(internal)?;
         let entries = || history.batches.iter().flat_map(|b| b.entries.iter());
-        desc.input = history_view::started_input(entries());
+        if let Some(input) = history_view::started_input(entries()) {
+            desc.input = Some(input);
+        }
         if desc.status != ExecutionStatus::Running {
             match history_view::last_outcome(entries()) {
                 Some(Outcome::Succeeded { output }) => {
