@@ -293,6 +293,11 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
     let ttl = infra.settings.lease_ttl;
     let interval = (ttl / 3).max(Duration::from_millis(100));
     let mut owned: HashMap<u32, (u64, PartitionHandle)> = HashMap::new();
+    // Partitions being handed back: their lease (still renewed, so that
+    // nobody takes them while they finish) and the task stopping them. A
+    // stop can take a while (a recovery finishing, writes beside the loop):
+    // it runs beside this loop, which goes on renewing every other lease.
+    let mut stopping: HashMap<u32, (u64, JoinHandle<()>)> = HashMap::new();
     // Start looking at a place that depends on the id, so that coordinators
     // starting together do not all race for partition 0.
     let offset = (random_u64() % u64::from(partitions)) as u32;
@@ -316,9 +321,35 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
                 }
             }
         }
+        for (p, (revision, _)) in stopping.iter_mut() {
+            if let Ok(r) = infra
+                .leases
+                .update(lease_key(*p), id.clone().into(), *revision)
+                .await
+            {
+                *revision = r;
+            }
+        }
+        // Lost partitions stop beside the loop (their lease is not ours to
+        // hand back).
         for p in lost {
             if let Some((_, handle)) = owned.remove(&p) {
-                handle.stop().await;
+                tokio::spawn(handle.stop());
+            }
+        }
+        // Partitions handed back that have stopped: their lease goes.
+        let stopped: Vec<u32> = stopping
+            .iter()
+            .filter(|(_, (_, task))| task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stopped {
+            if let Some((revision, _)) = stopping.remove(&p) {
+                let _ = infra
+                    .leases
+                    .delete_expect_revision(lease_key(p), Some(revision))
+                    .await;
+                tracing::info!(coordinator = %id, partition = p, "handed back a partition");
             }
         }
         // A partition whose worker stopped (an error it could not get
@@ -336,7 +367,7 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
                 break;
             }
             let p = (offset + i) % partitions;
-            if owned.contains_key(&p) {
+            if owned.contains_key(&p) || stopping.contains_key(&p) {
                 continue;
             }
             if let Ok(revision) = infra.leases.create(lease_key(p), id.clone().into()).await {
@@ -349,10 +380,8 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
         // Hand back what is above our share, so that newcomers get work.
         while owned.len() > share {
             let Some(&p) = owned.keys().max() else { break };
-            if let Some((_, handle)) = owned.remove(&p) {
-                handle.stop().await;
-                let _ = infra.leases.delete(lease_key(p)).await;
-                tracing::info!(coordinator = %id, partition = p, "handed back a partition");
+            if let Some((revision, handle)) = owned.remove(&p) {
+                stopping.insert(p, (revision, tokio::spawn(handle.stop())));
             }
         }
 
@@ -361,9 +390,24 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
             _ = shutdown.changed() => break,
         }
     }
-    for (p, (_, handle)) in owned.drain() {
-        handle.stop().await;
-        let _ = infra.leases.delete(lease_key(p)).await;
+    // Stop everything at once, then hand the leases back.
+    let mut leases = Vec::new();
+    let mut stops = Vec::new();
+    for (p, (revision, handle)) in owned.drain() {
+        leases.push((p, revision));
+        stops.push(tokio::spawn(handle.stop()));
+    }
+    for (p, (revision, task)) in stopping.drain() {
+        leases.push((p, revision));
+        stops.push(task);
+    }
+    futures::future::join_all(stops).await;
+    // Only leases still ours (one that lapsed meanwhile may be another's).
+    for (p, revision) in leases {
+        let _ = infra
+            .leases
+            .delete_expect_revision(lease_key(p), Some(revision))
+            .await;
     }
     let _ = infra.coordinators.delete(&id).await;
 }
