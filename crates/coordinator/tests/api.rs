@@ -1141,7 +1141,7 @@ async fn a_partition_is_listed_in_one_read_as_key_by_key() {
     // are not listed.
     env.index("hello", "e1", ExecutionStatus::Running).await;
     let gone = ExecutionRef::new("hello", "e2").unwrap();
-    env.store.forget_execution(&gone).await.unwrap();
+    assert!(env.store.forget_execution(&gone).await.unwrap());
     let mut total = 0;
     for p in 0..env.store.partitions() {
         let mut quick: Vec<(String, ExecutionStatus)> = env

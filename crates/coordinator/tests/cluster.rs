@@ -570,7 +570,12 @@ async fn index_changes_are_read_from_where_the_last_read_stopped() {
         .put_execution(&desc(&execs[0], ExecutionStatus::Succeeded))
         .await
         .unwrap();
-    store.forget_execution(&execs[1]).await.unwrap();
+    // (Only an ended execution is deleted.)
+    store
+        .put_execution(&desc(&execs[1], ExecutionStatus::Aborted))
+        .await
+        .unwrap();
+    assert!(store.forget_execution(&execs[1]).await.unwrap());
     let (changes, later) = store.partition_index_changes(1, cursor).await.unwrap();
     assert!(later > cursor);
     assert_eq!(changes.len(), 2, "{changes:?}");
@@ -592,6 +597,13 @@ async fn index_changes_are_read_from_where_the_last_read_stopped() {
         .unwrap();
     let (none, _) = store.partition_index_changes(1, later).await.unwrap();
     assert!(none.is_empty(), "{none:?}");
+    // A running execution (redriven, say, after its retention ran out) is
+    // not deleted.
+    assert!(!store.forget_execution(&execs[2]).await.unwrap());
+    assert_eq!(
+        store.execution(&execs[2]).await.unwrap().map(|d| d.status),
+        Some(ExecutionStatus::Running)
+    );
 }
 
 /// Waiting for an execution goes on while no coordinator answers (one

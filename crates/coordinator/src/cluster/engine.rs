@@ -2608,8 +2608,13 @@ async fn list_for_reconcile(
     view.cursor = cursor;
     for (key, exec_ref) in view.expired(retention, now()) {
         match store.forget_execution(&exec_ref).await {
-            Ok(()) => {
+            Ok(true) => {
                 tracing::debug!(execution = %exec_ref.arn(), "retention: forgotten");
+                view.ended.remove(&key);
+            }
+            // Running again (redriven meanwhile): the index change comes
+            // in the next round.
+            Ok(false) => {
                 view.ended.remove(&key);
             }
             Err(e) => {

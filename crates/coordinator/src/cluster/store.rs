@@ -577,13 +577,44 @@ impl Store {
         Ok((self.index_key(&exec), body))
     }
 
-    /// Deletes an ended execution for good: its history messages and its
-    /// index entry (retention, see [`sagaflow_nats::Settings::retention`]).
-    pub async fn forget_execution(&self, exec: &ExecutionRef) -> Result<(), StoreError> {
+    /// Deletes an ended execution for good (retention, see
+    /// [`sagaflow_nats::Settings::retention`]): its participants'
+    /// idempotency records, its history and its index entry. Deletes nothing and returns `false`
+    /// when its index entry says it runs (again): a redrive, or a new start
+    /// of its name, writes the index entry before the history, and the entry
+    /// is looked at again (at the same revision) right before the history
+    /// goes.
+    pub async fn forget_execution(&self, exec: &ExecutionRef) -> Result<bool, StoreError> {
+        let key = self.index_key(exec);
+        let entry = |what: &'static str| {
+            let executions = self.infra.executions.clone();
+            let key = key.clone();
+            async move {
+                let entry = executions
+                    .entry(key.as_str())
+                    .await
+                    .map_err(|e| nats(what)(&e))?;
+                Ok::<_, StoreError>(entry.and_then(|e| {
+                    if e.operation != kv::Operation::Put {
+                        return None;
+                    }
+                    let running = serde_json::from_slice::<ExecutionDescription>(&e.value)
+                        .is_ok_and(|d| d.status == ExecutionStatus::Running);
+                    Some((e.revision, running))
+                }))
+            }
+        };
+        let before = entry("read execution index entry").await?;
+        if before.is_some_and(|(_, running)| running) {
+            return Ok(false);
+        }
         // The participants' idempotency records of its tasks go first: a
         // new execution of the same name gives its tasks the same ids, and
         // must not find this one's results and have them replayed.
         self.forget_idempotency_records(exec).await?;
+        if entry("read execution index entry").await? != before {
+            return Ok(false);
+        }
         let subject = self
             .infra
             .ns()
@@ -594,12 +625,14 @@ impl Store {
             .filter(subject)
             .await
             .map_err(|e| nats("purge history")(&e))?;
-        self.infra
-            .executions
-            .purge(self.index_key(exec))
-            .await
-            .map_err(|e| nats("delete execution index entry")(&e))?;
-        Ok(())
+        if let Some((revision, _)) = before {
+            self.infra
+                .executions
+                .purge_expect_revision(key.as_str(), Some(revision))
+                .await
+                .map_err(|e| nats("delete execution index entry")(&e))?;
+        }
+        Ok(true)
     }
 
     /// Purges the idempotency records of an execution's tasks (those its
