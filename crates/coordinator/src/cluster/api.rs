@@ -626,48 +626,47 @@ impl Api {
             // Not started yet (or unknown): the index tells which.
             self.index_entry(&exec).await?;
         }
+        let start = match req.next_token.as_deref() {
+            None => 0,
+            Some(token) => token
+                .parse::<usize>()
+                .map_err(|_| ApiError::new(codes::INVALID_REQUEST, "invalid next token"))?,
+        };
+        let limit = req
+            .max_results
+            .unwrap_or(MAX_LIST_RESULTS)
+            .clamp(1, MAX_LIST_RESULTS);
+        // Records are stored without copies of state inputs and outputs;
+        // replaying the events brings them back. Only this page's events
+        // are kept.
         let stored = || {
             history
                 .batches
                 .iter()
                 .flat_map(|b| b.entries.iter().cloned())
         };
-        // Records are stored without copies of state inputs and outputs;
-        // replaying the events brings them back.
-        let mut replayed = None;
-        if let Some(machine) = self.machine_of(&history).await {
-            replayed = history_view::replay_with_payloads(machine, &self.options.interp, stored());
+        let machine = self.machine_of(&history).await;
+        let (page, total) =
+            history_view::render_page(machine, &self.options.interp, stored, start, limit);
+        if start > total {
+            return Err(ApiError::new(codes::INVALID_REQUEST, "invalid next token"));
         }
-        let entries: Vec<_> = replayed.unwrap_or_else(|| stored().collect());
-        let events = history_view::render(entries.iter());
-        let start = match req.next_token.as_deref() {
-            None => 0,
-            Some(token) => token
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n <= events.len())
-                .ok_or_else(|| ApiError::new(codes::INVALID_REQUEST, "invalid next token"))?,
-        };
-        let limit = req
-            .max_results
-            .unwrap_or(MAX_LIST_RESULTS)
-            .clamp(1, MAX_LIST_RESULTS);
         // The reply's envelope fits in the rest.
         let budget = self.max_request_bytes().saturating_sub(4096);
         let mut used = 2;
-        let mut end = start;
-        for event in &events[start..] {
+        let mut taken = 0;
+        for event in &page {
             let size = serde_json::to_vec(event).map_or(usize::MAX, |b| b.len()) + 1;
-            if end - start == limit || (end > start && used + size > budget) {
+            if taken > 0 && used + size > budget {
                 break;
             }
             used += size;
-            end += 1;
+            taken += 1;
         }
-        let next_token = (end < events.len()).then(|| end.to_string());
-        let mut events = events;
-        events.truncate(end);
-        events.drain(..start);
+        let end = start + taken;
+        let next_token = (end < total).then(|| end.to_string());
+        let mut events = page;
+        events.truncate(taken);
         Ok(ExecutionHistory { events, next_token })
     }
 

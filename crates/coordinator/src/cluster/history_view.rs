@@ -67,6 +67,10 @@ struct Scheduled {
 /// Builds the event list.
 struct Renderer {
     events: Vec<Value>,
+    /// Events rendered so far (kept or not).
+    count: usize,
+    /// The events kept: those numbered (from 0) in this range.
+    keep: std::ops::Range<usize>,
     /// Tasks scheduled and not yet answered, by task id.
     pending: HashMap<String, Scheduled>,
     /// Timers started for a task's `TimeoutSeconds`, by timer id.
@@ -97,8 +101,32 @@ pub fn split_resource(resource: &str) -> (String, String) {
 }
 
 impl Renderer {
+    fn new(keep: std::ops::Range<usize>) -> Renderer {
+        Renderer {
+            events: Vec::new(),
+            count: 0,
+            keep,
+            pending: HashMap::new(),
+            task_timers: HashMap::new(),
+            states: HashMap::new(),
+            failed: HashSet::new(),
+        }
+    }
+
+    fn entry(&mut self, entry: &HistoryEntry) {
+        match &entry.item {
+            HistoryItem::Event(e) => self.event(&entry.at, e),
+            HistoryItem::Command(c) => self.command(&entry.at, c),
+        }
+    }
+
     fn push(&mut self, at: &jiff::Timestamp, kind: &str, details: Option<(&str, Value)>) {
-        let id = self.events.len() as u64 + 1;
+        let index = self.count;
+        self.count += 1;
+        if !self.keep.contains(&index) {
+            return;
+        }
+        let id = index as u64 + 1;
         let mut event = Map::new();
         event.insert("id".into(), json!(id));
         event.insert("previousEventId".into(), json!(id - 1));
@@ -482,12 +510,24 @@ pub fn replay_with_payloads(
     options: &sagaflow_asl::interp::Options,
     stored: impl IntoIterator<Item = HistoryEntry>,
 ) -> Option<Vec<HistoryEntry>> {
+    let mut entries = Vec::new();
+    replay_into(machine, options, stored, |entry| entries.push(entry)).then_some(entries)
+}
+
+/// [`replay_with_payloads`], handing each entry to `sink` as it comes
+/// instead of keeping them; `false` when the replay did not give the stored
+/// effects (what `sink` got is then to be thrown away).
+fn replay_into(
+    machine: std::sync::Arc<sagaflow_asl::model::StateMachine>,
+    options: &sagaflow_asl::interp::Options,
+    stored: impl IntoIterator<Item = HistoryEntry>,
+    mut sink: impl FnMut(HistoryEntry),
+) -> bool {
     let options = sagaflow_asl::interp::Options {
         record_payloads: true,
         ..options.clone()
     };
     let mut execution = sagaflow_asl::interp::Execution::new(machine, options);
-    let mut entries = Vec::new();
     let mut out = Vec::new();
     // The effects (every command but records) the stored history says each
     // event had; the replay must give exactly these.
@@ -506,38 +546,58 @@ pub fn replay_with_payloads(
             continue;
         };
         out.clear();
-        super::engine::apply_guarded(&mut execution, entry.at, event.clone(), &mut out)
-            .ok()?
-            .ok()?;
+        match super::engine::apply_guarded(&mut execution, entry.at, event.clone(), &mut out) {
+            Ok(Ok(())) => {}
+            _ => return false,
+        }
         replayed_effects.extend(
             out.iter()
                 .filter(|c| !matches!(c, Command::Record(_)))
                 .cloned(),
         );
         let at = entry.at;
-        entries.push(entry);
-        entries.extend(out.drain(..).map(|c| HistoryEntry {
-            at,
-            item: HistoryItem::Command(c),
-        }));
+        sink(entry);
+        for c in out.drain(..) {
+            sink(HistoryEntry {
+                at,
+                item: HistoryItem::Command(c),
+            });
+        }
     }
-    (stored_effects == replayed_effects).then_some(entries)
+    stored_effects == replayed_effects
+}
+
+/// One page of a history's Step Functions-style events: those numbered
+/// (from 0) `start..start + limit`, and how many events there are in all.
+/// The events are rendered as the history is replayed with its payloads
+/// (the stored history when the replay does not give its effects), and only
+/// the page's are kept: a long history costs time, not memory.
+pub fn render_page<I: Iterator<Item = HistoryEntry>>(
+    machine: Option<std::sync::Arc<sagaflow_asl::model::StateMachine>>,
+    options: &sagaflow_asl::interp::Options,
+    stored: impl Fn() -> I,
+    start: usize,
+    limit: usize,
+) -> (Vec<Value>, usize) {
+    let keep = start..start.saturating_add(limit);
+    if let Some(machine) = machine {
+        let mut r = Renderer::new(keep.clone());
+        if replay_into(machine, options, stored(), |entry| r.entry(&entry)) {
+            return (r.events, r.count);
+        }
+    }
+    let mut r = Renderer::new(keep);
+    for entry in stored() {
+        r.entry(&entry);
+    }
+    (r.events, r.count)
 }
 
 /// Renders a history, oldest first, as Step Functions-style events.
 pub fn render<'a>(entries: impl IntoIterator<Item = &'a HistoryEntry>) -> Vec<Value> {
-    let mut r = Renderer {
-        events: Vec::new(),
-        pending: HashMap::new(),
-        task_timers: HashMap::new(),
-        states: HashMap::new(),
-        failed: HashSet::new(),
-    };
+    let mut r = Renderer::new(0..usize::MAX);
     for entry in entries {
-        match &entry.item {
-            HistoryItem::Event(e) => r.event(&entry.at, e),
-            HistoryItem::Command(c) => r.command(&entry.at, c),
-        }
+        r.entry(entry);
     }
     r.events
 }
@@ -736,6 +796,19 @@ mod tests {
                 }),
             ),
         ]
+    }
+
+    #[test]
+    fn a_page_is_the_same_slice_of_the_whole_rendering() {
+        let h = saga();
+        let all = render(&h);
+        let options = sagaflow_asl::interp::Options::default();
+        for (start, limit) in [(0, 1), (0, 3), (2, 4), (all.len() - 1, 5), (all.len(), 5)] {
+            let (page, total) = render_page(None, &options, || h.iter().cloned(), start, limit);
+            assert_eq!(total, all.len());
+            let end = (start + limit).min(all.len());
+            assert_eq!(page, all[start..end].to_vec(), "{start}+{limit}");
+        }
     }
 
     #[test]
