@@ -235,7 +235,13 @@ pub struct Options {
     pub nats_url: Option<String>,
     /// Distributed: also run a coordinator in this process (with
     /// [`Options::cluster`]); otherwise one must run elsewhere
-    /// (`sagaflow coordinator --nats URL`).
+    /// (`sagaflow coordinator --nats URL`). Unlike `sagaflow coordinator`,
+    /// it does not serve HTTP Tasks (`arn:aws:states:::http:invoke`):
+    /// register `sagaflow_http::HttpHandler` under
+    /// `sagaflow_coordinator::resource::HTTP_INVOKE_HANDLER` for them, in
+    /// either mode (embedded, an HTTP Task without it fails at once with
+    /// `States.Runtime`; distributed, it waits for a participant serving
+    /// it, as any task does).
     pub run_coordinator: bool,
     /// Distributed: serve the registered handlers over NATS (a participant
     /// worker). Off for a process that only starts sagas.
