@@ -80,6 +80,14 @@ impl Distributed {
         // Checked here too, so that a bad name is the same error as
         // embedded (the API would refuse it as well).
         sagaflow_protocol::check_name("state machine name", name)?;
+        // Validated here as well, for the same error as embedded (the
+        // API's carries the errors as JSON details).
+        sagaflow_asl::parse::parse_definition(definition).map_err(|e| {
+            Error::InvalidDefinition {
+                name: name.to_string(),
+                message: e.to_string(),
+            }
+        })?;
         match self.api.create_state_machine(name, definition).await {
             Ok(v) => Ok(v.version),
             Err(e) => Err(match Error::from(e) {

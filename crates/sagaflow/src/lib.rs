@@ -196,6 +196,30 @@ pub enum Error {
     Api(ApiClientError),
 }
 
+/// A distributed call's error about `machine` or the execution `arn`, with
+/// the fields the embedded mode gives (the name or ARN, not the API's
+/// sentence).
+fn about(e: Error, machine: Option<&str>, arn: Option<&str>) -> Error {
+    match (e, machine, arn) {
+        (Error::StateMachineDoesNotExist(_), Some(machine), _) => {
+            Error::StateMachineDoesNotExist(machine.to_string())
+        }
+        (Error::ExecutionDoesNotExist(_), _, Some(arn)) => {
+            Error::ExecutionDoesNotExist(arn.to_string())
+        }
+        (Error::ExecutionAlreadyExists(_), _, Some(arn)) => {
+            Error::ExecutionAlreadyExists(arn.to_string())
+        }
+        (Error::ExecutionNotRedrivable { reason, .. }, _, Some(arn)) => {
+            Error::ExecutionNotRedrivable {
+                execution: arn.to_string(),
+                reason,
+            }
+        }
+        (e, _, _) => e,
+    }
+}
+
 impl From<ApiClientError> for Error {
     fn from(e: ApiClientError) -> Error {
         match &e {
@@ -484,7 +508,16 @@ impl Sagaflow {
     ) -> Result<Execution, Error> {
         let arn = match &self.backend {
             Backend::Embedded(e) => e.start(state_machine, input, name)?,
-            Backend::Distributed(d) => d.start(state_machine, input, name).await?,
+            Backend::Distributed(d) => {
+                let arn = name.and_then(|n| {
+                    sagaflow_protocol::ExecutionRef::new(state_machine, n)
+                        .ok()
+                        .map(|r| r.arn())
+                });
+                d.start(state_machine, input, name)
+                    .await
+                    .map_err(|e| about(e, Some(state_machine), arn.as_deref()))?
+            }
         };
         Ok(Execution {
             arn,
@@ -644,7 +677,10 @@ impl Execution {
         self.check_arn()?;
         match &self.backend {
             Backend::Embedded(e) => e.describe(&self.arn),
-            Backend::Distributed(d) => d.describe(&self.arn, self.started_here).await,
+            Backend::Distributed(d) => d
+                .describe(&self.arn, self.started_here)
+                .await
+                .map_err(|e| about(e, None, Some(&self.arn))),
         }
     }
 
@@ -653,7 +689,10 @@ impl Execution {
         self.check_arn()?;
         match &self.backend {
             Backend::Embedded(e) => e.wait(&self.arn, timeout).await,
-            Backend::Distributed(d) => d.wait(&self.arn, timeout, self.started_here).await,
+            Backend::Distributed(d) => d
+                .wait(&self.arn, timeout, self.started_here)
+                .await
+                .map_err(|e| about(e, None, Some(&self.arn))),
         }
     }
 
@@ -665,7 +704,10 @@ impl Execution {
         self.check_arn()?;
         match &self.backend {
             Backend::Embedded(e) => e.history(&self.arn),
-            Backend::Distributed(d) => d.history(&self.arn, self.started_here).await,
+            Backend::Distributed(d) => d
+                .history(&self.arn, self.started_here)
+                .await
+                .map_err(|e| about(e, None, Some(&self.arn))),
         }
     }
 
@@ -678,7 +720,10 @@ impl Execution {
         self.check_arn()?;
         match &self.backend {
             Backend::Embedded(e) => e.stop(&self.arn, error, cause),
-            Backend::Distributed(d) => d.stop(&self.arn, error, cause, self.started_here).await,
+            Backend::Distributed(d) => d
+                .stop(&self.arn, error, cause, self.started_here)
+                .await
+                .map_err(|e| about(e, None, Some(&self.arn))),
         }
     }
 
@@ -693,7 +738,10 @@ impl Execution {
         self.check_arn()?;
         match &self.backend {
             Backend::Embedded(e) => e.redrive(&self.arn),
-            Backend::Distributed(d) => d.redrive(&self.arn).await,
+            Backend::Distributed(d) => d
+                .redrive(&self.arn)
+                .await
+                .map_err(|e| about(e, None, Some(&self.arn))),
         }
     }
 
