@@ -645,7 +645,7 @@ impl Api {
                 .iter()
                 .flat_map(|b| b.entries.iter().cloned())
         };
-        let machine = self.machine_of(&history).await;
+        let machine = self.machine_of(&history).await?;
         let (page, total) =
             history_view::render_page(machine, &self.options.interp, stored, start, limit);
         if start > total {
@@ -783,20 +783,29 @@ impl Api {
     }
 
     /// The state machine version a history was started with, parsed;
-    /// `None` when the history has no start or the version cannot be read
-    /// or parsed.
+    /// `None` when the history has no start or the version is gone or does
+    /// not parse; an error when the store could not be read (not taken for
+    /// "gone": the caller would answer wrongly).
     async fn machine_of(
         &self,
         history: &StoredHistory,
-    ) -> Option<std::sync::Arc<sagaflow_asl::model::StateMachine>> {
-        let meta = history.batches.first()?.meta.as_ref()?;
-        let version = self
+    ) -> Result<Option<std::sync::Arc<sagaflow_asl::model::StateMachine>>, ApiError> {
+        let Some(meta) = history.batches.first().and_then(|b| b.meta.as_ref()) else {
+            return Ok(None);
+        };
+        let Some(version) = self
             .store
             .machine(&meta.state_machine, Some(meta.version))
             .await
-            .ok()??;
-        let machine = sagaflow_asl::parse::parse_accepted_definition(&version.definition).ok()?;
-        Some(std::sync::Arc::new(machine))
+            .map_err(internal)?
+        else {
+            return Ok(None);
+        };
+        Ok(
+            sagaflow_asl::parse::parse_accepted_definition(&version.definition)
+                .ok()
+                .map(std::sync::Arc::new),
+        )
     }
 
     /// Whether the execution's history, replayed, leaves a state to run
@@ -807,7 +816,7 @@ impl Api {
     async fn history_redrivable(&self, exec: &ExecutionRef) -> Result<bool, ApiError> {
         use sagaflow_asl::interp::Execution;
         let history = self.store.read_history(exec).await.map_err(internal)?;
-        let Some(machine) = self.machine_of(&history).await else {
+        let Some(machine) = self.machine_of(&history).await? else {
             return Ok(true);
         };
         let mut execution = Execution::new(machine, self.options.interp.clone());
