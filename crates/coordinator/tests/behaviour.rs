@@ -1464,6 +1464,36 @@ async fn a_start_whose_machine_cannot_be_read_now_starts_later() {
     env.shutdown().await;
 }
 
+/// A stop accepted while its execution's start waits in the inbox (handed
+/// back: its machine could not be read) and delivered before it is kept
+/// for after the start, not applied to nothing and lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_delivered_before_its_start_is_applied_after_it() {
+    let env = Env::start().await;
+    env.deploy(
+        "slow",
+        r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 5, "End": true}}}"#,
+    )
+    .await;
+    let bucket = env.options.settings.namespace.machines_bucket();
+    env.set_bucket_reads(&bucket, false).await;
+    let exec = ExecutionRef::new("slow", "halted").unwrap();
+    env.publish_inbox(&exec, &start_message(&exec, 1, json!({})))
+        .await;
+    // The API accepts the stop: the start is queued.
+    env.api
+        .stop_execution(&exec.arn(), Some("Halt".into()), None)
+        .await
+        .expect("stop of a queued start");
+    // Both are delivered meanwhile; only the stop could be applied.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.set_bucket_reads(&bucket, true).await;
+    let done = env.wait(&exec.arn()).await;
+    assert_status(&done, ExecutionStatus::Aborted);
+    assert_eq!(done.error.as_deref(), Some("Halt"));
+    env.shutdown().await;
+}
+
 const WAIT_BESIDE_A_TASK: &str = r#"{
   "StartAt": "Both",
   "States": {"Both": {"Type": "Parallel", "End": true, "Branches": [

@@ -1516,6 +1516,9 @@ impl Partition {
         // that changed nothing: a duplicate, or news for a newer copy of the
         // execution than the one held (see the end).
         let mut unanswered = false;
+        // A stop for an execution without a history: its start may be
+        // waiting in the inbox still (handed back for a retry).
+        let mut stop_before_start = false;
         let inputs = inputs.into_iter().chain(extra);
         let mut entries = Vec::new();
         let mut commands = Vec::new();
@@ -1644,6 +1647,7 @@ impl Partition {
                 Input::Local(event) => event,
             };
             let Some(live) = self.live.get_mut(key) else {
+                stop_before_start |= outside && matches!(event, Event::StopRequested { .. });
                 continue;
             };
             let mut out = Vec::new();
@@ -1702,6 +1706,10 @@ impl Partition {
                 }
             }
         }
+        if entries.is_empty() && stop_before_start && self.start_queued(&exec_ref).await {
+            // Applied to nothing it would be lost: it goes after the start.
+            return Err("a stop came before its execution's start: handed back".to_string());
+        }
         if entries.is_empty() && unanswered && !loaded_here {
             // The copy held may be stale: another coordinator that held the
             // partition meanwhile (a lease that lapsed) may have advanced
@@ -1743,6 +1751,24 @@ impl Partition {
             },
             commands,
         }))
+    }
+
+    /// Whether the oldest message of an execution's inbox is its start (one
+    /// handed back, to be tried again).
+    async fn start_queued(&self, exec_ref: &ExecutionRef) -> bool {
+        let infra = self.store().infra();
+        let subject = infra.ns().inbox_subject(self.partition, exec_ref);
+        let Ok(first) = infra
+            .inbox
+            .get_first_raw_message_by_subject(subject.as_str(), 1)
+            .await
+        else {
+            return false;
+        };
+        matches!(
+            serde_json::from_slice::<InboxMessage>(&first.payload),
+            Ok(InboxMessage::StartExecution(start)) if start.execution_arn == exec_ref.arn()
+        )
     }
 
     async fn new_execution(
