@@ -430,6 +430,11 @@ async fn start_publishes_one_start_per_execution_name() {
             InboxMessage::StopExecution { ref error, .. } if error.as_deref() == Some("Halt")),
         "the stop is queued after the start"
     );
+    // Still described from its queued start.
+    assert_eq!(
+        c.describe_execution(&exec.arn()).await.unwrap().status,
+        ExecutionStatus::Running
+    );
     assert_eq!(
         code(
             c.stop_execution(

@@ -213,12 +213,11 @@ impl HttpHandler {
         // The state's `TimeoutSeconds` is the runtime's to enforce
         // (`States.Timeout`, as on AWS): the call's own cut-off comes a
         // little later, only so that the call does not outlive the task.
-        let limit = match ctx.timeout_seconds {
-            Some(s) => self
-                .config
-                .timeout
-                .min(Duration::from_secs(s.max(1)) + STATE_TIMEOUT_MARGIN),
-            None => self.config.timeout,
+        let limit = match ctx.timeout_seconds.map(|s| Duration::from_secs(s.max(1))) {
+            Some(state) if state <= self.config.timeout => {
+                state.saturating_add(STATE_TIMEOUT_MARGIN)
+            }
+            _ => self.config.timeout,
         };
         let target = format!("{} {}", plan.method, redacted_url(&plan.url));
         tracing::debug!(target: "sagaflow_http", request = %target, task = %ctx.task_id, "HTTP Task call");

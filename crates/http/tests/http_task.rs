@@ -317,6 +317,27 @@ async fn a_slow_server_times_out() {
     assert!(started.elapsed() < Duration::from_secs(20));
 }
 
+/// Any `TimeoutSeconds` (a `TimeoutSecondsPath` can give the largest
+/// number) leaves the call its own limit; no overflow.
+#[tokio::test]
+async fn the_largest_task_timeout_does_not_overflow() {
+    let server = MockServer::start().await;
+    Mock::given(path("/fast"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true})))
+        .mount(&server)
+        .await;
+    let mut c = ctx("Call@0#0");
+    c.timeout_seconds = Some(u64::MAX);
+    let out = handler()
+        .invoke(
+            &json!({"ApiEndpoint": format!("{}/fast", server.uri()), "Method": "GET"}),
+            &c,
+        )
+        .await
+        .expect("the call succeeds");
+    assert_eq!(out["ResponseBody"], json!({"ok": true}));
+}
+
 #[tokio::test]
 async fn a_huge_response_is_refused_without_reading_it_all() {
     // Announced length over the limit.

@@ -337,11 +337,12 @@ impl Api {
     /// longer during a failover), described as RUNNING from that start, so
     /// that a describe right after a start finds it, as on AWS.
     async fn queued_start(&self, exec: &ExecutionRef) -> Option<ExecutionDescription> {
+        // The oldest message waiting: a stop accepted meanwhile comes after.
         let message = self
             .store
             .infra()
             .inbox
-            .get_last_raw_message_by_subject(self.inbox_subject(exec).as_str())
+            .get_first_raw_message_by_subject(self.inbox_subject(exec).as_str(), 1)
             .await
             .ok()?;
         let InboxMessage::StartExecution(start) = serde_json::from_slice(&message.payload).ok()?

@@ -298,6 +298,9 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
     // stop can take a while (a recovery finishing, writes beside the loop):
     // it runs beside this loop, which goes on renewing every other lease.
     let mut stopping: HashMap<u32, (u64, JoinHandle<()>)> = HashMap::new();
+    // Partitions whose lease was lost, still stopping: not taken again
+    // until they stopped (one partition, one worker, in this process).
+    let mut lost_stopping: HashMap<u32, JoinHandle<()>> = HashMap::new();
     // Start looking at a place that depends on the id, so that coordinators
     // starting together do not all race for partition 0.
     let offset = (random_u64() % u64::from(partitions)) as u32;
@@ -334,9 +337,10 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
         // hand back).
         for p in lost {
             if let Some((_, handle)) = owned.remove(&p) {
-                tokio::spawn(handle.stop());
+                lost_stopping.insert(p, tokio::spawn(handle.stop()));
             }
         }
+        lost_stopping.retain(|_, task| !task.is_finished());
         // Partitions handed back that have stopped: their lease goes.
         let stopped: Vec<u32> = stopping
             .iter()
@@ -367,7 +371,8 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
                 break;
             }
             let p = (offset + i) % partitions;
-            if owned.contains_key(&p) || stopping.contains_key(&p) {
+            if owned.contains_key(&p) || stopping.contains_key(&p) || lost_stopping.contains_key(&p)
+            {
                 continue;
             }
             if let Ok(revision) = infra.leases.create(lease_key(p), id.clone().into()).await {
@@ -401,6 +406,7 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
         leases.push((p, revision));
         stops.push(task);
     }
+    stops.extend(lost_stopping.into_values());
     futures::future::join_all(stops).await;
     // Only leases still ours (one that lapsed meanwhile may be another's).
     for (p, revision) in leases {

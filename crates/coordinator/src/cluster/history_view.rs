@@ -1222,12 +1222,28 @@ mod replay_tests {
             })
         };
         assert_eq!(entered(&stored), Some(Value::Null), "stored slim");
-        let replayed = replay_with_payloads(machine, &slim, stored.clone()).unwrap();
+        let replayed = replay_with_payloads(machine.clone(), &slim, stored.clone()).unwrap();
         assert_eq!(entered(&replayed), Some(json!({"x": 1})));
         assert_eq!(
             replayed.len(),
             stored.len(),
             "the same entries, payloads restored"
         );
+        // A page replayed as it is rendered is that slice of the whole
+        // replayed rendering (payloads included).
+        let all = render(&replayed);
+        assert!(all.len() > 1);
+        for (start, limit) in [(0, 1), (1, 1), (0, all.len()), (all.len(), 3)] {
+            let (page, total) = render_page(
+                Some(machine.clone()),
+                &slim,
+                || stored.iter().cloned(),
+                start,
+                limit,
+            );
+            assert_eq!(total, all.len());
+            let end = (start + limit).min(all.len());
+            assert_eq!(page, all[start..end].to_vec(), "{start}+{limit}");
+        }
     }
 }
