@@ -296,13 +296,17 @@ impl Embedded {
         let (controls, control_rx) = mpsc::unbounded_channel();
         let coordinator = Arc::clone(&self.coordinator);
         let log = log.clone();
+        // Aborted (shutdown, even before its first poll) or unwound by a
+        // panic, the run still ends: as broken down, not RUNNING for ever.
+        let guard = EndOnDrop(tx);
         let task = tokio::spawn(async move {
+            let guard = guard;
             let ended = coordinator
                 .drive(prepared, log, control_rx)
                 .await
                 .map(Arc::new)
                 .map_err(|e| e.to_string());
-            tx.send_replace(Some(ended));
+            guard.0.send_replace(Some(ended));
         });
         (rx, task.abort_handle(), controls)
     }
@@ -499,6 +503,26 @@ impl Embedded {
         }
         // Their handlers and waiting callback tasks go too.
         self.dispatcher.cancel_all();
+    }
+}
+
+/// Ends a run that did not end by itself (its task aborted at shutdown, or
+/// unwound by a panic) when its task lets go of it.
+struct EndOnDrop(watch::Sender<Option<Ended>>);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.send_if_modified(|ended| {
+            if ended.is_some() {
+                return false;
+            }
+            *ended = Some(Err(if std::thread::panicking() {
+                "the execution's run broke down (a Sagaflow defect)".to_string()
+            } else {
+                "the execution was abandoned (shut down)".to_string()
+            }));
+            true
+        });
     }
 }
 

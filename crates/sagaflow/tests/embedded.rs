@@ -388,3 +388,37 @@ async fn shutdown_stops_the_handlers_still_running() {
     }
     panic!("the handler still runs after the shutdown");
 }
+
+/// A run abandoned at shutdown ends: described as broken down and listed
+/// as ABORTED, not RUNNING for ever.
+#[tokio::test]
+async fn a_run_abandoned_at_shutdown_is_no_longer_running() {
+    let (saga, _) = saga().await;
+    // One whose handler runs, one not even polled yet.
+    let running = saga.start("slow", json!({}), Some("cut")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let unstarted = saga.start("slow", json!({}), Some("cut2")).await.unwrap();
+    assert_eq!(running.describe().await.unwrap().status, Status::Running);
+    let handle = saga.clone();
+    saga.shutdown().await;
+    for slow in [&running, &unstarted] {
+        let mut described = slow.describe().await;
+        for _ in 0..100 {
+            if !matches!(&described, Ok(r) if r.status == Status::Running) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            described = slow.describe().await;
+        }
+        assert!(
+            matches!(&described, Err(Error::Runtime { message, .. }) if message.contains("abandoned")),
+            "{described:?}"
+        );
+    }
+    let listed = handle.list_executions(Some("slow"), None).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed.iter().all(|s| s.status == Status::Aborted),
+        "{listed:?}"
+    );
+}
