@@ -80,6 +80,11 @@ pub(crate) struct Embedded {
     dispatcher: Arc<EmbeddedDispatcher>,
     machines: Mutex<HashMap<String, Vec<Deployed>>>,
     executions: Mutex<HashMap<String, Entry>>,
+    /// How long an ended execution is kept (0: for ever), as
+    /// `Settings::retention` over NATS.
+    retention: std::time::Duration,
+    /// When ended executions were last looked through for removal.
+    pruned: Mutex<Option<std::time::Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -90,6 +95,7 @@ impl Embedded {
     pub(crate) fn new(
         handlers: Vec<(String, Arc<dyn Handler>)>,
         runtime: RuntimeOptions,
+        retention: std::time::Duration,
     ) -> Arc<Embedded> {
         Arc::new_cyclic(|me: &Weak<Embedded>| {
             // Child executions are served here, unless a handler keyed by the
@@ -121,8 +127,38 @@ impl Embedded {
                 max_payload_bytes,
                 machines: Mutex::default(),
                 executions: Mutex::default(),
+                retention,
+                pruned: Mutex::default(),
             }
         })
+    }
+
+    /// Forgets the executions that ended more than the retention ago (at
+    /// most once a second, when an execution starts), so that an
+    /// application running for long does not keep every execution's input
+    /// and history. Their names can be used again.
+    fn prune(&self, executions: &mut HashMap<String, Entry>) {
+        if self.retention.is_zero() {
+            return;
+        }
+        {
+            let mut pruned = lock(&self.pruned);
+            let now = std::time::Instant::now();
+            if pruned.is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1)) {
+                return;
+            }
+            *pruned = Some(now);
+        }
+        let Ok(retention) = jiff::SignedDuration::try_from(self.retention) else {
+            return;
+        };
+        let Some(cutoff) = jiff::Timestamp::now().checked_sub(retention).ok() else {
+            return;
+        };
+        executions.retain(|_, e| match &*e.done.borrow() {
+            Some(Ok(run)) => run.history.last().is_none_or(|h| h.at >= cutoff),
+            _ => true,
+        });
     }
 
     pub(crate) fn deploy(&self, name: &str, definition: &str) -> Result<u64, Error> {
@@ -215,6 +251,7 @@ impl Embedded {
         self.check_size("input", &input)?;
         let arn = exec.arn();
         let mut executions = lock(&self.executions);
+        self.prune(&mut executions);
         if let Some(existing) = executions.get(&arn) {
             return if existing.input == input {
                 Ok((arn, false))

@@ -272,6 +272,9 @@ pub struct Options {
     pub serve_handlers: bool,
     /// Distributed: the coordinator's options; `cluster.settings.namespace`
     /// names the deployment for the API client and the worker as well.
+    /// Embedded too: `cluster.settings.retention` (0 by default: keep
+    /// every execution) is how long an ended execution is kept, as over
+    /// NATS; set it for an application that runs for long.
     pub cluster: ClusterOptions,
     /// Distributed: how many tasks the worker runs at once.
     pub worker_concurrency: usize,
@@ -377,6 +380,7 @@ impl SagaflowBuilder {
             None => Backend::Embedded(embedded::Embedded::new(
                 self.handlers,
                 self.options.runtime.clone(),
+                self.options.cluster.settings.retention,
             )),
             Some(url) => Backend::Distributed(Arc::new(
                 // Boxed: connecting (and starting a coordinator) is a large

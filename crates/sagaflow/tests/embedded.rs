@@ -422,3 +422,35 @@ async fn a_run_abandoned_at_shutdown_is_no_longer_running() {
         "{listed:?}"
     );
 }
+
+/// With a retention, ended executions are forgotten (as over NATS): an
+/// application running for long does not keep them all, and their names
+/// can be used again.
+#[tokio::test]
+async fn ended_executions_are_forgotten_after_the_retention() {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut options = sagaflow::Options::default();
+    options.cluster.settings.retention = Duration::from_millis(100);
+    let saga = builder(tx).options(options).build().await.unwrap();
+    let old = saga.start("double", json!(2), Some("old")).await.unwrap();
+    assert_eq!(old.wait(LIMIT).await.unwrap().output, Some(json!(4)));
+    // Past the retention, and past the once-a-second look.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let new = saga.start("double", json!(3), Some("new")).await.unwrap();
+    assert_eq!(new.wait(LIMIT).await.unwrap().output, Some(json!(6)));
+    assert!(
+        matches!(old.describe().await, Err(Error::ExecutionDoesNotExist(_))),
+        "the ended execution is forgotten"
+    );
+    let names: Vec<String> = saga
+        .list_executions(Some("double"), None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["new"]);
+    // Its name is free again, even with another input.
+    let again = saga.start("double", json!(5), Some("old")).await.unwrap();
+    assert_eq!(again.wait(LIMIT).await.unwrap().output, Some(json!(10)));
+}
