@@ -1494,6 +1494,56 @@ async fn a_stop_delivered_before_its_start_is_applied_after_it() {
     env.shutdown().await;
 }
 
+/// A start that can never run (its version does not exist) and a stop sent
+/// right after it: both are dropped, not handed back to each other for
+/// ever; a stop that comes before its (applicable) start in one group is
+/// applied after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_with_its_start_in_one_group_is_applied_or_dropped_with_it() {
+    let env = Env::start().await;
+    env.deploy(
+        "slow",
+        r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 5, "End": true}}}"#,
+    )
+    .await;
+    let stop = |exec: &ExecutionRef| InboxMessage::StopExecution {
+        execution_arn: exec.arn(),
+        error: Some("Halt".into()),
+        cause: None,
+    };
+    // Held back so that both are delivered together, the stop first.
+    let bucket = env.options.settings.namespace.machines_bucket();
+    env.set_bucket_reads(&bucket, false).await;
+    let never = ExecutionRef::new("slow", "never").unwrap();
+    env.publish_inbox(&never, &start_message(&never, 99, json!({})))
+        .await;
+    env.publish_inbox(&never, &stop(&never)).await;
+    let halted = ExecutionRef::new("slow", "halted").unwrap();
+    env.publish_inbox(&halted, &stop(&halted)).await;
+    env.publish_inbox(&halted, &start_message(&halted, 1, json!({})))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.set_bucket_reads(&bucket, true).await;
+    let done = env.wait(&halted.arn()).await;
+    assert_status(&done, ExecutionStatus::Aborted);
+    // The inbox empties: nothing is handed back and forth.
+    let js = async_nats::jetstream::new(env.nats.clone());
+    let mut left = u64::MAX;
+    for _ in 0..100 {
+        let mut inbox = js
+            .get_stream(env.options.settings.namespace.inbox_stream())
+            .await
+            .expect("inbox");
+        left = inbox.info().await.expect("inbox info").state.messages;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "messages still in the inbox");
+    env.shutdown().await;
+}
+
 const WAIT_BESIDE_A_TASK: &str = r#"{
   "StartAt": "Both",
   "States": {"Both": {"Type": "Parallel", "End": true, "Branches": [

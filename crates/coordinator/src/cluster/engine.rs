@@ -1525,7 +1525,13 @@ impl Partition {
         // A stop for an execution without a history: its start may be
         // waiting in the inbox still (handed back for a retry).
         let mut stop_before_start = false;
-        let inputs = inputs.into_iter().chain(extra);
+        // Starts first: whatever else came for the execution in this group
+        // (a stop sent right after it) applies to it, not to nothing.
+        let mut inputs: Vec<Input> = inputs.into_iter().chain(extra).collect();
+        inputs.sort_by_key(|i| !matches!(i, Input::Inbox(_, InboxMessage::StartExecution(_))));
+        let group_has_start = inputs
+            .iter()
+            .any(|i| matches!(i, Input::Inbox(_, InboxMessage::StartExecution(_))));
         let mut entries = Vec::new();
         let mut commands = Vec::new();
         let expected = self.live.get(key).map_or(0, |l| l.last_sequence);
@@ -1712,7 +1718,13 @@ impl Partition {
                 }
             }
         }
-        if entries.is_empty() && stop_before_start && self.start_queued(&exec_ref).await {
+        // (A start in this group was applied, or refused for good and acked
+        // with the stop: nothing to wait for.)
+        if entries.is_empty()
+            && stop_before_start
+            && !group_has_start
+            && self.start_queued(&exec_ref).await?
+        {
             // Applied to nothing it would be lost: it goes after the start.
             return Err("a stop came before its execution's start: handed back".to_string());
         }
@@ -1760,21 +1772,29 @@ impl Partition {
     }
 
     /// Whether the oldest message of an execution's inbox is its start (one
-    /// handed back, to be tried again).
-    async fn start_queued(&self, exec_ref: &ExecutionRef) -> bool {
+    /// handed back, to be tried again); an error when the inbox could not
+    /// be read (the caller hands its messages back rather than guess).
+    async fn start_queued(&self, exec_ref: &ExecutionRef) -> Result<bool, String> {
         let infra = self.store().infra();
         let subject = infra.ns().inbox_subject(self.partition, exec_ref);
-        let Ok(first) = infra
+        let first = match infra
             .inbox
             .get_first_raw_message_by_subject(subject.as_str(), 1)
             .await
-        else {
-            return false;
+        {
+            Ok(first) => first,
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(format!("cannot read the inbox: {e}")),
         };
-        matches!(
+        Ok(matches!(
             serde_json::from_slice::<InboxMessage>(&first.payload),
             Ok(InboxMessage::StartExecution(start)) if start.execution_arn == exec_ref.arn()
-        )
+        ))
     }
 
     async fn new_execution(
