@@ -97,7 +97,10 @@ pub struct HttpConfig {
     /// Largest response body accepted, in bytes ([`DEFAULT_MAX_RESPONSE_BYTES`]).
     pub max_response_bytes: usize,
     /// Longest a call may take, token fetch and body included
-    /// ([`DEFAULT_TIMEOUT`]); a state's `TimeoutSeconds` (plus a second) shortens it.
+    /// ([`DEFAULT_TIMEOUT`]). A state whose `TimeoutSeconds` is no longer
+    /// than this gives the call that many seconds plus one instead (up to a
+    /// second over this limit), so that the state's own timeout
+    /// (`States.Timeout`) comes first.
     pub timeout: Duration,
     /// Longest a connection may take to open (10 s).
     pub connect_timeout: Duration,

@@ -85,6 +85,12 @@ pub(crate) struct Embedded {
     retention: std::time::Duration,
     /// When ended executions were last looked through for removal.
     pruned: Mutex<Option<std::time::Instant>>,
+    /// Executions forgotten less than the duplicate window after their
+    /// start, by ARN, with their start: their name cannot be used again
+    /// yet, as over NATS.
+    forgotten: Mutex<HashMap<String, jiff::Timestamp>>,
+    /// `Settings::duplicate_window`.
+    duplicate_window: std::time::Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,8 +101,9 @@ impl Embedded {
     pub(crate) fn new(
         handlers: Vec<(String, Arc<dyn Handler>)>,
         runtime: RuntimeOptions,
-        retention: std::time::Duration,
+        settings: &sagaflow_nats::Settings,
     ) -> Arc<Embedded> {
+        let (retention, duplicate_window) = (settings.retention, settings.duplicate_window);
         Arc::new_cyclic(|me: &Weak<Embedded>| {
             // Child executions are served here, unless a handler keyed by the
             // full resource (a stub) takes them first.
@@ -129,6 +136,8 @@ impl Embedded {
                 executions: Mutex::default(),
                 retention,
                 pruned: Mutex::default(),
+                forgotten: Mutex::default(),
+                duplicate_window,
             }
         })
     }
@@ -136,7 +145,8 @@ impl Embedded {
     /// Forgets the executions that ended more than the retention ago (at
     /// most once a second, when an execution starts), so that an
     /// application running for long does not keep every execution's input
-    /// and history. Their names can be used again.
+    /// and history. Their names can be used again once the duplicate window
+    /// has passed since they started, as over NATS.
     fn prune(&self, executions: &mut HashMap<String, Entry>) {
         if self.retention.is_zero() {
             return;
@@ -155,9 +165,31 @@ impl Embedded {
         let Some(cutoff) = jiff::Timestamp::now().checked_sub(retention).ok() else {
             return;
         };
-        executions.retain(|_, e| match &*e.done.borrow() {
-            Some(Ok(run)) => run.history.last().is_none_or(|h| h.at >= cutoff),
-            _ => true,
+        let now = jiff::Timestamp::now();
+        let window = jiff::SignedDuration::try_from(self.duplicate_window)
+            .unwrap_or(jiff::SignedDuration::MAX);
+        let mut forgotten = lock(&self.forgotten);
+        forgotten.retain(|_, started| now.duration_since(*started) < window);
+        executions.retain(|arn, e| {
+            let ended_at = match &*e.done.borrow() {
+                Some(Ok(run)) => run.history.last().map(|h| h.at),
+                // Broken down or abandoned: no end recorded; counted from
+                // its start.
+                Some(Err(_)) => e.start_date.parse::<jiff::Timestamp>().ok(),
+                None => return true,
+            };
+            if ended_at.is_some_and(|at| at >= cutoff) {
+                return true;
+            }
+            if let Some(started) = e
+                .start_date
+                .parse::<jiff::Timestamp>()
+                .ok()
+                .filter(|s| now.duration_since(*s) < window)
+            {
+                forgotten.insert(arn.clone(), started);
+            }
+            false
         });
     }
 
@@ -252,6 +284,9 @@ impl Embedded {
         let arn = exec.arn();
         let mut executions = lock(&self.executions);
         self.prune(&mut executions);
+        if lock(&self.forgotten).contains_key(&arn) {
+            return Err(Error::ExecutionAlreadyExists(arn));
+        }
         if let Some(existing) = executions.get(&arn) {
             return if existing.input == input {
                 Ok((arn, false))

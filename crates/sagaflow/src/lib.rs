@@ -225,6 +225,10 @@ impl From<ApiClientError> for Error {
         match &e {
             ApiClientError::Api(api) => match api.code.as_str() {
                 "StateMachineDoesNotExist" => Error::StateMachineDoesNotExist(api.message.clone()),
+                // Refused because the name's duplicate window is not over
+                // (its execution deleted since): the API's sentence says
+                // so, and stays whole.
+                "ExecutionAlreadyExists" if api.message.contains("deleted since") => Error::Api(e),
                 "ExecutionAlreadyExists" => Error::ExecutionAlreadyExists(api.message.clone()),
                 "ExecutionDoesNotExist" => Error::ExecutionDoesNotExist(api.message.clone()),
                 "TaskDoesNotExist" | "TaskTimedOut" | "InvalidToken" => Error::TaskDoesNotExist,
@@ -380,7 +384,7 @@ impl SagaflowBuilder {
             None => Backend::Embedded(embedded::Embedded::new(
                 self.handlers,
                 self.options.runtime.clone(),
-                self.options.cluster.settings.retention,
+                &self.options.cluster.settings,
             )),
             Some(url) => Backend::Distributed(Arc::new(
                 // Boxed: connecting (and starting a coordinator) is a large

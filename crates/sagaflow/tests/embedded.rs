@@ -425,12 +425,14 @@ async fn a_run_abandoned_at_shutdown_is_no_longer_running() {
 
 /// With a retention, ended executions are forgotten (as over NATS): an
 /// application running for long does not keep them all, and their names
-/// can be used again.
+/// can be used again once the duplicate window has passed since their
+/// start.
 #[tokio::test]
 async fn ended_executions_are_forgotten_after_the_retention() {
     let (tx, _rx) = mpsc::unbounded_channel();
     let mut options = sagaflow::Options::default();
     options.cluster.settings.retention = Duration::from_millis(100);
+    options.cluster.settings.duplicate_window = Duration::from_millis(2000);
     let saga = builder(tx).options(options).build().await.unwrap();
     let old = saga.start("double", json!(2), Some("old")).await.unwrap();
     assert_eq!(old.wait(LIMIT).await.unwrap().output, Some(json!(4)));
@@ -450,7 +452,15 @@ async fn ended_executions_are_forgotten_after_the_retention() {
         .map(|s| s.name)
         .collect();
     assert_eq!(names, ["new"]);
-    // Its name is free again, even with another input.
+    // Its name is not free again within the duplicate window (as over
+    // NATS, where the broker would drop the new start as a repeat)...
+    assert!(matches!(
+        saga.start("double", json!(2), Some("old")).await,
+        Err(Error::ExecutionAlreadyExists(_))
+    ));
+    // ... and is once the window has passed (and the next look came),
+    // even with another input.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     let again = saga.start("double", json!(5), Some("old")).await.unwrap();
     assert_eq!(again.wait(LIMIT).await.unwrap().output, Some(json!(10)));
 }
