@@ -62,7 +62,8 @@ fn info(name: &str) -> ExecutionInfo {
     }
 }
 
-async fn run_saga(partner: &str, name: &str) -> ExecutionRun {
+/// An embedded coordinator serving HTTP Tasks with the real handler.
+fn http_coordinator(options: RuntimeOptions) -> Coordinator {
     let handler: Arc<dyn Handler> = Arc::new(
         HttpHandler::new(
             HttpConfig::default(),
@@ -74,11 +75,14 @@ async fn run_saga(partner: &str, name: &str) -> ExecutionRun {
         HTTP_INVOKE_HANDLER.to_string(),
         handler,
     )]));
-    let options = RuntimeOptions {
+    Coordinator::new(Arc::new(SystemClock), dispatcher, options)
+}
+
+async fn run_saga(partner: &str, name: &str) -> ExecutionRun {
+    let coordinator = http_coordinator(RuntimeOptions {
         record_payloads: true,
         ..RuntimeOptions::default()
-    };
-    let coordinator = Coordinator::new(Arc::new(SystemClock), dispatcher, options);
+    });
     let machine = Arc::new(parse_definition(SAGA).unwrap());
     coordinator
         .run(
@@ -110,19 +114,7 @@ async fn a_task_timeout_on_an_http_task_is_states_timeout() {
         }}
     })
     .to_string();
-    let handler: Arc<dyn Handler> = Arc::new(
-        HttpHandler::new(
-            HttpConfig::default(),
-            connections("https://unused.example/token"),
-        )
-        .unwrap(),
-    );
-    let dispatcher = Arc::new(EmbeddedDispatcher::new([(
-        HTTP_INVOKE_HANDLER.to_string(),
-        handler,
-    )]));
-    let coordinator =
-        Coordinator::new(Arc::new(SystemClock), dispatcher, RuntimeOptions::default());
+    let coordinator = http_coordinator(RuntimeOptions::default());
     let machine = Arc::new(parse_definition(&definition).unwrap());
     for run in 0..3 {
         let done = coordinator
