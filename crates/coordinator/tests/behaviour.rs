@@ -690,16 +690,7 @@ async fn child_executions_run_and_report_to_their_parent() {
         .await;
     env.deploy("parent_broken_v1", &parent(sync1, "broken_child"))
         .await;
-    env.worker(|b| {
-        b.handler(
-            "double",
-            handler_fn(|input: Value, _ctx: TaskContext| async move {
-                let n = input["n"].as_i64().unwrap_or(0);
-                Ok::<_, TaskError>(json!({"doubled": n * 2}))
-            }),
-        )
-    })
-    .await;
+    env.worker(|b| b.handler("double", doubler())).await;
 
     // .sync:2: the child's output as JSON.
     let done = env.run("parent_v2", "v2", json!({"n": 21})).await;
@@ -782,16 +773,7 @@ async fn a_child_that_cannot_be_started_now_is_started_later() {
         &parent("arn:aws:states:::states:startExecution.sync:2", "child"),
     )
     .await;
-    env.worker(|b| {
-        b.handler(
-            "double",
-            handler_fn(|input: Value, _ctx: TaskContext| async move {
-                let n = input["n"].as_i64().unwrap_or(0);
-                Ok::<_, TaskError>(json!({"doubled": n * 2}))
-            }),
-        )
-    })
-    .await;
+    env.worker(|b| b.handler("double", doubler())).await;
     let bucket = env.options.settings.namespace.executions_bucket();
     env.set_bucket_reads(&bucket, false).await;
     // Started through the inbox: the API's start reads the index too.
@@ -2135,6 +2117,14 @@ async fn a_panicking_participant_fails_its_task_with_states_task_failed() {
     env.shutdown().await;
 }
 
+/// Handler `double`: `{"doubled": 2n}` for input `{"n": n}`.
+fn doubler() -> impl sagaflow_participant::Handler + 'static {
+    handler_fn(|input: Value, _ctx: TaskContext| async move {
+        let n = input["n"].as_i64().unwrap_or(0);
+        Ok::<_, TaskError>(json!({"doubled": n * 2}))
+    })
+}
+
 // ------------------------------------------------ 16. child names collide
 
 fn named_parent(child: &str, name: Option<&str>) -> String {
@@ -2167,16 +2157,7 @@ async fn each_parent_gets_its_own_child_and_a_taken_child_name_fails_the_task() 
     env.deploy("parent_b", &named_parent("child", None)).await;
     env.deploy("parent_named", &named_parent("child", Some("the-child")))
         .await;
-    env.worker(|b| {
-        b.handler(
-            "double",
-            handler_fn(|input: Value, _ctx: TaskContext| async move {
-                let n = input["n"].as_i64().unwrap_or(0);
-                Ok::<_, TaskError>(json!({"doubled": n * 2}))
-            }),
-        )
-    })
-    .await;
+    env.worker(|b| b.handler("double", doubler())).await;
 
     // Two parents of different machines, with the same execution name.
     let a = env
@@ -2245,16 +2226,7 @@ async fn two_tasks_naming_the_same_child_at_once_fail_one_instead_of_hanging() {
         "States": {"Both": {"Type": "Parallel", "Branches": [call("CallA"), call("CallB")], "End": true}}
     });
     env.deploy("twins", &parent.to_string()).await;
-    env.worker(|b| {
-        b.handler(
-            "double",
-            handler_fn(|input: Value, _ctx: TaskContext| async move {
-                let n = input["n"].as_i64().unwrap_or(0);
-                Ok::<_, TaskError>(json!({"doubled": n * 2}))
-            }),
-        )
-    })
-    .await;
+    env.worker(|b| b.handler("double", doubler())).await;
     let done = env.run("twins", "t", json!({})).await;
     assert_status(&done, ExecutionStatus::Failed);
     assert_eq!(
