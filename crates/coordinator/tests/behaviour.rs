@@ -1496,6 +1496,7 @@ async fn a_stop_with_its_start_in_one_group_is_applied_or_dropped_with_it() {
         execution_arn: exec.arn(),
         error: Some("Halt".into()),
         cause: None,
+        parent: None,
     };
     // Held back (reads off), as the API queues them: the start, then the
     // stop.
@@ -2123,6 +2124,49 @@ fn doubler() -> impl sagaflow_participant::Handler + 'static {
         let n = input["n"].as_i64().unwrap_or(0);
         Ok::<_, TaskError>(json!({"doubled": n * 2}))
     })
+}
+
+/// A parent's stop names the task that started the child: an execution
+/// of the same name that task did not start (the name used again after
+/// the child was deleted) is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parents_stop_is_for_the_child_its_task_started_only() {
+    let env = Env::start().await;
+    env.deploy(
+        "pause",
+        r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 2, "End": true}}}"#,
+    )
+    .await;
+    let arn = env.start_execution("pause", "reused", json!({})).await;
+    let exec = ExecutionRef::from_arn(&arn).unwrap();
+    // Running (in its Wait), then a stop from a parent task that started
+    // another execution of this name.
+    let deadline = Instant::now() + common::LIMIT;
+    while !env
+        .history_types(&arn)
+        .await
+        .iter()
+        .any(|t| t == "WaitStateEntered")
+    {
+        assert!(Instant::now() < deadline, "the execution never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.publish_inbox(
+        &exec,
+        &InboxMessage::StopExecution {
+            execution_arn: arn.clone(),
+            error: Some("States.Aborted".into()),
+            cause: Some("the parent execution no longer waits for this execution".into()),
+            parent: Some(sagaflow_protocol::ParentTask {
+                execution_arn: "arn:aws:states:local:000000000000:execution:parent:old".into(),
+                task_id: "Call@0#0".into(),
+            }),
+        },
+    )
+    .await;
+    let done = env.wait(&arn).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    env.shutdown().await;
 }
 
 // ------------------------------------------------ 16. child names collide

@@ -522,6 +522,12 @@ pub enum InboxMessage {
         /// Cause recorded with the abort.
         #[serde(default)]
         cause: Option<String>,
+        /// Sent by a parent stopping its `.sync` child: the parent task it
+        /// comes from. The stop applies only to an execution that task
+        /// started (not to a later, unrelated execution given the same
+        /// name).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ParentTask>,
     },
     /// Run a failed execution again from where it failed.
     RedriveExecution {

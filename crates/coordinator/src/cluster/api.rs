@@ -725,6 +725,7 @@ impl Api {
                 execution_arn: exec.arn(),
                 error: req.error,
                 cause: req.cause,
+                parent: None,
             },
             None,
             None,

@@ -497,7 +497,7 @@ struct Live {
     redrive_count: u32,
     /// `.sync` children to stop: their task was cancelled in the step being
     /// carried out.
-    stop_children: Vec<ExecutionRef>,
+    stop_children: Vec<(ExecutionRef, String)>,
     /// When it completed (the step that produced its outcome).
     completed_at: Option<Timestamp>,
     /// Its spans and metrics (None when telemetry is off).
@@ -1122,8 +1122,8 @@ impl Partition {
         // its duplicate window.
         let children = std::mem::take(&mut live.stop_children);
         self.live.insert(key.clone(), live);
-        for child in children {
-            self.stop_child(&key, &child).await;
+        for (child, task_id) in children {
+            self.stop_child(&key, &child, &task_id).await;
         }
         Ok(Some(()))
     }
@@ -1638,7 +1638,25 @@ impl Partition {
                         cause,
                     }
                 }
-                Input::Inbox(_, InboxMessage::StopExecution { error, cause, .. }) => {
+                Input::Inbox(
+                    _,
+                    InboxMessage::StopExecution {
+                        error,
+                        cause,
+                        parent,
+                        ..
+                    },
+                ) => {
+                    // A parent's stop is for the child its task started,
+                    // not for a later execution of the same name.
+                    if let Some(from) = parent
+                        && self
+                            .live
+                            .get(key)
+                            .is_some_and(|l| l.meta.parent.as_ref() != Some(&from))
+                    {
+                        continue;
+                    }
                     Event::StopRequested { error, cause }
                 }
                 Input::Inbox(_, InboxMessage::RedriveExecution { .. }) => Event::RedriveRequested,
@@ -1914,8 +1932,8 @@ impl Partition {
             .get_mut(key)
             .map(|l| std::mem::take(&mut l.stop_children))
             .unwrap_or_default();
-        for child in children {
-            self.stop_child(key, &child).await;
+        for (child, task_id) in children {
+            self.stop_child(key, &child, &task_id).await;
         }
         for command in commands {
             match command {
@@ -2273,11 +2291,18 @@ impl Partition {
     /// Best effort: a child that has ended ignores it, and a failure is
     /// logged (the child then runs to its end, and its report to the parent
     /// is ignored).
-    async fn stop_child(&self, parent_key: &str, child: &ExecutionRef) {
+    async fn stop_child(&self, parent_key: &str, child: &ExecutionRef, task_id: &str) {
+        let parent_arn = ExecutionRef::from_key(parent_key)
+            .map(|p| p.arn())
+            .unwrap_or_default();
         let stop = InboxMessage::StopExecution {
             execution_arn: child.arn(),
             error: Some("States.Aborted".to_string()),
             cause: Some("the parent execution no longer waits for this execution".to_string()),
+            parent: Some(ParentTask {
+                execution_arn: parent_arn,
+                task_id: task_id.to_string(),
+            }),
         };
         let infra = self.store().infra();
         let subject = infra
@@ -2725,7 +2750,7 @@ fn track(live: &mut Live, commands: &[Command]) {
                     && matches!(p.shape, Shape::ChildSync { .. })
                     && let Ok(child) = child_ref(&live.exec_ref, &p.request)
                 {
-                    live.stop_children.push(child);
+                    live.stop_children.push((child, task_id.clone()));
                 }
                 live.heartbeats.remove(task_id);
             }
