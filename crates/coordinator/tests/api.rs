@@ -430,10 +430,24 @@ async fn start_publishes_one_start_per_execution_name() {
             InboxMessage::StopExecution { ref error, .. } if error.as_deref() == Some("Halt")),
         "the stop is queued after the start"
     );
-    // Still described from its queued start.
+    // Still described from its queued start, and still the same start for
+    // a repeated one (with a stop queued after it).
     assert_eq!(
         c.describe_execution(&exec.arn()).await.unwrap().status,
         ExecutionStatus::Running
+    );
+    let repeated = c
+        .start_execution(start("hello", Some("e1"), json!({"a": 1})))
+        .await
+        .unwrap();
+    assert!(repeated.already_started);
+    let refused = c
+        .start_execution(start("hello", Some("e1"), json!({"a": 3})))
+        .await;
+    assert!(
+        matches!(&refused, Err(ApiClientError::Api(e))
+            if e.code == "ExecutionAlreadyExists" && e.message.contains("different input")),
+        "{refused:?}"
     );
     assert_eq!(
         code(

@@ -332,12 +332,13 @@ impl Api {
         ))
     }
 
-    /// An execution whose start is accepted but still queued in its inbox
-    /// (its partition's owner has not taken it yet: milliseconds normally,
-    /// longer during a failover), described as RUNNING from that start, so
-    /// that a describe right after a start finds it, as on AWS.
-    async fn queued_start(&self, exec: &ExecutionRef) -> Option<ExecutionDescription> {
-        // The oldest message waiting: a stop accepted meanwhile comes after.
+    /// The start waiting in an execution's inbox, if its oldest message is
+    /// one (a stop accepted meanwhile comes after it), and when it was
+    /// queued.
+    async fn queued_start_message(
+        &self,
+        exec: &ExecutionRef,
+    ) -> Option<(StartExecution, Option<jiff::Timestamp>)> {
         let message = self
             .store
             .infra()
@@ -345,16 +346,24 @@ impl Api {
             .get_first_raw_message_by_subject(self.inbox_subject(exec).as_str(), 1)
             .await
             .ok()?;
-        let InboxMessage::StartExecution(start) = serde_json::from_slice(&message.payload).ok()?
-        else {
-            return None;
-        };
-        if start.execution_arn != exec.arn() {
-            return None;
+        match serde_json::from_slice(&message.payload).ok()? {
+            InboxMessage::StartExecution(start) if start.execution_arn == exec.arn() => Some((
+                start,
+                jiff::Timestamp::from_nanosecond(message.time.unix_timestamp_nanos()).ok(),
+            )),
+            _ => None,
         }
-        let start_date = jiff::Timestamp::from_nanosecond(message.time.unix_timestamp_nanos())
+    }
+
+    /// An execution whose start is accepted but still queued in its inbox
+    /// (its partition's owner has not taken it yet: milliseconds normally,
+    /// longer during a failover), described as RUNNING from that start, so
+    /// that a describe right after a start finds it, as on AWS.
+    async fn queued_start(&self, exec: &ExecutionRef) -> Option<ExecutionDescription> {
+        let (start, queued_at) = self.queued_start_message(exec).await?;
+        let start_date = queued_at
             .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-            .unwrap_or_else(|_| now());
+            .unwrap_or_else(now);
         Some(ExecutionDescription {
             execution_arn: exec.arn(),
             name: exec.name().to_string(),
@@ -443,15 +452,7 @@ impl Api {
             return Ok(Some((Some(input), version)));
         }
         // A start not yet consumed by the engine.
-        if let Ok(message) = self
-            .store
-            .infra()
-            .inbox
-            .get_last_raw_message_by_subject(self.inbox_subject(exec).as_str())
-            .await
-            && let Ok(InboxMessage::StartExecution(start)) =
-                serde_json::from_slice::<InboxMessage>(&message.payload)
-        {
+        if let Some((start, _)) = self.queued_start_message(exec).await {
             return Ok(Some((Some(start.input), start.version)));
         }
         if let Some(entry) = self.store.execution(exec).await.map_err(internal)? {
