@@ -1566,17 +1566,7 @@ async fn after_a_conflicting_append_the_owner_resumes_with_its_timers() {
     .await;
     let arn = env.start_execution("beside", "conflict", json!({})).await;
     // The task runs, and the Wait's timer is armed beside it.
-    let deadline = Instant::now() + common::LIMIT;
-    // (No history until the start is applied.)
-    while !env
-        .api
-        .execution_history(&arn)
-        .await
-        .is_ok_and(|h| h.events.iter().any(|e| e["type"] == "TaskStarted"))
-    {
-        assert!(Instant::now() < deadline, "the task never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.until_event(&arn, "TaskStarted").await;
     // The other writer's step: an answer to a task that does not exist,
     // which replays as nothing.
     let store = env.cluster.as_ref().expect("running").store().clone();
@@ -1768,15 +1758,7 @@ async fn a_recorded_start_whose_index_entry_is_missing_is_resumed_when_it_comes_
     // No participant yet: the task waits.
     env.wait_until(&arn, |d| d.status == ExecutionStatus::Running)
         .await;
-    let deadline = Instant::now() + common::LIMIT;
-    while !env
-        .history_types(&arn)
-        .await
-        .contains(&"TaskScheduled".to_string())
-    {
-        assert!(Instant::now() < deadline, "the task was never scheduled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.until_event(&arn, "TaskScheduled").await;
     let original = env.describe(&arn).await;
     // The crash: the history is there, the index entry is not, the start is
     // in the inbox again (a new owner gets it as a first delivery).
@@ -1982,17 +1964,7 @@ async fn timers_and_task_tokens_survive_a_coordinator_restart() {
     let began = Instant::now();
     let arn = env.start_execution("durable", "d1", json!({})).await;
     // Restart the coordinator while the Wait runs.
-    let deadline = Instant::now() + common::LIMIT;
-    // (No history until the start is applied.)
-    while !env
-        .api
-        .execution_history(&arn)
-        .await
-        .is_ok_and(|h| h.events.iter().any(|e| e["type"] == "WaitStateEntered"))
-    {
-        assert!(Instant::now() < deadline, "the Wait never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.until_event(&arn, "WaitStateEntered").await;
     env.restart_coordinator().await;
     let token = tokio::time::timeout(common::LIMIT, rx.recv())
         .await
@@ -2141,16 +2113,7 @@ async fn a_parents_stop_is_for_the_child_its_task_started_only() {
     let exec = ExecutionRef::from_arn(&arn).unwrap();
     // Running (in its Wait), then a stop from a parent task that started
     // another execution of this name.
-    let deadline = Instant::now() + common::LIMIT;
-    while !env
-        .history_types(&arn)
-        .await
-        .iter()
-        .any(|t| t == "WaitStateEntered")
-    {
-        assert!(Instant::now() < deadline, "the execution never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.until_event(&arn, "WaitStateEntered").await;
     env.publish_inbox(
         &exec,
         &InboxMessage::StopExecution {

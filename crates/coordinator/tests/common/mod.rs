@@ -181,6 +181,24 @@ impl Env {
     }
 
     /// The event types of the execution's history, in order.
+    /// Waits until an execution's history shows an event of type `kind`
+    /// (none while its start is still queued).
+    pub async fn until_event(&self, arn: &str, kind: &str) {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while !self
+            .api
+            .execution_history(arn)
+            .await
+            .is_ok_and(|h| h.events.iter().any(|e| e["type"] == kind))
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {kind} in the history of {arn}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn history_types(&self, arn: &str) -> Vec<String> {
         self.history(arn)
             .await
