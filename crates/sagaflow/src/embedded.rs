@@ -61,7 +61,7 @@ struct Entry {
 type EntryView = (String, String, watch::Receiver<Option<Ended>>);
 
 fn rfc3339(ts: jiff::Timestamp) -> String {
-    ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    sagaflow_asl::interp::format_timestamp(ts)
 }
 
 /// One version of a deployed state machine.

@@ -326,7 +326,7 @@ fn string_len(s: &str) -> usize {
 }
 
 /// A timestamp as Step Functions writes them: `2024-01-01T00:00:00.000Z`.
-pub(crate) fn format_timestamp(ts: jiff::Timestamp) -> String {
+pub fn format_timestamp(ts: jiff::Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 

@@ -77,7 +77,7 @@ use crate::model::{
 };
 use crate::path::{Env, ReadPath};
 use crate::rand::{RandomSource, Secrets, SharedRandom};
-use data::{Failure, Payload, eval_expr, eval_template, format_timestamp, select};
+use data::{Failure, Payload, eval_expr, eval_template, select};
 
 /// Limits and knobs of the interpreter.
 #[derive(Debug, Clone)]
@@ -2346,7 +2346,7 @@ fn result_path_overhead(path: &str) -> usize {
     path.len() * 7 + 8
 }
 
-pub use data::MAX_DEPTH;
+pub use data::{MAX_DEPTH, format_timestamp};
 
 /// True when `value` nests arrays and objects more than [`MAX_DEPTH`]
 /// levels deep: what a runtime refuses before recording it (an execution

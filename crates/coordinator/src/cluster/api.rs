@@ -361,9 +361,7 @@ impl Api {
     /// that a describe right after a start finds it, as on AWS.
     async fn queued_start(&self, exec: &ExecutionRef) -> Option<ExecutionDescription> {
         let (start, queued_at) = self.queued_start_message(exec).await?;
-        let start_date = queued_at
-            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-            .unwrap_or_else(now);
+        let start_date = queued_at.map(super::engine::rfc3339).unwrap_or_else(now);
         Some(ExecutionDescription {
             execution_arn: exec.arn(),
             name: exec.name().to_string(),

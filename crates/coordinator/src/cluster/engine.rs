@@ -280,8 +280,8 @@ fn after_seconds(at: Timestamp, seconds: u64) -> Timestamp {
     at.checked_add(duration).unwrap_or(Timestamp::MAX)
 }
 
-fn rfc3339(ts: Timestamp) -> String {
-    ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+pub(super) fn rfc3339(ts: Timestamp) -> String {
+    sagaflow_asl::interp::format_timestamp(ts)
 }
 
 // ------------------------------------------------------------------ leases
