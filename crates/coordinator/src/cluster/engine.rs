@@ -1529,9 +1529,10 @@ impl Partition {
         // (a stop sent right after it) applies to it, not to nothing.
         let mut inputs: Vec<Input> = inputs.into_iter().chain(extra).collect();
         inputs.sort_by_key(|i| !matches!(i, Input::Inbox(_, InboxMessage::StartExecution(_))));
-        let group_has_start = inputs
-            .iter()
-            .any(|i| matches!(i, Input::Inbox(_, InboxMessage::StartExecution(_))));
+        let group_has_start = matches!(
+            inputs.first(),
+            Some(Input::Inbox(_, InboxMessage::StartExecution(_)))
+        );
         let mut entries = Vec::new();
         let mut commands = Vec::new();
         let expected = self.live.get(key).map_or(0, |l| l.last_sequence);
