@@ -134,6 +134,7 @@ impl Env {
                 parent: None,
             }),
             entries,
+            part: None,
         };
         self.store
             .append_history(&exec, 0, &batch)
@@ -184,6 +185,7 @@ impl Env {
                 at: "2024-01-01T00:00:00Z".parse().expect("timestamp"),
                 item: HistoryItem::Command(Command::ScheduleTask(request)),
             }],
+            part: None,
         };
         self.store
             .append_history(exec, 0, &batch)

@@ -962,6 +962,7 @@ async fn a_parent_reloaded_after_recording_its_stop_stops_its_sync_child() {
             &HistoryBatch {
                 meta: None,
                 entries,
+                part: None,
             },
         )
         .await
@@ -1582,6 +1583,7 @@ async fn after_a_conflicting_append_the_owner_resumes_with_its_timers() {
                 cause: String::new(),
             }),
         }],
+        part: None,
     };
     store
         .append_history(&exec, stored.last_sequence, &stray)
@@ -1905,6 +1907,120 @@ async fn payloads_over_the_limits_fail_with_data_limit_exceeded() {
     // Small inputs still run.
     let done = env.run("echo", "small", json!({"ok": 1})).await;
     assert_status(&done, ExecutionStatus::Succeeded);
+    env.shutdown().await;
+}
+
+/// A step whose history is larger than a message: a Parallel state hands
+/// its whole (200 KB) input to each of its six branches' tasks, so the step
+/// that starts the execution schedules 1.2 MB of task input, and the step
+/// that takes the echoed results may record as much. The history is stored
+/// in parts and read back whole; the execution runs to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_larger_than_a_message_is_stored_in_parts() {
+    use futures::StreamExt;
+    let mut env = Env::start().await;
+    let branches: Vec<String> = (0..6)
+        .map(|i| {
+            format!(
+                r#"{{"StartAt": "T{i}", "States": {{"T{i}": {{"Type": "Task", "Resource": "echo",
+                    "ResultSelector": {{"ok": true}}, "ResultPath": "$.r", "OutputPath": "$.r", "End": true}}}}}}"#
+            )
+        })
+        .collect();
+    let branches = branches.join(",");
+    env.deploy(
+        "wide",
+        &format!(
+            r#"{{"StartAt": "Fan", "States": {{"Fan": {{"Type": "Parallel", "Branches": [{branches}], "End": true}}}}}}"#
+        ),
+    )
+    .await;
+    env.worker(|b| b.handler("echo", echo_handler())).await;
+    let blob = "x".repeat(200_000);
+    let done = env.run("wide", "w1", json!({ "blob": blob })).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!(vec![json!({"ok": true}); 6])));
+
+    // Read back whole: every task scheduled, with its input.
+    let store = env.cluster.as_ref().expect("running").store();
+    let exec = ExecutionRef::from_arn(&done.execution_arn).unwrap();
+    let stored = store.read_history(&exec).await.expect("history");
+    let inputs: Vec<usize> = stored
+        .batches
+        .iter()
+        .flat_map(|b| &b.entries)
+        .filter_map(|e| match &e.item {
+            sagaflow_coordinator::driver::HistoryItem::Command(
+                sagaflow_asl::interp::Command::ScheduleTask(t),
+            ) => Some(t.input["blob"].as_str().map_or(0, str::len)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(inputs, vec![200_000; 6]);
+    // More messages on the history subject than batches read back: the
+    // large steps took several.
+    let subject = store
+        .infra()
+        .ns()
+        .history_subject(store.partition_of(&exec), &exec);
+    let messages = store
+        .infra()
+        .history
+        .info_with_subjects(subject.as_str())
+        .await
+        .expect("stream info")
+        .next()
+        .await
+        .map(|r| r.expect("subject").1)
+        .unwrap_or(0);
+    assert!(
+        messages > stored.batches.len(),
+        "{messages} messages, {} batches",
+        stored.batches.len()
+    );
+    env.shutdown().await;
+}
+
+/// The first step of an execution stored in parts, of which only the first
+/// made it (its writer died): the step was not recorded, so the execution
+/// has not started; its start, applied again, is stored after that part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_after_an_unfinished_first_step_runs() {
+    use sagaflow_coordinator::cluster::store::{BatchPart, ExecutionMeta, HistoryBatch};
+    let mut env = Env::start().await;
+    let version = env.deploy("echo", ECHO).await;
+    env.worker(|b| b.handler("echo", echo_handler())).await;
+    let store = env.cluster.as_ref().expect("running").store();
+    let exec = ExecutionRef::new("echo", "after-parts").unwrap();
+    let unfinished = HistoryBatch {
+        meta: Some(ExecutionMeta {
+            state_machine: "echo".into(),
+            version,
+            traceparent: None,
+            execution_span: None,
+            parent: None,
+        }),
+        entries: Vec::new(),
+        part: Some(BatchPart { index: 0, count: 2 }),
+    };
+    store
+        .append_history(&exec, 0, &unfinished)
+        .await
+        .expect("append the first part");
+    let stored = store.read_history(&exec).await.expect("history");
+    assert!(stored.batches.is_empty(), "{:?}", stored.batches);
+    assert!(stored.last_sequence > 0);
+
+    let done = env.run("echo", "after-parts", json!({"a": 1})).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    assert_eq!(done.output, Some(json!({"a": 1})));
+    let types = env.history_types(&done.execution_arn).await;
+    assert_eq!(types.first().map(String::as_str), Some("ExecutionStarted"));
+    assert_eq!(
+        types.iter().filter(|t| *t == "ExecutionStarted").count(),
+        1,
+        "{types:?}"
+    );
     env.shutdown().await;
 }
 

@@ -497,6 +497,7 @@ async fn of_two_appends_expecting_the_same_sequence_exactly_one_wins() {
     let batch = HistoryBatch {
         meta: None,
         entries: Vec::new(),
+        part: None,
     };
     let first = store.append_history(&exec, 0, &batch).await.unwrap();
     let (x, y) = tokio::join!(

@@ -533,6 +533,10 @@ struct Partition {
     /// Executions whose start is in the batch being handled, delivered for
     /// the first time: applied without reading their (absent) history.
     fresh_starts: HashSet<String>,
+    /// Executions without a recorded step whose history subject holds the
+    /// parts of a first step that was never stored whole (its writer died
+    /// between them): the sequence their start's append must expect.
+    unfinished_first_steps: HashMap<String, u64>,
     outgoing: Vec<(String, Arc<TaskMessage>)>,
     completed: Vec<(String, Outcome)>,
     /// (when, execution key, what), earliest first.
@@ -601,6 +605,7 @@ impl Partition {
             index_writes: Vec::new(),
             index_creates: Vec::new(),
             fresh_starts: HashSet::new(),
+            unfinished_first_steps: HashMap::new(),
             outgoing: Vec::new(),
             completed: Vec::new(),
             wheel: BTreeMap::new(),
@@ -1050,6 +1055,12 @@ impl Partition {
             .await
             .map_err(|e| e.to_string())?;
         let Some(meta) = history.batches.first().and_then(|b| b.meta.clone()) else {
+            if history.last_sequence > 0 {
+                // Only the parts of a first step whose append did not
+                // finish: the start's append comes after them.
+                self.unfinished_first_steps
+                    .insert(key, history.last_sequence);
+            }
             return Ok(None);
         };
         let machine = self
@@ -1372,6 +1383,13 @@ impl Partition {
                     // the commands (what replay needs), drop the copies.
                     let slim = slim_batch(&applied.batch);
                     r = store.send_history(&exec_ref, applied.expected, &slim).await;
+                    if matches!(r, Err(StoreError::TooLarge { .. })) {
+                        // Still too large (task inputs and results, many of
+                        // them at once): store the step in parts.
+                        r = store
+                            .send_history_in_parts(&exec_ref, applied.expected, &slim)
+                            .await;
+                    }
                 }
                 sent.push((key, applied, exec_ref, r));
             }
@@ -1535,7 +1553,10 @@ impl Partition {
         );
         let mut entries = Vec::new();
         let mut commands = Vec::new();
-        let expected = self.live.get(key).map_or(0, |l| l.last_sequence);
+        let expected = match self.live.get(key) {
+            Some(l) => l.last_sequence,
+            None => self.unfinished_first_steps.remove(key).unwrap_or(0),
+        };
         for input in inputs {
             let t = now();
             let outside = matches!(input, Input::Inbox(..));
@@ -1785,6 +1806,7 @@ impl Partition {
             batch: HistoryBatch {
                 meta: meta_for_new,
                 entries,
+                part: None,
             },
             commands,
         }))
@@ -2588,6 +2610,7 @@ fn slim_batch(batch: &HistoryBatch) -> HistoryBatch {
     HistoryBatch {
         meta: batch.meta.clone(),
         entries,
+        part: None,
     }
 }
 

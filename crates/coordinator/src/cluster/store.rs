@@ -50,7 +50,8 @@ pub struct ExecutionMeta {
     pub parent: Option<ParentTask>,
 }
 
-/// One history message: what one coordinator step did to one execution.
+/// What one coordinator step did to one execution: one history message, or
+/// several (its parts) when it does not fit in one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryBatch {
     /// Present in the first batch of an execution only.
@@ -58,6 +59,22 @@ pub struct HistoryBatch {
     pub meta: Option<ExecutionMeta>,
     /// The events applied, each followed by the commands it produced.
     pub entries: Vec<HistoryEntry>,
+    /// Which part of its step this message holds, when the step was stored
+    /// in parts ([`Store::send_history_in_parts`]); `None` for a whole step,
+    /// and always in the batches [`Store::read_history`] returns (it puts
+    /// the parts back together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<BatchPart>,
+}
+
+/// One part of a step stored over several history messages: the parts of
+/// a step are consecutive on its execution's subject, numbered from 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchPart {
+    /// This part's number, from 0.
+    pub index: u32,
+    /// How many parts the step has.
+    pub count: u32,
 }
 
 /// A history read back: its batches and the stream sequence of the last one
@@ -150,6 +167,149 @@ fn b64(text: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
+/// Bytes kept free in a history message for its headers.
+const HEADER_ROOM: usize = 1024;
+
+fn encode_batch(exec: &ExecutionRef, batch: &HistoryBatch) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(batch).map_err(|e| StoreError::Corrupt {
+        what: "history batch",
+        key: exec.arn(),
+        message: e.to_string(),
+    })
+}
+
+/// A batch as parts of at most `limit` bytes each, encoded, in order: as
+/// many entries in each as fit, the execution's meta in the first.
+/// [`StoreError::TooLarge`] when one entry alone does not fit.
+fn split_batch(
+    exec: &ExecutionRef,
+    batch: &HistoryBatch,
+    limit: usize,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let too_large = |bytes| StoreError::TooLarge {
+        what: "history batch entry",
+        bytes,
+    };
+    // What a part costs besides its entries (with the largest numbers).
+    let frame = |meta: Option<ExecutionMeta>| {
+        encode_batch(
+            exec,
+            &HistoryBatch {
+                meta,
+                entries: Vec::new(),
+                part: Some(BatchPart {
+                    index: u32::MAX,
+                    count: u32::MAX,
+                }),
+            },
+        )
+        .map(|b| b.len())
+    };
+    let first_frame = frame(batch.meta.clone())?;
+    let later_frame = frame(None)?;
+    // Entry ranges: each entry costs its encoding and a comma.
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    let (mut start, mut size) = (0, first_frame);
+    for (i, entry) in batch.entries.iter().enumerate() {
+        let cost = serde_json::to_vec(entry)
+            .map_err(|e| StoreError::Corrupt {
+                what: "history entry",
+                key: exec.arn(),
+                message: e.to_string(),
+            })?
+            .len()
+            + 1;
+        if size + cost > limit && i > start {
+            ranges.push(start..i);
+            (start, size) = (i, later_frame);
+        }
+        if size + cost > limit {
+            return Err(too_large(size + cost));
+        }
+        size += cost;
+    }
+    ranges.push(start..batch.entries.len());
+    let count = u32::try_from(ranges.len()).map_err(|_| too_large(usize::MAX))?;
+    ranges
+        .into_iter()
+        .zip(0..)
+        .map(|(range, index)| {
+            let body = encode_batch(
+                exec,
+                &HistoryBatch {
+                    meta: if index == 0 { batch.meta.clone() } else { None },
+                    entries: batch.entries[range].to_vec(),
+                    part: Some(BatchPart { index, count }),
+                },
+            )?;
+            if body.len() > limit {
+                return Err(too_large(body.len()));
+            }
+            Ok(body)
+        })
+        .collect()
+}
+
+/// Puts the batches of a history back together as they are read: the
+/// parts of a step become one batch again, and the parts of a step whose
+/// append did not finish (the writer died or lost NATS between its parts)
+/// are left out, as that step was not recorded.
+#[derive(Default)]
+struct Assembler {
+    batches: Vec<HistoryBatch>,
+    /// The step being put together, and how many of its parts came.
+    open: Option<(HistoryBatch, u32)>,
+    /// Parts left out.
+    left_out: usize,
+}
+
+impl Assembler {
+    fn push(&mut self, batch: HistoryBatch) {
+        let Some(part) = batch.part else {
+            self.leave_open_out();
+            self.batches.push(batch);
+            return;
+        };
+        match &mut self.open {
+            Some((open, received))
+                if part.index == *received
+                    && part.index > 0
+                    && open.part.is_some_and(|p| p.count == part.count) =>
+            {
+                open.entries.extend(batch.entries);
+                *received += 1;
+            }
+            _ => {
+                self.leave_open_out();
+                if part.index != 0 {
+                    self.left_out += 1;
+                    return;
+                }
+                self.open = Some((batch, 1));
+            }
+        }
+        if let Some((open, received)) = &self.open
+            && open.part.is_some_and(|p| p.count <= *received)
+            && let Some((mut whole, _)) = self.open.take()
+        {
+            whole.part = None;
+            self.batches.push(whole);
+        }
+    }
+
+    fn leave_open_out(&mut self) {
+        if let Some((_, received)) = self.open.take() {
+            self.left_out += received as usize;
+        }
+    }
+
+    /// The whole batches, and how many parts were left out.
+    fn finish(mut self) -> (Vec<HistoryBatch>, usize) {
+        self.leave_open_out();
+        (self.batches, self.left_out)
+    }
+}
+
 /// Durable state of one deployment. Cheap to clone (the streams and
 /// buckets are shared).
 #[derive(Clone)]
@@ -202,24 +362,72 @@ impl Store {
 
     /// The first half of [`Store::append_history`]: sends the append and
     /// returns the pending acknowledgement, so that appends to different
-    /// executions can be pipelined.
+    /// executions can be pipelined. A batch larger than a message is
+    /// refused ([`StoreError::TooLarge`]); see
+    /// [`Store::send_history_in_parts`].
     pub async fn send_history(
         &self,
         exec: &ExecutionRef,
         expected_last_sequence: u64,
         batch: &HistoryBatch,
     ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
-        let body = serde_json::to_vec(batch).map_err(|e| StoreError::Corrupt {
-            what: "history batch",
-            key: exec.arn(),
-            message: e.to_string(),
-        })?;
-        if body.len() > self.infra.settings.max_message_bytes.max(0) as usize {
+        let body = encode_batch(exec, batch)?;
+        if body.len() > self.history_message_limit() {
             return Err(StoreError::TooLarge {
                 what: "history batch",
                 bytes: body.len(),
             });
         }
+        self.publish_history(exec, expected_last_sequence, body)
+            .await
+    }
+
+    /// [`Store::send_history`] for a batch too large for one message: it is
+    /// stored as consecutive parts, each appended expecting the one before
+    /// (so no other writer can come between them), the first expecting
+    /// `expected_last_sequence`. The parts before the last are awaited
+    /// here; the last one's acknowledgement is returned, for
+    /// [`Store::await_history`]. Parts of a step whose append did not
+    /// finish are left out when the history is read: the step was not
+    /// recorded, and the next append (expecting the last part's sequence)
+    /// comes after them. [`StoreError::TooLarge`] when a single entry does
+    /// not fit in a message.
+    pub async fn send_history_in_parts(
+        &self,
+        exec: &ExecutionRef,
+        expected_last_sequence: u64,
+        batch: &HistoryBatch,
+    ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
+        let mut parts = split_batch(exec, batch, self.history_message_limit())?.into_iter();
+        let mut expected = expected_last_sequence;
+        loop {
+            let Some(body) = parts.next() else {
+                // split_batch gives one part at least.
+                return Err(StoreError::TooLarge {
+                    what: "history batch",
+                    bytes: 0,
+                });
+            };
+            let ack = self.publish_history(exec, expected, body).await?;
+            if parts.len() == 0 {
+                return Ok(ack);
+            }
+            expected = self.await_history(exec, ack).await?;
+        }
+    }
+
+    /// The largest history message: the streams' limit, less room for the
+    /// headers (the limit counts them too).
+    fn history_message_limit(&self) -> usize {
+        (self.infra.settings.max_message_bytes.max(0) as usize).saturating_sub(HEADER_ROOM)
+    }
+
+    async fn publish_history(
+        &self,
+        exec: &ExecutionRef,
+        expected_last_sequence: u64,
+        body: Vec<u8>,
+    ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
         let subject = self
             .infra
             .ns()
@@ -305,7 +513,7 @@ impl Store {
             .messages()
             .await
             .map_err(|e| nats("read history")(&e))?;
-        let mut batches = Vec::new();
+        let mut batches = Assembler::default();
         let mut last_sequence = 0;
         let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
         while last_sequence < last {
@@ -344,6 +552,10 @@ impl Store {
                     message: e.to_string(),
                 })?;
             batches.push(batch);
+        }
+        let (batches, left_out) = batches.finish();
+        if left_out > 0 {
+            tracing::debug!(execution = %exec.arn(), parts = left_out, "parts of a step whose append did not finish are left out");
         }
         Ok(StoredHistory {
             batches,
@@ -897,5 +1109,128 @@ impl Store {
                 .then(a.execution_arn.cmp(&b.execution_arn))
         });
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::HistoryItem;
+    use sagaflow_asl::interp::Event;
+
+    fn exec() -> ExecutionRef {
+        ExecutionRef::new("m", "e").unwrap()
+    }
+
+    fn entry(i: usize, bytes: usize) -> HistoryEntry {
+        HistoryEntry {
+            at: "2024-01-01T00:00:00Z".parse().unwrap(),
+            item: HistoryItem::Event(Event::TaskSucceeded {
+                task_id: format!("T@{i}#0"),
+                output: serde_json::Value::String("x".repeat(bytes)),
+            }),
+        }
+    }
+
+    fn meta() -> ExecutionMeta {
+        ExecutionMeta {
+            state_machine: "m".into(),
+            version: 1,
+            traceparent: None,
+            execution_span: None,
+            parent: None,
+        }
+    }
+
+    fn batch(entries: Vec<HistoryEntry>) -> HistoryBatch {
+        HistoryBatch {
+            meta: Some(meta()),
+            entries,
+            part: None,
+        }
+    }
+
+    fn decode(parts: &[Vec<u8>]) -> Vec<HistoryBatch> {
+        parts
+            .iter()
+            .map(|p| serde_json::from_slice(p).unwrap())
+            .collect()
+    }
+
+    fn assemble(batches: Vec<HistoryBatch>) -> (Vec<HistoryBatch>, usize) {
+        let mut a = Assembler::default();
+        for b in batches {
+            a.push(b);
+        }
+        a.finish()
+    }
+
+    #[test]
+    fn a_batch_split_in_parts_is_read_back_whole() {
+        let whole = batch((0..10).map(|i| entry(i, 300)).collect());
+        let parts = split_batch(&exec(), &whole, 1000).unwrap();
+        assert!(parts.len() >= 4, "{} parts", parts.len());
+        assert!(parts.iter().all(|p| p.len() <= 1000));
+        let decoded = decode(&parts);
+        for (i, p) in decoded.iter().enumerate() {
+            assert_eq!(
+                p.part,
+                Some(BatchPart {
+                    index: i as u32,
+                    count: parts.len() as u32
+                })
+            );
+            assert_eq!(p.meta.is_some(), i == 0, "the meta in the first part only");
+        }
+        assert_eq!(assemble(decoded), (vec![whole], 0));
+    }
+
+    #[test]
+    fn an_entry_larger_than_a_message_is_refused() {
+        let whole = batch(vec![entry(0, 10), entry(1, 2000)]);
+        assert!(matches!(
+            split_batch(&exec(), &whole, 1000),
+            Err(StoreError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn the_parts_of_an_unfinished_step_are_left_out() {
+        let before = HistoryBatch {
+            meta: None,
+            ..batch(vec![entry(0, 10)])
+        };
+        let big = HistoryBatch {
+            meta: None,
+            ..batch((1..6).map(|i| entry(i, 300)).collect())
+        };
+        let after = HistoryBatch {
+            meta: None,
+            ..batch(vec![entry(9, 10)])
+        };
+        let parts = decode(&split_batch(&exec(), &big, 1000).unwrap());
+        assert!(parts.len() >= 3);
+        // The writer died after two parts; the next step came after them.
+        let stored = vec![
+            before.clone(),
+            parts[0].clone(),
+            parts[1].clone(),
+            after.clone(),
+        ];
+        assert_eq!(assemble(stored), (vec![before.clone(), after.clone()], 2));
+        // ... or nothing came after them.
+        assert_eq!(
+            assemble(vec![before.clone(), parts[0].clone()]),
+            (vec![before.clone()], 1)
+        );
+        // A retried step in parts after an unfinished one: the unfinished
+        // parts are left out, the finished step read whole.
+        let mut stored = vec![parts[0].clone(), parts[1].clone()];
+        stored.extend(parts.iter().cloned());
+        assert_eq!(assemble(stored), (vec![big.clone()], 2));
+        // A part out of its place (not the next one) is left out with the
+        // step it belongs to.
+        let stored = vec![parts[0].clone(), parts[2].clone(), after.clone()];
+        assert_eq!(assemble(stored), (vec![after], 2));
     }
 }
