@@ -177,8 +177,21 @@ fn seconds(value: &Value, pointer: &str, allow_zero: bool) -> Result<Duration, S
             format!("must be {bound} seconds, got {n}"),
         ));
     }
-    Duration::try_from_secs_f64(n).map_err(|e| invalid(pointer, format!("{n} seconds: {e}")))
+    let d = Duration::try_from_secs_f64(n)
+        .map_err(|e| invalid(pointer, format!("{n} seconds: {e}")))?;
+    // A period so short that it rounds to nothing would make a heartbeat
+    // loop that never ends.
+    if !allow_zero && d < MIN_PERIOD {
+        return Err(invalid(
+            pointer,
+            format!("must be at least 0.001 seconds, got {n}"),
+        ));
+    }
+    Ok(d)
 }
+
+/// The shortest `heartbeatSeconds`.
+const MIN_PERIOD: Duration = Duration::from_millis(1);
 
 impl Behaviour {
     /// Parses one behaviour; `pointer` locates it in the document (for errors).
@@ -709,6 +722,11 @@ mod tests {
             err(json!({"a": {"returns": 1, "delaySeconds": 1, "heartbeatSeconds": 0}})).0,
             "/a/heartbeatSeconds"
         );
+        // Positive, but rounding to no time at all.
+        let (at, message) =
+            err(json!({"a": {"returns": 1, "delaySeconds": 60, "heartbeatSeconds": 1e-10}}));
+        assert_eq!(at, "/a/heartbeatSeconds");
+        assert!(message.contains("at least 0.001 seconds"), "{message}");
         assert_eq!(
             err(json!({"a": {"returns": 1, "heartbeatSeconds": 1}})).0,
             "/a/heartbeatSeconds"
