@@ -542,6 +542,18 @@ fn split_url_credentials(url: &str) -> Result<(String, Option<UrlCredential>), C
         let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(authority_end);
         let Some(at) = authority.rfind('@') else {
+            // An '@' past a '/', '?' or '#', or something else than a port
+            // after a ':': a user or password with one of the characters
+            // that end it ('/', '?', '#', ','), not percent-encoded. Say
+            // so, without repeating it.
+            if rest.contains('@') || !port_is_plausible(authority) {
+                return Err(ConnectError::InvalidUrl {
+                    reason: format!(
+                        "server {}: its user or password (if it has one) holds a character that must be percent-encoded: '/' as %2F, '?' as %3F, '#' as %23, ',' as %2C",
+                        index + 1
+                    ),
+                });
+            }
             clean.push(part.to_string());
             continue;
         };
@@ -591,14 +603,28 @@ pub fn redact_url(url: &str) -> String {
                 Some(i) => part.split_at(i + 3),
                 None => ("", part),
             };
+            // The last '@' anywhere ends the credentials, even past a '/'
+            // (a password holding one, not percent-encoded); without one, a
+            // ':' followed by something else than a port may be a password
+            // cut at a ','.
             let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            match rest[..end].rfind('@') {
+            match rest.rfind('@') {
                 Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
+                None if !port_is_plausible(&rest[..end]) => format!("{scheme}***"),
                 None => part.to_string(),
             }
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Whether what follows the last ':' of a host (after the ']' of an IPv6
+/// address) is a port, or there is no ':'.
+fn port_is_plausible(host: &str) -> bool {
+    let after_address = host.rfind(']').map_or(host, |i| &host[i + 1..]);
+    after_address
+        .rsplit_once(':')
+        .is_none_or(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Decodes `%XX` escapes; `None` on a bad escape or invalid UTF-8.
@@ -721,6 +747,30 @@ mod tests {
         assert_eq!(redact_url("nats://h:1"), "nats://h:1");
         assert_eq!(redact_url("nats://u:pw@h:1/x"), "nats://***@h:1/x");
         assert_eq!(redact_url("tok@a:1, nats://b:2"), "***@a:1,nats://b:2");
+        assert_eq!(redact_url("nats://[::1]:4222"), "nats://[::1]:4222");
+        // Passwords holding a character that ends them, not encoded.
+        assert_eq!(redact_url("nats://u:p/ss@h:1"), "nats://***@h:1");
+        assert_eq!(redact_url("nats://u:p?s#s@h:1"), "nats://***@h:1");
+        assert_eq!(redact_url("nats://u:p,ss@h:1"), "nats://***,***@h:1");
+    }
+
+    #[test]
+    fn passwords_with_characters_to_encode_are_refused_without_being_shown() {
+        for url in [
+            "nats://u:x/s3cr@h:1",
+            "nats://u:x?s3cr@h:1",
+            "nats://u:x#s3cr@h:1",
+            "nats://u:x,s3cr@h:1",
+        ] {
+            let e = split_url_credentials(url).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("percent-encoded"), "{url}: {text}");
+            assert!(!text.contains("s3cr"), "{url}: {text}");
+        }
+        // Encoded, they are fine; plain hosts, IPv6 addresses too.
+        assert!(split_url_credentials("nats://u:p%2Fss@h:1").is_ok());
+        assert!(split_url_credentials("nats://[::1]:4222,nats://h").is_ok());
+        assert!(split_url_credentials("tls://h:4222/").is_ok());
     }
 
     #[test]
