@@ -7,6 +7,11 @@ use opentelemetry_sdk::trace::Sampler;
 
 use crate::TelemetryError;
 
+/// The largest `OTEL_BSP_MAX_QUEUE_SIZE`: the exporter allocates its whole
+/// queue at start-up, so a huge value would exhaust memory before the first
+/// span.
+const MAX_QUEUE_SIZE: usize = 65_536;
+
 /// How spans and metrics travel to the collector
 /// (`OTEL_EXPORTER_OTLP_PROTOCOL`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,10 +197,10 @@ impl Config {
                 .trim()
                 .parse::<usize>()
                 .ok()
-                .filter(|n| *n > 0)
+                .filter(|n| (1..=MAX_QUEUE_SIZE).contains(n))
                 .ok_or_else(|| {
                     TelemetryError::Config(format!(
-                        "OTEL_BSP_MAX_QUEUE_SIZE '{v}' is not a positive number"
+                        "OTEL_BSP_MAX_QUEUE_SIZE '{v}' is not a number from 1 to {MAX_QUEUE_SIZE}"
                     ))
                 })?,
         };
@@ -336,6 +341,8 @@ mod tests {
             ("OTEL_TRACES_SAMPLER", "sometimes"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            // The exporter's queue is allocated whole at start-up.
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100000000000"),
         ] {
             let e = config(&[(k, v)]).unwrap_err().to_string();
             assert!(e.contains(k), "{e}");
