@@ -167,6 +167,96 @@ pub enum SetupError {
         /// The subjects the existing stream has.
         found: Vec<String>,
     },
+    /// A stream or bucket exists with a setting under which Sagaflow would
+    /// lose what it stores (set by hand, or by another tool).
+    #[error(
+        "stream {name} exists with {setting} {found}, under which {consequence}: set it back to \
+         {wanted} (`nats stream edit {name}` where the server allows the change), or remove the \
+         stream (losing what it holds) so that it is created again"
+    )]
+    Unsafe {
+        /// The stream's name (`KV_<bucket>` for a bucket).
+        name: String,
+        /// The setting.
+        setting: &'static str,
+        /// Its value on the server.
+        found: String,
+        /// The value Sagaflow needs.
+        wanted: &'static str,
+        /// What would go wrong.
+        consequence: &'static str,
+    },
+}
+
+/// What a stream holds, for [`check_kept`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holds {
+    /// Histories: nothing may be removed but by Sagaflow.
+    History,
+    /// Work waiting (inbox, tasks): removed once handled, never before.
+    Work,
+    /// The state machines and the execution index.
+    Records,
+}
+
+/// Refuses the settings of an existing stream under which what Sagaflow
+/// stores in it could be removed behind its back (a maximum age, a size or
+/// count limit that discards old messages, the wrong retention).
+fn check_kept(config: &stream::Config, holds: Holds) -> Result<(), SetupError> {
+    let unsafe_ = |setting, found: String, wanted, consequence| {
+        Err(SetupError::Unsafe {
+            name: config.name.clone(),
+            setting,
+            found,
+            wanted,
+            consequence,
+        })
+    };
+    let lost = match holds {
+        Holds::History => "the histories of running executions would be deleted",
+        Holds::Work => "waiting starts, events or tasks would be deleted before being handled",
+        Holds::Records => "state machines or the execution index would be deleted",
+    };
+    if !config.max_age.is_zero() {
+        return unsafe_("max age", format!("{:?}", config.max_age), "none (0)", lost);
+    }
+    let discards_old = config.discard == stream::DiscardPolicy::Old;
+    if discards_old && config.max_messages > 0 {
+        return unsafe_(
+            "max messages",
+            config.max_messages.to_string(),
+            "unlimited (-1)",
+            lost,
+        );
+    }
+    if discards_old && config.max_bytes > 0 {
+        return unsafe_(
+            "max bytes",
+            config.max_bytes.to_string(),
+            "unlimited (-1)",
+            lost,
+        );
+    }
+    if holds == Holds::History && config.max_messages_per_subject > 0 {
+        return unsafe_(
+            "max messages per subject",
+            config.max_messages_per_subject.to_string(),
+            "unlimited (-1)",
+            lost,
+        );
+    }
+    match (holds, config.retention) {
+        (Holds::Work, stream::RetentionPolicy::WorkQueue) => Ok(()),
+        (Holds::Work, other) => unsafe_(
+            "retention",
+            format!("{other:?}"),
+            "work queue",
+            "handled events would stay and be handed again to every new owner of a partition",
+        ),
+        (Holds::History, stream::RetentionPolicy::Limits) => Ok(()),
+        (Holds::History, other) => unsafe_("retention", format!("{other:?}"), "limits", lost),
+        (Holds::Records, _) => Ok(()),
+    }
 }
 
 /// Handles on every stream and bucket.
@@ -214,7 +304,11 @@ impl Infra {
 /// (the idempotency bucket's) and the largest message (the smallest limit
 /// of any stream or bucket). Each difference is logged as a warning, as is
 /// a different replica count. A stream whose subjects are not this
-/// namespace's is refused ([`SetupError::Foreign`]).
+/// namespace's is refused ([`SetupError::Foreign`]), as is one whose
+/// settings would delete what it holds behind Sagaflow's back
+/// ([`SetupError::Unsafe`]: a maximum age, limits that discard old
+/// messages, the wrong retention). When another process creates a stream or
+/// bucket between this one's look and its create, this one opens it.
 pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Infra, SetupError> {
     let js = jetstream::new(client.clone());
     let ns = settings.namespace.clone();
@@ -263,7 +357,12 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
                             found: info.config.subjects.clone(),
                         });
                     }
-                    return Err(SetupError::Stream { name, source });
+                    // Another process created it between our look and our
+                    // create (with other settings): open theirs.
+                    match js.get_stream(&name).await {
+                        Ok(stream) => stream,
+                        Err(_) => return Err(SetupError::Stream { name, source }),
+                    }
                 }
             };
             let found = stream.cached_info().config.subjects.clone();
@@ -315,10 +414,15 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
             let name = config.bucket.clone();
             match js.get_key_value(&name).await {
                 Ok(store) => Ok(store),
-                Err(e) if bucket_missing(&e) => js
-                    .create_key_value(config)
-                    .await
-                    .map_err(|source| SetupError::Bucket { name, source }),
+                Err(e) if bucket_missing(&e) => match js.create_key_value(config).await {
+                    Ok(store) => Ok(store),
+                    // Another process created it between our look and our
+                    // create (with other settings): open theirs.
+                    Err(source) => match js.get_key_value(&name).await {
+                        Ok(store) => Ok(store),
+                        Err(_) => Err(SetupError::Bucket { name, source }),
+                    },
+                },
                 Err(source) => Err(SetupError::OpenBucket { name, source }),
             }
         }
@@ -338,6 +442,11 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
     for store in [&machines, &executions, &leases, &coordinators, &idempotency] {
         configs.push(bucket_config(store).await);
     }
+    check_kept(&configs[0], Holds::History)?;
+    check_kept(&configs[1], Holds::Work)?;
+    check_kept(&configs[2], Holds::Work)?;
+    check_kept(&configs[3], Holds::Records)?;
+    check_kept(&configs[4], Holds::Records)?;
     for config in &configs {
         if config.num_replicas != settings.replicas {
             tracing::warn!(
@@ -370,6 +479,15 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
         config.max_age
     };
     in_effect.lease_ttl = ttl_of(&configs[5], settings.lease_ttl, "lease TTL");
+    // Coordinators renew their presence at the lease TTL's pace.
+    if configs[6].max_age != in_effect.lease_ttl {
+        tracing::warn!(
+            bucket = %configs[6].name,
+            ttl = ?configs[6].max_age,
+            lease_ttl = ?in_effect.lease_ttl,
+            "this bucket's TTL differs from the lease TTL: coordinators may be counted wrongly and share the partitions unevenly; give both buckets the same TTL"
+        );
+    }
     in_effect.idempotency_ttl = ttl_of(&configs[7], settings.idempotency_ttl, "idempotency TTL");
     Ok(Infra {
         client,

@@ -283,3 +283,131 @@ accounts {
         "{text}"
     );
 }
+
+/// Streams created by hand (or edited) with settings under which what
+/// Sagaflow stores would be deleted behind its back are refused, naming
+/// the stream and the setting; the right ones are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_would_lose_what_they_hold_are_refused() {
+    use async_nats::jetstream::stream::{Config, RetentionPolicy};
+    let server = NatsServer::start().unwrap();
+    let client = connect(&server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    type Make = fn(&Namespace) -> Config;
+    let cases: Vec<(&str, Make, &str)> = vec![
+        (
+            "history-age",
+            |ns: &Namespace| Config {
+                name: ns.history_stream(),
+                subjects: vec![ns.history_wildcard()],
+                max_age: std::time::Duration::from_secs(30 * 24 * 3600),
+                ..Default::default()
+            },
+            "max age",
+        ),
+        (
+            "history-per-subject",
+            |ns: &Namespace| Config {
+                name: ns.history_stream(),
+                subjects: vec![ns.history_wildcard()],
+                max_messages_per_subject: 100,
+                ..Default::default()
+            },
+            "max messages per subject",
+        ),
+        (
+            "inbox-limits",
+            |ns: &Namespace| Config {
+                name: ns.inbox_stream(),
+                subjects: vec![ns.inbox_wildcard()],
+                retention: RetentionPolicy::Limits,
+                ..Default::default()
+            },
+            "retention",
+        ),
+        (
+            "tasks-count",
+            |ns: &Namespace| Config {
+                name: ns.tasks_stream(),
+                subjects: vec![ns.task_wildcard()],
+                retention: RetentionPolicy::WorkQueue,
+                max_messages: 1000,
+                ..Default::default()
+            },
+            "max messages",
+        ),
+    ];
+    for (namespace, config, setting) in cases {
+        let ns = Namespace::new(namespace).unwrap();
+        let config = config(&ns);
+        let name = config.name.clone();
+        js.create_stream(config).await.unwrap();
+        let err = setup(
+            client.clone(),
+            Settings {
+                namespace: ns,
+                ..Settings::default()
+            },
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{namespace}: accepted"));
+        match &err {
+            sagaflow_nats::SetupError::Unsafe {
+                name: found,
+                setting: s,
+                ..
+            } => {
+                assert_eq!((found, *s), (&name, setting), "{namespace}: {err}");
+            }
+            other => panic!("{namespace}: expected Unsafe, got {other}"),
+        }
+        assert!(err.to_string().contains(&name), "{err}");
+    }
+    // A work-queue inbox made by hand, without limits, is fine.
+    let ns = Namespace::new("by-hand").unwrap();
+    js.create_stream(Config {
+        name: ns.inbox_stream(),
+        subjects: vec![ns.inbox_wildcard()],
+        retention: RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    setup(
+        client,
+        Settings {
+            namespace: ns,
+            ..Settings::default()
+        },
+    )
+    .await
+    .expect("a safe stream is kept");
+}
+
+/// Processes starting at once with other settings: whichever creates a
+/// stream or bucket first, the other opens it (and acts on its settings)
+/// instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_setting_up_at_once_with_other_settings_both_start() {
+    let server = NatsServer::start().unwrap();
+    let client = connect(&server.url()).await.unwrap();
+    let other = connect(&server.url()).await.unwrap();
+    for round in 0..5 {
+        let ns = Namespace::new(&format!("race{round}")).unwrap();
+        let a = Settings {
+            namespace: ns.clone(),
+            ..Settings::default()
+        };
+        let b = Settings {
+            namespace: ns,
+            max_message_bytes: 64 * 1024,
+            lease_ttl: std::time::Duration::from_secs(3),
+            ..Settings::default()
+        };
+        let (x, y) = tokio::join!(setup(client.clone(), a), setup(other.clone(), b));
+        let (x, y) = (x.expect("first"), y.expect("second"));
+        // Both act on the same leases bucket's TTL, whoever made it.
+        assert_eq!(x.settings.lease_ttl, y.settings.lease_ttl, "round {round}");
+    }
+}
