@@ -589,6 +589,15 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 Err(invalid) => invalid.errors,
                 Ok(_) => Vec::new(),
             };
+            // The same report as for a definition the API refuses.
+            if args.conn.json {
+                print_json(&serde_json::json!({"valid": false, "errors": errors}))?;
+            }
+            crate::err(&format!(
+                "{}: invalid definition ({} error(s)):",
+                args.definition.display(),
+                errors.len()
+            ));
             for e in &errors {
                 crate::err(&crate::located(&args.definition, e));
             }

@@ -366,6 +366,28 @@ fn invalid_utf8_input_exits_3_and_definition_exits_2_located() {
     let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(report["status"], "INVALID_DEFINITION");
     assert_eq!(report["errors"][0]["code"], "INVALID_JSON");
+    // `deploy` refuses it before connecting, with the report it gives for
+    // a definition the API refuses (`--json`: the object on stdout).
+    let d = bin()
+        .args([
+            "deploy",
+            "m",
+            &def,
+            "--json",
+            "--nats",
+            "nats://127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&d), 2, "{d:?}");
+    let report: serde_json::Value = serde_json::from_slice(&d.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["errors"][0]["code"], "INVALID_JSON");
+    let err = stderr(&d);
+    assert!(
+        err.contains("invalid definition (1 error(s))") && err.contains("def.json:1:14"),
+        "{err}"
+    );
 }
 
 #[test]
