@@ -487,6 +487,12 @@ pub async fn connect_resolved(resolved: Resolved) -> Result<async_nats::Client, 
         }
     };
     let info = client.server_info();
+    // No version yet: connected with `retry_on_initial_connect` to a server
+    // not reached yet. `setup`, which cannot do without the server, checks
+    // it then.
+    if info.version.is_empty() {
+        return Ok(client);
+    }
     if let Err(version) = check_server_version(&info.version) {
         return Err(ConnectError::ServerTooOld {
             url,

@@ -167,6 +167,15 @@ pub enum SetupError {
         /// The subjects the existing stream has.
         found: Vec<String>,
     },
+    /// The server is older than [`MIN_SERVER_VERSION`] (checked here too,
+    /// for clients not made by [`connect`]).
+    #[error("the NATS server is version {version}; Sagaflow needs 2.11 or newer: {hint}")]
+    ServerTooOld {
+        /// The server's version.
+        version: String,
+        /// How to install a newer one.
+        hint: &'static str,
+    },
     /// A stream or bucket exists with a setting under which Sagaflow would
     /// lose what it stores (set by hand, or by another tool).
     #[error(
@@ -310,6 +319,20 @@ impl Infra {
 /// messages, the wrong retention). When another process creates a stream or
 /// bucket between this one's look and its create, this one opens it.
 pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Infra, SetupError> {
+    // The version, where the client knows it already (it does not before
+    // its first connection with `retry_on_initial_connect`: checked again
+    // once the first stream is open).
+    let too_old = |client: &async_nats::Client| {
+        let version = client.server_info().version;
+        match check_server_version(&version) {
+            Err(version) if !version.is_empty() => Err(SetupError::ServerTooOld {
+                version,
+                hint: INSTALL_HINT,
+            }),
+            _ => Ok(()),
+        }
+    };
+    too_old(&client)?;
     let js = jetstream::new(client.clone());
     let ns = settings.namespace.clone();
     let stream = |name: String, subjects: Vec<String>, retention, max_age| stream::Config {
@@ -384,7 +407,9 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
         stream::RetentionPolicy::Limits,
         Duration::ZERO,
     ))
-    .await?;
+    .await;
+    too_old(&client)?;
+    let history = history?;
     let inbox = open(stream(
         ns.inbox_stream(),
         vec![ns.inbox_wildcard()],

@@ -411,3 +411,26 @@ async fn processes_setting_up_at_once_with_other_settings_both_start() {
         assert_eq!(x.settings.lease_ttl, y.settings.lease_ttl, "round {round}");
     }
 }
+
+/// A client told to retry its first connection (`retry_on_initial_connect`)
+/// does not know the server's version when `connect` returns: it is not
+/// refused for that, and `setup`, which waits for the server anyway, checks
+/// the version once it is connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_retrying_its_first_connection_is_checked_at_setup() {
+    let mut server = NatsServer::start().unwrap();
+    server.stop().unwrap();
+    let mut resolved = sagaflow_nats::ConnectOptions::new()
+        .resolve(&server.url())
+        .unwrap();
+    resolved.options = resolved.options.retry_on_initial_connect();
+    let client = sagaflow_nats::connect_resolved(resolved)
+        .await
+        .expect("not refused before the server is reached");
+    assert_eq!(client.server_info().version, "");
+    server.start_again().unwrap();
+    let infra = setup(client.clone(), Settings::default())
+        .await
+        .expect("set up once connected");
+    assert!(!infra.client.server_info().version.is_empty());
+}

@@ -6,7 +6,7 @@
 //! use sagaflow_coordinator::cluster::client::ApiClient;
 //! use sagaflow_protocol::{Namespace, api::StartExecutionRequest};
 //!
-//! let nats = async_nats::connect("nats://127.0.0.1:4222").await?;
+//! let nats = sagaflow_nats::connect("nats://127.0.0.1:4222").await?;
 //! let api = ApiClient::new(nats, Namespace::default());
 //! let started = api
 //!     .start_execution(StartExecutionRequest {
