@@ -29,14 +29,27 @@ pub const ABORTED: &str = "States.Aborted";
 /// Task permissions (kept for AWS compatibility).
 pub const PERMISSIONS: &str = "States.Permissions";
 
-/// True when a retrier's or catcher's `ErrorEquals` list matches `error`.
+/// True when a retrier's or catcher's `ErrorEquals` list matches `error`
+/// (under the current interpreter rules, [`crate::interp::RULES`]).
 pub fn matches(error_equals: &[String], error: &str) -> bool {
+    matches_under(error_equals, error, crate::interp::RULES)
+}
+
+/// [`matches`] under the interpreter rules an execution started with
+/// ([`crate::interp::ExecutionInfo::rules`]). From rules 2 a heartbeat
+/// timeout is a timeout, as on AWS (`States.Timeout`: "ran longer than
+/// `TimeoutSeconds`, or failed to send a heartbeat for longer than
+/// `HeartbeatSeconds`"): `States.Timeout` matches it and `States.TaskFailed`
+/// does not. Before, only its own name and the wildcards matched it.
+pub fn matches_under(error_equals: &[String], error: &str, rules: u32) -> bool {
     if error == RUNTIME {
         return false;
     }
+    let timeout = error == TIMEOUT || (rules >= 2 && error == HEARTBEAT_TIMEOUT);
     error_equals.iter().any(|pattern| match pattern.as_str() {
         ALL => error != DATA_LIMIT_EXCEEDED,
-        TASK_FAILED => error != TIMEOUT && error != DATA_LIMIT_EXCEEDED,
+        TASK_FAILED => !timeout && error != DATA_LIMIT_EXCEEDED,
+        TIMEOUT => timeout,
         name => name == error,
     })
 }
@@ -61,9 +74,26 @@ mod tests {
     #[test]
     fn task_failed_skips_timeout() {
         assert!(matches(&v(&[TASK_FAILED]), "Lambda.Unknown"));
-        assert!(matches(&v(&[TASK_FAILED]), HEARTBEAT_TIMEOUT));
         assert!(!matches(&v(&[TASK_FAILED]), TIMEOUT));
         assert!(matches(&v(&[TASK_FAILED, TIMEOUT]), TIMEOUT));
+    }
+
+    #[test]
+    fn a_heartbeat_timeout_is_a_timeout_from_rules_2() {
+        assert!(matches(&v(&[TIMEOUT]), HEARTBEAT_TIMEOUT));
+        assert!(matches(&v(&[HEARTBEAT_TIMEOUT]), HEARTBEAT_TIMEOUT));
+        assert!(!matches(&v(&[TASK_FAILED]), HEARTBEAT_TIMEOUT));
+        assert!(matches(&v(&[ALL]), HEARTBEAT_TIMEOUT));
+        // A task timeout is not a heartbeat timeout.
+        assert!(!matches(&v(&[HEARTBEAT_TIMEOUT]), TIMEOUT));
+        // Histories written before are replayed as they ran.
+        assert!(!matches_under(&v(&[TIMEOUT]), HEARTBEAT_TIMEOUT, 1));
+        assert!(matches_under(&v(&[TASK_FAILED]), HEARTBEAT_TIMEOUT, 1));
+        assert!(matches_under(
+            &v(&[HEARTBEAT_TIMEOUT]),
+            HEARTBEAT_TIMEOUT,
+            0
+        ));
     }
 
     #[test]

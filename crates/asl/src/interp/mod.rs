@@ -132,6 +132,10 @@ struct Frame {
     steps: u32,
     active: Option<Active>,
     vars: Option<HashMap<String, Value>>,
+    /// The state transitions of an iteration of a DISTRIBUTED Map (rules
+    /// 2), counted apart from the execution's, as AWS runs it as a child
+    /// execution of its own; `None` for every other frame.
+    own_transitions: Option<u64>,
 }
 
 struct Active {
@@ -410,6 +414,7 @@ impl Execution {
             steps: 0,
             active: None,
             vars: None,
+            own_transitions: None,
         });
         let limit = self.options.max_payload_bytes;
         let flow = match Payload::measure_shared(input, limit).fits(limit) {
@@ -493,6 +498,7 @@ impl Execution {
             steps: point.steps,
             active: None,
             vars: point.vars,
+            own_transitions: None,
         });
         // Entering the state starts its fan-out (if it is one) at once.
         self.redrive_prefill = point.done;
@@ -637,6 +643,27 @@ impl Execution {
 
     // ------------------------------------------------------- entering states
 
+    /// Counts a state transition in frame `f`: on the nearest frame that
+    /// counts its own (an iteration of a DISTRIBUTED Map), else on the
+    /// execution. Returns the count.
+    fn count_transition(&mut self, f: FrameId) -> u64 {
+        let mut at = f;
+        loop {
+            let frame = self.frame_mut(at);
+            if let Some(n) = frame.own_transitions.as_mut() {
+                *n += 1;
+                return *n;
+            }
+            match frame.parent {
+                Some((parent, _)) => at = parent,
+                None => {
+                    self.transitions += 1;
+                    return self.transitions;
+                }
+            }
+        }
+    }
+
     fn enter(
         &mut self,
         at: Timestamp,
@@ -645,10 +672,10 @@ impl Execution {
         input: Payload,
         out: &mut Vec<Command>,
     ) -> Flow {
-        self.transitions += 1;
+        let transitions = self.count_transition(f);
         let machine = self.machine.clone();
         let state = Self::state_of(&machine, &self.frame(f).loc, state_id);
-        if self.transitions > self.options.max_state_transitions {
+        if transitions > self.options.max_state_transitions {
             return Flow::Done(Err(Failure::runtime(
                 &state.name,
                 format!(
@@ -987,7 +1014,7 @@ impl Execution {
         };
         let mut assigned = Vec::new();
         for template in [rule_assign, state.assign.as_ref()].into_iter().flatten() {
-            match self.eval(f, template, &effective.value, state, None) {
+            match self.eval_assign(f, template, &effective.value, state) {
                 Ok(v) => assigned.push(v),
                 Err(failure) => return Flow::Done(Err(failure)),
             }
@@ -1323,6 +1350,7 @@ impl Execution {
                 (loc, prefix, index, fan.inputs[index].clone(), fan.is_map)
             };
             let start_at = graph_at(&self.machine, &loc).start_at;
+            let distributed = matches!(&state.kind, StateKind::Map(m) if m.distributed);
             let child = self.alloc(Frame {
                 loc,
                 prefix,
@@ -1330,6 +1358,7 @@ impl Execution {
                 steps: 0,
                 active: None,
                 vars: None,
+                own_transitions: (distributed && self.rules() >= 2).then_some(0),
             });
             if let Some(Waiting::Fanout(fan)) =
                 self.frame_mut(f).active.as_mut().map(|a| &mut a.waiting)
@@ -1548,7 +1577,7 @@ impl Execution {
         let machine = self.machine.clone();
         let state = Self::state_of(&machine, &self.frame(f).loc, self.active(f).state);
         let assigned = match &state.assign {
-            Some(t) => match self.eval(f, t, &effective.value, state, None) {
+            Some(t) => match self.eval_assign(f, t, &effective.value, state) {
                 Ok(v) => Some(v),
                 Err(failure) => return Flow::Done(Err(failure)),
             },
@@ -1591,7 +1620,7 @@ impl Execution {
             None => result,
         };
         let assigned = match &state.assign {
-            Some(t) => match self.eval(f, t, &result.value, state, None) {
+            Some(t) => match self.eval_assign(f, t, &result.value, state) {
                 Ok(v) => Some(v),
                 Err(failure) => return self.state_failed(at, f, failure, out),
             },
@@ -1704,9 +1733,10 @@ impl Execution {
             _ => (&[], &[]),
         };
         let path = format!("{}{}", self.frame(f).prefix, state.name);
+        let rules = self.rules();
         if let Some(index) = retry
             .iter()
-            .position(|r| errors::matches(&r.error_equals, &failure.error))
+            .position(|r| errors::matches_under(&r.error_equals, &failure.error, rules))
         {
             let retrier = &retry[index];
             let active = self.active_mut(f);
@@ -1755,11 +1785,11 @@ impl Execution {
         }
         if let Some(catcher) = catch
             .iter()
-            .find(|c| errors::matches(&c.error_equals, &failure.error))
+            .find(|c| errors::matches_under(&c.error_equals, &failure.error, rules))
         {
             let error_output = failure.error_output();
             let assigned = match &catcher.assign {
-                Some(t) => match self.eval(f, t, &error_output, state, None) {
+                Some(t) => match self.eval_assign(f, t, &error_output, state) {
                     Ok(v) => Some(v),
                     Err(failure) => return Flow::Done(Err(failure)),
                 },
@@ -1938,6 +1968,48 @@ impl Execution {
             task: OnceCell::new(),
             map: OnceCell::new(),
         }
+    }
+
+    /// Evaluates an `Assign` template: the variables it sets, each held
+    /// (rules 2) to the payload size and nesting limits, as on AWS, so that
+    /// no variable grows without bound (a loop that wraps a variable in an
+    /// array at every turn).
+    fn eval_assign(
+        &self,
+        f: FrameId,
+        template: &Template,
+        input: &Value,
+        state: &State,
+    ) -> Result<Value, Failure> {
+        let values = self.eval(f, template, input, state, None)?;
+        if self.rules() < 2 {
+            return Ok(values);
+        }
+        if let Value::Object(map) = &values {
+            let limit = self.options.max_payload_bytes;
+            for (name, value) in map {
+                if data::deeper_than(value, usize::MAX, data::MAX_DEPTH) {
+                    return Err(Failure::new(
+                        errors::DATA_LIMIT_EXCEEDED,
+                        format!(
+                            "The variable '{name}' assigned by the state '{}' is nested more than {} levels deep.",
+                            state.name,
+                            data::MAX_DEPTH
+                        ),
+                    ));
+                }
+                if data::json_len_within(value, limit).is_none() {
+                    return Err(Failure::new(
+                        errors::DATA_LIMIT_EXCEEDED,
+                        format!(
+                            "The variable '{name}' assigned by the state '{}' exceeds the maximum payload size of {limit} bytes.",
+                            state.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(values)
     }
 
     fn eval(

@@ -19,6 +19,8 @@ struct Sim {
     tasks: Vec<TaskRequest>,
     timers: BTreeMap<(Timestamp, u64), String>,
     seq: u64,
+    /// The rules the execution starts under (`run`, `try_run`).
+    rules: u32,
 }
 
 fn t0() -> Timestamp {
@@ -51,6 +53,7 @@ impl Sim {
             tasks: Vec::new(),
             timers: BTreeMap::new(),
             seq: 0,
+            rules: RULES,
         }
     }
 
@@ -95,7 +98,10 @@ impl Sim {
         mut answer: impl FnMut(&TaskRequest) -> Answer,
     ) -> Option<Outcome> {
         self.apply(Event::ExecutionStarted {
-            info: info(),
+            info: ExecutionInfo {
+                rules: self.rules,
+                ..info()
+            },
             input,
         });
         let mut unanswered: Vec<String> = Vec::new();
@@ -795,6 +801,155 @@ fn an_endless_loop_hits_the_transition_limit() {
     let (error, cause) = failed(&o);
     assert_eq!(error, "States.Runtime");
     assert!(cause.contains("1000 state transitions"), "{cause}");
+}
+
+#[test]
+fn a_heartbeat_timeout_is_caught_as_a_timeout() {
+    let definition = r#"{"StartAt": "T", "States": {
+        "T": {"Type": "Task", "Resource": "r", "HeartbeatSeconds": 5, "End": true,
+              "Catch": [{"ErrorEquals": ["States.TaskFailed"], "ResultPath": "$.e", "Next": "AsFailure"},
+                        {"ErrorEquals": ["States.Timeout"], "ResultPath": "$.e", "Next": "AsTimeout"}]},
+        "AsFailure": {"Type": "Pass", "Result": "failure", "End": true},
+        "AsTimeout": {"Type": "Pass", "Result": "timeout", "End": true}
+    }}"#;
+    let heartbeat_lost = |_: &TaskRequest| -> Answer {
+        Some(Err((
+            errors::HEARTBEAT_TIMEOUT.into(),
+            "no heartbeat for 5 s".into(),
+        )))
+    };
+    let mut sim = Sim::new(definition);
+    let o = sim.run(json!({}), heartbeat_lost);
+    assert_eq!(*succeeded(&o), json!("timeout"));
+    // Histories of rules 1 replay as they ran: States.TaskFailed caught it.
+    let mut sim = Sim::new(definition);
+    sim.rules = 1;
+    let o = sim.run(json!({}), heartbeat_lost);
+    assert_eq!(*succeeded(&o), json!("failure"));
+    // A Retry on States.Timeout retries it.
+    let mut sim = Sim::new(
+        r#"{"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "r", "HeartbeatSeconds": 5, "End": true,
+                  "Retry": [{"ErrorEquals": ["States.Timeout"], "IntervalSeconds": 1, "MaxAttempts": 1}]}
+        }}"#,
+    );
+    let mut calls = 0;
+    let o = sim.run(json!({}), |t| {
+        calls += 1;
+        if t.attempt == 0 {
+            heartbeat_lost(t)
+        } else {
+            Some(Ok(json!("done")))
+        }
+    });
+    assert_eq!(*succeeded(&o), json!("done"));
+    assert_eq!(calls, 2);
+}
+
+#[test]
+fn a_variable_grown_at_every_turn_stops_at_the_nesting_limit() {
+    // ASL has no append: wrapping a variable in an array at every turn
+    // nests it one level deeper each time.
+    let mut sim = Sim::new(
+        r#"{"StartAt": "Init", "States": {
+            "Init": {"Type": "Pass", "Assign": {"acc": []}, "Next": "Loop"},
+            "Loop": {"Type": "Pass", "Assign": {"acc.$": "States.Array($acc)"}, "Next": "Check"},
+            "Check": {"Type": "Choice", "Choices": [{"Variable": "$.stop", "BooleanEquals": true, "Next": "Done"}], "Default": "Loop"},
+            "Done": {"Type": "Succeed"}
+        }}"#,
+    );
+    let o = sim.run(json!({"stop": false}), |_| None);
+    let (error, cause) = failed(&o);
+    assert_eq!(error, "States.DataLimitExceeded");
+    assert!(
+        cause.contains("'acc'") && cause.contains("100 levels"),
+        "{cause}"
+    );
+    // It stopped there, long before the transition limit.
+    let entered = sim
+        .log
+        .iter()
+        .filter(|c| matches!(c, Command::Record(Record::StateEntered { .. })))
+        .count();
+    assert!(entered < 220, "{entered} states entered");
+}
+
+#[test]
+fn a_variable_over_the_payload_limit_fails_its_state_and_can_be_caught() {
+    let options = Options {
+        max_payload_bytes: 100,
+        ..Options::default()
+    };
+    // Three copies of a 40-byte string: over 100 bytes.
+    let mut sim = Sim::with_options(
+        r#"{"StartAt": "P", "States": {
+            "P": {"Type": "Pass", "Assign": {"big.$": "States.Array($.s, $.s, $.s)"}, "End": true}
+        }}"#,
+        options.clone(),
+    );
+    let o = sim.run(json!({"s": "y".repeat(40)}), |_| None);
+    let (error, cause) = failed(&o);
+    assert_eq!(error, "States.DataLimitExceeded");
+    assert!(cause.contains("'big'"), "{cause}");
+    // On a Task, a Catch naming the error takes it.
+    let mut sim = Sim::with_options(
+        r#"{"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "r", "Assign": {"big.$": "States.Array($.s, $.s, $.s)"}, "End": true,
+                  "Catch": [{"ErrorEquals": ["States.DataLimitExceeded"], "ResultPath": null, "Next": "C"}]},
+            "C": {"Type": "Pass", "Result": "caught", "End": true}
+        }}"#,
+        options,
+    );
+    let o = sim.run(json!({}), |_| Some(Ok(json!({"s": "z".repeat(40)}))));
+    assert_eq!(*succeeded(&o), json!("caught"));
+}
+
+#[test]
+fn each_distributed_map_iteration_counts_its_own_transitions() {
+    let options = Options {
+        max_state_transitions: 50,
+        ..Options::default()
+    };
+    let map = |mode: &str| {
+        format!(
+            r#"{{"StartAt": "M", "States": {{
+                "M": {{"Type": "Map", "ItemsPath": "$.items", "ResultPath": null, "End": true,
+                      "ItemProcessor": {{"ProcessorConfig": {{"Mode": "{mode}"}}, "StartAt": "A", "States": {{
+                          "A": {{"Type": "Pass", "Next": "B"}},
+                          "B": {{"Type": "Pass", "Next": "C"}},
+                          "C": {{"Type": "Pass", "End": true}}}}}}}}
+            }}}}"#
+        )
+    };
+    let items = json!({"items": (0..30).collect::<Vec<_>>()});
+    // 90 states entered in the iterations: each DISTRIBUTED one counts 3.
+    let mut sim = Sim::with_options(&map("DISTRIBUTED"), options.clone());
+    let o = sim.run(items.clone(), |_| None);
+    assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
+    // Inline, they count against the execution's 50.
+    let mut sim = Sim::with_options(&map("INLINE"), options.clone());
+    let o = sim.run(items.clone(), |_| None);
+    assert_eq!(failed(&o).0, "States.Runtime");
+    // Rules 1 counted the DISTRIBUTED ones against the execution too.
+    let mut sim = Sim::with_options(&map("DISTRIBUTED"), options.clone());
+    sim.rules = 1;
+    let o = sim.run(items, |_| None);
+    assert_eq!(failed(&o).0, "States.Runtime");
+    // An iteration that loops for ever still ends, at its own limit.
+    let mut sim = Sim::with_options(
+        r#"{"StartAt": "M", "States": {
+            "M": {"Type": "Map", "ItemsPath": "$.items", "End": true,
+                  "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED"}, "StartAt": "A", "States": {
+                      "A": {"Type": "Pass", "Next": "B"},
+                      "B": {"Type": "Choice", "Choices": [{"Variable": "$.stop", "BooleanEquals": true, "Next": "Done"}], "Default": "A"},
+                      "Done": {"Type": "Succeed"}}}}
+        }}"#,
+        options,
+    );
+    let o = sim.run(json!({"items": [{"stop": false}]}), |_| None);
+    let (error, cause) = failed(&o);
+    assert_eq!(error, "States.Runtime");
+    assert!(cause.contains("50 state transitions"), "{cause}");
 }
 
 #[test]

@@ -48,7 +48,13 @@ pub struct ExecutionInfo {
 ///   task tokens and child seeds are keyed hashes of it
 ///   ([`crate::rand::Secrets`]); an inline Map runs at most 40 iterations
 ///   at once; values nest at most 100 levels.
-pub const RULES: u32 = 1;
+/// - 2: `States.Timeout` in `ErrorEquals` also matches a heartbeat timeout
+///   (`States.HeartbeatTimeout`), which `States.TaskFailed` does not, as on
+///   AWS; variables (`Assign`) are held to the payload size and nesting
+///   limits; each iteration of a DISTRIBUTED Map counts its own state
+///   transitions (AWS runs it as a child execution of its own), not the
+///   execution's.
+pub const RULES: u32 = 2;
 
 /// An input to the interpreter: something that happened outside it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
