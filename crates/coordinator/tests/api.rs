@@ -144,6 +144,12 @@ impl Env {
     }
 
     async fn index(&self, machine: &str, name: &str, status: ExecutionStatus) {
+        self.index_at(machine, name, status, "2024-01-01T00:00:00Z")
+            .await;
+    }
+
+    /// [`Env::index`] with this start date.
+    async fn index_at(&self, machine: &str, name: &str, status: ExecutionStatus, start: &str) {
         let exec = ExecutionRef::new(machine, name).unwrap();
         self.store
             .put_execution(&ExecutionDescription {
@@ -152,7 +158,7 @@ impl Env {
                 state_machine: machine.into(),
                 version: 1,
                 status,
-                start_date: "2024-01-01T00:00:00Z".into(),
+                start_date: start.into(),
                 stop_date: None,
                 input: None,
                 output: None,
@@ -698,7 +704,8 @@ async fn started_executions_are_idempotent_and_described() {
 }
 
 /// More executions than one reply can hold (messages of 64 KiB here):
-/// the list comes page by page, every one of them in it.
+/// the list comes page by page, every one of them in it, newest first
+/// across the pages (not in the order of their names or keys).
 #[tokio::test]
 async fn many_executions_are_listed_page_by_page() {
     let env = Env::new().await;
@@ -706,12 +713,62 @@ async fn many_executions_are_listed_page_by_page() {
     c.create_state_machine("hello", DEFINITION).await.unwrap();
     let writes = (0..400).map(|i| {
         let env = &env;
+        // Start dates in another order than the names; some shared.
+        let second = (i * 7919) % 300;
+        let start = format!("2024-01-01T00:{:02}:{:02}Z", second / 60, second % 60);
         async move {
-            env.index("hello", &format!("e{i:03}"), ExecutionStatus::Succeeded)
-                .await
+            env.index_at(
+                "hello",
+                &format!("e{i:03}"),
+                ExecutionStatus::Succeeded,
+                &start,
+            )
+            .await
         }
     });
     futures::future::join_all(writes).await;
+    // Page by page, small pages: one order across them.
+    let mut listed = Vec::new();
+    let mut token = None;
+    let mut pages = 0;
+    loop {
+        let page = c
+            .list_executions_page(&ListExecutions {
+                state_machine: Some("hello".into()),
+                status: None,
+                max_results: Some(37),
+                next_token: token.take(),
+            })
+            .await
+            .unwrap();
+        assert!(page.executions.len() <= 37);
+        pages += 1;
+        listed.extend(page.executions);
+        match page.next_token {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 11);
+    let order: Vec<(String, String)> = listed
+        .iter()
+        .map(|e| (e.start_date.clone(), e.execution_arn.clone()))
+        .collect();
+    let mut expected = order.clone();
+    expected.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    expected.dedup();
+    assert_eq!(order, expected, "newest first across pages, none twice");
+    assert_eq!(order.len(), 400);
+    // A token that is not one of ours.
+    let refused = c
+        .list_executions_page(&ListExecutions {
+            state_machine: None,
+            status: None,
+            max_results: None,
+            next_token: Some("e.3.abc".into()),
+        })
+        .await;
+    assert_eq!(code(refused), "InvalidRequest");
     let all = c
         .list_executions(Some("hello"), None)
         .await

@@ -333,7 +333,8 @@ pub struct ListExecutions {
 /// a page stays well under the message size limit.
 pub const MAX_LIST_RESULTS: usize = 1000;
 
-/// The reply to `execution.list`: one page, in the index's key order.
+/// The reply to `execution.list`: one page, newest first (by start date,
+/// then ARN, as AWS lists them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionList {

@@ -45,7 +45,7 @@ use sagaflow_protocol::{
 pub use super::engine::Trigger;
 use super::engine::{ClusterHandle, ClusterOptions};
 use super::history_view;
-use super::store::{Store, StoreError, StoredHistory};
+use super::store::{ListPosition, Store, StoreError, StoredHistory};
 use crate::RuntimeOptions;
 
 /// The NATS service's name.
@@ -671,11 +671,18 @@ impl Api {
     }
 
     /// `ListExecutions`: one page (at most `max_results`, 1,000 by default
-    /// and at most), in the index's key order; `next_token` goes on.
+    /// and at most), newest first; `next_token` goes on.
     pub async fn list_executions(&self, req: ListExecutions) -> Result<ExecutionList, ApiError> {
         if let Some(m) = &req.state_machine {
             check_name("state machine name", m).map_err(invalid_name)?;
         }
+        let after = match req.next_token.as_deref() {
+            None => None,
+            Some(token) => Some(
+                ListPosition::parse(token)
+                    .ok_or_else(|| ApiError::new(codes::INVALID_REQUEST, "invalid next token"))?,
+            ),
+        };
         let limit = req
             .max_results
             .unwrap_or(MAX_LIST_RESULTS)
@@ -685,7 +692,7 @@ impl Api {
             .list_executions_page(
                 req.state_machine.as_deref(),
                 req.status,
-                req.next_token.as_deref(),
+                after.as_ref(),
                 limit,
                 // The reply's other fields and envelope fit in the rest.
                 self.max_request_bytes().saturating_sub(4096),
@@ -694,7 +701,7 @@ impl Api {
             .map_err(internal)?;
         Ok(ExecutionList {
             executions,
-            next_token,
+            next_token: next_token.map(|p| p.token()),
         })
     }
 

@@ -167,6 +167,86 @@ fn b64(text: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
+/// Where a page of [`Store::list_executions_page`] ended: the start date
+/// and ARN of its last execution. Its text form is the API's `nextToken`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPosition {
+    start_date: String,
+    arn: String,
+}
+
+impl ListPosition {
+    /// The `nextToken` text.
+    pub fn token(&self) -> String {
+        format!("{} {}", self.start_date, self.arn)
+    }
+
+    /// Reads a `nextToken`; `None` when it is not one.
+    pub fn parse(token: &str) -> Option<ListPosition> {
+        let (start_date, arn) = token.split_once(' ')?;
+        if start_date.is_empty() || arn.is_empty() {
+            return None;
+        }
+        Some(ListPosition {
+            start_date: start_date.to_string(),
+            arn: arn.to_string(),
+        })
+    }
+}
+
+/// Listing order: newest first, then by ARN. `a < b` when `a` is listed
+/// before `b`.
+impl Ord for ListPosition {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other
+            .start_date
+            .cmp(&self.start_date)
+            .then_with(|| self.arn.cmp(&other.arn))
+    }
+}
+
+impl PartialOrd for ListPosition {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// An index entry in listing order ([`ListPosition`]'s).
+struct Listed(ExecutionDescription);
+
+impl Listed {
+    fn position(&self) -> ListPosition {
+        ListPosition {
+            start_date: self.0.start_date.clone(),
+            arn: self.0.execution_arn.clone(),
+        }
+    }
+}
+
+impl PartialEq for Listed {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for Listed {}
+
+impl Ord for Listed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0
+            .start_date
+            .cmp(&other.0.start_date)
+            .reverse()
+            .then_with(|| self.0.execution_arn.cmp(&other.0.execution_arn))
+    }
+}
+
+impl PartialOrd for Listed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// Bytes kept free in a history message for its headers.
 const HEADER_ROOM: usize = 1024;
 
@@ -919,10 +999,21 @@ impl Store {
         partition: u32,
         after: u64,
     ) -> Result<(Vec<IndexChange>, u64), StoreError> {
+        self.index_changes(format!("e.{partition}."), after).await
+    }
+
+    /// [`Store::partition_index_changes`] for the keys that start with
+    /// `key_prefix` (`e.` for every partition's); the keys of the changes
+    /// are given without the prefix.
+    async fn index_changes(
+        &self,
+        key_prefix: String,
+        after: u64,
+    ) -> Result<(Vec<IndexChange>, u64), StoreError> {
         use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
-        let failed = nats("read a partition's index changes");
+        let failed = nats("read the execution index");
         let kv = &self.infra.executions;
-        let prefix = format!("{}e.{partition}.", kv.prefix);
+        let prefix = format!("{}{key_prefix}", kv.prefix);
         let consumer = kv
             .stream
             .create_consumer(OrderedConfig {
@@ -1014,57 +1105,63 @@ impl Store {
         }
     }
 
-    /// One page of the execution index, in key order: the entries after
-    /// key `after` that match the filters, at most `limit` of them and at
-    /// most `max_bytes` of their JSON, and the key to go on from when there
-    /// may be more. Only the page's entries (and the ones skipped by the
-    /// filters) are read.
+    /// One page of the execution index, newest first (by start date, then
+    /// ARN, as AWS lists them): the entries after position `after` that
+    /// match the filters, at most `limit` of them and at most `max_bytes` of
+    /// their JSON, and the position to go on from when there may be more.
+    /// The whole index is read in one pass (the last value of every key),
+    /// keeping only the page's entries.
     pub async fn list_executions_page(
         &self,
         state_machine: Option<&str>,
         status: Option<ExecutionStatus>,
-        after: Option<&str>,
+        after: Option<&ListPosition>,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<ExecutionDescription>, Option<String>), StoreError> {
-        let mut listed = self
-            .infra
-            .executions
-            .keys()
-            .await
-            .map_err(|e| nats("list executions")(&e))?;
-        let mut keys = Vec::new();
-        while let Some(key) = listed.next().await {
-            let key = key.map_err(|e| nats("list executions")(&e))?;
-            if after.is_none_or(|a| key.as_str() > a) {
-                keys.push(key);
-            }
-        }
-        keys.sort_unstable();
-        let mut page = Vec::new();
-        let mut bytes_used = 2;
-        for (i, key) in keys.iter().enumerate() {
-            if page.len() == limit {
-                // More keys after the last one read: go on from there.
-                return Ok((page, i.checked_sub(1).map(|j| keys[j].clone())));
-            }
-            let Some((desc, size)) = self.listed_entry(key).await? else {
-                continue;
-            };
+    ) -> Result<(Vec<ExecutionDescription>, Option<ListPosition>), StoreError> {
+        let (changes, _) = self.index_changes("e.".to_string(), 0).await?;
+        // The first `limit` entries after `after`, in listing order: a heap
+        // whose top is the last of those kept so far.
+        let mut kept: std::collections::BinaryHeap<Listed> = std::collections::BinaryHeap::new();
+        // Whether an entry after the kept ones was left for a later page.
+        let mut more = false;
+        for desc in changes.into_iter().filter_map(|c| c.entry) {
             if state_machine.is_some_and(|m| m != desc.state_machine)
                 || status.is_some_and(|s| s != desc.status)
             {
                 continue;
             }
-            let size = size + 1;
+            let listed = Listed(desc);
+            if after.is_some_and(|a| listed.position() <= *a) {
+                continue;
+            }
+            if kept.len() < limit {
+                kept.push(listed);
+            } else {
+                more = true;
+                if kept.peek().is_some_and(|last| listed < *last) {
+                    kept.pop();
+                    kept.push(listed);
+                }
+            }
+        }
+        let mut page: Vec<ExecutionDescription> = Vec::with_capacity(kept.len());
+        let mut bytes_used = 2;
+        for listed in kept.into_sorted_vec() {
+            let size = serde_json::to_vec(&listed.0).map_or(0, |b| b.len()) + 1;
             if !page.is_empty() && bytes_used + size > max_bytes {
                 // Full: this entry opens the next page.
-                return Ok((page, i.checked_sub(1).map(|j| keys[j].clone())));
+                more = true;
+                break;
             }
             bytes_used += size;
-            page.push(desc);
+            page.push(listed.0);
         }
-        Ok((page, None))
+        let next = match page.last() {
+            Some(last) if more => Some(Listed(last.clone()).position()),
+            _ => None,
+        };
+        Ok((page, next))
     }
 
     /// Index entries, optionally of one partition, one state machine or one
