@@ -194,7 +194,14 @@ impl Env {
             part: None,
         };
         self.store
-            .append_history(exec, 0, &batch)
+            .append_history(
+                exec,
+                self.store
+                    .history_last_sequence(exec)
+                    .await
+                    .expect("last sequence"),
+                &batch,
+            )
             .await
             .expect("append");
     }
@@ -837,19 +844,37 @@ async fn task_callbacks() {
             callback: true,
         }
     );
-    c.send_task_failure(&t, None, Some("no".into()))
+    // A second answer while the first waits in the inbox: the task no
+    // longer waits for one (AWS's TaskTimedOut), and nothing more is queued.
+    let queued = env.inbox_count().await;
+    assert_eq!(
+        code(c.send_task_failure(&t, None, Some("no".into())).await),
+        "TaskTimedOut"
+    );
+    assert_eq!(
+        code(c.send_task_success(&t, json!({"again": true})).await),
+        "TaskTimedOut"
+    );
+    assert_eq!(env.inbox_count().await, queued);
+    // Another task's failure goes in.
+    env.schedule(&exec, "Wait@1#0", &token(&exec.arn(), "Wait@1#0"))
+        .await;
+    let t1 = token(&exec.arn(), "Wait@1#0");
+    c.send_task_failure(&t1, None, Some("no".into()))
         .await
         .unwrap();
     assert_eq!(
         env.last_inbox_message(&exec).await,
         InboxMessage::TaskFailed {
             execution_arn: exec.arn(),
-            task_id: "Wait@0#0".into(),
+            task_id: "Wait@1#0".into(),
             error: "States.TaskFailed".into(),
             cause: "no".into(),
             callback: true,
         }
     );
+    // Heartbeats are not answers: any number of them.
+    c.send_task_heartbeat(&t).await.unwrap();
     c.send_task_heartbeat(&t).await.unwrap();
     assert_eq!(
         env.last_inbox_message(&exec).await,

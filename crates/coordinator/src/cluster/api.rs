@@ -853,6 +853,9 @@ impl Api {
     }
 
     /// The execution and task a token names; the execution must be running.
+    /// A task answered already (its history shows the answer) is
+    /// `TaskTimedOut`; one whose answer is still in the inbox is caught by
+    /// the answer's `Nats-Msg-Id` ([`answer_msg_id`]).
     async fn token_target(&self, token: &str) -> Result<(ExecutionRef, String), ApiError> {
         let invalid = || ApiError::new(codes::INVALID_TOKEN, "the task token is not valid");
         let (execution, task_id) = decode_task_token(token).ok_or_else(invalid)?;
@@ -910,39 +913,43 @@ impl Api {
             ));
         }
         let (exec, task_id) = self.token_target(&req.task_token).await?;
-        self.publish(
-            &exec,
-            &InboxMessage::TaskSucceeded {
-                execution_arn: exec.arn(),
-                task_id,
-                output: req.output,
-                callback: true,
-            },
-            None,
-            None,
-        )
-        .await?;
-        Ok(())
+        let answer = answer_msg_id(&exec, &task_id);
+        let repeated = self
+            .publish(
+                &exec,
+                &InboxMessage::TaskSucceeded {
+                    execution_arn: exec.arn(),
+                    task_id: task_id.clone(),
+                    output: req.output,
+                    callback: true,
+                },
+                Some(answer),
+                None,
+            )
+            .await?;
+        answered_once(repeated, &exec, &task_id)
     }
 
     /// `SendTaskFailure` (error defaults to `States.TaskFailed`).
     pub async fn send_task_failure(&self, req: SendTaskFailure) -> Result<(), ApiError> {
         check_error_cause(req.error.as_deref(), req.cause.as_deref())?;
         let (exec, task_id) = self.token_target(&req.task_token).await?;
-        self.publish(
-            &exec,
-            &InboxMessage::TaskFailed {
-                execution_arn: exec.arn(),
-                task_id,
-                error: req.error.unwrap_or_else(|| "States.TaskFailed".to_string()),
-                cause: req.cause.unwrap_or_default(),
-                callback: true,
-            },
-            None,
-            None,
-        )
-        .await?;
-        Ok(())
+        let answer = answer_msg_id(&exec, &task_id);
+        let repeated = self
+            .publish(
+                &exec,
+                &InboxMessage::TaskFailed {
+                    execution_arn: exec.arn(),
+                    task_id: task_id.clone(),
+                    error: req.error.unwrap_or_else(|| "States.TaskFailed".to_string()),
+                    cause: req.cause.unwrap_or_default(),
+                    callback: true,
+                },
+                Some(answer),
+                None,
+            )
+            .await?;
+        answered_once(repeated, &exec, &task_id)
     }
 
     /// `SendTaskHeartbeat`.
@@ -1074,6 +1081,26 @@ impl Api {
             tracing::debug!(operation = ?op, error = %e, "could not reply to an API request");
         }
     }
+}
+
+/// The `Nats-Msg-Id` of a task's answer (`SendTaskSuccess` or
+/// `SendTaskFailure`): the same for every answer to the task, so that the
+/// broker keeps only the first within its duplicate window.
+fn answer_msg_id(exec: &ExecutionRef, task_id: &str) -> String {
+    format!("{}/{task_id}/answer", exec.key())
+}
+
+/// `Ok` for the first answer to a task; a repeat (the broker dropped it as
+/// a duplicate of an answer not applied yet) gets AWS's answer for a task
+/// that no longer waits.
+fn answered_once(repeated: bool, exec: &ExecutionRef, task_id: &str) -> Result<(), ApiError> {
+    if repeated {
+        return Err(ApiError::new(
+            codes::TASK_TIMED_OUT,
+            format!("task {task_id} of {} was answered already", exec.arn()),
+        ));
+    }
+    Ok(())
 }
 
 fn machine_missing(name: &str, version: Option<u64>) -> ApiError {
