@@ -132,10 +132,6 @@ struct Frame {
     steps: u32,
     active: Option<Active>,
     vars: Option<HashMap<String, Value>>,
-    /// The state transitions of an iteration of a DISTRIBUTED Map (rules
-    /// 2), counted apart from the execution's, as AWS runs it as a child
-    /// execution of its own; `None` for every other frame.
-    own_transitions: Option<u64>,
 }
 
 struct Active {
@@ -414,7 +410,6 @@ impl Execution {
             steps: 0,
             active: None,
             vars: None,
-            own_transitions: None,
         });
         let limit = self.options.max_payload_bytes;
         let flow = match Payload::measure_shared(input, limit).fits(limit) {
@@ -498,7 +493,6 @@ impl Execution {
             steps: point.steps,
             active: None,
             vars: point.vars,
-            own_transitions: None,
         });
         // Entering the state starts its fan-out (if it is one) at once.
         self.redrive_prefill = point.done;
@@ -643,27 +637,6 @@ impl Execution {
 
     // ------------------------------------------------------- entering states
 
-    /// Counts a state transition in frame `f`: on the nearest frame that
-    /// counts its own (an iteration of a DISTRIBUTED Map), else on the
-    /// execution. Returns the count.
-    fn count_transition(&mut self, f: FrameId) -> u64 {
-        let mut at = f;
-        loop {
-            let frame = self.frame_mut(at);
-            if let Some(n) = frame.own_transitions.as_mut() {
-                *n += 1;
-                return *n;
-            }
-            match frame.parent {
-                Some((parent, _)) => at = parent,
-                None => {
-                    self.transitions += 1;
-                    return self.transitions;
-                }
-            }
-        }
-    }
-
     fn enter(
         &mut self,
         at: Timestamp,
@@ -672,10 +645,10 @@ impl Execution {
         input: Payload,
         out: &mut Vec<Command>,
     ) -> Flow {
-        let transitions = self.count_transition(f);
+        self.transitions += 1;
         let machine = self.machine.clone();
         let state = Self::state_of(&machine, &self.frame(f).loc, state_id);
-        if transitions > self.options.max_state_transitions {
+        if self.transitions > self.options.max_state_transitions {
             return Flow::Done(Err(Failure::runtime(
                 &state.name,
                 format!(
@@ -1350,7 +1323,6 @@ impl Execution {
                 (loc, prefix, index, fan.inputs[index].clone(), fan.is_map)
             };
             let start_at = graph_at(&self.machine, &loc).start_at;
-            let distributed = matches!(&state.kind, StateKind::Map(m) if m.distributed);
             let child = self.alloc(Frame {
                 loc,
                 prefix,
@@ -1358,7 +1330,6 @@ impl Execution {
                 steps: 0,
                 active: None,
                 vars: None,
-                own_transitions: (distributed && self.rules() >= 2).then_some(0),
             });
             if let Some(Waiting::Fanout(fan)) =
                 self.frame_mut(f).active.as_mut().map(|a| &mut a.waiting)

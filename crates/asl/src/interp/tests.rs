@@ -905,54 +905,6 @@ fn a_variable_over_the_payload_limit_fails_its_state_and_can_be_caught() {
 }
 
 #[test]
-fn each_distributed_map_iteration_counts_its_own_transitions() {
-    let options = Options {
-        max_state_transitions: 50,
-        ..Options::default()
-    };
-    let map = |mode: &str| {
-        format!(
-            r#"{{"StartAt": "M", "States": {{
-                "M": {{"Type": "Map", "ItemsPath": "$.items", "ResultPath": null, "End": true,
-                      "ItemProcessor": {{"ProcessorConfig": {{"Mode": "{mode}"}}, "StartAt": "A", "States": {{
-                          "A": {{"Type": "Pass", "Next": "B"}},
-                          "B": {{"Type": "Pass", "Next": "C"}},
-                          "C": {{"Type": "Pass", "End": true}}}}}}}}
-            }}}}"#
-        )
-    };
-    let items = json!({"items": (0..30).collect::<Vec<_>>()});
-    // 90 states entered in the iterations: each DISTRIBUTED one counts 3.
-    let mut sim = Sim::with_options(&map("DISTRIBUTED"), options.clone());
-    let o = sim.run(items.clone(), |_| None);
-    assert!(matches!(o, Outcome::Succeeded { .. }), "{o:?}");
-    // Inline, they count against the execution's 50.
-    let mut sim = Sim::with_options(&map("INLINE"), options.clone());
-    let o = sim.run(items.clone(), |_| None);
-    assert_eq!(failed(&o).0, "States.Runtime");
-    // Rules 1 counted the DISTRIBUTED ones against the execution too.
-    let mut sim = Sim::with_options(&map("DISTRIBUTED"), options.clone());
-    sim.rules = 1;
-    let o = sim.run(items, |_| None);
-    assert_eq!(failed(&o).0, "States.Runtime");
-    // An iteration that loops for ever still ends, at its own limit.
-    let mut sim = Sim::with_options(
-        r#"{"StartAt": "M", "States": {
-            "M": {"Type": "Map", "ItemsPath": "$.items", "End": true,
-                  "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED"}, "StartAt": "A", "States": {
-                      "A": {"Type": "Pass", "Next": "B"},
-                      "B": {"Type": "Choice", "Choices": [{"Variable": "$.stop", "BooleanEquals": true, "Next": "Done"}], "Default": "A"},
-                      "Done": {"Type": "Succeed"}}}}
-        }}"#,
-        options,
-    );
-    let o = sim.run(json!({"items": [{"stop": false}]}), |_| None);
-    let (error, cause) = failed(&o);
-    assert_eq!(error, "States.Runtime");
-    assert!(cause.contains("50 state transitions"), "{cause}");
-}
-
-#[test]
 fn data_limit_exceeded_is_not_caught_by_states_all() {
     let options = Options {
         max_payload_bytes: 100,

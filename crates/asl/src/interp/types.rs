@@ -51,9 +51,7 @@ pub struct ExecutionInfo {
 /// - 2: `States.Timeout` in `ErrorEquals` also matches a heartbeat timeout
 ///   (`States.HeartbeatTimeout`), which `States.TaskFailed` does not, as on
 ///   AWS; variables (`Assign`) are held to the payload size and nesting
-///   limits; each iteration of a DISTRIBUTED Map counts its own state
-///   transitions (AWS runs it as a child execution of its own), not the
-///   execution's.
+///   limits.
 pub const RULES: u32 = 2;
 
 /// An input to the interpreter: something that happened outside it.
