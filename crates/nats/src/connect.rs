@@ -539,8 +539,8 @@ enum UrlCredential {
 fn split_url_credentials(url: &str) -> Result<(String, Option<UrlCredential>), ConnectError> {
     let mut clean = Vec::new();
     let mut found: Option<UrlCredential> = None;
-    for (index, part) in url.split(',').enumerate() {
-        let part = part.trim();
+    let parts: Vec<&str> = url.split(',').map(str::trim).collect();
+    for (index, &part) in parts.iter().enumerate() {
         let (scheme, rest) = match part.find("://") {
             Some(i) => (&part[..i + 3], &part[i + 3..]),
             None => ("", part),
@@ -552,7 +552,7 @@ fn split_url_credentials(url: &str) -> Result<(String, Option<UrlCredential>), C
             // after a ':': a user or password with one of the characters
             // that end it ('/', '?', '#', ','), not percent-encoded. Say
             // so, without repeating it.
-            if rest.contains('@') || !port_is_plausible(authority) {
+            if rest.contains('@') || !port_is_plausible(authority) || cut_at_comma(&parts, index) {
                 return Err(ConnectError::InvalidUrl {
                     reason: format!(
                         "server {}: its user or password (if it has one) holds a character that must be percent-encoded: '/' as %2F, '?' as %3F, '#' as %23, ',' as %2C",
@@ -602,9 +602,11 @@ fn split_url_credentials(url: &str) -> Result<(String, Option<UrlCredential>), C
 /// The URL (or comma-separated list) with any user, password or token
 /// replaced by `***`, for messages and logs.
 pub fn redact_url(url: &str) -> String {
-    url.split(',')
-        .map(|part| {
-            let part = part.trim();
+    let parts: Vec<&str> = url.split(',').map(str::trim).collect();
+    parts
+        .iter()
+        .enumerate()
+        .map(|(index, &part)| {
             let (scheme, rest) = match part.find("://") {
                 Some(i) => part.split_at(i + 3),
                 None => ("", part),
@@ -616,12 +618,27 @@ pub fn redact_url(url: &str) -> String {
             let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
             match rest.rfind('@') {
                 Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
-                None if !port_is_plausible(&rest[..end]) => format!("{scheme}***"),
+                None if !port_is_plausible(&rest[..end]) || cut_at_comma(&parts, index) => {
+                    format!("{scheme}***")
+                }
                 None => part.to_string(),
             }
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Whether server `index` of a list may be the start of a user, password
+/// or token cut at a ',' (not percent-encoded): it has no '@', and the next
+/// one has credentials but no scheme (`nats://tok,en@h` splits into
+/// `nats://tok` and `en@h`). A list that really mixes a server with a
+/// scheme and one with credentials but without a scheme is refused too: it
+/// can write the scheme.
+fn cut_at_comma(parts: &[&str], index: usize) -> bool {
+    !parts[index].contains('@')
+        && parts
+            .get(index + 1)
+            .is_some_and(|next| next.contains('@') && !next.contains("://"))
 }
 
 /// Whether what follows the last ':' of a host (after the ']' of an IPv6
@@ -758,6 +775,8 @@ mod tests {
         assert_eq!(redact_url("nats://u:p/ss@h:1"), "nats://***@h:1");
         assert_eq!(redact_url("nats://u:p?s#s@h:1"), "nats://***@h:1");
         assert_eq!(redact_url("nats://u:p,ss@h:1"), "nats://***,***@h:1");
+        assert_eq!(redact_url("nats://tok,en@h:1"), "nats://***,***@h:1");
+        assert_eq!(redact_url("nats://u:2024,s3@h:1"), "nats://***,***@h:1");
     }
 
     #[test]
@@ -767,6 +786,10 @@ mod tests {
             "nats://u:x?s3cr@h:1",
             "nats://u:x#s3cr@h:1",
             "nats://u:x,s3cr@h:1",
+            // Cut at the ',' where what comes before looks like a host.
+            "nats://s3cr,en@h:1",
+            "nats://u:2024,s3cr@h:1",
+            "nats://u:,s3cr@h:1",
         ] {
             let e = split_url_credentials(url).unwrap_err();
             let text = e.to_string();

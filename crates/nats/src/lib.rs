@@ -246,7 +246,7 @@ fn check_kept(config: &stream::Config, holds: Holds) -> Result<(), SetupError> {
             lost,
         );
     }
-    if holds == Holds::History && config.max_messages_per_subject > 0 {
+    if holds != Holds::Records && config.max_messages_per_subject > 0 {
         return unsafe_(
             "max messages per subject",
             config.max_messages_per_subject.to_string(),

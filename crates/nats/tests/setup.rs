@@ -326,6 +326,17 @@ async fn streams_that_would_lose_what_they_hold_are_refused() {
             "retention",
         ),
         (
+            "inbox-per-subject",
+            |ns: &Namespace| Config {
+                name: ns.inbox_stream(),
+                subjects: vec![ns.inbox_wildcard()],
+                retention: RetentionPolicy::WorkQueue,
+                max_messages_per_subject: 1,
+                ..Default::default()
+            },
+            "max messages per subject",
+        ),
+        (
             "tasks-count",
             |ns: &Namespace| Config {
                 name: ns.tasks_stream(),

@@ -1063,6 +1063,8 @@ impl Partition {
             }
             return Ok(None);
         };
+        // Its first step is recorded now (by whoever wrote it).
+        self.unfinished_first_steps.remove(&key);
         let machine = self
             .shared
             .machine(&meta.state_machine, meta.version)

@@ -496,10 +496,18 @@ impl Store {
         }
     }
 
-    /// The largest history message: the streams' limit, less room for the
-    /// headers (the limit counts them too).
+    /// The largest history message: the streams' limit or the server's
+    /// largest message (`max_payload`), whichever is lower, less room for
+    /// the headers (both count them).
     fn history_message_limit(&self) -> usize {
-        (self.infra.settings.max_message_bytes.max(0) as usize).saturating_sub(HEADER_ROOM)
+        let stream_limit = self.infra.settings.max_message_bytes.max(0) as usize;
+        let server_limit = self.infra.client.server_info().max_payload;
+        let limit = if server_limit > 0 {
+            stream_limit.min(server_limit)
+        } else {
+            stream_limit
+        };
+        limit.saturating_sub(HEADER_ROOM)
     }
 
     async fn publish_history(
