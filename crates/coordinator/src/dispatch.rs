@@ -356,7 +356,9 @@ impl Dispatcher for EmbeddedDispatcher {
                         // heartbeat clock runs until it does. An answer
                         // that comes while the handler still runs ends the
                         // task (as over NATS, where the answer goes to the
-                        // coordinator, not to the handler); a handler error
+                        // coordinator, not to the handler), and the handler
+                        // finishes its work in the background, its result
+                        // unused (as a Worker's would be); a handler error
                         // before any answer fails it.
                         Some((callbacks, token, mut answered)) => {
                             let withdrawn = |_| {
@@ -371,6 +373,9 @@ impl Dispatcher for EmbeddedDispatcher {
                                     tokio::select! {
                                         handed_out = &mut call => handed_out?,
                                         answer = &mut answered => {
+                                            tokio::spawn(async move {
+                                                let _ = call.await;
+                                            });
                                             return answer.unwrap_or_else(withdrawn);
                                         }
                                     };
@@ -628,6 +633,49 @@ mod tests {
         assert_eq!(c.result, Ok(json!("done")));
     }
 
+    /// A `.waitForTaskToken` handler answered before it returns: the task
+    /// ends with the answer, and the handler still finishes what it does
+    /// after handing out its token (it is not dropped midway).
+    #[tokio::test]
+    async fn a_callback_answered_early_lets_its_handler_finish() {
+        let (tokens_tx, mut tokens) = mpsc::unbounded_channel::<String>();
+        let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
+        let go = Arc::new(std::sync::Mutex::new(Some(go)));
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&finished);
+        let h: Arc<dyn Handler> = Arc::new(handler_fn(move |_: Value, c: TaskContext| {
+            let tokens_tx = tokens_tx.clone();
+            let go = go.lock().unwrap().take();
+            let done = Arc::clone(&done);
+            async move {
+                let _ = tokens_tx.send(c.task_token.clone().unwrap_or_default());
+                if let Some(go) = go {
+                    let _ = go.await;
+                }
+                done.store(true, Ordering::SeqCst);
+                Ok::<_, TaskError>(json!("handed out"))
+            }
+        }));
+        let d = EmbeddedDispatcher::new([("ask".to_string(), h)]).with_callbacks();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut req = request("t1", "ask.waitForTaskToken", json!({}), None);
+        req.task_token = Some("tok-1".into());
+        d.dispatch(&info(), req, tx).await.unwrap();
+        let token = tokens.recv().await.unwrap();
+        d.complete_task(&token, Ok(json!({"answer": 1}))).unwrap();
+        let c = rx.recv().await.unwrap();
+        assert_eq!(c.result, Ok(json!({"answer": 1})));
+        assert!(!finished.load(Ordering::SeqCst));
+        go_tx.send(()).unwrap();
+        for _ in 0..200 {
+            if finished.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(finished.load(Ordering::SeqCst), "the handler was dropped");
+    }
+
     #[tokio::test]
     async fn panics_become_task_failed() {
         let h: Arc<dyn Handler> = Arc::new(handler_fn(|_: Value, _c: TaskContext| async move {
@@ -882,9 +930,10 @@ mod tests {
             .expect("the answer did not end the task")
             .unwrap();
         assert_eq!(c.result, Ok(json!({"approved": true})));
-        // The handler's work is dropped with the task.
+        // The task is over; its handler's work goes on in the background
+        // (as a Worker's does when its task was answered by callback).
         tokio::task::yield_now().await;
-        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
         assert_eq!(d.running(), 0);
     }
 

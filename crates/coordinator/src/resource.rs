@@ -394,13 +394,26 @@ impl std::fmt::Display for ChildError {
 
 /// The child's input: the `Input` parameter, `{}` without one. A string is
 /// the input's JSON text, as for StartExecution (AWS): it is parsed, and
-/// one that is not JSON is refused.
+/// one that is not JSON, or nests arrays and objects deeper than an input
+/// may ([`sagaflow_asl::interp::MAX_DEPTH`]), is refused.
 pub fn child_input(parameters: &Value) -> Result<Value, ChildError> {
     match parameters.get("Input") {
-        Some(Value::String(s)) => serde_json::from_str(s).map_err(|e| ChildError {
-            error: INVALID_EXECUTION_INPUT,
-            cause: format!("the Input parameter is a string that is not JSON: {e}"),
-        }),
+        Some(Value::String(s)) => {
+            let input: Value = serde_json::from_str(s).map_err(|e| ChildError {
+                error: INVALID_EXECUTION_INPUT,
+                cause: format!("the Input parameter is a string that is not JSON: {e}"),
+            })?;
+            if sagaflow_asl::interp::too_deeply_nested(&input) {
+                return Err(ChildError {
+                    error: INVALID_EXECUTION_INPUT,
+                    cause: format!(
+                        "the Input parameter nests arrays and objects more than {} levels deep",
+                        sagaflow_asl::interp::MAX_DEPTH
+                    ),
+                });
+            }
+            Ok(input)
+        }
         Some(v) => Ok(v.clone()),
         None => Ok(json!({})),
     }

@@ -932,6 +932,13 @@ async fn a_child_with_a_bad_input_or_name_fails_with_aws_errors_on_both_backends
                 json!({"name": 7, "input": "{}"}),
                 "StepFunctions.InvalidNameException",
             ),
+            // JSON text nested deeper than an input may be (a string in
+            // the parent, so no limit of the parent's applies to it).
+            (
+                "deep-input",
+                json!({"name": "k3", "input": format!("{}{}", "[".repeat(110), "]".repeat(110))}),
+                "StepFunctions.InvalidExecutionInputException",
+            ),
         ] {
             let done = saga
                 .start("parent", input, Some(run))
