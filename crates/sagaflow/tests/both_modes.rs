@@ -1070,3 +1070,53 @@ async fn a_result_over_the_limit_fails_the_same_way_on_both_backends() {
         )
     );
 }
+
+/// A `.sync` child whose report (its input and output together) is over
+/// the payload limit: the parent's task fails with
+/// `States.DataLimitExceeded`, recorded as the same events on both
+/// backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_report_over_the_limit_fails_the_same_way_on_both_backends() {
+    const CHILD: &str = r#"{"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}"#;
+    let parent = json!({
+        "StartAt": "Call",
+        "States": {"Call": {
+            "Type": "Task",
+            "Resource": "arn:aws:states:::states:startExecution.sync:2",
+            "Parameters": {
+                "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:kid",
+                "Input.$": "$"
+            },
+            "End": true
+        }}
+    })
+    .to_string();
+    let mut seen = Vec::new();
+    for mode in Backend::both() {
+        let backend = Backend::new(mode);
+        let saga = backend.build(Sagaflow::builder()).await;
+        saga.deploy("kid", CHILD).await.unwrap();
+        saga.deploy("parent", &parent).await.unwrap();
+        // 150 KB in, 150 KB out: 300 KB of report.
+        let e = saga
+            .start("parent", json!({"pad": "x".repeat(150_000)}), Some("p"))
+            .await
+            .unwrap();
+        let done = e.wait(LIMIT).await.unwrap();
+        assert_eq!(done.status, Status::Failed, "{mode:?}");
+        assert_eq!(
+            done.error.as_deref(),
+            Some("States.DataLimitExceeded"),
+            "{mode:?}: {done:?}"
+        );
+        let history = types(&e.history().await.unwrap());
+        assert!(
+            history.iter().any(|t| t == "TaskFailed")
+                && !history.iter().any(|t| t == "TaskSucceeded"),
+            "{mode:?}: {history:?}"
+        );
+        seen.push((done.cause, history));
+        saga.shutdown().await;
+    }
+    assert_eq!(seen[0], seen[1]);
+}

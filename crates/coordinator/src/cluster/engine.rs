@@ -1613,7 +1613,25 @@ impl Partition {
                         // through SendTaskSuccess.
                         continue;
                     }
-                    if sagaflow_asl::interp::too_deeply_nested(&output) {
+                    if let Shape::ChildSync { .. } = pending.shape {
+                        // A child's report, held to the limits in the shape
+                        // the task returns it (`.sync` gives its input and
+                        // output as text), as the embedded runtime does.
+                        let state = pending.request.state_name.clone();
+                        let shaped = shape_output(pending.shape, output, &task_id);
+                        match sagaflow_participant::within_limit(
+                            Ok(shaped),
+                            &state,
+                            self.shared.options.runtime.max_payload_bytes,
+                        ) {
+                            Ok(output) => Event::TaskSucceeded { task_id, output },
+                            Err(e) => Event::TaskFailed {
+                                task_id,
+                                error: e.error,
+                                cause: e.cause,
+                            },
+                        }
+                    } else if sagaflow_asl::interp::too_deeply_nested(&output) {
                         // Recorded, it would make the history unreadable.
                         let state = pending.request.state_name.clone();
                         Event::TaskFailed {
