@@ -418,11 +418,19 @@ impl Coordinator {
                     Command::StartTimer {
                         timer_id, fire_at, ..
                     } => {
-                        let when = self.clock.instant_at(fire_at);
+                        let clock = Arc::clone(&self.clock);
                         let fire = fire.clone();
                         let id = timer_id.clone();
                         let handle = tokio::spawn(async move {
-                            tokio::time::sleep_until(when).await;
+                            // A time further than a tokio instant reaches
+                            // is slept towards in steps: the timer fires
+                            // at its time, never before.
+                            loop {
+                                tokio::time::sleep_until(clock.instant_at(fire_at)).await;
+                                if clock.now() >= fire_at {
+                                    break;
+                                }
+                            }
                             let _ = fire.send(id);
                         });
                         // The timer it replaces (if any) is aborted as it drops.
@@ -619,6 +627,33 @@ mod tests {
                 cause: "no future for you".into()
             }
         );
+    }
+
+    /// A Wait until a time further ahead than a tokio instant reaches (60
+    /// years on from the clock's start): it ends at that time, not before.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_far_ahead_ends_at_its_time() {
+        let m = machine(
+            r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Timestamp": "2030-01-01T00:00:00Z", "End": true}}}"#,
+        );
+        let clock = Arc::new(VirtualClock::new(Timestamp::UNIX_EPOCH));
+        let c = Coordinator::new(
+            clock.clone(),
+            Arc::new(EmbeddedDispatcher::new(
+                Vec::<(String, Arc<dyn Handler>)>::new(),
+            )),
+            RuntimeOptions::default(),
+        );
+        let run = c.run(m, info("far"), json!({})).await.unwrap();
+        assert!(
+            matches!(run.outcome, Outcome::Succeeded { .. }),
+            "{:?}",
+            run.outcome
+        );
+        let until: Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+        let ended = run.history.last().map(|h| h.at).unwrap();
+        assert!(ended >= until, "ended at {ended}");
+        assert!(clock.now() >= until);
     }
 
     #[tokio::test(start_paused = true)]

@@ -148,7 +148,30 @@ fn push_unique(out: &mut Vec<String>, key: &str) {
 }
 
 fn is_lambda_invoke(base: &str) -> bool {
-    base == LAMBDA_INVOKE
+    same_integration(base, LAMBDA_INVOKE)
+}
+
+/// The service integration a resource (without its pattern suffix) names,
+/// in any AWS partition: `lambda:invoke` for `arn:aws:states:::lambda:invoke`
+/// as for `arn:aws-us-gov:states:::lambda:invoke` or
+/// `arn:aws-cn:states:::lambda:invoke`; `None` for other resources.
+pub fn integration(base: &str) -> Option<&str> {
+    let (partition, rest) = base.strip_prefix("arn:")?.split_once(':')?;
+    let partition_ok = partition.starts_with("aws")
+        && partition
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !partition_ok {
+        return None;
+    }
+    rest.strip_prefix("states:::").filter(|i| !i.is_empty())
+}
+
+/// Whether `base` names the same service integration as `known` (one of
+/// [`LAMBDA_INVOKE`], [`START_EXECUTION`], [`HTTP_INVOKE`]), in whichever
+/// partition.
+pub fn same_integration(base: &str, known: &str) -> bool {
+    integration(base).is_some_and(|i| Some(i) == integration(known))
 }
 
 /// Where a task with this resource and effective input goes.
@@ -180,7 +203,7 @@ pub fn resolve(resource: &str, input: &Value) -> Result<Resolution, ResolveError
             pattern,
         });
     }
-    if base == HTTP_INVOKE {
+    if same_integration(base, HTTP_INVOKE) {
         let (candidates, name) = http_candidates(resource);
         return Ok(Resolution {
             candidates,
@@ -221,6 +244,11 @@ fn resource_candidates(resource: &str) -> (Vec<String>, String) {
     let mut candidates = Vec::new();
     push_unique(&mut candidates, resource);
     push_unique(&mut candidates, base);
+    // An integration of another partition goes where the `aws` one does
+    // (child executions, in the embedded runtime).
+    if let Some(integration) = integration(base) {
+        push_unique(&mut candidates, &format!("arn:aws:states:::{integration}"));
+    }
     let name = resource_name(base);
     push_unique(&mut candidates, name);
     if let Some(last) = base.rsplit(':').next() {
@@ -235,7 +263,7 @@ fn resource_candidates(resource: &str) -> (Vec<String>, String) {
 /// (`"FunctionName.$"`). Returns `(candidates, suggested name)`.
 pub fn static_candidates(task: &Task) -> Option<(Vec<String>, String)> {
     let (base, _) = strip_pattern(&task.resource);
-    if base == HTTP_INVOKE {
+    if same_integration(base, HTTP_INVOKE) {
         return Some(http_candidates(&task.resource));
     }
     if !is_lambda_invoke(base) {
@@ -494,6 +522,38 @@ mod tests {
             ("a", Pattern::WaitForTaskToken)
         );
         assert_eq!(strip_pattern("a"), ("a", Pattern::RequestResponse));
+    }
+
+    #[test]
+    fn integrations_of_every_partition_are_recognised() {
+        for partition in ["aws", "aws-cn", "aws-us-gov", "aws-iso-b"] {
+            let invoke = format!("arn:{partition}:states:::lambda:invoke");
+            assert_eq!(integration(&invoke), Some("lambda:invoke"));
+            assert!(same_integration(&invoke, LAMBDA_INVOKE));
+            let r = resolve(
+                &invoke,
+                &json!({"FunctionName": "reserve", "Payload": {"a": 1}}),
+            )
+            .unwrap();
+            assert_eq!(r.name, "reserve", "{partition}");
+            assert_eq!(r.shape, ResultShape::LambdaInvoke);
+            assert_eq!(r.input, json!({"a": 1}));
+            let child = format!("arn:{partition}:states:::states:startExecution.sync:2");
+            let r = resolve(&child, &json!({})).unwrap();
+            assert!(
+                r.candidates.iter().any(|c| c == START_EXECUTION),
+                "{partition}: {:?}",
+                r.candidates
+            );
+            let http = format!("arn:{partition}:states:::http:invoke");
+            assert_eq!(
+                resolve(&http, &json!({})).unwrap().name,
+                HTTP_INVOKE_HANDLER
+            );
+        }
+        assert_eq!(integration("arn:aws:lambda:us-east-1:1:function:f"), None);
+        assert_eq!(integration("arn:other:states:::lambda:invoke"), None);
+        assert_eq!(integration("reserve"), None);
     }
 
     #[test]

@@ -2030,7 +2030,10 @@ impl Partition {
     /// again (the child's start is de-duplicated by name).
     async fn dispatch_in_coordinator(&mut self, key: &str, pending: &Pending) -> Option<Event> {
         let request = &pending.request;
-        if resource::strip_pattern(&request.resource).0 == START_EXECUTION {
+        if resource::same_integration(
+            resource::strip_pattern(&request.resource).0,
+            START_EXECUTION,
+        ) {
             return match self.start_child(key, request, pending).await {
                 Ok(event) => event,
                 Err(e) => {
@@ -2837,7 +2840,7 @@ pub(crate) fn apply_guarded(
 /// execution started by the coordinator.
 fn plan_task(exec_ref: &ExecutionRef, route: &Route, request: &TaskRequest) -> Pending {
     let (base, pattern) = resource::strip_pattern(&request.resource);
-    if base == START_EXECUTION {
+    if resource::same_integration(base, START_EXECUTION) {
         let v2 = request.resource.ends_with(".sync:2");
         return Pending {
             request: request.clone(),

@@ -89,7 +89,7 @@ fn text(value: &Value) -> String {
 /// (`arn:aws:states:::lambda:invoke` → `lambda`, `invoke`); other resources
 /// are kept whole with the type `sagaflow`, Lambda ARNs get `lambda`.
 pub fn split_resource(resource: &str) -> (String, String) {
-    if let Some(rest) = resource.strip_prefix("arn:aws:states:::")
+    if let Some(rest) = crate::resource::integration(resource)
         && let Some((service, action)) = rest.split_once(':')
     {
         return (service.to_string(), action.to_string());
