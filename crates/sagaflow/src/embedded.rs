@@ -740,6 +740,12 @@ impl Handler for ChildExecutions {
             };
             let run_end = ended(done).await;
             guard.arn = None;
+            // When the child ended, as its history says (and its listing).
+            let stop_date = match &run_end {
+                Ok(run) => run.history.last().map(|h| rfc3339(h.at)),
+                Err(_) => None,
+            }
+            .unwrap_or_else(|| rfc3339(jiff::Timestamp::now()));
             let result =
                 result_of(&arn, name.clone(), Some(run_end)).map_err(|e| failed(e.to_string()))?;
             let report = resource::child_report(
@@ -749,7 +755,7 @@ impl Handler for ChildExecutions {
                 &start_date,
                 child.state_machine(),
                 result.status.as_str(),
-                Some(&rfc3339(jiff::Timestamp::now())),
+                Some(&stop_date),
                 match &result.output {
                     Some(output) if result.status == Status::Succeeded => Ok(output),
                     _ => Err((result.error.as_deref(), result.cause.as_deref())),

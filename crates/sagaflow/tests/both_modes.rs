@@ -967,7 +967,13 @@ async fn a_child_with_a_bad_input_or_name_fails_with_aws_errors_on_both_backends
             .await
             .unwrap();
         assert_eq!(done.status, Status::Succeeded, "{mode:?}: {done:?}");
-        assert_eq!(done.output.unwrap()["Input"], json!({"a": 1}));
+        let report = done.output.unwrap();
+        assert_eq!(report["Input"], json!({"a": 1}));
+        // The report's dates are the child's own, as it is listed.
+        let kids = saga.list_executions(Some("kid"), None).await.unwrap();
+        let kid = kids.iter().find(|k| k.name == "k2").expect("the child");
+        assert_eq!(report["StartDate"], json!(kid.start_date), "{mode:?}");
+        assert_eq!(report["StopDate"], json!(kid.stop_date), "{mode:?}");
         saga.shutdown().await;
     }
 }
