@@ -293,6 +293,7 @@ impl Dispatcher for EmbeddedDispatcher {
             // role of SendTaskSuccess and its error of SendTaskFailure.
             ctx.task_token = request.task_token.clone();
             ctx.timeout_seconds = request.timeout_seconds;
+            ctx.heartbeat_seconds = request.heartbeat_seconds;
             // The handler span: a child of the task's span (the current
             // OpenTelemetry context, set by the driver) when traced.
             let parent = sagaflow_telemetry::opentelemetry::Context::current();
@@ -392,8 +393,12 @@ impl Dispatcher for EmbeddedDispatcher {
                         result = sagaflow_participant::within_limit(result, &state_name, max);
                     }
                     if shape == ResultShape::LambdaInvoke && token.is_none() {
-                        result = result
-                            .map(|payload| resource::wrap_lambda_invoke(payload, &spawned_slot.1));
+                        result = result.map(|payload| {
+                            // The request id: the task's idempotency
+                            // key, as the handler's LambdaContext has it.
+                            let request_id = format!("{}/{}", spawned_slot.0, spawned_slot.1);
+                            resource::wrap_lambda_invoke(payload, &request_id)
+                        });
                     }
                     running
                         .lock()

@@ -1336,6 +1336,11 @@ async fn lambda_invoke_wraps_the_result() {
     assert_eq!(out["Payload"]["function"], json!("echo"), "{out}");
     let request = out["Payload"]["request"].as_str().expect("request id");
     assert_eq!(out["SdkResponseMetadata"]["RequestId"], json!(request));
+    // The task's idempotency key: unique across executions.
+    assert!(
+        request.starts_with(&format!("{}/", done.execution_arn)),
+        "{request}"
+    );
     assert_eq!(out["ExecutedVersion"], json!("$LATEST"));
     env.shutdown().await;
 }

@@ -97,8 +97,15 @@ pub struct TaskContext {
     /// `$$.Task.Token` for `.waitForTaskToken` resources.
     pub task_token: Option<String>,
     /// The state's `TimeoutSeconds`, when set: the runtime gives up on the
-    /// task after this long, so work past it is wasted.
+    /// task this long after it scheduled it (a redelivered or long-queued
+    /// task has less left), so work past it is wasted; a `Worker` stops the
+    /// handler that long after it started it.
     pub timeout_seconds: Option<u64>,
+    /// The state's `HeartbeatSeconds`, when set: call
+    /// [`TaskContext::heartbeat`] more often than this, or the runtime
+    /// fails the task with `States.HeartbeatTimeout` (and a `Worker` stops
+    /// the handler).
+    pub heartbeat_seconds: Option<u64>,
     /// The W3C `traceparent` of the span this task runs under, when tracing
     /// is on: forward it to the services the handler calls.
     pub trace_parent: Option<String>,
@@ -119,6 +126,7 @@ impl TaskContext {
             attempt: 0,
             task_token: None,
             timeout_seconds: None,
+            heartbeat_seconds: None,
             trace_parent: None,
             heartbeat,
         }
@@ -208,7 +216,10 @@ where
 /// Lambda runtime's context object.
 #[derive(Debug, Clone)]
 pub struct LambdaContext {
-    /// Lambda's `aws_request_id`: here the task id (the idempotency key).
+    /// Lambda's `aws_request_id`: here the task's idempotency key
+    /// ([`TaskContext::idempotency_key`]: unique across executions, the
+    /// same when a task is delivered again), also the `RequestId` of a
+    /// `lambda:invoke` result.
     pub request_id: String,
     /// The function name: the handler's name ([`TaskContext::handler`]; for
     /// `lambda:invoke`, the name in `FunctionName`), or else the last
@@ -232,7 +243,7 @@ impl LambdaContext {
             task.handler.clone()
         };
         LambdaContext {
-            request_id: task.task_id.clone(),
+            request_id: task.idempotency_key(),
             function_name,
             invoked_function_arn: task.resource.clone(),
             task,
@@ -454,10 +465,12 @@ mod tests {
         let h = lambda_fn(|event: Value, c: LambdaContext| async move {
             Ok(json!({"event": event, "fn": c.function_name, "req": c.request_id}))
         });
-        let (c, _rx) = ctx();
+        let (mut c, _rx) = ctx();
+        c.execution_id = "arn:aws:states:local:000000000000:execution:m:e1".into();
         assert_eq!(
             h.call(json!(1), c).await,
-            Ok(json!({"event": 1, "fn": "reserve", "req": "t-1"}))
+            Ok(json!({"event": 1, "fn": "reserve",
+                      "req": "arn:aws:states:local:000000000000:execution:m:e1/t-1"}))
         );
     }
 

@@ -175,6 +175,10 @@ const PULL_ERROR_BACKOFF: Duration = Duration::from_secs(1);
 /// Largest pull request.
 const MAX_PULL_BATCH: usize = 256;
 
+/// Bytes of a message kept for a result's envelope (the inbox message's
+/// execution ARN and task id, its headers).
+const RESULT_ENVELOPE_ROOM: usize = 8 * 1024;
+
 /// How long tasks abandoned at the end of the grace period get to hand
 /// their message back.
 const ABANDON_WAIT: Duration = Duration::from_secs(5);
@@ -361,7 +365,9 @@ impl WorkerBuilder {
     /// AWS's limit). A larger success is reported as a `TaskFailed`
     /// [`DATA_LIMIT_EXCEEDED`]. A failure's error name is cut to 256
     /// characters and its cause to 32,768 bytes (AWS's limits), or to this
-    /// limit if lower. Keep it below the streams' `max_message_bytes`.
+    /// limit if lower. It is lowered to what fits in a message (the streams'
+    /// `max_message_bytes` and the server's `max_payload`, less 8 KiB for
+    /// the envelope).
     pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
         self.max_payload_bytes = bytes;
         self
@@ -415,6 +421,19 @@ impl WorkerBuilder {
             settings.namespace = ns;
         }
         let infra = sagaflow_nats::setup(self.client, settings).await?;
+        // A result must fit in a message with its envelope (the execution
+        // and task ids, headers): a larger one could never be stored, and
+        // its task would be handed back for ever. Over that, a success is
+        // reported as States.DataLimitExceeded instead.
+        let server_limit = match infra.client.server_info().max_payload {
+            0 => usize::MAX,
+            n => n,
+        };
+        let message_limit = (infra.settings.max_message_bytes.max(0) as usize).min(server_limit);
+        let max_payload_bytes = self
+            .max_payload_bytes
+            .min(message_limit.saturating_sub(RESULT_ENVELOPE_ROOM))
+            .max(1);
         let max_ack_pending = i64::try_from(self.concurrency)
             .unwrap_or(i64::MAX)
             .max(MIN_MAX_ACK_PENDING);
@@ -443,7 +462,7 @@ impl WorkerBuilder {
             ack_wait: self.ack_wait,
             grace_period: self.grace_period,
             idempotency: self.idempotency,
-            max_payload_bytes: self.max_payload_bytes,
+            max_payload_bytes,
             shutdown: Arc::new(shutdown),
         })
     }
@@ -635,7 +654,7 @@ impl Worker {
     /// abandons in-flight tasks without acking them: the broker redelivers
     /// them after `ack_wait`, as if the process had died.
     pub async fn run(self) {
-        let semaphore = Arc::new(Semaphore::new(self.concurrency));
+        let semaphore = Arc::new(Semaphore::new(self.concurrency.min(Semaphore::MAX_PERMITS)));
         let (abandon_tx, abandon_rx) = watch::channel(false);
         // Claims name the worker in the logs: its process and a unique
         // token of its connection.
@@ -665,6 +684,18 @@ impl Worker {
                     handler: slot.handler.clone(),
                     ack_wait: self.ack_wait,
                     max_payload_bytes: self.max_payload_bytes,
+                    inbox_prefix: self
+                        .infra
+                        .ns()
+                        .inbox_wildcard()
+                        .trim_end_matches('>')
+                        .to_string(),
+                    result_prefix: self
+                        .infra
+                        .ns()
+                        .result_wildcard()
+                        .trim_end_matches('>')
+                        .to_string(),
                     abandon: abandon_rx.clone(),
                 })
             })

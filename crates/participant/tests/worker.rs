@@ -913,6 +913,126 @@ async fn oversized_results_are_reported_as_data_limit_exceeded() {
     stop(stop_h, run).await;
 }
 
+/// A limit over what a message holds is lowered to it: a result that could
+/// never be stored (and whose task would be handed back for ever) is
+/// reported as `States.DataLimitExceeded` instead.
+#[tokio::test]
+async fn a_result_limit_over_the_message_size_is_lowered_to_it() {
+    let env = env().await;
+    // 2 MiB of result; the streams hold 1 MiB messages.
+    let handler = handler_fn(|_: Value, _ctx: TaskContext| async {
+        Ok::<_, TaskError>(json!("x".repeat(2 * 1024 * 1024)))
+    });
+    let worker = env
+        .builder()
+        .handler("book", handler)
+        .max_payload_bytes(8 * 1024 * 1024)
+        .build()
+        .await
+        .expect("build");
+    let (stop_h, run) = spawn(worker);
+    let task = env.task(1, "book", json!({}));
+    env.publish_task(&task, "t1").await;
+    let results = env.results(1).await;
+    assert_eq!(failed(&results[0]).1, DATA_LIMIT_EXCEEDED);
+    env.tasks_drained().await;
+    stop(stop_h, run).await;
+}
+
+/// A handler still running past its task's TimeoutSeconds is stopped (the
+/// coordinator gave up on the task): its slot is free again and its task
+/// acked, with `States.Timeout`. One that stops sending heartbeats is
+/// stopped after HeartbeatSeconds, with `States.HeartbeatTimeout`.
+#[tokio::test]
+async fn a_handler_past_its_timeout_or_heartbeat_is_stopped() {
+    let env = env().await;
+    let dropped = Arc::new(AtomicUsize::new(0));
+    struct CountDrop(Arc<AtomicUsize>);
+    impl Drop for CountDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let seen = Arc::clone(&dropped);
+    let hangs = handler_fn(move |_: Value, _ctx: TaskContext| {
+        let guard = CountDrop(Arc::clone(&seen));
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok::<_, TaskError>(json!(null))
+        }
+    });
+    let quick =
+        handler_fn(|_: Value, _ctx: TaskContext| async { Ok::<_, TaskError>(json!("quick")) });
+    let worker = env
+        .builder()
+        .handler("book", hangs)
+        .handler("quick", quick)
+        .concurrency(1)
+        .build()
+        .await
+        .expect("build");
+    let (stop_h, run) = spawn(worker);
+    let started = std::time::Instant::now();
+    let mut task = env.task(1, "book", json!({}));
+    task.timeout_seconds = Some(1);
+    env.publish_task(&task, "t1").await;
+    let results = env.results(1).await;
+    let (id, error, cause) = failed(&results[0]);
+    assert_eq!((id, error), ("Book@1#0", "States.Timeout"), "{cause}");
+    // TimeoutSeconds, and the second of grace.
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_eq!(dropped.load(Ordering::SeqCst), 1, "the handler was stopped");
+    // Its one slot is free: the next task runs.
+    let next = env.task(2, "quick", json!({}));
+    env.publish_task(&next, "t2").await;
+    assert_eq!(
+        succeeded(&env.results(1).await[0]),
+        ("Book@2#0", &json!("quick"))
+    );
+
+    // No heartbeat for HeartbeatSeconds.
+    let mut task = env.task(3, "book", json!({}));
+    task.heartbeat_seconds = Some(1);
+    env.publish_task(&task, "t3").await;
+    let results = env.results(1).await;
+    assert_eq!(failed(&results[0]).1, "States.HeartbeatTimeout");
+    assert_eq!(dropped.load(Ordering::SeqCst), 2);
+    env.tasks_drained().await;
+    stop(stop_h, run).await;
+}
+
+/// A task whose reply subject is not an inbox subject of the namespace is
+/// terminated without running: a task message cannot make the worker
+/// publish elsewhere.
+#[tokio::test]
+async fn a_reply_subject_outside_the_inbox_is_refused() {
+    let env = env().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    let handler = handler_fn(move |_: Value, _ctx: TaskContext| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, TaskError>(json!("ran")) }
+    });
+    let worker = env
+        .builder()
+        .handler("book", handler)
+        .build()
+        .await
+        .expect("build");
+    let (stop_h, run) = spawn(worker);
+    let mut task = env.task(1, "book", json!({}));
+    task.reply_to = "sagaflow.history.0.victim".into();
+    env.publish_task(&task, "t1").await;
+    env.tasks_drained().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // The worker goes on serving.
+    let task = env.task(2, "book", json!({}));
+    env.publish_task(&task, "t2").await;
+    assert_eq!(succeeded(&env.results(1).await[0]).1, &json!("ran"));
+    stop(stop_h, run).await;
+}
+
 #[tokio::test]
 async fn bad_configurations_are_refused() {
     let env = env().await;

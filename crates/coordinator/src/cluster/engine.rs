@@ -1618,7 +1618,7 @@ impl Partition {
                         // the task returns it (`.sync` gives its input and
                         // output as text), as the embedded runtime does.
                         let state = pending.request.state_name.clone();
-                        let shaped = shape_output(pending.shape, output, &task_id);
+                        let shaped = shape_output(pending.shape, output, "");
                         match sagaflow_participant::within_limit(
                             Ok(shaped),
                             &state,
@@ -1643,7 +1643,8 @@ impl Partition {
                             ),
                         }
                     } else {
-                        let output = shape_output(pending.shape, output, &task_id);
+                        let request_id = format!("{}/{task_id}", exec_ref.arn());
+                        let output = shape_output(pending.shape, output, &request_id);
                         Event::TaskSucceeded { task_id, output }
                     }
                 }
@@ -2637,10 +2638,13 @@ fn slim_batch(batch: &HistoryBatch) -> HistoryBatch {
     }
 }
 
-fn shape_output(shape: Shape, output: Value, task_id: &str) -> Value {
+/// A result in the shape its task returns it; `request_id` is the Lambda
+/// request id a `lambda:invoke` result carries (the task's idempotency key,
+/// as the handler's `LambdaContext::request_id`).
+fn shape_output(shape: Shape, output: Value, request_id: &str) -> Value {
     match shape {
         Shape::Raw => output,
-        Shape::LambdaInvoke => resource::wrap_lambda_invoke(output, task_id),
+        Shape::LambdaInvoke => resource::wrap_lambda_invoke(output, request_id),
         Shape::ChildSync { v2 } => {
             let mut output = output;
             if !v2 {

@@ -26,6 +26,22 @@ use crate::{Handler, TaskContext, TaskError, heartbeat_channel};
 /// idempotency record could not be read) is delivered again.
 pub(super) const RETRY_DELAY: Duration = Duration::from_secs(1);
 
+/// How long past a task's `TimeoutSeconds` or `HeartbeatSeconds` its
+/// handler still runs before it is stopped.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// `from + d`, for durations up to about 30 years (longer ones: that).
+fn after(from: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    // Instants count from boot: 30 years more cannot overflow.
+    from.checked_add(d.min(FAR)).unwrap_or(from)
+}
+
+/// The error names a stopped handler reports (those the coordinator
+/// records for the same reason).
+const TIMEOUT: &str = "States.Timeout";
+const HEARTBEAT_TIMEOUT: &str = "States.HeartbeatTimeout";
+
 /// Longest wait for the coordinator's answer to a result sent directly
 /// (shorter with a short ack wait); then the result goes to the inbox.
 const RESULT_ANSWER_WAIT: Duration = Duration::from_secs(5);
@@ -39,6 +55,12 @@ pub(super) struct TaskRunner {
     pub(super) handler: Arc<dyn Handler>,
     pub(super) ack_wait: Duration,
     pub(super) max_payload_bytes: usize,
+    /// What every `reply_to` starts with: this namespace's inbox subjects
+    /// (`sagaflow.inbox.`); a task naming another subject is terminated.
+    pub(super) inbox_prefix: String,
+    /// What every `result_to` starts with (`sagaflow.result.`); another
+    /// subject is not used.
+    pub(super) result_prefix: String,
     /// Turns true at the end of the shutdown grace period: running handlers
     /// are dropped and their tasks handed back.
     pub(super) abandon: watch::Receiver<bool>,
@@ -194,7 +216,14 @@ impl TaskRunner {
                 return;
             }
         };
-        if let Err(reason) = check_reply_to(&task.reply_to) {
+        let reply_to_checked = check_reply_to(&task.reply_to).and_then(|()| {
+            if task.reply_to.starts_with(&self.inbox_prefix) {
+                Ok(())
+            } else {
+                Err("it is not an inbox subject of this namespace")
+            }
+        });
+        if let Err(reason) = reply_to_checked {
             tracing::warn!(
                 handler = %self.handler_name,
                 task_id = %task.task_id,
@@ -314,6 +343,7 @@ impl TaskRunner {
         ctx.attempt = task.attempt;
         ctx.task_token = task.task_token.clone();
         ctx.timeout_seconds = task.timeout_seconds;
+        ctx.heartbeat_seconds = task.heartbeat_seconds;
         // The handler span's context when it is traced, else the task
         // span's as received.
         ctx.trace_parent = sagaflow_telemetry::propagation::current_traceparent().or_else(|| {
@@ -329,6 +359,33 @@ impl TaskRunner {
         // `call` itself (before any await) is caught too.
         let mut work =
             pin!(AssertUnwindSafe(async move { handler.call(input, ctx).await }).catch_unwind());
+
+        // The handler is stopped once the coordinator has given up on the
+        // task: `TimeoutSeconds` after it started (the coordinator counts
+        // from when it scheduled the task, earlier), or `HeartbeatSeconds`
+        // without a heartbeat; a second more for the messages in flight. Its
+        // slot is free again, and the failure it reports is the one the
+        // coordinator records, had it not done so yet.
+        // A `.waitForTaskToken` task's heartbeats may come through the API
+        // (`SendTaskHeartbeat`), which this worker does not see: its
+        // handler is held to its TimeoutSeconds only.
+        let started = tokio::time::Instant::now();
+        let timeout_at = task
+            .timeout_seconds
+            .map(|s| after(started, Duration::from_secs(s).saturating_add(GRACE)));
+        let mut overdue = pin!(async move {
+            match timeout_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => futures::future::pending::<()>().await,
+            }
+        });
+        let beat_limit = task
+            .heartbeat_seconds
+            .filter(|_| task.task_token.is_none())
+            .map(|s| Duration::from_secs(s).saturating_add(GRACE));
+        let mut silent = pin!(tokio::time::sleep_until(
+            beat_limit.map_or(started, |limit| after(started, limit))
+        ));
 
         let period = (self.ack_wait / 3).max(Duration::from_millis(10));
         let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -359,8 +416,33 @@ impl TaskRunner {
             tokio::select! {
                 biased;
                 () = &mut abandoned => break Outcome::Abandoned,
+                () = &mut overdue => {
+                    tracing::warn!(timeout_seconds = ?task.timeout_seconds, "handler stopped: past the task's TimeoutSeconds");
+                    break Outcome::Done(Err(TaskError::new(
+                        TIMEOUT,
+                        format!(
+                            "the handler ran past the task's TimeoutSeconds ({} s) and was stopped",
+                            task.timeout_seconds.unwrap_or_default()
+                        ),
+                    )));
+                }
+                () = &mut silent, if beat_limit.is_some() => {
+                    tracing::warn!(heartbeat_seconds = ?task.heartbeat_seconds, "handler stopped: no heartbeat within HeartbeatSeconds");
+                    break Outcome::Done(Err(TaskError::new(
+                        HEARTBEAT_TIMEOUT,
+                        format!(
+                            "the handler sent no heartbeat for the task's HeartbeatSeconds ({} s) and was stopped",
+                            task.heartbeat_seconds.unwrap_or_default()
+                        ),
+                    )));
+                }
                 beat = beat_rx.recv(), if beats_open => match beat {
                     Some(()) => {
+                        if let Some(limit) = beat_limit {
+                            silent
+                                .as_mut()
+                                .reset(after(tokio::time::Instant::now(), limit));
+                        }
                         progress(message).await;
                         if let Some(ack) = self.publish_heartbeat(task, &heartbeat).await {
                             beat_acks.push(ack);
@@ -475,6 +557,9 @@ impl TaskRunner {
     /// the coordinator answered that it is recorded.
     async fn send_result(&self, result_to: &str, payload: &Bytes) -> Result<(), String> {
         check_reply_to(result_to).map_err(|e| format!("result_to is unusable: {e}"))?;
+        if !result_to.starts_with(&self.result_prefix) {
+            return Err("result_to is not a result subject of this namespace".into());
+        }
         let mut headers = async_nats::HeaderMap::new();
         sagaflow_telemetry::propagation::inject_current(&mut headers);
         let timeout = (self.ack_wait / 3).clamp(Duration::from_millis(50), RESULT_ANSWER_WAIT);
