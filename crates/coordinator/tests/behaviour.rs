@@ -899,6 +899,54 @@ async fn stopping_a_parent_stops_its_sync_child() {
     env.shutdown().await;
 }
 
+/// A parent stops waiting for its `.sync` child (the task's TimeoutSeconds)
+/// while the inbox refuses messages: the stop to the child cannot be sent
+/// then, and is sent once it can, though the parent has ended meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_to_a_child_that_could_not_be_sent_is_sent_later() {
+    let env = Env::start().await;
+    env.deploy(
+        "slow_child",
+        r#"{"StartAt": "Pause", "States": {"Pause": {"Type": "Wait", "Seconds": 600, "End": true}}}"#,
+    )
+    .await;
+    let mut parent: Value = serde_json::from_str(&sync_parent("slow_child", "kid")).unwrap();
+    parent["States"]["Call"]["TimeoutSeconds"] = json!(2);
+    env.deploy("impatient", &parent.to_string()).await;
+    let parent_arn = env.start_execution("impatient", "p", json!({})).await;
+    let child_arn = ExecutionRef::new("slow_child", "kid").unwrap().arn();
+    env.wait_until(&child_arn, |d| d.status == ExecutionStatus::Running)
+        .await;
+    // The inbox refuses every message (a byte limit that discards new
+    // ones), then takes them again.
+    let store = env.cluster.as_ref().expect("running").store().clone();
+    let js = store.infra().js.clone();
+    let name = store.infra().ns().inbox_stream();
+    let config = js
+        .get_stream(&name)
+        .await
+        .expect("inbox")
+        .cached_info()
+        .config
+        .clone();
+    let blocked = async_nats::jetstream::stream::Config {
+        max_bytes: 1,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..config.clone()
+    };
+    js.update_stream(&blocked).await.expect("block the inbox");
+    let parent = env.wait(&parent_arn).await;
+    assert_status(&parent, ExecutionStatus::Failed);
+    assert_eq!(parent.error.as_deref(), Some("States.Timeout"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    js.update_stream(&config).await.expect("unblock the inbox");
+    let child = env
+        .wait_until(&child_arn, |d| d.status != ExecutionStatus::Running)
+        .await;
+    assert_status(&child, ExecutionStatus::Aborted);
+    env.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parent_reloaded_after_recording_its_stop_stops_its_sync_child() {
     use sagaflow_asl::interp::{Command, Event, Execution};

@@ -537,6 +537,9 @@ struct Partition {
     /// parts of a first step that was never stored whole (its writer died
     /// between them): the sequence their start's append must expect.
     unfinished_first_steps: HashMap<String, u64>,
+    /// Stops to `.sync` children that could not be sent (NATS away): (parent
+    /// key, child, the parent's task), sent again with the reloads.
+    failed_child_stops: Vec<(String, ExecutionRef, String)>,
     outgoing: Vec<(String, Arc<TaskMessage>)>,
     completed: Vec<(String, Outcome)>,
     /// (when, execution key, what), earliest first.
@@ -606,6 +609,7 @@ impl Partition {
             index_creates: Vec::new(),
             fresh_starts: HashSet::new(),
             unfinished_first_steps: HashMap::new(),
+            failed_child_stops: Vec::new(),
             outgoing: Vec::new(),
             completed: Vec::new(),
             wheel: BTreeMap::new(),
@@ -716,11 +720,13 @@ impl Partition {
                     None => tokio::time::sleep(Duration::from_secs(3600)),
                 };
                 let far = tokio::time::Instant::now() + Duration::from_secs(3600);
-                let retry_reloads = tokio::time::sleep_until(if self.reload.is_empty() {
-                    far
-                } else {
-                    next_reload
-                });
+                let retry_reloads = tokio::time::sleep_until(
+                    if self.reload.is_empty() && self.failed_child_stops.is_empty() {
+                        far
+                    } else {
+                        next_reload
+                    },
+                );
                 let reopen = tokio::time::sleep_until(if messages.is_some() && results.is_some() {
                     far
                 } else {
@@ -788,6 +794,7 @@ impl Partition {
                         self.reload.insert(key);
                     }
                     _ = retry_reloads => {
+                        self.retry_child_stops().await;
                         self.retry_reloads().await;
                         next_reload = tokio::time::Instant::now() + retry_every;
                     }
@@ -905,6 +912,9 @@ impl Partition {
                             // Its index entry as the history has it (a start
                             // applied optimistically to an existing execution
                             // may have rewritten it).
+                            // Not carried on without its entry: recovery
+                            // finds executions through it. Tried again at
+                            // the next round.
                             if let Some(live) = self.live.get(&key)
                                 && let Err(e) = self
                                     .shared
@@ -912,7 +922,9 @@ impl Partition {
                                     .put_execution(&running_description(live))
                                     .await
                             {
-                                tracing::warn!(execution = %key, error = %e, "cannot rewrite the execution index");
+                                tracing::warn!(execution = %key, error = %e, "cannot rewrite the execution index; reloading it later");
+                                self.evict(&key);
+                                continue;
                             }
                             self.resume(&key).await
                         }
@@ -1136,7 +1148,9 @@ impl Partition {
         let children = std::mem::take(&mut live.stop_children);
         self.live.insert(key.clone(), live);
         for (child, task_id) in children {
-            self.stop_child(&key, &child, &task_id).await;
+            if !self.stop_child(&key, &child, &task_id).await {
+                self.failed_child_stops.push((key.clone(), child, task_id));
+            }
         }
         Ok(Some(()))
     }
@@ -1977,7 +1991,10 @@ impl Partition {
             .map(|l| std::mem::take(&mut l.stop_children))
             .unwrap_or_default();
         for (child, task_id) in children {
-            self.stop_child(key, &child, &task_id).await;
+            if !self.stop_child(key, &child, &task_id).await {
+                self.failed_child_stops
+                    .push((key.to_string(), child, task_id));
+            }
         }
         for command in commands {
             match command {
@@ -2338,7 +2355,9 @@ impl Partition {
     /// Best effort: a child that has ended ignores it, and a failure is
     /// logged (the child then runs to its end, and its report to the parent
     /// is ignored).
-    async fn stop_child(&self, parent_key: &str, child: &ExecutionRef, task_id: &str) {
+    /// Tells a `.sync` child its parent no longer waits for it; `false` when
+    /// the stop could not be stored (tried again later).
+    async fn stop_child(&self, parent_key: &str, child: &ExecutionRef, task_id: &str) -> bool {
         let parent_arn = ExecutionRef::from_key(parent_key)
             .map(|p| p.arn())
             .unwrap_or_default();
@@ -2361,7 +2380,7 @@ impl Partition {
             format!("stop-child/{}/{parent_key}", child.key()).as_str(),
         );
         let Ok(body) = serde_json::to_vec(&stop) else {
-            return;
+            return true;
         };
         let sent = match infra
             .js
@@ -2371,8 +2390,23 @@ impl Partition {
             Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        if let Err(e) = sent {
-            tracing::warn!(child = %child.arn(), error = %e, "cannot stop a child execution");
+        match sent {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(child = %child.arn(), error = %e, "cannot stop a child execution; trying again later");
+                false
+            }
+        }
+    }
+
+    /// Sends again the stops to `.sync` children that could not be sent (a
+    /// parent that stays as it is, or has ended, is not loaded again to
+    /// send them).
+    async fn retry_child_stops(&mut self) {
+        for (parent, child, task_id) in std::mem::take(&mut self.failed_child_stops) {
+            if !self.stop_child(&parent, &child, &task_id).await {
+                self.failed_child_stops.push((parent, child, task_id));
+            }
         }
     }
 
