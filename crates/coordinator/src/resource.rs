@@ -447,6 +447,23 @@ pub fn child_input(parameters: &Value) -> Result<Value, ChildError> {
     }
 }
 
+/// The cause a `.sync` task fails with when its child failed: the child's
+/// report as JSON text, held to AWS's limit on a cause (32,768
+/// characters), as every other task failure is: the child's input and
+/// cause, escaped once more, could otherwise make a message the broker never
+/// takes. A cut report ends with `... (truncated)`.
+pub fn child_failure_cause(report: &Value) -> String {
+    use sagaflow_protocol::api::MAX_CAUSE_CHARS;
+    let cause = report.to_string();
+    if cause.chars().count() <= MAX_CAUSE_CHARS {
+        return cause;
+    }
+    const MARK: &str = "... (truncated)";
+    let mut cut: String = cause.chars().take(MAX_CAUSE_CHARS - MARK.len()).collect();
+    cut.push_str(MARK);
+    cut
+}
+
 /// What a `.sync` task returns (or, with `Error` and `Cause`, fails with)
 /// once its child ended: the DescribeExecution fields AWS returns. `output`
 /// is the child's output when it succeeded. With `.sync` (not `.sync:2`)

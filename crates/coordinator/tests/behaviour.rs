@@ -947,6 +947,47 @@ async fn a_stop_to_a_child_that_could_not_be_sent_is_sent_later() {
     env.shutdown().await;
 }
 
+/// A `.sync` child that fails with a cause as large as its input may be:
+/// its report (input and cause, escaped once more as the parent's cause)
+/// would not fit in a message; the cause is cut to AWS's 32,768 characters
+/// and the parent hears of the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_childs_failure_with_a_huge_cause_reaches_its_parent() {
+    let env = Env::start().await;
+    env.deploy(
+        "failing_child",
+        r#"{"StartAt": "Fail", "States": {"Fail": {"Type": "Fail", "Error": "Big", "CausePath": "$.c"}}}"#,
+    )
+    .await;
+    env.deploy(
+        "waiting_parent",
+        &json!({
+            "StartAt": "Call",
+            "States": {"Call": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::states:startExecution.sync:2",
+                "Parameters": {
+                    "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:failing_child",
+                    "Input.$": "$"
+                },
+                "End": true
+            }}
+        })
+        .to_string(),
+    )
+    .await;
+    // Quotes: each one is escaped at every level.
+    let done = env
+        .run("waiting_parent", "p", json!({"c": "\"".repeat(131_000)}))
+        .await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("States.TaskFailed"));
+    let cause = done.cause.unwrap_or_default();
+    assert_eq!(cause.chars().count(), 32_768);
+    assert!(cause.ends_with("... (truncated)"), "{}", &cause[..100]);
+    env.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parent_reloaded_after_recording_its_stop_stops_its_sync_child() {
     use sagaflow_asl::interp::{Command, Event, Execution};

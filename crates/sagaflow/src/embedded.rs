@@ -765,7 +765,7 @@ impl Handler for ChildExecutions {
             if result.status == Status::Succeeded {
                 Ok(report)
             } else {
-                Err(failed(report.to_string()))
+                Err(failed(resource::child_failure_cause(&report)))
             }
         })
     }

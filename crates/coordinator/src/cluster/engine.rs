@@ -2524,11 +2524,12 @@ impl Partition {
                     callback: false,
                 }
             } else {
+                let cause = resource::child_failure_cause(&report);
                 InboxMessage::TaskFailed {
                     execution_arn: parent.execution_arn.clone(),
                     task_id: parent.task_id.clone(),
                     error: "States.TaskFailed".to_string(),
-                    cause: report.to_string(),
+                    cause,
                     callback: false,
                 }
             };
@@ -2573,11 +2574,15 @@ async fn deliver(store: &Store, f: &Finished) -> bool {
             .await
         {
             Ok(ack) => {
-                if ack.await.is_err() {
+                if let Err(e) = ack.await {
+                    tracing::warn!(execution = %f.desc.execution_arn, error = %e, "cannot report to the parent execution; retrying");
                     return false;
                 }
             }
-            Err(_) => return false,
+            Err(e) => {
+                tracing::warn!(execution = %f.desc.execution_arn, error = %e, "cannot report to the parent execution; retrying");
+                return false;
+            }
         }
     }
     if let Err(e) = store.put_execution(&f.desc).await {
