@@ -988,6 +988,41 @@ async fn a_childs_failure_with_a_huge_cause_reaches_its_parent() {
     env.shutdown().await;
 }
 
+/// A running execution its partition's owner does not hold (its index
+/// entry wrongly said it had ended when the partition was recovered) is
+/// loaded when a message comes for it: its timers are armed then, and it
+/// runs to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_execution_loaded_by_a_message_has_its_timers_armed() {
+    let mut env = Env::start().await;
+    env.deploy(
+        "pause",
+        r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 2, "End": true}}}"#,
+    )
+    .await;
+    let arn = env.start_execution("pause", "w1", json!({})).await;
+    env.until_event(&arn, "WaitStateEntered").await;
+    let store = env.cluster.as_ref().expect("running").store().clone();
+    let exec = ExecutionRef::from_arn(&arn).unwrap();
+    // The coordinator goes; the index entry is made to say FAILED.
+    env.cluster.take().expect("running").shutdown().await;
+    let mut entry = store.execution(&exec).await.unwrap().expect("indexed");
+    entry.status = ExecutionStatus::Failed;
+    store.put_execution(&entry).await.unwrap();
+    env.restart_coordinator().await;
+    // Recovery skipped it; a message (a stray heartbeat) loads it.
+    env.publish_inbox(
+        &exec,
+        &InboxMessage::TaskHeartbeat {
+            execution_arn: arn.clone(),
+            task_id: "no-such-task".into(),
+        },
+    )
+    .await;
+    env.until_event(&arn, "ExecutionSucceeded").await;
+    env.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parent_reloaded_after_recording_its_stop_stops_its_sync_child() {
     use sagaflow_asl::interp::{Command, Event, Execution};

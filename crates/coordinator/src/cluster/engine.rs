@@ -1544,9 +1544,14 @@ impl Partition {
             self.load(&exec_ref).await?;
             let dropped = self.reload.remove(key);
             loaded_here = self.live.contains_key(key);
-            if dropped && loaded_here {
-                // Dropped after a failed write: its timers and tasks were
-                // not re-armed yet.
+            let running = self
+                .live
+                .get(key)
+                .is_some_and(|l| l.exec.outcome().is_none());
+            if loaded_here && (dropped || running) {
+                // Dropped after a failed write, or running and held by
+                // nobody (its index entry said otherwise when the partition
+                // was recovered): its timers and tasks were not re-armed.
                 extra = self.rearm_and_republish(key).await;
                 resumed_here = true;
             }
