@@ -35,7 +35,7 @@ pub fn matches(error_equals: &[String], error: &str) -> bool {
     matches_under(error_equals, error, crate::interp::RULES)
 }
 
-/// [`matches`] under the interpreter rules an execution started with
+/// [`matches()`] under the interpreter rules an execution started with
 /// ([`crate::interp::ExecutionInfo::rules`]). From rules 2 a heartbeat
 /// timeout is a timeout, as on AWS (`States.Timeout`: "ran longer than
 /// `TimeoutSeconds`, or failed to send a heartbeat for longer than

@@ -168,7 +168,7 @@ pub enum SetupError {
         found: Vec<String>,
     },
     /// The server is older than [`MIN_SERVER_VERSION`] (checked here too,
-    /// for clients not made by [`connect`]).
+    /// for clients not made by [`connect()`]).
     #[error("the NATS server is version {version}; Sagaflow needs 2.11 or newer: {hint}")]
     ServerTooOld {
         /// The server's version.
