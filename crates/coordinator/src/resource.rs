@@ -422,29 +422,35 @@ impl std::fmt::Display for ChildError {
 
 /// The child's input: the `Input` parameter, `{}` without one. A string is
 /// the input's JSON text, as for StartExecution (AWS): it is parsed, and
-/// one that is not JSON, or nests arrays and objects deeper than an input
-/// may ([`sagaflow_asl::interp::MAX_DEPTH`]), is refused.
+/// one that is not JSON is refused. See [`check_new_child_input`] for a
+/// child about to be started.
 pub fn child_input(parameters: &Value) -> Result<Value, ChildError> {
     match parameters.get("Input") {
-        Some(Value::String(s)) => {
-            let input: Value = serde_json::from_str(s).map_err(|e| ChildError {
-                error: INVALID_EXECUTION_INPUT,
-                cause: format!("the Input parameter is a string that is not JSON: {e}"),
-            })?;
-            if sagaflow_asl::interp::too_deeply_nested(&input) {
-                return Err(ChildError {
-                    error: INVALID_EXECUTION_INPUT,
-                    cause: format!(
-                        "the Input parameter nests arrays and objects more than {} levels deep",
-                        sagaflow_asl::interp::MAX_DEPTH
-                    ),
-                });
-            }
-            Ok(input)
-        }
+        Some(Value::String(s)) => serde_json::from_str(s).map_err(|e| ChildError {
+            error: INVALID_EXECUTION_INPUT,
+            cause: format!("the Input parameter is a string that is not JSON: {e}"),
+        }),
         Some(v) => Ok(v.clone()),
         None => Ok(json!({})),
     }
+}
+
+/// Refuses the input of a child about to be started when it nests arrays
+/// and objects deeper than an execution's input may
+/// ([`sagaflow_asl::interp::MAX_DEPTH`]; JSON text given as the `Input`
+/// string can). A child already started (found again after a restart) is
+/// not checked: it runs.
+pub fn check_new_child_input(input: &Value) -> Result<(), ChildError> {
+    if sagaflow_asl::interp::too_deeply_nested(input) {
+        return Err(ChildError {
+            error: INVALID_EXECUTION_INPUT,
+            cause: format!(
+                "the Input parameter nests arrays and objects more than {} levels deep",
+                sagaflow_asl::interp::MAX_DEPTH
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The cause a `.sync` task fails with when its child failed: the child's
@@ -453,8 +459,13 @@ pub fn child_input(parameters: &Value) -> Result<Value, ChildError> {
 /// cause, escaped once more, could otherwise make a message the broker never
 /// takes. A cut report ends with `... (truncated)`.
 pub fn child_failure_cause(report: &Value) -> String {
+    cut_cause(report.to_string())
+}
+
+/// A cause held to AWS's limit (32,768 characters); a cut one ends with
+/// `... (truncated)`.
+pub fn cut_cause(cause: String) -> String {
     use sagaflow_protocol::api::MAX_CAUSE_CHARS;
-    let cause = report.to_string();
     if cause.chars().count() <= MAX_CAUSE_CHARS {
         return cause;
     }

@@ -99,12 +99,13 @@ pub struct TaskContext {
     /// The state's `TimeoutSeconds`, when set: the runtime gives up on the
     /// task this long after it scheduled it (a redelivered or long-queued
     /// task has less left), so work past it is wasted; a `Worker` stops the
-    /// handler that long after it started it.
+    /// handler that long after it started it (not for `.waitForTaskToken`
+    /// tasks, answered through the API).
     pub timeout_seconds: Option<u64>,
     /// The state's `HeartbeatSeconds`, when set: call
     /// [`TaskContext::heartbeat`] more often than this, or the runtime
     /// fails the task with `States.HeartbeatTimeout` (and a `Worker` stops
-    /// the handler).
+    /// the handler, but for `.waitForTaskToken` tasks).
     pub heartbeat_seconds: Option<u64>,
     /// The W3C `traceparent` of the span this task runs under, when tracing
     /// is on: forward it to the services the handler calls.

@@ -705,6 +705,7 @@ impl Handler for ChildExecutions {
             let child =
                 resource::child_execution(&parent, &ctx.task_id, &input).map_err(refused)?;
             let child_input = resource::child_input(&input).map_err(refused)?;
+            resource::check_new_child_input(&child_input).map_err(refused)?;
             let (_, pattern) = resource::strip_pattern(&ctx.resource);
             let taken = |arn: &str| {
                 TaskError::new(

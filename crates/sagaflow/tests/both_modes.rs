@@ -1127,45 +1127,70 @@ async fn a_child_report_over_the_limit_fails_the_same_way_on_both_backends() {
     assert_eq!(seen[0], seen[1]);
 }
 
-/// A `.sync` child failing with a cause as large as its input may be: the
-/// parent's task fails with the report cut to AWS's 32,768 characters, on
-/// both backends.
+/// A `.sync` child failing with a large cause: the parent's task fails with
+/// the report, in the shape of its resource (`.sync` gives the input and
+/// output as text), cut to AWS's 32,768 characters, the same on both
+/// backends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_childs_huge_failure_cause_is_cut_the_same_way_on_both_backends() {
     const CHILD: &str = r#"{"StartAt": "Fail", "States": {"Fail": {"Type": "Fail", "Error": "Big", "CausePath": "$.c"}}}"#;
-    let parent = json!({
-        "StartAt": "Call",
-        "States": {"Call": {
-            "Type": "Task",
-            "Resource": "arn:aws:states:::states:startExecution.sync:2",
-            "Parameters": {
-                "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:kid",
-                "Input.$": "$"
-            },
-            "End": true
-        }}
-    })
-    .to_string();
+    let parent = |resource: &str, name: &str| {
+        json!({
+            "StartAt": "Call",
+            "States": {"Call": {
+                "Type": "Task",
+                "Resource": resource,
+                "Parameters": {
+                    "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:kid",
+                    "Name": name,
+                    "Input.$": "$"
+                },
+                "End": true
+            }}
+        })
+        .to_string()
+    };
+    let mut causes = Vec::new();
     for mode in Backend::both() {
         let backend = Backend::new(mode);
         let saga = backend.build(Sagaflow::builder()).await;
         saga.deploy("kid", CHILD).await.unwrap();
-        saga.deploy("parent", &parent).await.unwrap();
-        let done = saga
-            .start("parent", json!({"c": "\"".repeat(131_000)}), Some("p"))
-            .await
-            .unwrap()
-            .wait(LIMIT)
-            .await
-            .unwrap();
-        assert_eq!(done.status, Status::Failed, "{mode:?}");
-        assert_eq!(done.error.as_deref(), Some("States.TaskFailed"), "{mode:?}");
-        let cause = done.cause.unwrap_or_default();
-        assert_eq!(cause.chars().count(), 32_768, "{mode:?}");
-        assert!(
-            cause.starts_with("{") && cause.ends_with("... (truncated)"),
-            "{mode:?}"
-        );
+        saga.deploy(
+            "v2",
+            &parent("arn:aws:states:::states:startExecution.sync:2", "k2"),
+        )
+        .await
+        .unwrap();
+        saga.deploy(
+            "v1",
+            &parent("arn:aws:states:::states:startExecution.sync", "k1"),
+        )
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        for machine in ["v2", "v1"] {
+            let done = saga
+                .start(machine, json!({"c": "\"".repeat(60_000)}), Some(machine))
+                .await
+                .unwrap()
+                .wait(LIMIT)
+                .await
+                .unwrap();
+            assert_eq!(done.status, Status::Failed, "{mode:?} {machine}");
+            assert_eq!(
+                done.error.as_deref(),
+                Some("States.TaskFailed"),
+                "{mode:?} {machine}"
+            );
+            let cause = done.cause.unwrap_or_default();
+            assert_eq!(cause.chars().count(), 32_768, "{mode:?} {machine}");
+            assert!(cause.ends_with("... (truncated)"), "{mode:?} {machine}");
+            seen.push(cause);
+        }
+        // The cause comes first in the report and fills the cut.
+        assert_ne!(seen[0], seen[1], "{mode:?}: the shapes differ");
+        causes.push(seen);
         saga.shutdown().await;
     }
+    assert_eq!(causes[0], causes[1]);
 }

@@ -913,7 +913,7 @@ impl Api {
             ));
         }
         let (exec, task_id) = self.token_target(&req.task_token).await?;
-        let answer = answer_msg_id(&exec, &task_id);
+        let answer = answer_msg_id(&exec, &task_id, &req.task_token);
         let repeated = self
             .publish(
                 &exec,
@@ -934,7 +934,7 @@ impl Api {
     pub async fn send_task_failure(&self, req: SendTaskFailure) -> Result<(), ApiError> {
         check_error_cause(req.error.as_deref(), req.cause.as_deref())?;
         let (exec, task_id) = self.token_target(&req.task_token).await?;
-        let answer = answer_msg_id(&exec, &task_id);
+        let answer = answer_msg_id(&exec, &task_id, &req.task_token);
         let repeated = self
             .publish(
                 &exec,
@@ -1085,9 +1085,14 @@ impl Api {
 
 /// The `Nats-Msg-Id` of a task's answer (`SendTaskSuccess` or
 /// `SendTaskFailure`): the same for every answer to the task, so that the
-/// broker keeps only the first within its duplicate window.
-fn answer_msg_id(exec: &ExecutionRef, task_id: &str) -> String {
-    format!("{}/{task_id}/answer", exec.key())
+/// broker keeps only the first within its duplicate window. It names the
+/// token too (a hash of it): a later execution of the same name, whose
+/// task of the same id has another token, is not taken for a repeat.
+fn answer_msg_id(exec: &ExecutionRef, task_id: &str, token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(token.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}/{task_id}/answer/{hex}", exec.key())
 }
 
 /// `Ok` for the first answer to a task; a repeat (the broker dropped it as

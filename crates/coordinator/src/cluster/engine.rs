@@ -1006,15 +1006,17 @@ impl Partition {
     /// Re-arms timers and heartbeat deadlines and re-publishes unanswered
     /// tasks of a just-loaded execution.
     async fn resume(&mut self, key: &str) {
-        let local = self.rearm_and_republish(key).await;
+        let local = self.rearm_and_republish(key, &HashSet::new()).await;
         if !local.is_empty() {
             self.step(vec![(key.to_string(), local)]).await;
         }
     }
 
     /// The work of [`Partition::resume`]; returns the failures of tasks that
-    /// could not be published, as events to apply.
-    async fn rearm_and_republish(&mut self, key: &str) -> Vec<Input> {
+    /// could not be published, as events to apply. The tasks in `alive`
+    /// (whose participant just sent a result or a heartbeat) are not
+    /// published again.
+    async fn rearm_and_republish(&mut self, key: &str, alive: &HashSet<&str>) -> Vec<Input> {
         let Some(live) = self.live.get_mut(key) else {
             return Vec::new();
         };
@@ -1031,6 +1033,9 @@ impl Partition {
                 live.heartbeats
                     .insert(p.request.task_id.to_string(), deadline);
                 wheel.push((deadline, Due::Heartbeat(p.request.task_id.to_string())));
+            }
+            if alive.contains(&*p.request.task_id) {
+                continue;
             }
             match &p.message {
                 Some(message) => messages.push(message.clone()),
@@ -1149,7 +1154,7 @@ impl Partition {
         self.live.insert(key.clone(), live);
         for (child, task_id) in children {
             if !self.stop_child(&key, &child, &task_id).await {
-                self.failed_child_stops.push((key.clone(), child, task_id));
+                self.child_stop_failed(key.clone(), child, task_id);
             }
         }
         Ok(Some(()))
@@ -1552,8 +1557,27 @@ impl Partition {
                 // Dropped after a failed write, or running and held by
                 // nobody (its index entry said otherwise when the partition
                 // was recovered): its timers and tasks were not re-armed.
-                extra = self.rearm_and_republish(key).await;
+                // The tasks these messages come from are alive at their
+                // participants: not published again.
+                let alive: HashSet<&str> = inputs
+                    .iter()
+                    .filter_map(|i| match i {
+                        Input::Inbox(
+                            _,
+                            InboxMessage::TaskSucceeded { task_id, .. }
+                            | InboxMessage::TaskFailed { task_id, .. }
+                            | InboxMessage::TaskHeartbeat { task_id, .. },
+                        ) => Some(task_id.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                extra = self.rearm_and_republish(key, &alive).await;
                 resumed_here = true;
+                // Carried on with its index entry, written first.
+                if let Some(live) = self.live.get(key).filter(|_| running) {
+                    self.index_writes
+                        .push((key.to_string(), running_description(live)));
+                }
             }
         }
         let mut repeated_start = false;
@@ -1678,21 +1702,25 @@ impl Partition {
                 ) => {
                     // A `.sync` child's failure carries its report as the
                     // cause, in `.sync:2`'s shape.
-                    let v1 = self
+                    // Shaped, then held to AWS's limit on a cause (as the
+                    // embedded runtime does).
+                    let shape = self
                         .live
                         .get(key)
                         .and_then(|l| l.pending.get(&task_id))
-                        .is_some_and(|p| matches!(p.shape, Shape::ChildSync { v2: false }));
-                    let cause = if v1 {
-                        match serde_json::from_str::<Value>(&cause) {
-                            Ok(mut report @ Value::Object(_)) => {
-                                resource::sync_v1(&mut report);
-                                report.to_string()
+                        .map(|p| p.shape);
+                    let cause = match shape {
+                        Some(Shape::ChildSync { v2: false }) => {
+                            match serde_json::from_str::<Value>(&cause) {
+                                Ok(mut report @ Value::Object(_)) => {
+                                    resource::sync_v1(&mut report);
+                                    resource::cut_cause(report.to_string())
+                                }
+                                _ => resource::cut_cause(cause),
                             }
-                            _ => cause,
                         }
-                    } else {
-                        cause
+                        Some(Shape::ChildSync { v2: true }) => resource::cut_cause(cause),
+                        _ => cause,
                     };
                     Event::TaskFailed {
                         task_id,
@@ -1789,10 +1817,8 @@ impl Partition {
         }
         if repeated_start {
             match self.live.get(key) {
-                Some(live) if resumed_here && live.exec.outcome().is_none() => {
-                    self.index_writes
-                        .push((key.to_string(), running_description(live)));
-                }
+                // Its index entry is written (above, when it was resumed).
+                Some(live) if resumed_here && live.exec.outcome().is_none() => {}
                 _ => {
                     self.reload.insert(key.to_string());
                 }
@@ -1997,8 +2023,7 @@ impl Partition {
             .unwrap_or_default();
         for (child, task_id) in children {
             if !self.stop_child(key, &child, &task_id).await {
-                self.failed_child_stops
-                    .push((key.to_string(), child, task_id));
+                self.child_stop_failed(key.to_string(), child, task_id);
             }
         }
         for command in commands {
@@ -2255,6 +2280,9 @@ impl Partition {
             }
             Err(e) => return Err(e.to_string()),
         };
+        if !indexed && let Err(e) = resource::check_new_child_input(&child_input) {
+            return refused(e);
+        }
         let version = match self.store().machine(machine, None).await {
             Ok(Some(v)) => v.version,
             Ok(None) => return fail(format!("state machine {machine} does not exist")),
@@ -2404,6 +2432,14 @@ impl Partition {
         }
     }
 
+    /// Keeps a stop that could not be sent, once.
+    fn child_stop_failed(&mut self, parent: String, child: ExecutionRef, task_id: String) {
+        let stop = (parent, child, task_id);
+        if !self.failed_child_stops.contains(&stop) {
+            self.failed_child_stops.push(stop);
+        }
+    }
+
     /// Sends again the stops to `.sync` children that could not be sent (a
     /// parent that stays as it is, or has ended, is not loaded again to
     /// send them).
@@ -2529,7 +2565,18 @@ impl Partition {
                     callback: false,
                 }
             } else {
-                let cause = resource::child_failure_cause(&report);
+                // The whole report when it fits in a message (the parent
+                // shapes it, then cuts it to AWS's limit on a cause); cut
+                // here already when it would not.
+                let whole = report.to_string();
+                let encoded = serde_json::to_string(&whole).map_or(usize::MAX, |e| e.len());
+                let cause = if encoded.saturating_add(REPORT_ENVELOPE_ROOM)
+                    > self.shared.store.message_limit()
+                {
+                    resource::cut_cause(whole)
+                } else {
+                    whole
+                };
                 InboxMessage::TaskFailed {
                     execution_arn: parent.execution_arn.clone(),
                     task_id: parent.task_id.clone(),
@@ -2553,6 +2600,9 @@ impl Partition {
         })
     }
 }
+
+/// Bytes of a message kept for a child's report envelope (ids, headers).
+const REPORT_ENVELOPE_ROOM: usize = 8 * 1024;
 
 /// What announcing a completed execution writes.
 struct Finished {

@@ -14,6 +14,7 @@
 //!   [`ExecutionDescription`] without input and output, written when an
 //!   execution starts and when it ends.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
@@ -496,18 +497,23 @@ impl Store {
         }
     }
 
-    /// The largest history message: the streams' limit or the server's
-    /// largest message (`max_payload`), whichever is lower, less room for
-    /// the headers (both count them).
-    fn history_message_limit(&self) -> usize {
+    /// The largest message the streams and the server take: the streams'
+    /// limit or the server's `max_payload`, whichever is lower (both count
+    /// headers).
+    pub fn message_limit(&self) -> usize {
         let stream_limit = self.infra.settings.max_message_bytes.max(0) as usize;
         let server_limit = self.infra.client.server_info().max_payload;
-        let limit = if server_limit > 0 {
+        if server_limit > 0 {
             stream_limit.min(server_limit)
         } else {
             stream_limit
-        };
-        limit.saturating_sub(HEADER_ROOM)
+        }
+    }
+
+    /// The largest history message: [`Store::message_limit`] less room for
+    /// the headers.
+    fn history_message_limit(&self) -> usize {
+        self.message_limit().saturating_sub(HEADER_ROOM)
     }
 
     async fn publish_history(
@@ -1128,12 +1134,18 @@ impl Store {
         max_bytes: usize,
     ) -> Result<(Vec<ExecutionDescription>, Option<ListPosition>), StoreError> {
         let (changes, _) = self.index_changes("e.".to_string(), 0).await?;
+        // An entry written while the index is read comes twice (its value
+        // then, and its new one): the last one counts.
+        let mut latest: HashMap<String, Option<ExecutionDescription>> = HashMap::new();
+        for change in changes {
+            latest.insert(change.key, change.entry);
+        }
         // The first `limit` entries after `after`, in listing order: a heap
         // whose top is the last of those kept so far.
         let mut kept: std::collections::BinaryHeap<Listed> = std::collections::BinaryHeap::new();
         // Whether an entry after the kept ones was left for a later page.
         let mut more = false;
-        for desc in changes.into_iter().filter_map(|c| c.entry) {
+        for desc in latest.into_values().flatten() {
             if state_machine.is_some_and(|m| m != desc.state_machine)
                 || status.is_some_and(|s| s != desc.status)
             {

@@ -366,12 +366,15 @@ impl TaskRunner {
         // without a heartbeat; a second more for the messages in flight. Its
         // slot is free again, and the failure it reports is the one the
         // coordinator records, had it not done so yet.
-        // A `.waitForTaskToken` task's heartbeats may come through the API
-        // (`SendTaskHeartbeat`), which this worker does not see: its
-        // handler is held to its TimeoutSeconds only.
+        // Not a `.waitForTaskToken` task's handler: its task may be answered
+        // through the API (and heartbeats come that way), which this worker
+        // does not see; the handler may go on working after that, as in the
+        // embedded runtime.
         let started = tokio::time::Instant::now();
+        let watched = task.task_token.is_none();
         let timeout_at = task
             .timeout_seconds
+            .filter(|_| watched)
             .map(|s| after(started, Duration::from_secs(s).saturating_add(GRACE)));
         let mut overdue = pin!(async move {
             match timeout_at {
@@ -381,7 +384,7 @@ impl TaskRunner {
         });
         let beat_limit = task
             .heartbeat_seconds
-            .filter(|_| task.task_token.is_none())
+            .filter(|_| watched)
             .map(|s| Duration::from_secs(s).saturating_add(GRACE));
         let mut silent = pin!(tokio::time::sleep_until(
             beat_limit.map_or(started, |limit| after(started, limit))
