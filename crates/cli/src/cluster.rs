@@ -590,18 +590,11 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 Ok(_) => Vec::new(),
             };
             // The same report as for a definition the API refuses.
-            if args.conn.json {
-                print_json(&serde_json::json!({"valid": false, "errors": errors}))?;
-            }
-            crate::err(&format!(
-                "{}: invalid definition ({} error(s)):",
-                args.definition.display(),
-                errors.len()
-            ));
-            for e in &errors {
-                crate::err(&crate::located(&args.definition, e));
-            }
-            return Ok(ExitCode::from(EXIT_INVALID));
+            let lines = errors
+                .iter()
+                .map(|e| crate::located(&args.definition, e))
+                .collect();
+            return report_invalid(&args, serde_json::json!(errors), lines);
         }
     };
     let api = args.conn.api().await?;
@@ -624,21 +617,36 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
-            if args.conn.json {
-                print_json(&serde_json::json!({"valid": false, "errors": details}))?;
-            }
-            crate::err(&format!(
-                "{}: invalid definition ({} error(s)):",
-                args.definition.display(),
-                details.len()
-            ));
-            for d in &details {
-                crate::err(&located_detail(&args.definition, d));
-            }
-            Ok(ExitCode::from(EXIT_INVALID))
+            let lines = details
+                .iter()
+                .map(|d| located_detail(&args.definition, d))
+                .collect();
+            report_invalid(&args, Value::Array(details), lines)
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `deploy`'s report of a refused definition: with `--json` the
+/// `{"valid": false, "errors": [...]}` object on stdout; a header and one
+/// located line per error on stderr; exit code 2.
+fn report_invalid(
+    args: &DeployArgs,
+    errors: Value,
+    lines: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    if args.conn.json {
+        print_json(&serde_json::json!({"valid": false, "errors": errors}))?;
+    }
+    crate::err(&format!(
+        "{}: invalid definition ({} error(s)):",
+        args.definition.display(),
+        lines.len()
+    ));
+    for line in &lines {
+        crate::err(line);
+    }
+    Ok(ExitCode::from(EXIT_INVALID))
 }
 
 /// `sagaflow start`.

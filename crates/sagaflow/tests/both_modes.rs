@@ -114,6 +114,21 @@ async fn held(backend: &Backend, name: &str, input: Value) -> (Sagaflow, Executi
     (saga, e)
 }
 
+/// A machine of one Task that starts state machine `kid` through
+/// `resource` (`startExecution`, `.sync`, `.sync:2`), with these Parameters
+/// besides its `StateMachineArn`.
+fn calls_kid(resource: &str, parameters: Value) -> String {
+    let mut all = json!({"StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:kid"});
+    if let (Some(all), Value::Object(more)) = (all.as_object_mut(), parameters) {
+        all.extend(more);
+    }
+    json!({
+        "StartAt": "Call",
+        "States": {"Call": {"Type": "Task", "Resource": resource, "Parameters": all, "End": true}}
+    })
+    .to_string()
+}
+
 fn confirm(prefix: &'static str) -> impl sagaflow::Handler {
     handler_fn(move |input: Value, _ctx: TaskContext| async move {
         Ok::<_, TaskError>(json!({"confirmation": format!("{prefix}-{}", input["trip_id"])}))
@@ -897,20 +912,10 @@ async fn a_named_sync_child_is_not_reused_by_a_retry_on_both_backends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_with_a_bad_input_or_name_fails_with_aws_errors_on_both_backends() {
     const CHILD: &str = r#"{"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}"#;
-    let parent = json!({
-        "StartAt": "Call",
-        "States": {"Call": {
-            "Type": "Task",
-            "Resource": "arn:aws:states:::states:startExecution.sync:2",
-            "Parameters": {
-                "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:kid",
-                "Name.$": "$.name",
-                "Input.$": "$.input"
-            },
-            "End": true
-        }}
-    })
-    .to_string();
+    let parent = calls_kid(
+        "arn:aws:states:::states:startExecution.sync:2",
+        json!({"Name.$": "$.name", "Input.$": "$.input"}),
+    );
     for mode in Backend::both() {
         let backend = Backend::new(mode);
         let saga = backend.build(Sagaflow::builder()).await;
@@ -1084,19 +1089,10 @@ async fn a_result_over_the_limit_fails_the_same_way_on_both_backends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_report_over_the_limit_fails_the_same_way_on_both_backends() {
     const CHILD: &str = r#"{"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}"#;
-    let parent = json!({
-        "StartAt": "Call",
-        "States": {"Call": {
-            "Type": "Task",
-            "Resource": "arn:aws:states:::states:startExecution.sync:2",
-            "Parameters": {
-                "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:kid",
-                "Input.$": "$"
-            },
-            "End": true
-        }}
-    })
-    .to_string();
+    let parent = calls_kid(
+        "arn:aws:states:::states:startExecution.sync:2",
+        json!({"Input.$": "$"}),
+    );
     let mut seen = Vec::new();
     for mode in Backend::both() {
         let backend = Backend::new(mode);
@@ -1134,22 +1130,8 @@ async fn a_child_report_over_the_limit_fails_the_same_way_on_both_backends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_childs_huge_failure_cause_is_cut_the_same_way_on_both_backends() {
     const CHILD: &str = r#"{"StartAt": "Fail", "States": {"Fail": {"Type": "Fail", "Error": "Big", "CausePath": "$.c"}}}"#;
-    let parent = |resource: &str, name: &str| {
-        json!({
-            "StartAt": "Call",
-            "States": {"Call": {
-                "Type": "Task",
-                "Resource": resource,
-                "Parameters": {
-                    "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:kid",
-                    "Name": name,
-                    "Input.$": "$"
-                },
-                "End": true
-            }}
-        })
-        .to_string()
-    };
+    let parent =
+        |resource: &str, name: &str| calls_kid(resource, json!({"Name": name, "Input.$": "$"}));
     let mut causes = Vec::new();
     for mode in Backend::both() {
         let backend = Backend::new(mode);
