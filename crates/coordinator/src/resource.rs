@@ -454,25 +454,19 @@ pub fn check_new_child_input(input: &Value) -> Result<(), ChildError> {
 }
 
 /// The cause a `.sync` task fails with when its child failed: the child's
-/// report as JSON text, held to AWS's limit on a cause (32,768
-/// characters), as every other task failure is: the child's input and
+/// report as JSON text, held to AWS's limit on a cause (32,768), as every
+/// other task failure is: the child's input and
 /// cause, escaped once more, could otherwise make a message the broker never
 /// takes. A cut report ends with `... (truncated)`.
 pub fn child_failure_cause(report: &Value) -> String {
     cut_cause(report.to_string())
 }
 
-/// A cause held to AWS's limit (32,768 characters); a cut one ends with
+/// A cause held to AWS's limit (32,768), as a Worker holds a handler's
+/// ([`sagaflow_participant::cut_text`]); a cut one ends with
 /// `... (truncated)`.
 pub fn cut_cause(cause: String) -> String {
-    use sagaflow_protocol::api::MAX_CAUSE_CHARS;
-    if cause.chars().count() <= MAX_CAUSE_CHARS {
-        return cause;
-    }
-    const MARK: &str = "... (truncated)";
-    let mut cut: String = cause.chars().take(MAX_CAUSE_CHARS - MARK.len()).collect();
-    cut.push_str(MARK);
-    cut
+    sagaflow_participant::cut_text(cause, sagaflow_protocol::api::MAX_CAUSE_CHARS)
 }
 
 /// What a `.sync` task returns (or, with `Error` and `Cause`, fails with)

@@ -302,6 +302,17 @@ impl Infra {
     pub fn ns(&self) -> &Namespace {
         &self.settings.namespace
     }
+
+    /// The largest message the streams and the server take: the streams'
+    /// limit ([`Settings::max_message_bytes`]) or the server's
+    /// `max_payload`, whichever is lower (both count headers).
+    pub fn message_limit(&self) -> usize {
+        let stream_limit = self.settings.max_message_bytes.max(0) as usize;
+        match self.client.server_info().max_payload {
+            0 => stream_limit,
+            server_limit => stream_limit.min(server_limit),
+        }
+    }
 }
 
 /// Creates (or opens) every stream and bucket. Safe to call from every

@@ -213,6 +213,24 @@ where
     }
 }
 
+/// Cuts `text` to at most `max` bytes, on a character boundary, marking the
+/// cut with `... (truncated)`: how a task failure's cause is held to a
+/// limit (AWS's 32,768, or the payload limit when lower).
+pub fn cut_text(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    const MARK: &str = "... (truncated)";
+    let mark = if max > MARK.len() { MARK } else { "" };
+    let mut end = max - mark.len();
+    while end > 0 && !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = text.get(..end).unwrap_or_default().to_string();
+    out.push_str(mark);
+    out
+}
+
 /// The context of a Lambda-style handler ([`lambda_fn`]), shaped after the
 /// Lambda runtime's context object.
 #[derive(Debug, Clone)]

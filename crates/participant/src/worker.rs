@@ -425,14 +425,9 @@ impl WorkerBuilder {
         // and task ids, headers): a larger one could never be stored, and
         // its task would be handed back for ever. Over that, a success is
         // reported as States.DataLimitExceeded instead.
-        let server_limit = match infra.client.server_info().max_payload {
-            0 => usize::MAX,
-            n => n,
-        };
-        let message_limit = (infra.settings.max_message_bytes.max(0) as usize).min(server_limit);
         let max_payload_bytes = self
             .max_payload_bytes
-            .min(message_limit.saturating_sub(RESULT_ENVELOPE_ROOM))
+            .min(infra.message_limit().saturating_sub(RESULT_ENVELOPE_ROOM))
             .max(1);
         let max_ack_pending = i64::try_from(self.concurrency)
             .unwrap_or(i64::MAX)

@@ -268,7 +268,7 @@ impl Api {
     }
 
     fn max_request_bytes(&self) -> usize {
-        self.store.infra().settings.max_message_bytes.max(0) as usize
+        self.store.infra().message_limit()
     }
 
     fn inbox_subject(&self, exec: &ExecutionRef) -> String {

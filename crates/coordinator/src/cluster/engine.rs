@@ -2129,7 +2129,7 @@ impl Partition {
     ) -> Vec<(String, Event)> {
         let store = self.shared.store.clone();
         let infra = store.infra();
-        let max = infra.settings.max_message_bytes.max(0) as usize;
+        let max = infra.message_limit();
         let mut failed = Vec::new();
         let mut acks = Vec::with_capacity(items.len());
         for (key, message) in items {
@@ -2571,7 +2571,7 @@ impl Partition {
                 let whole = report.to_string();
                 let encoded = serde_json::to_string(&whole).map_or(usize::MAX, |e| e.len());
                 let cause = if encoded.saturating_add(REPORT_ENVELOPE_ROOM)
-                    > self.shared.store.message_limit()
+                    > self.shared.store.infra().message_limit()
                 {
                     resource::cut_cause(whole)
                 } else {

@@ -497,23 +497,10 @@ impl Store {
         }
     }
 
-    /// The largest message the streams and the server take: the streams'
-    /// limit or the server's `max_payload`, whichever is lower (both count
-    /// headers).
-    pub fn message_limit(&self) -> usize {
-        let stream_limit = self.infra.settings.max_message_bytes.max(0) as usize;
-        let server_limit = self.infra.client.server_info().max_payload;
-        if server_limit > 0 {
-            stream_limit.min(server_limit)
-        } else {
-            stream_limit
-        }
-    }
-
-    /// The largest history message: [`Store::message_limit`] less room for
+    /// The largest history message: [`Infra::message_limit`] less room for
     /// the headers.
     fn history_message_limit(&self) -> usize {
-        self.message_limit().saturating_sub(HEADER_ROOM)
+        self.infra.message_limit().saturating_sub(HEADER_ROOM)
     }
 
     async fn publish_history(

@@ -128,23 +128,6 @@ pub(super) fn check_task_id(task_id: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Cuts `text` to at most `max` bytes, on a character boundary, marking the
-/// cut.
-fn truncate(text: String, max: usize) -> String {
-    if text.len() <= max {
-        return text;
-    }
-    const MARK: &str = "... (truncated)";
-    let mark = if max > MARK.len() { MARK } else { "" };
-    let mut end = max - mark.len();
-    while end > 0 && !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut out = text.get(..end).unwrap_or_default().to_string();
-    out.push_str(mark);
-    out
-}
-
 /// The inbox message reporting a handler's result, with the payload limit
 /// applied: a success larger than `max_bytes` becomes a
 /// `States.DataLimitExceeded` failure; a failure's cause is truncated to
@@ -164,7 +147,7 @@ pub fn result_message(
         execution_arn: execution_arn.to_string(),
         task_id: task_id.to_string(),
         error: error.chars().take(MAX_ERROR_CHARS).collect(),
-        cause: truncate(cause, max_bytes.min(MAX_CAUSE_CHARS)),
+        cause: crate::cut_text(cause, max_bytes.min(MAX_CAUSE_CHARS)),
         callback: false,
     };
     match crate::within_limit(result, state_name, max_bytes) {
