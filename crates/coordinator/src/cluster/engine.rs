@@ -510,6 +510,21 @@ enum Due {
     Heartbeat(String),
 }
 
+/// Timers and heartbeat deadlines of a partition's executions: (when,
+/// execution key, what), earliest first.
+type Wheel = BTreeMap<(Timestamp, String, Due), ()>;
+
+/// Takes an execution's armed timers and heartbeat deadlines off the wheel
+/// (it ended or leaves memory): exact removals, not a walk of the wheel.
+fn unarm(wheel: &mut Wheel, key: &str, live: &Live) {
+    for (timer, at) in &live.timers {
+        wheel.remove(&(*at, key.to_string(), Due::Timer(timer.clone())));
+    }
+    for (task, at) in &live.heartbeats {
+        wheel.remove(&(*at, key.to_string(), Due::Heartbeat(task.clone())));
+    }
+}
+
 struct Partition {
     shared: Arc<Shared>,
     partition: u32,
@@ -542,8 +557,13 @@ struct Partition {
     failed_child_stops: Vec<(String, ExecutionRef, String)>,
     outgoing: Vec<(String, Arc<TaskMessage>)>,
     completed: Vec<(String, Outcome)>,
-    /// (when, execution key, what), earliest first.
-    wheel: BTreeMap<(Timestamp, String, Due), ()>,
+    /// (when, execution key, what), earliest first. Holds exactly the
+    /// armed timers and heartbeat deadlines of the executions in `live`
+    /// (their `timers` and `heartbeats`), less the ones that fired: an
+    /// entry leaves it when its timer is cancelled or its task answered, so
+    /// that neither memory nor the work of ending an execution grows with
+    /// the timers of others.
+    wheel: Wheel,
     /// Writes whose outcome is not needed to go on (task messages'
     /// acknowledgements, completions) are awaited beside the loop; the keys
     /// of the executions whose write failed come back here, to be reloaded
@@ -900,8 +920,9 @@ impl Partition {
                 self.reload.remove(&key);
                 continue;
             };
-            self.live.remove(&key);
-            self.wheel.retain(|(_, k, _), _| *k != key);
+            if let Some(old) = self.live.remove(&key) {
+                unarm(&mut self.wheel, &key, &old);
+            }
             match self.load(&exec_ref).await {
                 Ok(Some(())) => {
                     self.reload.remove(&key);
@@ -953,8 +974,9 @@ impl Partition {
     ///   this coordinator's to carry on (if this one is the stale owner, its
     ///   writes keep failing until its partition stops).
     fn evict(&mut self, key: &str) {
-        self.live.remove(key);
-        self.wheel.retain(|(_, k, _), _| k != key);
+        if let Some(old) = self.live.remove(key) {
+            unarm(&mut self.wheel, key, &old);
+        }
         self.reload.insert(key.to_string());
     }
 
@@ -1138,7 +1160,7 @@ impl Partition {
                     if let Some(trace) = live.trace.as_mut() {
                         trace.observe(entry.at, event, &out, false);
                     }
-                    track(&mut live, &out);
+                    track(&mut live, &out, &key, &mut self.wheel);
                     if out.iter().any(|c| matches!(c, Command::Complete(_))) {
                         live.completed_at = Some(entry.at);
                     }
@@ -1151,7 +1173,9 @@ impl Partition {
         // got the first stop) ignores it; the broker drops a repeat within
         // its duplicate window.
         let children = std::mem::take(&mut live.stop_children);
-        self.live.insert(key.clone(), live);
+        if let Some(old) = self.live.insert(key.clone(), live) {
+            unarm(&mut self.wheel, &key, &old);
+        }
         for (child, task_id) in children {
             if !self.stop_child(&key, &child, &task_id).await {
                 self.child_stop_failed(key.clone(), child, task_id);
@@ -1298,6 +1322,7 @@ impl Partition {
     async fn fire_due(&mut self) {
         let t = now();
         let mut groups: Vec<(String, Vec<Input>)> = Vec::new();
+        let mut at_group: HashMap<String, usize> = HashMap::new();
         while let Some(((at, key, due), ())) = self.wheel.pop_first() {
             if at > t {
                 self.wheel.insert((at, key, due), ());
@@ -1327,9 +1352,14 @@ impl Partition {
                     Input::HeartbeatExpired(task)
                 }
             };
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, inputs)) => inputs.push(input),
-                None => groups.push((key, vec![input])),
+            // By execution, in the order they came due (many may at once:
+            // a lookup, not a walk of the groups).
+            match at_group.get(&key) {
+                Some(&i) => groups[i].1.push(input),
+                None => {
+                    at_group.insert(key.clone(), groups.len());
+                    groups.push((key, vec![input]));
+                }
             }
         }
         if !groups.is_empty() {
@@ -1794,7 +1824,7 @@ impl Partition {
                 // Queued; emitted once the step is stored.
                 trace.observe(t, &event, &out, true);
             }
-            track(live, &out);
+            track(live, &out, key, &mut self.wheel);
             if out.iter().any(|c| matches!(c, Command::Complete(_))) {
                 live.completed_at = Some(t);
             }
@@ -2054,8 +2084,16 @@ impl Partition {
                 Command::StartTimer {
                     timer_id, fire_at, ..
                 } => {
-                    self.wheel
-                        .insert((fire_at, key.to_string(), Due::Timer(timer_id)), ());
+                    // Unless it was cancelled in the same step.
+                    let armed = self
+                        .live
+                        .get(key)
+                        .and_then(|l| l.timers.get(&timer_id))
+                        .is_some_and(|at| *at == fire_at);
+                    if armed {
+                        self.wheel
+                            .insert((fire_at, key.to_string(), Due::Timer(timer_id)), ());
+                    }
                 }
                 Command::CancelTimer { .. } | Command::CancelTask { .. } | Command::Record(_) => {}
                 Command::Complete(outcome) => {
@@ -2492,7 +2530,7 @@ impl Partition {
         if let Some(finished) = self.finished_while_listing.as_mut() {
             finished.insert(key.to_string());
         }
-        self.wheel.retain(|(_, k, _), _| k != key);
+        unarm(&mut self.wheel, key, &live);
         let (status, output, error, cause) = match outcome {
             Outcome::Succeeded { output } => (
                 ExecutionStatus::Succeeded,
@@ -2880,8 +2918,9 @@ impl Route {
 }
 
 /// Keeps an execution's pending tasks and timers in step with the commands
-/// it produced.
-fn track(live: &mut Live, commands: &[Command]) {
+/// it produced; the timers cancelled and the heartbeat deadlines of tasks
+/// no longer pending leave the wheel.
+fn track(live: &mut Live, commands: &[Command], key: &str, wheel: &mut Wheel) {
     for c in commands {
         match c {
             Command::ScheduleTask(request) => {
@@ -2897,7 +2936,9 @@ fn track(live: &mut Live, commands: &[Command]) {
                 {
                     live.stop_children.push((child, task_id.clone()));
                 }
-                live.heartbeats.remove(task_id);
+                if let Some(at) = live.heartbeats.remove(task_id) {
+                    wheel.remove(&(at, key.to_string(), Due::Heartbeat(task_id.clone())));
+                }
             }
             Command::StartTimer {
                 timer_id, fire_at, ..
@@ -2905,7 +2946,9 @@ fn track(live: &mut Live, commands: &[Command]) {
                 live.timers.insert(timer_id.clone(), *fire_at);
             }
             Command::CancelTimer { timer_id } => {
-                live.timers.remove(timer_id);
+                if let Some(at) = live.timers.remove(timer_id) {
+                    wheel.remove(&(at, key.to_string(), Due::Timer(timer_id.clone())));
+                }
             }
             Command::Record(interp::Record::Redriven { count, .. }) => {
                 live.redrive_count = *count;
@@ -2916,9 +2959,21 @@ fn track(live: &mut Live, commands: &[Command]) {
     // Answered tasks and fired timers leave the interpreter's pending sets.
     let tasks: HashSet<&str> = live.exec.pending_tasks().collect();
     live.pending.retain(|id, _| tasks.contains(id.as_str()));
-    live.heartbeats.retain(|id, _| tasks.contains(id.as_str()));
+    live.heartbeats.retain(|id, at| {
+        let keep = tasks.contains(id.as_str());
+        if !keep {
+            wheel.remove(&(*at, key.to_string(), Due::Heartbeat(id.clone())));
+        }
+        keep
+    });
     let timers: HashSet<&str> = live.exec.pending_timers().collect();
-    live.timers.retain(|id, _| timers.contains(id.as_str()));
+    live.timers.retain(|id, at| {
+        let keep = timers.contains(id.as_str());
+        if !keep {
+            wheel.remove(&(*at, key.to_string(), Due::Timer(id.clone())));
+        }
+        keep
+    });
 }
 
 /// Applies an event, catching a panic of the interpreter (a defect, not
@@ -3026,6 +3081,144 @@ mod tests {
         let mut view = IndexView::default();
         view.apply(vec![change("k", Some(desc.clone()))], retention);
         !view.expired(retention, now).is_empty()
+    }
+
+    /// An execution in memory with `definition`, started at `at`, and the
+    /// commands its start produced.
+    fn live_started(definition: &str, name: &str, at: Timestamp) -> (Live, Vec<Command>) {
+        let machine =
+            sagaflow_asl::parse::parse_definition(definition).expect("a valid definition");
+        let exec_ref = ExecutionRef::new("m", name).expect("a valid name");
+        let mut live = Live {
+            route: Route {
+                arn: exec_ref.arn(),
+                reply_to: "inbox".into(),
+                result_to: "result".into(),
+            },
+            exec_ref: exec_ref.clone(),
+            exec: Execution::new(
+                Arc::new(machine),
+                RuntimeOptions::default().interp_options(),
+            ),
+            meta: ExecutionMeta {
+                state_machine: "m".into(),
+                version: 1,
+                traceparent: None,
+                execution_span: None,
+                parent: None,
+            },
+            last_sequence: 0,
+            start: at,
+            input: json!({}),
+            pending: HashMap::new(),
+            timers: HashMap::new(),
+            heartbeats: HashMap::new(),
+            redrive_count: 0,
+            stop_children: Vec::new(),
+            completed_at: None,
+            trace: None,
+        };
+        let mut out = Vec::new();
+        let event = Event::ExecutionStarted {
+            info: ExecutionInfo {
+                execution_id: exec_ref.arn(),
+                execution_name: name.into(),
+                state_machine_id: state_machine_arn("m"),
+                state_machine_name: "m".into(),
+                role_arn: String::new(),
+                seed: 1,
+                rules: interp::RULES,
+            },
+            input: json!({}),
+        };
+        live.exec.apply(at, event, &mut out).expect("started");
+        (live, out)
+    }
+
+    /// What carrying out `commands` and dispatching their tasks puts on the
+    /// wheel (timers, heartbeat deadlines), as the partition does.
+    fn arm(wheel: &mut Wheel, key: &str, live: &mut Live, commands: &[Command], at: Timestamp) {
+        track(live, commands, key, wheel);
+        for c in commands {
+            match c {
+                Command::StartTimer {
+                    timer_id, fire_at, ..
+                } if live.timers.get(timer_id) == Some(fire_at) => {
+                    wheel.insert((*fire_at, key.into(), Due::Timer(timer_id.clone())), ());
+                }
+                Command::ScheduleTask(request) => {
+                    if let Some(seconds) = request.heartbeat_seconds {
+                        let deadline = after_seconds(at, seconds);
+                        live.heartbeats
+                            .insert(request.task_id.to_string(), deadline);
+                        wheel.insert(
+                            (
+                                deadline,
+                                key.into(),
+                                Due::Heartbeat(request.task_id.to_string()),
+                            ),
+                            (),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn an_answered_task_and_an_ended_execution_leave_the_wheel() {
+        let definition = r#"{"TimeoutSeconds": 86400, "StartAt": "Book", "States": {
+            "Book": {"Type": "Task", "Resource": "book", "TimeoutSeconds": 3600,
+                     "HeartbeatSeconds": 60, "Next": "Pause"},
+            "Pause": {"Type": "Wait", "Seconds": 10, "End": true}}}"#;
+        let t0: Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
+        let mut wheel = Wheel::new();
+        let (mut a, out) = live_started(definition, "a", t0);
+        arm(&mut wheel, "a", &mut a, &out, t0);
+        let (mut b, out) = live_started(definition, "b", t0);
+        arm(&mut wheel, "b", &mut b, &out, t0);
+        // Each: the execution's timeout, the task's timeout, its heartbeat.
+        assert_eq!(wheel.len(), 6, "{wheel:?}");
+
+        // a's task is answered: its timeout and heartbeat deadline go, the
+        // Wait's timer comes.
+        let task_id = a.pending.keys().next().expect("a task pending").clone();
+        let mut out = Vec::new();
+        a.exec
+            .apply(
+                t0,
+                Event::TaskSucceeded {
+                    task_id,
+                    output: json!({}),
+                },
+                &mut out,
+            )
+            .expect("applied");
+        arm(&mut wheel, "a", &mut a, &out, t0);
+        let of_a: Vec<&Due> = wheel
+            .keys()
+            .filter(|(_, k, _)| k == "a")
+            .map(|(_, _, due)| due)
+            .collect();
+        assert_eq!(
+            of_a.len(),
+            2,
+            "the execution's timeout and the Wait: {of_a:?}"
+        );
+        assert!(
+            of_a.iter().all(|due| matches!(due, Due::Timer(_))),
+            "{of_a:?}"
+        );
+        assert_eq!(a.timers.len(), 2);
+        assert!(a.heartbeats.is_empty());
+
+        // a ends (or leaves memory): none of its entries stay; b's do.
+        unarm(&mut wheel, "a", &a);
+        assert_eq!(wheel.len(), 3, "{wheel:?}");
+        assert!(wheel.keys().all(|(_, k, _)| k == "b"));
+        unarm(&mut wheel, "b", &b);
+        assert!(wheel.is_empty(), "{wheel:?}");
     }
 
     #[test]
