@@ -19,7 +19,7 @@ use sagaflow_protocol::api::{
     ExecutionDescription, ExecutionStatus, ListExecutions, Operation, StartExecutionRequest,
 };
 use sagaflow_protocol::{ExecutionRef, InboxMessage, Namespace};
-use sagaflow_testkit::NatsServer;
+use sagaflow_testkit::{NatsServer, ServerOptions};
 
 const DEFINITION: &str = r#"{
   "StartAt": "Hello",
@@ -855,6 +855,11 @@ async fn task_callbacks() {
         code(c.send_task_success(&t, json!({"again": true})).await),
         "TaskTimedOut"
     );
+    // The same token read from a file, with its line end: the same task.
+    assert_eq!(
+        code(c.send_task_success(&format!(" {t}\n"), json!({})).await),
+        "TaskTimedOut"
+    );
     assert_eq!(env.inbox_count().await, queued);
     // Another task's failure goes in.
     env.schedule(&exec, "Wait@1#0", &token(&exec.arn(), "Wait@1#0"))
@@ -973,6 +978,41 @@ async fn bad_requests_get_errors_and_the_service_keeps_working() {
         .expect("started");
         assert_eq!(started["alreadyStarted"], json!(false), "{started}");
     }
+}
+
+/// An error quoting a rejected value at length still fits in a reply (it
+/// went out twice, in the body and the `Nats-Service-Error` header, and was
+/// refused by the broker: the caller waited for its time-out).
+#[tokio::test]
+async fn an_error_quoting_a_long_value_is_answered() {
+    let server = NatsServer::start_with(ServerOptions {
+        config_file: Some("max_payload: 65536".into()),
+        ..ServerOptions::default()
+    })
+    .expect("nats-server");
+    let nats = sagaflow_nats::connect(&server.url())
+        .await
+        .expect("connect");
+    let infra = sagaflow_nats::setup(nats.clone(), Settings::default())
+        .await
+        .expect("setup");
+    let store = Store::new(infra, 16);
+    let _service = api::serve(store, ApiOptions::default())
+        .await
+        .expect("serve");
+    let client = ApiClient::new(nats, Namespace::default()).with_timeout(Duration::from_secs(5));
+    // A request of 40 KB: under the 64 KiB limit, its error twice over it.
+    let long_arn = format!(
+        "arn:aws:states:local:000000000000:execution:hello:{}",
+        "n".repeat(40 * 1024)
+    );
+    let reply = client
+        .call_raw::<Value>(
+            Operation::DescribeExecution,
+            json!({"executionArn": long_arn}).to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(code(reply), "InvalidName");
 }
 
 #[tokio::test]

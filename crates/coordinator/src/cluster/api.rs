@@ -319,11 +319,19 @@ impl Api {
         Ok(ack.duplicate)
     }
 
+    /// An execution's index entry, or its start still queued in its inbox
+    /// (described as RUNNING).
     async fn index_entry(&self, exec: &ExecutionRef) -> Result<ExecutionDescription, ApiError> {
         if let Some(desc) = self.store.execution(exec).await.map_err(internal)? {
             return Ok(desc);
         }
         if let Some(desc) = self.queued_start(exec).await {
+            return Ok(desc);
+        }
+        // The engine indexes a start before it takes it out of the inbox
+        // (and a redrive): one taken between the two reads is in the index
+        // now.
+        if let Some(desc) = self.store.execution(exec).await.map_err(internal)? {
             return Ok(desc);
         }
         Err(ApiError::new(
@@ -433,12 +441,42 @@ impl Api {
     // ---------------------------------------------------------- executions
 
     /// The input and version an existing execution started with, if it
-    /// exists: from its history, else from a start still waiting in its
-    /// inbox, else (indexed but unreadable) from the index.
+    /// exists: from a start still waiting in its inbox, else from its
+    /// history, else (indexed but unreadable) from the index.
+    ///
+    /// In that order because the engine takes a start out of the inbox only
+    /// after its history (and index entry) are written: a start not found in
+    /// the inbox and then not in the history was not there when the inbox
+    /// was read. The other order could miss a start taken between the two
+    /// reads, and answer from the index alone ("already started", whatever
+    /// the input).
     async fn existing_start(
         &self,
         exec: &ExecutionRef,
     ) -> Result<Option<(Option<Value>, u64)>, ApiError> {
+        if let Some(found) = self.start_in_inbox_or_history(exec).await? {
+            return Ok(Some(found));
+        }
+        let Some(entry) = self.store.execution(exec).await.map_err(internal)? else {
+            return Ok(None);
+        };
+        // Indexed meanwhile: a start the engine was taking (index entry and
+        // history written, then out of the inbox) is in one of the two now.
+        if let Some(found) = self.start_in_inbox_or_history(exec).await? {
+            return Ok(Some(found));
+        }
+        Ok(Some((None, entry.version)))
+    }
+
+    /// The input and version of an execution's start, from its inbox (still
+    /// queued) or else its history.
+    async fn start_in_inbox_or_history(
+        &self,
+        exec: &ExecutionRef,
+    ) -> Result<Option<(Option<Value>, u64)>, ApiError> {
+        if let Some((start, _)) = self.queued_start_message(exec).await {
+            return Ok(Some((Some(start.input), start.version)));
+        }
         let history = self.store.read_history(exec).await.map_err(internal)?;
         let entries = || history.batches.iter().flat_map(|b| b.entries.iter());
         if let Some(input) = history_view::started_input(entries()) {
@@ -448,13 +486,6 @@ impl Api {
                 .find_map(|b| b.meta.as_ref().map(|m| m.version))
                 .unwrap_or(0);
             return Ok(Some((Some(input), version)));
-        }
-        // A start not yet consumed by the engine.
-        if let Some((start, _)) = self.queued_start_message(exec).await {
-            return Ok(Some((Some(start.input), start.version)));
-        }
-        if let Some(entry) = self.store.execution(exec).await.map_err(internal)? {
-            return Ok(Some((None, entry.version)));
         }
         Ok(None)
     }
@@ -711,19 +742,27 @@ impl Api {
         let exec = parse_arn(&req.execution_arn)?;
         check_error_cause(req.error.as_deref(), req.cause.as_deref())?;
         let entry = self.store.execution(&exec).await.map_err(internal)?;
-        let running = entry
-            .as_ref()
-            .is_some_and(|e| e.status == ExecutionStatus::Running);
+        let running = |entry: &Option<ExecutionDescription>| {
+            entry
+                .as_ref()
+                .is_some_and(|e| e.status == ExecutionStatus::Running)
+        };
         // A start or a redrive accepted and still in the inbox is running
         // as far as its caller knows: the stop goes in after it.
-        if !running && !self.queued_in_inbox(&exec).await {
-            return match entry {
-                Some(_) => Ok(()),
-                None => Err(ApiError::new(
-                    codes::EXECUTION_DOES_NOT_EXIST,
-                    format!("execution {} does not exist", exec.arn()),
-                )),
-            };
+        if !running(&entry) && !self.queued_in_inbox(&exec).await {
+            // The engine writes the index entry of a start or a redrive
+            // before it takes the message out of the inbox: one taken
+            // between the two reads shows in the index now.
+            let entry = self.store.execution(&exec).await.map_err(internal)?;
+            if !running(&entry) {
+                return match entry {
+                    Some(_) => Ok(()),
+                    None => Err(ApiError::new(
+                        codes::EXECUTION_DOES_NOT_EXIST,
+                        format!("execution {} does not exist", exec.arn()),
+                    )),
+                };
+            }
         }
         self.publish(
             &exec,
@@ -1059,13 +1098,17 @@ impl Api {
         let sent = match result {
             Ok(body) => request.respond(Ok(body)).await,
             Err(error) => {
+                let error = fit_error(error, self.max_request_bytes());
                 let body =
                     serde_json::to_vec(&Reply::<()>::Error(error.clone())).unwrap_or_else(|_| {
                         b"{\"error\":{\"code\":\"Internal\",\"message\":\"\"}}".to_vec()
                     });
                 let mut hdrs = async_nats::HeaderMap::new();
-                let description =
-                    format!("{}: {}", error.code, error.message).replace(['\r', '\n'], " ");
+                let description = sagaflow_participant::cut_text(
+                    format!("{}: {}", error.code, error.message),
+                    ERROR_HEADER_BYTES,
+                )
+                .replace(['\r', '\n'], " ");
                 hdrs.insert(
                     async_nats::service::NATS_SERVICE_ERROR,
                     description.as_str(),
@@ -1083,6 +1126,50 @@ impl Api {
     }
 }
 
+/// Most bytes of an error reply's message (which may quote a rejected
+/// value); the `Nats-Service-Error` header holds less of it.
+const ERROR_MESSAGE_BYTES: usize = 16 * 1024;
+const ERROR_HEADER_BYTES: usize = 1024;
+
+/// An error reply that fits in a message of `limit` bytes: its message cut
+/// to [`ERROR_MESSAGE_BYTES`], and of its details (an invalid definition's
+/// errors) as many as fit, the message saying how many were left out. A
+/// reply too large for the broker would not be sent at all, and the caller
+/// would wait for its time-out.
+fn fit_error(mut error: ApiError, limit: usize) -> ApiError {
+    error.message = sagaflow_participant::cut_text(error.message, ERROR_MESSAGE_BYTES);
+    // Room for the message (in the body), the headers and the envelope.
+    let budget = limit.saturating_sub(ERROR_MESSAGE_BYTES + ERROR_HEADER_BYTES + 4096);
+    let Some(details) = error.details.take() else {
+        return error;
+    };
+    if serde_json::to_vec(&details).map_or(usize::MAX, |b| b.len()) <= budget {
+        error.details = Some(details);
+        return error;
+    }
+    let Value::Array(items) = details else {
+        error.message.push_str(" (details too large to show)");
+        return error;
+    };
+    let total = items.len();
+    let mut used: usize = 2;
+    let mut kept = Vec::new();
+    for item in items {
+        let size = serde_json::to_vec(&item).map_or(usize::MAX, |b| b.len()) + 1;
+        if used.saturating_add(size) > budget {
+            break;
+        }
+        used += size;
+        kept.push(item);
+    }
+    error.message.push_str(&format!(
+        " (the first {} of {total} details shown)",
+        kept.len()
+    ));
+    error.details = Some(Value::Array(kept));
+    error
+}
+
 /// The `Nats-Msg-Id` of a task's answer (`SendTaskSuccess` or
 /// `SendTaskFailure`): the same for every answer to the task, so that the
 /// broker keeps only the first within its duplicate window. It names the
@@ -1090,7 +1177,8 @@ impl Api {
 /// task of the same id has another token, is not taken for a repeat.
 fn answer_msg_id(exec: &ExecutionRef, task_id: &str, token: &str) -> String {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(token.as_bytes());
+    // As the token is decoded: surrounding white space is not part of it.
+    let digest = Sha256::digest(token.trim().as_bytes());
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("{}/{task_id}/answer/{hex}", exec.key())
 }
@@ -1493,6 +1581,49 @@ fn callback_state<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_reply_is_held_to_the_message_size() {
+        let limit = 1024 * 1024;
+        let size = |e: &ApiError| {
+            serde_json::to_vec(&Reply::<()>::Error(e.clone()))
+                .unwrap()
+                .len()
+        };
+        // A message quoting a huge rejected value.
+        let long = ApiError::new(codes::INVALID_NAME, "x".repeat(2 * limit));
+        let fitted = fit_error(long, limit);
+        assert!(fitted.message.len() <= ERROR_MESSAGE_BYTES);
+        assert!(fitted.message.ends_with("(truncated)"));
+        // More validation errors than fit: the first ones, and how many.
+        let details: Vec<Value> = (0..20_000)
+            .map(|i| json!({"path": format!("/States/S{i}/Next"), "message": "x".repeat(80)}))
+            .collect();
+        let mut many = ApiError::new(codes::INVALID_DEFINITION, "the definition is invalid");
+        many.details = Some(Value::Array(details.clone()));
+        assert!(size(&many) > limit);
+        let fitted = fit_error(many, limit);
+        assert!(
+            size(&fitted) < limit - ERROR_HEADER_BYTES,
+            "{}",
+            size(&fitted)
+        );
+        let kept = fitted.details.as_ref().and_then(Value::as_array).unwrap();
+        assert!(!kept.is_empty());
+        assert_eq!(kept[..], details[..kept.len()]);
+        assert!(
+            fitted.message.ends_with(&format!(
+                "(the first {} of 20000 details shown)",
+                kept.len()
+            )),
+            "{}",
+            fitted.message
+        );
+        // What fits is left as it is.
+        let mut few = ApiError::new(codes::INVALID_DEFINITION, "the definition is invalid");
+        few.details = Some(Value::Array(details[..3].to_vec()));
+        assert_eq!(fit_error(few.clone(), limit), few);
+    }
 
     #[test]
     fn each_trigger_has_its_own_stable_queue_group() {
