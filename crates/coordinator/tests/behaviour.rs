@@ -1405,6 +1405,7 @@ async fn a_history_over_a_message_is_read_page_by_page() {
             execution_arn: done.execution_arn.clone(),
             max_results: None,
             next_token: None,
+            reverse_order: false,
         })
         .await
         .unwrap();
@@ -1419,9 +1420,49 @@ async fn a_history_over_a_message_is_read_page_by_page() {
             execution_arn: done.execution_arn.clone(),
             max_results: None,
             next_token: Some("nope".into()),
+            reverse_order: false,
         })
         .await;
     assert_eq!(api_code(bad), "InvalidRequest");
+    // Newest first (AWS's reverseOrder), in pages of a few events and in
+    // pages held to the message size: every event once, in reverse.
+    for max_results in [Some(4), None] {
+        let mut reversed = Vec::new();
+        let mut next_token = None;
+        loop {
+            let page = env
+                .api
+                .execution_history_page(&HistoryRequest {
+                    execution_arn: done.execution_arn.clone(),
+                    max_results,
+                    next_token: next_token.take(),
+                    reverse_order: true,
+                })
+                .await
+                .expect("a page");
+            assert!(!page.events.is_empty());
+            assert!(page.events.len() <= max_results.unwrap_or(usize::MAX));
+            reversed.extend(page.events);
+            match page.next_token {
+                Some(token) => next_token = Some(token),
+                None => break,
+            }
+        }
+        reversed.reverse();
+        assert_eq!(reversed, all.events, "pages of {max_results:?}");
+    }
+    // A token of one order is refused in the other.
+    let forward_token = first.next_token.clone().expect("more than a page");
+    let mixed = env
+        .api
+        .execution_history_page(&HistoryRequest {
+            execution_arn: done.execution_arn.clone(),
+            max_results: None,
+            next_token: Some(forward_token),
+            reverse_order: true,
+        })
+        .await;
+    assert_eq!(api_code(mixed), "InvalidRequest");
     env.shutdown().await;
 }
 

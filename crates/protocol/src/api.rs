@@ -304,9 +304,12 @@ pub struct HistoryRequest {
     #[serde(default)]
     pub max_results: Option<usize>,
     /// Where to go on: the [`ExecutionHistory::next_token`] of the page
-    /// before.
+    /// before (asked in the same order).
     #[serde(default)]
     pub next_token: Option<String>,
+    /// Newest events first (AWS's `reverseOrder`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reverse_order: bool,
 }
 
 /// `execution.list`.

@@ -657,11 +657,20 @@ impl Api {
             // Not started yet (or unknown): the index tells which.
             self.index_entry(&exec).await?;
         }
-        let start = match req.next_token.as_deref() {
-            None => 0,
-            Some(token) => token
-                .parse::<usize>()
-                .map_err(|_| ApiError::new(codes::INVALID_REQUEST, "invalid next token"))?,
+        let invalid_token = || ApiError::new(codes::INVALID_REQUEST, "invalid next token");
+        // A token is where the next page starts: an event's index, counted
+        // from the oldest; in reverse order, prefixed with `r`, the index
+        // after the next page's newest event.
+        let position = match req.next_token.as_deref() {
+            None => None,
+            Some(token) => {
+                let number = if req.reverse_order {
+                    token.strip_prefix('r').ok_or_else(invalid_token)?
+                } else {
+                    token
+                };
+                Some(number.parse::<usize>().map_err(|_| invalid_token())?)
+            }
         };
         let limit = req
             .max_results
@@ -677,11 +686,31 @@ impl Api {
                 .flat_map(|b| b.entries.iter().cloned())
         };
         let machine = self.machine_of(&history).await?;
-        let (page, total) =
-            history_view::render_page(machine, &self.options.interp, stored, start, limit);
-        if start > total {
-            return Err(ApiError::new(codes::INVALID_REQUEST, "invalid next token"));
-        }
+        let interp = &self.options.interp;
+        // The page, and where it starts (forward) or ends (in reverse).
+        let (mut page, from, total) = if req.reverse_order {
+            // The events before `end`, newest first: the first page needs
+            // the count (a replay that keeps no event).
+            let end = match position {
+                Some(end) => end,
+                None => history_view::render_page(machine.clone(), interp, stored, 0, 0).1,
+            };
+            let start = end.saturating_sub(limit);
+            let (mut page, total) =
+                history_view::render_page(machine, interp, stored, start, end - start);
+            if end > total {
+                return Err(invalid_token());
+            }
+            page.reverse();
+            (page, end, total)
+        } else {
+            let start = position.unwrap_or(0);
+            let (page, total) = history_view::render_page(machine, interp, stored, start, limit);
+            if start > total {
+                return Err(invalid_token());
+            }
+            (page, start, total)
+        };
         // The reply's envelope fits in the rest.
         let budget = self.max_request_bytes().saturating_sub(4096);
         let mut used = 2;
@@ -694,10 +723,16 @@ impl Api {
             used += size;
             taken += 1;
         }
-        let end = start + taken;
-        let next_token = (end < total).then(|| end.to_string());
-        let mut events = page;
-        events.truncate(taken);
+        page.truncate(taken);
+        let events = page;
+        let next_token = if req.reverse_order {
+            // The newest `taken` events before `from` were sent.
+            let next_end = from - taken;
+            (next_end > 0).then(|| format!("r{next_end}"))
+        } else {
+            let next_start = from + taken;
+            (next_start < total).then(|| next_start.to_string())
+        };
         Ok(ExecutionHistory { events, next_token })
     }
 

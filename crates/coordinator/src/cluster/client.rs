@@ -261,6 +261,7 @@ impl ApiClient {
                     execution_arn: execution_arn.to_string(),
                     max_results: None,
                     next_token: next_token.take(),
+                    reverse_order: false,
                 })
                 .await?;
             events.extend(page.events);

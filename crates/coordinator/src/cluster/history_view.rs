@@ -529,15 +529,18 @@ fn replay_into(
     };
     let mut execution = sagaflow_asl::interp::Execution::new(machine, options);
     let mut out = Vec::new();
-    // The effects (every command but records) the stored history says each
-    // event had; the replay must give exactly these.
-    let mut stored_effects: Vec<Command> = Vec::new();
-    let mut replayed_effects: Vec<Command> = Vec::new();
+    // The effects (every command but records) the replay gave that the
+    // stored history has not shown yet: the stored history must give
+    // exactly these, in this order. Each event's are stored right after it,
+    // so this holds one event's effects, not the history's.
+    let mut unmatched: std::collections::VecDeque<Command> = std::collections::VecDeque::new();
     for entry in stored {
         match &entry.item {
             HistoryItem::Command(Command::Record(_)) => continue,
             HistoryItem::Command(c) => {
-                stored_effects.push(c.clone());
+                if unmatched.pop_front().as_ref() != Some(c) {
+                    return false;
+                }
                 continue;
             }
             HistoryItem::Event(_) => {}
@@ -550,7 +553,7 @@ fn replay_into(
             Ok(Ok(())) => {}
             _ => return false,
         }
-        replayed_effects.extend(
+        unmatched.extend(
             out.iter()
                 .filter(|c| !matches!(c, Command::Record(_)))
                 .cloned(),
@@ -564,14 +567,14 @@ fn replay_into(
             });
         }
     }
-    stored_effects == replayed_effects
+    unmatched.is_empty()
 }
 
 /// One page of a history's Step Functions-style events: those numbered
 /// (from 0) `start..start + limit`, and how many events there are in all.
 /// The events are rendered as the history is replayed with its payloads
 /// (the stored history when the replay does not give its effects), and only
-/// the page's are kept: a long history costs time, not memory.
+/// the page's are kept (besides the stored history the caller holds).
 pub fn render_page<I: Iterator<Item = HistoryEntry>>(
     machine: Option<std::sync::Arc<sagaflow_asl::model::StateMachine>>,
     options: &sagaflow_asl::interp::Options,
@@ -1244,6 +1247,28 @@ mod replay_tests {
             assert_eq!(total, all.len());
             let end = (start + limit).min(all.len());
             assert_eq!(page, all[start..end].to_vec(), "{start}+{limit}");
+        }
+        // A stored history whose effects the replay does not give (one
+        // missing, one more, one different) is not replayed.
+        let effect = |e: &HistoryEntry| matches!(&e.item, HistoryItem::Command(c) if !matches!(c, Command::Record(_)));
+        let last_effect = stored.iter().rposition(effect).expect("an effect stored");
+        let mut missing = stored.clone();
+        missing.remove(last_effect);
+        let mut more = stored.clone();
+        more.push(stored[last_effect].clone());
+        let mut different = stored.clone();
+        different[last_effect].item = HistoryItem::Command(Command::CancelTimer {
+            timer_id: "t".into(),
+        });
+        for (name, history) in [
+            ("missing", missing),
+            ("more", more),
+            ("different", different),
+        ] {
+            assert!(
+                replay_with_payloads(machine.clone(), &slim, history).is_none(),
+                "{name}"
+            );
         }
     }
 }
