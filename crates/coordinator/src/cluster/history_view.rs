@@ -34,7 +34,7 @@
 //! Events that the interpreter ignored (a late answer for a task that timed
 //! out or was cancelled) are not shown.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
@@ -77,8 +77,9 @@ struct Renderer {
     task_timers: HashMap<String, String>,
     /// Name and type of every state entered, by path.
     states: HashMap<String, (String, StateType)>,
-    /// Paths of Parallel/Map states whose failure was already shown.
-    failed: HashSet<String>,
+    /// Paths of the Parallel/Map states entered and not yet exited or
+    /// failed, in the order they were entered.
+    open: Vec<String>,
 }
 
 fn text(value: &Value) -> String {
@@ -109,7 +110,7 @@ impl Renderer {
             pending: HashMap::new(),
             task_timers: HashMap::new(),
             states: HashMap::new(),
-            failed: HashSet::new(),
+            open: Vec::new(),
         }
     }
 
@@ -172,16 +173,48 @@ impl Renderer {
     }
 
     /// `ParallelStateFailed` / `MapStateFailed` when the failed state is a
-    /// Parallel or Map state (once per state visit).
+    /// Parallel or Map state (once per state visit), after those of the
+    /// Parallel and Map states still open inside it, innermost first (the
+    /// failure came through them).
     fn fanout_failed(&mut self, at: &jiff::Timestamp, path: &str, error: &str, cause: &str) {
+        self.fail_open_within(at, path, None, error, cause);
+        self.fail_open(at, path, error, cause);
+    }
+
+    /// The failure of the Parallel or Map states still open inside the
+    /// fan-out state at `path` (only in its iteration or branch `index`,
+    /// when given), innermost first.
+    fn fail_open_within(
+        &mut self,
+        at: &jiff::Timestamp,
+        path: &str,
+        index: Option<usize>,
+        error: &str,
+        cause: &str,
+    ) {
+        let inside: Vec<String> = self
+            .open
+            .iter()
+            .rev()
+            .filter(|open| is_within(open, path, index))
+            .cloned()
+            .collect();
+        for open in inside {
+            self.fail_open(at, &open, error, cause);
+        }
+    }
+
+    /// `ParallelStateFailed` / `MapStateFailed` for an open fan-out state.
+    fn fail_open(&mut self, at: &jiff::Timestamp, path: &str, error: &str, cause: &str) {
         let kind = match self.type_of(path) {
             Some(StateType::Parallel) => "ParallelStateFailed",
             Some(StateType::Map) => "MapStateFailed",
             _ => return,
         };
-        if !self.failed.insert(path.to_string()) {
+        let Some(position) = self.open.iter().position(|open| open == path) else {
             return;
-        }
+        };
+        self.open.remove(position);
         self.push(
             at,
             kind,
@@ -257,7 +290,10 @@ impl Renderer {
             } => {
                 self.states
                     .insert(path.to_string(), (name.to_string(), *state_type));
-                self.failed.remove(&**path);
+                self.open.retain(|open| **open != **path);
+                if matches!(state_type, StateType::Parallel | StateType::Map) {
+                    self.open.push(path.to_string());
+                }
                 let type_name = state_type_name(*state_type);
                 self.push(
                     at,
@@ -278,11 +314,12 @@ impl Renderer {
                 }
             }
             Record::StateExited {
+                path,
                 name,
                 state_type,
                 output,
-                ..
             } => {
+                self.open.retain(|open| **open != **path);
                 match state_type {
                     StateType::Parallel => self.push(at, "ParallelStateSucceeded", None),
                     StateType::Map => self.push(at, "MapStateSucceeded", None),
@@ -319,6 +356,8 @@ impl Renderer {
                 );
             }
             Record::MapIterationFailed { path, index, error } => {
+                // What failed inside the iteration without being caught.
+                self.fail_open_within(at, path, Some(*index), error, "");
                 let details = json!({"name": self.name_of(path), "index": index, "error": error});
                 self.push(
                     at,
@@ -327,6 +366,9 @@ impl Renderer {
                 );
             }
             Record::BranchAborted { path, index } => {
+                // What ran inside the branch is abandoned with it.
+                self.open
+                    .retain(|open| !is_within(open, path, Some(*index)));
                 let name = self.name_of(path);
                 if self.type_of(path) == Some(StateType::Parallel) {
                     self.push(
@@ -467,11 +509,19 @@ impl Renderer {
                 "executionSucceededEventDetails",
                 json!({"output": text(output), "outputDetails": {"truncated": false}}),
             ),
-            Outcome::Failed { error, cause } => (
-                "ExecutionFailed",
-                "executionFailedEventDetails",
-                json!({"error": error, "cause": cause}),
-            ),
+            Outcome::Failed { error, cause } => {
+                // A failure no Catch took came through the fan-out states
+                // still open, innermost first, as AWS shows.
+                let open: Vec<String> = self.open.iter().rev().cloned().collect();
+                for path in open {
+                    self.fail_open(at, &path, error, cause);
+                }
+                (
+                    "ExecutionFailed",
+                    "executionFailedEventDetails",
+                    json!({"error": error, "cause": cause}),
+                )
+            }
             Outcome::TimedOut { error, cause } => (
                 "ExecutionTimedOut",
                 "executionTimedOutEventDetails",
@@ -493,9 +543,35 @@ impl Renderer {
             }
         };
         // Everything still running is over.
+        self.open.clear();
         self.pending.clear();
         self.task_timers.clear();
         self.push(at, kind, Some((key, details)));
+    }
+}
+
+/// Whether the state at `path` runs inside the Parallel or Map state at
+/// `fanout` (in its branch or iteration `index`, when given): its path is
+/// `{fanout}@{visit}#{retry}[{index}]/...`.
+fn is_within(path: &str, fanout: &str, index: Option<usize>) -> bool {
+    let Some(rest) = path
+        .strip_prefix(fanout)
+        .and_then(|rest| rest.strip_prefix('@'))
+    else {
+        return false;
+    };
+    let Some((counters, rest)) = rest.split_once('[') else {
+        return false;
+    };
+    if !counters.bytes().all(|b| b.is_ascii_digit() || b == b'#') || counters.is_empty() {
+        return false;
+    }
+    let Some((number, _)) = rest.split_once("]/") else {
+        return false;
+    };
+    match index {
+        Some(index) => number.parse::<usize>().is_ok_and(|n| n == index),
+        None => number.bytes().all(|b| b.is_ascii_digit()) && !number.is_empty(),
     }
 }
 
@@ -1168,6 +1244,134 @@ mod tests {
                 prop_assert!(e["type"].is_string());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod fanout_failure_tests {
+    use std::sync::Arc;
+
+    use sagaflow_asl::interp::{Command, Event, Execution, ExecutionInfo, Options};
+    use serde_json::json;
+
+    use super::*;
+
+    /// Runs `definition` through the interpreter, every task failing with
+    /// `CardDeclined`, and renders the history it records.
+    fn run_failing(definition: &str) -> Vec<Value> {
+        let machine = Arc::new(sagaflow_asl::parse::parse_definition(definition).unwrap());
+        let mut exec = Execution::new(machine, Options::default());
+        let at: jiff::Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
+        let mut history = Vec::new();
+        let mut events = vec![Event::ExecutionStarted {
+            info: ExecutionInfo {
+                execution_id: "e".into(),
+                execution_name: "e".into(),
+                state_machine_id: "m".into(),
+                state_machine_name: "m".into(),
+                role_arn: String::new(),
+                seed: 1,
+                rules: sagaflow_asl::interp::RULES,
+            },
+            input: json!({"items": [1]}),
+        }];
+        while let Some(event) = events.pop() {
+            let mut out = Vec::new();
+            exec.apply(at, event.clone(), &mut out).unwrap();
+            history.push(HistoryEntry {
+                at,
+                item: HistoryItem::Event(event),
+            });
+            for c in out {
+                if let Command::ScheduleTask(request) = &c {
+                    events.push(Event::TaskFailed {
+                        task_id: request.task_id.to_string(),
+                        error: "CardDeclined".into(),
+                        cause: "no funds".into(),
+                    });
+                }
+                history.push(HistoryEntry {
+                    at,
+                    item: HistoryItem::Command(c),
+                });
+            }
+        }
+        assert!(exec.outcome().is_some(), "ended");
+        render(&history)
+    }
+
+    /// The event types from the task's failure on.
+    fn after_task_failed(events: &[Value]) -> Vec<&str> {
+        let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        let from = types
+            .iter()
+            .position(|t| *t == "TaskFailed")
+            .expect("a task failed");
+        types[from..].to_vec()
+    }
+
+    const NESTED: &str = r#"{"StartAt": "Fan", "States": {"Fan": {"Type": "Map", "ItemsPath": "$.items",
+        __CATCH__
+        "ItemProcessor": {"StartAt": "Par", "States": {"Par": {"Type": "Parallel", "End": true,
+            "Branches": [{"StartAt": "Charge", "States": {"Charge": {"Type": "Task", "Resource": "charge", "End": true}}}]}}},
+        "End": true}__UNDO__}}"#;
+
+    #[test]
+    fn an_uncaught_failure_shows_the_fanout_states_it_came_through() {
+        let events = run_failing(&NESTED.replace("__CATCH__", "").replace("__UNDO__", ""));
+        assert_eq!(
+            after_task_failed(&events),
+            vec![
+                "TaskFailed",
+                "ParallelStateFailed",
+                "MapIterationFailed",
+                "MapStateFailed",
+                "ExecutionFailed",
+            ]
+        );
+        let map_failed = events
+            .iter()
+            .find(|e| e["type"] == "MapStateFailed")
+            .unwrap();
+        assert_eq!(
+            map_failed["stateFailedEventDetails"],
+            json!({"name": "Fan", "error": "CardDeclined", "cause": "no funds"})
+        );
+    }
+
+    #[test]
+    fn a_caught_failure_shows_the_fanout_states_it_came_through() {
+        let caught = r#""Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Undo"}],"#;
+        let events = run_failing(
+            &NESTED
+                .replace("__CATCH__", caught)
+                .replace("__UNDO__", r#", "Undo": {"Type": "Pass", "End": true}"#),
+        );
+        assert_eq!(
+            after_task_failed(&events),
+            vec![
+                "TaskFailed",
+                "ParallelStateFailed",
+                "MapIterationFailed",
+                "MapStateFailed",
+                "CatchTriggered",
+                "PassStateEntered",
+                "PassStateExited",
+                "ExecutionSucceeded",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_path_is_within_a_fanout_state_by_its_prefix() {
+        assert!(is_within("Fan@0#0[2]/Par", "Fan", None));
+        assert!(is_within("Fan@0#0[2]/Par", "Fan", Some(2)));
+        assert!(!is_within("Fan@0#0[2]/Par", "Fan", Some(1)));
+        assert!(is_within("Fan@3#1[12]/Par@0#0[0]/Inner", "Fan", Some(12)));
+        assert!(!is_within("Fan", "Fan", None));
+        assert!(!is_within("Fanout@0#0[2]/Par", "Fan", None));
+        assert!(!is_within("Fan@x[2]/Par", "Fan", None));
+        assert!(!is_within("Fan@0#0[2]", "Fan", None));
     }
 }
 
