@@ -86,16 +86,22 @@ pub struct KeyValue {
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct HttpParameters {
     /// Headers added to the request; they win over the definition's.
+    /// Token requests get them as headers too.
     #[serde(default)]
     pub header_parameters: Vec<KeyValue>,
     /// Query parameters added to the URL; they win over the definition's.
+    /// Token requests get them in their URL's query, whatever their method
+    /// (as EventBridge sends them).
     #[serde(default)]
     pub query_string_parameters: Vec<KeyValue>,
     /// Fields added to the request body, as strings; they win over the
-    /// definition's. A JSON `RequestBody` must then be an object (or
-    /// absent: the body is these fields); a URL-encoded one gets them as
-    /// form fields. Token requests get them as form fields (`POST`) or
-    /// query parameters (`GET`).
+    /// definition's. A JSON `RequestBody` must then be an object; a
+    /// URL-encoded one gets them as form fields. Without a `RequestBody`
+    /// the body is these fields, URL-encoded when the Task's
+    /// `Transform.RequestBodyEncoding` is `URL_ENCODED` and JSON otherwise,
+    /// except for `GET`, `HEAD` and `DELETE`, which are then sent without a
+    /// body. Token requests get them as form fields of their body (`POST`),
+    /// or in their query (`GET`, which has no body).
     #[serde(default)]
     pub body_parameters: Vec<KeyValue>,
 }
@@ -126,7 +132,9 @@ pub enum Auth {
 /// OAuth client-credentials settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuth {
-    /// The token endpoint.
+    /// The token endpoint: an `https://` URL (`http://` only to a loopback
+    /// host; a task using a connection with another one fails with
+    /// `States.Runtime`).
     pub token_endpoint: String,
     /// `POST` (default) or `GET`.
     pub method: String,
@@ -185,7 +193,7 @@ impl Connection {
         self
     }
 
-    /// Forgets the cached OAuth token (after the API answered 401).
+    /// Forgets the cached OAuth token (after the API answered 401 or 407).
     pub(crate) async fn forget_token(&self) {
         *self.token.lock().await = None;
     }
@@ -383,9 +391,18 @@ impl Connections {
                             c.name
                         )));
                     }
-                    if reqwest::Url::parse(&o.authorization_endpoint).is_err() {
+                    let Ok(endpoint) = reqwest::Url::parse(&o.authorization_endpoint) else {
                         return Err(invalid(format!(
                             "connection '{}': OAuthParameters.AuthorizationEndpoint is not a URL",
+                            c.name
+                        )));
+                    };
+                    // The client secret goes there: never in clear text
+                    // off this machine.
+                    if !crate::request::allows_credentials(&endpoint) {
+                        return Err(invalid(format!(
+                            "connection '{}': OAuthParameters.AuthorizationEndpoint must be an \
+                             https:// URL (http:// only to localhost, 127.0.0.0/8 or ::1)",
                             c.name
                         )));
                     }
@@ -525,6 +542,8 @@ mod tests {
             r#"{"Connections": [{"Name": "x", "AuthorizationType": "BASIC", "AuthParameters": {"BasicAuthParameters": {"Username": "u", "Password": 735129864}}}]}"#,
             r#"{"Connections": [{"Name": "x", "AuthorizationType": "API_KEY", "AuthParameters": {"ApiKeyAuthParameters": {"ApiKeyName": "Authorization: Bearer SECRET", "ApiKeyValue": "v"}}}]}"#,
             r#"{"Connections": [{"Name": "x", "AuthorizationType": "BASIC", "AuthParameters": {"BasicAuthParameters": "u:p-SECRET"}}]}"#,
+            // A token endpoint in clear text off this machine.
+            r#"{"Connections": [{"Name": "x", "AuthorizationType": "OAUTH_CLIENT_CREDENTIALS", "AuthParameters": {"OAuthParameters": {"AuthorizationEndpoint": "http://auth.example.com/token?k=SECRET", "ClientParameters": {"ClientID": "id", "ClientSecret": "c-SECRET"}}}}]}"#,
             "[1",
         ];
         for text in bad {
@@ -543,6 +562,29 @@ mod tests {
                 .to_string()
                 .contains("twice")
         );
+    }
+
+    #[test]
+    fn oauth_token_endpoints_need_https_or_loopback() {
+        let file = |endpoint: &str| {
+            format!(
+                r#"{{"Connections": [{{"Name": "x", "AuthorizationType": "OAUTH_CLIENT_CREDENTIALS",
+                "AuthParameters": {{"OAuthParameters": {{"AuthorizationEndpoint": "{endpoint}",
+                "ClientParameters": {{"ClientID": "id", "ClientSecret": "s"}}}}}}}}]}}"#
+            )
+        };
+        for ok in [
+            "https://auth.example.com/token",
+            "http://127.0.0.1:9/token",
+            "http://localhost/token",
+            "http://[::1]/token",
+        ] {
+            Connections::from_json(&file(ok), "f").unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["http://auth.example.com/token", "ftp://127.0.0.1/token"] {
+            let e = Connections::from_json(&file(bad), "f").unwrap_err();
+            assert!(e.to_string().contains("https://"), "{bad}: {e}");
+        }
     }
 
     #[test]

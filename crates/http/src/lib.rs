@@ -11,8 +11,10 @@
 //! ```
 //!
 //! Credentials come from a local [`Connections`] registry (named by
-//! `Authentication.ConnectionArn`), never from the definition; they never
-//! appear in results, errors, or logs.
+//! `Authentication.ConnectionArn` or `InvocationConfig.ConnectionArn`),
+//! never from the definition; they never appear in results, errors, or
+//! logs, and are sent only over `https://` (or `http://` to a loopback
+//! host, for local testing).
 //!
 //! Failures are task errors that `Retry` and `Catch` match:
 //!
@@ -21,7 +23,7 @@
 //! | `States.Http.StatusCode.NNN` ([`STATUS_CODE_PREFIX`]) | the API answered a status outside 2xx (3xx included: redirects are not followed) |
 //! | `States.Http.Socket` ([`SOCKET`]) | no response: connection refused, DNS, TLS, reset, or the request timed out |
 //! | `States.DataLimitExceeded` ([`DATA_LIMIT_EXCEEDED`]) | the response body is larger than [`HttpConfig::max_response_bytes`] |
-//! | `States.Runtime` ([`INVALID_PARAMETERS`]) | invalid `Parameters`, or an unknown connection |
+//! | `States.Runtime` ([`INVALID_PARAMETERS`]) | invalid `Parameters` (a header AWS refuses, conflicting `ConnectionArn`s, ...), an unknown connection, a connection over `http://` to a host that is not loopback, or a response body in a content encoding (`gzip`, ...) the task cannot read |
 //! | `Sagaflow.Http.AuthenticationFailed` ([`AUTHENTICATION_FAILED`]) | an OAuth token could not be obtained |
 //!
 //! The same handler serves tasks in-process and over NATS (register it with
@@ -53,7 +55,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use futures::future::BoxFuture;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION,
+};
 use reqwest::{Response, StatusCode};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
@@ -72,7 +76,9 @@ pub const STATUS_CODE_PREFIX: &str = "States.Http.StatusCode.";
 pub const SOCKET: &str = "States.Http.Socket";
 /// The response body is larger than the configured limit.
 pub const DATA_LIMIT_EXCEEDED: &str = "States.DataLimitExceeded";
-/// The Task's `Parameters` are invalid or name an unknown connection: a
+/// The Task's `Parameters` are invalid or name an unknown connection, a
+/// connection would be used over clear-text HTTP off this machine, or the
+/// response body comes in a content encoding the task cannot read: a
 /// problem of the definition or deployment, which ASL's `States.ALL` does
 /// not catch.
 pub const INVALID_PARAMETERS: &str = "States.Runtime";
@@ -205,7 +211,7 @@ impl HttpHandler {
                 TaskError::new(
                     INVALID_PARAMETERS,
                     format!(
-                        "HTTP Task: no connection named '{}' (from Authentication.ConnectionArn); \
+                        "HTTP Task: no connection named '{}' (from the ConnectionArn); \
                          known connections: [{}]",
                         connections::connection_name(arn),
                         self.connections.names().join(", ")
@@ -213,6 +219,9 @@ impl HttpHandler {
                 )
             })?),
         };
+        if let Some(conn) = &connection {
+            check_transport(&plan, conn)?;
+        }
         // The state's `TimeoutSeconds` is the runtime's to enforce
         // (`States.Timeout`, as on AWS): the call's own cut-off comes a
         // little later, only so that the call does not outlive the task.
@@ -259,68 +268,15 @@ impl HttpHandler {
         {
             headers.insert(HeaderName::from_static("traceparent"), v);
         }
-        // The connection's body fields win over the definition's, as its
-        // headers and query parameters do.
-        let extra: &[connections::KeyValue] =
-            connection.map_or(&[], |c| c.invocation.body_parameters.as_slice());
-        let json_body = |v: &Value| -> Result<Vec<u8>, TaskError> {
-            if extra.is_empty() {
-                return Ok(serde_json::to_vec(v).unwrap_or_default());
+        let body = request_body(plan, connection, &target)?;
+        if let Some((_, content_type)) = &body {
+            let form = *content_type == FORM_CONTENT_TYPE;
+            // A form body is always labelled as one; a JSON body keeps the
+            // definition's `Content-Type` when it sets one.
+            if form || !plan.has_header("content-type") {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
             }
-            let mut fields = match v {
-                Value::Object(fields) => fields.clone(),
-                _ => {
-                    return Err(TaskError::new(
-                        INVALID_PARAMETERS,
-                        format!(
-                            "{target}: connection '{}' has BodyParameters, so RequestBody must be \
-                             a JSON object (or absent)",
-                            connection.map_or("", |c| c.name.as_str())
-                        ),
-                    ));
-                }
-            };
-            for field in extra {
-                fields.insert(
-                    field.key.clone(),
-                    Value::String(field.value.expose().to_string()),
-                );
-            }
-            Ok(serde_json::to_vec(&Value::Object(fields)).unwrap_or_default())
-        };
-        let body = match &plan.body {
-            Body::None if extra.is_empty() => None,
-            Body::None | Body::Json(_) => {
-                if !plan.has_header("content-type") {
-                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                }
-                let empty = Value::Object(serde_json::Map::new());
-                Some(json_body(match &plan.body {
-                    Body::Json(v) => v,
-                    _ => &empty,
-                })?)
-            }
-            Body::Form(text) => {
-                headers.insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/x-www-form-urlencoded"),
-                );
-                if extra.is_empty() {
-                    Some(text.clone().into_bytes())
-                } else {
-                    let mut form = form_urlencoded::Serializer::new(String::new());
-                    for (k, v) in form_urlencoded::parse(text.as_bytes()) {
-                        if !extra.iter().any(|f| f.key == k) {
-                            form.append_pair(&k, &v);
-                        }
-                    }
-                    for field in extra {
-                        form.append_pair(&field.key, field.value.expose());
-                    }
-                    Some(form.finish().into_bytes())
-                }
-            }
-        };
+        }
         if let Some(conn) = connection {
             // The connection's parameters win over the definition's, as on AWS.
             for h in &conn.invocation.header_parameters {
@@ -376,7 +332,7 @@ impl HttpHandler {
             .client
             .request(plan.method.clone(), url)
             .headers(headers);
-        if let Some(body) = body {
+        if let Some((body, _)) = body {
             request = request.body(body);
         }
         let mut response = request
@@ -384,11 +340,13 @@ impl HttpHandler {
             .await
             .map_err(|e| TaskError::new(SOCKET, format!("{target}: {}", transport_cause(e))))?;
         let status = response.status();
-        if status == StatusCode::UNAUTHORIZED
+        if (status == StatusCode::UNAUTHORIZED
+            || status == StatusCode::PROXY_AUTHENTICATION_REQUIRED)
             && let Some(conn) = connection
             && matches!(conn.auth, Auth::OAuthClientCredentials(_))
         {
-            // The token may have been revoked: fetch a new one next time.
+            // The token may have been revoked: fetch a new one next time
+            // (EventBridge refreshes it on 401 and on 407).
             conn.forget_token().await;
         }
         let response_headers = headers_json(response.headers());
@@ -399,8 +357,14 @@ impl HttpHandler {
             .unwrap_or("")
             .to_ascii_lowercase();
         let status_text = status.canonical_reason().unwrap_or("").to_string();
+        // The client asks for no encoding and decodes none: a body sent in
+        // one could only be passed on as garbage.
+        let encoding = content_encoding(response.headers());
         if !status.is_success() {
-            let excerpt = read_excerpt(&mut response, self.config.error_excerpt_bytes).await;
+            let excerpt = match &encoding {
+                None => read_excerpt(&mut response, self.config.error_excerpt_bytes).await,
+                Some(encoding) => format!("(a body in content encoding '{encoding}', not quoted)"),
+            };
             let mut cause = format!("{target}: {} {status_text}", status.as_u16());
             if status.is_redirection() {
                 // Without its query, as every URL in a cause: a redirect may
@@ -441,6 +405,18 @@ impl HttpHandler {
                     TaskError::new(SOCKET, format!("{target}: while reading the body: {}", transport_cause(e)))
                 }
             })?;
+        if let Some(encoding) = encoding
+            && !bytes.is_empty()
+        {
+            return Err(TaskError::new(
+                INVALID_PARAMETERS,
+                format!(
+                    "{target}: the response body is in content encoding '{encoding}', which the \
+                     HTTP Task cannot read (it asks for none: the API should answer without \
+                     Content-Encoding)"
+                ),
+            ));
+        }
         let body = parse_body(&bytes, &content_type);
         let mut out = Map::new();
         out.insert("StatusCode".into(), Value::from(status.as_u16()));
@@ -467,12 +443,21 @@ impl HttpHandler {
         };
         let mut url = reqwest::Url::parse(&oauth.token_endpoint)
             .map_err(|_| fail("the token endpoint is not a URL".into()))?;
+        // As EventBridge does: `QueryStringParameters` go in the token
+        // request's query, `BodyParameters` in its form body (with
+        // `grant_type` and `scope`, which they may replace), and
+        // `HeaderParameters` in its headers. A `GET` token request has no
+        // body: its form fields go in the query too.
+        url.query_pairs_mut().extend_pairs(
+            oauth
+                .token_parameters
+                .query_string_parameters
+                .iter()
+                .map(|q| (q.key.as_str(), q.value.expose())),
+        );
         let mut form = vec![("grant_type".to_string(), "client_credentials".to_string())];
         if !oauth.scopes.is_empty() {
             form.push(("scope".into(), oauth.scopes.join(" ")));
-        }
-        for q in &oauth.token_parameters.query_string_parameters {
-            form.push((q.key.clone(), q.value.expose().to_string()));
         }
         for b in &oauth.token_parameters.body_parameters {
             form.retain(|(k, _)| *k != b.key);
@@ -486,7 +471,7 @@ impl HttpHandler {
             body.extend_pairs(form.iter());
             self.client
                 .post(url)
-                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(CONTENT_TYPE, FORM_CONTENT_TYPE)
                 .body(body.finish())
         };
         for h in &oauth.token_parameters.header_parameters {
@@ -571,6 +556,133 @@ fn set_secret_header(
     value.set_sensitive(true);
     headers.insert(name, value);
     Ok(())
+}
+
+/// The `Content-Type` of a URL-encoded body.
+const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
+/// The `Content-Type` of a JSON body.
+const JSON_CONTENT_TYPE: &str = "application/json";
+
+/// Refuses, before any network I/O, to send a connection's credentials or
+/// parameters in clear text: the `ApiEndpoint`, and an OAuth connection's
+/// token endpoint, must be `https://` (or `http://` to a loopback host, for
+/// local testing). AWS allows only HTTPS.
+fn check_transport(plan: &RequestPlan, conn: &Connection) -> Result<(), TaskError> {
+    if !request::allows_credentials(&plan.url) {
+        return Err(TaskError::new(
+            INVALID_PARAMETERS,
+            format!(
+                "HTTP Task: connection '{}' is used only over https://: ApiEndpoint {} is {}:// \
+                 to a host that is not loopback (http:// is allowed for localhost, 127.0.0.0/8 \
+                 and ::1 only)",
+                conn.name,
+                redacted_url(&plan.url),
+                plan.url.scheme()
+            ),
+        ));
+    }
+    if let Auth::OAuthClientCredentials(oauth) = &conn.auth {
+        let secure = reqwest::Url::parse(&oauth.token_endpoint)
+            .is_ok_and(|url| request::allows_credentials(&url));
+        if !secure {
+            // The endpoint is not quoted: it is part of the connection.
+            return Err(TaskError::new(
+                INVALID_PARAMETERS,
+                format!(
+                    "HTTP Task: connection '{}': the OAuth AuthorizationEndpoint must be an \
+                     https:// URL (http:// only to localhost, 127.0.0.0/8 or ::1)",
+                    conn.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The request body and its content type: the definition's `RequestBody`
+/// with the connection's `BodyParameters` added (they win, as its headers
+/// and query parameters do). Without a `RequestBody`, the body is those
+/// fields alone, encoded as `Transform.RequestBodyEncoding` says, except
+/// for `GET`, `HEAD` and `DELETE`, which then get no body.
+fn request_body(
+    plan: &RequestPlan,
+    connection: Option<&Connection>,
+    target: &str,
+) -> Result<Option<(Vec<u8>, &'static str)>, TaskError> {
+    let extra: &[connections::KeyValue] =
+        connection.map_or(&[], |c| c.invocation.body_parameters.as_slice());
+    let form_with_extra = |text: &str| -> Vec<u8> {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in form_urlencoded::parse(text.as_bytes()) {
+            if !extra.iter().any(|f| f.key == k) {
+                form.append_pair(&k, &v);
+            }
+        }
+        for field in extra {
+            form.append_pair(&field.key, field.value.expose());
+        }
+        form.finish().into_bytes()
+    };
+    let json_with_extra = |v: &Value| -> Result<Vec<u8>, TaskError> {
+        if extra.is_empty() {
+            return Ok(serde_json::to_vec(v).unwrap_or_default());
+        }
+        let Value::Object(fields) = v else {
+            return Err(TaskError::new(
+                INVALID_PARAMETERS,
+                format!(
+                    "{target}: connection '{}' has BodyParameters, so RequestBody must be \
+                     a JSON object (or absent)",
+                    connection.map_or("", |c| c.name.as_str())
+                ),
+            ));
+        };
+        let mut fields = fields.clone();
+        for field in extra {
+            fields.insert(
+                field.key.clone(),
+                Value::String(field.value.expose().to_string()),
+            );
+        }
+        Ok(serde_json::to_vec(&Value::Object(fields)).unwrap_or_default())
+    };
+    Ok(match &plan.body {
+        Body::None if extra.is_empty() || !plan.takes_body_parameters() => None,
+        Body::None if plan.url_encoded => Some((form_with_extra(""), FORM_CONTENT_TYPE)),
+        Body::None => Some((
+            json_with_extra(&Value::Object(Map::new()))?,
+            JSON_CONTENT_TYPE,
+        )),
+        Body::Json(v) => Some((json_with_extra(v)?, JSON_CONTENT_TYPE)),
+        Body::Form(text) if extra.is_empty() => {
+            Some((text.clone().into_bytes(), FORM_CONTENT_TYPE))
+        }
+        Body::Form(text) => Some((form_with_extra(text), FORM_CONTENT_TYPE)),
+    })
+}
+
+/// The response's content encoding, when it is one the client cannot read
+/// (anything but `identity`): the header's values as sent (their first 64
+/// characters, for a cause).
+fn content_encoding(headers: &HeaderMap) -> Option<String> {
+    let values: Vec<String> = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    let encoded = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"));
+    encoded.then(|| {
+        let mut shown = values.join(", ");
+        if let Some((cut, _)) = shown.char_indices().nth(64) {
+            shown.truncate(cut);
+            shown.push_str("...");
+        }
+        shown
+    })
 }
 
 /// The URL as shown in causes and logs: without its query (which a
@@ -732,6 +844,23 @@ mod tests {
             Value::from("not json")
         );
         assert_eq!(parse_body(b"", "application/json"), Value::from(""));
+    }
+
+    #[test]
+    fn content_encodings_other_than_identity_are_unreadable() {
+        let with = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(CONTENT_ENCODING, HeaderValue::from_str(v).unwrap());
+            }
+            content_encoding(&h)
+        };
+        assert_eq!(with(&[]), None);
+        assert_eq!(with(&["identity"]), None);
+        assert_eq!(with(&["Identity, "]), None);
+        assert_eq!(with(&["gzip"]).as_deref(), Some("gzip"));
+        assert_eq!(with(&["identity", "br"]).as_deref(), Some("identity, br"));
+        assert_eq!(with(&["x".repeat(100).as_str()]).unwrap().len(), 67);
     }
 
     #[test]

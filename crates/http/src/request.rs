@@ -1,5 +1,7 @@
 //! The HTTP Task's `Parameters`, checked and turned into a request plan.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
 use reqwest::Method;
 use reqwest::Url;
 use reqwest::header::{HeaderName, HeaderValue};
@@ -53,7 +55,11 @@ pub struct RequestPlan {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The body.
     pub body: Body,
-    /// `Authentication.ConnectionArn`, when given.
+    /// `Transform.RequestBodyEncoding` is `URL_ENCODED`: a connection's
+    /// `BodyParameters` are sent form-encoded, even without a `RequestBody`.
+    pub url_encoded: bool,
+    /// The connection to use: `Authentication.ConnectionArn` or
+    /// `InvocationConfig.ConnectionArn` (the same one when both are given).
     pub connection: Option<String>,
 }
 
@@ -64,26 +70,97 @@ impl RequestPlan {
             .iter()
             .any(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
     }
+
+    /// True when the method may carry a body made only of a connection's
+    /// `BodyParameters`: not for `GET`, `HEAD` and `DELETE`, whose request
+    /// content has no defined meaning (RFC 9110).
+    pub fn takes_body_parameters(&self) -> bool {
+        !matches!(self.method, Method::GET | Method::HEAD | Method::DELETE)
+    }
 }
 
-/// Headers a definition may not set: they belong to the transport (or to
-/// the runtime), as in AWS's list of forbidden HTTP Task headers.
+/// Headers a definition may not set: AWS's list of headers an HTTP Task
+/// cannot use (it fails with `States.Runtime`; its `Proxy-Authorization`
+/// is refused with every `Proxy-*`, below), plus the transport's own
+/// `Content-Length` and `Keep-Alive`. Lower case.
 const FORBIDDEN_HEADERS: &[&str] = &[
+    "a-im",
+    "accept-charset",
+    "accept-datetime",
+    "accept-encoding",
+    "cache-control",
     "connection",
+    "content-encoding",
     "content-length",
+    "content-md5",
+    "date",
     "expect",
+    "forwarded",
+    "from",
     "host",
+    "http2-settings",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
     "keep-alive",
     "max-forwards",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
+    "origin",
+    "pragma",
+    "referer",
+    "server",
     "te",
     "trailer",
     "transfer-encoding",
     "upgrade",
     "via",
+    "warning",
 ];
+
+/// Prefixes of header names a definition may not use (AWS refuses
+/// `X-Forwarded-*`, `X-Amz-*` and `X-Amzn-*`; `Proxy-*` belongs to the
+/// transport). Lower case.
+const FORBIDDEN_HEADER_PREFIXES: &[&str] = &["x-forwarded", "x-amz", "proxy-"];
+
+/// True when a definition may not set this header (`name` in lower case,
+/// as [`HeaderName::as_str`] gives it).
+pub fn is_forbidden_header(name: &str) -> bool {
+    FORBIDDEN_HEADERS.contains(&name)
+        || FORBIDDEN_HEADER_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+}
+
+/// True when `url` may carry a connection's credentials: an `https://` URL,
+/// or an `http://` one to a loopback host (`localhost`, `127.0.0.0/8`,
+/// `::1`), for local testing. AWS allows only HTTPS.
+pub fn allows_credentials(url: &Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => is_loopback(url),
+        _ => false,
+    }
+}
+
+/// True when the URL's host is a loopback one: `localhost`, an address in
+/// `127.0.0.0/8`, or `::1` (also written as `::ffff:127.x.y.z`).
+pub fn is_loopback(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    // The URL parser has normalised the host: IPv4 addresses are dotted
+    // quads, IPv6 ones are bracketed, domains are lower case.
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<Ipv6Addr>().is_ok_and(|ip| {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        });
+    }
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return ip.is_loopback();
+    }
+    host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.")
+}
 
 const KNOWN_FIELDS: &[&str] = &[
     "ApiEndpoint",
@@ -151,8 +228,11 @@ pub fn plan(parameters: &Value) -> Result<RequestPlan, String> {
             for (name, value) in h {
                 let header = HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| format!("Headers: '{name}' is not a valid header name"))?;
-                if FORBIDDEN_HEADERS.contains(&header.as_str()) {
-                    return Err(format!("Headers: '{name}' may not be set by a definition"));
+                if is_forbidden_header(header.as_str()) {
+                    return Err(format!(
+                        "Headers: '{name}' is not allowed in an HTTP Task (see the HTTP Task's \
+                         list of refused headers)"
+                    ));
                 }
                 let text = scalar_text(value).ok_or_else(|| {
                     format!("Headers: the value of '{name}' must be a string, number or boolean")
@@ -212,12 +292,21 @@ pub fn plan(parameters: &Value) -> Result<RequestPlan, String> {
         Some(body) => Body::Json(body.clone()),
     };
 
-    match p.get("InvocationConfig") {
-        None | Some(Value::Null | Value::Object(_)) => {}
+    // Only its ConnectionArn is used: there are no VPC Lattice resource
+    // configurations to route through, so the other fields are ignored.
+    let invocation_connection = match p.get("InvocationConfig") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(c)) => match c.get("ConnectionArn") {
+            None => None,
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(_) => {
+                return Err("InvocationConfig.ConnectionArn must be a non-empty string".into());
+            }
+        },
         Some(_) => return Err("InvocationConfig must be an object".into()),
-    }
+    };
 
-    let connection = match p.get("Authentication") {
+    let authentication_connection = match p.get("Authentication") {
         None | Some(Value::Null) => None,
         Some(Value::Object(a)) => {
             if let Some(k) = a.keys().find(|k| k.as_str() != "ConnectionArn") {
@@ -235,11 +324,22 @@ pub fn plan(parameters: &Value) -> Result<RequestPlan, String> {
         Some(_) => return Err("Authentication must be an object".into()),
     };
 
+    let connection = match (authentication_connection, invocation_connection) {
+        (Some(a), Some(i)) if a != i => {
+            return Err(format!(
+                "Authentication.ConnectionArn ('{a}') and InvocationConfig.ConnectionArn ('{i}') \
+                 differ: give one of them, or the same connection in both"
+            ));
+        }
+        (a, i) => a.or(i),
+    };
+
     Ok(RequestPlan {
         method,
         url,
         headers,
         body,
+        url_encoded,
         connection,
     })
 }
@@ -470,9 +570,133 @@ mod tests {
             json!({"ApiEndpoint": "https://h/", "Method": "GET", "Authentication": {"ConnectionArn": "c", "X": 1}}),
             json!({"ApiEndpoint": "https://h/", "Method": "GET", "Unknown": 1}),
             json!({"ApiEndpoint": "https://h/", "Method": "GET", "InvocationConfig": 1}),
+            json!({"ApiEndpoint": "https://h/", "Method": "GET", "InvocationConfig": {"ConnectionArn": ""}}),
+            json!({"ApiEndpoint": "https://h/", "Method": "GET", "InvocationConfig": {"ConnectionArn": 1}}),
         ];
         for p in bad {
             assert!(plan(&p).is_err(), "accepted {p}");
+        }
+    }
+
+    #[test]
+    fn invocation_config_names_the_connection() {
+        let base = json!({"ApiEndpoint": "https://h/", "Method": "GET"});
+        let with = |extra: Value| {
+            let mut p = base.clone();
+            for (k, v) in extra.as_object().unwrap() {
+                p[k] = v.clone();
+            }
+            plan(&p)
+        };
+        let p = with(json!({"InvocationConfig": {"ConnectionArn": "arn:aws:events:us-east-1:1:connection/A/u", "Other": 1}}))
+            .unwrap();
+        assert_eq!(
+            p.connection.as_deref(),
+            Some("arn:aws:events:us-east-1:1:connection/A/u")
+        );
+        let p = with(json!({"InvocationConfig": {"ConnectionArn": "A"},
+                            "Authentication": {"ConnectionArn": "A"}}))
+        .unwrap();
+        assert_eq!(p.connection.as_deref(), Some("A"));
+        // Other InvocationConfig fields are ignored.
+        let p = with(json!({"InvocationConfig": {"ResourceConfigurationArn": "x"}})).unwrap();
+        assert_eq!(p.connection, None);
+        let e = with(json!({"InvocationConfig": {"ConnectionArn": "A"},
+                            "Authentication": {"ConnectionArn": "B"}}))
+        .unwrap_err();
+        assert!(
+            e.contains("'A'") && e.contains("'B'") && e.contains("differ"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn refuses_the_headers_aws_refuses() {
+        let refused = [
+            "A-IM",
+            "Accept-Charset",
+            "Accept-Datetime",
+            "Accept-Encoding",
+            "Cache-Control",
+            "Connection",
+            "Content-Encoding",
+            "Content-Length",
+            "Content-MD5",
+            "Date",
+            "Expect",
+            "Forwarded",
+            "From",
+            "Host",
+            "HTTP2-Settings",
+            "If-Match",
+            "If-Modified-Since",
+            "If-None-Match",
+            "If-Range",
+            "If-Unmodified-Since",
+            "Keep-Alive",
+            "Max-Forwards",
+            "Origin",
+            "Pragma",
+            "Proxy-Authorization",
+            "Proxy-Connection",
+            "Referer",
+            "Server",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+            "Upgrade",
+            "Via",
+            "Warning",
+            "X-Forwarded-For",
+            "X-Amz-Date",
+            "X-Amzn-Trace-Id",
+        ];
+        for name in refused {
+            let e = plan(&json!({"ApiEndpoint": "https://h/", "Method": "GET",
+                                 "Headers": {name: "v"}}))
+            .unwrap_err();
+            assert!(e.contains(&format!("'{name}'")), "{name}: {e}");
+        }
+        for name in [
+            "Accept",
+            "Authorization",
+            "Content-Type",
+            "X-Request-Id",
+            "Range",
+        ] {
+            plan(&json!({"ApiEndpoint": "https://h/", "Method": "GET", "Headers": {name: "v"}}))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn credentials_need_https_or_loopback() {
+        let allowed = [
+            "https://api.example.com/",
+            "https://10.0.0.1/",
+            "http://127.0.0.1:8080/",
+            "http://127.9.9.9/",
+            "http://127.1/",
+            "http://localhost:1/",
+            "http://LOCALHOST/",
+            "http://[::1]:8080/",
+            "http://[::ffff:127.0.0.1]/",
+        ];
+        for u in allowed {
+            assert!(allows_credentials(&Url::parse(u).unwrap()), "{u}");
+        }
+        let refused = [
+            "http://api.example.com/",
+            "http://10.0.0.1/",
+            "http://128.0.0.1/",
+            "http://127.0.0.1.nip.io/",
+            "http://localhost.example.com/",
+            "http://[::2]/",
+            "http://0.0.0.0/",
+            "ftp://127.0.0.1/",
+        ];
+        for u in refused {
+            assert!(!allows_credentials(&Url::parse(u).unwrap()), "{u}");
         }
     }
 }

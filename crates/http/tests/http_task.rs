@@ -780,3 +780,396 @@ async fn odd_token_responses_are_handled() {
         }
     }
 }
+
+/// A server answering every request on `/echo` with what it got: method,
+/// content type, and the body as text.
+async fn echo_server() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(path("/echo"))
+        .respond_with(|r: &Request| {
+            let kind = r
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            ResponseTemplate::new(200).set_body_json(json!({
+                "method": r.method.to_string(),
+                "type": kind,
+                "body": String::from_utf8_lossy(&r.body),
+            }))
+        })
+        .mount(&server)
+        .await;
+    server
+}
+
+/// `InvocationConfig.ConnectionArn` (the form AWS documents for
+/// connections, private APIs included) selects the connection as
+/// `Authentication.ConnectionArn` does; two that differ are refused before
+/// anything is sent.
+#[tokio::test]
+async fn invocation_config_connection_arn_selects_the_connection() {
+    let server = MockServer::start().await;
+    Mock::given(path("/keyed"))
+        .and(header("x-api-key", API_KEY))
+        .and(header("x-extra", EXTRA_HEADER))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true})))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let h = with_connections(connections("https://unused.example/token"));
+    let keyed = "arn:aws:events:us-east-1:123456789012:connection/Keyed/0a1b";
+    let url = format!("{}/keyed", server.uri());
+    let out = invoke(
+        &h,
+        json!({"ApiEndpoint": url, "Method": "GET",
+               "InvocationConfig": {"ConnectionArn": keyed, "Other": "ignored"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["ResponseBody"], json!({"ok": true}));
+    // The same connection in both places is fine.
+    invoke(
+        &h,
+        json!({"ApiEndpoint": url, "Method": "GET",
+               "Authentication": {"ConnectionArn": keyed},
+               "InvocationConfig": {"ConnectionArn": keyed}}),
+    )
+    .await
+    .unwrap();
+    // Two different ones: a definition error, nothing sent.
+    let e = invoke(
+        &h,
+        json!({"ApiEndpoint": url, "Method": "GET",
+               "Authentication": {"ConnectionArn": keyed},
+               "InvocationConfig": {"ConnectionArn": "Partner"}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error, "States.Runtime");
+    assert!(
+        e.cause.contains("InvocationConfig.ConnectionArn") && e.cause.contains("differ"),
+        "{}",
+        e.cause
+    );
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+    // An unknown connection named there is reported as for Authentication.
+    let e = invoke(
+        &h,
+        json!({"ApiEndpoint": url, "Method": "GET",
+               "InvocationConfig": {"ConnectionArn": "arn:aws:events:us-east-1:1:connection/Nope/1"}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error, "States.Runtime");
+    assert!(e.cause.contains("'Nope'"), "{}", e.cause);
+}
+
+/// A connection's credentials never travel over clear-text HTTP off this
+/// machine: an `http://` ApiEndpoint or OAuth token endpoint to a host that
+/// is not loopback fails the task before any network I/O (loopback stays
+/// allowed, for tests such as these).
+#[tokio::test]
+async fn connections_are_refused_over_http_off_loopback() {
+    let h = with_connections(connections("https://auth.example.invalid/token"));
+    for conn in ["Keyed", "Partner", "Bank"] {
+        let e = invoke(
+            &h,
+            json!({"ApiEndpoint": "http://api.example.invalid/pay?k=v", "Method": "POST",
+                   "Authentication": {"ConnectionArn": conn}}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.error, "States.Runtime", "{conn}: {e}");
+        assert!(e.cause.contains("https://"), "{}", e.cause);
+        assert!(
+            e.cause.contains("http://api.example.invalid/pay"),
+            "{}",
+            e.cause
+        );
+        assert_no_secret("error", &e.to_string());
+    }
+    // An OAuth connection whose token endpoint is http:// to another host
+    // (built in code: a connections file with one is refused on loading).
+    let mut insecure = Connections::empty();
+    insecure.insert(sagaflow_http::Connection::new(
+        "Plain",
+        sagaflow_http::Auth::OAuthClientCredentials(sagaflow_http::OAuth {
+            token_endpoint: "http://auth.example.invalid/token".into(),
+            method: "POST".into(),
+            client_id: sagaflow_http::Secret::new("client-1"),
+            client_secret: sagaflow_http::Secret::new(CLIENT_SECRET),
+            scopes: vec![],
+            token_parameters: Default::default(),
+        }),
+    ));
+    let server = MockServer::start().await;
+    let e = invoke(
+        &with_connections(insecure),
+        json!({"ApiEndpoint": format!("{}/pay", server.uri()), "Method": "POST",
+               "Authentication": {"ConnectionArn": "Plain"}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error, "States.Runtime", "{e}");
+    assert!(e.cause.contains("AuthorizationEndpoint"), "{}", e.cause);
+    assert_no_secret("error", &e.to_string());
+    assert!(server.received_requests().await.unwrap().is_empty());
+    // Without a connection, http:// stays allowed (it fails here only
+    // because the name does not resolve).
+    let e = invoke(
+        &handler(),
+        json!({"ApiEndpoint": "http://api.example.invalid/pay", "Method": "GET"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.error, "States.Http.Socket", "{e}");
+}
+
+/// Headers AWS refuses in an HTTP Task are refused, by name, before
+/// anything is sent: `Accept-Encoding: gzip` would get a body this client
+/// cannot decode.
+#[tokio::test]
+async fn headers_aws_refuses_are_refused() {
+    let server = echo_server().await;
+    for name in [
+        "Accept-Encoding",
+        "Content-Encoding",
+        "Content-Length",
+        "Cache-Control",
+        "If-None-Match",
+        "X-Amz-Date",
+        "x-amzn-trace-id",
+        "X-Forwarded-For",
+        "Proxy-Authorization",
+        "Keep-Alive",
+    ] {
+        let e = invoke(
+            &handler(),
+            json!({"ApiEndpoint": format!("{}/echo", server.uri()), "Method": "GET",
+                   "Headers": {name: "gzip"}}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.error, "States.Runtime", "{name}");
+        assert!(e.cause.contains(&format!("'{name}'")), "{}", e.cause);
+    }
+    assert!(server.received_requests().await.unwrap().is_empty());
+}
+
+/// A body in a content encoding (the client asks for none and decodes
+/// none) fails the task instead of being passed on as garbage; an empty
+/// one, or `identity`, is fine.
+#[tokio::test]
+async fn an_encoded_response_body_fails_the_task() {
+    let server = MockServer::start().await;
+    // "{}" gzipped.
+    let gzipped: Vec<u8> = vec![
+        0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xab, 0xae, 0x05, 0x00, 0x43,
+        0xbf, 0xa6, 0xa3, 0x02, 0x00, 0x00, 0x00,
+    ];
+    Mock::given(path("/gzip"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-encoding", "gzip")
+                .set_body_raw(gzipped.clone(), "application/json"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(path("/gzip-error"))
+        .respond_with(
+            ResponseTemplate::new(500)
+                .insert_header("content-encoding", "gzip")
+                .set_body_raw(gzipped, "application/json"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(path("/identity"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-encoding", "identity")
+                .set_body_json(json!({"ok": true})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(path("/empty"))
+        .respond_with(ResponseTemplate::new(204).insert_header("content-encoding", "gzip"))
+        .mount(&server)
+        .await;
+    let h = handler();
+    let call = |p: &str| {
+        invoke(
+            &h,
+            json!({"ApiEndpoint": format!("{}{p}", server.uri()), "Method": "GET"}),
+        )
+    };
+    let e = call("/gzip").await.unwrap_err();
+    assert_eq!(e.error, "States.Runtime", "{e}");
+    assert!(e.cause.contains("content encoding 'gzip'"), "{}", e.cause);
+    let e = call("/gzip-error").await.unwrap_err();
+    assert_eq!(e.error, "States.Http.StatusCode.500");
+    assert!(e.cause.contains("not quoted"), "{}", e.cause);
+    assert!(!e.cause.contains('\u{fffd}'), "{}", e.cause);
+    let out = call("/identity").await.unwrap();
+    assert_eq!(out["ResponseBody"], json!({"ok": true}));
+    let out = call("/empty").await.unwrap();
+    assert_eq!(out["StatusCode"], json!(204));
+}
+
+/// A 407 from the API drops the cached OAuth token, as a 401 does
+/// (EventBridge refreshes on both): the next call fetches a new one.
+#[tokio::test]
+async fn an_oauth_token_is_dropped_on_407() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": ACCESS_TOKEN, "expires_in": 3600})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(path("/pay"))
+        .respond_with(ResponseTemplate::new(407))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/pay"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"paid": true})))
+        .mount(&server)
+        .await;
+    let h = with_connections(connections(&format!("{}/token", server.uri())));
+    let params = json!({"ApiEndpoint": format!("{}/pay", server.uri()), "Method": "POST",
+                        "Authentication": {"ConnectionArn": "Bank"}});
+    let e = invoke(&h, params.clone()).await.unwrap_err();
+    assert_eq!(e.error, "States.Http.StatusCode.407");
+    let out = invoke(&h, params).await.unwrap();
+    assert_eq!(out["ResponseBody"], json!({"paid": true}));
+    let token_requests = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/token")
+        .count();
+    assert_eq!(token_requests, 2, "the token was not fetched again");
+}
+
+/// `OAuthHttpParameters.QueryStringParameters` go in the token request's
+/// query (as EventBridge sends them), `BodyParameters` in its form body,
+/// `HeaderParameters` in its headers.
+#[tokio::test]
+async fn oauth_query_parameters_go_to_the_token_url() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(query_param("tenant", "acme"))
+        .and(header("x-token-extra", "h1"))
+        .and(body_string(
+            "grant_type=client_credentials&scope=pay&audience=payments",
+        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": ACCESS_TOKEN, "expires_in": 3600})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let bearer = format!("Bearer {ACCESS_TOKEN}");
+    Mock::given(path("/pay"))
+        .and(header("authorization", bearer.as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"paid": true})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let connections = Connections::from_json(
+        &format!(
+            r#"{{"Connections": [
+            {{"Name": "Tenant", "AuthorizationType": "OAUTH_CLIENT_CREDENTIALS",
+              "AuthParameters": {{"OAuthParameters": {{"AuthorizationEndpoint": "{}/token", "HttpMethod": "POST",
+                "ClientParameters": {{"ClientID": "client-1", "ClientSecret": "{CLIENT_SECRET}"}},
+                "Scopes": ["pay"],
+                "OAuthHttpParameters": {{
+                    "QueryStringParameters": [{{"Key": "tenant", "Value": "acme"}}],
+                    "BodyParameters": [{{"Key": "audience", "Value": "payments"}}],
+                    "HeaderParameters": [{{"Key": "x-token-extra", "Value": "h1"}}]}}}}}}}}
+        ]}}"#,
+            server.uri()
+        ),
+        "tenant.json",
+    )
+    .unwrap();
+    let out = invoke(
+        &with_connections(connections),
+        json!({"ApiEndpoint": format!("{}/pay", server.uri()), "Method": "POST",
+               "Authentication": {"ConnectionArn": "Tenant"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["ResponseBody"], json!({"paid": true}));
+}
+
+/// Without a `RequestBody`, a connection's `BodyParameters` are encoded as
+/// `Transform.RequestBodyEncoding` asks.
+#[tokio::test]
+async fn connection_body_parameters_follow_the_transform_without_a_request_body() {
+    let server = echo_server().await;
+    let h = with_connections(bodied_connections("https://unused.example/token"));
+    let out = invoke(
+        &h,
+        json!({"ApiEndpoint": format!("{}/echo", server.uri()), "Method": "POST",
+               "Transform": {"RequestBodyEncoding": "URL_ENCODED"},
+               "Authentication": {"ConnectionArn": "Bodied"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out["ResponseBody"]["type"],
+        "application/x-www-form-urlencoded"
+    );
+    let body = out["ResponseBody"]["body"].as_str().unwrap().as_bytes();
+    assert_eq!(
+        form_pairs(body),
+        vec![
+            ("account".to_string(), EXTRA_HEADER.to_string()),
+            ("mode".to_string(), "live".to_string())
+        ]
+    );
+}
+
+/// `GET`, `HEAD` and `DELETE` without a `RequestBody` get no body made of
+/// a connection's `BodyParameters`; other methods still do.
+#[tokio::test]
+async fn connection_body_parameters_make_no_body_for_get_head_delete() {
+    let server = echo_server().await;
+    let h = with_connections(bodied_connections("https://unused.example/token"));
+    for m in ["GET", "DELETE", "HEAD"] {
+        let before = server.received_requests().await.unwrap().len();
+        let out = invoke(
+            &h,
+            json!({"ApiEndpoint": format!("{}/echo", server.uri()), "Method": m,
+                   "Authentication": {"ConnectionArn": "Bodied"}}),
+        )
+        .await
+        .unwrap();
+        let requests = server.received_requests().await.unwrap();
+        let got = &requests[before];
+        assert!(got.body.is_empty(), "{m} sent a body");
+        assert!(
+            got.headers.get("content-type").is_none(),
+            "{m} sent a content type"
+        );
+        if m != "HEAD" {
+            assert_eq!(out["ResponseBody"]["body"], json!(""), "{m}");
+        }
+    }
+    let out = invoke(
+        &h,
+        json!({"ApiEndpoint": format!("{}/echo", server.uri()), "Method": "PUT",
+               "Authentication": {"ConnectionArn": "Bodied"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["ResponseBody"]["type"], "application/json");
+}
