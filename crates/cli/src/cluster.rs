@@ -339,6 +339,11 @@ pub struct StubParticipantsArgs {
     /// Tasks run at once.
     #[arg(long, default_value_t = 16, value_name = "N")]
     concurrency: usize,
+    /// Also serve the file's `sagaflow_http_invoke` stub (HTTP Tasks). Only
+    /// with coordinators run with --no-http-worker: theirs would otherwise
+    /// share the HTTP Tasks with the stub at random.
+    #[arg(long)]
+    stub_http: bool,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -844,7 +849,12 @@ pub async fn stub_participants(args: StubParticipantsArgs) -> anyhow::Result<Exi
         .concurrency(args.concurrency.max(1));
     let mut served = Vec::new();
     for (key, handler) in stubs.handlers() {
-        if sagaflow_protocol::check_handler(&key).is_ok() {
+        if key == sagaflow_coordinator::resource::HTTP_INVOKE_HANDLER && !args.stub_http {
+            crate::err(&format!(
+                "skipping stub '{key}': every coordinator serves HTTP Tasks itself; to stub them, \
+                 run the coordinators with --no-http-worker and this command with --stub-http"
+            ));
+        } else if sagaflow_protocol::check_handler(&key).is_ok() {
             served.push(key.clone());
             builder = builder.handler_arc(key, handler);
         } else {

@@ -357,3 +357,57 @@ fn sigterm_stops_the_coordinator_and_the_stubs_cleanly() {
         );
     }
 }
+
+#[test]
+fn the_http_stub_is_served_only_when_asked() {
+    use std::io::Read as _;
+    let server = NatsServer::start().expect("nats-server");
+    let url = server.url();
+    let dir = temp_dir("http-stub");
+    let stubs = write(
+        &dir,
+        "stubs.json",
+        r#"{"sagaflow_http_invoke": {"returns": {"StatusCode": 200}}}"#,
+    );
+    // Every coordinator serves HTTP Tasks: a stub beside them would take
+    // some of them at random.
+    let out = run(&["stub-participants", "--stubs", &stubs, "--nats", &url]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("skipping stub 'sagaflow_http_invoke'") && err.contains("--stub-http"),
+        "{err}"
+    );
+    assert!(err.contains("no stub can be served"), "{err}");
+    // Asked for (coordinators run with --no-http-worker): served.
+    let mut child = bin()
+        .args([
+            "stub-participants",
+            "--stubs",
+            &stubs,
+            "--nats",
+            &url,
+            "--stub-http",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sagaflow");
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&seen).contains("serving 1 stub(s)") {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(n > 0, "exited: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("sagaflow_http_invoke"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

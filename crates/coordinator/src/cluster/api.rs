@@ -174,6 +174,43 @@ pub enum ServeError {
     /// A trigger is malformed.
     #[error("invalid trigger '{0}': expected SUBJECT=STATE_MACHINE")]
     InvalidTrigger(String),
+    /// A trigger's subject could match subjects that are not events: the
+    /// namespace's own (every history append, task and API request would
+    /// start an execution, and each start another), or the server's.
+    #[error(
+        "trigger subject '{subject}' could match {what}; choose a subject outside them (for \
+         example 'events.orders.created')"
+    )]
+    TriggerOverlaps {
+        /// The trigger's subject.
+        subject: String,
+        /// What it could match.
+        what: String,
+    },
+}
+
+/// Refuses a trigger subject that could match the namespace's own subjects
+/// (`{prefix}.…`: inbox, history, tasks, results, API) or the server's
+/// (`$JS.…`, `$KV.…`, `$SYS.…`) and replies' (`_INBOX.…`).
+fn check_trigger_subject(subject: &str, namespace: &Namespace) -> Result<(), ServeError> {
+    let overlaps = |what: String| ServeError::TriggerOverlaps {
+        subject: subject.to_string(),
+        what,
+    };
+    let mut tokens = subject.split('.');
+    let first = tokens.next().unwrap_or_default();
+    let more = tokens.next().is_some();
+    if first == ">" || ((first == "*" || first == namespace.prefix()) && more) {
+        return Err(overlaps(format!(
+            "the subjects of namespace '{}' ('{}.>')",
+            namespace.prefix(),
+            namespace.prefix()
+        )));
+    }
+    if first.starts_with('$') || first == "_INBOX" {
+        return Err(overlaps(format!("the server's own subjects ('{first}.>')")));
+    }
+    Ok(())
 }
 
 impl Trigger {
@@ -1485,14 +1522,17 @@ async fn on_trigger_message(api: &Api, trigger: &Trigger, message: async_nats::M
         Err(e) => tracing::warn!(
             subject = %message.subject,
             state_machine = %trigger.state_machine,
-            error = %e,
+            // It may quote a long header value.
+            error = %sagaflow_participant::cut_text(e.to_string(), ERROR_HEADER_BYTES),
             "trigger message dropped"
         ),
     }
     if let Some(reply_to) = message.reply.clone() {
         let body = match result {
             Ok(r) => serde_json::to_vec(&Reply::Ok(r)),
-            Err(e) => serde_json::to_vec(&Reply::<()>::Error(e)),
+            Err(e) => {
+                serde_json::to_vec(&Reply::<()>::Error(fit_error(e, api.max_request_bytes())))
+            }
         };
         if let Ok(body) = body
             && let Err(e) = api
@@ -1524,6 +1564,9 @@ pub async fn serve_triggers(
     let namespace = store.infra().ns().clone();
     let limit = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
     let api = Api::new(store, options);
+    for trigger in triggers {
+        check_trigger_subject(&trigger.subject, &namespace)?;
+    }
     let mut loops = Vec::new();
     for trigger in triggers {
         let subscribed = client
@@ -1616,6 +1659,33 @@ fn callback_state<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trigger_subjects_that_could_match_other_traffic_are_refused() {
+        let ns = Namespace::new("orders").unwrap();
+        for subject in [
+            ">",
+            "orders.>",
+            "orders.inbox.*",
+            "*.>",
+            "*.created",
+            "$JS.API.>",
+            "$KV.ORDERS_EXECUTIONS.>",
+            "_INBOX.x",
+        ] {
+            let e = check_trigger_subject(subject, &ns).expect_err(subject);
+            assert!(e.to_string().contains(subject), "{e}");
+        }
+        for subject in [
+            "events.orders.created",
+            "orders",
+            "order.created",
+            "events.>",
+            "*",
+        ] {
+            check_trigger_subject(subject, &ns).unwrap_or_else(|e| panic!("{subject}: {e}"));
+        }
+    }
 
     #[test]
     fn an_error_reply_is_held_to_the_message_size() {
