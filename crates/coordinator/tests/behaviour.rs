@@ -2191,6 +2191,48 @@ async fn a_start_after_an_unfinished_first_step_runs() {
         1,
         "{types:?}"
     );
+    // Starting it again finds its start behind the unfinished part (the
+    // whole history is read when its first message is a part).
+    use sagaflow_coordinator::cluster::store::FirstStep;
+    assert_eq!(
+        store.first_history_step(&exec).await.expect("first step"),
+        FirstStep::InParts
+    );
+    let start = |input: Value| StartExecutionRequest {
+        state_machine: "echo".into(),
+        version: None,
+        name: Some("after-parts".into()),
+        input: Some(input),
+        traceparent: None,
+    };
+    let again = env
+        .api
+        .start_execution(start(json!({"a": 1})))
+        .await
+        .expect("the same start");
+    assert!(again.already_started);
+    assert_eq!(
+        api_code(env.api.start_execution(start(json!({"a": 2}))).await),
+        "ExecutionAlreadyExists"
+    );
+    // One whose first step is whole: read alone.
+    let whole = env.run("echo", "whole", json!({"b": 1})).await;
+    let whole_ref = ExecutionRef::from_arn(&whole.execution_arn).unwrap();
+    match store
+        .first_history_step(&whole_ref)
+        .await
+        .expect("first step")
+    {
+        FirstStep::Whole(batch) => assert!(batch.meta.is_some()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        store
+            .first_history_step(&ExecutionRef::new("echo", "never").unwrap())
+            .await
+            .expect("first step"),
+        FirstStep::None
+    );
     env.shutdown().await;
 }
 

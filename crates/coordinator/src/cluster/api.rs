@@ -45,7 +45,7 @@ use sagaflow_protocol::{
 pub use super::engine::Trigger;
 use super::engine::{ClusterHandle, ClusterOptions};
 use super::history_view;
-use super::store::{ListPosition, Store, StoreError, StoredHistory};
+use super::store::{FirstStep, ListPosition, Store, StoreError, StoredHistory};
 use crate::RuntimeOptions;
 
 /// The NATS service's name.
@@ -514,11 +514,31 @@ impl Api {
         if let Some((start, _)) = self.queued_start_message(exec).await {
             return Ok(Some((Some(start.input), start.version)));
         }
-        let history = self.store.read_history(exec).await.map_err(internal)?;
-        let entries = || history.batches.iter().flat_map(|b| b.entries.iter());
+        // The start is in the first step: read alone, not the whole
+        // history (a repeated trigger message would read it every time).
+        let batches = match self
+            .store
+            .first_history_step(exec)
+            .await
+            .map_err(internal)?
+        {
+            FirstStep::None => return Ok(None),
+            FirstStep::Whole(batch)
+                if history_view::started_input(batch.entries.iter()).is_some() =>
+            {
+                vec![batch]
+            }
+            FirstStep::Whole(_) | FirstStep::InParts => {
+                self.store
+                    .read_history(exec)
+                    .await
+                    .map_err(internal)?
+                    .batches
+            }
+        };
+        let entries = || batches.iter().flat_map(|b| b.entries.iter());
         if let Some(input) = history_view::started_input(entries()) {
-            let version = history
-                .batches
+            let version = batches
                 .iter()
                 .find_map(|b| b.meta.as_ref().map(|m| m.version))
                 .unwrap_or(0);

@@ -51,6 +51,19 @@ pub struct ExecutionMeta {
     pub parent: Option<ParentTask>,
 }
 
+/// The first step of a history, as [`Store::first_history_step`] finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FirstStep {
+    /// No history.
+    None,
+    /// Stored in one message.
+    Whole(HistoryBatch),
+    /// Stored in parts (or its first message is the part of a step that
+    /// was never stored whole): read the whole history
+    /// ([`Store::read_history`] puts the parts together).
+    InParts,
+}
+
 /// What one coordinator step did to one execution: one history message, or
 /// several (its parts) when it does not fit in one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -560,6 +573,37 @@ impl Store {
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
             Err(e) => Err(nats("read history")(&e)),
         }
+    }
+
+    /// The first step of an execution's history (its start), read alone:
+    /// one message instead of the whole history.
+    pub async fn first_history_step(&self, exec: &ExecutionRef) -> Result<FirstStep, StoreError> {
+        let subject = self
+            .infra
+            .ns()
+            .history_subject(self.partition_of(exec), exec);
+        let message = match self
+            .infra
+            .history
+            .get_first_raw_message_by_subject(subject.as_str(), 1)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+                return Ok(FirstStep::None);
+            }
+            Err(e) => return Err(nats("read history")(&e)),
+        };
+        let batch: HistoryBatch =
+            serde_json::from_slice(&message.payload).map_err(|e| StoreError::Corrupt {
+                what: "history batch",
+                key: format!("{subject}#{}", message.sequence),
+                message: e.to_string(),
+            })?;
+        Ok(match batch.part {
+            Some(_) => FirstStep::InParts,
+            None => FirstStep::Whole(batch),
+        })
     }
 
     /// Reads an execution's whole history.
