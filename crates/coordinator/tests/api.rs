@@ -1157,6 +1157,44 @@ async fn triggers_start_executions_from_messages() {
     triggers.stop().await;
 }
 
+/// Stopping the triggers (a coordinator's graceful shutdown) handles the
+/// messages they already received: none is lost.
+#[tokio::test]
+async fn stopped_triggers_handle_the_messages_they_received() {
+    let env = Env::new().await;
+    env.client
+        .create_state_machine("orders", DEFINITION)
+        .await
+        .unwrap();
+    let triggers = api::serve_triggers(
+        env.store.clone(),
+        ApiOptions::default(),
+        &[Trigger::parse("shop.order.*=orders").unwrap()],
+    )
+    .await
+    .unwrap();
+    let nats = env.store.infra().client.clone();
+    const SENT: u64 = 300;
+    for i in 0..SENT {
+        let mut named = async_nats::HeaderMap::new();
+        named.insert("Sagaflow-Execution-Name", format!("o-{i}").as_str());
+        nats.publish_with_headers("shop.order.created", named, "{}".into())
+            .await
+            .unwrap();
+    }
+    nats.flush().await.unwrap();
+    // At once: most of them are still to be handled.
+    triggers.stop().await;
+    assert_eq!(env.inbox_count().await, SENT, "one start per message");
+    // And nothing is taken after the stop.
+    nats.publish("shop.order.created", "{}".into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.inbox_count().await, SENT);
+}
+
 #[tokio::test]
 async fn wait_for_completion_sees_the_end() {
     let env = Env::new().await;

@@ -20,14 +20,16 @@
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_nats::service::ServiceExt;
+
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use sagaflow_asl::interp::Outcome;
@@ -1424,12 +1426,50 @@ pub async fn serve(store: Store, options: ApiOptions) -> Result<ApiService, Serv
 /// it) ends them.
 pub struct TriggerService {
     loops: Vec<JoinHandle<()>>,
+    /// Set to ask the loops to drain their subscriptions.
+    drain: watch::Sender<bool>,
+    /// The starts under way hold these permits.
+    in_flight: Arc<Semaphore>,
+    permits: u32,
 }
 
+/// How long a stop waits for the triggers' messages already received, and
+/// then for their starts, to be handled.
+const TRIGGER_DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
 impl TriggerService {
-    /// Stops every trigger subscription.
-    pub async fn stop(self) {
-        drop(self);
+    /// Stops every trigger subscription, gracefully: no message is taken
+    /// any more (the others coordinators' subscriptions get them), the
+    /// messages already received are handled, and the starts under way
+    /// finish (each for at most [`TRIGGER_DRAIN_LIMIT`]). A trigger message
+    /// is not lost because its coordinator was stopped.
+    pub async fn stop(mut self) {
+        let _ = self.drain.send(true);
+        let mut loops = std::mem::take(&mut self.loops);
+        let drained = tokio::time::timeout(
+            TRIGGER_DRAIN_LIMIT,
+            futures::future::join_all(loops.iter_mut()),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "trigger messages still being received after {TRIGGER_DRAIN_LIMIT:?}; stopping anyway"
+            );
+            for l in &loops {
+                l.abort();
+            }
+        }
+        if tokio::time::timeout(
+            TRIGGER_DRAIN_LIMIT,
+            self.in_flight.acquire_many(self.permits),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!(
+                "trigger starts still under way after {TRIGGER_DRAIN_LIMIT:?}; stopping anyway"
+            );
+        }
     }
 
     /// A task that keeps the triggers running until it is aborted (for
@@ -1465,7 +1505,8 @@ pub(crate) async fn attach_services(
     if !options.triggers.is_empty() {
         let triggers =
             serve_triggers(handle.store().clone(), api_options, &options.triggers).await?;
-        handle.attach(triggers.into_task());
+        // Stopped first at shutdown, gracefully.
+        handle.attach_triggers(triggers);
     }
     Ok(())
 }
@@ -1582,7 +1623,10 @@ pub async fn serve_triggers(
 ) -> Result<TriggerService, ServeError> {
     let client = store.infra().client.clone();
     let namespace = store.infra().ns().clone();
-    let limit = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+    let permits =
+        u32::try_from(options.max_in_flight.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+    let limit = Arc::new(Semaphore::new(permits as usize));
+    let (drain, drain_rx) = watch::channel(false);
     let api = Api::new(store, options);
     for trigger in triggers {
         check_trigger_subject(&trigger.subject, &namespace)?;
@@ -1610,8 +1654,28 @@ pub async fn serve_triggers(
         let api = api.clone();
         let limit = limit.clone();
         let trigger = Arc::new(trigger.clone());
+        let mut drain_rx = drain_rx.clone();
         loops.push(tokio::spawn(async move {
-            while let Some(message) = subscriber.next().await {
+            let mut draining = false;
+            loop {
+                let message = tokio::select! {
+                    message = subscriber.next() => message,
+                    // Stopping: unsubscribe, and take what was received
+                    // before; the stream ends after it.
+                    // (Also when the service is dropped: its loops are
+                    // aborted then.)
+                    _ = drain_rx.changed(), if !draining => {
+                        draining = true;
+                        if let Err(e) = subscriber.drain().await {
+                            tracing::warn!(subject = %trigger.subject, error = %e, "cannot drain a trigger subscription");
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let Some(message) = message else {
+                    break;
+                };
                 let Ok(permit) = limit.clone().acquire_owned().await else {
                     break;
                 };
@@ -1624,7 +1688,12 @@ pub async fn serve_triggers(
             }
         }));
     }
-    Ok(TriggerService { loops })
+    Ok(TriggerService {
+        loops,
+        drain,
+        in_flight: limit,
+        permits,
+    })
 }
 
 /// Where a callback token stands in an execution's history.

@@ -132,6 +132,8 @@ pub struct ClusterHandle {
     shutdown: watch::Sender<bool>,
     leases: JoinHandle<()>,
     extra: Vec<JoinHandle<()>>,
+    /// Stopped gracefully before the partitions are handed back.
+    triggers: Option<super::api::TriggerService>,
 }
 
 impl ClusterHandle {
@@ -151,9 +153,19 @@ impl ClusterHandle {
         self.extra.push(task);
     }
 
-    /// Stops: hands back its partitions (other coordinators take them at
+    /// Serves these triggers as long as the coordinator; at shutdown they
+    /// stop first, gracefully ([`super::api::TriggerService::stop`]).
+    pub fn attach_triggers(&mut self, triggers: super::api::TriggerService) {
+        self.triggers = Some(triggers);
+    }
+
+    /// Stops: the triggers first (the messages they received are handled),
+    /// then hands back its partitions (other coordinators take them at
     /// once) and returns when every partition has stopped.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        if let Some(triggers) = self.triggers.take() {
+            triggers.stop().await;
+        }
         let _ = self.shutdown.send(true);
         let _ = self.leases.await;
         for task in self.extra {
@@ -193,6 +205,7 @@ impl Cluster {
             shutdown,
             leases,
             extra: Vec::new(),
+            triggers: None,
         };
         // The API (when `options.api`) and the triggers live as long as
         // the coordinator.
