@@ -233,8 +233,9 @@ impl ConnectOptions {
         if let [first, second, ..] = methods.as_slice() {
             return Err(ConnectError::ConflictingCredentials { first, second });
         }
-        let mut client =
-            async_nats::ConnectOptions::new().name(options.name.as_deref().unwrap_or(DEFAULT_NAME));
+        let mut client = async_nats::ConnectOptions::new()
+            .name(options.name.as_deref().unwrap_or(DEFAULT_NAME))
+            .event_callback(|event| async move { log_event(&event) });
         if let Some(prefix) = &options.inbox_prefix {
             client = client.custom_inbox_prefix(prefix);
         }
@@ -314,6 +315,49 @@ impl ConnectOptions {
             credential,
             tls: options.tls_required(),
         })
+    }
+}
+
+/// What a connection event means for an operator, and how loud it is: the
+/// server refusing something (a subscription without permission: the
+/// subscriber then gets nothing), messages dropped for a subscriber too
+/// slow, a lost connection are warnings; the client's own events are not
+/// otherwise shown.
+fn event_log(event: &async_nats::Event) -> (tracing::Level, String) {
+    use async_nats::Event;
+    match event {
+        Event::Connected => (tracing::Level::INFO, "connected to NATS".into()),
+        Event::Disconnected => (
+            tracing::Level::WARN,
+            "disconnected from NATS; reconnecting".into(),
+        ),
+        Event::LameDuckMode => (
+            tracing::Level::WARN,
+            "the NATS server is shutting down (lame duck mode); the client will move to another"
+                .into(),
+        ),
+        Event::Draining => (tracing::Level::DEBUG, "draining the NATS connection".into()),
+        Event::Closed => (tracing::Level::INFO, "the NATS connection is closed".into()),
+        Event::SlowConsumer(sid) => (
+            tracing::Level::WARN,
+            format!(
+                "NATS messages dropped: subscription {sid} did not keep up (its buffer is full)"
+            ),
+        ),
+        Event::ServerError(e) => (
+            tracing::Level::WARN,
+            format!("the NATS server refused: {e}"),
+        ),
+        Event::ClientError(e) => (tracing::Level::WARN, format!("NATS client error: {e}")),
+    }
+}
+
+fn log_event(event: &async_nats::Event) {
+    let (level, message) = event_log(event);
+    match level {
+        tracing::Level::WARN => tracing::warn!("{message}"),
+        tracing::Level::INFO => tracing::info!("{message}"),
+        _ => tracing::debug!("{message}"),
     }
 }
 
@@ -701,6 +745,32 @@ fn check_readable(what: &'static str, path: &Path) -> Result<(), ConnectError> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    #[test]
+    fn refusals_and_dropped_messages_are_warnings() {
+        let refused = async_nats::Event::ServerError(async_nats::ServerError::Other(
+            "Permissions Violation for Subscription to \"orders.created\"".into(),
+        ));
+        let (level, message) = event_log(&refused);
+        assert_eq!(level, tracing::Level::WARN);
+        assert!(message.contains("Permissions Violation"), "{message}");
+        let (level, message) = event_log(&async_nats::Event::SlowConsumer(7));
+        assert_eq!(level, tracing::Level::WARN);
+        assert!(message.contains("subscription 7"), "{message}");
+        assert_eq!(
+            event_log(&async_nats::Event::Disconnected).0,
+            tracing::Level::WARN
+        );
+        assert_eq!(
+            event_log(&async_nats::Event::Connected).0,
+            tracing::Level::INFO
+        );
+    }
 }
 
 #[cfg(test)]
