@@ -1015,6 +1015,65 @@ async fn an_error_quoting_a_long_value_is_answered() {
     assert_eq!(code(reply), "InvalidName");
 }
 
+/// More requests at once than a coordinator handles and queues are refused
+/// at once (`ThrottlingException`, not handled), instead of piling up in
+/// memory; the client sends them again.
+#[tokio::test]
+async fn requests_over_the_queue_are_throttled_and_the_client_retries() {
+    let server = NatsServer::start().expect("nats-server");
+    let nats = sagaflow_nats::connect(&server.url())
+        .await
+        .expect("connect");
+    let infra = sagaflow_nats::setup(nats.clone(), Settings::default())
+        .await
+        .expect("setup");
+    let store = Store::new(infra, 4);
+    let options = ApiOptions {
+        max_in_flight: 1,
+        max_queued: 0,
+        ..ApiOptions::default()
+    };
+    let _service = api::serve(store, options).await.expect("serve");
+    let client = ApiClient::new(nats.clone(), Namespace::default());
+    client
+        .create_state_machine("hello", DEFINITION)
+        .await
+        .unwrap();
+    // Thirty at once, without the client's retries: one is handled at a
+    // time, the others are refused.
+    let subject = Namespace::default().api_subject(Operation::ListStateMachines);
+    let replies =
+        futures::future::join_all((0..30).map(|_| nats.request(subject.clone(), "".into()))).await;
+    let mut throttled = 0;
+    let mut answered = 0;
+    for reply in replies {
+        let reply = reply.expect("a reply");
+        let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+        if body["error"]["code"] == json!("ThrottlingException") {
+            throttled += 1;
+            assert_eq!(
+                reply
+                    .headers
+                    .unwrap()
+                    .get("Nats-Service-Error-Code")
+                    .unwrap()
+                    .as_str(),
+                "429"
+            );
+        } else {
+            assert_eq!(body["ok"].as_array().map(Vec::len), Some(1), "{body}");
+            answered += 1;
+        }
+    }
+    assert!(answered >= 1);
+    assert!(throttled >= 1, "none of 30 requests at once was throttled");
+    // Through the client: every one is answered in the end.
+    let listed = futures::future::join_all((0..30).map(|_| client.list_state_machines())).await;
+    for l in listed {
+        assert_eq!(l.expect("listed after retries").len(), 1);
+    }
+}
+
 #[tokio::test]
 async fn no_responders_without_a_service() {
     let mut env = Env::new().await;

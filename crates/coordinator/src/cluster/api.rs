@@ -113,6 +113,10 @@ pub mod codes {
     pub const INVALID_OUTPUT: &str = "InvalidOutput";
     /// Something failed inside the coordinator or NATS.
     pub const INTERNAL: &str = "Internal";
+    /// The coordinator has more requests than it takes at once and queues:
+    /// the request was not handled; send it again (the client does, after
+    /// a pause).
+    pub const THROTTLED: &str = "ThrottlingException";
 }
 
 /// The HTTP-like status of an error code, for the `Nats-Service-Error-Code`
@@ -124,6 +128,7 @@ pub fn status_of(code: &str) -> usize {
         | codes::TASK_DOES_NOT_EXIST => 404,
         codes::EXECUTION_ALREADY_EXISTS | codes::EXECUTION_NOT_REDRIVABLE => 409,
         codes::PAYLOAD_TOO_LARGE => 413,
+        codes::THROTTLED => 429,
         codes::INTERNAL => 500,
         _ => 400,
     }
@@ -137,6 +142,10 @@ pub struct ApiOptions {
     pub max_payload_bytes: usize,
     /// Requests handled at once by this process.
     pub max_in_flight: usize,
+    /// Requests waiting for one of those places (each for at most
+    /// [`MAX_QUEUE_WAIT`]); more are answered [`codes::THROTTLED`] at once,
+    /// so that a flood of requests costs bounded memory.
+    pub max_queued: usize,
     /// The interpreter's options the coordinators run with, for the
     /// replays the API makes (history with payloads, redrive checks).
     pub interp: sagaflow_asl::interp::Options,
@@ -154,6 +163,7 @@ impl ApiOptions {
         ApiOptions {
             max_payload_bytes: runtime.max_payload_bytes,
             max_in_flight: 256,
+            max_queued: 1024,
             interp: runtime.interp_options(),
         }
     }
@@ -1189,6 +1199,16 @@ impl Api {
         let result = self
             .handle(op, &message.payload, message.headers.as_ref())
             .await;
+        self.respond(op, request, result).await;
+    }
+
+    /// Sends the reply to a request.
+    async fn respond(
+        &self,
+        op: Operation,
+        request: async_nats::service::Request,
+        result: Result<Bytes, ApiError>,
+    ) {
         let sent = match result {
             Ok(body) => request.respond(Ok(body)).await,
             Err(error) => {
@@ -1367,11 +1387,28 @@ impl Drop for ApiService {
     }
 }
 
+/// How long a request waits for a place among those handled at once before
+/// it is answered [`codes::THROTTLED`] (the client's default time-out is
+/// 10 s).
+pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+fn throttled() -> ApiError {
+    ApiError::new(
+        codes::THROTTLED,
+        "the coordinator has too many requests at once; send the request again",
+    )
+}
+
 /// Serves the API over NATS (the store's client) until stopped.
 pub async fn serve(store: Store, options: ApiOptions) -> Result<ApiService, ServeError> {
     let client = store.infra().client.clone();
     let prefix = store.infra().ns().api_prefix();
-    let limit = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+    let in_flight = options.max_in_flight.clamp(1, Semaphore::MAX_PERMITS / 2);
+    let limit = Arc::new(Semaphore::new(in_flight));
+    // Requests taken: handled or waiting to be.
+    let accepted = Arc::new(Semaphore::new(
+        in_flight + options.max_queued.min(Semaphore::MAX_PERMITS / 2),
+    ));
     let api = Api::new(store, options);
     let service = client
         .service_builder()
@@ -1401,15 +1438,29 @@ pub async fn serve(store: Store, options: ApiOptions) -> Result<ApiService, Serv
         };
         let api = api.clone();
         let limit = limit.clone();
+        let accepted = accepted.clone();
         loops.push(tokio::spawn(async move {
             while let Some(request) = endpoint.next().await {
-                let Ok(permit) = limit.clone().acquire_owned().await else {
-                    break;
+                let Ok(ticket) = accepted.clone().try_acquire_owned() else {
+                    // Full: refused at once rather than queued without end
+                    // (the client sends it again, to this coordinator or
+                    // another).
+                    api.respond(op, request, Err(throttled())).await;
+                    continue;
                 };
                 let api = api.clone();
+                let limit = limit.clone();
                 tokio::spawn(async move {
-                    api.answer(op, request).await;
-                    drop(permit);
+                    match tokio::time::timeout(MAX_QUEUE_WAIT, limit.acquire_owned()).await {
+                        Ok(Ok(permit)) => {
+                            api.answer(op, request).await;
+                            drop(permit);
+                        }
+                        // Waited too long: its caller may have given up; it
+                        // is not handled behind its back.
+                        _ => api.respond(op, request, Err(throttled())).await,
+                    }
+                    drop(ticket);
                 });
             }
         }));
@@ -1435,7 +1486,7 @@ pub struct TriggerService {
 
 /// How long a stop waits for the triggers' messages already received, and
 /// then for their starts, to be handled.
-const TRIGGER_DRAIN_LIMIT: Duration = Duration::from_secs(30);
+pub const TRIGGER_DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 impl TriggerService {
     /// Stops every trigger subscription, gracefully: no message is taken

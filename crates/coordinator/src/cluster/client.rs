@@ -112,15 +112,44 @@ impl ApiClient {
     }
 
     /// Sends a request body as is and decodes the reply: for tests and
-    /// tools that build requests themselves.
+    /// tools that build requests themselves. A request the coordinator
+    /// refused unhandled for having too many (`ThrottlingException`) is
+    /// sent again after a pause (random, growing from 10–20 ms to
+    /// 0.5–1 s), for as long as the client's time-out.
     pub async fn call_raw<T: DeserializeOwned>(
         &self,
         op: Operation,
         body: Vec<u8>,
     ) -> Result<T, ApiClientError> {
+        let body = bytes::Bytes::from(body);
+        let give_up = tokio::time::Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.call_once(op, body.clone()).await {
+                Err(ApiClientError::Api(e))
+                    if e.code == super::api::codes::THROTTLED
+                        && tokio::time::Instant::now() + pause < give_up =>
+                {
+                    // Between half the pause and all of it, so that clients
+                    // refused together do not all come back together.
+                    let half = pause / 2;
+                    let jitter = super::api::random_u64() % (half.as_millis() as u64 + 1);
+                    tokio::time::sleep(half + Duration::from_millis(jitter)).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once<T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        body: bytes::Bytes,
+    ) -> Result<T, ApiClientError> {
         let subject = self.ns.api_subject(op);
         let request = async_nats::Request::new()
-            .payload(body.into())
+            .payload(body)
             .timeout(Some(self.timeout));
         let message = match self.client.send_request(subject.clone(), request).await {
             Ok(m) => m,
