@@ -83,6 +83,7 @@ fn run_case(case: &Case) -> Result<(), Failed> {
         virtual_clock: true,
         seed: Some(SEED),
         start_time: Some(start_time),
+        stop_on_ctrl_c: false,
     };
     let report = match run_blocking(request) {
         Ok(report) => serde_json::to_value(&report)

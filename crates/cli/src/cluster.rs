@@ -584,8 +584,9 @@ fn located_detail(file: &Path, d: &Value) -> String {
 
 /// `sagaflow deploy`.
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(&args.definition)
+    let mut bytes = std::fs::read(&args.definition)
         .with_context(|| format!("cannot read {}", args.definition.display()))?;
+    crate::skip_bom(&mut bytes);
     let definition = match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {

@@ -215,8 +215,12 @@ fn err(line: &str) {
 }
 
 /// Reads a file as UTF-8 text, naming the file in every error.
+/// A text file's content, without the UTF-8 byte order mark some Windows
+/// editors write at its start (`validate` skips it too).
 fn read_text(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes =
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    skip_bom(&mut bytes);
     String::from_utf8(bytes).map_err(|e| {
         anyhow!(
             "{}: invalid UTF-8 at byte {}",
@@ -224,6 +228,13 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
             e.utf8_error().valid_up_to()
         )
     })
+}
+
+/// Drops a UTF-8 byte order mark at the start.
+pub(crate) fn skip_bom(bytes: &mut Vec<u8>) {
+    if bytes.starts_with(b"\xEF\xBB\xBF") {
+        bytes.drain(..3);
+    }
 }
 
 /// Parses JSON text, naming its origin with line and column on error.
@@ -238,12 +249,17 @@ fn read_input(arg: Option<&str>, what: &str) -> anyhow::Result<Value> {
     let Some(arg) = arg else {
         return Ok(Value::Object(serde_json::Map::new()));
     };
-    if let Ok(v) = serde_json::from_str::<Value>(arg) {
-        return Ok(v);
-    }
+    let inline = match serde_json::from_str::<Value>(arg) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
     let path = Path::new(arg);
     if !path.exists() {
-        bail!("{what}: '{arg}' is neither JSON nor an existing file");
+        bail!(
+            "{what}: '{arg}' is neither an existing file nor JSON (at {}:{}: {inline})",
+            inline.line(),
+            inline.column()
+        );
     }
     let text = read_text(path)?;
     parse_json(&text, &path.display().to_string())
@@ -290,8 +306,9 @@ fn located(file: &Path, e: &ValidationError) -> String {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(&args.definition)
+    let mut bytes = std::fs::read(&args.definition)
         .with_context(|| format!("cannot read {}", args.definition.display()))?;
+    skip_bom(&mut bytes);
     let definition = match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {
@@ -324,6 +341,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             virtual_clock: args.virtual_clock,
             seed: args.seed,
             start_time,
+            stop_on_ctrl_c: true,
         },
         vec![(HTTP_INVOKE_HANDLER.to_string(), http)],
     )?;

@@ -412,6 +412,46 @@ fn inline_input_and_echo() {
     // No --input: {}.
     let o = run(&["--definition", &def, "--stubs", &stubs]);
     assert_eq!(stdout_json(&o)["output"], json!({}));
+    // Files with a UTF-8 byte order mark (Windows editors write one) run
+    // as `validate` finds them: valid.
+    let bom = |name: &str, text: &str| {
+        let mut bytes = b"\xEF\xBB\xBF".to_vec();
+        bytes.extend_from_slice(text.as_bytes());
+        write(&dir, name, bytes)
+    };
+    let def_bom = bom(
+        "def-bom.json",
+        &std::fs::read_to_string(&def).expect("the definition"),
+    );
+    let stubs_bom = bom("stubs-bom.json", r#"{"echo": {"echo": true}}"#);
+    let input_bom = bom("input-bom.json", r#"{"b": 1}"#);
+    let v = bin().args(["validate", &def_bom]).output().unwrap();
+    assert_eq!(code(&v), 0, "{v:?}");
+    let o = run(&[
+        "--definition",
+        &def_bom,
+        "--stubs",
+        &stubs_bom,
+        "--input",
+        &input_bom,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout_json(&o)["output"], json!({"b": 1}));
+    // Malformed inline JSON: where it breaks.
+    let o = run(&[
+        "--definition",
+        &def,
+        "--stubs",
+        &stubs,
+        "--input",
+        r#"{"a": 1,}"#,
+    ]);
+    assert_eq!(code(&o), 3);
+    assert!(
+        stderr(&o).contains("neither an existing file nor JSON (at 1:9: trailing comma"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -596,4 +636,54 @@ fn dynamic_function_without_stub_fails_the_execution() {
     assert_eq!(r["status"], "FAILED");
     assert_eq!(r["error"], "States.Runtime");
     assert!(r["cause"].as_str().unwrap().contains("ghost"), "{r}");
+}
+
+/// Ctrl-C stops a local run as StopExecution would: the report says
+/// ABORTED and how far it got.
+#[cfg(target_os = "linux")]
+#[test]
+fn ctrl_c_aborts_a_run_with_its_report() {
+    use std::time::{Duration, Instant};
+    let dir = temp_dir("ctrl-c");
+    let def = write(
+        &dir,
+        "def.json",
+        r#"{"StartAt": "Pause", "States": {"Pause": {"Type": "Wait", "Seconds": 3600, "End": true}}}"#,
+    );
+    let stubs = write(&dir, "stubs.json", "{}");
+    let child = bin()
+        .args(["run", "--definition", &def, "--stubs", &stubs])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn sagaflow");
+    // Once the run catches SIGINT (bit 2 of the caught-signals mask).
+    let status = format!("/proc/{}/status", child.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&status).unwrap_or_default();
+        let caught = text
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & 0b10 != 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run never caught SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let report = stdout_json(&o);
+    assert_eq!(report["status"], json!("ABORTED"), "{report}");
+    assert_eq!(report["error"], json!("Sagaflow.Interrupted"));
 }

@@ -253,7 +253,8 @@ fn commands_over_nats() {
     assert_eq!(o.status.code(), Some(3));
     assert_eq!(
         stderr(&o).trim(),
-        "error: the task result: '{bad' is neither JSON nor an existing file"
+        "error: the task result: '{bad' is neither an existing file nor JSON (at 1:2: \
+         key must be a string at line 1 column 2)"
     );
     let o = with(&["send-task-failure", "garbage!", "--error", "E"]);
     assert!(

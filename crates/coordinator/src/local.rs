@@ -44,6 +44,10 @@ pub struct RunRequest {
     /// The time the execution starts at (default: now). Without
     /// `virtual_clock` the clock is offset to start there and runs in real time.
     pub start_time: Option<jiff::Timestamp>,
+    /// Ctrl-C (SIGINT) stops the execution as `StopExecution` does: what
+    /// runs is cancelled and the run ends ABORTED, its report showing how
+    /// far it got (`sagaflow run` sets it).
+    pub stop_on_ctrl_c: bool,
 }
 
 /// How the run ended.
@@ -169,12 +173,39 @@ pub enum RunError {
         /// Why.
         reason: String,
     },
+    /// The input is one StartExecution refuses: larger than the payload
+    /// limit or nested too deep (the execution does not start, as on the
+    /// cluster).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
     /// The driver failed.
     #[error(transparent)]
     Drive(#[from] DriveError),
     /// The tokio runtime could not be built.
     #[error("could not start the runtime: {0}")]
     Runtime(#[from] std::io::Error),
+}
+
+/// The error of a run stopped by Ctrl-C ([`RunRequest::stop_on_ctrl_c`]).
+pub const INTERRUPTED: &str = "Sagaflow.Interrupted";
+
+/// Refuses an input StartExecution refuses (on the cluster and embedded):
+/// nested more than the interpreter's depth limit, or larger than
+/// `max_bytes` of JSON. The depth first: measuring the size recurses.
+fn check_input(input: &serde_json::Value, max_bytes: usize) -> Result<(), RunError> {
+    if sagaflow_asl::interp::too_deeply_nested(input) {
+        return Err(RunError::InvalidInput(format!(
+            "it nests arrays and objects more than {} levels deep",
+            sagaflow_asl::interp::MAX_DEPTH
+        )));
+    }
+    let size = serde_json::to_vec(input).map_or(usize::MAX, |v| v.len());
+    if size > max_bytes {
+        return Err(RunError::InvalidInput(format!(
+            "it is {size} bytes; at most {max_bytes} are allowed"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks an execution name as AWS's StartExecution does: 1 to 80
@@ -264,6 +295,7 @@ pub async fn run_with_handlers(
         }
         None => name_from_seed(seed),
     };
+    check_input(&request.input, RuntimeOptions::default().max_payload_bytes)?;
     let info = ExecutionInfo {
         execution_id: format!("{ARN_PREFIX}:execution:{STATE_MACHINE_NAME}:{name}"),
         execution_name: name,
@@ -288,7 +320,31 @@ pub async fn run_with_handlers(
     let dispatcher = Arc::new(EmbeddedDispatcher::new(served));
     let coordinator = Coordinator::new(clock, dispatcher.clone(), RuntimeOptions::default());
     let execution_id = info.execution_id.clone();
-    let finished = coordinator.run(machine, info, request.input).await?;
+    let log = crate::driver::HistoryLog::default();
+    let prepared = coordinator.prepare(
+        machine,
+        crate::driver::Begin::Start {
+            info,
+            input: request.input,
+        },
+        &log,
+    )?;
+    let (controls, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let interrupt = request.stop_on_ctrl_c.then(|| {
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = controls.send(crate::driver::Control::Stop {
+                    error: Some(INTERRUPTED.to_string()),
+                    cause: Some("the run was interrupted (Ctrl-C)".to_string()),
+                });
+            }
+        })
+    });
+    let finished = coordinator.drive(prepared, log, receiver).await;
+    if let Some(interrupt) = interrupt {
+        interrupt.abort();
+    }
+    let finished = finished?;
 
     let call_order: Vec<String> = dispatcher
         .calls()
@@ -382,6 +438,21 @@ mod tests {
     }
 
     #[test]
+    fn inputs_start_executions_refuse_are_refused() {
+        let limit = RuntimeOptions::default().max_payload_bytes;
+        assert!(check_input(&serde_json::json!({"a": 1}), limit).is_ok());
+        let big = serde_json::json!({"pad": "x".repeat(limit)});
+        let e = check_input(&big, limit).unwrap_err().to_string();
+        assert!(e.starts_with("invalid input: it is "), "{e}");
+        let mut deep = serde_json::json!(1);
+        for _ in 0..=sagaflow_asl::interp::MAX_DEPTH {
+            deep = serde_json::json!([deep]);
+        }
+        let e = check_input(&deep, limit).unwrap_err().to_string();
+        assert!(e.contains("levels deep"), "{e}");
+    }
+
+    #[test]
     fn execution_names() {
         assert!(check_execution_name("order-42_retry.1").is_ok());
         assert!(check_execution_name("").is_err());
@@ -461,6 +532,7 @@ mod tests {
             virtual_clock: true,
             seed: Some(1),
             start_time: None,
+            stop_on_ctrl_c: false,
         }
     }
 

@@ -325,7 +325,8 @@ pub fn static_tasks(machine: &StateMachine) -> Vec<StaticTask> {
 
 /// The Lambda Invoke API response that `arn:aws:states:::lambda:invoke`
 /// returns as the task result (as shown in AWS's Step Functions docs),
-/// with deterministic metadata: the request id is the task id.
+/// with deterministic metadata: the request id given (the task's
+/// idempotency key, `EXECUTION_ARN/TASK_ID`).
 pub fn wrap_lambda_invoke(payload: Value, request_id: &str) -> Value {
     json!({
         "ExecutedVersion": "$LATEST",

@@ -260,6 +260,7 @@ async fn the_local_runner_serves_http_tasks_unless_stubbed() {
         virtual_clock: false,
         seed: Some(1),
         start_time: None,
+        stop_on_ctrl_c: false,
     };
     let handlers = vec![(HTTP_INVOKE_HANDLER.to_string(), Arc::clone(&handler))];
     let report = run_with_handlers(request("{}"), handlers.clone())
