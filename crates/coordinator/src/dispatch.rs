@@ -386,7 +386,15 @@ impl Dispatcher for EmbeddedDispatcher {
                         }
                         None => (call, None),
                     };
-                    let mut result = supervise(call, heartbeats, heartbeat_seconds).await;
+                    let mut result = supervise(call, heartbeats, heartbeat_seconds)
+                        .await
+                        // As a Worker sends it.
+                        .map_err(|failure| {
+                            sagaflow_participant::failure_within_limits(
+                                failure,
+                                max_result_bytes.unwrap_or(usize::MAX),
+                            )
+                        });
                     if let Some(max) = max_result_bytes
                         && token.is_none()
                     {

@@ -567,6 +567,28 @@ mod tests {
         assert!(!r.history.is_empty());
     }
 
+    /// A participant's failure is held to AWS's limits as a Worker sends it
+    /// (error name 256 characters, cause 32,768 bytes): the same answers
+    /// make the same run locally and on the cluster.
+    #[test]
+    fn a_failure_is_held_to_the_limits_a_worker_applies() {
+        let definition = r#"{"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "arn:aws:lambda:r:1:function:t", "End": true,
+                  "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.err", "Next": "Done"}]},
+            "Done": {"Type": "Pass", "End": true}}}"#;
+        let stubs = serde_json::json!({"t": {"throws": {
+            "error": "E".repeat(300),
+            "cause": "c".repeat(40_000),
+        }}});
+        let r = run_blocking(request(definition, &stubs.to_string())).unwrap();
+        assert_eq!(r.status, RunStatus::Succeeded, "{}", r.to_json());
+        let err = &r.output["err"];
+        assert_eq!(err["Error"].as_str().unwrap().chars().count(), 256);
+        let cause = err["Cause"].as_str().unwrap();
+        assert!(cause.len() <= 32_768, "{}", cause.len());
+        assert!(cause.ends_with("(truncated)"));
+    }
+
     #[test]
     fn invalid_definition_and_bad_name() {
         let r = run_blocking(request("{}", "{}")).unwrap();

@@ -331,6 +331,19 @@ fn json_deeper_than(json: &[u8], max: usize) -> bool {
     false
 }
 
+/// A handler's failure as its task's answer, in-process and over NATS
+/// alike: its error name held to AWS's 256 characters, its cause to
+/// 32,768 bytes (or `max_bytes`, when lower). A Worker also needs this to
+/// fit the failure in a message; the embedded runtime does the same so
+/// that the same answers make the same run.
+pub fn failure_within_limits(failure: TaskError, max_bytes: usize) -> TaskError {
+    use sagaflow_protocol::api::{MAX_CAUSE_CHARS, MAX_ERROR_CHARS};
+    TaskError {
+        error: failure.error.chars().take(MAX_ERROR_CHARS).collect(),
+        cause: cut_text(failure.cause, max_bytes.min(MAX_CAUSE_CHARS)),
+    }
+}
+
 /// A handler's result as its task's answer, in-process and over NATS
 /// alike: a success whose JSON is over `max_bytes`, or nested more than
 /// [`MAX_RESULT_DEPTH`] levels deep, becomes a `States.DataLimitExceeded`

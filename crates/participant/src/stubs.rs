@@ -349,7 +349,11 @@ impl Behaviour {
                 Action::Switch { cases, otherwise } => {
                     let hit = cases
                         .iter()
-                        .find(|c| input.pointer(&c.pointer) == Some(&c.equals))
+                        .find(|c| {
+                            input
+                                .pointer(&c.pointer)
+                                .is_some_and(|v| same_value(v, &c.equals))
+                        })
                         .map(|c| &c.then)
                         .or(otherwise.as_deref());
                     match hit {
@@ -363,7 +367,13 @@ impl Behaviour {
                                 NO_MATCH,
                                 format!(
                                     "stub for '{}': no case matched the task input {} (cases: {}) and there is no 'else'",
-                                    ctx.resource,
+                                    // The stub's name (a Lambda function's),
+                                    // else the resource.
+                                    if ctx.handler.is_empty() {
+                                        &ctx.resource
+                                    } else {
+                                        &ctx.handler
+                                    },
                                     input,
                                     tried.join(", ")
                                 ),
@@ -373,6 +383,31 @@ impl Behaviour {
                 }
             }
         })
+    }
+}
+
+/// JSON equality with numbers compared by value (`100` and `100.0` are
+/// equal, as in a Choice rule's `NumericEquals`), in arrays and objects too.
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
+                x == y
+            } else if let (Some(x), Some(y)) = (x.as_u64(), y.as_u64()) {
+                x == y
+            } else {
+                x.as_f64() == y.as_f64()
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
     }
 }
 
@@ -604,6 +639,31 @@ mod tests {
         let e = call(&s, "q", json!(6)).await.unwrap_err();
         assert_eq!(e.error, NO_MATCH);
         assert!(e.cause.contains("no case matched"), "{}", e.cause);
+        // Numbers are equal by value, in arrays and objects too.
+        assert_eq!(call(&s, "q", json!(5.0)).await, Ok(json!("five")));
+        assert_eq!(call(&s, "p", json!({"id": 2.0})).await, Ok(json!("two")));
+        let nested = Stubs::from_value(&json!({
+            "n": {"switch": [{"if": {"pointer": "/v", "equals": {"a": [1, 2.5]}}, "then": {"returns": "hit"}}],
+                  "else": {"returns": "miss"}}
+        }))
+        .unwrap();
+        assert_eq!(
+            call(&nested, "n", json!({"v": {"a": [1.0, 2.5]}})).await,
+            Ok(json!("hit"))
+        );
+        assert_eq!(
+            call(&nested, "n", json!({"v": {"a": [1, 2.5, 3]}})).await,
+            Ok(json!("miss"))
+        );
+        assert_eq!(
+            call(&nested, "n", json!({"v": {"a": ["1", 2.5]}})).await,
+            Ok(json!("miss"))
+        );
+        // The cause names the stub (the function), not the resource.
+        let (mut c, _rx) = ctx();
+        c.handler = "price".into();
+        let e = s.get("q").unwrap().call(json!(6), c).await.unwrap_err();
+        assert!(e.cause.starts_with("stub for 'price':"), "{}", e.cause);
     }
 
     #[tokio::test]

@@ -11,7 +11,6 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use sagaflow_protocol::api::{MAX_CAUSE_CHARS, MAX_ERROR_CHARS};
 use sagaflow_protocol::{InboxMessage, ResultReply, TaskMessage, headers};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -143,12 +142,16 @@ pub fn result_message(
     // bound the message too: JSON escaping can make a string up to six
     // times longer (a control character is `\u001b`), and a message over
     // the broker's limit could never be delivered.
-    let failed = |error: String, cause: String| InboxMessage::TaskFailed {
-        execution_arn: execution_arn.to_string(),
-        task_id: task_id.to_string(),
-        error: error.chars().take(MAX_ERROR_CHARS).collect(),
-        cause: crate::cut_text(cause, max_bytes.min(MAX_CAUSE_CHARS)),
-        callback: false,
+    let failed = |error: String, cause: String| {
+        let TaskError { error, cause } =
+            crate::failure_within_limits(TaskError { error, cause }, max_bytes);
+        InboxMessage::TaskFailed {
+            execution_arn: execution_arn.to_string(),
+            task_id: task_id.to_string(),
+            error,
+            cause,
+            callback: false,
+        }
     };
     match crate::within_limit(result, state_name, max_bytes) {
         Ok(output) => InboxMessage::TaskSucceeded {
@@ -643,6 +646,7 @@ mod tests {
     use super::*;
     use crate::worker::claims::is_result_of;
     use proptest::prelude::*;
+    use sagaflow_protocol::api::{MAX_CAUSE_CHARS, MAX_ERROR_CHARS};
     use serde_json::json;
 
     #[test]
