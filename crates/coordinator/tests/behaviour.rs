@@ -674,6 +674,51 @@ fn parent(resource: &str, child: &str) -> String {
     .to_string()
 }
 
+/// Results the coordinator makes itself (a request-response child start
+/// answers at once) are applied as the next step of the partition's loop,
+/// not inside the step that made them: a Map starting thousands of children
+/// one at a time neither nests a step per child (it overflowed the stack)
+/// nor keeps the partition from its other work meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_child_starts_in_a_row_run_as_steps_of_the_loop() {
+    let env = Env::start().await;
+    env.deploy(
+        "noop",
+        r#"{"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}"#,
+    )
+    .await;
+    let fan = json!({
+        "StartAt": "Fan",
+        "States": {"Fan": {
+            "Type": "Map", "ItemsPath": "$.items", "MaxConcurrency": 1, "End": true,
+            "ItemProcessor": {"StartAt": "Start", "States": {"Start": {
+                "Type": "Task", "Resource": "arn:aws:states:::states:startExecution",
+                "Parameters": {"StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:noop"},
+                "ResultSelector": {"ok": true},
+                "End": true}}}}}
+    });
+    env.deploy("fan", &fan.to_string()).await;
+    const CHILDREN: usize = 3000;
+    let items: Vec<usize> = (0..CHILDREN).collect();
+    // Meanwhile, another execution of the partitions waits one second: its
+    // timer fires while the children are started.
+    env.deploy(
+        "pause",
+        r#"{"StartAt": "P", "States": {"P": {"Type": "Wait", "Seconds": 1, "End": true}}}"#,
+    )
+    .await;
+    let fan_arn = env
+        .start_execution("fan", "fan", json!({"items": items}))
+        .await;
+    let pause = env.run("pause", "pause", json!({})).await;
+    assert_status(&pause, ExecutionStatus::Succeeded);
+    let done = env.wait(&fan_arn).await;
+    assert_status(&done, ExecutionStatus::Succeeded);
+    let out = done.output.expect("output");
+    assert_eq!(out.as_array().map(Vec::len), Some(CHILDREN));
+    env.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_executions_run_and_report_to_their_parent() {
     let mut env = Env::start().await;

@@ -570,6 +570,11 @@ struct Partition {
     failed_child_stops: Vec<(String, ExecutionRef, String)>,
     outgoing: Vec<(String, Arc<TaskMessage>)>,
     completed: Vec<(String, Outcome)>,
+    /// Results the coordinator made itself (a child started, a task that
+    /// could not be published), by execution: applied with the next step
+    /// of the loop, not inside the step that made them (a chain of them,
+    /// one child start after another, would nest a step per link).
+    follow_ups: Vec<(String, Vec<Input>)>,
     /// (when, execution key, what), earliest first. Holds exactly the
     /// armed timers and heartbeat deadlines of the executions in `live`
     /// (their `timers` and `heartbeats`), less the ones that fired: an
@@ -645,6 +650,7 @@ impl Partition {
             failed_child_stops: Vec::new(),
             outgoing: Vec::new(),
             completed: Vec::new(),
+            follow_ups: Vec::new(),
             wheel: BTreeMap::new(),
         }
     }
@@ -821,6 +827,11 @@ impl Partition {
                         let mut batch = vec![Delivery::Result(first)];
                         self.gather(&mut batch, messages.as_mut(), results.as_mut());
                         self.handle_inbox(batch).await;
+                    }
+                    // Results the coordinator made itself, when no message
+                    // came to be stepped with them.
+                    () = std::future::ready(()), if !self.follow_ups.is_empty() => {
+                        self.step(Vec::new()).await;
                     }
                     _ = sleep => self.fire_due().await,
                     Some(key) = failed_writes.recv() => {
@@ -1382,6 +1393,7 @@ impl Partition {
 
     /// Applies inputs to executions, records them, carries out the commands.
     async fn step(&mut self, groups: Vec<(String, Vec<Input>)>) -> StepResult {
+        let groups = merge_groups(std::mem::take(&mut self.follow_ups), groups);
         let mut result = StepResult::default();
         let mut appends = Vec::new();
         // The inbox messages of each execution (by index in the batch), to
@@ -1559,12 +1571,9 @@ impl Partition {
         }
         let completed = std::mem::take(&mut self.completed);
         self.finish_all(completed).await;
-        if !follow_up.is_empty() {
-            // Results the coordinator produced itself (child starts,
-            // dispatch failures): one more step, boxed to allow recursion.
-            let inner = Box::pin(self.step(follow_up)).await;
-            let _ = inner;
-        }
+        // Results the coordinator produced itself (child starts, dispatch
+        // failures): applied by the next step of the loop.
+        self.follow_ups = merge_groups(std::mem::take(&mut self.follow_ups), follow_up);
         result
     }
 
@@ -2987,6 +2996,33 @@ fn track(live: &mut Live, commands: &[Command], key: &str, wheel: &mut Wheel) {
         }
         keep
     });
+}
+
+/// `first`'s inputs and `then`'s, by execution: an execution in both gets
+/// `first`'s inputs before `then`'s, in one group.
+fn merge_groups(
+    first: Vec<(String, Vec<Input>)>,
+    then: Vec<(String, Vec<Input>)>,
+) -> Vec<(String, Vec<Input>)> {
+    if first.is_empty() {
+        return then;
+    }
+    let mut merged = first;
+    let mut at: HashMap<String, usize> = merged
+        .iter()
+        .enumerate()
+        .map(|(i, (key, _))| (key.clone(), i))
+        .collect();
+    for (key, inputs) in then {
+        match at.get(&key) {
+            Some(&i) => merged[i].1.extend(inputs),
+            None => {
+                at.insert(key.clone(), merged.len());
+                merged.push((key, inputs));
+            }
+        }
+    }
+    merged
 }
 
 /// Applies an event, catching a panic of the interpreter (a defect, not
