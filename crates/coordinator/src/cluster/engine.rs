@@ -523,6 +523,10 @@ enum Due {
     Heartbeat(String),
 }
 
+/// The longest wait between two reloads of an execution that cannot be
+/// loaded.
+const MAX_RELOAD_WAIT: Duration = Duration::from_secs(300);
+
 /// Timers and heartbeat deadlines of a partition's executions: (when,
 /// execution key, what), earliest first.
 type Wheel = BTreeMap<(Timestamp, String, Due), ()>;
@@ -546,6 +550,14 @@ struct Partition {
     /// reloaded from their history and resumed as soon as possible, so that
     /// a timer that fired meanwhile is not lost.
     reload: HashSet<String>,
+    /// Executions whose load failed for a reason that retrying does not
+    /// cure (a history that does not decode or replay, a definition
+    /// version that no longer parses): how many times in a row, and when
+    /// to try again (growing from 2 s to 5 min, rather than every second;
+    /// a load failed by NATS is tried again every second).
+    reload_backoff: HashMap<String, (u32, tokio::time::Instant)>,
+    /// Executions whose last load failed that way.
+    unloadable: HashSet<String>,
     /// Executions finished while a reconciliation listing runs: the listing
     /// may still show them running; they are not reloaded.
     finished_while_listing: Option<HashSet<String>>,
@@ -642,6 +654,8 @@ impl Partition {
             partition,
             live: HashMap::new(),
             reload: HashSet::new(),
+            reload_backoff: HashMap::new(),
+            unloadable: HashSet::new(),
             finished_while_listing: None,
             index_writes: Vec::new(),
             index_creates: Vec::new(),
@@ -939,7 +953,15 @@ impl Partition {
 
     async fn retry_reloads(&mut self) {
         let keys: Vec<String> = self.reload.iter().cloned().collect();
+        let t = tokio::time::Instant::now();
         for key in keys {
+            if self
+                .reload_backoff
+                .get(&key)
+                .is_some_and(|(_, next)| *next > t)
+            {
+                continue;
+            }
             let Ok(exec_ref) = ExecutionRef::from_key(&key) else {
                 self.reload.remove(&key);
                 continue;
@@ -978,11 +1000,21 @@ impl Partition {
                 Ok(None) => {
                     self.reload.remove(&key);
                 }
+                Err(e) if self.unloadable.contains(&key) => {
+                    let (failures, next) = self.reload_backoff.entry(key.clone()).or_insert((0, t));
+                    *failures += 1;
+                    let wait = Duration::from_secs(1u64 << (*failures).min(9)).min(MAX_RELOAD_WAIT);
+                    *next = tokio::time::Instant::now() + wait;
+                    tracing::warn!(execution = %key, error = %e, failures = *failures, "cannot load an execution; trying again in {wait:?}");
+                }
                 Err(e) => {
                     tracing::debug!(execution = %key, error = %e, "reload failed; retrying");
                 }
             }
         }
+        let reload = &self.reload;
+        self.reload_backoff.retain(|key, _| reload.contains(key));
+        self.unloadable.retain(|key| reload.contains(key));
     }
 
     /// Drops an execution from memory after a failed write; it is reloaded
@@ -1112,11 +1144,16 @@ impl Partition {
         if self.live.contains_key(&key) {
             return Ok(Some(()));
         }
-        let history = self
-            .store()
-            .read_history(exec_ref)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.unloadable.remove(&key);
+        let history = match self.store().read_history(exec_ref).await {
+            Ok(history) => history,
+            Err(e) => {
+                if matches!(e, StoreError::Corrupt { .. }) {
+                    self.unloadable.insert(key);
+                }
+                return Err(e.to_string());
+            }
+        };
         let Some(meta) = history.batches.first().and_then(|b| b.meta.clone()) else {
             if history.last_sequence > 0 {
                 // Only the parts of a first step whose append did not
@@ -1128,11 +1165,15 @@ impl Partition {
         };
         // Its first step is recorded now (by whoever wrote it).
         self.unfinished_first_steps.remove(&key);
-        let machine = self
-            .shared
-            .machine(&meta.state_machine, meta.version)
-            .await
-            .map_err(|e| e.to_string())?;
+        let machine = match self.shared.machine(&meta.state_machine, meta.version).await {
+            Ok(machine) => machine,
+            Err(e) => {
+                if matches!(e, MachineError::Unusable(_)) {
+                    self.unloadable.insert(key);
+                }
+                return Err(e.to_string());
+            }
+        };
         let mut live = Live {
             exec_ref: exec_ref.clone(),
             route: Route::new(exec_ref, self.store()),
@@ -1171,10 +1212,12 @@ impl Partition {
                     match apply_guarded(&mut live.exec, entry.at, event.clone(), &mut out) {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
+                            self.unloadable.insert(key);
                             return Err(format!("replay of {} failed: {e}", exec_ref.arn()));
                         }
                         Err(panic) => {
                             tracing::error!(execution = %exec_ref.arn(), panic = %panic, "the interpreter panicked in a replay");
+                            self.unloadable.insert(key);
                             return Err(format!(
                                 "replay of {} failed: the interpreter panicked: {panic}",
                                 exec_ref.arn()
@@ -1306,7 +1349,15 @@ impl Partition {
                     let ack = if !decoded[i] {
                         AckKind::Term
                     } else if results.retry.contains(&i) {
-                        AckKind::Nak(Some(Duration::from_millis(200)))
+                        // 200 ms, doubling with each redelivery up to 10 s:
+                        // a message that keeps failing (its execution
+                        // cannot be loaded) is not retried at full speed.
+                        let delivered = message.info().map_or(1, |info| info.delivered).max(1);
+                        let doublings = u32::try_from(delivered - 1).unwrap_or(u32::MAX).min(6);
+                        AckKind::Nak(Some(
+                            (Duration::from_millis(200) * (1 << doublings))
+                                .min(Duration::from_secs(10)),
+                        ))
                     } else {
                         AckKind::Ack
                     };

@@ -51,6 +51,9 @@ pub struct ExecutionMeta {
     pub parent: Option<ParentTask>,
 }
 
+/// How long a history read waits for its next message before it gives up.
+const HISTORY_READ_IDLE: Duration = Duration::from_secs(10);
+
 /// The first step of a history, as [`Store::first_history_step`] finds it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FirstStep {
@@ -640,7 +643,9 @@ impl Store {
             .map_err(|e| nats("read history")(&e))?;
         let mut batches = Assembler::default();
         let mut last_sequence = 0;
-        let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+        // Given up after 10 s without a message (not 10 s in all: a long
+        // history on a busy server may take longer, and is read whole).
+        let mut give_up = tokio::time::Instant::now() + HISTORY_READ_IDLE;
         while last_sequence < last {
             let next = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
             let message = match next {
@@ -668,6 +673,7 @@ impl Store {
                     });
                 }
             };
+            give_up = tokio::time::Instant::now() + HISTORY_READ_IDLE;
             let info = message.info().map_err(|e| nats("read history")(&e))?;
             last_sequence = info.stream_sequence;
             let batch: HistoryBatch =
