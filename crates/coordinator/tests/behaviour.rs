@@ -1033,6 +1033,53 @@ async fn a_childs_failure_with_a_huge_cause_reaches_its_parent() {
     env.shutdown().await;
 }
 
+/// A child's report too large for a message (its input and output, with a
+/// server whose messages are smaller than the two) fails the parent's task
+/// with `States.DataLimitExceeded`, as a task result too large would; it
+/// was refused by the broker and sent again for ever, the parent waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_childs_report_too_large_for_a_message_fails_the_parents_task() {
+    let server = sagaflow_testkit::NatsServer::start_with(sagaflow_testkit::ServerOptions {
+        config_file: Some("max_payload: 262144".into()),
+        ..sagaflow_testkit::ServerOptions::default()
+    })
+    .expect("nats-server");
+    let env = Env::start_on(server, options()).await;
+    env.deploy(
+        "doubling_child",
+        r#"{"StartAt": "Twice", "States": {"Twice": {"Type": "Pass",
+            "Parameters": {"a.$": "$.pad", "b.$": "$.pad"}, "End": true}}}"#,
+    )
+    .await;
+    env.deploy(
+        "report_parent",
+        &json!({
+            "StartAt": "Call",
+            "States": {"Call": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::states:startExecution.sync:2",
+                "Parameters": {
+                    "StateMachineArn": "arn:aws:states:local:000000000000:stateMachine:doubling_child",
+                    "Input.$": "$"
+                },
+                "End": true
+            }}
+        })
+        .to_string(),
+    )
+    .await;
+    // Input 90 KB, output 180 KB: each within the limits, the report not
+    // within a 256 KiB message.
+    let done = env
+        .run("report_parent", "p", json!({"pad": "x".repeat(90_000)}))
+        .await;
+    assert_status(&done, ExecutionStatus::Failed);
+    assert_eq!(done.error.as_deref(), Some("States.DataLimitExceeded"));
+    let child = done.cause.unwrap_or_default();
+    assert!(child.contains("doubling_child"), "{child}");
+    env.shutdown().await;
+}
+
 /// A running execution its partition's owner does not hold (its index
 /// entry wrongly said it had ended when the partition was recovered) is
 /// loaded when a message comes for it: its timers are armed then, and it

@@ -2668,7 +2668,30 @@ impl Partition {
                 },
                 true,
             );
-            let message = if succeeded {
+            let limit = self.shared.store.infra().message_limit();
+            let report_bytes = if succeeded {
+                serde_json::to_vec(&report).map_or(usize::MAX, |r| r.len())
+            } else {
+                0
+            };
+            let message = if succeeded && report_bytes.saturating_add(REPORT_ENVELOPE_ROOM) > limit
+            {
+                // Its input and output together are more than a message
+                // holds (payload limits raised near the message size): the
+                // parent's task fails as one whose result is too large,
+                // rather than the report being refused for ever.
+                InboxMessage::TaskFailed {
+                    execution_arn: parent.execution_arn.clone(),
+                    task_id: parent.task_id.clone(),
+                    error: sagaflow_asl::errors::DATA_LIMIT_EXCEEDED.to_string(),
+                    cause: format!(
+                        "the report of child execution {} (its input and output) is {report_bytes} \
+                         bytes, more than a message holds ({limit} bytes)",
+                        desc.execution_arn
+                    ),
+                    callback: false,
+                }
+            } else if succeeded {
                 InboxMessage::TaskSucceeded {
                     execution_arn: parent.execution_arn.clone(),
                     task_id: parent.task_id.clone(),

@@ -51,7 +51,11 @@ impl Env {
 
     /// A deployment with these coordinator options.
     pub async fn start_with(options: ClusterOptions) -> Env {
-        let server = NatsServer::start().expect("nats-server");
+        Env::start_on(NatsServer::start().expect("nats-server"), options).await
+    }
+
+    /// A deployment on this server, with these coordinator options.
+    pub async fn start_on(server: NatsServer, options: ClusterOptions) -> Env {
         let nats = sagaflow_nats::connect(&server.url())
             .await
             .expect("connect");
