@@ -1381,7 +1381,10 @@ async fn a_partition_is_listed_in_one_read_as_key_by_key() {
     // are not listed.
     env.index("hello", "e1", ExecutionStatus::Running).await;
     let gone = ExecutionRef::new("hello", "e2").unwrap();
-    assert!(env.store.forget_execution(&gone).await.unwrap());
+    assert_eq!(
+        env.store.forget_execution(&gone).await.unwrap(),
+        sagaflow_coordinator::cluster::store::Forget::Forgotten
+    );
     let mut total = 0;
     for p in 0..env.store.partitions() {
         let mut quick: Vec<(String, ExecutionStatus)> = env

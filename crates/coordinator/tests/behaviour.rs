@@ -1033,6 +1033,50 @@ async fn a_childs_failure_with_a_huge_cause_reaches_its_parent() {
     env.shutdown().await;
 }
 
+/// Retention does not delete an execution whose index entry says it ended
+/// while its history runs (the entry written late, after a redrive): its
+/// history stays, and the coordinator reloads it and puts its entry right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_an_execution_whose_history_runs() {
+    use sagaflow_coordinator::cluster::store::Forget;
+    let mut opts = options();
+    opts.settings.retention = Duration::from_secs(1);
+    opts.reconcile_every = Duration::from_millis(300);
+    let env = Env::start_with(opts).await;
+    env.deploy(
+        "pause",
+        r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 4, "End": true}}}"#,
+    )
+    .await;
+    let arn = env.start_execution("pause", "kept", json!({})).await;
+    env.until_event(&arn, "WaitStateEntered").await;
+    let store = env.cluster.as_ref().expect("running").store().clone();
+    let exec = ExecutionRef::from_arn(&arn).unwrap();
+    // The entry says it failed long ago.
+    let mut entry = store.execution(&exec).await.unwrap().expect("indexed");
+    entry.status = ExecutionStatus::Failed;
+    entry.stop_date = Some("2020-01-01T00:00:00Z".into());
+    store.put_execution(&entry).await.unwrap();
+    assert_eq!(
+        store.forget_execution(&exec).await.unwrap(),
+        Forget::RunningByItsHistory
+    );
+    assert!(!store.read_history(&exec).await.unwrap().batches.is_empty());
+    // The coordinator's retention rounds (every 300 ms) see the same and
+    // delete nothing: it runs to its end, and its entry says so.
+    let deadline = Instant::now() + common::LIMIT;
+    loop {
+        let desc = env.describe(&arn).await;
+        if desc.status == ExecutionStatus::Succeeded {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{desc:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!store.read_history(&exec).await.unwrap().batches.is_empty());
+    env.shutdown().await;
+}
+
 /// A child's report too large for a message (its input and output, with a
 /// server whose messages are smaller than the two) fails the parent's task
 /// with `States.DataLimitExceeded`, as a task result too large would; it

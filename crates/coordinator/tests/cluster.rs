@@ -7,6 +7,7 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use sagaflow_coordinator::cluster::store::Forget;
 use sagaflow_coordinator::cluster::{Cluster, ClusterHandle, ClusterOptions};
 use sagaflow_protocol::api::{ExecutionDescription, ExecutionStatus};
 use sagaflow_protocol::{ExecutionRef, InboxMessage, Namespace, StartExecution, TaskMessage};
@@ -576,7 +577,10 @@ async fn index_changes_are_read_from_where_the_last_read_stopped() {
         .put_execution(&desc(&execs[1], ExecutionStatus::Aborted))
         .await
         .unwrap();
-    assert!(store.forget_execution(&execs[1]).await.unwrap());
+    assert_eq!(
+        store.forget_execution(&execs[1]).await.unwrap(),
+        Forget::Forgotten
+    );
     let (changes, later) = store.partition_index_changes(1, cursor).await.unwrap();
     assert!(later > cursor);
     assert_eq!(changes.len(), 2, "{changes:?}");
@@ -600,7 +604,10 @@ async fn index_changes_are_read_from_where_the_last_read_stopped() {
     assert!(none.is_empty(), "{none:?}");
     // A running execution (redriven, say, after its retention ran out) is
     // not deleted.
-    assert!(!store.forget_execution(&execs[2]).await.unwrap());
+    assert_eq!(
+        store.forget_execution(&execs[2]).await.unwrap(),
+        Forget::Running
+    );
     assert_eq!(
         store.execution(&execs[2]).await.unwrap().map(|d| d.status),
         Some(ExecutionStatus::Running)

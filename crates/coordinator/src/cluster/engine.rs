@@ -47,7 +47,7 @@ use sagaflow_protocol::{
 
 use sagaflow_telemetry::ExecutionTrace;
 
-use super::store::{ExecutionMeta, HistoryBatch, Store, StoreError};
+use super::store::{ExecutionMeta, Forget, HistoryBatch, Store, StoreError};
 use crate::driver::{HistoryEntry, HistoryItem, RuntimeOptions};
 use crate::resource::{self, Pattern, ResultShape};
 
@@ -2962,23 +2962,30 @@ async fn list_for_reconcile(
     let retention = store.infra().settings.retention;
     view.apply(changes, retention);
     view.cursor = cursor;
+    let mut running: Vec<ExecutionRef> = view.running.values().cloned().collect();
     for (key, exec_ref) in view.expired(retention, now()) {
         match store.forget_execution(&exec_ref).await {
-            Ok(true) => {
+            Ok(Forget::Forgotten) => {
                 tracing::debug!(execution = %exec_ref.arn(), "retention: forgotten");
                 view.ended.remove(&key);
             }
             // Running again (redriven meanwhile): the index change comes
             // in the next round.
-            Ok(false) => {
+            Ok(Forget::Running) => {
                 view.ended.remove(&key);
+            }
+            // Its entry is wrong: reconciled like a running execution held
+            // by nobody (reloaded, its entry rewritten).
+            Ok(Forget::RunningByItsHistory) => {
+                tracing::warn!(execution = %exec_ref.arn(), "retention: the index says it ended, its history runs; reloading it");
+                view.ended.remove(&key);
+                running.push(exec_ref);
             }
             Err(e) => {
                 tracing::warn!(execution = %exec_ref.arn(), error = %e, "retention: cannot delete")
             }
         }
     }
-    let running = view.running.values().cloned().collect();
     (view, running)
 }
 

@@ -51,6 +51,37 @@ pub struct ExecutionMeta {
     pub parent: Option<ParentTask>,
 }
 
+/// What [`Store::forget_execution`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forget {
+    /// Deleted: history, index entry, idempotency records.
+    Forgotten,
+    /// Nothing: its index entry says it runs.
+    Running,
+    /// Nothing: its index entry says it ended but its history runs (a
+    /// redrive after the entry was written late); it needs reloading.
+    RunningByItsHistory,
+}
+
+/// Whether a history ends with its execution's end: a completion not
+/// followed by a redrive. An empty history (a start never recorded) has
+/// nothing running.
+fn history_ended(history: &StoredHistory) -> bool {
+    use crate::driver::HistoryItem;
+    use sagaflow_asl::interp::{Command, Event};
+    let mut ended = true;
+    for entry in history.batches.iter().flat_map(|b| &b.entries) {
+        match &entry.item {
+            HistoryItem::Event(Event::ExecutionStarted { .. } | Event::RedriveRequested) => {
+                ended = false;
+            }
+            HistoryItem::Command(Command::Complete(_)) => ended = true,
+            _ => {}
+        }
+    }
+    ended
+}
+
 /// How long a history read waits for its next message before it gives up.
 const HISTORY_READ_IDLE: Duration = Duration::from_secs(10);
 
@@ -922,12 +953,14 @@ impl Store {
 
     /// Deletes an ended execution for good (retention, see
     /// [`sagaflow_nats::Settings::retention`]): its participants'
-    /// idempotency records, its history and its index entry. Deletes nothing and returns `false`
-    /// when its index entry says it runs (again): a redrive, or a new start
-    /// of its name, writes the index entry before the history, and the entry
-    /// is looked at again (at the same revision) right before the history
-    /// goes.
-    pub async fn forget_execution(&self, exec: &ExecutionRef) -> Result<bool, StoreError> {
+    /// idempotency records, its history and its index entry. Deletes
+    /// nothing when its index entry says it runs (again): a redrive, or a
+    /// new start of its name, writes the index entry before the history,
+    /// and the entry is looked at again (at the same revision) right before
+    /// the history goes. Nor when its history says it runs though its
+    /// entry says it ended (an entry written late, by a stale owner say):
+    /// the caller then reloads it, which puts the entry right.
+    pub async fn forget_execution(&self, exec: &ExecutionRef) -> Result<Forget, StoreError> {
         let key = self.index_key(exec);
         let entry = |what: &'static str| {
             let executions = self.infra.executions.clone();
@@ -949,14 +982,18 @@ impl Store {
         };
         let before = entry("read execution index entry").await?;
         if before.is_some_and(|(_, running)| running) {
-            return Ok(false);
+            return Ok(Forget::Running);
+        }
+        let history = self.read_history(exec).await?;
+        if !history_ended(&history) {
+            return Ok(Forget::RunningByItsHistory);
         }
         // The participants' idempotency records of its tasks go first: a
         // new execution of the same name gives its tasks the same ids, and
         // must not find this one's results and have them replayed.
-        self.forget_idempotency_records(exec).await?;
+        self.forget_idempotency_records(exec, &history).await?;
         if entry("read execution index entry").await? != before {
-            return Ok(false);
+            return Ok(Forget::Running);
         }
         let subject = self
             .infra
@@ -975,15 +1012,18 @@ impl Store {
                 .await
                 .map_err(|e| nats("delete execution index entry")(&e))?;
         }
-        Ok(true)
+        Ok(Forget::Forgotten)
     }
 
     /// Purges the idempotency records of an execution's tasks (those its
     /// history scheduled), where there are any.
-    async fn forget_idempotency_records(&self, exec: &ExecutionRef) -> Result<(), StoreError> {
+    async fn forget_idempotency_records(
+        &self,
+        exec: &ExecutionRef,
+        history: &StoredHistory,
+    ) -> Result<(), StoreError> {
         use crate::driver::HistoryItem;
         use sagaflow_asl::interp::Command;
-        let history = self.read_history(exec).await?;
         let arn = exec.arn();
         let keys: std::collections::BTreeSet<String> = history
             .batches
