@@ -1067,6 +1067,9 @@ async fn requests_over_the_queue_are_throttled_and_the_client_retries() {
     }
     assert!(answered >= 1);
     assert!(throttled >= 1, "none of 30 requests at once was throttled");
+    // A client that waits for ever (no overflow computing its deadline).
+    let patient = ApiClient::new(nats.clone(), Namespace::default()).with_timeout(Duration::MAX);
+    assert_eq!(patient.list_state_machines().await.unwrap().len(), 1);
     // Through the client: every one is answered in the end.
     let listed = futures::future::join_all((0..30).map(|_| client.list_state_machines())).await;
     for l in listed {

@@ -110,6 +110,9 @@ impl Distributed {
         if let Some(name) = name {
             sagaflow_protocol::ExecutionRef::new(state_machine, name)?;
         }
+        // As embedded; deeper than JSON decoding takes, the API would only
+        // say the request is malformed.
+        crate::check_depth("input", &input)?;
         let reply = self
             .api
             .start_execution(StartExecutionRequest {
@@ -295,7 +298,7 @@ struct Backoff {
 impl Backoff {
     fn new(patience: Duration) -> Backoff {
         Backoff {
-            deadline: tokio::time::Instant::now() + patience,
+            deadline: crate::deadline_after(patience),
             pause: Duration::from_millis(5),
         }
     }

@@ -271,21 +271,30 @@ impl Embedded {
         input: Value,
         name: Option<&str>,
     ) -> Result<(String, bool), Error> {
+        // In the API's order: names, then the input, then the machine.
         sagaflow_protocol::check_name("state machine name", state_machine)?;
-        let machine = lock(&self.machines)
-            .get(state_machine)
-            .and_then(|v| v.last().map(|d| Arc::clone(&d.machine)))
-            .ok_or_else(|| Error::StateMachineDoesNotExist(state_machine.to_string()))?;
         let name = name
             .map(str::to_string)
             .unwrap_or_else(sagaflow_coordinator::cluster::api::fresh_name);
         let exec = ExecutionRef::new(state_machine, &name)?;
         self.check_size("input", &input)?;
+        let machine = lock(&self.machines)
+            .get(state_machine)
+            .and_then(|v| v.last().map(|d| Arc::clone(&d.machine)))
+            .ok_or_else(|| Error::StateMachineDoesNotExist(state_machine.to_string()))?;
         let arn = exec.arn();
         let mut executions = lock(&self.executions);
         self.prune(&mut executions);
         if lock(&self.forgotten).contains_key(&arn) {
-            return Err(Error::ExecutionAlreadyExists(arn));
+            let window = self.duplicate_window.as_secs();
+            return Err(Error::NameNotYetReusable {
+                message: format!(
+                    "execution {arn} was started less than {window} s ago and deleted since \
+                     (its retention ran out); its name can be used again once {window} s have \
+                     passed since that start"
+                ),
+                execution: arn,
+            });
         }
         if let Some(existing) = executions.get(&arn) {
             return if existing.input == input {
@@ -338,12 +347,7 @@ impl Embedded {
     /// Refuses a payload over the limit or nested too deep, as the API
     /// does (the depth first: measuring the size recurses).
     fn check_size(&self, what: &str, value: &Value) -> Result<(), Error> {
-        if sagaflow_asl::interp::too_deeply_nested(value) {
-            return Err(Error::InvalidPayload(format!(
-                "the {what} nests arrays and objects more than {} levels deep",
-                sagaflow_asl::interp::MAX_DEPTH
-            )));
-        }
+        crate::check_depth(what, value)?;
         let size = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
         if size > self.max_payload_bytes {
             return Err(Error::PayloadTooLarge(format!(

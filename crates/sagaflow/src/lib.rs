@@ -134,6 +134,17 @@ pub enum Error {
     /// An execution of this name exists with another input.
     #[error("execution '{0}' already exists with another input")]
     ExecutionAlreadyExists(String),
+    /// An execution of this name was started less than the duplicate
+    /// window (`Settings::duplicate_window`, 2 minutes) ago and deleted
+    /// since (its retention ran out): the name can be used again once that
+    /// window has passed.
+    #[error("{message}")]
+    NameNotYetReusable {
+        /// The execution's ARN.
+        execution: String,
+        /// What happened, and when the name is free again.
+        message: String,
+    },
     /// No execution has this ARN.
     #[error("no execution '{0}'")]
     ExecutionDoesNotExist(String),
@@ -199,6 +210,26 @@ pub enum Error {
 /// A distributed call's error about `machine` or the execution `arn`, with
 /// the fields the embedded mode gives (the name or ARN, not the API's
 /// sentence).
+/// Refuses a value nested deeper than executions take, as StartExecution
+/// and SendTaskSuccess do (both backends give this error).
+pub(crate) fn check_depth(what: &str, value: &Value) -> Result<(), Error> {
+    if sagaflow_asl::interp::too_deeply_nested(value) {
+        return Err(Error::InvalidPayload(format!(
+            "the {what} nests arrays and objects more than {} levels deep",
+            sagaflow_asl::interp::MAX_DEPTH
+        )));
+    }
+    Ok(())
+}
+
+/// The instant `patience` from now; a patience past what an instant holds
+/// (`Duration::MAX`: wait for ever) gives a deadline a century away.
+pub(crate) fn deadline_after(patience: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(patience)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 fn about(e: Error, machine: Option<&str>, arn: Option<&str>) -> Error {
     match (e, machine, arn) {
         (Error::StateMachineDoesNotExist(_), Some(machine), _) => {
@@ -210,6 +241,10 @@ fn about(e: Error, machine: Option<&str>, arn: Option<&str>) -> Error {
         (Error::ExecutionAlreadyExists(_), _, Some(arn)) => {
             Error::ExecutionAlreadyExists(arn.to_string())
         }
+        (Error::NameNotYetReusable { message, .. }, _, Some(arn)) => Error::NameNotYetReusable {
+            execution: arn.to_string(),
+            message,
+        },
         (Error::ExecutionNotRedrivable { reason, .. }, _, Some(arn)) => {
             Error::ExecutionNotRedrivable {
                 execution: arn.to_string(),
@@ -228,7 +263,12 @@ impl From<ApiClientError> for Error {
                 // Refused because the name's duplicate window is not over
                 // (its execution deleted since): the API's sentence says
                 // so, and stays whole.
-                "ExecutionAlreadyExists" if api.message.contains("deleted since") => Error::Api(e),
+                "ExecutionAlreadyExists" if api.message.contains("deleted since") => {
+                    Error::NameNotYetReusable {
+                        execution: String::new(),
+                        message: api.message.clone(),
+                    }
+                }
                 "ExecutionAlreadyExists" => Error::ExecutionAlreadyExists(api.message.clone()),
                 "ExecutionDoesNotExist" => Error::ExecutionDoesNotExist(api.message.clone()),
                 "TaskDoesNotExist" | "TaskTimedOut" | "InvalidToken" => Error::TaskDoesNotExist,
@@ -489,7 +529,7 @@ impl Sagaflow {
         definition: &str,
         patience: Duration,
     ) -> Result<u64, Error> {
-        let deadline = tokio::time::Instant::now() + patience;
+        let deadline = deadline_after(patience);
         loop {
             match self.deploy(name, definition).await {
                 Err(Error::Api(
@@ -537,8 +577,12 @@ impl Sagaflow {
     /// A handle on an existing execution, by ARN (as [`Execution::arn`]
     /// gives it).
     pub fn execution(&self, arn: impl Into<String>) -> Execution {
+        let arn = arn.into();
+        // Any region and account name the same execution: the canonical
+        // ARN, as the API resolves it.
+        let arn = sagaflow_protocol::ExecutionRef::from_arn(&arn).map_or(arn, |r| r.arn());
         Execution {
-            arn: arn.into(),
+            arn,
             backend: self.backend.clone(),
             started_here: false,
         }
@@ -548,8 +592,11 @@ impl Sagaflow {
     /// (`$$.Task.Token`) with `output` (AWS's `SendTaskSuccess`).
     pub async fn send_task_success(&self, token: &str, output: Value) -> Result<(), Error> {
         match &self.backend {
-            Backend::Embedded(e) => e.complete(token, Ok(output)),
-            Backend::Distributed(d) => Ok(d.api().send_task_success(token, output).await?),
+            Backend::Embedded(e) => e.complete(token.trim(), Ok(output)),
+            Backend::Distributed(d) => {
+                check_depth("output", &output)?;
+                Ok(d.api().send_task_success(token, output).await?)
+            }
         }
     }
 
@@ -562,7 +609,7 @@ impl Sagaflow {
         cause: &str,
     ) -> Result<(), Error> {
         match &self.backend {
-            Backend::Embedded(e) => e.complete(token, Err(TaskError::new(error, cause))),
+            Backend::Embedded(e) => e.complete(token.trim(), Err(TaskError::new(error, cause))),
             Backend::Distributed(d) => Ok(d
                 .api()
                 .send_task_failure(token, Some(error.to_string()), Some(cause.to_string()))
@@ -574,7 +621,7 @@ impl Sagaflow {
     /// `token` is alive; its `HeartbeatSeconds` counts again from now.
     pub async fn send_task_heartbeat(&self, token: &str) -> Result<(), Error> {
         match &self.backend {
-            Backend::Embedded(e) => e.heartbeat(token),
+            Backend::Embedded(e) => e.heartbeat(token.trim()),
             Backend::Distributed(d) => Ok(d.api().send_task_heartbeat(token).await?),
         }
     }

@@ -390,9 +390,10 @@ async fn callback_heartbeats_keep_a_task_alive_on_both_backends() {
                 .await
                 .unwrap_or_else(|e| panic!("{mode:?}: heartbeat refused: {e}"));
         }
-        saga.send_task_success(&token, json!({"answer": "yes"}))
+        // The token as read from a line of a file: the same token.
+        saga.send_task_success(&format!("{token}\n"), json!({"answer": "yes"}))
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
         let r = alive.wait(LIMIT).await.unwrap();
         assert_eq!(r.status, Status::Succeeded, "{mode:?}: {r:?}");
         assert_eq!(r.output, Some(json!({"answer": "yes"})));
@@ -765,15 +766,44 @@ async fn the_same_mistakes_get_the_same_errors_on_both_backends() {
         );
         // An input nested deeper than histories can hold is refused before
         // anything is recorded.
-        let mut deep = json!(1);
-        for _ in 0..110 {
-            deep = json!([deep]);
+        // Deeper than JSON decoding takes, too (over NATS it was a
+        // malformed request).
+        for depth in [110, 200] {
+            let mut deep = json!(1);
+            for _ in 0..depth {
+                deep = json!([deep]);
+            }
+            let too_deep = saga.start("hold", deep, None).await;
+            assert!(
+                matches!(too_deep, Err(Error::InvalidPayload(_))),
+                "{mode:?}: {depth}: {too_deep:?}"
+            );
         }
-        let too_deep = saga.start("hold", deep, None).await;
+        // Checked in one order: the name, the input, then the machine.
+        let bad_name = saga.start("nope", json!({}), Some("a b")).await;
         assert!(
-            matches!(too_deep, Err(Error::InvalidPayload(_))),
-            "{mode:?}: {too_deep:?}"
+            matches!(bad_name, Err(Error::InvalidName(_))),
+            "{mode:?}: {bad_name:?}"
         );
+        let too_big = saga
+            .start("nope", json!({"blob": "x".repeat(300_000)}), None)
+            .await;
+        assert!(
+            matches!(too_big, Err(Error::PayloadTooLarge(_))),
+            "{mode:?}: {too_big:?}"
+        );
+        // The ARN in another region and account names the same execution.
+        let elsewhere = saga.execution(
+            e.arn()
+                .replace(":local:000000000000:", ":us-east-1:123456789012:"),
+        );
+        assert_ne!(elsewhere.arn(), "");
+        assert_eq!(
+            elsewhere.describe().await.map(|d| d.status).ok(),
+            Some(Status::Running),
+            "{mode:?}"
+        );
+        assert_eq!(elsewhere.arn(), e.arn(), "{mode:?}");
 
         let running = e.redrive().await;
         assert!(

@@ -454,13 +454,32 @@ async fn ended_executions_are_forgotten_after_the_retention() {
     assert_eq!(names, ["new"]);
     // Its name is not free again within the duplicate window (as over
     // NATS, where the broker would drop the new start as a repeat)...
-    assert!(matches!(
-        saga.start("double", json!(2), Some("old")).await,
-        Err(Error::ExecutionAlreadyExists(_))
-    ));
+    match saga.start("double", json!(2), Some("old")).await {
+        Err(Error::NameNotYetReusable { execution, message }) => {
+            assert_eq!(execution, old.arn());
+            assert!(message.contains("deleted since"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
     // ... and is once the window has passed (and the next look came),
     // even with another input.
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let again = saga.start("double", json!(5), Some("old")).await.unwrap();
     assert_eq!(again.wait(LIMIT).await.unwrap().output, Some(json!(10)));
+}
+
+/// A patience with no end (`Duration::MAX`) is taken as "wait for ever",
+/// not an overflow.
+#[tokio::test]
+async fn an_endless_patience_is_taken() {
+    let (saga, _rx) = saga().await;
+    let version = saga
+        .deploy_when_ready(
+            "endless",
+            r#"{"StartAt": "P", "States": {"P": {"Type": "Succeed"}}}"#,
+            Duration::MAX,
+        )
+        .await
+        .expect("deployed");
+    assert_eq!(version, 1);
 }

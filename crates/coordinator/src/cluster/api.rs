@@ -260,7 +260,7 @@ fn invalid_name(e: impl std::fmt::Display) -> ApiError {
 }
 
 fn now() -> String {
-    jiff::Timestamp::now().to_string()
+    super::engine::rfc3339(jiff::Timestamp::now())
 }
 
 /// A random 64-bit number (seeds, fresh names): std's randomly keyed
@@ -578,6 +578,16 @@ impl Api {
         };
         let exec = ExecutionRef::new(&req.state_machine, &name).map_err(invalid_name)?;
         let input = req.input.unwrap_or_else(|| json!({}));
+        // The depth first (as embedded): measuring the size recurses.
+        if sagaflow_asl::interp::too_deeply_nested(&input) {
+            return Err(ApiError::new(
+                codes::INVALID_EXECUTION_INPUT,
+                format!(
+                    "the input nests arrays and objects more than {} levels deep",
+                    sagaflow_asl::interp::MAX_DEPTH
+                ),
+            ));
+        }
         let size = json_len(&input);
         if size > self.options.max_payload_bytes {
             return Err(ApiError::new(
@@ -585,15 +595,6 @@ impl Api {
                 format!(
                     "the input is {size} bytes; at most {} are allowed",
                     self.options.max_payload_bytes
-                ),
-            ));
-        }
-        if sagaflow_asl::interp::too_deeply_nested(&input) {
-            return Err(ApiError::new(
-                codes::INVALID_EXECUTION_INPUT,
-                format!(
-                    "the input nests arrays and objects more than {} levels deep",
-                    sagaflow_asl::interp::MAX_DEPTH
                 ),
             ));
         }

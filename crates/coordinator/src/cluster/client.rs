@@ -122,7 +122,11 @@ impl ApiClient {
         body: Vec<u8>,
     ) -> Result<T, ApiClientError> {
         let body = bytes::Bytes::from(body);
-        let give_up = tokio::time::Instant::now() + self.timeout;
+        // A time-out past what an instant holds: no deadline to speak of.
+        let now = tokio::time::Instant::now();
+        let give_up = now
+            .checked_add(self.timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
         let mut pause = Duration::from_millis(20);
         loop {
             match self.call_once(op, body.clone()).await {
