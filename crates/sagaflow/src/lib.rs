@@ -570,7 +570,7 @@ impl Sagaflow {
         Ok(Execution {
             arn,
             backend: self.backend.clone(),
-            started_here: true,
+            started_here: Some(tokio::time::Instant::now()),
         })
     }
 
@@ -584,7 +584,7 @@ impl Sagaflow {
         Execution {
             arn,
             backend: self.backend.clone(),
-            started_here: false,
+            started_here: None,
         }
     }
 
@@ -697,10 +697,14 @@ pub struct ExecutionSummary {
 pub struct Execution {
     arn: String,
     backend: Backend,
-    /// Returned by [`Sagaflow::start`]: the execution exists even when the
-    /// coordinators have not indexed it yet.
-    started_here: bool,
+    /// When [`Sagaflow::start`] returned it: the execution exists even
+    /// when the coordinators do not find it yet.
+    started_here: Option<tokio::time::Instant>,
 }
+
+/// How long after its start an execution the API does not find is taken
+/// for one whose start is still on its way (later, for one deleted since).
+const JUST_STARTED: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Execution {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -709,6 +713,13 @@ impl std::fmt::Debug for Execution {
 }
 
 impl Execution {
+    /// Started by this handle's [`Sagaflow::start`] less than
+    /// [`JUST_STARTED`] ago.
+    fn just_started(&self) -> bool {
+        self.started_here
+            .is_some_and(|at| at.elapsed() < JUST_STARTED)
+    }
+
     /// A malformed ARN is [`Error::InvalidName`] on both backends.
     fn check_arn(&self) -> Result<(), Error> {
         sagaflow_protocol::ExecutionRef::from_arn(&self.arn)?;
@@ -733,7 +744,7 @@ impl Execution {
         match &self.backend {
             Backend::Embedded(e) => e.describe(&self.arn),
             Backend::Distributed(d) => d
-                .describe(&self.arn, self.started_here)
+                .describe(&self.arn, self.just_started())
                 .await
                 .map_err(|e| about(e, None, Some(&self.arn))),
         }
@@ -745,7 +756,7 @@ impl Execution {
         match &self.backend {
             Backend::Embedded(e) => e.wait(&self.arn, timeout).await,
             Backend::Distributed(d) => d
-                .wait(&self.arn, timeout, self.started_here)
+                .wait(&self.arn, timeout, self.just_started())
                 .await
                 .map_err(|e| about(e, None, Some(&self.arn))),
         }
@@ -760,7 +771,7 @@ impl Execution {
         match &self.backend {
             Backend::Embedded(e) => e.history(&self.arn),
             Backend::Distributed(d) => d
-                .history(&self.arn, self.started_here)
+                .history(&self.arn, self.just_started())
                 .await
                 .map_err(|e| about(e, None, Some(&self.arn))),
         }
@@ -776,7 +787,7 @@ impl Execution {
         match &self.backend {
             Backend::Embedded(e) => e.stop(&self.arn, error, cause),
             Backend::Distributed(d) => d
-                .stop(&self.arn, error, cause, self.started_here)
+                .stop(&self.arn, error, cause, self.just_started())
                 .await
                 .map_err(|e| about(e, None, Some(&self.arn))),
         }
