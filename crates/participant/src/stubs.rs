@@ -352,7 +352,7 @@ impl Behaviour {
                         .find(|c| {
                             input
                                 .pointer(&c.pointer)
-                                .is_some_and(|v| same_value(v, &c.equals))
+                                .is_some_and(|v| json_eq(v, &c.equals))
                         })
                         .map(|c| &c.then)
                         .or(otherwise.as_deref());
@@ -386,26 +386,31 @@ impl Behaviour {
     }
 }
 
-/// JSON equality with numbers compared by value (`100` and `100.0` are
-/// equal, as in a Choice rule's `NumericEquals`), in arrays and objects too.
-fn same_value(a: &Value, b: &Value) -> bool {
+/// JSON equality where numbers compare by value (`3` equals `3.0`, as in a
+/// Choice rule's `NumericEquals`: JSON numbers carry no type), in arrays and
+/// objects too; object key order does not count. How a stub's `switch`
+/// compares, and how the conformance suite compares outputs.
+pub fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
             if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
-                x == y
-            } else if let (Some(x), Some(y)) = (x.as_u64(), y.as_u64()) {
-                x == y
-            } else {
-                x.as_f64() == y.as_f64()
+                return x == y;
+            }
+            if let (Some(x), Some(y)) = (x.as_u64(), y.as_u64()) {
+                return x == y;
+            }
+            match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => x == y,
+                _ => false,
             }
         }
         (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
                 && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
     }
