@@ -517,6 +517,36 @@ struct Live {
     trace: Option<ExecutionTrace>,
 }
 
+impl Live {
+    /// An execution in memory with nothing pending yet: its commands fill
+    /// in its tasks and timers as they come.
+    fn new(
+        exec_ref: ExecutionRef,
+        route: Route,
+        exec: Execution,
+        meta: ExecutionMeta,
+        start: Timestamp,
+        input: Value,
+    ) -> Live {
+        Live {
+            exec_ref,
+            route,
+            exec,
+            meta,
+            last_sequence: 0,
+            start,
+            input,
+            pending: HashMap::new(),
+            timers: HashMap::new(),
+            heartbeats: HashMap::new(),
+            redrive_count: 0,
+            stop_children: Vec::new(),
+            completed_at: None,
+            trace: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Due {
     Timer(String),
@@ -1174,22 +1204,15 @@ impl Partition {
                 return Err(e.to_string());
             }
         };
-        let mut live = Live {
-            exec_ref: exec_ref.clone(),
-            route: Route::new(exec_ref, self.store()),
-            exec: Execution::new(machine, self.shared.options.runtime.interp_options()),
+        let mut live = Live::new(
+            exec_ref.clone(),
+            Route::new(exec_ref, self.store()),
+            Execution::new(machine, self.shared.options.runtime.interp_options()),
             meta,
-            last_sequence: history.last_sequence,
-            start: now(),
-            input: Value::Null,
-            pending: HashMap::new(),
-            timers: HashMap::new(),
-            heartbeats: HashMap::new(),
-            redrive_count: 0,
-            stop_children: Vec::new(),
-            completed_at: None,
-            trace: None,
-        };
+            now(),
+            Value::Null,
+        );
+        live.last_sequence = history.last_sequence;
         // The execution's trace goes on where the previous owner left it:
         // same trace, same span ids, open spans rebuilt by the replay.
         live.trace = live.meta.execution_span.as_deref().and_then(|span| {
@@ -2055,22 +2078,15 @@ impl Partition {
         } else {
             self.index_writes.push((exec_ref.key(), desc));
         }
-        let live = Live {
-            exec_ref: exec_ref.clone(),
-            route: Route::new(exec_ref, self.store()),
-            exec: Execution::new(machine, self.shared.options.runtime.interp_options()),
-            meta: meta.clone(),
-            last_sequence: 0,
-            start: t,
-            input: start.input.clone(),
-            pending: HashMap::new(),
-            timers: HashMap::new(),
-            heartbeats: HashMap::new(),
-            redrive_count: 0,
-            stop_children: Vec::new(),
-            completed_at: None,
-            trace,
-        };
+        let mut live = Live::new(
+            exec_ref.clone(),
+            Route::new(exec_ref, self.store()),
+            Execution::new(machine, self.shared.options.runtime.interp_options()),
+            meta.clone(),
+            t,
+            start.input.clone(),
+        );
+        live.trace = trace;
         self.live.insert(exec_ref.key(), live);
         let event = Event::ExecutionStarted {
             info: ExecutionInfo {
@@ -3219,35 +3235,27 @@ mod tests {
         let machine =
             sagaflow_asl::parse::parse_definition(definition).expect("a valid definition");
         let exec_ref = ExecutionRef::new("m", name).expect("a valid name");
-        let mut live = Live {
-            route: Route {
+        let mut live = Live::new(
+            exec_ref.clone(),
+            Route {
                 arn: exec_ref.arn(),
                 reply_to: "inbox".into(),
                 result_to: "result".into(),
             },
-            exec_ref: exec_ref.clone(),
-            exec: Execution::new(
+            Execution::new(
                 Arc::new(machine),
                 RuntimeOptions::default().interp_options(),
             ),
-            meta: ExecutionMeta {
+            ExecutionMeta {
                 state_machine: "m".into(),
                 version: 1,
                 traceparent: None,
                 execution_span: None,
                 parent: None,
             },
-            last_sequence: 0,
-            start: at,
-            input: json!({}),
-            pending: HashMap::new(),
-            timers: HashMap::new(),
-            heartbeats: HashMap::new(),
-            redrive_count: 0,
-            stop_children: Vec::new(),
-            completed_at: None,
-            trace: None,
-        };
+            at,
+            json!({}),
+        );
         let mut out = Vec::new();
         let event = Event::ExecutionStarted {
             info: ExecutionInfo {
