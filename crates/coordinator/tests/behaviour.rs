@@ -700,18 +700,34 @@ async fn thousands_of_child_starts_in_a_row_run_as_steps_of_the_loop() {
     env.deploy("fan", &fan.to_string()).await;
     const CHILDREN: usize = 3000;
     let items: Vec<usize> = (0..CHILDREN).collect();
-    // Meanwhile, another execution of the partitions waits one second: its
-    // timer fires while the children are started.
+    // Meanwhile, another execution of the same partition waits (no time:
+    // its timer is due at once): its timer fires while the children are
+    // still being started.
     env.deploy(
         "pause",
-        r#"{"StartAt": "P", "States": {"P": {"Type": "Wait", "Seconds": 1, "End": true}}}"#,
+        r#"{"StartAt": "P", "States": {"P": {"Type": "Wait", "Seconds": 0, "End": true}}}"#,
     )
     .await;
+    let store = env.cluster.as_ref().expect("running").store().clone();
+    let fan_ref = ExecutionRef::new("fan", "fan").unwrap();
+    let pause_name = (0..)
+        .map(|i| format!("pause-{i}"))
+        .find(|n| {
+            store.partition_of(&ExecutionRef::new("pause", n).unwrap())
+                == store.partition_of(&fan_ref)
+        })
+        .unwrap();
     let fan_arn = env
         .start_execution("fan", "fan", json!({"items": items}))
         .await;
-    let pause = env.run("pause", "pause", json!({})).await;
+    env.until_event(&fan_arn, "MapIterationStarted").await;
+    let pause = env.run("pause", &pause_name, json!({})).await;
     assert_status(&pause, ExecutionStatus::Succeeded);
+    assert_eq!(
+        env.describe(&fan_arn).await.status,
+        ExecutionStatus::Running,
+        "the Wait ended only after the whole chain of child starts"
+    );
     let done = env.wait(&fan_arn).await;
     assert_status(&done, ExecutionStatus::Succeeded);
     let out = done.output.expect("output");
@@ -1045,7 +1061,7 @@ async fn retention_keeps_an_execution_whose_history_runs() {
     let env = Env::start_with(opts).await;
     env.deploy(
         "pause",
-        r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 4, "End": true}}}"#,
+        r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 6, "End": true}}}"#,
     )
     .await;
     let arn = env.start_execution("pause", "kept", json!({})).await;
@@ -1062,8 +1078,18 @@ async fn retention_keeps_an_execution_whose_history_runs() {
         Forget::RunningByItsHistory
     );
     assert!(!store.read_history(&exec).await.unwrap().batches.is_empty());
-    // The coordinator's retention rounds (every 300 ms) see the same and
-    // delete nothing: it runs to its end, and its entry says so.
+    // The coordinator's retention rounds (every 300 ms) see the same,
+    // delete nothing, and put the entry right while it waits.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        let status = store.execution(&exec).await.unwrap().map(|d| d.status);
+        if status == Some(ExecutionStatus::Running) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the entry still says {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It runs to its end, and its entry says so.
     let deadline = Instant::now() + common::LIMIT;
     loop {
         let desc = env.describe(&arn).await;

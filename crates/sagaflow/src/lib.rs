@@ -207,9 +207,6 @@ pub enum Error {
     Api(ApiClientError),
 }
 
-/// A distributed call's error about `machine` or the execution `arn`, with
-/// the fields the embedded mode gives (the name or ARN, not the API's
-/// sentence).
 /// Refuses a value nested deeper than executions take, as StartExecution
 /// and SendTaskSuccess do (both backends give this error).
 pub(crate) fn check_depth(what: &str, value: &Value) -> Result<(), Error> {
@@ -230,6 +227,9 @@ pub(crate) fn deadline_after(patience: Duration) -> tokio::time::Instant {
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
+/// A distributed call's error about `machine` or the execution `arn`, with
+/// the fields the embedded mode gives (the name or ARN, not the API's
+/// sentence).
 fn about(e: Error, machine: Option<&str>, arn: Option<&str>) -> Error {
     match (e, machine, arn) {
         (Error::StateMachineDoesNotExist(_), Some(machine), _) => {

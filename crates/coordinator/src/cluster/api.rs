@@ -1493,16 +1493,14 @@ impl TriggerService {
     /// Stops every trigger subscription, gracefully: no message is taken
     /// any more (the others coordinators' subscriptions get them), the
     /// messages already received are handled, and the starts under way
-    /// finish (each for at most [`TRIGGER_DRAIN_LIMIT`]). A trigger message
-    /// is not lost because its coordinator was stopped.
+    /// finish (for at most [`TRIGGER_DRAIN_LIMIT`] in all). A trigger
+    /// message is not lost because its coordinator was stopped.
     pub async fn stop(mut self) {
+        let deadline = tokio::time::Instant::now() + TRIGGER_DRAIN_LIMIT;
         let _ = self.drain.send(true);
         let mut loops = std::mem::take(&mut self.loops);
-        let drained = tokio::time::timeout(
-            TRIGGER_DRAIN_LIMIT,
-            futures::future::join_all(loops.iter_mut()),
-        )
-        .await;
+        let drained =
+            tokio::time::timeout_at(deadline, futures::future::join_all(loops.iter_mut())).await;
         if drained.is_err() {
             tracing::warn!(
                 "trigger messages still being received after {TRIGGER_DRAIN_LIMIT:?}; stopping anyway"
@@ -1511,12 +1509,9 @@ impl TriggerService {
                 l.abort();
             }
         }
-        if tokio::time::timeout(
-            TRIGGER_DRAIN_LIMIT,
-            self.in_flight.acquire_many(self.permits),
-        )
-        .await
-        .is_err()
+        if tokio::time::timeout_at(deadline, self.in_flight.acquire_many(self.permits))
+            .await
+            .is_err()
         {
             tracing::warn!(
                 "trigger starts still under way after {TRIGGER_DRAIN_LIMIT:?}; stopping anyway"

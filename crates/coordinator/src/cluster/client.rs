@@ -129,7 +129,9 @@ impl ApiClient {
             .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
         let mut pause = Duration::from_millis(20);
         loop {
-            match self.call_once(op, body.clone()).await {
+            // Each try within what is left of the time-out.
+            let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+            match self.call_once(op, body.clone(), left).await {
                 Err(ApiClientError::Api(e))
                     if e.code == super::api::codes::THROTTLED
                         && tokio::time::Instant::now() + pause < give_up =>
@@ -150,11 +152,12 @@ impl ApiClient {
         &self,
         op: Operation,
         body: bytes::Bytes,
+        timeout: Duration,
     ) -> Result<T, ApiClientError> {
         let subject = self.ns.api_subject(op);
         let request = async_nats::Request::new()
             .payload(body)
-            .timeout(Some(self.timeout));
+            .timeout(Some(timeout));
         let message = match self.client.send_request(subject.clone(), request).await {
             Ok(m) => m,
             Err(e) => {

@@ -736,7 +736,8 @@ impl Partition {
         let phase = reconcile_every
             .mul_f64(f64::from(self.partition) / f64::from(self.store().partitions().max(1)));
         let mut next_reconcile = tokio::time::Instant::now() + reconcile_every + phase;
-        let mut reconciling: Option<JoinHandle<(IndexView, Vec<ExecutionRef>)>> = None;
+        type Listed = (IndexView, Vec<ExecutionRef>, Vec<ExecutionRef>);
+        let mut reconciling: Option<JoinHandle<Listed>> = None;
         let mut results: Option<async_nats::Subscriber> = None;
         let mut failed_writes = self
             .failed_writes_rx
@@ -861,6 +862,7 @@ impl Partition {
                         }
                         self.gather(&mut batch, messages.as_mut(), results.as_mut());
                         self.handle_inbox(batch).await;
+                        self.fire_if_due().await;
                     }
                     first = next_result => {
                         let Some(first) = first else {
@@ -871,11 +873,7 @@ impl Partition {
                         let mut batch = vec![Delivery::Result(first)];
                         self.gather(&mut batch, messages.as_mut(), results.as_mut());
                         self.handle_inbox(batch).await;
-                    }
-                    // Results the coordinator made itself, when no message
-                    // came to be stepped with them.
-                    () = std::future::ready(()), if !self.follow_ups.is_empty() => {
-                        self.step(Vec::new()).await;
+                        self.fire_if_due().await;
                     }
                     _ = sleep => self.fire_due().await,
                     Some(key) = failed_writes.recv() => {
@@ -904,9 +902,9 @@ impl Partition {
                         reconciling = None;
                         next_reconcile = tokio::time::Instant::now() + reconcile_every;
                         match listed {
-                            Ok((view, running)) => {
+                            Ok((view, running, misindexed)) => {
                                 index_view = view;
-                                self.reconcile(running).await;
+                                self.reconcile(running, misindexed).await;
                             }
                             Err(e) => {
                                 self.finished_while_listing = None;
@@ -915,6 +913,14 @@ impl Partition {
                         }
                     }
                     _ = reopen => break,
+                    // Results the coordinator made itself, when nothing else
+                    // is ready (a message brings them along in its step):
+                    // last, so that a chain of them (one child start after
+                    // another) leaves the timers, reloads and
+                    // reconciliation their turns.
+                    () = std::future::ready(()), if !self.follow_ups.is_empty() => {
+                        self.step(Vec::new()).await;
+                    }
                 }
             }
         }
@@ -967,7 +973,31 @@ impl Partition {
     /// duplicates).
     /// Reloads the running executions (from [`list_for_reconcile`]) that
     /// nobody holds here.
-    async fn reconcile(&mut self, running: Vec<ExecutionRef>) {
+    async fn reconcile(&mut self, running: Vec<ExecutionRef>, misindexed: Vec<ExecutionRef>) {
+        // Running by their history, ended by their index entry (written
+        // late, by a stale owner say): the entry is put right, from memory
+        // or by a reload.
+        for exec_ref in misindexed {
+            let key = exec_ref.key();
+            match self.live.get(&key) {
+                Some(live) if live.exec.outcome().is_none() => {
+                    if let Err(e) = self
+                        .shared
+                        .store
+                        .put_execution(&running_description(live))
+                        .await
+                    {
+                        tracing::warn!(execution = %key, error = %e, "cannot rewrite the execution index; reloading it later");
+                        self.evict(&key);
+                    }
+                }
+                // Ended meanwhile: its finish writes the entry.
+                Some(_) => {}
+                None => {
+                    self.reload.insert(key);
+                }
+            }
+        }
         let finished = self.finished_while_listing.take().unwrap_or_default();
         for exec_ref in running {
             let key = exec_ref.key();
@@ -1135,11 +1165,18 @@ impl Partition {
         for (timer, at) in &live.timers {
             wheel.push((*at, Due::Timer(timer.clone())));
         }
+        let mut replaced = Vec::new();
         for p in live.pending.values() {
             if let Some(hb) = p.request.heartbeat_seconds {
                 let deadline = after_seconds(t, hb);
-                live.heartbeats
-                    .insert(p.request.task_id.to_string(), deadline);
+                // A deadline this one replaces (armed already: an
+                // execution resumed twice) leaves the wheel.
+                if let Some(old) = live
+                    .heartbeats
+                    .insert(p.request.task_id.to_string(), deadline)
+                {
+                    replaced.push((old, Due::Heartbeat(p.request.task_id.to_string())));
+                }
                 wheel.push((deadline, Due::Heartbeat(p.request.task_id.to_string())));
             }
             if alive.contains(&*p.request.task_id) {
@@ -1149,6 +1186,9 @@ impl Partition {
                 Some(message) => messages.push(message.clone()),
                 None => in_coordinator.push(p.clone()),
             }
+        }
+        for (at, due) in replaced {
+            self.wheel.remove(&(at, key.to_string(), due));
         }
         for (at, due) in wheel {
             self.wheel.insert((at, key.to_string(), due), ());
@@ -1414,6 +1454,16 @@ impl Partition {
                     }
                 }
             }
+        }
+    }
+
+    /// Fires the timers that came due while messages were handled: under a
+    /// steady stream of messages (which the loop takes first) timers would
+    /// otherwise wait for a lull.
+    async fn fire_if_due(&mut self) {
+        let t = now();
+        if self.wheel.keys().next().is_some_and(|(at, _, _)| *at <= t) {
+            self.fire_due().await;
         }
     }
 
@@ -2963,22 +3013,24 @@ impl IndexView {
 /// the partition's [`IndexView`] up to date, deletes the ended executions
 /// whose retention ran out ([`sagaflow_nats::Settings::retention`]), and
 /// returns the view with the running executions (none when the index
-/// cannot be read: the next round tries again).
+/// cannot be read: the next round tries again) and those whose history
+/// runs though their index entry says they ended.
 async fn list_for_reconcile(
     store: Store,
     partition: u32,
     mut view: IndexView,
-) -> (IndexView, Vec<ExecutionRef>) {
+) -> (IndexView, Vec<ExecutionRef>, Vec<ExecutionRef>) {
     // Bounded: a read that stalls is dropped, the next round tries again.
     let reading = store.partition_index_changes(partition, view.cursor);
     let Ok(Ok((changes, cursor))) = tokio::time::timeout(Duration::from_secs(60), reading).await
     else {
-        return (view, Vec::new());
+        return (view, Vec::new(), Vec::new());
     };
     let retention = store.infra().settings.retention;
     view.apply(changes, retention);
     view.cursor = cursor;
-    let mut running: Vec<ExecutionRef> = view.running.values().cloned().collect();
+    let running: Vec<ExecutionRef> = view.running.values().cloned().collect();
+    let mut misindexed = Vec::new();
     for (key, exec_ref) in view.expired(retention, now()) {
         match store.forget_execution(&exec_ref).await {
             Ok(Forget::Forgotten) => {
@@ -2990,19 +3042,18 @@ async fn list_for_reconcile(
             Ok(Forget::Running) => {
                 view.ended.remove(&key);
             }
-            // Its entry is wrong: reconciled like a running execution held
-            // by nobody (reloaded, its entry rewritten).
+            // Its entry is wrong: put right by the partition's loop.
             Ok(Forget::RunningByItsHistory) => {
-                tracing::warn!(execution = %exec_ref.arn(), "retention: the index says it ended, its history runs; reloading it");
+                tracing::warn!(execution = %exec_ref.arn(), "retention: the index says it ended, its history runs; rewriting its entry");
                 view.ended.remove(&key);
-                running.push(exec_ref);
+                misindexed.push(exec_ref);
             }
             Err(e) => {
                 tracing::warn!(execution = %exec_ref.arn(), error = %e, "retention: cannot delete")
             }
         }
     }
-    (view, running)
+    (view, running, misindexed)
 }
 
 /// The child execution a `states:startExecution` task starts: the machine
