@@ -13,7 +13,8 @@
 //!
 //! Compatibility notes (AWS evaluates paths with Jayway JsonPath):
 //! - dot-notation names are lenient like Jayway's (`$.order-id`,
-//!   `$.ns:key`, `$.détail`); such names also work inside indefinite paths
+//!   `$.ns:key`, `$.détail`, `$.@type`: a name ends only at `.`, `[`, `(`
+//!   or white space); such names also work inside indefinite paths
 //!   (they are rewritten to bracket notation before `serde_json_path`),
 //!   but not inside filter expressions, which follow RFC 9535;
 //! - filters accept both the classic `[?(@.price > 10)]` and the RFC 9535
@@ -208,7 +209,10 @@ fn nesting_depth(text: &str) -> usize {
 
 impl ReadPath {
     /// Parses a path (`$`, `$.a`, `$$.Execution.Id`, `$var.x[0]`, `$.a[?(@.b > 1)]`, ...).
-    pub fn parse(text: &str) -> Result<ReadPath, PathSyntaxError> {
+    pub fn parse(written: &str) -> Result<ReadPath, PathSyntaxError> {
+        // White space around the path is not part of it (Jayway trims);
+        // the path keeps its text as written.
+        let text = written.trim();
         // The JSONPath parser recurses once per bracket or parenthesis: a
         // deeper path would overflow the stack instead of being refused.
         if nesting_depth(text) > MAX_NESTING {
@@ -238,7 +242,7 @@ impl ReadPath {
         };
         Ok(ReadPath {
             inner: Arc::new(ReadInner {
-                text: text.into(),
+                text: written.into(),
                 root,
                 compiled,
             }),
@@ -392,9 +396,10 @@ impl fmt::Display for ReferencePath {
 
 impl ReferencePath {
     /// Parses a reference path.
-    pub fn parse(text: &str) -> Result<ReferencePath, PathSyntaxError> {
+    pub fn parse(written: &str) -> Result<ReferencePath, PathSyntaxError> {
         const MUST: &str = "ResultPath must be a reference path: '$' followed only by \
                             fields and non-negative array indexes (e.g. '$.a.b', \"$['a b'][0]\")";
+        let text = written.trim();
         let (root, rest) = parse_root(text)?;
         if root != PathRoot::Input {
             return Err(PathSyntaxError::new(
@@ -426,7 +431,7 @@ impl ReferencePath {
         }
         Ok(ReferencePath {
             inner: Arc::new(RefInner {
-                text: text.into(),
+                text: written.into(),
                 segs: segs.into_boxed_slice(),
             }),
         })
@@ -674,12 +679,10 @@ fn parse_root(text: &str) -> Result<(PathRoot, usize), PathSyntaxError> {
     }
 }
 
-/// Characters that end a dot-notation field name (or are not allowed in it).
+/// Characters that end a dot-notation field name: as in Jayway, only `.`,
+/// `[`, `(` and white space (`$._source.@timestamp`, `$.@type` are names).
 fn ends_name(c: char) -> bool {
-    matches!(
-        c,
-        '.' | '[' | ']' | '\'' | '"' | '*' | '(' | ')' | '@' | '?' | ','
-    ) || c.is_whitespace()
+    matches!(c, '.' | '[' | '(') || c.is_whitespace()
 }
 
 /// Parses the segments of `text` starting at byte `pos`.
@@ -725,6 +728,10 @@ fn tokenize(text: &str, mut pos: usize) -> Result<Vec<Piece<'_>>, PathSyntaxErro
                 } else if rest.starts_with(".*") {
                     pieces.push(Piece::Raw(Cow::Borrowed("[*]")));
                     pos += 2;
+                } else if rest.starts_with(".[") {
+                    // `$.a.[0]`, `$.['a b']`: the dot is dropped, as Jayway
+                    // does.
+                    pos += 1;
                 } else {
                     let (name, len) = dot_name(text, pos + 1)?;
                     pieces.push(Piece::Seg(Seg::Field(name.into())));
@@ -1089,6 +1096,8 @@ mod tests {
             "order-id": "o-9",
             "ns:key": "k",
             "détail": "é",
+            "@timestamp": "t",
+            "it's?": 4,
             "empty": {},
             "n": null
         })
@@ -1145,6 +1154,14 @@ mod tests {
             ("$.ns:key", json!("k")),
             ("$.détail", json!("é")),
             ("$['d\\u00e9tail']", json!("é")),
+            // Jayway's dot names end only at '.', '[', '(' or white space.
+            ("$.@timestamp", json!("t")),
+            ("$.it's?", json!(4)),
+            // A dot before a bracket is dropped; white space around the
+            // path is not part of it.
+            ("$.store.[\'bicycle\'].price", json!(20)),
+            ("$.store.book.[0].title", json!("A")),
+            ("  $.store.bicycle.color ", json!("red")),
             ("$.empty", json!({})),
             ("$.n", Value::Null),
         ];
@@ -1341,13 +1358,11 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("", "must start with '$'"),
             ("a.b", "must start with '$'"),
-            (" $.a", "must start with '$'"),
             ("$.", "expected a field name"),
             ("$..", "'..'"),
             ("$...a", "'..'"),
             ("$.a.", "expected a field name"),
             ("$.a b", "unexpected character"),
-            ("$.a ", "unexpected character"),
             ("$a.b c", "unexpected character"),
             ("$[", "not closed"),
             ("$['a'", "not closed"),
@@ -1367,7 +1382,6 @@ mod tests {
                 "$.a[99999999999999999999]",
                 "not a valid JSONPath expression",
             ),
-            ("$.a]", "unexpected character"),
             ("$$$", "unexpected character"),
             ("$.a(", "functions"),
         ];
