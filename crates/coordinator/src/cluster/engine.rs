@@ -981,15 +981,7 @@ impl Partition {
             let key = exec_ref.key();
             match self.live.get(&key) {
                 Some(live) if live.exec.outcome().is_none() => {
-                    if let Err(e) = self
-                        .shared
-                        .store
-                        .put_execution(&running_description(live))
-                        .await
-                    {
-                        tracing::warn!(execution = %key, error = %e, "cannot rewrite the execution index; reloading it later");
-                        self.evict(&key);
-                    }
+                    self.rewrite_index(&key).await;
                 }
                 // Ended meanwhile: its finish writes the entry.
                 Some(_) => {}
@@ -1009,6 +1001,27 @@ impl Partition {
             self.reload.insert(key);
         }
         self.retry_reloads().await;
+    }
+
+    /// Writes a running execution's index entry as memory has it; `false`
+    /// (and the execution evicted, to be reloaded later) when it cannot.
+    async fn rewrite_index(&mut self, key: &str) -> bool {
+        let Some(live) = self.live.get(key) else {
+            return false;
+        };
+        match self
+            .shared
+            .store
+            .put_execution(&running_description(live))
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(execution = %key, error = %e, "cannot rewrite the execution index; reloading it later");
+                self.evict(key);
+                false
+            }
+        }
     }
 
     async fn retry_reloads(&mut self) {
@@ -1042,15 +1055,7 @@ impl Partition {
                             // Not carried on without its entry: recovery
                             // finds executions through it. Tried again at
                             // the next round.
-                            if let Some(live) = self.live.get(&key)
-                                && let Err(e) = self
-                                    .shared
-                                    .store
-                                    .put_execution(&running_description(live))
-                                    .await
-                            {
-                                tracing::warn!(execution = %key, error = %e, "cannot rewrite the execution index; reloading it later");
-                                self.evict(&key);
+                            if !self.rewrite_index(&key).await {
                                 continue;
                             }
                             self.resume(&key).await

@@ -1247,11 +1247,25 @@ mod tests {
     }
 }
 
+/// The identity of the executions the tests below run.
+#[cfg(test)]
+fn test_info() -> sagaflow_asl::interp::ExecutionInfo {
+    sagaflow_asl::interp::ExecutionInfo {
+        execution_id: "e".into(),
+        execution_name: "e".into(),
+        state_machine_id: "m".into(),
+        state_machine_name: "m".into(),
+        role_arn: String::new(),
+        seed: 1,
+        rules: sagaflow_asl::interp::RULES,
+    }
+}
+
 #[cfg(test)]
 mod fanout_failure_tests {
     use std::sync::Arc;
 
-    use sagaflow_asl::interp::{Command, Event, Execution, ExecutionInfo, Options};
+    use sagaflow_asl::interp::{Command, Event, Execution, Options};
     use serde_json::json;
 
     use super::*;
@@ -1264,15 +1278,7 @@ mod fanout_failure_tests {
         let at: jiff::Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
         let mut history = Vec::new();
         let mut events = vec![Event::ExecutionStarted {
-            info: ExecutionInfo {
-                execution_id: "e".into(),
-                execution_name: "e".into(),
-                state_machine_id: "m".into(),
-                state_machine_name: "m".into(),
-                role_arn: String::new(),
-                seed: 1,
-                rules: sagaflow_asl::interp::RULES,
-            },
+            info: test_info(),
             input: json!({"items": [1]}),
         }];
         while let Some(event) = events.pop() {
@@ -1379,7 +1385,7 @@ mod fanout_failure_tests {
 mod replay_tests {
     use std::sync::Arc;
 
-    use sagaflow_asl::interp::{Command, Event, Execution, ExecutionInfo, Options, Record};
+    use sagaflow_asl::interp::{Command, Event, Execution, Options, Record};
     use serde_json::json;
 
     use super::*;
@@ -1399,15 +1405,7 @@ mod replay_tests {
         let mut exec = Execution::new(machine.clone(), slim.clone());
         let at: jiff::Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
         let start = Event::ExecutionStarted {
-            info: ExecutionInfo {
-                execution_id: "e".into(),
-                execution_name: "e".into(),
-                state_machine_id: "m".into(),
-                state_machine_name: "m".into(),
-                role_arn: String::new(),
-                seed: 1,
-                rules: sagaflow_asl::interp::RULES,
-            },
+            info: test_info(),
             input: json!({"x": 1}),
         };
         let mut out = Vec::new();
