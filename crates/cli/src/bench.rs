@@ -374,6 +374,9 @@ async fn run(
         );
     }
     cluster.shutdown().await;
+    drop(participants);
+    // Closed before the server it started goes: no disconnection to report.
+    let _ = client.drain().await;
     Ok(ExitCode::SUCCESS)
 }
 

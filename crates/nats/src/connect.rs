@@ -348,7 +348,8 @@ fn event_log(event: &async_nats::Event) -> (tracing::Level, String) {
             tracing::Level::WARN,
             format!("the NATS server refused: {e}"),
         ),
-        Event::ClientError(e) => (tracing::Level::WARN, format!("NATS client error: {e}")),
+        // Each failed reconnection attempt: the disconnection said it.
+        Event::ClientError(e) => (tracing::Level::DEBUG, format!("NATS client error: {e}")),
     }
 }
 
