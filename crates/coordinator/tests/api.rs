@@ -1156,20 +1156,25 @@ async fn overlapping_triggers_each_start_their_machine() {
     triggers.stop().await;
 }
 
-#[tokio::test]
-async fn triggers_start_executions_from_messages() {
-    let env = Env::new().await;
+/// Deploys `orders` and starts it from every `shop.order.*` message.
+async fn orders_on_shop_order_subjects(env: &Env) -> api::TriggerService {
     env.client
         .create_state_machine("orders", DEFINITION)
         .await
         .unwrap();
-    let triggers = api::serve_triggers(
+    api::serve_triggers(
         env.store.clone(),
         ApiOptions::default(),
         &[Trigger::parse("shop.order.*=orders").unwrap()],
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn triggers_start_executions_from_messages() {
+    let env = Env::new().await;
+    let triggers = orders_on_shop_order_subjects(&env).await;
     let nats = env.store.infra().client.clone();
     let mut h = async_nats::HeaderMap::new();
     h.insert("Nats-Msg-Id", "order-1");
@@ -1224,17 +1229,7 @@ async fn triggers_start_executions_from_messages() {
 #[tokio::test]
 async fn stopped_triggers_handle_the_messages_they_received() {
     let env = Env::new().await;
-    env.client
-        .create_state_machine("orders", DEFINITION)
-        .await
-        .unwrap();
-    let triggers = api::serve_triggers(
-        env.store.clone(),
-        ApiOptions::default(),
-        &[Trigger::parse("shop.order.*=orders").unwrap()],
-    )
-    .await
-    .unwrap();
+    let triggers = orders_on_shop_order_subjects(&env).await;
     let nats = env.store.infra().client.clone();
     const SENT: u64 = 300;
     for i in 0..SENT {
