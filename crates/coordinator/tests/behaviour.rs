@@ -1103,7 +1103,46 @@ async fn retention_keeps_an_execution_whose_history_runs() {
     env.shutdown().await;
 }
 
-/// A child's report too large for a message (its input and output, with a
+/// A former owner's completion entry written late (it paused between
+/// its last append and its index write) lands over the entry of a redrive
+/// made meanwhile by the new owner: the index says the execution ended
+/// while it runs, and recovery, which starts from the index, would miss it
+/// after a crash. The owner's next reconciliation round puts the entry
+/// right from memory (no retention involved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_index_entry_written_over_a_running_execution_is_put_right() {
+    let mut opts = options();
+    opts.reconcile_every = Duration::from_millis(300);
+    let env = Env::start_with(opts).await;
+    env.deploy(
+        "pause",
+        r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 600, "End": true}}}"#,
+    )
+    .await;
+    let arn = env.start_execution("pause", "overwritten", json!({})).await;
+    env.until_event(&arn, "WaitStateEntered").await;
+    let store = env.cluster.as_ref().expect("running").store().clone();
+    let exec = ExecutionRef::from_arn(&arn).unwrap();
+    let mut entry = store.execution(&exec).await.unwrap().expect("indexed");
+    assert_eq!(entry.status, ExecutionStatus::Running);
+    entry.status = ExecutionStatus::Failed;
+    entry.stop_date = Some(jiff::Timestamp::now().to_string());
+    entry.error = Some("Late".into());
+    store.put_execution(&entry).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = store.execution(&exec).await.unwrap().expect("indexed");
+        if now.status == ExecutionStatus::Running {
+            assert_eq!(now.error, None, "{now:?}");
+            assert_eq!(now.stop_date, None, "{now:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the entry still says {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.shutdown().await;
+}
+
 /// server whose messages are smaller than the two) fails the parent's task
 /// with `States.DataLimitExceeded`, as a task result too large would; it
 /// was refused by the broker and sent again for ever, the parent waiting.

@@ -23,7 +23,9 @@
 //!
 //! A coordinator that loses its lease (it paused, or the network split)
 //! can at worst try one more append: it fails on the expected sequence,
-//! so no execution is ever advanced twice.
+//! so no execution is ever advanced twice. A partition does not even try
+//! once its lease may have lapsed by this process's clocks (the
+//! `cluster::lease` module).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -35,6 +37,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::lease::{LeaseTerm, Stamp};
 use sagaflow_asl::interp::{
     self, Command, Event, Execution, ExecutionInfo, Outcome, TaskRequest, Timestamp,
 };
@@ -310,7 +313,7 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
     // nobody takes them while they finish) and the task stopping them. A
     // stop can take a while (a recovery finishing, writes beside the loop):
     // it runs beside this loop, which goes on renewing every other lease.
-    let mut stopping: HashMap<u32, (u64, JoinHandle<()>)> = HashMap::new();
+    let mut stopping: HashMap<u32, (u64, JoinHandle<()>, Arc<LeaseTerm>)> = HashMap::new();
     // Partitions whose lease was lost, still stopping: not taken again
     // until they stopped (one partition, one worker, in this process).
     let mut lost_stopping: HashMap<u32, JoinHandle<()>> = HashMap::new();
@@ -324,26 +327,32 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
 
         // Renew what we own; whatever fails to renew is lost.
         let mut lost = Vec::new();
-        for (p, (revision, _)) in owned.iter_mut() {
+        for (p, (revision, handle)) in owned.iter_mut() {
+            let sent = Stamp::now();
             match infra
                 .leases
                 .update(lease_key(*p), id.clone().into(), *revision)
                 .await
             {
-                Ok(r) => *revision = r,
+                Ok(r) => {
+                    *revision = r;
+                    handle.term.renewed(sent, ttl);
+                }
                 Err(e) => {
                     tracing::warn!(partition = p, error = %e, "lost the lease of a partition");
                     lost.push(*p);
                 }
             }
         }
-        for (p, (revision, _)) in stopping.iter_mut() {
+        for (p, (revision, _, term)) in stopping.iter_mut() {
+            let sent = Stamp::now();
             if let Ok(r) = infra
                 .leases
                 .update(lease_key(*p), id.clone().into(), *revision)
                 .await
             {
                 *revision = r;
+                term.renewed(sent, ttl);
             }
         }
         // Lost partitions stop beside the loop (their lease is not ours to
@@ -357,11 +366,11 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
         // Partitions handed back that have stopped: their lease goes.
         let stopped: Vec<u32> = stopping
             .iter()
-            .filter(|(_, (_, task))| task.is_finished())
+            .filter(|(_, (_, task, _))| task.is_finished())
             .map(|(p, _)| *p)
             .collect();
         for p in stopped {
-            if let Some((revision, _)) = stopping.remove(&p) {
+            if let Some((revision, _, _)) = stopping.remove(&p) {
                 let _ = infra
                     .leases
                     .delete_expect_revision(lease_key(p), Some(revision))
@@ -374,7 +383,7 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
         for (p, (_, handle)) in owned.iter_mut() {
             if handle.task.is_finished() {
                 tracing::warn!(partition = p, "restarting a partition that stopped");
-                *handle = PartitionHandle::start(shared.clone(), *p);
+                *handle = PartitionHandle::start(shared.clone(), *p, handle.term.clone());
             }
         }
 
@@ -388,9 +397,12 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
             {
                 continue;
             }
+            let sent = Stamp::now();
             if let Ok(revision) = infra.leases.create(lease_key(p), id.clone().into()).await {
                 tracing::info!(coordinator = %id, partition = p, "took a partition");
-                let handle = PartitionHandle::start(shared.clone(), p);
+                let term = Arc::new(LeaseTerm::default());
+                term.renewed(sent, ttl);
+                let handle = PartitionHandle::start(shared.clone(), p, term);
                 owned.insert(p, (revision, handle));
             }
         }
@@ -399,7 +411,8 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
         while owned.len() > share {
             let Some(&p) = owned.keys().max() else { break };
             if let Some((revision, handle)) = owned.remove(&p) {
-                stopping.insert(p, (revision, tokio::spawn(handle.stop())));
+                let term = handle.term.clone();
+                stopping.insert(p, (revision, tokio::spawn(handle.stop()), term));
             }
         }
 
@@ -415,7 +428,7 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
         leases.push((p, revision));
         stops.push(tokio::spawn(handle.stop()));
     }
-    for (p, (revision, task)) in stopping.drain() {
+    for (p, (revision, task, _)) in stopping.drain() {
         leases.push((p, revision));
         stops.push(task);
     }
@@ -450,18 +463,22 @@ const BACKGROUND_GRACE: Duration = Duration::from_secs(5);
 struct PartitionHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Until when the lease is surely ours: renewed by the lease loop,
+    /// checked by the partition before it writes.
+    term: Arc<LeaseTerm>,
 }
 
 impl PartitionHandle {
-    fn start(shared: Arc<Shared>, partition: u32) -> PartitionHandle {
+    fn start(shared: Arc<Shared>, partition: u32, term: Arc<LeaseTerm>) -> PartitionHandle {
         let (stop, stop_rx) = watch::channel(false);
+        let lease = term.clone();
         let task = tokio::spawn(async move {
-            let mut worker = Partition::new(shared, partition);
+            let mut worker = Partition::new(shared, partition, lease);
             if let Err(e) = worker.run(stop_rx).await {
                 tracing::error!(partition, error = %e, "partition stopped on an error");
             }
         });
-        PartitionHandle { stop, task }
+        PartitionHandle { stop, task, term }
     }
 
     async fn stop(self) {
@@ -575,6 +592,10 @@ fn unarm(wheel: &mut Wheel, key: &str, live: &Live) {
 struct Partition {
     shared: Arc<Shared>,
     partition: u32,
+    /// Until when its lease is surely ours: nothing is written past it
+    /// (this process was paused, say, and another may own the partition
+    /// by now).
+    lease: Arc<LeaseTerm>,
     live: HashMap<String, Live>,
     /// Executions dropped from memory after a failed write (NATS down):
     /// reloaded from their history and resumed as soon as possible, so that
@@ -674,9 +695,10 @@ impl Delivery {
 }
 
 impl Partition {
-    fn new(shared: Arc<Shared>, partition: u32) -> Partition {
+    fn new(shared: Arc<Shared>, partition: u32, lease: Arc<LeaseTerm>) -> Partition {
         let (failed_writes, failed_writes_rx) = mpsc::unbounded_channel();
         Partition {
+            lease,
             failed_writes,
             failed_writes_rx: Some(failed_writes_rx),
             background: JoinSet::new(),
@@ -736,7 +758,6 @@ impl Partition {
         let phase = reconcile_every
             .mul_f64(f64::from(self.partition) / f64::from(self.store().partitions().max(1)));
         let mut next_reconcile = tokio::time::Instant::now() + reconcile_every + phase;
-        type Listed = (IndexView, Vec<ExecutionRef>, Vec<ExecutionRef>);
         let mut reconciling: Option<JoinHandle<Listed>> = None;
         let mut results: Option<async_nats::Subscriber> = None;
         let mut failed_writes = self
@@ -902,9 +923,9 @@ impl Partition {
                         reconciling = None;
                         next_reconcile = tokio::time::Instant::now() + reconcile_every;
                         match listed {
-                            Ok((view, running, misindexed)) => {
-                                index_view = view;
-                                self.reconcile(running, misindexed).await;
+                            Ok(listed) => {
+                                index_view = listed.view;
+                                self.reconcile(listed.running, listed.misindexed, listed.ended_now).await;
                             }
                             Err(e) => {
                                 self.finished_while_listing = None;
@@ -973,7 +994,26 @@ impl Partition {
     /// duplicates).
     /// Reloads the running executions (from [`list_for_reconcile`]) that
     /// nobody holds here.
-    async fn reconcile(&mut self, running: Vec<ExecutionRef>, misindexed: Vec<ExecutionRef>) {
+    async fn reconcile(
+        &mut self,
+        running: Vec<ExecutionRef>,
+        misindexed: Vec<ExecutionRef>,
+        ended_now: Vec<String>,
+    ) {
+        // Running here, ended by an index entry written since the last
+        // round: a stale owner's late completion entry over a redrive made
+        // here meanwhile (recovery, which starts from the index, would miss
+        // the execution after a crash). The entry is put right from memory.
+        for key in ended_now {
+            if self
+                .live
+                .get(&key)
+                .is_some_and(|live| live.exec.outcome().is_none())
+            {
+                tracing::warn!(execution = %key, "the index says it ended while it runs here (an entry written late by a former owner?); rewriting it");
+                self.rewrite_index(&key).await;
+            }
+        }
         // Running by their history, ended by their index entry (written
         // late, by a stale owner say): the entry is put right, from memory
         // or by a reload.
@@ -1009,6 +1049,10 @@ impl Partition {
         let Some(live) = self.live.get(key) else {
             return false;
         };
+        if !self.lease.holds() {
+            self.evict(key);
+            return false;
+        }
         match self
             .shared
             .store
@@ -1551,6 +1595,13 @@ impl Partition {
                 }
             }
         }
+        let writes_anything = !appends.is_empty()
+            || !self.index_writes.is_empty()
+            || !self.index_creates.is_empty();
+        if writes_anything && !self.lease.holds() {
+            self.lease_lapsed(appends, &mut handed, &mut result);
+            return result;
+        }
         let store = self.shared.store.clone();
         // Index entries of redelivered starts and redrives first (recovery
         // finds executions through them), all at once.
@@ -1704,6 +1755,36 @@ impl Partition {
         // failures): applied by the next step of the loop.
         self.follow_ups = merge_groups(std::mem::take(&mut self.follow_ups), follow_up);
         result
+    }
+
+    /// A step whose lease may have lapsed before it was written (this
+    /// process was paused longer than the lease's TTL, say): another
+    /// coordinator may own the partition and have loaded these executions
+    /// by now, and an append of ours that won the race would leave its copy
+    /// behind. Nothing is written; the executions are dropped from memory
+    /// as after a failed write and their messages handed back. They are
+    /// reloaded once the lease is renewed, or left to the new owner when
+    /// the lease loop finds it lost.
+    fn lease_lapsed(
+        &mut self,
+        appends: Vec<(String, Applied)>,
+        handed: &mut HashMap<String, Vec<usize>>,
+        result: &mut StepResult,
+    ) {
+        tracing::warn!(
+            partition = self.partition,
+            "the partition's lease may have lapsed (was this process paused?): nothing is written until it is renewed"
+        );
+        let keys: HashSet<String> = appends
+            .into_iter()
+            .map(|(key, _)| key)
+            .chain(self.index_writes.drain(..).map(|(key, _)| key))
+            .chain(self.index_creates.drain(..).map(|(key, _)| key))
+            .collect();
+        for key in keys {
+            self.evict(&key);
+            result.retry.extend(handed.remove(&key).unwrap_or_default());
+        }
     }
 
     /// Applies one execution's inputs. `Ok(None)`: nothing to record.
@@ -2657,9 +2738,11 @@ impl Partition {
         // reload, which finds the execution completed (and by a new owner's
         // recovery, which finds its index entry still running).
         let store = self.shared.store.clone();
+        let lease = self.lease.clone();
         self.beside_loop(async move {
             let results =
-                futures::future::join_all(finished.iter().map(|f| deliver(&store, f))).await;
+                futures::future::join_all(finished.iter().map(|f| deliver(&store, &lease, f)))
+                    .await;
             finished
                 .into_iter()
                 .zip(results)
@@ -2822,8 +2905,11 @@ struct Finished {
 /// Writes a completion: the parent's result first (a crash after it only
 /// repeats it, and the broker drops the repeat by `Nats-Msg-Id`), then the
 /// index entry (which takes the execution out of recovery), then the notice.
-/// `false` when something could not be written (retried later).
-async fn deliver(store: &Store, f: &Finished) -> bool {
+/// `false` when something could not be written (retried later), or when
+/// the partition's lease may have lapsed before the index entry was
+/// written (a stale owner's late entry could hide a redrive made
+/// meanwhile by the new owner).
+async fn deliver(store: &Store, lease: &LeaseTerm, f: &Finished) -> bool {
     let infra = store.infra();
     if let Some((subject, msg_id, body)) = &f.parent {
         let mut hdrs = async_nats::HeaderMap::new();
@@ -2844,6 +2930,10 @@ async fn deliver(store: &Store, f: &Finished) -> bool {
                 return false;
             }
         }
+    }
+    if !lease.holds() {
+        tracing::warn!(execution = %f.desc.execution_arn, "the partition's lease may have lapsed: its index entry is written later (or by the new owner)");
+        return false;
     }
     if let Err(e) = store.put_execution(&f.desc).await {
         tracing::warn!(execution = %f.desc.execution_arn, error = %e, "cannot update the execution index; retrying");
@@ -3014,24 +3104,50 @@ impl IndexView {
     }
 }
 
+/// What a reconciliation round read.
+struct Listed {
+    /// The partition's index view, up to date.
+    view: IndexView,
+    /// The running executions (none when the index could not be read: the
+    /// next round tries again).
+    running: Vec<ExecutionRef>,
+    /// Those whose history runs though their index entry says they ended
+    /// (found by retention).
+    misindexed: Vec<ExecutionRef>,
+    /// The keys whose entry changed to ended since the previous round.
+    ended_now: Vec<String>,
+}
+
 /// One reconciliation round's reads, run beside a partition's loop: brings
 /// the partition's [`IndexView`] up to date, deletes the ended executions
-/// whose retention ran out ([`sagaflow_nats::Settings::retention`]), and
-/// returns the view with the running executions (none when the index
-/// cannot be read: the next round tries again) and those whose history
-/// runs though their index entry says they ended.
-async fn list_for_reconcile(
-    store: Store,
-    partition: u32,
-    mut view: IndexView,
-) -> (IndexView, Vec<ExecutionRef>, Vec<ExecutionRef>) {
+/// whose retention ran out ([`sagaflow_nats::Settings::retention`]).
+async fn list_for_reconcile(store: Store, partition: u32, mut view: IndexView) -> Listed {
     // Bounded: a read that stalls is dropped, the next round tries again.
     let reading = store.partition_index_changes(partition, view.cursor);
     let Ok(Ok((changes, cursor))) = tokio::time::timeout(Duration::from_secs(60), reading).await
     else {
-        return (view, Vec::new(), Vec::new());
+        return Listed {
+            view,
+            running: Vec::new(),
+            misindexed: Vec::new(),
+            ended_now: Vec::new(),
+        };
     };
     let retention = store.infra().settings.retention;
+    // Each key's last change counts.
+    let mut ended: HashMap<&str, bool> = HashMap::new();
+    for change in &changes {
+        let now_ended = change
+            .entry
+            .as_ref()
+            .is_some_and(|d| d.status != ExecutionStatus::Running);
+        ended.insert(change.key.as_str(), now_ended);
+    }
+    let ended_now: Vec<String> = ended
+        .into_iter()
+        .filter(|(_, ended)| *ended)
+        .map(|(key, _)| key.to_string())
+        .collect();
     view.apply(changes, retention);
     view.cursor = cursor;
     let running: Vec<ExecutionRef> = view.running.values().cloned().collect();
@@ -3058,7 +3174,12 @@ async fn list_for_reconcile(
             }
         }
     }
-    (view, running, misindexed)
+    Listed {
+        view,
+        running,
+        misindexed,
+        ended_now,
+    }
 }
 
 /// The child execution a `states:startExecution` task starts: the machine
@@ -3511,5 +3632,85 @@ mod tests {
             !expired(&ended(ExecutionStatus::Succeeded, old), Duration::MAX, now),
             "no overflow"
         );
+    }
+
+    /// A partition whose lease may have lapsed (this process paused past
+    /// the lease's TTL) writes nothing: a timer that came due meanwhile is
+    /// not recorded, the execution is dropped from memory; once the lease
+    /// is renewed, the execution is reloaded and its timer fires then.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_whose_lease_lapsed_writes_nothing_until_it_is_renewed() {
+        use sagaflow_protocol::StartExecution;
+        let server = sagaflow_testkit::NatsServer::start().expect("nats-server");
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let options = ClusterOptions::default();
+        let infra = sagaflow_nats::setup(client, options.settings.clone())
+            .await
+            .expect("set up");
+        let store = Store::new(infra, 1);
+        let machine = store
+            .create_machine(
+                "pause",
+                r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 1, "End": true}}}"#,
+                "2026-01-01T00:00:00Z",
+            )
+            .await
+            .expect("deployed");
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            options,
+            machines: Mutex::new(HashMap::new()),
+        });
+        let held = || {
+            let term = Arc::new(LeaseTerm::default());
+            term.renewed(Stamp::now(), Duration::from_secs(60));
+            term
+        };
+        let mut partition = Partition::new(shared, 0, held());
+        let exec = ExecutionRef::new("pause", "paused").unwrap();
+        let key = exec.key();
+        let start = InboxMessage::StartExecution(StartExecution {
+            execution_arn: exec.arn(),
+            version: machine.version,
+            input: json!({}),
+            seed: 7,
+            traceparent: None,
+            parent: None,
+        });
+        partition
+            .step(vec![(key.clone(), vec![Input::Inbox(0, start)])])
+            .await;
+        let started = store.read_history(&exec).await.expect("history");
+        assert_eq!(started.batches.len(), 1, "the start is recorded");
+        assert!(partition.live.contains_key(&key));
+
+        // The process "paused": the lease is no longer surely ours when the
+        // Wait's timer comes due.
+        partition.lease = Arc::new(LeaseTerm::default());
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        partition.fire_due().await;
+        let after = store.read_history(&exec).await.expect("history");
+        assert_eq!(
+            after.last_sequence, started.last_sequence,
+            "nothing appended past the lease"
+        );
+        assert!(!partition.live.contains_key(&key), "dropped from memory");
+        assert!(partition.reload.contains(&key), "to be reloaded");
+
+        // Renewed: reloaded, its timer re-armed (due already), it ends.
+        partition.lease = held();
+        partition.retry_reloads().await;
+        assert!(partition.live.contains_key(&key));
+        partition.fire_due().await;
+        partition.finish_background().await;
+        let done = store.read_history(&exec).await.expect("history");
+        let completed = done
+            .batches
+            .iter()
+            .flat_map(|b| &b.entries)
+            .any(|e| matches!(e.item, crate::HistoryItem::Command(Command::Complete(_))));
+        assert!(completed, "the execution ended in its history");
+        let entry = store.execution(&exec).await.expect("index").expect("entry");
+        assert_eq!(entry.status, ExecutionStatus::Succeeded);
     }
 }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod client;
 pub mod engine;
 pub mod history_view;
+mod lease;
 pub mod store;
 
 pub use engine::{Cluster, ClusterError, ClusterHandle, ClusterOptions, Trigger};
