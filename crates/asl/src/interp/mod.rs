@@ -1716,6 +1716,21 @@ impl Execution {
             }
             let done = active.retrier_attempts[index];
             if done < retrier.max_attempts {
+                // Rules 3: a retry is a transition (AWS bills it as one, and
+                // its history limit bounds retries too).
+                if rules >= 3 {
+                    self.transitions += 1;
+                    if self.transitions > self.options.max_state_transitions {
+                        return Flow::Done(Err(Failure::runtime(
+                            &state.name,
+                            format!(
+                                "The execution exceeded the limit of {} state transitions (retries count as transitions).",
+                                self.options.max_state_transitions
+                            ),
+                        )));
+                    }
+                }
+                let active = self.active_mut(f);
                 active.retrier_attempts[index] = done + 1;
                 active.retry_count += 1;
                 let attempt = active.retry_count;
@@ -1767,6 +1782,7 @@ impl Execution {
                 None => None,
             };
             let error_size = data::json_len_within(&error_output, usize::MAX).unwrap_or(0);
+            let mut undo = None;
             let output = match &catcher.result_path {
                 ResultPath::Discard => self.active(f).raw_input.clone(),
                 ResultPath::Path(p) => {
@@ -1779,11 +1795,14 @@ impl Execution {
                     );
                     let raw_size = raw_input.size;
                     let mut target = Arc::unwrap_or_clone(raw_input.value);
-                    match p.write_in_place(&mut target, error_output) {
-                        Ok(()) => Payload {
-                            value: Arc::new(target),
-                            size: raw_size + error_size + result_path_overhead(p.as_str()),
-                        },
+                    match p.write_in_place_undoable(&mut target, error_output) {
+                        Ok(written) => {
+                            undo = Some((p, written, raw_size));
+                            Payload {
+                                value: Arc::new(target),
+                                size: raw_size + error_size + result_path_overhead(p.as_str()),
+                            }
+                        }
                         Err(e) => {
                             // Nothing was written: the state fails with its
                             // input intact (for a redrive).
@@ -1798,6 +1817,48 @@ impl Execution {
                         }
                     }
                 }
+            };
+            // Rules 3: the catcher's output is a state output like any
+            // other (a loop through a catcher that writes its input into
+            // the error's cause would double it on every turn). The state
+            // then fails with its input intact (for a redrive).
+            let output = if rules >= 3 {
+                let limit = self.options.max_payload_bytes;
+                let checked = match output.fits(limit) {
+                    Err(output) => Err((
+                        output,
+                        format!(
+                            "The output of the state '{}' after its Catch exceeds the maximum payload size of {limit} bytes.",
+                            state.name
+                        ),
+                    )),
+                    Ok(output) if too_deep(&output) => Err((
+                        output,
+                        format!(
+                            "The output of the state '{}' after its Catch is nested more than {} levels deep.",
+                            state.name,
+                            data::MAX_DEPTH
+                        ),
+                    )),
+                    Ok(output) => Ok(output),
+                };
+                match checked {
+                    Ok(output) => output,
+                    Err((output, cause)) => {
+                        if let Some((path, written, raw_size)) = undo {
+                            let mut value =
+                                Arc::try_unwrap(output.value).unwrap_or_else(|v| (*v).clone());
+                            path.undo(&mut value, written);
+                            self.active_mut(f).raw_input = Payload {
+                                value: Arc::new(value),
+                                size: raw_size,
+                            };
+                        }
+                        return Flow::Done(Err(Failure::new(errors::DATA_LIMIT_EXCEEDED, cause)));
+                    }
+                }
+            } else {
+                output
             };
             if let Some(values) = assigned {
                 self.assign(f, values);

@@ -803,6 +803,83 @@ fn an_endless_loop_hits_the_transition_limit() {
     assert!(cause.contains("1000 state transitions"), "{cause}");
 }
 
+/// A loop through a catcher whose error carries the whole input (a Fail's
+/// `CausePath` of `States.JsonToString($)`) doubles the input on each turn:
+/// under rules 3 the catcher's output is held to the payload limit, and
+/// the execution fails with `States.DataLimitExceeded` rather than growing
+/// until the transition limit (or the memory) runs out.
+#[test]
+fn a_catcher_output_over_the_payload_limit_fails_the_state() {
+    let definition = r#"{"StartAt": "P", "States": {
+        "P": {"Type": "Parallel", "End": true,
+              "Branches": [{"StartAt": "F", "States": {
+                  "F": {"Type": "Fail", "Error": "E", "CausePath": "States.JsonToString($)"}}}],
+              "Catch": [{"ErrorEquals": ["E"], "ResultPath": "$.e", "Next": "P"}]}
+    }}"#;
+    let options = |max_state_transitions| Options {
+        max_payload_bytes: 10_000,
+        max_state_transitions,
+        ..Options::default()
+    };
+    let mut sim = Sim::with_options(definition, options(60));
+    let o = sim.run(json!({"n": 1}), |_| None);
+    let (error, cause) = failed(&o);
+    assert_eq!(error, "States.DataLimitExceeded", "{cause}");
+    assert!(cause.contains("after its Catch"), "{cause}");
+    // Histories of rules 2 replay as they ran: the loop goes on to the
+    // transition limit (kept low: the input more than doubles each turn).
+    let mut sim = Sim::with_options(definition, options(16));
+    sim.rules = 2;
+    let o = sim.run(json!({"n": 1}), |_| None);
+    let (error, cause) = failed(&o);
+    assert_eq!(error, "States.Runtime", "{cause}");
+    assert!(cause.contains("16 state transitions"), "{cause}");
+}
+
+/// Under rules 3 each retry counts as a state transition: a `Retry` with
+/// a huge `MaxAttempts` on a task that keeps failing ends at the
+/// transition limit instead of adding to the history for ever.
+#[test]
+fn retries_count_toward_the_transition_limit() {
+    let definition = r#"{"StartAt": "T", "States": {
+        "T": {"Type": "Task", "Resource": "r", "End": true,
+              "Retry": [{"ErrorEquals": ["States.ALL"], "MaxAttempts": 99999999,
+                         "IntervalSeconds": 1, "BackoffRate": 1}]}
+    }}"#;
+    let options = || Options {
+        max_state_transitions: 50,
+        ..Options::default()
+    };
+    // The task fails 100 times, then succeeds.
+    let flaky = || {
+        let mut calls = 0;
+        move |_: &TaskRequest| -> Answer {
+            calls += 1;
+            if calls > 100 {
+                Some(Ok(json!("done")))
+            } else {
+                Some(Err(("Flaky".into(), String::new())))
+            }
+        }
+    };
+    let mut sim = Sim::with_options(definition, options());
+    let o = sim.run(json!({}), flaky());
+    let (error, cause) = failed(&o);
+    assert_eq!(error, "States.Runtime", "{cause}");
+    assert!(cause.contains("retries count as transitions"), "{cause}");
+    let retries = sim
+        .log
+        .iter()
+        .filter(|c| matches!(c, Command::Record(Record::RetryScheduled { .. })))
+        .count();
+    assert_eq!(retries, 49, "one state entered, 49 retries");
+    // Rules 2: retries are not counted.
+    let mut sim = Sim::with_options(definition, options());
+    sim.rules = 2;
+    let o = sim.run(json!({}), flaky());
+    assert_eq!(*succeeded(&o), json!("done"));
+}
+
 #[test]
 fn a_heartbeat_timeout_is_caught_as_a_timeout() {
     let definition = r#"{"StartAt": "T", "States": {

@@ -52,7 +52,13 @@ pub struct ExecutionInfo {
 ///   (`States.HeartbeatTimeout`), which `States.TaskFailed` does not, as on
 ///   AWS; variables (`Assign`) are held to the payload size and nesting
 ///   limits.
-pub const RULES: u32 = 2;
+/// - 3: the output a `Catch` makes (the state's input with the error
+///   written at its `ResultPath`) is held to the payload size and nesting
+///   limits, so that a loop through a catcher cannot grow it without end;
+///   each retry counts as a state transition toward
+///   [`Options::max_state_transitions`](crate::interp::Options), so that a
+///   `Retry` with a huge `MaxAttempts` cannot grow a history without end.
+pub const RULES: u32 = 3;
 
 /// An input to the interpreter: something that happened outside it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
