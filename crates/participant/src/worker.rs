@@ -862,6 +862,16 @@ async fn pull_loop(
                     if backoff(&mut shutdown).await {
                         break 'pull;
                     }
+                    // The pull request is sent without waiting for an
+                    // answer: a consumer deleted or recreated meanwhile (an
+                    // operator's `nats consumer rm`, streams recreated on a
+                    // server that lost its store) shows up here, as "no
+                    // responders" or "consumer deleted". It is created
+                    // again, or pulling would fail for ever.
+                    match slot.spec.open(tasks_stream).await {
+                        Ok(reopened) => consumer = reopened,
+                        Err(e) => tracing::warn!(handler, error = %e, "cannot reopen the consumer"),
+                    }
                     continue 'pull;
                 }
                 Some(Ok(message)) => {

@@ -262,6 +262,42 @@ async fn a_task_succeeds_with_the_handlers_output() {
     stop(stop_h, run).await;
 }
 
+/// The handler's consumer deleted while the worker pulls (an operator's
+/// `nats consumer rm`, streams recreated): the worker creates it again and
+/// goes on serving, rather than failing every pull from then on.
+#[tokio::test]
+async fn a_deleted_consumer_is_created_again_and_tasks_still_run() {
+    let env = env().await;
+    let worker = env
+        .builder()
+        .handler("flights.book", echo())
+        .build()
+        .await
+        .expect("build");
+    let (stop_h, run) = spawn(worker);
+    let first = env.task(1, "flights.book", json!({"n": 1}));
+    env.publish_task(&first, "k/1").await;
+    let (msg, _) = env.next_inbox().await;
+    assert_eq!(succeeded(&msg).0, first.task_id);
+
+    let name = env.infra.ns().task_consumer("flights.book");
+    env.infra
+        .tasks
+        .delete_consumer(&name)
+        .await
+        .expect("consumer deleted");
+    let second = env.task(2, "flights.book", json!({"n": 2}));
+    env.publish_task(&second, "k/2").await;
+    let (msg, _) = env.next_inbox().await;
+    assert_eq!(succeeded(&msg).0, second.task_id);
+    assert!(
+        env.infra.tasks.consumer_info(&name).await.is_ok(),
+        "the consumer exists again"
+    );
+    env.tasks_drained().await;
+    stop(stop_h, run).await;
+}
+
 #[tokio::test]
 async fn a_task_error_becomes_task_failed_with_its_name() {
     let env = env().await;
