@@ -126,17 +126,6 @@ struct ValidateArgs {
     json: bool,
 }
 
-/// Logs go to stderr; `RUST_LOG` sets what (default: warnings and errors).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(sagaflow_telemetry::colour_logs())
-        .try_init();
-}
-
 /// Logging and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OpenTelemetry
 /// export (see docs/tracing.md). A bad `OTEL_*` setting is reported and
 /// the command runs without export.
@@ -149,7 +138,7 @@ fn init_telemetry(command: &Command) -> Option<sagaflow_telemetry::TelemetryGuar
     match sagaflow_telemetry::init(service) {
         Ok(guard) => Some(guard),
         Err(e) => {
-            init_logging();
+            // Logging is set up all the same.
             tracing::warn!(error = %e, "telemetry is off");
             None
         }

@@ -132,6 +132,9 @@ pub struct Config {
 }
 
 impl Config {
+    /// The log filter when `RUST_LOG` is unset: warnings and errors.
+    pub const DEFAULT_LOG_FILTER: &'static str = "warn";
+
     /// Where traces are exported, if they are.
     pub fn traces_url(&self) -> Option<String> {
         self.signal_url(self.traces, &self.traces_endpoint, "v1/traces")
@@ -242,7 +245,7 @@ impl Config {
             export_timeout: millis("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?,
             max_queue_size,
             metric_interval: millis("OTEL_METRIC_EXPORT_INTERVAL", 60_000)?,
-            default_log_filter: "warn".to_string(),
+            default_log_filter: Config::DEFAULT_LOG_FILTER.to_string(),
         })
     }
 }

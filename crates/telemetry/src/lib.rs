@@ -111,8 +111,18 @@ fn install(
 /// variables (see [`Config::from_env`]); `service_name_default` is the
 /// service name when `OTEL_SERVICE_NAME` is unset. Keep the guard alive
 /// until the program ends.
+///
+/// On an error (a bad `OTEL_*` value, an exporter that cannot be built)
+/// logging is set up all the same, without export: the program can report
+/// the error and run on.
 pub fn init(service_name_default: &str) -> Result<TelemetryGuard, TelemetryError> {
-    init_with(Config::from_env(service_name_default)?)
+    match Config::from_env(service_name_default) {
+        Ok(config) => init_with(config),
+        Err(e) => {
+            install_subscriber(Config::DEFAULT_LOG_FILTER, None);
+            Err(e)
+        }
+    }
 }
 
 /// [`init`] with an explicit configuration.
@@ -121,7 +131,8 @@ pub fn init(service_name_default: &str) -> Result<TelemetryGuard, TelemetryError
 /// `RUST_LOG` or [`Config::default_log_filter`]; plus the OpenTelemetry
 /// layer, for `tracing` spans at INFO and above, when exporting), and the
 /// global tracer and meter providers. If a global subscriber is already
-/// installed it is left in place.
+/// installed it is left in place. On an error, logging is set up all the
+/// same, without export.
 pub fn init_with(config: Config) -> Result<TelemetryGuard, TelemetryError> {
     let (traces_url, metrics_url) = (config.traces_url(), config.metrics_url());
     if traces_url.is_none() && metrics_url.is_none() {
@@ -136,11 +147,18 @@ pub fn init_with(config: Config) -> Result<TelemetryGuard, TelemetryError> {
     // The exporters (tonic, reqwest) live on a runtime of their own: they
     // work whatever runtime the program has (or none), and shutting them
     // down never waits on the program's threads.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("sagaflow-otel")
         .enable_all()
-        .build()?;
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            install_subscriber(&config.default_log_filter, None);
+            return Err(e.into());
+        }
+    };
     let built = {
         let _entered = runtime.enter();
         build_providers(&config, traces_url.as_deref(), metrics_url.as_deref())
@@ -151,6 +169,7 @@ pub fn init_with(config: Config) -> Result<TelemetryGuard, TelemetryError> {
             // Dropping a runtime blocks, which panics when `init` is
             // called from async code.
             runtime.shutdown_background();
+            install_subscriber(&config.default_log_filter, None);
             return Err(e);
         }
     };
