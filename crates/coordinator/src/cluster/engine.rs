@@ -1595,9 +1595,8 @@ impl Partition {
                 }
             }
         }
-        let writes_anything = !appends.is_empty()
-            || !self.index_writes.is_empty()
-            || !self.index_creates.is_empty();
+        let writes_anything =
+            !appends.is_empty() || !self.index_writes.is_empty() || !self.index_creates.is_empty();
         if writes_anything && !self.lease.holds() {
             self.lease_lapsed(appends, &mut handed, &mut result);
             return result;
