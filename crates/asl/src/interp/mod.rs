@@ -254,6 +254,11 @@ pub struct Execution {
     redrive_prefill: Option<Vec<Option<Payload>>>,
     /// A reused buffer for building ids.
     scratch: String,
+    /// `$$.Execution`, built on first use and kept until a redrive changes
+    /// it: it holds the execution's input, which would otherwise be copied
+    /// for every evaluation that reads `$$.Execution.Id` (every item of a
+    /// Map's `ItemSelector`).
+    execution_context: std::sync::OnceLock<Option<Value>>,
 }
 
 impl Execution {
@@ -276,6 +281,7 @@ impl Execution {
             fanout_done: None,
             redrive_prefill: None,
             scratch: String::new(),
+            execution_context: std::sync::OnceLock::new(),
         }
     }
 
@@ -388,6 +394,7 @@ impl Execution {
             info.seed
         });
         let input = Arc::new(input);
+        self.execution_context = std::sync::OnceLock::new();
         self.started = Some(Started {
             info,
             input: input.clone(),
@@ -469,6 +476,7 @@ impl Execution {
         };
         self.outcome = None;
         self.redrive_count += 1;
+        self.execution_context = std::sync::OnceLock::new();
         let name = graph_at(&self.machine, &Vec::new())
             .state(point.state)
             .name
@@ -1174,12 +1182,53 @@ impl Execution {
                 }
             }
         };
+        // Rules 3: the iterations' inputs are all built now (AWS builds
+        // each as its iteration starts), so what they may take is bounded:
+        // every item needs a state transition, and an ItemSelector that
+        // copies a large input into each of many items is stopped at a
+        // total of MAP_INPUTS_FACTOR payloads.
+        let bounded = self.rules() >= 3;
+        let left = self
+            .options
+            .max_state_transitions
+            .saturating_sub(self.transitions);
+        if bounded && items.len() as u64 > left {
+            return Err(Failure::runtime(
+                &state.name,
+                format!(
+                    "The Map state '{}' has {} items, more than the {left} state transitions left of the execution's limit of {}.",
+                    state.name,
+                    items.len(),
+                    self.options.max_state_transitions
+                ),
+            ));
+        }
+        let budget = self
+            .options
+            .max_payload_bytes
+            .saturating_mul(MAP_INPUTS_FACTOR);
+        let mut used = 0usize;
         let mut inputs = Vec::with_capacity(items.len());
         for (index, item) in items.into_iter().enumerate() {
             let input = match &map.item_selector {
                 Some(t) => self.eval(f, t, &effective, state, Some((index, &item)))?,
                 None => item,
             };
+            if bounded {
+                used = used.saturating_add(
+                    data::json_len_within(&input, budget - used.min(budget))
+                        .unwrap_or(budget.saturating_add(1)),
+                );
+                if used > budget {
+                    return Err(Failure::new(
+                        errors::DATA_LIMIT_EXCEEDED,
+                        format!(
+                            "The inputs of the iterations of the Map state '{}' exceed {budget} bytes in all ({MAP_INPUTS_FACTOR} times the maximum payload size), at item {index}.",
+                            state.name
+                        ),
+                    ));
+                }
+            }
             inputs.push(input);
         }
         if let Some(batcher) = &map.item_batcher {
@@ -1994,7 +2043,6 @@ impl Execution {
             state,
             map_item,
             context: OnceCell::new(),
-            execution: OnceCell::new(),
             state_machine: OnceCell::new(),
             state_field: OnceCell::new(),
             task: OnceCell::new(),
@@ -2286,6 +2334,11 @@ fn transition(state: &State, output: Payload) -> Flow {
     }
 }
 
+/// How many payloads' worth (of [`Options::max_payload_bytes`]) the inputs
+/// of one Map state's iterations may take in all (rules 3): they are built
+/// together when the Map starts.
+pub const MAP_INPUTS_FACTOR: usize = 64;
+
 fn graph_at<'m>(machine: &'m StateMachine, loc: &GraphLoc) -> &'m Graph {
     let mut graph = &machine.graph;
     for (state, branch) in loc {
@@ -2314,7 +2367,6 @@ struct FrameEnv<'a> {
     /// The whole context object, built on first use of `$$` as a whole.
     context: OnceCell<Value>,
     /// Its fields, each built on first use of `$$.Field...`.
-    execution: OnceCell<Option<Value>>,
     state_machine: OnceCell<Option<Value>>,
     state_field: OnceCell<Option<Value>>,
     task: OnceCell<Option<Value>>,
@@ -2415,7 +2467,14 @@ impl Env for FrameEnv<'_> {
 
     fn context_field(&self, name: &str) -> Option<&Value> {
         let cell = match name {
-            "Execution" => &self.execution,
+            "Execution" => {
+                let exec = self.exec;
+                exec.started.as_ref()?;
+                return exec
+                    .execution_context
+                    .get_or_init(|| self.build_field(name))
+                    .as_ref();
+            }
             "StateMachine" => &self.state_machine,
             "State" => &self.state_field,
             "Task" => &self.task,

@@ -880,6 +880,65 @@ fn retries_count_toward_the_transition_limit() {
     assert_eq!(*succeeded(&o), json!("done"));
 }
 
+/// Rules 3: a Map's iteration inputs are built when it starts, so what
+/// they may take is bounded before any is built: more items than state
+/// transitions left fail the Map at once (each needs one).
+#[test]
+fn a_map_with_more_items_than_transitions_left_fails_before_it_starts() {
+    let definition = r#"{"StartAt": "M", "States": {
+        "M": {"Type": "Map", "ItemsPath": "$.items", "End": true,
+              "ItemProcessor": {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}}
+    }}"#;
+    let options = || Options {
+        max_state_transitions: 20,
+        ..Options::default()
+    };
+    let input = json!({"items": (0..30).collect::<Vec<u32>>()});
+    let mut sim = Sim::with_options(definition, options());
+    let o = sim.run(input.clone(), |_| None);
+    let (error, cause) = failed(&o);
+    assert_eq!(error, "States.Runtime");
+    assert!(
+        cause.contains("has 30 items, more than the 19 state transitions left"),
+        "{cause}"
+    );
+    assert!(
+        !sim.log
+            .iter()
+            .any(|c| matches!(c, Command::Record(Record::MapIterationStarted { .. }))),
+        "no iteration started"
+    );
+    // Rules 2: the iterations run until the limit.
+    let mut sim = Sim::with_options(definition, options());
+    sim.rules = 2;
+    let o = sim.run(input, |_| None);
+    let (error, cause) = failed(&o);
+    assert_eq!(error, "States.Runtime");
+    assert!(cause.contains("20 state transitions"), "{cause}");
+}
+
+/// Rules 3: an ItemSelector that copies a large input into every item is
+/// stopped once the iterations' inputs pass 64 payloads in all, rather
+/// than building them all in memory.
+#[test]
+fn the_inputs_of_a_maps_iterations_are_held_to_64_payloads_in_all() {
+    let definition = r#"{"StartAt": "M", "States": {
+        "M": {"Type": "Map", "ItemsPath": "$.items", "ItemSelector": {"all.$": "$"}, "End": true,
+              "ItemProcessor": {"StartAt": "P", "States": {"P": {"Type": "Pass", "Result": 1, "End": true}}}}
+    }}"#;
+    let options = Options {
+        max_payload_bytes: 1_000,
+        ..Options::default()
+    };
+    // About 500 bytes each, copied into 200 items: 100 KB > 64 KB.
+    let input = json!({"items": vec![0; 200], "pad": "x".repeat(80)});
+    let mut sim = Sim::with_options(definition, options);
+    let o = sim.run(input, |_| None);
+    let (error, cause) = failed(&o);
+    assert_eq!(error, "States.DataLimitExceeded");
+    assert!(cause.contains("exceed 64000 bytes in all"), "{cause}");
+}
+
 #[test]
 fn a_heartbeat_timeout_is_caught_as_a_timeout() {
     let definition = r#"{"StartAt": "T", "States": {

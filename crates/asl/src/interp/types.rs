@@ -57,7 +57,11 @@ pub struct ExecutionInfo {
 ///   limits, so that a loop through a catcher cannot grow it without end;
 ///   each retry counts as a state transition toward
 ///   [`Options::max_state_transitions`](crate::interp::Options), so that a
-///   `Retry` with a huge `MaxAttempts` cannot grow a history without end.
+///   `Retry` with a huge `MaxAttempts` cannot grow a history without end;
+///   a Map with more items than state transitions left fails at once, and
+///   its iterations' inputs (built when it starts) are held to
+///   [`MAP_INPUTS_FACTOR`](crate::interp::MAP_INPUTS_FACTOR) payloads in
+///   all.
 pub const RULES: u32 = 3;
 
 /// An input to the interpreter: something that happened outside it.

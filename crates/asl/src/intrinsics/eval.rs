@@ -619,8 +619,11 @@ fn string_split(args: &Args) -> Result<Value, IntrinsicFailure> {
     // parts are dropped (AWS behaves like Java's StringTokenizer:
     // `StringSplit('This.is+a,test=string', '.+,=')` gives five words, and
     // `StringSplit('a,,b,', ',')` gives ["a", "b"]).
+    // A set of the separators (looked up once per character of `s`, not
+    // searched for: both strings may be long).
+    let delimiters: std::collections::HashSet<char> = delimiters.chars().collect();
     let parts = s
-        .split(|c| delimiters.contains(c))
+        .split(|c| delimiters.contains(&c))
         .filter(|p| !p.is_empty())
         .map(|p| Value::String(p.to_string()))
         .collect();
