@@ -41,7 +41,9 @@ use opentelemetry_sdk::trace::ShouldSample;
 use opentelemetry_semantic_conventions::attribute::{
     ERROR_TYPE, EXCEPTION_MESSAGE, EXCEPTION_TYPE,
 };
-use sagaflow_asl::interp::{Command, Event, Outcome, Record, Timestamp};
+use sagaflow_asl::interp::{
+    Command, Event, Outcome, Record, TimerPurpose, Timestamp, task_timeout_cause,
+};
 use sagaflow_asl::model::StateType;
 
 use crate::attributes as attr;
@@ -73,10 +75,18 @@ pub struct ExecutionTrace {
     /// path, the error and the cause (records that fail the states around
     /// it carry no cause).
     task_failure: Option<(String, String, String)>,
+    /// The armed `TimeoutSeconds` timers of open tasks: timer id → task id.
+    task_timeouts: HashMap<String, Arc<str>>,
+    /// The task whose `TimeoutSeconds` timer fired in the event being
+    /// observed: its cancellation that follows closes it as failed.
+    timed_out: Option<Arc<str>>,
     ready: Vec<Ready>,
     /// Counted in `sagaflow.executions.in_flight` and not yet taken out.
     in_flight: bool,
 }
+
+/// The error of a task that did not answer within its `TimeoutSeconds`.
+const TASK_TIMEOUT_ERROR: &str = sagaflow_asl::errors::TIMEOUT;
 
 struct OpenState {
     span: SpanId,
@@ -272,6 +282,8 @@ impl ExecutionTrace {
             catch_targets: HashSet::new(),
             caught: false,
             task_failure: None,
+            task_timeouts: HashMap::new(),
+            timed_out: None,
             ready: Vec::new(),
             in_flight,
         }
@@ -341,6 +353,7 @@ impl ExecutionTrace {
     pub fn on_event(&mut self, at: Timestamp, event: &Event, live: bool) {
         let t = time(at);
         self.task_failure = None;
+        self.timed_out = None;
         match event {
             Event::ExecutionStarted { .. } => {
                 self.started_at = Some(t);
@@ -361,7 +374,21 @@ impl ExecutionTrace {
                 self.task_failure = Some((state_path.to_string(), error.clone(), cause.clone()));
                 self.close_task(task_id, t, "failed", Some((error, cause)), live);
             }
-            Event::TimerFired { .. } | Event::RedriveRequested | Event::StopRequested { .. } => {}
+            Event::TimerFired { timer_id } => {
+                // A task's TimeoutSeconds: the task fails with
+                // States.Timeout (the interpreter cancels it, then fails
+                // its state).
+                if let Some(task_id) = self.task_timeouts.remove(timer_id) {
+                    let state_path = task_id.rsplit_once('@').map_or(&*task_id, |(p, _)| p);
+                    self.task_failure = Some((
+                        state_path.to_string(),
+                        TASK_TIMEOUT_ERROR.to_string(),
+                        task_timeout_cause(&task_id),
+                    ));
+                    self.timed_out = Some(task_id);
+                }
+            }
+            Event::RedriveRequested | Event::StopRequested { .. } => {}
         }
     }
 
@@ -395,9 +422,26 @@ impl ExecutionTrace {
                 );
             }
             Command::CancelTask { task_id } => {
-                self.close_task(task_id, t, "cancelled", None, live);
+                if self.timed_out.as_deref() == Some(task_id.as_str()) {
+                    let (error, cause) =
+                        (TASK_TIMEOUT_ERROR.to_string(), task_timeout_cause(task_id));
+                    self.close_task(task_id, t, "failed", Some((&error, &cause)), live);
+                } else {
+                    self.close_task(task_id, t, "cancelled", None, live);
+                }
             }
-            Command::StartTimer { .. } | Command::CancelTimer { .. } => {}
+            Command::StartTimer {
+                timer_id,
+                purpose: TimerPurpose::TaskTimeout { task_id },
+                ..
+            } => {
+                self.task_timeouts
+                    .insert(timer_id.clone(), Arc::from(task_id.as_str()));
+            }
+            Command::CancelTimer { timer_id } => {
+                self.task_timeouts.remove(timer_id);
+            }
+            Command::StartTimer { .. } => {}
             Command::Complete(outcome) => self.complete(t, outcome, live),
         }
     }

@@ -288,3 +288,45 @@ fn an_uncaught_failure_fails_the_states_it_went_through() {
         inner.span_context.span_id()
     );
 }
+
+/// A task that does not answer within its `TimeoutSeconds` fails with
+/// `States.Timeout`: its span says so (an error status and an `exception`
+/// event, like any failed attempt), and so does its state's; a task the
+/// interpreter cancels for another reason (its branch aborted) stays unset.
+#[test]
+fn a_task_that_times_out_is_a_failed_attempt() {
+    let definition = r#"{"StartAt": "P", "States": {
+        "P": {"Type": "Parallel", "End": true,
+          "Branches": [
+            {"StartAt": "Hold", "States": {"Hold": {"Type": "Task", "Resource": "slow", "TimeoutSeconds": 60, "End": true}}},
+            {"StartAt": "Late", "States": {"Late": {"Type": "Task", "Resource": "slow", "TimeoutSeconds": 5, "End": true}}}
+          ],
+          "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Handled"}]},
+        "Handled": {"Type": "Pass", "End": true}
+    }}"#;
+    // Step 0: both tasks scheduled, their timeout timers armed. The driver
+    // fires timers one a step, in the order they were armed: Hold's first,
+    // which fails the Parallel; Late's task is cancelled with its branch.
+    let trace = drive("timeout", definition, json!({}));
+    let spans = trace_spans(trace);
+    let all = describe(&spans);
+    let timed_out: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("task "))
+        .filter(|s| s.status == Status::error("States.Timeout"))
+        .collect();
+    assert_eq!(timed_out.len(), 1, "{all:#?}");
+    let (error, cause) = exceptions(timed_out[0]).pop().expect("an exception event");
+    assert_eq!(error, "States.Timeout");
+    assert!(
+        cause.is_some_and(|c| c.contains("did not complete within its TimeoutSeconds")),
+        "{all:#?}"
+    );
+    // The other branch's task was cancelled with its branch: unset.
+    let cancelled: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("task ") && s.status == Status::Unset)
+        .collect();
+    assert_eq!(cancelled.len(), 1, "{all:#?}");
+    assert!(exceptions(cancelled[0]).is_empty(), "{all:#?}");
+}

@@ -1559,10 +1559,7 @@ impl Execution {
                 out.push(Command::CancelTask {
                     task_id: task_id.to_string(),
                 });
-                let failure = Failure::new(
-                    errors::TIMEOUT,
-                    format!("The task '{task_id}' did not complete within its TimeoutSeconds."),
-                );
+                let failure = Failure::new(errors::TIMEOUT, task_timeout_cause(&task_id));
                 let flow = self.state_failed(at, frame, failure, out);
                 self.drive(at, VecDeque::from([(frame, flow)]), out);
             }
@@ -2332,6 +2329,12 @@ fn transition(state: &State, output: Payload) -> Flow {
         Transition::Next(next) => Flow::Enter(next, output),
         Transition::End | Transition::None => Flow::Done(Ok(output)),
     }
+}
+
+/// The cause of a task's `States.Timeout` when it did not answer within
+/// its `TimeoutSeconds`.
+pub fn task_timeout_cause(task_id: &str) -> String {
+    format!("The task '{task_id}' did not complete within its TimeoutSeconds.")
 }
 
 /// How many payloads' worth (of [`Options::max_payload_bytes`]) the inputs
