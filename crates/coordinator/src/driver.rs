@@ -147,9 +147,12 @@ pub struct Prepared {
 
 impl Prepared {
     /// The id of the execution's trace (32 hex digits) when telemetry is
-    /// on: known before it runs.
+    /// on and the trace is sampled (exported): known before it runs.
     pub fn trace_id(&self) -> Option<String> {
-        self.trace.as_ref().map(ExecutionTrace::trace_id)
+        self.trace
+            .as_ref()
+            .filter(|t| t.is_sampled())
+            .map(ExecutionTrace::trace_id)
     }
 }
 

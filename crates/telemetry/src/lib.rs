@@ -173,7 +173,13 @@ pub fn init_with(config: Config) -> Result<TelemetryGuard, TelemetryError> {
             return Err(e);
         }
     };
-    install(&tracer_provider, &meter_provider, config.sampler.sampler());
+    // Traces not exported (`OTEL_TRACES_EXPORTER=none`, metrics still on):
+    // no trace is sampled, so no span is built and no trace id is shown.
+    let sampler = match traces_url {
+        Some(_) => config.sampler.sampler(),
+        None => Sampler::AlwaysOff,
+    };
+    install(&tracer_provider, &meter_provider, sampler);
     install_subscriber(
         &config.default_log_filter,
         Some(tracer_provider.tracer("sagaflow")),

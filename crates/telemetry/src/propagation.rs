@@ -165,6 +165,14 @@ pub fn trace_id_of(traceparent: &str) -> Option<String> {
     parse_traceparent(traceparent).map(|sc| sc.trace_id().to_string())
 }
 
+/// [`trace_id_of`] when the `traceparent`'s trace is sampled (its spans are
+/// exported); `None` otherwise: there is nothing to look up.
+pub fn sampled_trace_id_of(traceparent: &str) -> Option<String> {
+    parse_traceparent(traceparent)
+        .filter(|sc| sc.is_sampled())
+        .map(|sc| sc.trace_id().to_string())
+}
+
 fn is_lower_hex(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -188,6 +196,16 @@ mod tests {
         );
         let unsampled = parse_traceparent(&TP.replace("-01", "-00")).unwrap();
         assert!(!unsampled.is_sampled());
+    }
+
+    #[test]
+    fn only_a_sampled_trace_has_an_id_to_look_up() {
+        assert_eq!(
+            sampled_trace_id_of(TP).as_deref(),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
+        assert_eq!(sampled_trace_id_of(&TP.replace("-01", "-00")), None);
+        assert_eq!(sampled_trace_id_of("garbage"), None);
     }
 
     #[test]

@@ -2981,7 +2981,7 @@ fn running_description(live: &Live) -> ExecutionDescription {
 fn trace_id_of(meta: &ExecutionMeta) -> Option<String> {
     meta.execution_span
         .as_deref()
-        .and_then(sagaflow_telemetry::propagation::trace_id_of)
+        .and_then(sagaflow_telemetry::propagation::sampled_trace_id_of)
 }
 
 /// A history batch whose records carry no state payloads (`null`).
