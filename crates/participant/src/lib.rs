@@ -145,7 +145,10 @@ impl TaskContext {
     /// Tells the runtime the task is still alive (AWS's
     /// `SendTaskHeartbeat`): it restarts the `HeartbeatSeconds` countdown.
     /// When the runtime no longer waits for this task (it was cancelled or
-    /// timed out) the heartbeat is dropped.
+    /// timed out) the heartbeat is dropped. Calling it often is cheap: over
+    /// NATS the Worker sends at most one heartbeat per quarter of
+    /// `HeartbeatSeconds` (per second at most), the last one of a burst at
+    /// the end of its window.
     pub async fn heartbeat(&self) {
         // A closed channel means nobody waits for this task any more: there
         // is nobody to tell, which is not the handler's problem.

@@ -470,6 +470,48 @@ async fn heartbeats_reach_the_inbox_before_the_result() {
     stop(stop_h, run).await;
 }
 
+/// A handler calling `heartbeat()` in a tight loop does not flood its
+/// partition's inbox: heartbeats are coalesced (one per window of a second
+/// at most, the last one sent before the result).
+#[tokio::test]
+async fn heartbeats_in_a_tight_loop_are_coalesced() {
+    let env = env().await;
+    let handler = handler_fn(|_: Value, ctx: TaskContext| async move {
+        // A burst (queued at once), then a beat every millisecond for
+        // 300 ms.
+        for _ in 0..10_000 {
+            ctx.heartbeat().await;
+        }
+        let until = tokio::time::Instant::now() + Duration::from_millis(300);
+        while tokio::time::Instant::now() < until {
+            ctx.heartbeat().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok::<_, TaskError>(json!("done"))
+    });
+    let worker = env
+        .builder()
+        .handler("book", handler)
+        .build()
+        .await
+        .expect("build");
+    let (stop_h, run) = spawn(worker);
+    let task = env.task(1, "book", json!({}));
+    env.publish_task(&task, "a").await;
+    let mut beats = 0;
+    loop {
+        match env.next_inbox().await.0 {
+            InboxMessage::TaskHeartbeat { .. } => beats += 1,
+            last => {
+                assert_eq!(succeeded(&last), ("Book@1#0", &json!("done")));
+                break;
+            }
+        }
+    }
+    assert!((1..=3).contains(&beats), "{beats} heartbeat messages");
+    stop(stop_h, run).await;
+}
+
 /// Records how many calls run at once.
 #[derive(Default)]
 struct Gauge {

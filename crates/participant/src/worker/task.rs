@@ -41,6 +41,9 @@ fn after(from: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
 const TIMEOUT: &str = "States.Timeout";
 const HEARTBEAT_TIMEOUT: &str = "States.HeartbeatTimeout";
 
+/// Longest time between two heartbeats sent on (see `run_handler`).
+const MAX_BEAT_WINDOW: Duration = Duration::from_secs(1);
+
 /// Longest wait for the coordinator's answer to a result sent directly
 /// (shorter with a short ack wait); then the result goes to the inbox.
 const RESULT_ANSWER_WAIT: Duration = Duration::from_secs(5);
@@ -393,6 +396,20 @@ impl TaskRunner {
             task_id: task.task_id.clone(),
         });
         let mut beats_open = true;
+        // Heartbeats are coalesced: at most one progress ack and inbox
+        // message per window (a quarter of HeartbeatSeconds, at most a
+        // second); one that comes inside the window is sent at its end. A
+        // handler calling `heartbeat()` in a tight loop would otherwise
+        // flood its partition's inbox.
+        let beat_window = task
+            .heartbeat_seconds
+            .map_or(MAX_BEAT_WINDOW, |s| {
+                (Duration::from_secs(s) / 4).min(MAX_BEAT_WINDOW)
+            })
+            .max(Duration::from_millis(10));
+        let mut next_beat_at = tokio::time::Instant::now();
+        let mut beat_due = false;
+        let mut beat_flush = pin!(tokio::time::sleep_until(next_beat_at));
         let mut beat_acks = FuturesUnordered::new();
         // A claim refresh runs beside the handler and the other duties (a
         // slow store must not hold up progress acknowledgements); while it
@@ -415,6 +432,32 @@ impl TaskRunner {
                         ),
                     )));
                 }
+                // Before `silent`: a heartbeat that came while the loop was
+                // busy counts, even when the deadline has passed meanwhile.
+                beat = beat_rx.recv(), if beats_open => match beat {
+                    Some(()) => {
+                        while let Ok(()) = beat_rx.try_recv() {}
+                        if let Some(limit) = beat_limit {
+                            silent
+                                .as_mut()
+                                .reset(after(tokio::time::Instant::now(), limit));
+                        }
+                        if tokio::time::Instant::now() >= next_beat_at {
+                            self.send_beat(message, task, &heartbeat, &mut beat_acks).await;
+                            next_beat_at = tokio::time::Instant::now() + beat_window;
+                        } else if !beat_due {
+                            beat_due = true;
+                            beat_flush.as_mut().reset(next_beat_at);
+                        }
+                    }
+                    // The handler dropped its context: no more heartbeats.
+                    None => beats_open = false,
+                },
+                () = &mut beat_flush, if beat_due => {
+                    beat_due = false;
+                    self.send_beat(message, task, &heartbeat, &mut beat_acks).await;
+                    next_beat_at = tokio::time::Instant::now() + beat_window;
+                }
                 () = &mut silent, if beat_limit.is_some() => {
                     tracing::warn!(heartbeat_seconds = ?task.heartbeat_seconds, "handler stopped: no heartbeat within HeartbeatSeconds");
                     break Outcome::Done(Err(TaskError::new(
@@ -425,21 +468,6 @@ impl TaskRunner {
                         ),
                     )));
                 }
-                beat = beat_rx.recv(), if beats_open => match beat {
-                    Some(()) => {
-                        if let Some(limit) = beat_limit {
-                            silent
-                                .as_mut()
-                                .reset(after(tokio::time::Instant::now(), limit));
-                        }
-                        progress(message).await;
-                        if let Some(ack) = self.publish_heartbeat(task, &heartbeat).await {
-                            beat_acks.push(ack);
-                        }
-                    }
-                    // The handler dropped its context: no more heartbeats.
-                    None => beats_open = false,
-                },
                 Some(acked) = beat_acks.next(), if !beat_acks.is_empty() => {
                     if let Err(e) = acked {
                         tracing::warn!(error = %e, "a heartbeat was not stored");
@@ -458,9 +486,14 @@ impl TaskRunner {
                     *claim = kept(held, refreshed);
                 }
                 joined = &mut work => {
-                    // Heartbeats sent in the handler's last poll: publish
-                    // them too, so that every heartbeat precedes the result.
+                    // A heartbeat waiting for its window, or sent in the
+                    // handler's last poll: published too (once), so that
+                    // every heartbeat precedes the result.
+                    let mut last_beats = beat_due;
                     while let Ok(()) = beat_rx.try_recv() {
+                        last_beats = true;
+                    }
+                    if last_beats {
                         let _ = self.publish_heartbeat(task, &heartbeat).await;
                     }
                     break Outcome::Done(match joined {
@@ -483,6 +516,22 @@ impl TaskRunner {
 
     /// Publishes a heartbeat to the task's inbox; returns the future of the
     /// broker's ack.
+    /// A heartbeat's progress acknowledgement and inbox message.
+    async fn send_beat(
+        &self,
+        message: &jetstream::Message,
+        task: &TaskMessage,
+        heartbeat: &Bytes,
+        acks: &mut FuturesUnordered<
+            <jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture,
+        >,
+    ) {
+        progress(message).await;
+        if let Some(ack) = self.publish_heartbeat(task, heartbeat).await {
+            acks.push(ack);
+        }
+    }
+
     async fn publish_heartbeat(
         &self,
         task: &TaskMessage,
