@@ -339,12 +339,57 @@ fn json_deeper_than(json: &[u8], max: usize) -> bool {
 /// 32,768 bytes (or `max_bytes`, when lower). A Worker also needs this to
 /// fit the failure in a message; the embedded runtime does the same so
 /// that the same answers make the same run.
+///
+/// The cause is also cut so that its JSON text (escaped: a control
+/// character takes six bytes, a quote two) fits in `max_bytes`: a message
+/// over the broker's limit could never be delivered.
 pub fn failure_within_limits(failure: TaskError, max_bytes: usize) -> TaskError {
     use sagaflow_protocol::api::{MAX_CAUSE_CHARS, MAX_ERROR_CHARS};
+    let cause = cut_text(failure.cause, max_bytes.min(MAX_CAUSE_CHARS));
+    let cause = if json_escaped_len(&cause) <= max_bytes {
+        cause
+    } else {
+        cut_escaped(&cause, max_bytes)
+    };
     TaskError {
         error: failure.error.chars().take(MAX_ERROR_CHARS).collect(),
-        cause: cut_text(failure.cause, max_bytes.min(MAX_CAUSE_CHARS)),
+        cause,
     }
+}
+
+/// The length of a character inside a JSON string, escaped as serde_json
+/// escapes it.
+fn json_escaped_char_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// The length of `text` inside a JSON string (without the quotes).
+fn json_escaped_len(text: &str) -> usize {
+    text.chars().map(json_escaped_char_len).sum()
+}
+
+/// The longest start of `text` whose escaped length, with the
+/// `... (truncated)` mark, is at most `max` bytes.
+fn cut_escaped(text: &str, max: usize) -> String {
+    const MARK: &str = "... (truncated)";
+    let mark = if max > MARK.len() { MARK } else { "" };
+    let budget = max - mark.len();
+    let mut used = 0;
+    let mut end = 0;
+    for (i, c) in text.char_indices() {
+        used += json_escaped_char_len(c);
+        if used > budget {
+            break;
+        }
+        end = i + c.len_utf8();
+    }
+    let mut out = text.get(..end).unwrap_or_default().to_string();
+    out.push_str(mark);
+    out
 }
 
 /// A handler's result as its task's answer, in-process and over NATS
@@ -425,6 +470,28 @@ pub async fn stop_signal() -> std::io::Result<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    /// A cause full of characters that JSON escapes (six bytes for a
+    /// control character, two for a quote) is cut so that its JSON text
+    /// fits the limit, not only its raw bytes.
+    #[test]
+    fn a_failure_cause_fits_the_limit_once_escaped() {
+        for (c, max) in [
+            ('\u{1b}', 50_000),
+            ('"', 40_000),
+            ('\n', 1_000),
+            ('é', 1_001),
+        ] {
+            let cause: String = std::iter::repeat_n(c, 32_768).collect();
+            let cut = failure_within_limits(TaskError::new("E", cause), max);
+            let json = serde_json::to_string(&cut.cause).unwrap();
+            assert!(json.len() - 2 <= max, "{c:?}: {} > {max}", json.len() - 2);
+            assert!(json.len() - 2 + 6 > max, "{c:?}: cut too short");
+            assert!(cut.cause.ends_with("... (truncated)"));
+        }
+        // Plain text within the limits is left alone.
+        let kept = failure_within_limits(TaskError::new("E", "no seats"), 100);
+        assert_eq!(kept.cause, "no seats");
+    }
     use std::sync::Arc;
 
     use serde_json::json;
