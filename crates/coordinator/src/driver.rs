@@ -109,7 +109,8 @@ pub struct ExecutionRun {
     /// Everything that happened, in order.
     pub history: Vec<HistoryEntry>,
     /// The id of the execution's trace (32 hex digits) when telemetry is on
-    /// (see `sagaflow_telemetry::init`): open it in Jaeger.
+    /// (see `sagaflow_telemetry::init`) and the trace is sampled: open it in
+    /// Jaeger.
     pub trace_id: Option<String>,
     /// The `traceparent` of the execution's span when telemetry is on: a
     /// [`Begin::Redrive`] goes on in the same trace.
@@ -500,7 +501,10 @@ impl Coordinator {
             info,
             outcome,
             history: log.entries(),
-            trace_id: trace.as_ref().map(ExecutionTrace::trace_id),
+            trace_id: trace
+                .as_ref()
+                .filter(|t| t.is_sampled())
+                .map(ExecutionTrace::trace_id),
             execution_span: trace.as_ref().map(ExecutionTrace::traceparent),
         })
     }

@@ -670,8 +670,8 @@ pub struct ExecutionResult {
     /// The cause, with the error.
     pub cause: Option<String>,
     /// The execution's trace id (32 hex digits), when tracing is on
-    /// (`OTEL_EXPORTER_OTLP_ENDPOINT` set, see `docs/tracing.md`): open it in
-    /// Jaeger.
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT` set, see `docs/tracing.md`) and the
+    /// trace is sampled: open it in Jaeger.
     pub trace_id: Option<String>,
 }
 
