@@ -534,11 +534,18 @@ pub async fn connect_resolved(resolved: Resolved) -> Result<async_nats::Client, 
     let info = client.server_info();
     // No version yet: connected with `retry_on_initial_connect` to a server
     // not reached yet. `setup`, which cannot do without the server, checks
-    // it then.
-    if info.version.is_empty() {
+    // it then. A server that answered without saying its version is
+    // refused.
+    let connected = client.connection_state() == async_nats::connection::State::Connected;
+    if info.version.is_empty() && !connected {
         return Ok(client);
     }
     if let Err(version) = check_server_version(&info.version) {
+        let version = if version.is_empty() {
+            crate::UNKNOWN_VERSION.to_string()
+        } else {
+            version
+        };
         return Err(ConnectError::ServerTooOld {
             url,
             version,

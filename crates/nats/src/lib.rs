@@ -197,6 +197,9 @@ pub enum SetupError {
     },
 }
 
+/// The version reported for a server that did not say its version.
+pub(crate) const UNKNOWN_VERSION: &str = "unknown (the server did not say)";
+
 /// What a stream holds, for [`check_kept`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Holds {
@@ -333,17 +336,23 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
     // The version, where the client knows it already (it does not before
     // its first connection with `retry_on_initial_connect`: checked again
     // once the first stream is open).
-    let too_old = |client: &async_nats::Client| {
+    // `connected`: the server answered already, so it must have said its
+    // version (a server or proxy that does not is refused).
+    let too_old = |client: &async_nats::Client, connected: bool| {
         let version = client.server_info().version;
         match check_server_version(&version) {
             Err(version) if !version.is_empty() => Err(SetupError::ServerTooOld {
                 version,
                 hint: INSTALL_HINT,
             }),
+            Err(_) if connected => Err(SetupError::ServerTooOld {
+                version: UNKNOWN_VERSION.to_string(),
+                hint: INSTALL_HINT,
+            }),
             _ => Ok(()),
         }
     };
-    too_old(&client)?;
+    too_old(&client, false)?;
     let js = jetstream::new(client.clone());
     let ns = settings.namespace.clone();
     let stream = |name: String, subjects: Vec<String>, retention, max_age| stream::Config {
@@ -419,7 +428,7 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
         Duration::ZERO,
     ))
     .await;
-    too_old(&client)?;
+    too_old(&client, history.is_ok())?;
     let history = history?;
     let inbox = open(stream(
         ns.inbox_stream(),
@@ -503,6 +512,33 @@ pub async fn setup(client: async_nats::Client, settings: Settings) -> Result<Inf
             in_effect.max_message_bytes = limit;
         }
     }
+    // Buckets without a TTL would keep leases and presences for ever: a dead
+    // coordinator's partitions would never be taken over, and it would be
+    // counted in the shares for ever.
+    for config in &configs[5..7] {
+        if config.max_age.is_zero() {
+            return Err(SetupError::Unsafe {
+                name: config.name.clone(),
+                setting: "max age",
+                found: "none (0)".to_string(),
+                wanted: "the lease TTL (`Settings::lease_ttl`, 10 s by default)",
+                consequence: "leases and coordinators would never expire: a dead coordinator's partitions would never be taken over",
+            });
+        }
+    }
+    // The duplicate window of the inbox and tasks streams: how long a start
+    // (its name) and a task are remembered.
+    for config in &configs[1..3] {
+        if config.duplicate_window != settings.duplicate_window {
+            tracing::warn!(
+                stream = %config.name,
+                duplicate_window = ?config.duplicate_window,
+                asked = ?settings.duplicate_window,
+                "this stream exists with another duplicate window, which is the one in effect"
+            );
+        }
+    }
+    in_effect.duplicate_window = configs[1].duplicate_window;
     let ttl_of = |config: &stream::Config, asked: Duration, what: &str| {
         if config.max_age != asked {
             tracing::warn!(

@@ -396,6 +396,63 @@ async fn streams_that_would_lose_what_they_hold_are_refused() {
     .expect("a safe stream is kept");
 }
 
+/// A leases bucket made by hand without a TTL would keep every lease for
+/// ever (a dead coordinator's partitions never taken over): refused, as is
+/// a coordinators bucket without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_buckets_without_a_ttl_are_refused() {
+    let server = NatsServer::start().unwrap();
+    let client = connect(&server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    for (namespace, pick) in [("leases", 0), ("coordinators", 1)] {
+        let ns = Namespace::new(namespace).unwrap();
+        let bucket = [ns.leases_bucket(), ns.coordinators_bucket()][pick].clone();
+        js.create_key_value(async_nats::jetstream::kv::Config {
+            bucket: bucket.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let err = setup(
+            client.clone(),
+            Settings {
+                namespace: ns,
+                ..Settings::default()
+            },
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{namespace}: accepted"));
+        match &err {
+            sagaflow_nats::SetupError::Unsafe { name, setting, .. } => {
+                assert_eq!(
+                    (name.as_str(), *setting),
+                    (format!("KV_{bucket}").as_str(), "max age")
+                );
+            }
+            other => panic!("{namespace}: expected Unsafe, got {other}"),
+        }
+    }
+}
+
+/// An inbox created with another duplicate window keeps it, and it is the
+/// one in effect (the API says how long a name stays taken by it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_duplicate_window_in_effect_is_the_streams() {
+    let server = NatsServer::start().unwrap();
+    let client = connect(&server.url()).await.unwrap();
+    let first = Settings {
+        duplicate_window: std::time::Duration::from_secs(30),
+        ..Settings::default()
+    };
+    setup(client.clone(), first).await.unwrap();
+    let second = setup(client, Settings::default()).await.unwrap();
+    assert_eq!(
+        second.settings.duplicate_window,
+        std::time::Duration::from_secs(30)
+    );
+}
+
 /// Processes starting at once with other settings: whichever creates a
 /// stream or bucket first, the other opens it (and acts on its settings)
 /// instead of failing.
