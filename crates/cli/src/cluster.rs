@@ -160,7 +160,7 @@ pub struct CoordinatorArgs {
     /// Partitions executions are spread over (the same on every coordinator).
     #[arg(long, default_value_t = 16, value_name = "N")]
     partitions: u32,
-    /// This coordinator's id (default: random).
+    /// This coordinator's id (default: random): letters, digits and `-_=.`.
     #[arg(long, value_name = "ID")]
     id: Option<String>,
     /// Start an execution of MACHINE for every message on SUBJECT.

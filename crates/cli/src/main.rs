@@ -145,7 +145,31 @@ fn init_telemetry(command: &Command) -> Option<sagaflow_telemetry::TelemetryGuar
     }
 }
 
+/// The environment variables the options read. An empty one is taken as
+/// unset, as the `nats` CLI takes it (clap would take `NATS_URL=` for an
+/// empty URL instead of the default, and `NATS_CA=` for a missing value).
+const OPTION_VARIABLES: [&str; 11] = [
+    "NATS_URL",
+    "NATS_CREDS",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "NATS_NKEY",
+    "NATS_INBOX_PREFIX",
+    "NATS_CA",
+    "NATS_CERT",
+    "NATS_KEY",
+    "SAGAFLOW_HTTP_CONNECTIONS",
+];
+
 fn main() -> ExitCode {
+    for name in OPTION_VARIABLES {
+        if std::env::var_os(name).is_some_and(|v| v.is_empty()) {
+            // SAFETY: first thing in `main`, before any thread is started
+            // (no runtime, no other thread reads the environment yet).
+            unsafe { std::env::remove_var(name) };
+        }
+    }
     sagaflow_http::install_crypto_provider();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -296,6 +296,37 @@ fn unreachable_nats_is_an_error() {
     assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
 }
 
+/// Empty option variables count as unset, as in the `nats` CLI: they
+/// neither replace the default URL nor stand for a missing value.
+#[test]
+fn empty_option_variables_are_taken_as_unset() {
+    let server = NatsServer::start().expect("nats-server");
+    let mut cmd = bin();
+    cmd.args(["machines", "--nats", &server.url()]);
+    for name in [
+        "NATS_CA",
+        "NATS_USER",
+        "NATS_CREDS",
+        "NATS_TOKEN",
+        "NATS_INBOX_PREFIX",
+    ] {
+        cmd.env(name, "");
+    }
+    let o = cmd.output().expect("run sagaflow");
+    // Connected (no coordinator runs: the API does not answer).
+    let text = stderr(&o);
+    assert!(text.contains("no coordinator is serving the API"), "{text}");
+    // An empty NATS_URL leaves the default in place (nothing listens on
+    // the default port here: the error names it).
+    let o = bin()
+        .args(["machines"])
+        .env("NATS_URL", "")
+        .output()
+        .expect("run sagaflow");
+    let text = stderr(&o);
+    assert!(text.contains("127.0.0.1:4222"), "{text}");
+}
+
 /// Waits for a child to exit, for at most `limit`.
 fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;

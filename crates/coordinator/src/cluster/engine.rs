@@ -64,7 +64,9 @@ pub struct ClusterOptions {
     /// How many partitions executions are spread over. Every coordinator
     /// of a deployment must use the same number.
     pub partitions: u32,
-    /// This coordinator's id (default: random).
+    /// This coordinator's id (default: random): 1 to 255 letters, digits
+    /// and `-_=.`, as it is a key of the coordinators bucket; another is
+    /// refused by [`Cluster::start`] ([`ClusterError::InvalidId`]).
     pub coordinator_id: Option<String>,
     /// Interpreter limits. By default the history's records carry no copies
     /// of state inputs and outputs (`record_payloads: false`): they are
@@ -123,6 +125,24 @@ pub enum ClusterError {
     /// The API service or a trigger could not start.
     #[error("cannot start the API service: {0}")]
     Api(String),
+    /// The coordinator id is not usable as a key of the coordinators and
+    /// leases buckets.
+    #[error(
+        "coordinator id {0:?} is not valid: use 1 to 255 letters, digits and `-_=.` (it is a key of the coordinators bucket)"
+    )]
+    InvalidId(String),
+}
+
+/// Whether `id` can be a coordinator id: a NATS KV key (letters, digits,
+/// `-`, `_`, `=`, `.`; not starting or ending with `.`), of a sensible
+/// length.
+fn valid_coordinator_id(id: &str) -> bool {
+    (1..=255).contains(&id.len())
+        && !id.starts_with('.')
+        && !id.ends_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'.'))
 }
 
 /// The coordinator.
@@ -189,6 +209,11 @@ impl Cluster {
         client: async_nats::Client,
         options: ClusterOptions,
     ) -> Result<ClusterHandle, ClusterError> {
+        if let Some(id) = &options.coordinator_id
+            && !valid_coordinator_id(id)
+        {
+            return Err(ClusterError::InvalidId(id.clone()));
+        }
         let infra = sagaflow_nats::setup(client, options.settings.clone()).await?;
         let store = Store::new(infra, options.partitions);
         let id = options
@@ -321,7 +346,9 @@ async fn lease_loop(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiv
     // starting together do not all race for partition 0.
     let offset = (random_u64() % u64::from(partitions)) as u32;
     loop {
-        let _ = infra.coordinators.put(&id, "alive".into()).await;
+        if let Err(e) = infra.coordinators.put(&id, "alive".into()).await {
+            tracing::warn!(coordinator = %id, error = %e, "cannot record this coordinator as alive: the partitions may be shared unevenly");
+        }
         let live = count_keys(&infra.coordinators).await.max(1);
         let share = partitions.div_ceil(live as u32) as usize;
 
@@ -3477,6 +3504,26 @@ mod tests {
                 }
                 _ => {}
             }
+        }
+    }
+
+    #[test]
+    fn coordinator_ids_are_kv_keys() {
+        for ok in ["coordinator-1", "node_a.eu=1", "A"] {
+            assert!(valid_coordinator_id(ok), "{ok}");
+        }
+        let long = "x".repeat(256);
+        for bad in [
+            "",
+            "node:1",
+            "a b",
+            "user@host",
+            ".a",
+            "a.",
+            "é",
+            long.as_str(),
+        ] {
+            assert!(!valid_coordinator_id(bad), "{bad}");
         }
     }
 
