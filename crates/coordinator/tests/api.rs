@@ -1261,13 +1261,19 @@ async fn wait_for_completion_sees_the_end() {
         .unwrap();
     env.simulate("hello", "w", json!({}), None).await;
     let arn = ExecutionRef::new("hello", "w").unwrap().arn();
-    // Still running: times out.
-    assert!(matches!(
-        env.client
-            .wait_for_completion(&arn, Duration::from_millis(300))
-            .await,
-        Err(ApiClientError::Timeout { .. })
-    ));
+    // Still running: the wait ends, saying so (not that the API is away).
+    let waited = env
+        .client
+        .wait_for_completion(&arn, Duration::from_millis(300))
+        .await;
+    assert!(
+        matches!(waited, Err(ApiClientError::StillRunning { seen: true, .. })),
+        "{waited:?}"
+    );
+    assert!(
+        waited.unwrap_err().to_string().contains("is still running"),
+        "the message says it"
+    );
     let waiter = {
         let c = env.client.clone();
         let arn = arn.clone();

@@ -61,6 +61,20 @@ pub enum ApiClientError {
         /// The time waited.
         timeout: Duration,
     },
+    /// [`ApiClient::wait_for_completion`]: the execution had not ended
+    /// when the time was up.
+    #[error(
+        "execution {execution_arn} {} after {waited:?}",
+        if *.seen { "is still running" } else { "has not started (its start is still queued, or it does not exist)" }
+    )]
+    StillRunning {
+        /// The execution.
+        execution_arn: String,
+        /// The time waited.
+        waited: Duration,
+        /// Whether it was seen running (else the API never knew it).
+        seen: bool,
+    },
     /// NATS failed.
     #[error("NATS: {0}")]
     Transport(String),
@@ -455,7 +469,10 @@ impl ApiClient {
     /// (so a completion between the two is not missed), then waits for the
     /// notice, asking again every 500 ms in case a notice was lost (core
     /// NATS does not keep messages). An execution not indexed yet (its start
-    /// still queued) counts as running.
+    /// still queued) counts as running; one gone after it was seen running
+    /// (deleted by its retention) is the API's `ExecutionDoesNotExist`.
+    /// When the time is up first: [`ApiClientError::StillRunning`] (or the
+    /// last error of an API that did not answer).
     pub async fn wait_for_completion(
         &self,
         execution_arn: &str,
@@ -478,6 +495,9 @@ impl ApiClient {
         // coordinator at the moment, one failing over, NATS reconnecting):
         // the wait goes on, and it is returned if the deadline comes first.
         let mut passing: Option<ApiClientError> = None;
+        // Seen running once: it exists (gone after that means deleted, by
+        // its retention, and is final).
+        let mut seen = false;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let asked = tokio::time::timeout(left, self.describe_execution(execution_arn)).await;
@@ -486,8 +506,11 @@ impl ApiClient {
                     let _ = notices.unsubscribe().await;
                     return Ok(d);
                 }
-                Ok(Ok(_)) => passing = None,
-                Ok(Err(ApiClientError::Api(e))) if e.code == "ExecutionDoesNotExist" => {
+                Ok(Ok(_)) => {
+                    passing = None;
+                    seen = true;
+                }
+                Ok(Err(ApiClientError::Api(e))) if e.code == "ExecutionDoesNotExist" && !seen => {
                     passing = None;
                 }
                 Ok(Err(
@@ -505,14 +528,20 @@ impl ApiClient {
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 let _ = notices.unsubscribe().await;
-                return Err(passing.unwrap_or(ApiClientError::Timeout {
-                    subject: self.ns.api_subject(Operation::DescribeExecution),
-                    timeout,
+                return Err(passing.unwrap_or(ApiClientError::StillRunning {
+                    execution_arn: execution_arn.to_string(),
+                    waited: timeout,
+                    seen,
                 }));
             }
             let wait = (deadline - now).min(Duration::from_millis(500));
-            // A notice or the poll interval, whichever comes first.
-            let _ = tokio::time::timeout(wait, notices.next()).await;
+            // A notice or the poll interval, whichever comes first (the
+            // interval in full when the subscription has ended: the
+            // connection closed).
+            let asked_at = tokio::time::Instant::now();
+            if let Ok(None) = tokio::time::timeout(wait, notices.next()).await {
+                tokio::time::sleep_until(asked_at + wait).await;
+            }
         }
     }
 }
