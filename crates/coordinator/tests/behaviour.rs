@@ -1472,6 +1472,69 @@ async fn a_failed_execution_is_redriven_to_success() {
     env.shutdown().await;
 }
 
+/// A redrive message delivered again (its ack was lost, say) after the
+/// redriven run failed again does not redrive that run too: the message
+/// names the run it redrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_redrive_does_not_redrive_the_next_run() {
+    let mut env = Env::start().await;
+    env.deploy("once", ONCE).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    env.worker(|b| {
+        b.handler(
+            "fragile",
+            handler_fn(move |_input: Value, _ctx: TaskContext| {
+                c.fetch_add(1, Ordering::SeqCst);
+                async move { Err::<Value, _>(TaskError::new("Broken", "still broken")) }
+            }),
+        )
+    })
+    .await;
+    let arn = env.start_execution("once", "twice", json!({})).await;
+    assert_status(&env.wait(&arn).await, ExecutionStatus::Failed);
+    env.api.redrive_execution(&arn).await.unwrap();
+    let again = env
+        .wait_until(&arn, |d| {
+            d.redrive_count >= 1 && d.status != ExecutionStatus::Running
+        })
+        .await;
+    assert_status(&again, ExecutionStatus::Failed);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // The same redrive, delivered again (another message id: past the
+    // broker's duplicate window, or after a lost ack).
+    let exec = ExecutionRef::from_arn(&arn).unwrap();
+    env.publish_inbox(
+        &exec,
+        &InboxMessage::RedriveExecution {
+            execution_arn: arn.clone(),
+            redrive_count: Some(0),
+        },
+    )
+    .await;
+    // Handled once the inbox (a work queue) is empty: a redrive applied
+    // is in the history by then (appended before the message is acked).
+    let mut inbox = env.cluster.as_ref().unwrap().store().infra().inbox.clone();
+    let deadline = Instant::now() + common::LIMIT;
+    while inbox.info().await.unwrap().state.messages > 0 {
+        assert!(Instant::now() < deadline, "the inbox was not emptied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = env.describe(&arn).await;
+    assert_status(&after, ExecutionStatus::Failed);
+    assert_eq!(after.redrive_count, 1, "{after:?}");
+    assert_eq!(
+        events_of(&env.history(&arn).await, "ExecutionRedriven").len(),
+        1
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the task did not run again"
+    );
+    env.shutdown().await;
+}
+
 const BOOK_BESIDE_FRAGILE: &str = r#"{
   "StartAt": "Both",
   "States": {"Both": {"Type": "Parallel", "End": true, "Branches": [

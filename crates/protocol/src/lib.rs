@@ -533,6 +533,12 @@ pub enum InboxMessage {
     RedriveExecution {
         /// The execution's ARN.
         execution_arn: String,
+        /// How many times it had been redriven when the redrive was asked:
+        /// the run it redrives. A redelivered message finds the execution
+        /// redriven already (a higher count) and changes nothing. Absent
+        /// from messages of older builds: then any ended run is redriven.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        redrive_count: Option<u32>,
     },
 }
 
@@ -545,7 +551,7 @@ impl InboxMessage {
             | InboxMessage::TaskFailed { execution_arn, .. }
             | InboxMessage::TaskHeartbeat { execution_arn, .. }
             | InboxMessage::StopExecution { execution_arn, .. }
-            | InboxMessage::RedriveExecution { execution_arn } => execution_arn,
+            | InboxMessage::RedriveExecution { execution_arn, .. } => execution_arn,
         }
     }
 }

@@ -915,6 +915,7 @@ impl Api {
             &exec,
             &InboxMessage::RedriveExecution {
                 execution_arn: exec.arn(),
+                redrive_count: Some(entry.redrive_count),
             },
             Some(format!("redrive/{}/{}", exec.key(), entry.redrive_count)),
             None,

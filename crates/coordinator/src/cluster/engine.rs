@@ -2037,6 +2037,20 @@ impl Partition {
                     }
                     Event::StopRequested { error, cause }
                 }
+                Input::Inbox(
+                    _,
+                    InboxMessage::RedriveExecution {
+                        redrive_count: Some(count),
+                        ..
+                    },
+                ) if self.live.get(key).is_some_and(|l| l.redrive_count != count) => {
+                    // Asked for another run than the one held: a redelivery
+                    // of a redrive applied already (a later run), or news
+                    // for a newer copy than this one (checked below, as for
+                    // any message that changes nothing).
+                    unanswered = true;
+                    continue;
+                }
                 Input::Inbox(_, InboxMessage::RedriveExecution { .. }) => Event::RedriveRequested,
                 Input::Timer(timer_id) => Event::TimerFired { timer_id },
                 Input::HeartbeatExpired(task_id) => {
