@@ -1535,6 +1535,56 @@ async fn a_redelivered_redrive_does_not_redrive_the_next_run() {
     env.shutdown().await;
 }
 
+/// A stop delivered again (its ack was lost) after the run it stopped was
+/// redriven leaves the new run alone: the message names the run it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_stop_does_not_stop_the_redriven_run() {
+    let env = Env::start().await;
+    env.deploy(
+        "pause",
+        r#"{"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 600, "End": true}}}"#,
+    )
+    .await;
+    let arn = env.start_execution("pause", "stopped", json!({})).await;
+    env.until_event(&arn, "WaitStateEntered").await;
+    env.api
+        .stop_execution(&arn, Some("Halt".into()), None)
+        .await
+        .unwrap();
+    assert_status(&env.wait(&arn).await, ExecutionStatus::Aborted);
+    env.api.redrive_execution(&arn).await.unwrap();
+    env.wait_until(&arn, |d| {
+        d.redrive_count == 1 && d.status == ExecutionStatus::Running
+    })
+    .await;
+    // The first stop, delivered again.
+    let exec = ExecutionRef::from_arn(&arn).unwrap();
+    env.publish_inbox(
+        &exec,
+        &InboxMessage::StopExecution {
+            execution_arn: arn.clone(),
+            error: Some("Halt".into()),
+            cause: None,
+            parent: None,
+            redrive_count: Some(0),
+        },
+    )
+    .await;
+    let mut inbox = env.cluster.as_ref().unwrap().store().infra().inbox.clone();
+    let deadline = Instant::now() + common::LIMIT;
+    while inbox.info().await.unwrap().state.messages > 0 {
+        assert!(Instant::now() < deadline, "the inbox was not emptied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        events_of(&env.history(&arn).await, "ExecutionAborted").len(),
+        1,
+        "only the first run was stopped"
+    );
+    assert_status(&env.describe(&arn).await, ExecutionStatus::Running);
+    env.shutdown().await;
+}
+
 const BOOK_BESIDE_FRAGILE: &str = r#"{
   "StartAt": "Both",
   "States": {"Both": {"Type": "Parallel", "End": true, "Branches": [
@@ -1932,6 +1982,7 @@ async fn a_stop_with_its_start_in_one_group_is_applied_or_dropped_with_it() {
         error: Some("Halt".into()),
         cause: None,
         parent: None,
+        redrive_count: Some(0),
     };
     // Held back (reads off), as the API queues them: the start, then the
     // stop.
@@ -2716,6 +2767,7 @@ async fn a_parents_stop_is_for_the_child_its_task_started_only() {
                 execution_arn: "arn:aws:states:local:000000000000:execution:parent:old".into(),
                 task_id: "Call@0#0".into(),
             }),
+            redrive_count: Some(0),
         },
     )
     .await;

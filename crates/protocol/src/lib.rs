@@ -528,6 +528,12 @@ pub enum InboxMessage {
         /// name).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         parent: Option<ParentTask>,
+        /// The run it stops (how many times the execution had been
+        /// redriven): a stop delivered again after that run ended and the
+        /// execution was redriven leaves the new run alone. Absent from
+        /// messages of older builds: then it stops whatever runs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        redrive_count: Option<u32>,
     },
     /// Run a failed execution again from where it failed.
     RedriveExecution {

@@ -162,10 +162,12 @@ impl Distributed {
         }
         match self.api.wait_for_completion(arn, timeout).await {
             Ok(d) => Ok(result_of(d)),
-            Err(ApiClientError::Timeout { .. }) => Err(Error::Timeout {
-                execution: arn.to_string(),
-                waited: timeout,
-            }),
+            Err(ApiClientError::StillRunning { .. } | ApiClientError::Timeout { .. }) => {
+                Err(Error::Timeout {
+                    execution: arn.to_string(),
+                    waited: timeout,
+                })
+            }
             Err(e) => Err(e.into()),
         }
     }

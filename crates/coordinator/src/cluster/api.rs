@@ -869,6 +869,14 @@ impl Api {
                 };
             }
         }
+        // The run it stops: the running one, or the one a queued redrive
+        // (of an ended execution) or start (of none yet) is about to run.
+        let entry = self.store.execution(&exec).await.map_err(internal)?;
+        let run = match &entry {
+            Some(e) if e.status == ExecutionStatus::Running => e.redrive_count,
+            Some(e) => e.redrive_count.saturating_add(1),
+            None => 0,
+        };
         self.publish(
             &exec,
             &InboxMessage::StopExecution {
@@ -876,6 +884,7 @@ impl Api {
                 error: req.error,
                 cause: req.cause,
                 parent: None,
+                redrive_count: Some(run),
             },
             None,
             None,

@@ -1382,11 +1382,7 @@ impl Partition {
         if let Some(old) = self.live.insert(key.clone(), live) {
             unarm(&mut self.wheel, &key, &old);
         }
-        for (child, task_id) in children {
-            if !self.stop_child(&key, &child, &task_id).await {
-                self.child_stop_failed(key.clone(), child, task_id);
-            }
-        }
+        self.stop_children(&key, children).await;
         Ok(Some(()))
     }
 
@@ -2022,6 +2018,7 @@ impl Partition {
                         error,
                         cause,
                         parent,
+                        redrive_count,
                         ..
                     },
                 ) => {
@@ -2033,6 +2030,14 @@ impl Partition {
                             .get(key)
                             .is_some_and(|l| l.meta.parent.as_ref() != Some(&from))
                     {
+                        continue;
+                    }
+                    // A stop is for the run it was asked for, not for a
+                    // later one (a redrive made after it ended).
+                    if let Some(run) = redrive_count
+                        && self.live.get(key).is_some_and(|l| l.redrive_count != run)
+                    {
+                        unanswered = true;
                         continue;
                     }
                     Event::StopRequested { error, cause }
@@ -2316,11 +2321,7 @@ impl Partition {
             .get_mut(key)
             .map(|l| std::mem::take(&mut l.stop_children))
             .unwrap_or_default();
-        for (child, task_id) in children {
-            if !self.stop_child(key, &child, &task_id).await {
-                self.child_stop_failed(key.to_string(), child, task_id);
-            }
-        }
+        self.stop_children(key, children).await;
         for command in commands {
             match command {
                 Command::ScheduleTask(request) => {
@@ -2693,6 +2694,26 @@ impl Partition {
     /// is ignored).
     /// Tells a `.sync` child its parent no longer waits for it; `false` when
     /// the stop could not be stored (tried again later).
+    /// Sends the stops of `parent_key`'s `.sync` children at once (a Map of
+    /// many children stopped together is one round trip, not one each);
+    /// those that could not be sent are kept to be sent again.
+    async fn stop_children(&mut self, parent_key: &str, children: Vec<(ExecutionRef, String)>) {
+        if children.is_empty() {
+            return;
+        }
+        let sent = futures::future::join_all(
+            children
+                .iter()
+                .map(|(child, task_id)| self.stop_child(parent_key, child, task_id)),
+        )
+        .await;
+        for ((child, task_id), sent) in children.into_iter().zip(sent) {
+            if !sent {
+                self.child_stop_failed(parent_key.to_string(), child, task_id);
+            }
+        }
+    }
+
     async fn stop_child(&self, parent_key: &str, child: &ExecutionRef, task_id: &str) -> bool {
         let parent_arn = ExecutionRef::from_key(parent_key)
             .map(|p| p.arn())
@@ -2705,6 +2726,10 @@ impl Partition {
                 execution_arn: parent_arn,
                 task_id: task_id.to_string(),
             }),
+            // The run the parent started: a redrive of the child (by a
+            // user, once the parent stopped waiting for it) is not stopped
+            // by a stop sent again later.
+            redrive_count: Some(0),
         };
         let infra = self.store().infra();
         let subject = infra
