@@ -1,5 +1,6 @@
 //! Crash tests over a real nats-server, with coordinators and participants
-//! as separate processes that are killed with SIGKILL at random moments.
+//! as separate processes that are killed with SIGKILL at random moments (or
+//! paused with SIGSTOP past their leases, then resumed).
 //!
 //! The child processes are this test binary itself, started with
 //! `--ignored --exact child_process` and a role in `SAGAFLOW_CRASH_ROLE`
@@ -819,6 +820,70 @@ async fn kill_participant_three_times(
     kills
 }
 
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Pauses coordinator `paused` (SIGSTOP) three times, each time once it
+/// holds a partition lease and after a random 0-800 ms, until `other` has
+/// taken every partition (its leases lapsed), then resumes it (SIGCONT): it
+/// wakes up holding executions in memory, with timers due, results taken
+/// in and steps half made, while another coordinator owns them.
+async fn pause_coordinator_three_times(
+    run: &Run,
+    rng: &mut Rng,
+    paused: &ChildProcess,
+    other: &ChildProcess,
+) -> Vec<Kill> {
+    let first = rng.range(5, 150) as usize;
+    eprintln!("pause test: first pause once {first} sagas have finished");
+    let mut pauses = Vec::new();
+    for round in 0..3 {
+        if round == 0 {
+            wait_finished(run, first).await;
+        }
+        let id = paused.id.clone();
+        wait_for(&format!("{id} to take a partition"), || {
+            let id = id.clone();
+            async move {
+                let held = leases_of(run, &id).await;
+                (!held.is_empty()).then_some(held)
+            }
+        })
+        .await;
+        tokio::time::sleep(rng.millis(0, 800)).await;
+        let held = leases_of(run, &id).await;
+        let counts = run.refresh().await;
+        signal(paused.pid(), "STOP");
+        pauses.push(Kill {
+            process: id.clone(),
+            pid: paused.pid(),
+            at: run.elapsed(),
+            counts,
+            holding: format!("leases {held:?}"),
+            held_something: !held.is_empty(),
+        });
+        eprintln!("[{}] paused {:?}", run.elapsed(), pauses.last());
+        let partitions = run.store.partitions() as usize;
+        let other_id = other.id.clone();
+        wait_for(&format!("{other_id} to take every partition"), || {
+            let other_id = other_id.clone();
+            async move { (leases_of(run, &other_id).await.len() == partitions).then_some(()) }
+        })
+        .await;
+        // Some work for the new owner before the old one wakes up.
+        tokio::time::sleep(rng.millis(0, 800)).await;
+        signal(paused.pid(), "CONT");
+        eprintln!("[{}] resumed {id} ({:?})", run.elapsed(), run.counts());
+    }
+    pauses
+}
+
 /// Every kill hit a process that held something while sagas were running.
 fn assert_kills_mid_run(kills: &[Kill]) {
     assert_eq!(kills.len(), 3, "{kills:#?}");
@@ -1278,6 +1343,28 @@ async fn coordinators_killed_at_random_moments_lose_nothing() {
     let seen = check(&run, &done, Reruns::Never).await;
     print_reruns(&seen, None);
     assert_kills_mid_run(&kills);
+}
+
+/// A coordinator paused (SIGSTOP) past its leases while another takes its
+/// partitions over, then resumed, three times: it wakes up with executions
+/// in memory that are now another's. Nothing is advanced twice, no task
+/// effect happens twice, every saga ends, every compensation runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_paused_past_their_lease_lose_nothing() {
+    let mut rng = Rng::new();
+    let mut run = prepare("s").await;
+    let url = run.server.url();
+    let c1 = ChildProcess::spawn("coordinator", &url);
+    let c2 = ChildProcess::spawn("coordinator", &url);
+    let p1 = ChildProcess::spawn("participant", &url);
+    let p2 = ChildProcess::spawn("participant", &url);
+    start_sagas(&mut run);
+    let pauses = pause_coordinator_three_times(&run, &mut rng, &c1, &c2).await;
+    let done = wait_all(&mut run).await;
+    drop((c1, c2, p1, p2));
+    let seen = check(&run, &done, Reruns::Never).await;
+    print_reruns(&seen, None);
+    assert_kills_mid_run(&pauses);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
