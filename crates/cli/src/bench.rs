@@ -104,22 +104,40 @@ fn cpu_of(pid: &str) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+/// The `p` quantile of sorted samples; `None` without samples.
+fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    let last = sorted.len().checked_sub(1)?;
+    let i = (last as f64 * p).round() as usize;
+    sorted.get(i.min(last)).copied()
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// A latency in ms, or "n/a" without samples.
+fn show_ms(d: Option<Duration>) -> String {
+    d.map_or("n/a".to_string(), |d| format!("{:.2} ms", ms(d)))
+}
+
+/// What a saga's completion notice says: its status and error.
+#[derive(Debug, Clone, PartialEq)]
+struct Ended {
+    at: Instant,
+    status: String,
+    error: Option<String>,
+}
+
 /// Runs the benchmark. Ctrl-C (or SIGTERM) stops it: the participants
 /// process, the nats-server it started (with its store) and the stubs file
 /// are removed all the same.
 pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.sagas == 0 {
+        bail!("--sagas must be at least 1");
+    }
+    if args.latency_seconds == 0 {
+        bail!("--latency-seconds must be at least 1");
+    }
     if !args.light_rate.is_finite() || args.light_rate < 0.0 {
         bail!(
             "--light-rate must be 0 (skip) or a positive number of sagas per second, not {}",
@@ -219,9 +237,7 @@ async fn run(
     );
     let participants_pid = participants.0.id();
 
-    let done = Arc::new(Mutex::new(
-        std::collections::HashMap::<String, Instant>::new(),
-    ));
+    let done = Arc::new(Mutex::new(std::collections::HashMap::<String, Ended>::new()));
     let mut notices = client
         .subscribe(format!("{}.done.>", ns.prefix()))
         .await
@@ -232,6 +248,8 @@ async fn run(
         let completed = completed.clone();
         tokio::spawn(async move {
             while let Some(m) = notices.next().await {
+                // Timed when it came, not when the lock was had.
+                let at = Instant::now();
                 let key = m
                     .subject
                     .as_str()
@@ -239,7 +257,14 @@ async fn run(
                     .next()
                     .unwrap_or_default()
                     .to_string();
-                done.lock().await.insert(key, Instant::now());
+                let body: serde_json::Value =
+                    serde_json::from_slice(&m.payload).unwrap_or_default();
+                let ended = Ended {
+                    at,
+                    status: body["status"].as_str().unwrap_or("?").to_string(),
+                    error: body["error"].as_str().map(str::to_string),
+                };
+                done.lock().await.insert(key, ended);
                 completed.notify_waiters();
             }
         });
@@ -251,6 +276,7 @@ async fn run(
         done,
         completed,
         counter: std::sync::atomic::AtomicUsize::new(0),
+        run_tag: run_tag(),
     };
 
     // Warm up (and wait for the participants to be there).
@@ -320,16 +346,16 @@ async fn run(
             None
         };
         say(format!(
-            "{path:>12}: {per_sec:.0} sagas/s at saturation ({} sagas in {:.2} s); at {:.0}/s: p50 {:.2} ms, p99 {:.2} ms;{} coordinator process CPU {} per state transition",
+            "{path:>12}: {per_sec:.0} sagas/s at saturation ({} sagas in {:.2} s); at {:.0}/s: p50 {}, p99 {};{} coordinator process CPU {} per state transition (saturation run, load generator included)",
             args.sagas,
             elapsed.as_secs_f64(),
             half_rate,
-            ms(p50),
-            ms(p99),
+            show_ms(p50),
+            show_ms(p99),
             light.map_or(String::new(), |(p50, p99, rate)| format!(
-                " at {rate:.0}/s: p50 {:.2} ms, p99 {:.2} ms;",
-                ms(p50),
-                ms(p99)
+                " at {rate:.0}/s: p50 {}, p99 {};",
+                show_ms(p50),
+                show_ms(p99)
             )),
             cpu_per_transition_us.map_or("n/a".to_string(), |us| format!("{us:.1} us")),
         ));
@@ -345,11 +371,11 @@ async fn run(
             "path": path,
             "sagasPerSecond": per_sec,
             "halfLoadRate": half_rate,
-            "p50Ms": ms(p50),
-            "p99Ms": ms(p99),
+            "p50Ms": p50.map(ms),
+            "p99Ms": p99.map(ms),
             "lightLoadRate": light.map(|(_, _, rate)| rate),
-            "lightP50Ms": light.map(|(p50, _, _)| ms(p50)),
-            "lightP99Ms": light.map(|(_, p99, _)| ms(p99)),
+            "lightP50Ms": light.and_then(|(p50, _, _)| p50.map(ms)),
+            "lightP99Ms": light.and_then(|(_, p99, _)| p99.map(ms)),
             "coordinatorCpuMicrosPerTransition": cpu_per_transition_us,
             "cpuMicrosPerSaga": {
                 "coordinatorProcess": coordinator_us,
@@ -456,7 +482,7 @@ async fn floor(client: &async_nats::Client) -> anyhow::Result<Floor> {
     let _ = js.delete_stream("SAGAFLOW_BENCH_FLOOR").await;
     Ok(Floor {
         request_reply_per_sec,
-        request_reply_p50_ms: ms(percentile(&one, 0.5)),
+        request_reply_p50_ms: percentile(&one, 0.5).map_or(0.0, ms),
         js_publish_per_sec,
     })
 }
@@ -465,10 +491,47 @@ struct Load {
     store: Store,
     js: async_nats::jetstream::Context,
     ns: Namespace,
-    done: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
+    done: Arc<Mutex<std::collections::HashMap<String, Ended>>>,
     /// Woken at each completion notice.
     completed: Arc<tokio::sync::Notify>,
     counter: std::sync::atomic::AtomicUsize,
+    /// In every saga's name: a run against a server used before starts
+    /// new executions, not again those of an earlier run.
+    run_tag: String,
+}
+
+/// A tag unique to this run (time and process id, in hex).
+fn run_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+/// Fails unless every saga ended as its path must: SUCCEEDED, or (the
+/// compensation path) FAILED with `BookingFailed` after its compensations.
+fn check_outcomes<'a>(ended: impl Iterator<Item = &'a Ended>, fail: bool) -> anyhow::Result<()> {
+    let mut wrong = 0usize;
+    let mut example = None;
+    for e in ended {
+        let right = if fail {
+            e.status == "FAILED" && e.error.as_deref() == Some("BookingFailed")
+        } else {
+            e.status == "SUCCEEDED"
+        };
+        if !right {
+            wrong += 1;
+            example.get_or_insert_with(|| format!("{} {:?}", e.status, e.error));
+        }
+    }
+    if wrong > 0 {
+        bail!(
+            "{wrong} sagas of the {} path did not end as expected (one ended {}): the figures would not measure that path",
+            if fail { "compensation" } else { "success" },
+            example.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 impl Load {
@@ -480,7 +543,7 @@ impl Load {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let exec = ExecutionRef::new("travel-bench", &format!("trip-{n}"))?;
+        let exec = ExecutionRef::new("travel-bench", &format!("trip-{}-{n}", self.run_tag))?;
         let input = if fail {
             json!({"tripId": n, "customer": "ada", "fail": "car"})
         } else {
@@ -540,10 +603,11 @@ impl Load {
                     cursor += 1;
                 }
                 if cursor == keys.len() {
+                    check_outcomes(keys.iter().filter_map(|k| done.get(k)), fail)?;
                     let last = keys
                         .iter()
                         .filter_map(|k| done.get(k))
-                        .fold(begin, |l, t| l.max(*t));
+                        .fold(begin, |l, e| l.max(e.at));
                     return Ok((last.duration_since(begin), keys));
                 }
             }
@@ -558,9 +622,11 @@ impl Load {
 
     /// Starts sagas at `rate` per second for `duration`, spread evenly (a
     /// start every millisecond or so; their acknowledgements are awaited
-    /// meanwhile, not one by one); returns each one's end-to-end latency
-    /// (start published to completion notice), sorted, and the rate
-    /// achieved.
+    /// meanwhile, not one by one); returns each one's end-to-end latency,
+    /// sorted, and the rate achieved. A saga's latency counts from when its
+    /// start was due (`begin + i / rate`), not from when it was sent: when
+    /// the process stalls, the starts it owes are sent late, all of them,
+    /// and their wait counts (no coordinated omission).
     async fn paced(
         &self,
         rate: f64,
@@ -568,40 +634,45 @@ impl Load {
         fail: bool,
     ) -> anyhow::Result<(Vec<Duration>, f64)> {
         let tick = Duration::from_millis(1);
-        let per_tick = rate * tick.as_secs_f64();
-        let mut owed = 0.0;
         let begin = Instant::now();
+        let total = (rate * duration.as_secs_f64()).floor() as usize;
         let mut started: Vec<(String, Instant)> = Vec::new();
         let mut acks = futures::stream::FuturesUnordered::new();
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while begin.elapsed() < duration {
+        while started.len() < total {
             ticker.tick().await;
-            owed += per_tick;
-            while owed >= 1.0 {
-                owed -= 1.0;
-                let t = Instant::now();
+            let due_by_now = ((rate * begin.elapsed().as_secs_f64()).floor() as usize).min(total);
+            while started.len() < due_by_now {
+                let due = begin + Duration::from_secs_f64(started.len() as f64 / rate);
                 let (key, ack) = self.start(fail).await?;
                 acks.push(std::future::IntoFuture::into_future(ack));
-                started.push((key, t));
+                started.push((key, due));
             }
             while let Some(Some(stored)) = futures::FutureExt::now_or_never(acks.next()) {
                 stored?;
             }
         }
-        let achieved = started.len() as f64 / begin.elapsed().as_secs_f64();
+        let achieved = started.len() as f64 / begin.elapsed().as_secs_f64().max(1e-9);
         while let Some(stored) = acks.next().await {
             stored?;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut cursor = 0;
         loop {
             let notified = self.completed.notified();
             {
                 let done = self.done.lock().await;
-                if started.iter().all(|(k, _)| done.contains_key(k)) {
+                while cursor < started.len() && done.contains_key(&started[cursor].0) {
+                    cursor += 1;
+                }
+                if cursor == started.len() {
+                    check_outcomes(started.iter().filter_map(|(k, _)| done.get(k)), fail)?;
                     let mut latencies: Vec<Duration> = started
                         .iter()
-                        .filter_map(|(k, t)| done.get(k).map(|d| d.duration_since(*t)))
+                        .filter_map(|(k, t)| {
+                            done.get(k).map(|d| d.at.saturating_duration_since(*t))
+                        })
                         .collect();
                     latencies.sort();
                     return Ok((latencies, achieved));
@@ -611,5 +682,46 @@ impl Load {
                 bail!("the paced sagas did not all complete");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_no_samples_are_none() {
+        assert_eq!(percentile(&[], 0.5), None);
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&samples, 0.5), Some(Duration::from_millis(51)));
+        assert_eq!(percentile(&samples, 0.99), Some(Duration::from_millis(99)));
+        assert_eq!(percentile(&samples, 1.0), Some(Duration::from_millis(100)));
+        assert_eq!(show_ms(None), "n/a");
+    }
+
+    #[test]
+    fn a_saga_that_ended_otherwise_than_its_path_fails_the_run() {
+        let ended = |status: &str, error: Option<&str>| Ended {
+            at: Instant::now(),
+            status: status.into(),
+            error: error.map(str::to_string),
+        };
+        let ok = [ended("SUCCEEDED", None)];
+        assert!(check_outcomes(ok.iter(), false).is_ok());
+        let compensated = [ended("FAILED", Some("BookingFailed"))];
+        assert!(check_outcomes(compensated.iter(), true).is_ok());
+        // A success run whose sagas compensated, a compensation run whose
+        // sagas failed otherwise: not the path measured.
+        assert!(check_outcomes(compensated.iter(), false).is_err());
+        let other = [ended("FAILED", Some("States.Timeout"))];
+        let err = check_outcomes(other.iter(), true).unwrap_err().to_string();
+        assert!(err.contains("1 sagas of the compensation path"), "{err}");
+    }
+
+    #[test]
+    fn every_run_names_its_sagas_apart() {
+        let a = run_tag();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_ne!(a, run_tag());
     }
 }
