@@ -653,17 +653,10 @@ impl Execution {
         input: Payload,
         out: &mut Vec<Command>,
     ) -> Flow {
-        self.transitions += 1;
         let machine = self.machine.clone();
         let state = Self::state_of(&machine, &self.frame(f).loc, state_id);
-        if self.transitions > self.options.max_state_transitions {
-            return Flow::Done(Err(Failure::runtime(
-                &state.name,
-                format!(
-                    "The execution exceeded the limit of {} state transitions.",
-                    self.options.max_state_transitions
-                ),
-            )));
+        if let Err(failure) = self.count_transition(&state.name, "") {
+            return Flow::Done(Err(failure));
         }
         let frame = self.frame_mut(f);
         let step = frame.steps;
@@ -1732,6 +1725,22 @@ impl Execution {
         transition(state, output)
     }
 
+    /// Counts a state transition; past [`Options::max_state_transitions`]
+    /// the execution fails with `States.Runtime` (`why` ends the cause).
+    fn count_transition(&mut self, state_name: &str, why: &str) -> Result<(), Failure> {
+        self.transitions += 1;
+        if self.transitions > self.options.max_state_transitions {
+            return Err(Failure::runtime(
+                state_name,
+                format!(
+                    "The execution exceeded the limit of {} state transitions{why}.",
+                    self.options.max_state_transitions
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Error handling: the first matching retrier, else the first matching
     /// catcher, else the frame fails.
     fn state_failed(
@@ -1764,17 +1773,11 @@ impl Execution {
             if done < retrier.max_attempts {
                 // Rules 3: a retry is a transition (AWS bills it as one, and
                 // its history limit bounds retries too).
-                if rules >= 3 {
-                    self.transitions += 1;
-                    if self.transitions > self.options.max_state_transitions {
-                        return Flow::Done(Err(Failure::runtime(
-                            &state.name,
-                            format!(
-                                "The execution exceeded the limit of {} state transitions (retries count as transitions).",
-                                self.options.max_state_transitions
-                            ),
-                        )));
-                    }
+                if rules >= 3
+                    && let Err(failure) =
+                        self.count_transition(&state.name, " (retries count as transitions)")
+                {
+                    return Flow::Done(Err(failure));
                 }
                 let active = self.active_mut(f);
                 active.retrier_attempts[index] = done + 1;
