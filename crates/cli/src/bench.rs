@@ -402,7 +402,15 @@ async fn run(
     cluster.shutdown().await;
     drop(participants);
     // Closed before the server it started goes: no disconnection to report.
+    // (The drain returns once under way; the connection closes a moment
+    // later.)
     let _ = client.drain().await;
+    let until = Instant::now() + Duration::from_secs(2);
+    while client.connection_state() == async_nats::connection::State::Connected
+        && Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -642,7 +650,10 @@ impl Load {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while started.len() < total {
             ticker.tick().await;
-            let due_by_now = ((rate * begin.elapsed().as_secs_f64()).floor() as usize).min(total);
+            // Saga i is due at i / rate: by now, all those up to
+            // floor(rate * elapsed) are.
+            let due_by_now =
+                ((rate * begin.elapsed().as_secs_f64()).floor() as usize + 1).min(total);
             while started.len() < due_by_now {
                 let due = begin + Duration::from_secs_f64(started.len() as f64 / rate);
                 let (key, ack) = self.start(fail).await?;
