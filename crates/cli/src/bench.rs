@@ -508,6 +508,12 @@ struct Load {
     run_tag: String,
 }
 
+/// How many of `total` sagas paced at `rate` per second are due `elapsed`
+/// after the start: saga i is due at i / rate (the first at once).
+fn due_count(rate: f64, elapsed: Duration, total: usize) -> usize {
+    ((rate * elapsed.as_secs_f64()).floor() as usize + 1).min(total)
+}
+
 /// A tag unique to this run (time and process id, in hex).
 fn run_tag() -> String {
     let nanos = std::time::SystemTime::now()
@@ -650,10 +656,7 @@ impl Load {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while started.len() < total {
             ticker.tick().await;
-            // Saga i is due at i / rate: by now, all those up to
-            // floor(rate * elapsed) are.
-            let due_by_now =
-                ((rate * begin.elapsed().as_secs_f64()).floor() as usize + 1).min(total);
+            let due_by_now = due_count(rate, begin.elapsed(), total);
             while started.len() < due_by_now {
                 let due = begin + Duration::from_secs_f64(started.len() as f64 / rate);
                 let (key, ack) = self.start(fail).await?;
@@ -727,6 +730,14 @@ mod tests {
         let other = [ended("FAILED", Some("States.Timeout"))];
         let err = check_outcomes(other.iter(), true).unwrap_err().to_string();
         assert!(err.contains("1 sagas of the compensation path"), "{err}");
+    }
+
+    #[test]
+    fn the_first_paced_saga_is_due_at_once() {
+        assert_eq!(due_count(50.0, Duration::ZERO, 200), 1);
+        assert_eq!(due_count(50.0, Duration::from_millis(19), 200), 1);
+        assert_eq!(due_count(50.0, Duration::from_millis(20), 200), 2);
+        assert_eq!(due_count(50.0, Duration::from_secs(10), 200), 200);
     }
 
     #[test]
