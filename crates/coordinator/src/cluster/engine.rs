@@ -2688,12 +2688,6 @@ impl Partition {
         })
     }
 
-    /// Asks a `.sync` child to stop (its parent no longer waits for it).
-    /// Best effort: a child that has ended ignores it, and a failure is
-    /// logged (the child then runs to its end, and its report to the parent
-    /// is ignored).
-    /// Tells a `.sync` child its parent no longer waits for it; `false` when
-    /// the stop could not be stored (tried again later).
     /// Sends the stops of `parent_key`'s `.sync` children at once (a Map of
     /// many children stopped together is one round trip, not one each);
     /// those that could not be sent are kept to be sent again.
@@ -2714,6 +2708,12 @@ impl Partition {
         }
     }
 
+    /// Asks a `.sync` child to stop (its parent no longer waits for it).
+    /// Best effort: a child that has ended ignores it, and a failure is
+    /// logged (the child then runs to its end, and its report to the parent
+    /// is ignored).
+    /// Tells a `.sync` child its parent no longer waits for it; `false` when
+    /// the stop could not be stored (tried again later).
     async fn stop_child(&self, parent_key: &str, child: &ExecutionRef, task_id: &str) -> bool {
         let parent_arn = ExecutionRef::from_key(parent_key)
             .map(|p| p.arn())
