@@ -514,8 +514,6 @@ impl TaskRunner {
         outcome
     }
 
-    /// Publishes a heartbeat to the task's inbox; returns the future of the
-    /// broker's ack.
     /// A heartbeat's progress acknowledgement and inbox message.
     async fn send_beat(
         &self,
@@ -532,6 +530,8 @@ impl TaskRunner {
         }
     }
 
+    /// Publishes a heartbeat to the task's inbox; returns the future of the
+    /// broker's ack.
     async fn publish_heartbeat(
         &self,
         task: &TaskMessage,
