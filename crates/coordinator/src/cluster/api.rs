@@ -846,7 +846,7 @@ impl Api {
     pub async fn stop_execution(&self, req: StopExecutionRequest) -> Result<(), ApiError> {
         let exec = parse_arn(&req.execution_arn)?;
         check_error_cause(req.error.as_deref(), req.cause.as_deref())?;
-        let entry = self.store.execution(&exec).await.map_err(internal)?;
+        let mut entry = self.store.execution(&exec).await.map_err(internal)?;
         let running = |entry: &Option<ExecutionDescription>| {
             entry
                 .as_ref()
@@ -858,7 +858,7 @@ impl Api {
             // The engine writes the index entry of a start or a redrive
             // before it takes the message out of the inbox: one taken
             // between the two reads shows in the index now.
-            let entry = self.store.execution(&exec).await.map_err(internal)?;
+            entry = self.store.execution(&exec).await.map_err(internal)?;
             if !running(&entry) {
                 return match entry {
                     Some(_) => Ok(()),
@@ -869,9 +869,10 @@ impl Api {
                 };
             }
         }
-        // The run it stops: the running one, or the one a queued redrive
-        // (of an ended execution) or start (of none yet) is about to run.
-        let entry = self.store.execution(&exec).await.map_err(internal)?;
+        // The run it stops, as the index showed it when asked: the running
+        // one, or the one a queued redrive (of an ended execution) or start
+        // (of none yet) is about to run. (Read again now, a run that ended
+        // meanwhile would make the stop aim at a redrive made later.)
         let run = match &entry {
             Some(e) if e.status == ExecutionStatus::Running => e.redrive_count,
             Some(e) => e.redrive_count.saturating_add(1),
