@@ -1514,12 +1514,7 @@ async fn a_redelivered_redrive_does_not_redrive_the_next_run() {
     .await;
     // Handled once the inbox (a work queue) is empty: a redrive applied
     // is in the history by then (appended before the message is acked).
-    let mut inbox = env.cluster.as_ref().unwrap().store().infra().inbox.clone();
-    let deadline = Instant::now() + common::LIMIT;
-    while inbox.info().await.unwrap().state.messages > 0 {
-        assert!(Instant::now() < deadline, "the inbox was not emptied");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.until_inbox_empty().await;
     let after = env.describe(&arn).await;
     assert_status(&after, ExecutionStatus::Failed);
     assert_eq!(after.redrive_count, 1, "{after:?}");
@@ -1570,12 +1565,7 @@ async fn a_redelivered_stop_does_not_stop_the_redriven_run() {
         },
     )
     .await;
-    let mut inbox = env.cluster.as_ref().unwrap().store().infra().inbox.clone();
-    let deadline = Instant::now() + common::LIMIT;
-    while inbox.info().await.unwrap().state.messages > 0 {
-        assert!(Instant::now() < deadline, "the inbox was not emptied");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.until_inbox_empty().await;
     assert_eq!(
         events_of(&env.history(&arn).await, "ExecutionAborted").len(),
         1,

@@ -254,6 +254,28 @@ impl Env {
             .expect("stored");
     }
 
+    /// Waits (at most [`LIMIT`]) until the inbox, a work queue, is empty:
+    /// every message in it was handled and acknowledged, and what a step
+    /// recorded for it is in the history by then.
+    pub async fn until_inbox_empty(&self) {
+        let mut inbox = self
+            .cluster
+            .as_ref()
+            .expect("running")
+            .store()
+            .infra()
+            .inbox
+            .clone();
+        let deadline = std::time::Instant::now() + LIMIT;
+        while inbox.info().await.expect("inbox info").state.messages > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the inbox was not emptied"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Publishes a message to an execution's inbox.
     pub async fn publish_inbox(&self, exec: &ExecutionRef, message: &InboxMessage) {
         let body = serde_json::to_vec(message).expect("encode");
